@@ -1,0 +1,106 @@
+"""`lmforge` command line: each subcommand maps to one function; no logic of its own lives here."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from lmforge import __version__
+from lmforge.errors import LmforgeError
+
+USAGE = """lmforge {version}: one framework for the whole life of a language model.
+
+Usage:
+  lmforge train CONFIG.yaml [key=value ...]   train (stage from the config: pt)
+  lmforge bench CONFIG.yaml [key=value ...]   measure training speed: tokens/s, FLOP/s, peak memory
+  lmforge env                                 versions of python, torch, transformers, ... and devices
+  lmforge version                             print the version
+  lmforge help [train|config]                 this text, or every config key with its type, default and help
+
+Overrides on the command line win over the YAML file: `key=value`, `--key value` or `--key=value`.
+"""
+
+
+def _usage() -> str:
+    return USAGE.format(version=__version__)
+
+
+def cmd_train(args: list[str]) -> int:
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage() if not args else _reference(False))
+        return 0 if args else 2
+    from lmforge.config import load_config
+    from lmforge.logs import setup_logging
+    from lmforge.train import stage_runner
+
+    setup_logging()
+    config_path, overrides = (args[0], args[1:]) if "=" not in args[0] and not args[0].startswith("--") else (None, args)
+    cfg = load_config(config_path, overrides)
+    stage_runner(cfg.finetuning.stage)(cfg)
+    return 0
+
+
+def cmd_bench(args: list[str]) -> int:
+    from lmforge.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def cmd_env(args: list[str]) -> int:
+    from lmforge.env_info import environment
+
+    for key, value in environment().items():
+        print(f"- {key}: {value}")
+    return 0
+
+
+def cmd_version(args: list[str]) -> int:
+    print(__version__)
+    return 0
+
+
+def _reference(markdown: bool) -> str:
+    from lmforge.config.docs import render_reference
+
+    return render_reference(markdown=markdown)
+
+
+def cmd_help(args: list[str]) -> int:
+    if args and args[0] in ("train", "config"):
+        print(_reference(markdown="--markdown" in args))
+    else:
+        print(_usage())
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": cmd_train,
+    "bench": cmd_bench,
+    "env": cmd_env,
+    "version": cmd_version,
+    "help": cmd_help,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("--version", "-V"):
+        return cmd_version([])
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        from lmforge.config.parse import suggest
+
+        print(f"lmforge: unknown command '{argv[0]}'.{suggest(argv[0], COMMANDS)} Run `lmforge help`.",
+              file=sys.stderr)
+        return 2
+    try:
+        return command(argv[1:])
+    except LmforgeError as err:
+        print(str(err), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("lmforge: interrupted.", file=sys.stderr)
+        return 130

@@ -1,0 +1,49 @@
+"""Where the training text comes from and how it is cut into training examples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lmforge.config.fields import option
+
+
+@dataclass
+class DataArguments:
+    dataset: str | None = option(
+        None,
+        "Comma-separated sources: names in `dataset_dir`/dataset_info.json (LLaMA-Factory format), files "
+        "(.txt .json .jsonl .csv .parquet), directories (`save_to_disk` output or a folder of such files), "
+        "or hub dataset ids.",
+    )
+    eval_dataset: str | None = option(None, "Sources for evaluation, same syntax as `dataset` (instead of `val_size`).")
+    dataset_dir: str = option("data", "Folder holding dataset_info.json and the files it names.")
+    text_column: str = option("text", "Column holding the text, for sources that do not name one in dataset_info.json.")
+    cutoff_len: int = option(1024, "Tokens per training block.")
+    max_samples: int | None = option(None, "Use at most this many documents from each source (for quick runs).")
+    val_size: float = option(
+        0.0, "Held-out documents for evaluation: a fraction in (0, 1) or a count (>= 1). Split before tokenization."
+    )
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = option(
+        "concat",
+        "How several sources are combined: concatenated, or interleaved until the first (`under`) or last (`over`) "
+        "source is exhausted.",
+    )
+    interleave_probs: list[float] | None = option(
+        None, "Sampling ratio of each source when interleaving, e.g. `0.7,0.3` (equal when unset)."
+    )
+    streaming: bool = option(False, "Read sources lazily (corpora larger than memory); needs `max_steps`.")
+    buffer_size: int = option(16384, "Shuffle buffer (documents) for streaming sources.")
+    neat_packing: bool = option(
+        False,
+        "Document masking: position ids restart at each document and attention never crosses documents, "
+        "so each document is trained as if alone.",
+    )
+    preprocessing_num_workers: int | None = option(None, "Processes used for tokenization (one when unset).")
+    preprocessing_batch_size: int = option(1000, "Documents per tokenization batch.")
+    tokenized_cache_dir: str | None = option(
+        None,
+        "Where tokenized datasets are cached, keyed by a fingerprint of sources, tokenizer and settings "
+        "(default: $LMFORGE_CACHE or ~/.cache/lmforge).",
+    )
+    overwrite_cache: bool = option(False, "Tokenize again even if a cached result exists.")

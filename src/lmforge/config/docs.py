@@ -1,0 +1,56 @@
+"""The config reference (terminal and Markdown), generated from the dataclasses: never edited by hand."""
+
+from __future__ import annotations
+
+import enum
+
+from lmforge.config.coerce import type_name
+from lmforge.config.schema import GROUPS, key_index
+
+TITLES = {
+    "model": "Model and tokenizer",
+    "data": "Data",
+    "finetuning": "Stage",
+    "generation": "Generation (samples at the end of training)",
+    "tracking": "Experiment tracking",
+    "training": "Trainer (every `transformers.TrainingArguments` field, passed through)",
+}
+
+
+def _default(value) -> str:
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if value is None or value == [] or value == {}:
+        return "unset" if value is None else repr(value)
+    return f"{value!r}" if isinstance(value, str) else str(value)
+
+
+def _help(text: str) -> str:
+    return " ".join(text.split())
+
+
+def render_reference(markdown: bool = False) -> str:
+    index = key_index()
+    lines = []
+    if markdown:
+        lines += ["# Config reference", "",
+                  "Generated from lmforge's config dataclasses by `lmforge help config --markdown`; do not edit.",
+                  "Every key can be set in the run's YAML file or on the command line as `key=value` (command line "
+                  "wins). Mapping keys take `key.sub=value` too.", ""]
+    for group in GROUPS:
+        keys = [k for k in index.values() if k.group == group]
+        if markdown:
+            lines += [f"## {TITLES[group]}", "", "| key | type | default | description |", "|---|---|---|---|"]
+            for k in keys:
+                desc = _help(k.help).replace("|", "\\|")
+                lines.append(f"| `{k.name}` | {type_name(k.type).replace('|', '/')} | `{_default(k.default)}` | "
+                             f"{desc} |")
+            lines.append("")
+        else:
+            lines += [f"{TITLES[group]}:"]
+            for k in keys:
+                lines.append(f"  {k.name} ({type_name(k.type)}, default {_default(k.default)})")
+                if k.help:
+                    lines.append(f"      {_help(k.help)}")
+            lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""Which model and tokenizer a run starts from, or how to build them from scratch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lmforge.config.fields import option
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = option(
+        None,
+        "A local Hugging Face model directory or a hub id. With `from_scratch: true` only its config (architecture) "
+        "is used and the weights are initialised randomly.",
+    )
+    from_scratch: bool = option(
+        False, "Build a randomly initialised model from `model_type` (or `model_name_or_path`'s config) + overrides."
+    )
+    model_type: str | None = option(
+        None, "Named architecture for a model built from scratch, e.g. `qwen2`, `llama`, `mistral`, `gpt2`."
+    )
+    config_overrides: dict[str, Any] = option(
+        default_factory=dict,
+        help="Architecture fields to change on the base config, e.g. `{hidden_size: 256, num_hidden_layers: 4}`. "
+        "Every key must be a field of that architecture's config.",
+    )
+    tokenizer_name_or_path: str | None = option(
+        None, "Tokenizer directory or hub id; defaults to `model_name_or_path`."
+    )
+    train_tokenizer: bool = option(
+        False, "Train a byte-level BPE tokenizer on the training corpus (needs `from_scratch: true`)."
+    )
+    tokenizer_vocab_size: int = option(8192, "Vocabulary size of a trained tokenizer, special tokens included.")
+    tokenizer_special_tokens: list[str] = option(
+        default_factory=lambda: ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        help="Special tokens of a trained tokenizer; the first is used as EOS and pad token.",
+    )
+    tokenizer_max_samples: int | None = option(
+        None, "Train the tokenizer on at most this many documents (all of the training split when unset)."
+    )
+    trust_remote_code: bool = option(False, "Allow model/tokenizer code from the model repository to run.")
+    attn_implementation: str | None = option(
+        None, "Attention kernel: `sdpa`, `eager`, `flash_attention_2`, ... (transformers' default when unset)."
+    )
+    cache_dir: str | None = option(None, "Where downloaded hub models are stored.")
+    model_revision: str = option("main", "Hub branch, tag or commit of the model.")

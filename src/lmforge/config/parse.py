@@ -1,0 +1,129 @@
+"""Read a run's YAML plus `key=value` overrides into a validated RunConfig."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any
+
+import yaml
+
+from lmforge.config.coerce import coerce
+from lmforge.config.schema import GROUPS, TRAINING_DEFAULTS, RunConfig, key_index
+from lmforge.config.validate import validate
+from lmforge.errors import ConfigError
+
+
+def suggest(key: str, candidates: list[str] | set[str]) -> str:
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    if not close:
+        close = [c for c in candidates if key.lower() in c.lower() or c.lower() in key.lower()][:1]
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config error: config file '{path}' does not exist.")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"Config error: '{path}' is not valid YAML{where}: {problem}.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config error: '{path}' must hold a mapping of key: value, not a {type(data).__name__}.")
+    return data
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`key=value`, `--key=value` or `--key value`; values are read as YAML scalars/lists (`[a, b]`, `true`, `3e-4`).
+
+    A dotted key sets one entry of a mapping key: `config_overrides.hidden_size=64`.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            arg = arg[2:]
+            if "=" not in arg:
+                if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                    raise ConfigError(f"Config error (command line): '--{arg}' needs a value, e.g. --{arg}=VALUE.")
+                arg = f"{arg}={args[i + 1]}"
+                i += 1
+        if "=" not in arg:
+            raise ConfigError(f"Config error (command line): '{arg}' is not a key=value override.")
+        key, text = arg.split("=", 1)
+        key = key.strip().replace("-", "_")
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            value = text
+        if "." in key:
+            top, sub = key.split(".", 1)
+            out.setdefault(top, {})
+            if not isinstance(out[top], dict):
+                raise ConfigError(f"Config error (command line): '{top}' is set both as a value and as a mapping.")
+            out[top][sub] = value
+        else:
+            out[key] = value
+        i += 1
+    return out
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: set[str] | None = None) -> RunConfig:
+    """Check every key and value of `raw` and build the RunConfig (exits 2 via ConfigError on any problem)."""
+    from transformers import TrainingArguments
+
+    index = key_index()
+    cli_keys = cli_keys or set()
+    values: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
+    for key, value in raw.items():
+        where = "command line" if key in cli_keys else source
+        if not isinstance(key, str) or key not in index:
+            raise ConfigError(
+                f"Config error ({where}): unknown key '{key}'.{suggest(str(key), index.keys())} "
+                "Run `lmforge help train` to list every key."
+            )
+        spec = index[key]
+        if key == "resume_from_checkpoint" and isinstance(value, bool):
+            value = "true" if value else None  # `true` means: the newest checkpoint in output_dir
+        values[spec.group][key] = coerce(key, value, spec.type, where)
+
+    for key, default in TRAINING_DEFAULTS.items():
+        values["training"].setdefault(key, default)
+    if not values["training"].get("output_dir"):
+        raise ConfigError(f"Config error ({source}): 'output_dir' is required (where the model and logs are saved).")
+
+    groups: dict[str, Any] = {}
+    for group, cls in GROUPS.items():
+        try:
+            groups[group] = cls(**values[group])
+        except (ValueError, TypeError) as err:  # transformers validates combinations in __post_init__
+            if cls is not TrainingArguments:
+                raise
+            raise ConfigError(f"Config error ({source}): invalid training settings: {err}") from None
+    cfg = RunConfig(**groups, source=source, raw=dict(raw))
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> RunConfig:
+    """YAML file (optional) + command-line overrides (which win) -> validated RunConfig."""
+    base = read_yaml(path) if path else {}
+    cli = parse_overrides(overrides or [])
+    return build_config(merge(base, cli), source=path or "<command line>", cli_keys=set(cli))

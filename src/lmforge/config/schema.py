@@ -1,0 +1,96 @@
+"""The full set of config keys: lmforge's groups plus every `transformers.TrainingArguments` field."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import TrainingArguments
+
+from lmforge.config.data import DataArguments
+from lmforge.config.finetuning import FinetuningArguments
+from lmforge.config.generation import GenerationArguments
+from lmforge.config.model import ModelArguments
+from lmforge.config.tracking import TrackingArguments
+
+# Group name -> dataclass. Order is the order of `lmforge help train` and docs/config.md.
+GROUPS: dict[str, type] = {
+    "model": ModelArguments,
+    "data": DataArguments,
+    "finetuning": FinetuningArguments,
+    "generation": GenerationArguments,
+    "tracking": TrackingArguments,
+    "training": TrainingArguments,
+}
+
+# Where lmforge's default differs from transformers', and why.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "logging_steps": 10,  # transformers logs every 500 steps: too rare to watch a small run
+    "include_num_input_tokens_seen": "all",  # feeds tokens/s in trainer_log.jsonl
+}
+
+
+@dataclass
+class RunConfig:
+    """One run, fully resolved: every group's arguments plus where the config came from."""
+
+    model: ModelArguments
+    data: DataArguments
+    finetuning: FinetuningArguments
+    generation: GenerationArguments
+    tracking: TrackingArguments
+    training: TrainingArguments
+    source: str = "<command line>"
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def group_fields(cls: type) -> list[dataclasses.Field]:
+    """The init fields of a group (private or non-init fields of TrainingArguments are not config keys)."""
+    return [f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its group, dataclass field and resolved type."""
+
+    group: str
+    field: dataclasses.Field
+    type: Any
+
+    @property
+    def name(self) -> str:
+        return self.field.name
+
+    @property
+    def help(self) -> str:
+        return self.field.metadata.get("help", "")
+
+    @property
+    def default(self) -> Any:
+        return field_default(self.group, self.field)
+
+
+@functools.cache
+def key_index() -> dict[str, Key]:
+    """Every config key -> Key. Keys are unique across groups."""
+    index: dict[str, Key] = {}
+    for group, cls in GROUPS.items():
+        hints = typing.get_type_hints(cls)  # resolves `from __future__ import annotations` strings
+        for f in group_fields(cls):
+            if f.name in index:
+                raise RuntimeError(f"config key {f.name!r} is defined in both {index[f.name].group} and {group}")
+            index[f.name] = Key(group, f, hints.get(f.name, f.type))
+    return index
+
+
+def field_default(group: str, f: dataclasses.Field) -> Any:
+    if group == "training" and f.name in TRAINING_DEFAULTS:
+        return TRAINING_DEFAULTS[f.name]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None

@@ -1,0 +1,69 @@
+"""Checks that need more than one key: combinations that cannot work are rejected before any work starts."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lmforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lmforge.config.schema import RunConfig
+
+
+def _fail(cfg: RunConfig, message: str) -> None:
+    raise ConfigError(f"Config error ({cfg.source}): {message}")
+
+
+def validate(cfg: RunConfig) -> None:
+    m, d, t = cfg.model, cfg.data, cfg.training
+
+    if not d.dataset:
+        _fail(cfg, "'dataset' is required: name the training sources (registry names, files or hub ids).")
+    if d.cutoff_len < 2:
+        _fail(cfg, f"'cutoff_len' must be at least 2, got {d.cutoff_len}.")
+
+    if m.from_scratch:
+        if not m.model_type and not m.model_name_or_path:
+            _fail(cfg, "'from_scratch: true' needs an architecture: set 'model_type' (e.g. qwen2) or "
+                  "'model_name_or_path' (a model or config directory).")
+        if not (m.train_tokenizer or m.tokenizer_name_or_path or m.model_name_or_path):
+            _fail(cfg, "a model built from scratch needs a tokenizer: set 'train_tokenizer: true' or "
+                  "'tokenizer_name_or_path'.")
+    else:
+        if not m.model_name_or_path:
+            _fail(cfg, "'model_name_or_path' is required (or set 'from_scratch: true' with 'model_type').")
+        for key in ("model_type", "config_overrides", "train_tokenizer"):
+            if getattr(m, key):
+                _fail(cfg, f"'{key}' only applies to a model built from scratch; add 'from_scratch: true' or drop "
+                      f"'{key}'.")
+    if m.train_tokenizer and m.tokenizer_name_or_path:
+        _fail(cfg, "'train_tokenizer: true' and 'tokenizer_name_or_path' exclude each other: train one or load one.")
+    if m.train_tokenizer and m.tokenizer_vocab_size < 256 + len(m.tokenizer_special_tokens):
+        _fail(cfg, f"'tokenizer_vocab_size' must be at least {256 + len(m.tokenizer_special_tokens)} (256 byte "
+              f"tokens plus the special tokens), got {m.tokenizer_vocab_size}.")
+    if m.train_tokenizer and not m.tokenizer_special_tokens:
+        _fail(cfg, "'tokenizer_special_tokens' must name at least one token (the first becomes EOS).")
+
+    if d.val_size < 0 or (d.val_size >= 1 and not float(d.val_size).is_integer()):
+        _fail(cfg, f"'val_size' must be a fraction in (0, 1) or a whole count, got {d.val_size}.")
+    if d.interleave_probs is not None:
+        if d.mix_strategy == "concat":
+            _fail(cfg, "'interleave_probs' needs 'mix_strategy: interleave_under' or 'interleave_over'.")
+        n_sources = len([s for s in d.dataset.split(",") if s.strip()])
+        if len(d.interleave_probs) != n_sources:
+            _fail(cfg, f"'interleave_probs' has {len(d.interleave_probs)} values but 'dataset' names {n_sources} "
+                  "sources.")
+        if any(p < 0 for p in d.interleave_probs) or sum(d.interleave_probs) <= 0:
+            _fail(cfg, "'interleave_probs' must be non-negative and not all zero.")
+    if d.streaming:
+        if t.max_steps is None or t.max_steps <= 0:
+            _fail(cfg, "'streaming: true' needs 'max_steps' (a streamed corpus has no known length).")
+        if 0 < d.val_size < 1:
+            _fail(cfg, "with 'streaming: true', 'val_size' must be a document count (>= 1), not a fraction.")
+
+    has_eval = d.val_size > 0 or bool(d.eval_dataset)
+    if str(getattr(t.eval_strategy, "value", t.eval_strategy)) != "no" and not has_eval:
+        _fail(cfg, f"'eval_strategy: {getattr(t.eval_strategy, 'value', t.eval_strategy)}' needs evaluation data: "
+              "set 'val_size' or 'eval_dataset'.")
+    if t.bf16 and t.fp16:
+        _fail(cfg, "'bf16' and 'fp16' exclude each other: choose one precision.")

@@ -1,0 +1,139 @@
+"""Pretraining data, end to end: sources -> documents -> (cached) token blocks for the Trainer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+
+import datasets
+from datasets import Dataset, DatasetDict, IterableDataset
+from transformers import PreTrainedTokenizerBase
+
+from lmforge.config.data import DataArguments
+from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint, source_identity
+from lmforge.data.chunking import BlockChunker, ChunkStats, DocumentTokenizer
+from lmforge.data.loading import AnyDataset, TextSplits, load_texts, split_validation
+from lmforge.data.registry import resolve_sources
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainData:
+    train: AnyDataset
+    eval: Dataset | None
+    from_cache: bool
+    stats: dict[str, dict]
+
+
+def load_documents(args: DataArguments, seed: int) -> TextSplits:
+    """Training and evaluation documents (text), before tokenization."""
+    def load(names: str) -> AnyDataset:
+        return load_texts(names, args.dataset_dir, text_column=args.text_column, streaming=args.streaming,
+                          max_samples=args.max_samples, mix_strategy=args.mix_strategy,
+                          interleave_probs=args.interleave_probs, seed=seed)
+
+    docs = load(args.dataset)
+    if args.streaming:
+        docs = docs.shuffle(seed=seed, buffer_size=args.buffer_size) if args.val_size == 0 else docs
+    if args.eval_dataset:
+        return TextSplits(docs, load(args.eval_dataset))
+    return split_validation(docs, args.val_size, seed)
+
+
+def data_identity(args: DataArguments, seed: int) -> dict:
+    """Everything about the sources and document selection that changes which documents a run sees."""
+    specs = resolve_sources(args.dataset, args.dataset_dir, args.text_column)
+    eval_specs = resolve_sources(args.eval_dataset, args.dataset_dir, args.text_column) if args.eval_dataset else []
+    return {
+        "sources": [source_identity(s) for s in specs],
+        "eval_sources": [source_identity(s) for s in eval_specs],
+        "max_samples": args.max_samples, "val_size": args.val_size, "seed": seed,
+        "mix_strategy": args.mix_strategy, "interleave_probs": args.interleave_probs,
+    }
+
+
+def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    content = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return fingerprint([content, tokenizer.eos_token_id, tokenizer.bos_token_id])
+
+
+def tokenize_to_blocks(docs: AnyDataset, tokenizer: PreTrainedTokenizerBase, args: DataArguments,
+                       name: str) -> tuple[AnyDataset, BlockChunker]:
+    """Tokenize documents (batched, in parallel) and cut the concatenated ids into `cutoff_len` blocks."""
+    streaming = isinstance(docs, IterableDataset)
+    parallel = {} if streaming else {"num_proc": args.preprocessing_num_workers,
+                                     "desc": f"Tokenizing {name} documents"}
+    tokenized = docs.map(DocumentTokenizer(tokenizer, f"{name} split"), batched=True, with_indices=True,
+                         batch_size=args.preprocessing_batch_size, remove_columns=["text"], **parallel)
+    chunker = BlockChunker(args.cutoff_len, positions=args.neat_packing)
+    # Sequential on purpose: the chunker carries each batch's leftover tokens into the next batch.
+    extra = {} if streaming else {"desc": f"Cutting {name} blocks of {args.cutoff_len} tokens"}
+    blocks = tokenized.map(chunker, batched=True, batch_size=args.preprocessing_batch_size,
+                           remove_columns=["input_ids"], **extra)
+    return blocks, chunker
+
+
+def _report(name: str, chunker: BlockChunker, cutoff_len: int) -> dict:
+    stats = asdict(chunker.stats) | {"dropped_tokens": chunker.remainder, "cutoff_len": cutoff_len}
+    logger.info(
+        "%s: %s documents -> %s blocks of %d tokens (%s tokens with EOS); %s empty documents skipped; %s tokens of "
+        "the final partial block dropped", name, f"{stats['documents']:,}", f"{stats['blocks']:,}", cutoff_len,
+        f"{stats['tokens']:,}", f"{stats['empty_documents']:,}", f"{stats['dropped_tokens']:,}")
+    return stats
+
+
+def _materialise(blocks: AnyDataset) -> Dataset:
+    return Dataset.from_list([dict(b) for b in blocks])
+
+
+def build_pretrain_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int) -> PretrainData:
+    if args.streaming:
+        splits = load_documents(args, seed)
+        train, chunker = tokenize_to_blocks(splits.train, tokenizer, args, "train")
+        eval_blocks = None
+        if splits.eval is not None:
+            eval_blocks, eval_chunker = tokenize_to_blocks(splits.eval, tokenizer, args, "eval")
+            eval_blocks = _materialise(eval_blocks)
+            _report("eval", eval_chunker, args.cutoff_len)
+        logger.info("Streaming: documents are read and tokenized lazily during training (no cache).")
+        return PretrainData(train.with_format("torch"), eval_blocks, False, {})
+
+    key = fingerprint({"format": CACHE_FORMAT, "kind": "pt", "data": data_identity(args, seed),
+                       "tokenizer": tokenizer_identity(tokenizer), "cutoff_len": args.cutoff_len,
+                       "neat_packing": args.neat_packing})
+    path = os.path.join(cache_root(args.tokenized_cache_dir), "pt", key)
+    if args.overwrite_cache and os.path.isdir(path):
+        shutil.rmtree(path)
+
+    def build(tmp: str) -> None:
+        splits = load_documents(args, seed)
+        parts, stats = {}, {}
+        for name, docs in (("train", splits.train), ("eval", splits.eval)):
+            if docs is None:
+                continue
+            blocks, chunker = tokenize_to_blocks(docs, tokenizer, args, name)
+            parts[name], stats[name] = blocks, _report(name, chunker, args.cutoff_len)
+        if len(parts["train"]) == 0:
+            from lmforge.errors import DataError
+
+            raise DataError(f"Data error: the training data has {stats['train']['tokens']:,} tokens, fewer than one "
+                            f"block of cutoff_len={args.cutoff_len}; lower cutoff_len or add data.")
+        DatasetDict(parts).save_to_disk(os.path.join(tmp, "data"))
+        with open(os.path.join(tmp, "stats.json"), "w") as fh:
+            json.dump(stats, fh, indent=2)
+
+    hit = cached(path, build)
+    with open(os.path.join(path, "stats.json")) as fh:
+        stats = json.load(fh)
+    if hit:
+        logger.info("Reusing tokenized data from the cache (tokenization skipped): %s", path)
+        for name, s in stats.items():
+            logger.info("%s: %s blocks of %d tokens from %s documents", name, f"{s['blocks']:,}", s["cutoff_len"],
+                        f"{s['documents']:,}")
+    data = datasets.load_from_disk(os.path.join(path, "data"))
+    return PretrainData(data["train"], data["eval"] if "eval" in data else None, hit, stats)

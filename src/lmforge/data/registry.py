@@ -1,0 +1,135 @@
+"""Resolve the names in `dataset` to concrete sources, reading LLaMA-Factory `dataset_info.json` registries."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+from lmforge.errors import DataError
+
+REGISTRY_FILE = "dataset_info.json"
+FILE_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
+                 ".parquet": "parquet", ".arrow": "arrow"}
+
+
+@dataclass
+class SourceSpec:
+    """One data source, fully resolved: what to load, from where, and which column holds the text."""
+
+    name: str
+    kind: Literal["file", "disk", "hub"]
+    path: str
+    text_column: str = "text"
+    split: str = "train"
+    subset: str | None = None
+    num_samples: int | None = None
+    files: tuple[str, ...] = ()  # for kind == "file": every data file (one for a file, several for a folder)
+
+    @property
+    def builder(self) -> str | None:
+        return FILE_BUILDERS.get(os.path.splitext(self.files[0])[1].lower()) if self.files else None
+
+
+def builtin_dataset_dir() -> str:
+    """The registry of datasets that ship inside lmforge (the quickstart corpus)."""
+    return str(resources.files("lmforge") / "resources")
+
+
+def read_registry(dataset_dir: str) -> dict[str, Any]:
+    path = os.path.join(dataset_dir, REGISTRY_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            registry = json.load(fh)
+    except json.JSONDecodeError as err:
+        raise DataError(f"Data error: '{path}' is not valid JSON (line {err.lineno}, column {err.colno}: "
+                        f"{err.msg}).") from None
+    if not isinstance(registry, dict):
+        raise DataError(f"Data error: '{path}' must map dataset names to entries, not hold a {type(registry).__name__}.")
+    return registry
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "dataset_dict.json")) or os.path.isfile(os.path.join(path, "state.json"))
+
+
+def _files_in_folder(folder: str, name: str) -> tuple[str, ...]:
+    files = sorted(
+        os.path.join(root, f)
+        for root, _, fs in os.walk(folder)
+        for f in fs
+        if os.path.splitext(f)[1].lower() in FILE_BUILDERS
+    )
+    if not files:
+        raise DataError(f"Data error: source '{name}': folder '{folder}' holds no data files "
+                        f"({', '.join(sorted(FILE_BUILDERS))}).")
+    kinds = {FILE_BUILDERS[os.path.splitext(f)[1].lower()] for f in files}
+    if len(kinds) > 1:
+        raise DataError(f"Data error: source '{name}': folder '{folder}' mixes file types ({', '.join(sorted(kinds))}); "
+                        "name the files separately.")
+    return tuple(files)
+
+
+def spec_for_path(name: str, path: str, text_column: str, **extra: Any) -> SourceSpec:
+    """A local file, a folder of files, or a `save_to_disk` directory."""
+    if os.path.isdir(path):
+        if _is_saved_dataset(path):
+            return SourceSpec(name, "disk", path, text_column, **extra)
+        return SourceSpec(name, "file", path, text_column, files=_files_in_folder(path, name), **extra)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in FILE_BUILDERS:
+        raise DataError(f"Data error: source '{name}': '{path}' has an unsupported extension '{ext}' "
+                        f"(supported: {', '.join(sorted(FILE_BUILDERS))}).")
+    return SourceSpec(name, "file", path, text_column, files=(path,), **extra)
+
+
+def _spec_from_entry(name: str, entry: Any, dataset_dir: str, text_column: str) -> SourceSpec:
+    where = os.path.join(dataset_dir, REGISTRY_FILE)
+    if not isinstance(entry, dict):
+        raise DataError(f"Data error: '{where}': entry '{name}' must be a mapping, not {type(entry).__name__}.")
+    columns = entry.get("columns") or {}
+    # LLaMA-Factory names the pretraining text column `prompt`; an explicit `text` column mapping also counts.
+    column = columns.get("prompt") or columns.get("text") or text_column
+    extra = {"split": entry.get("split", "train"), "subset": entry.get("subset"), "num_samples": entry.get("num_samples")}
+    if entry.get("hf_hub_url"):
+        return SourceSpec(name, "hub", entry["hf_hub_url"], column, **extra)
+    if entry.get("file_name"):
+        path = os.path.join(dataset_dir, entry["file_name"])
+        if not os.path.exists(path):
+            raise DataError(f"Data error: '{where}': entry '{name}' names file_name '{entry['file_name']}', but "
+                            f"'{path}' does not exist.")
+        return spec_for_path(name, path, column, **extra)
+    unsupported = [k for k in ("ms_hub_url", "om_hub_url", "script_url", "cloud_file_name") if entry.get(k)]
+    if unsupported:
+        raise DataError(f"Data error: '{where}': entry '{name}' only has {unsupported[0]}, which lmforge does not "
+                        "load; give it a file_name or hf_hub_url.")
+    raise DataError(f"Data error: '{where}': entry '{name}' has neither 'file_name' nor 'hf_hub_url'.")
+
+
+def resolve_sources(dataset: str, dataset_dir: str, text_column: str = "text") -> list[SourceSpec]:
+    """`dataset` (comma-separated) -> one SourceSpec per name, looked up in this order: the registry in
+    `dataset_dir`, lmforge's built-in registry, a local path, and finally a hub dataset id."""
+    names = [n.strip() for n in dataset.split(",") if n.strip()]
+    user_registry = read_registry(dataset_dir)
+    builtin_dir = builtin_dataset_dir()
+    builtin_registry = read_registry(builtin_dir)
+    specs = []
+    for name in names:
+        if name in user_registry:
+            specs.append(_spec_from_entry(name, user_registry[name], dataset_dir, text_column))
+        elif name in builtin_registry:
+            specs.append(_spec_from_entry(name, builtin_registry[name], builtin_dir, text_column))
+        elif os.path.exists(name):
+            specs.append(spec_for_path(name, name, text_column))
+        elif os.path.exists(os.path.join(dataset_dir, name)):
+            specs.append(spec_for_path(name, os.path.join(dataset_dir, name), text_column))
+        elif os.path.splitext(name)[1].lower() in FILE_BUILDERS or os.sep in name and name.startswith((".", os.sep)):
+            raise DataError(f"Data error: source '{name}' looks like a file but does not exist (also looked in "
+                            f"dataset_dir '{dataset_dir}').")
+        else:
+            specs.append(SourceSpec(name, "hub", name, text_column))
+    return specs

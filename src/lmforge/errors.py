@@ -1,0 +1,15 @@
+"""Errors that mean "the user's input is wrong": the CLI prints them as one paragraph and exits 2."""
+
+
+class LmforgeError(Exception):
+    """Base class for input errors; the message must say what is wrong and where."""
+
+    exit_code = 2
+
+
+class ConfigError(LmforgeError):
+    """A config key is unknown, has the wrong type, or conflicts with another key."""
+
+
+class DataError(LmforgeError):
+    """A data file is missing, unreadable or malformed; the message names file, record/line and field."""

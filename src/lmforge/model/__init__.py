@@ -1,0 +1,1 @@
+"""Models and tokenizers: load pretrained, or build from scratch."""

@@ -1,0 +1,117 @@
+"""Build the model a run trains: a pretrained checkpoint, or a fresh one from an architecture + overrides."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from lmforge.config.model import ModelArguments
+from lmforge.config.parse import suggest
+from lmforge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+_META_KEYS = ("transformers_version", "_name_or_path", "architectures", "model_type", "dtype", "torch_dtype")
+
+
+def base_config(args: ModelArguments) -> PretrainedConfig:
+    if args.model_type:
+        try:
+            return AutoConfig.for_model(args.model_type)
+        except ValueError:
+            from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+            raise ConfigError(f"Config error: 'model_type: {args.model_type}' is not an architecture transformers "
+                              f"knows.{suggest(args.model_type, list(CONFIG_MAPPING.keys()))}") from None
+    try:
+        return AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code,
+                                          revision=args.model_revision, cache_dir=args.cache_dir)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"Config error: could not load a model config from '{args.model_name_or_path}': "
+                          f"{str(err).splitlines()[0]}") from None
+
+
+def _derivable_keys(cls: type[PretrainedConfig], values: dict) -> set[str]:
+    """Keys the config class recomputes to the same value from the others (head_dim, layer_types, kv heads of a
+    multi-head model, ...). They must follow an override of what they derive from, so they are dropped."""
+    derivable = set()
+    for key in values:
+        if key in _META_KEYS:
+            continue
+        trial = {k: v for k, v in values.items() if k != key}
+        try:
+            if getattr(cls.from_dict(trial), key, object()) == values[key]:
+                derivable.add(key)
+        except Exception:  # noqa: BLE001 - a key the config cannot do without is simply not derivable
+            continue
+    return derivable
+
+
+def scratch_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+    """The base architecture with `config_overrides` applied and the vocabulary/special ids of `tokenizer`."""
+    base = base_config(args)
+    cls = type(base)
+    values = {k: v for k, v in base.to_dict().items() if k not in _META_KEYS}
+    for key in args.config_overrides:
+        if key not in values and not hasattr(base, key):
+            raise ConfigError(f"Config error: config_overrides.{key} is not a field of the '{base.model_type}' "
+                              f"config.{suggest(key, [k for k in values if not k.startswith('_')])}")
+    overrides = dict(args.config_overrides)
+    if overrides:
+        for key in _derivable_keys(cls, values) - set(overrides):
+            values.pop(key)
+        base_kv, heads = getattr(base, "num_key_value_heads", None), overrides.get("num_attention_heads")
+        if base_kv and heads and "num_key_value_heads" not in overrides:
+            # Multi-head stays multi-head; grouped-query keeps its heads-per-kv-head ratio where it divides.
+            ratio = max(base.num_attention_heads // base_kv, 1)
+            values["num_key_value_heads"] = heads // ratio if heads % ratio == 0 else heads
+    values.update(overrides)
+    values.update(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                  bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id)
+    try:
+        config = cls.from_dict(values)
+    except Exception as err:  # noqa: BLE001 - config validators raise several types; all mean a bad override
+        cause = getattr(err, "__cause__", None) or err
+        raise ConfigError(f"Config error: config_overrides do not give a valid '{base.model_type}' architecture: "
+                          f"{str(cause).splitlines()[0]}") from None
+    heads, kv = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
+    if heads and kv and heads % kv:
+        raise ConfigError(f"Config error: num_attention_heads ({heads}) must be a multiple of num_key_value_heads "
+                          f"({kv}).")
+    return config
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(all, trainable) parameters; tied weights counted once."""
+    seen, total, trainable = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return total, trainable
+
+
+def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    if args.from_scratch:
+        config = scratch_config(args, tokenizer)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=args.trust_remote_code, **kwargs)
+        origin = f"new {config.model_type} model (random init)"
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                args.model_name_or_path, trust_remote_code=args.trust_remote_code, revision=args.model_revision,
+                cache_dir=args.cache_dir, dtype="auto", **kwargs)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"Config error: could not load a model from '{args.model_name_or_path}': "
+                              f"{str(err).splitlines()[0]}") from None
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        origin = f"{args.model_name_or_path}"
+    total, trainable = count_parameters(model)
+    logger.info("Model: %s — %s parameters (%s trainable)", origin, f"{total:,}", f"{trainable:,}")
+    return model

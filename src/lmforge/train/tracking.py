@@ -1,0 +1,80 @@
+"""Experiment trackers: check `report_to` up front, attach SwanLab's official callback, log generated samples."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+
+from transformers import TrainerCallback, TrainingArguments
+
+from lmforge.config.tracking import TrackingArguments
+from lmforge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# report_to name -> (modules any of which provides it, pip extra)
+TRACKERS = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "wandb": (("wandb",), "wandb"),
+    "swanlab": (("swanlab",), "swanlab"),
+    "mlflow": (("mlflow",), "mlflow"),
+}
+
+
+def requested_trackers(args: TrainingArguments) -> list[str]:
+    report_to = args.report_to or []
+    if isinstance(report_to, str):
+        report_to = [report_to]
+    return [r for name in report_to for r in str(name).split(",") if r.strip() and r != "none"]
+
+
+def check_trackers(args: TrainingArguments) -> None:
+    """A tracker named in report_to whose package is missing is a config error with an install hint."""
+    for name in requested_trackers(args):
+        if name == "all" or name not in TRACKERS:
+            continue
+        modules, extra = TRACKERS[name]
+        if not any(importlib.util.find_spec(m) for m in modules):
+            raise ConfigError(f"Config error: report_to includes '{name}', but the {modules[0]} package is not "
+                              f"installed. Install it with: pip install 'lmforge[{extra}]' (or pip install "
+                              f"{modules[0]}).")
+
+
+def tracking_callbacks(args: TrainingArguments, tracking: TrackingArguments) -> list[TrainerCallback]:
+    """SwanLab goes through its own SwanLabCallback (with mode/logdir honoured), not transformers' copy of it."""
+    trackers = requested_trackers(args)
+    if "swanlab" not in trackers:
+        return []
+    args.report_to = [t for t in trackers if t != "swanlab"] or ["none"]
+    try:
+        from swanlab.integration.transformers import SwanLabCallback
+    except ImportError:  # swanlab < 0.6 named the module after the hub
+        from swanlab.integration.huggingface import SwanLabCallback
+    logdir = tracking.swanlab_logdir or os.path.join(args.output_dir, "swanlog")
+    return [SwanLabCallback(project=tracking.swanlab_project, workspace=tracking.swanlab_workspace,
+                            experiment_name=tracking.swanlab_run_name or args.run_name, mode=tracking.swanlab_mode,
+                            logdir=logdir)]
+
+
+def log_samples(trainer, samples: list[dict]) -> None:
+    """Send generated samples to every active tracker as text/table."""
+    text = "\n\n".join(f"**{s['prompt']}**{s['completion']}" for s in samples)
+    for callback in trainer.callback_handler.callbacks:
+        name = type(callback).__name__
+        try:
+            if name == "TensorBoardCallback" and getattr(callback, "tb_writer", None) is not None:
+                callback.tb_writer.add_text("samples", text, trainer.state.global_step)
+                callback.tb_writer.flush()
+            elif name == "WandbCallback" and getattr(callback, "_wandb", None) is not None and callback._wandb.run:
+                table = callback._wandb.Table(columns=["prompt", "completion"],
+                                              data=[[s["prompt"], s["completion"]] for s in samples])
+                callback._wandb.log({"samples": table})
+            elif name == "SwanLabCallback":
+                import swanlab
+
+                swanlab.log({"samples": [swanlab.Text(s["prompt"] + s["completion"]) for s in samples]})
+            elif name == "MLflowCallback" and getattr(callback, "_ml_flow", None) is not None:
+                callback._ml_flow.log_text(text, "samples.md")
+        except Exception as err:  # noqa: BLE001 - a tracker failing to take text must not fail a finished run
+            logger.warning("Could not log samples to %s: %s", name, err)
