@@ -40,6 +40,11 @@ def type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any) -> Any:
+    if isinstance(value, bool) and choices(tp):
+        # YAML 1.1 reads a bare `no` / `yes` as a boolean: `save_strategy: no` means the choice "no".
+        spelled = [w for w in (("no", "false") if not value else ("yes", "true")) if w in choices(tp)]
+        if spelled:
+            return spelled[0]
     origin = get_origin(tp)
     if tp is Any or tp is typing.Any:
         return value

@@ -13,7 +13,8 @@ TITLES = {
     "finetuning": "Stage",
     "generation": "Generation (samples at the end of training)",
     "tracking": "Experiment tracking",
-    "training": "Trainer (every `transformers.TrainingArguments` field, passed through)",
+    "training": "Trainer (every `transformers.TrainingArguments` field, passed through; `bf16`/`fp16` also take "
+    "`auto`: on where the GPU supports it)",
 }
 
 

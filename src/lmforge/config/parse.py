@@ -85,6 +85,15 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def auto_precision(key: str) -> bool:
+    """`bf16: auto` is true on a GPU that supports bfloat16; `fp16: auto` on a GPU that does not."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    return torch.cuda.is_bf16_supported() if key == "bf16" else not torch.cuda.is_bf16_supported()
+
+
 def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: set[str] | None = None) -> RunConfig:
     """Check every key and value of `raw` and build the RunConfig (exits 2 via ConfigError on any problem)."""
     from transformers import TrainingArguments
@@ -102,7 +111,11 @@ def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: 
         spec = index[key]
         if key == "resume_from_checkpoint" and isinstance(value, bool):
             value = "true" if value else None  # `true` means: the newest checkpoint in output_dir
+        if key in ("bf16", "fp16") and isinstance(value, str) and value.lower() == "auto":
+            value = auto_precision(key)  # mixed precision where the hardware has it
         values[spec.group][key] = coerce(key, value, spec.type, where)
+    if values["training"].get("bf16") and values["training"].get("fp16"):
+        raise ConfigError(f"Config error ({source}): 'bf16' and 'fp16' exclude each other: choose one precision.")
 
     for key, default in TRAINING_DEFAULTS.items():
         values["training"].setdefault(key, default)

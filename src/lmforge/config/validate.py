@@ -65,5 +65,3 @@ def validate(cfg: RunConfig) -> None:
     if str(getattr(t.eval_strategy, "value", t.eval_strategy)) != "no" and not has_eval:
         _fail(cfg, f"'eval_strategy: {getattr(t.eval_strategy, 'value', t.eval_strategy)}' needs evaluation data: "
               "set 'val_size' or 'eval_dataset'.")
-    if t.bf16 and t.fp16:
-        _fail(cfg, "'bf16' and 'fp16' exclude each other: choose one precision.")

@@ -50,6 +50,10 @@ def _load_raw(spec: SourceSpec, streaming: bool) -> AnyDataset:
         ) from None
 
 
+def _describe(spec: SourceSpec) -> str:
+    return f"'{spec.path}'" if spec.name == spec.path else f"source '{spec.name}' ({spec.path})"
+
+
 def _first_bad_record(ds: Dataset, column: str) -> int:
     for i, value in enumerate(ds[column]):
         if value is not None and not isinstance(value, str):
@@ -61,15 +65,17 @@ def _text_only(ds: AnyDataset, spec: SourceSpec) -> AnyDataset:
     """Keep only the text column, renamed to `text`, after checking it exists and holds strings."""
     columns = ds.column_names if ds.column_names is not None else list(ds.features or {})
     if spec.text_column not in columns:
-        raise DataError(f"Data error: source '{spec.name}' ({spec.path}) has no column '{spec.text_column}' "
+        raise DataError(f"Data error: {_describe(spec)} has no column '{spec.text_column}' "
                         f"(columns: {', '.join(columns)}). Set `text_column`, or `columns: {{prompt: NAME}}` in "
                         "dataset_info.json.")
     if isinstance(ds, Dataset):
         arrow_type = ds.data.column(spec.text_column).type
         if not (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_null(arrow_type)):
+            for path in spec.files:  # name the line where the file format has lines
+                diagnose_file(path, spec.builder, spec.text_column)
             bad = _first_bad_record(ds, spec.text_column)
-            raise DataError(f"Data error: source '{spec.name}' ({spec.path}) record {bad}: field "
-                            f"'{spec.text_column}' must be a string, got {type(ds[bad][spec.text_column]).__name__}.")
+            raise DataError(f"Data error: {_describe(spec)} record {bad}: field '{spec.text_column}' must be a "
+                            f"string, got {type(ds[bad][spec.text_column]).__name__}.")
     ds = ds.select_columns([spec.text_column])
     if spec.text_column != "text":
         ds = ds.rename_column(spec.text_column, "text")

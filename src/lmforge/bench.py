@@ -1,0 +1,152 @@
+"""`lmforge bench CONFIG [key=value ...]`: measure a training config's real speed and memory.
+
+Runs `--warmup` steps, then times `--steps` steps of the same recipe `lmforge train` uses, and reports real (non-pad)
+tokens/s, achieved FLOP/s (6 * params * tokens + attention), the fraction of the device's matmul peak measured in
+the same process, peak memory and time to first step. Never a timed test: run it and read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+
+import torch
+from transformers import TrainerCallback
+
+from lmforge.config import load_config
+from lmforge.errors import ConfigError
+
+
+class StepClock(TrainerCallback):
+    """Wall-clock time at the end of every optimizer step, and tokens seen then."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.tokens: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+        self.tokens.append(state.num_input_tokens_seen)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """Achievable FLOP/s of a large square matmul on this device (the denominator of utilisation)."""
+    if device.type == "cpu":
+        n = 1024  # large enough to saturate the cores, small enough to measure quickly
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(2):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token: 6 * matmul parameters (the input embedding is a lookup) + 12 * layers * seq * d_attn
+    for the attention scores and weighted sum (forward + backward, as in the PaLM paper's appendix B)."""
+    from lmforge.model.build import count_parameters
+
+    params, _ = count_parameters(model)
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is None or head.weight is not emb.weight:
+        params -= emb.weight.numel()
+    cfg = model.config
+    layers = getattr(cfg, "num_hidden_layers", 0)
+    heads = getattr(cfg, "num_attention_heads", 0)
+    head_dim = getattr(cfg, "head_dim", None) or (cfg.hidden_size // heads if heads else 0)
+    return 6 * params + 12 * layers * seq_len * heads * head_dim
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def run(config: str | None, overrides: list[str], steps: int, warmup: int) -> dict:
+    from lmforge.train.pt import build_trainer
+
+    started = time.perf_counter()
+    out = tempfile.mkdtemp(prefix="lmforge-bench-")
+    forced = [f"max_steps={warmup + steps}", "eval_strategy=no", "save_strategy=no", "report_to=none",
+              "logging_steps=1000000", "val_size=0", "eval_dataset=null", "sample_prompts=[]", "plot_loss=false",
+              "include_num_input_tokens_seen=all", "disable_tqdm=true"]
+    cfg = load_config(config, [f"output_dir={out}", *overrides, *forced])
+    if cfg.finetuning.stage != "pt":
+        raise ConfigError(f"Config error: lmforge bench measures stage pt for now, not '{cfg.finetuning.stage}'.")
+    trainer = build_trainer(cfg)
+    clock = StepClock()
+    trainer.add_callback(clock)
+    trainer.train()
+
+    device = trainer.args.device
+    if len(clock.times) <= warmup:
+        raise ConfigError("Config error: the run ended before the timed steps (dataset too small for "
+                          f"{warmup + steps} steps?).")
+    elapsed = clock.times[-1] - clock.times[warmup - 1] if warmup else clock.times[-1] - started
+    tokens = clock.tokens[-1] - (clock.tokens[warmup - 1] if warmup else 0)
+    per_token = flops_per_token(trainer.model, cfg.data.cutoff_len)
+    dtype = torch.bfloat16 if cfg.training.bf16 else torch.float16 if cfg.training.fp16 else torch.float32
+    peak = matmul_peak(dtype, device)
+    achieved = per_token * tokens / elapsed
+    return {
+        "config": config, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+        "timed_steps": len(clock.times) - warmup, "warmup_steps": warmup,
+        "tokens_per_step": tokens / max(len(clock.times) - warmup, 1),
+        "real_tokens_per_second": tokens / elapsed,  # pt blocks carry no padding: every token is real
+        "padded_tokens_per_second": tokens / elapsed,
+        "flops_per_token": per_token, "achieved_flops": achieved, "matmul_peak_flops": peak,
+        "fraction_of_peak": achieved / peak,
+        "peak_memory_gib": peak_memory_bytes(device) / 2**30,
+        "time_to_first_step_s": clock.times[0] - started,
+    }
+
+
+def report(r: dict) -> str:
+    return "\n".join([
+        f"lmforge bench — {r['config']} on {r['device']} ({r['dtype']})",
+        f"  timed steps            {r['timed_steps']} (after {r['warmup_steps']} warm-up)",
+        f"  real tokens/s          {r['real_tokens_per_second']:,.0f}",
+        f"  padded tokens/s        {r['padded_tokens_per_second']:,.0f}",
+        f"  achieved FLOP/s        {r['achieved_flops'] / 1e9:,.2f} GFLOP/s ({r['flops_per_token'] / 1e6:,.1f} MFLOP/token)",
+        f"  matmul peak (measured) {r['matmul_peak_flops'] / 1e9:,.2f} GFLOP/s",
+        f"  fraction of peak       {100 * r['fraction_of_peak']:.1f} %",
+        f"  peak memory            {r['peak_memory_gib']:.2f} GiB ({'max allocated' if 'cuda' in r['device'] else 'RSS'})",
+        f"  time to first step     {r['time_to_first_step_s']:.1f} s",
+    ])
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lmforge bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", help="run YAML (the same file `lmforge train` takes)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--json", dest="json_path", help="also write the figures to this JSON file")
+    ns = parser.parse_args(argv)
+    from lmforge.logs import setup_logging
+
+    setup_logging()
+    config, overrides = ns.config, list(ns.overrides)
+    if config and "=" in config:
+        config, overrides = None, [config, *overrides]
+    result = run(config, overrides, ns.steps, ns.warmup)
+    print(report(result))
+    if ns.json_path:
+        with open(ns.json_path, "w") as fh:
+            json.dump(result, fh, indent=2)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny tokenizers and models built on the fly, real data from ../shared/data, isolated caches."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import pytest
+
+# Tests never touch the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+LF_DEMO = SHARED_DATA / "llamafactory_demo"
+QUICKSTART = REPO / "src" / "lmforge" / "resources" / "quickstart_corpus.jsonl"
+
+TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 64, "max_position_embeddings": 256}
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own lmforge cache, so cache hits are only those the test creates."""
+    cache = tmp_path / "lmforge-cache"
+    monkeypatch.setenv("LMFORGE_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def quickstart_texts() -> list[str]:
+    with open(QUICKSTART, encoding="utf-8") as fh:
+        return [json.loads(line)["text"] for line in fh]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(quickstart_texts):
+    from lmforge.model.tokenizer import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(quickstart_texts[:500], 384, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> str:
+    """A tiny random Qwen2 model + tokenizer saved as a plain HF directory."""
+    from lmforge.config.model import ModelArguments
+    from lmforge.model.build import build_model
+
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    model = build_model(ModelArguments(from_scratch=True, model_type="qwen2", config_overrides=TINY_MODEL),
+                        tiny_tokenizer)
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def write_jsonl(path: pathlib.Path, records: list) -> pathlib.Path:
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return path
+
+
+def scratch_args(output_dir, **extra) -> list[str]:
+    """Command-line overrides for a tiny from-scratch pt run on a slice of the quickstart corpus."""
+    args = {
+        "stage": "pt", "from_scratch": True, "model_type": "qwen2", "train_tokenizer": True,
+        "tokenizer_vocab_size": 384, "dataset": "lmforge_quickstart", "max_samples": 400, "cutoff_len": 64,
+        "output_dir": str(output_dir), "per_device_train_batch_size": 8, "learning_rate": 3e-3,
+        "max_steps": 20, "logging_steps": 5, "save_steps": 10, "report_to": "none", "disable_tqdm": True,
+        "dataloader_num_workers": 0, "seed": 7,
+    }
+    args.update(extra)
+    out = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in args.items()]
+    out += [f"config_overrides.{k}={v}" for k, v in TINY_MODEL.items()]
+    return out
