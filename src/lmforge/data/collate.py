@@ -18,11 +18,14 @@ class PretrainCollator:
     token is ignored: nothing is predicted across a document boundary, so the loss equals that of each document alone.
     """
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor | bool]:
         input_ids = torch.as_tensor([list(f["input_ids"]) for f in features], dtype=torch.long)
         batch = {"input_ids": input_ids, "labels": input_ids.clone()}
         if "position_ids" in features[0]:
             position_ids = torch.as_tensor([list(f["position_ids"]) for f in features], dtype=torch.long)
             batch["position_ids"] = position_ids
             batch["labels"][position_ids == 0] = IGNORE_INDEX
+            # transformers only derives document boundaries from position ids when no KV cache is built; a model
+            # whose config says use_cache=True would otherwise attend across documents.
+            batch["use_cache"] = False
         return batch
