@@ -69,7 +69,7 @@ def scratch_args(output_dir, **extra) -> list[str]:
     args = {
         "stage": "pt", "from_scratch": True, "model_type": "qwen2", "train_tokenizer": True,
         "tokenizer_vocab_size": 384, "dataset": "lmforge_quickstart", "max_samples": 400, "cutoff_len": 64,
-        "output_dir": str(output_dir), "per_device_train_batch_size": 8, "learning_rate": 3e-3,
+        "output_dir": str(output_dir), "per_device_train_batch_size": 8, "learning_rate": 1e-2,
         "max_steps": 20, "logging_steps": 5, "save_steps": 10, "report_to": "none", "disable_tqdm": True,
         "dataloader_num_workers": 0, "seed": 7,
     }

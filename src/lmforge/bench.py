@@ -120,10 +120,12 @@ def report(r: dict) -> str:
         f"  timed steps            {r['timed_steps']} (after {r['warmup_steps']} warm-up)",
         f"  real tokens/s          {r['real_tokens_per_second']:,.0f}",
         f"  padded tokens/s        {r['padded_tokens_per_second']:,.0f}",
-        f"  achieved FLOP/s        {r['achieved_flops'] / 1e9:,.2f} GFLOP/s ({r['flops_per_token'] / 1e6:,.1f} MFLOP/token)",
+        f"  achieved FLOP/s        {r['achieved_flops'] / 1e9:,.2f} GFLOP/s "
+        f"({r['flops_per_token'] / 1e6:,.1f} MFLOP/token)",
         f"  matmul peak (measured) {r['matmul_peak_flops'] / 1e9:,.2f} GFLOP/s",
         f"  fraction of peak       {100 * r['fraction_of_peak']:.1f} %",
-        f"  peak memory            {r['peak_memory_gib']:.2f} GiB ({'max allocated' if 'cuda' in r['device'] else 'RSS'})",
+        f"  peak memory            {r['peak_memory_gib']:.2f} GiB "
+        f"({'max allocated' if 'cuda' in r['device'] else 'RSS'})",
         f"  time to first step     {r['time_to_first_step_s']:.1f} s",
     ])
 

@@ -34,7 +34,8 @@ def cmd_train(args: list[str]) -> int:
     from lmforge.train import stage_runner
 
     setup_logging()
-    config_path, overrides = (args[0], args[1:]) if "=" not in args[0] and not args[0].startswith("--") else (None, args)
+    has_file = "=" not in args[0] and not args[0].startswith("--")
+    config_path, overrides = (args[0], args[1:]) if has_file else (None, args)
     cfg = load_config(config_path, overrides)
     stage_runner(cfg.finetuning.stage)(cfg)
     return 0

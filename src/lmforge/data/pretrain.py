@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lmforge.config.data import DataArguments
 from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint, source_identity
-from lmforge.data.chunking import BlockChunker, ChunkStats, DocumentTokenizer
+from lmforge.data.chunking import BlockChunker, DocumentTokenizer
 from lmforge.data.loading import AnyDataset, TextSplits, load_texts, split_validation
 from lmforge.data.registry import resolve_sources
 

@@ -49,7 +49,8 @@ def read_registry(dataset_dir: str) -> dict[str, Any]:
         raise DataError(f"Data error: '{path}' is not valid JSON (line {err.lineno}, column {err.colno}: "
                         f"{err.msg}).") from None
     if not isinstance(registry, dict):
-        raise DataError(f"Data error: '{path}' must map dataset names to entries, not hold a {type(registry).__name__}.")
+        raise DataError(f"Data error: '{path}' must map dataset names to entries, not hold a "
+                        f"{type(registry).__name__}.")
     return registry
 
 
@@ -69,8 +70,8 @@ def _files_in_folder(folder: str, name: str) -> tuple[str, ...]:
                         f"({', '.join(sorted(FILE_BUILDERS))}).")
     kinds = {FILE_BUILDERS[os.path.splitext(f)[1].lower()] for f in files}
     if len(kinds) > 1:
-        raise DataError(f"Data error: source '{name}': folder '{folder}' mixes file types ({', '.join(sorted(kinds))}); "
-                        "name the files separately.")
+        raise DataError(f"Data error: source '{name}': folder '{folder}' mixes file types "
+                        f"({', '.join(sorted(kinds))}); name the files separately.")
     return tuple(files)
 
 
@@ -94,7 +95,8 @@ def _spec_from_entry(name: str, entry: Any, dataset_dir: str, text_column: str) 
     columns = entry.get("columns") or {}
     # LLaMA-Factory names the pretraining text column `prompt`; an explicit `text` column mapping also counts.
     column = columns.get("prompt") or columns.get("text") or text_column
-    extra = {"split": entry.get("split", "train"), "subset": entry.get("subset"), "num_samples": entry.get("num_samples")}
+    extra = {"split": entry.get("split", "train"), "subset": entry.get("subset"),
+             "num_samples": entry.get("num_samples")}
     if entry.get("hf_hub_url"):
         return SourceSpec(name, "hub", entry["hf_hub_url"], column, **extra)
     if entry.get("file_name"):
@@ -127,7 +129,7 @@ def resolve_sources(dataset: str, dataset_dir: str, text_column: str = "text") -
             specs.append(spec_for_path(name, name, text_column))
         elif os.path.exists(os.path.join(dataset_dir, name)):
             specs.append(spec_for_path(name, os.path.join(dataset_dir, name), text_column))
-        elif os.path.splitext(name)[1].lower() in FILE_BUILDERS or os.sep in name and name.startswith((".", os.sep)):
+        elif os.path.splitext(name)[1].lower() in FILE_BUILDERS or name.startswith((".", os.sep)):
             raise DataError(f"Data error: source '{name}' looks like a file but does not exist (also looked in "
                             f"dataset_dir '{dataset_dir}').")
         else:

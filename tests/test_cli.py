@@ -1,0 +1,91 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmforge import __version__
+from lmforge.cli import main
+from tests.conftest import REPO, scratch_args, write_jsonl
+
+
+def run_cli(*args, env=None):
+    """The real console entry point in a subprocess: exit code and output exactly as a user sees them."""
+    return subprocess.run([sys.executable, "-m", "lmforge", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=REPO, timeout=300)
+
+
+def test_version_env_help(capsys):
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.strip() == __version__
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    for name in ("python", "torch", "transformers", "datasets", "peft", "trl", "accelerate", "device"):
+        assert f"- {name}:" in out
+    assert main(["help"]) == 0
+    assert "lmforge train CONFIG.yaml" in capsys.readouterr().out
+    assert main(["help", "train"]) == 0
+    out = capsys.readouterr().out
+    assert "cutoff_len (int, default 1024)" in out and "learning_rate" in out
+
+
+def test_unknown_command_suggests(capsys):
+    assert main(["trian"]) == 2
+    assert "Did you mean 'train'?" in capsys.readouterr().err
+
+
+def test_bad_config_exits_2_with_one_paragraph_and_no_traceback(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("stage: pt\nfrom_scratch: true\nmodel_type: qwen2\ntrain_tokenizer: true\n"
+                   "dataset: lmforge_quickstart\noutput_dir: out\nlearning_rte: 1.0e-3\n")
+    result = run_cli("train", str(cfg))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "unknown key 'learning_rte'. Did you mean 'learning_rate'?" in result.stderr
+    assert str(cfg) in result.stderr
+    result = run_cli("train", str(cfg), "learning_rte=null", "cutoff_len=many")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_malformed_data_exits_2_naming_file_and_line(tmp_path):
+    bad = write_jsonl(tmp_path / "corpus.jsonl", [{"text": "fine"}, '{"text": oops}'])
+    result = run_cli("train", *scratch_args(tmp_path / "out", dataset=str(bad)),
+                     env={"LMFORGE_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "corpus.jsonl' line 2: invalid JSON" in result.stderr
+
+
+def test_missing_tracker_package_gives_an_install_hint(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    try:
+        import wandb  # noqa: F401
+        pytest.skip("wandb is installed here")
+    except ImportError:
+        pass
+    code = main(["train", *scratch_args(tmp_path / "out", report_to="wandb")])
+    assert code == 2
+    assert "pip install 'lmforge[wandb]'" in capsys.readouterr().err
+
+
+def test_tensorboard_tracking_writes_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tb"
+    assert main(["train", *scratch_args(out, max_steps=6, report_to="tensorboard",
+                                        sample_prompts=["Hi"], max_new_tokens=3)]) == 0
+    events = [f for _, _, fs in os.walk(out) for f in fs if f.startswith("events.out")]
+    assert events
+
+
+def test_bench_reports_speed_and_memory(tmp_path, capsys):
+    assert main(["bench", *scratch_args(tmp_path / "b"), "--steps", "4", "--warmup", "1",
+                 "--json", str(tmp_path / "bench.json")]) == 0
+    out = capsys.readouterr().out
+    for label in ("real tokens/s", "achieved FLOP/s", "fraction of peak", "peak memory", "time to first step"):
+        assert label in out
+    with open(tmp_path / "bench.json") as fh:
+        result = json.load(fh)
+    assert result["timed_steps"] == 4
+    assert result["tokens_per_step"] == 8 * 64
+    assert result["real_tokens_per_second"] > 0 and 0 < result["fraction_of_peak"]

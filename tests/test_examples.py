@@ -1,0 +1,43 @@
+"""The shipped examples and the quickstart corpus stay valid."""
+
+import json
+
+import torch
+
+from lmforge.config import load_config
+from lmforge.resources.quickstart_corpus import generate
+from tests.conftest import QUICKSTART, REPO
+
+
+def test_quickstart_corpus_is_generated_by_the_project():
+    with open(QUICKSTART, encoding="utf-8") as fh:
+        shipped = [json.loads(line)["text"] for line in fh]
+    assert shipped == generate()
+
+
+def test_example_configs_validate():
+    for path in sorted((REPO / "examples").glob("*.yaml")):
+        cfg = load_config(str(path))
+        assert cfg.finetuning.stage == "pt", path
+
+
+def test_tutorial_scale_example_is_about_120m_parameters(tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.model.build import count_parameters, scratch_config
+
+    cfg = load_config(str(REPO / "examples" / "pretrain_qwen2_120m.yaml"))
+    assert cfg.data.cutoff_len == 512 and cfg.training.gradient_accumulation_steps == 8
+    assert cfg.training.lr_scheduler_type.value == "cosine" and cfg.training.warmup_steps > 0
+
+    class Vocab:  # the example trains a 32k tokenizer; the count only needs its size and special ids
+        def __len__(self):
+            return cfg.model.tokenizer_vocab_size
+        eos_token_id = pad_token_id = 0
+        bos_token_id = None
+
+    config = scratch_config(cfg.model, Vocab())
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total, _ = count_parameters(model)
+    assert 100e6 < total < 140e6
