@@ -126,3 +126,13 @@ def test_continued_pretraining_from_a_model_dir(tmp_path, tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(out)
     original = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, original.model.layers[0].mlp.up_proj.weight)
+
+
+def test_streaming_run_trains_with_a_held_out_count(tmp_path):
+    out = tmp_path / "stream"
+    assert main(["train", *scratch_args(out, max_steps=12, streaming=True, val_size=40, eval_strategy="steps",
+                                        eval_steps=6, save_strategy="no")]) == 0
+    log = read_log(str(out))
+    evals = [r["eval_loss"] for r in log if "eval_loss" in r]
+    assert len(evals) >= 2 and evals[-1] < evals[0]
+    assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == 384

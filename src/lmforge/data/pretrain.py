@@ -37,11 +37,11 @@ def load_documents(args: DataArguments, seed: int) -> TextSplits:
                           interleave_probs=args.interleave_probs, seed=seed)
 
     docs = load(args.dataset)
-    if args.streaming:
-        docs = docs.shuffle(seed=seed, buffer_size=args.buffer_size) if args.val_size == 0 else docs
-    if args.eval_dataset:
-        return TextSplits(docs, load(args.eval_dataset))
-    return split_validation(docs, args.val_size, seed)
+    splits = TextSplits(docs, load(args.eval_dataset)) if args.eval_dataset else split_validation(
+        docs, args.val_size, seed)
+    if args.streaming:  # after the split, so held-out documents stay the same first `val_size` of the stream
+        splits.train = splits.train.shuffle(seed=seed, buffer_size=args.buffer_size)
+    return splits
 
 
 def data_identity(args: DataArguments, seed: int) -> dict:

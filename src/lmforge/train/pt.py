@@ -30,8 +30,9 @@ def build_trainer(cfg: RunConfig) -> LanguageModelTrainer:
     args = cfg.training
     check_trackers(args)
     set_seed(args.seed)
-    tokenizer = setup_tokenizer(cfg)
-    with args.main_process_first(desc="preparing pretraining data"):
+    # Under torchrun the first process trains the tokenizer and fills the cache; the others then read it.
+    with args.main_process_first(desc="preparing tokenizer and pretraining data"):
+        tokenizer = setup_tokenizer(cfg)
         data = build_pretrain_data(cfg.data, tokenizer, args.seed)
     model = build_model(cfg.model, tokenizer)
     return LanguageModelTrainer(
