@@ -89,3 +89,12 @@ def test_bench_reports_speed_and_memory(tmp_path, capsys):
     assert result["timed_steps"] == 4
     assert result["tokens_per_step"] == 8 * 64
     assert result["real_tokens_per_second"] > 0 and 0 < result["fraction_of_peak"]
+
+
+def test_swanlab_offline_mode_logs_locally_through_its_callback(tmp_path):
+    pytest.importorskip("swanlab")
+    out = tmp_path / "swan"
+    assert main(["train", *scratch_args(out, max_steps=6, report_to="swanlab", swanlab_mode="offline",
+                                        swanlab_project="lmforge-test", sample_prompts=["Hi"], max_new_tokens=3)]) == 0
+    logged = [f for _, _, fs in os.walk(out / "swanlog") for f in fs]
+    assert logged, "SwanLab wrote nothing under output_dir/swanlog"

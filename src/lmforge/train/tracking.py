@@ -46,7 +46,7 @@ def tracking_callbacks(args: TrainingArguments, tracking: TrackingArguments) -> 
     trackers = requested_trackers(args)
     if "swanlab" not in trackers:
         return []
-    args.report_to = [t for t in trackers if t != "swanlab"] or ["none"]
+    args.report_to = [t for t in trackers if t != "swanlab"]
     try:
         from swanlab.integration.transformers import SwanLabCallback
     except ImportError:  # swanlab < 0.6 named the module after the hub
