@@ -141,3 +141,16 @@ def test_auto_precision_is_off_without_a_gpu():
         assert cfg.training.bf16 is False and cfg.training.fp16 is False
     else:
         assert cfg.training.bf16 != cfg.training.fp16
+
+
+def test_architecture_mistakes_fail_before_any_data_work():
+    with pytest.raises(ConfigError, match="'model_type: qwen3x' is not an architecture transformers knows. Did you "
+                                          "mean 'qwen3'?"):
+        load_config(None, ["dataset=x", "output_dir=o", "from_scratch=true", "model_type=qwen3x",
+                           "train_tokenizer=true"])
+    with pytest.raises(ConfigError, match="config_overrides.hiden_size is not a field of the 'llama' config. Did you "
+                                          "mean 'hidden_size'?"):
+        load_config(None, ["dataset=x", "output_dir=o", "from_scratch=true", "model_type=llama",
+                           "train_tokenizer=true", "config_overrides.hiden_size=8"])
+    with pytest.raises(ConfigError, match="'model_name_or_path': the directory '/no/such/model' does not exist"):
+        load_config(None, ["dataset=x", "output_dir=o", "model_name_or_path=/no/such/model"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from lmforge.errors import ConfigError
@@ -36,6 +37,14 @@ def validate(cfg: RunConfig) -> None:
             if getattr(m, key):
                 _fail(cfg, f"'{key}' only applies to a model built from scratch; add 'from_scratch: true' or drop "
                       f"'{key}'.")
+    for key in ("model_name_or_path", "tokenizer_name_or_path"):
+        value = getattr(m, key)
+        if value and value.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(value)):
+            _fail(cfg, f"'{key}': the directory '{value}' does not exist.")
+    if m.from_scratch and m.model_type:
+        from lmforge.model.build import check_architecture
+
+        check_architecture(m)
     if m.train_tokenizer and m.tokenizer_name_or_path:
         _fail(cfg, "'train_tokenizer: true' and 'tokenizer_name_or_path' exclude each other: train one or load one.")
     if m.train_tokenizer and m.tokenizer_vocab_size < 256 + len(m.tokenizer_special_tokens):

@@ -33,6 +33,17 @@ def base_config(args: ModelArguments) -> PretrainedConfig:
                           f"{str(err).splitlines()[0]}") from None
 
 
+def check_architecture(args: ModelArguments) -> None:
+    """Fail before any data work if `model_type` or a `config_overrides` key does not exist."""
+    if not args.from_scratch or not args.model_type:
+        return
+    base = base_config(args)
+    unknown = [k for k in args.config_overrides if k not in base.to_dict() and not hasattr(base, k)]
+    if unknown:
+        raise ConfigError(f"Config error: config_overrides.{unknown[0]} is not a field of the '{base.model_type}' "
+                          f"config.{suggest(unknown[0], [k for k in base.to_dict() if not k.startswith('_')])}")
+
+
 def _derivable_keys(cls: type[PretrainedConfig], values: dict) -> set[str]:
     """Keys the config class recomputes to the same value from the others (head_dim, layer_types, kv heads of a
     multi-head model, ...). They must follow an override of what they derive from, so they are dropped."""
@@ -54,10 +65,7 @@ def scratch_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> 
     base = base_config(args)
     cls = type(base)
     values = {k: v for k, v in base.to_dict().items() if k not in _META_KEYS}
-    for key in args.config_overrides:
-        if key not in values and not hasattr(base, key):
-            raise ConfigError(f"Config error: config_overrides.{key} is not a field of the '{base.model_type}' "
-                              f"config.{suggest(key, [k for k in values if not k.startswith('_')])}")
+    check_architecture(args)
     overrides = dict(args.config_overrides)
     if overrides:
         for key in _derivable_keys(cls, values) - set(overrides):
