@@ -39,6 +39,22 @@ def type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _number(value: Any, tp: type) -> int | float:
+    """Numbers and numeric strings; a whole float is a valid int (`1e3` in YAML), a bool is never a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _Mismatch
+    if isinstance(value, str):
+        try:
+            value = float(value) if tp is float or any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            raise _Mismatch from None
+    if tp is int and isinstance(value, float):
+        if not value.is_integer():
+            raise _Mismatch
+        return int(value)
+    return tp(value)
+
+
 def _coerce(value: Any, tp: Any) -> Any:
     if isinstance(value, bool) and choices(tp):
         # YAML 1.1 reads a bare `no` / `yes` as a boolean: `save_strategy: no` means the choice "no".
@@ -100,30 +116,8 @@ def _coerce(value: Any, tp: Any) -> Any:
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
         raise _Mismatch
-    if tp is int:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
+    if tp in (int, float):
+        return _number(value, tp)
     if tp is str:
         if isinstance(value, str):
             return value

@@ -82,7 +82,7 @@ def _text_only(ds: AnyDataset, spec: SourceSpec) -> AnyDataset:
     return ds
 
 
-def _limit(ds: AnyDataset, n: int | None, seed: int) -> AnyDataset:
+def _limit(ds: AnyDataset, n: int | None) -> AnyDataset:
     if n is None:
         return ds
     if isinstance(ds, IterableDataset):
@@ -101,7 +101,7 @@ def load_source(spec: SourceSpec, streaming: bool = False, max_samples: int | No
         idx = rng.permutation(len(ds))
         reps = -(-spec.num_samples // max(len(ds), 1))
         ds = ds.select(np.tile(idx, reps)[: spec.num_samples])
-    return _limit(ds, max_samples, seed)
+    return _limit(ds, max_samples)
 
 
 def load_texts(dataset: str, dataset_dir: str, *, text_column: str = "text", streaming: bool = False,

@@ -17,6 +17,7 @@ from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint, so
 from lmforge.data.chunking import BlockChunker, DocumentTokenizer
 from lmforge.data.loading import AnyDataset, TextSplits, load_texts, split_validation
 from lmforge.data.registry import resolve_sources
+from lmforge.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +120,6 @@ def build_pretrain_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase,
             blocks, chunker = tokenize_to_blocks(docs, tokenizer, args, name)
             parts[name], stats[name] = blocks, _report(name, chunker, args.cutoff_len)
         if len(parts["train"]) == 0:
-            from lmforge.errors import DataError
-
             raise DataError(f"Data error: the training data has {stats['train']['tokens']:,} tokens, fewer than one "
                             f"block of cutoff_len={args.cutoff_len}; lower cutoff_len or add data.")
         DatasetDict(parts).save_to_disk(os.path.join(tmp, "data"))
