@@ -64,18 +64,27 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def tokenize_to_blocks(docs: AnyDataset, tokenizer: PreTrainedTokenizerBase, args: DataArguments,
-                       name: str) -> tuple[AnyDataset, BlockChunker]:
-    """Tokenize documents (batched, in parallel) and cut the concatenated ids into `cutoff_len` blocks."""
+                       name: str, workdir: str | None = None) -> tuple[AnyDataset, BlockChunker]:
+    """Tokenize documents (batched, in parallel) and cut the concatenated ids into `cutoff_len` blocks.
+
+    Intermediate Arrow files go to `workdir` (deleted by the caller) instead of the datasets cache."""
     streaming = isinstance(docs, IterableDataset)
-    parallel = {} if streaming else {"num_proc": args.preprocessing_num_workers,
-                                     "desc": f"Tokenizing {name} documents"}
+
+    def options(step: str, desc: str, **extra) -> dict:
+        if streaming:
+            return {}
+        files = {"cache_file_name": os.path.join(workdir, f"{name}-{step}.arrow")} if workdir else {}
+        return {"desc": desc, **files, **extra}
+
     tokenized = docs.map(DocumentTokenizer(tokenizer, f"{name} split"), batched=True, with_indices=True,
-                         batch_size=args.preprocessing_batch_size, remove_columns=["text"], **parallel)
+                         batch_size=args.preprocessing_batch_size, remove_columns=["text"],
+                         **options("tokens", f"Tokenizing {name} documents",
+                                   num_proc=args.preprocessing_num_workers))
     chunker = BlockChunker(args.cutoff_len, positions=args.neat_packing)
     # Sequential on purpose: the chunker carries each batch's leftover tokens into the next batch.
-    extra = {} if streaming else {"desc": f"Cutting {name} blocks of {args.cutoff_len} tokens"}
     blocks = tokenized.map(chunker, batched=True, batch_size=args.preprocessing_batch_size,
-                           remove_columns=["input_ids"], **extra)
+                           remove_columns=["input_ids"],
+                           **options("blocks", f"Cutting {name} blocks of {args.cutoff_len} tokens"))
     return blocks, chunker
 
 
@@ -114,10 +123,12 @@ def build_pretrain_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase,
     def build(tmp: str) -> None:
         splits = load_documents(args, seed)
         parts, stats = {}, {}
+        workdir = os.path.join(tmp, "work")
+        os.makedirs(workdir)
         for name, docs in (("train", splits.train), ("eval", splits.eval)):
             if docs is None:
                 continue
-            blocks, chunker = tokenize_to_blocks(docs, tokenizer, args, name)
+            blocks, chunker = tokenize_to_blocks(docs, tokenizer, args, name, workdir)
             parts[name], stats[name] = blocks, _report(name, chunker, args.cutoff_len)
         if len(parts["train"]) == 0:
             raise DataError(f"Data error: the training data has {stats['train']['tokens']:,} tokens, fewer than one "
@@ -125,6 +136,8 @@ def build_pretrain_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase,
         DatasetDict(parts).save_to_disk(os.path.join(tmp, "data"))
         with open(os.path.join(tmp, "stats.json"), "w") as fh:
             json.dump(stats, fh, indent=2)
+        del parts, splits
+        shutil.rmtree(workdir)
 
     hit = cached(path, build)
     with open(os.path.join(path, "stats.json")) as fh:
