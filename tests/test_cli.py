@@ -98,3 +98,12 @@ def test_swanlab_offline_mode_logs_locally_through_its_callback(tmp_path):
                                         swanlab_project="lmforge-test", sample_prompts=["Hi"], max_new_tokens=3)]) == 0
     logged = [f for _, _, fs in os.walk(out / "swanlog") for f in fs]
     assert logged, "SwanLab wrote nothing under output_dir/swanlog"
+
+
+def test_console_script_is_installed():
+    import shutil
+
+    exe = shutil.which("lmforge")
+    assert exe, "the `lmforge` console script is not on PATH: install the package (pip install -e .)"
+    result = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == __version__

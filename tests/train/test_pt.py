@@ -136,3 +136,13 @@ def test_streaming_run_trains_with_a_held_out_count(tmp_path):
     evals = [r["eval_loss"] for r in log if "eval_loss" in r]
     assert len(evals) >= 2 and evals[-1] < evals[0]
     assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == 384
+
+
+def test_loss_plot_smoothing_follows_the_curve():
+    from lmforge.train.plots import smooth
+
+    values = [6.0 - 0.1 * i for i in range(30)]
+    smoothed = smooth(values)
+    assert len(smoothed) == 30 and smoothed[0] == values[0]
+    assert all(s >= v for s, v in zip(smoothed, values, strict=True))  # an average lags a falling curve...
+    assert smoothed[-1] - values[-1] < 0.2  # ...but not by much on a short run

@@ -30,7 +30,11 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, special_tokens: l
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=eos, unk_token=None,
                                    model_max_length=1_000_000, clean_up_tokenization_spaces=False)
     fast.add_special_tokens({"additional_special_tokens": list(special_tokens[1:])})
-    logger.info("Trained a byte-level BPE tokenizer: %d tokens", len(fast))
+    if len(fast) < vocab_size:
+        logger.info("Trained a byte-level BPE tokenizer: %d tokens (the corpus offers no more merges than that; "
+                    "%d were allowed)", len(fast), vocab_size)
+    else:
+        logger.info("Trained a byte-level BPE tokenizer: %d tokens", len(fast))
     return fast
 
 

@@ -8,11 +8,11 @@ import os
 logger = logging.getLogger(__name__)
 
 
-def smooth(values: list[float], weight: float = 0.9) -> list[float]:
-    """Exponential moving average, as TensorBoard draws it, scaled down for short runs."""
+def smooth(values: list[float], max_weight: float = 0.9) -> list[float]:
+    """Exponential moving average; the weight grows with the number of points so short runs do not lag."""
     if len(values) < 10:
         return list(values)
-    weight = min(weight, 1 - 1 / (len(values) / 10 + 1))
+    weight = min(max_weight, len(values) / (len(values) + 40))
     out, last = [], values[0]
     for v in values:
         last = last * weight + (1 - weight) * v
