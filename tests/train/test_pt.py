@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -70,11 +71,14 @@ def test_plots_samples_and_config_are_written(trained):
     assert (trained / "lmforge_config.yaml").exists()
 
 
-def test_resume_continues_from_the_checkpoint_step(tmp_path):
+def test_resume_continues_from_the_checkpoint_step(tmp_path, isolated_cache, caplog):
     out = tmp_path / "run"
     assert main(["train", *scratch_args(out, max_steps=10, save_steps=10)]) == 0
     assert os.path.isdir(out / "checkpoint-10")
-    assert main(["train", *scratch_args(out, max_steps=20, save_steps=10), "resume_from_checkpoint=true"]) == 0
+    shutil.rmtree(isolated_cache)  # the resumed run must take the checkpoint's tokenizer, not retrain one
+    with caplog.at_level("INFO", logger="lmforge"):
+        assert main(["train", *scratch_args(out, max_steps=20, save_steps=10), "resume_from_checkpoint=true"]) == 0
+    assert "Using the tokenizer saved with" in caplog.text
     with open(out / "trainer_state.json") as fh:
         state = json.load(fh)
     assert state["global_step"] == 20

@@ -25,14 +25,14 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "lmforge_config.yaml"
 
 
-def build_trainer(cfg: RunConfig) -> LanguageModelTrainer:
+def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTrainer:
     """Tokenizer, data, model and Trainer for a pt run (shared with `lmforge bench`)."""
     args = cfg.training
     check_trackers(args)
     set_seed(args.seed)
     # Under torchrun the first process trains the tokenizer and fills the cache; the others then read it.
     with args.main_process_first(desc="preparing tokenizer and pretraining data"):
-        tokenizer = setup_tokenizer(cfg)
+        tokenizer = setup_tokenizer(cfg, resume)
         data = build_pretrain_data(cfg.data, tokenizer, args.seed)
     model = build_model(cfg.model, tokenizer)
     return LanguageModelTrainer(
@@ -51,8 +51,8 @@ def last_eval(trainer: LanguageModelTrainer) -> dict | None:
 
 def run_pt(cfg: RunConfig) -> dict:
     args = cfg.training
-    trainer = build_trainer(cfg)
     resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
+    trainer = build_trainer(cfg, resume)
     if trainer.is_world_process_zero():
         os.makedirs(args.output_dir, exist_ok=True)
         with open(os.path.join(args.output_dir, CONFIG_FILE), "w", encoding="utf-8") as fh:

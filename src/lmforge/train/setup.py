@@ -18,9 +18,13 @@ logger = logging.getLogger(__name__)
 STREAMING_TOKENIZER_DOCS = 100_000  # documents a tokenizer is trained on from a stream when no limit is set
 
 
-def setup_tokenizer(cfg: RunConfig) -> PreTrainedTokenizerBase:
-    """Load the configured tokenizer, or train one on the training documents (cached by corpus + settings)."""
+def setup_tokenizer(cfg: RunConfig, resume: str | None = None) -> PreTrainedTokenizerBase:
+    """Load the configured tokenizer, or train one on the training documents (cached by corpus + settings).
+    A resumed run with a trained tokenizer takes the one saved in its checkpoint, whatever the cache holds now."""
     m, seed = cfg.model, cfg.training.seed
+    if m.train_tokenizer and resume and os.path.isfile(os.path.join(resume, "tokenizer_config.json")):
+        logger.info("Using the tokenizer saved with %s", resume)
+        return load_tokenizer(resume)
     if not m.train_tokenizer:
         return load_tokenizer(m.tokenizer_name_or_path or m.model_name_or_path, m.trust_remote_code,
                               m.model_revision, m.cache_dir)
