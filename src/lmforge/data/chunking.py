@@ -45,7 +45,9 @@ class DocumentTokenizer:
                 raise DataError(f"Data error: {self.source} record {index}: field 'text' must be a string, got "
                                 f"{type(text).__name__}.")
         nonempty = [t for t in texts if t]
-        encoded = iter(self.tokenizer(nonempty, add_special_tokens=False)["input_ids"]) if nonempty else iter(())
+        # verbose=False: a document longer than model_max_length is fine here, it is cut into blocks later
+        ids = self.tokenizer(nonempty, add_special_tokens=False, verbose=False)["input_ids"] if nonempty else []
+        encoded = iter(ids)
         return {"input_ids": [self.prefix + next(encoded) + self.suffix if t else [] for t in texts]}
 
 
