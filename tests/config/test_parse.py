@@ -154,3 +154,11 @@ def test_architecture_mistakes_fail_before_any_data_work():
                            "train_tokenizer=true", "config_overrides.hiden_size=8"])
     with pytest.raises(ConfigError, match="'model_name_or_path': the directory '/no/such/model' does not exist"):
         load_config(None, ["dataset=x", "output_dir=o", "model_name_or_path=/no/such/model"])
+
+
+def test_cpu_only_machines_train_on_the_cpu_so_torchrun_forms_a_gloo_group():
+    from lmforge.config.parse import accelerator_available
+
+    cfg = load_config(None, BASE)
+    assert cfg.training.use_cpu is (not accelerator_available())
+    assert load_config(None, BASE + ["use_cpu=false"]).training.use_cpu is False

@@ -85,6 +85,15 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def accelerator_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return (torch.cuda.is_available() or bool(mps and mps.is_available())
+            or bool(xpu and hasattr(xpu, "is_available") and xpu.is_available()))
+
+
 def auto_precision(key: str) -> bool:
     """`bf16: auto` is true on a GPU that supports bfloat16; `fp16: auto` on a GPU that does not."""
     import torch
@@ -119,6 +128,9 @@ def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: 
 
     for key, default in TRAINING_DEFAULTS.items():
         values["training"].setdefault(key, default)
+    if "use_cpu" not in values["training"] and not accelerator_available():
+        # accelerate only forms a multi-process CPU group (torchrun + gloo) when told the run is on the CPU
+        values["training"]["use_cpu"] = True
     if not values["training"].get("output_dir"):
         raise ConfigError(f"Config error ({source}): 'output_dir' is required (where the model and logs are saved).")
 
