@@ -133,3 +133,15 @@ def test_broken_registry_entries(tmp_path):
         load_texts("a", str(tmp_path))
     with pytest.raises(DataError, match="only has ms_hub_url"):
         load_texts("b", str(tmp_path))
+
+
+def test_malformed_csv_and_non_utf8_text_are_named(tmp_path):
+    bad_csv = tmp_path / "rows.csv"
+    bad_csv.write_text('text,source\n"fine",a\n"broken",b,extra,fields\n')
+    with pytest.raises(DataError) as err:
+        load_texts(str(bad_csv), str(tmp_path))
+    assert "rows.csv' line 3: 4 fields, but the header has 2" in str(err.value)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(DataError, match="latin.txt' is not UTF-8 text"):
+        load_texts(str(latin), str(tmp_path))
