@@ -1,0 +1,133 @@
+"""Assistant masks derived by rendering, checked against an oracle on templates of several families."""
+
+import copy
+
+import pytest
+
+from lmforge.data.template import IGNORE_INDEX, encode_conversation, render_conversation
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
+            "<|end_header_id|>", "<|eot_id|>", "<s>", "</s>", "<start_of_turn>", "<end_of_turn>"]
+
+CHATML = (
+    "{%- if messages[0].role != 'system' %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+LLAMA3 = (
+    "{{- bos_token }}{%- for m in messages %}"
+    "{{- '<|start_header_id|>' + m.role + '<|end_header_id|>\\n\\n' + m.content | trim + '<|eot_id|>' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{%- endif %}"
+)
+# Reasoning is kept for the last assistant turn only; earlier turns lose their <think> block.
+REASONING = (
+    "{%- set ns = namespace(last_user=0) %}"
+    "{%- for m in messages %}{%- if m.role == 'user' %}{%- set ns.last_user = loop.index0 %}{%- endif %}{%- endfor %}"
+    "{%- for m in messages %}"
+    "{%- if m.role == 'assistant' %}"
+    "{%- set content = m.content %}"
+    "{%- if loop.index0 < ns.last_user and '</think>' in content %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+)
+# The system prompt is folded into the first user turn; assistant turns end with EOS.
+INST = (
+    "{{- bos_token }}"
+    "{%- if messages[0].role == 'system' %}{%- set sys = messages[0].content %}{%- set msgs = messages[1:] %}"
+    "{%- else %}{%- set sys = '' %}{%- set msgs = messages %}{%- endif %}"
+    "{%- for m in msgs %}"
+    "{%- if m.role == 'user' %}"
+    "{%- if loop.first and sys %}{{- '[INST] ' + sys + '\\n\\n' + m.content + ' [/INST]' }}"
+    "{%- else %}{{- '[INST] ' + m.content + ' [/INST]' }}{%- endif %}"
+    "{%- else %}{{- ' ' + m.content | trim + eos_token }}{%- endif %}"
+    "{%- endfor %}"
+)
+# Assistant is called "model"; no system role (folded into the first user turn); content trimmed.
+GEMMA = (
+    "{{- bos_token }}"
+    "{%- if messages[0].role == 'system' %}{%- set sys = messages[0].content + '\\n\\n' %}"
+    "{%- set msgs = messages[1:] %}{%- else %}{%- set sys = '' %}{%- set msgs = messages %}{%- endif %}"
+    "{%- for m in msgs %}{%- set role = 'model' if m.role == 'assistant' else m.role %}"
+    "{{- '<start_of_turn>' + role + '\\n' + (sys if loop.first else '') + m.content | trim + '<end_of_turn>\\n' }}"
+    "{%- endfor %}"
+)
+
+CONVERSATION = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "What is two plus two?"},
+    {"role": "assistant", "content": "<think>\nadd them\n</think>\n\nTwo plus two is four."},
+    {"role": "user", "content": "And three plus four?"},
+    {"role": "assistant", "content": "  Three plus four is seven.  "},
+]
+
+# template, bos, eos, expected trained text of each assistant turn (as that template renders it)
+CASES = {
+    "chatml": (CHATML, None, "<|im_end|>", [
+        "<think>\nadd them\n</think>\n\nTwo plus two is four.<|im_end|>", "  Three plus four is seven.  <|im_end|>"]),
+    "llama3": (LLAMA3, "<|begin_of_text|>", "<|eot_id|>", [
+        "<think>\nadd them\n</think>\n\nTwo plus two is four.<|eot_id|>", "Three plus four is seven.<|eot_id|>"]),
+    "reasoning_dropped_from_history": (REASONING, None, "<|im_end|>", [
+        "Two plus two is four.<|im_end|>", "  Three plus four is seven.  <|im_end|>"]),
+    "system_folded_eos_in_turn": (INST, "<s>", "</s>", [
+        "<think>\nadd them\n</think>\n\nTwo plus two is four.</s>", "Three plus four is seven.</s>"]),
+    "gemma_style": (GEMMA, "<s>", "<end_of_turn>", [
+        "<think>\nadd them\n</think>\n\nTwo plus two is four.<end_of_turn>", "Three plus four is seven.<end_of_turn>"]),
+}
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(quickstart_texts):
+    from lmforge.model.tokenizer import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(quickstart_texts[:300], 600, SPECIALS)
+
+
+def trained_runs(ids, labels):
+    runs, current = [], []
+    for token, label in zip(ids, labels, strict=True):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return runs
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_trained_tokens_are_exactly_the_assistant_turns(chat_tokenizer, case):
+    template, bos, eos, expected = CASES[case]
+    tok = copy.deepcopy(chat_tokenizer)
+    tok.chat_template = template
+    tok.bos_token = bos
+    tok.eos_token = eos
+    ids, labels = encode_conversation(tok, CONVERSATION)
+    rendering = tok.apply_chat_template(CONVERSATION, tokenize=False)
+    assert ids == tok(rendering, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=False) == rendering
+    runs = [tok.decode(run, skip_special_tokens=False) for run in trained_runs(ids, labels)]
+    # a BPE token may carry the single space the template puts before the content
+    assert [r.lstrip(" ") for r in runs] == [e.lstrip(" ") for e in expected]
+
+
+def test_mask_history_and_train_on_prompt(chat_tokenizer):
+    tok = copy.deepcopy(chat_tokenizer)
+    tok.chat_template = CHATML
+    ids, labels = encode_conversation(tok, CONVERSATION, mask_history=True)
+    runs = [tok.decode(r, skip_special_tokens=False) for r in trained_runs(ids, labels)]
+    assert runs == ["  Three plus four is seven.  <|im_end|>"]
+    ids, labels = encode_conversation(tok, CONVERSATION, train_on_prompt=True)
+    assert labels == ids
+
+
+def test_spans_point_into_the_real_rendering(chat_tokenizer):
+    tok = copy.deepcopy(chat_tokenizer)
+    tok.chat_template = REASONING
+    rendered = render_conversation(tok, CONVERSATION)
+    assert [rendered.text[s:e] for s, e in rendered.assistant_spans] == CASES["reasoning_dropped_from_history"][3]
