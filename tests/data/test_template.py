@@ -131,3 +131,36 @@ def test_spans_point_into_the_real_rendering(chat_tokenizer):
     tok.chat_template = REASONING
     rendered = render_conversation(tok, CONVERSATION)
     assert [rendered.text[s:e] for s, e in rendered.assistant_spans] == CASES["reasoning_dropped_from_history"][3]
+
+
+@pytest.mark.parametrize(("name", "eot"), [("chatml", "<|im_end|>"), ("llama3", "<|eot_id|>"),
+                                           ("alpaca", "<|endoftext|>"), ("default", "<|endoftext|>")])
+def test_builtin_templates_train_the_answer_and_a_stop_token(quickstart_texts, name, eot):
+    from lmforge.data.chat_templates import apply_template_choice
+    from lmforge.model.tokenizer import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(quickstart_texts[:200], 400, ["<|endoftext|>"])  # a base tokenizer, no template
+    before = len(tok)
+    added = apply_template_choice(tok, name)
+    assert len(tok) == before + added
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Two plus two?"},
+                {"role": "assistant", "content": "Four."}, {"role": "user", "content": "One plus one?"},
+                {"role": "assistant", "content": "Two."}]
+    ids, labels = encode_conversation(tok, messages)
+    runs = [tok.decode(r, skip_special_tokens=False) for r in trained_runs(ids, labels)]
+    assert [r.strip() for r in runs] == [f"Four.{eot}", f"Two.{eot}"]
+    prompt = tok.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
+    assert tok.apply_chat_template(messages[:3], tokenize=False).startswith(prompt)
+
+
+def test_template_choice_errors(tmp_path, chat_tokenizer):
+    from lmforge.data.chat_templates import TemplateError, apply_template_choice
+
+    tok = copy.deepcopy(chat_tokenizer)
+    with pytest.raises(TemplateError, match="has no chat template"):
+        apply_template_choice(tok, None)
+    with pytest.raises(TemplateError, match="neither a built-in"):
+        apply_template_choice(tok, "chatmel")
+    path = tmp_path / "mine.jinja"
+    path.write_text(CHATML)
+    assert apply_template_choice(tok, str(path)) == 0 and tok.chat_template == CHATML
