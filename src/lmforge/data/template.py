@@ -19,7 +19,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-IGNORE_INDEX = -100
+from lmforge.data.collate import IGNORE_INDEX
 
 
 class TemplateMismatch(ValueError):
