@@ -157,7 +157,7 @@ def test_architecture_mistakes_fail_before_any_data_work():
 
 
 def test_cpu_only_machines_train_on_the_cpu_so_torchrun_forms_a_gloo_group():
-    from lmforge.config.parse import accelerator_available
+    from lmforge.device import accelerator_available
 
     cfg = load_config(None, BASE)
     assert cfg.training.use_cpu is (not accelerator_available())

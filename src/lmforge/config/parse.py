@@ -11,6 +11,7 @@ import yaml
 from lmforge.config.coerce import coerce
 from lmforge.config.schema import GROUPS, TRAINING_DEFAULTS, RunConfig, key_index
 from lmforge.config.validate import validate
+from lmforge.device import accelerator_available, auto_precision
 from lmforge.errors import ConfigError
 
 
@@ -83,24 +84,6 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
-
-
-def accelerator_available() -> bool:
-    import torch
-
-    mps = getattr(torch.backends, "mps", None)
-    xpu = getattr(torch, "xpu", None)
-    return (torch.cuda.is_available() or bool(mps and mps.is_available())
-            or bool(xpu and hasattr(xpu, "is_available") and xpu.is_available()))
-
-
-def auto_precision(key: str) -> bool:
-    """`bf16: auto` is true on a GPU that supports bfloat16; `fp16: auto` on a GPU that does not."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return False
-    return torch.cuda.is_bf16_supported() if key == "bf16" else not torch.cuda.is_bf16_supported()
 
 
 def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: set[str] | None = None) -> RunConfig:

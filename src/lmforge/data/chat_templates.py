@@ -31,6 +31,7 @@ _ALPACA = (
     "{%- endif %}"
     "{%- endfor %}"
 )
+# The user turn already ends with "Assistant: ", so the generation prompt is built in.
 _DEFAULT = (
     "{%- for m in messages %}"
     "{%- if m['role'] == 'system' %}{{- 'System: ' + m['content'] + '\\n' }}"
@@ -38,7 +39,6 @@ _DEFAULT = (
     "{%- elif m['role'] == 'assistant' %}{{- m['content'] + eos_token + '\\n' }}"
     "{%- endif %}"
     "{%- endfor %}"
-    "{%- if add_generation_prompt and messages[-1]['role'] != 'user' %}{{- 'Assistant: ' }}{%- endif %}"
 )
 
 # name -> (Jinja template, special tokens it needs)

@@ -73,28 +73,26 @@ def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
         return RenderedConversation(text)
     marked = _render(tokenizer, marked_messages, tools, chat_template, template_kwargs)
 
-    order = [markers[i] for i in sorted(markers)]
     pieces, rest = [], marked
-    for marker in order:
+    for marker in markers.values():  # in message order
         if marker not in rest:
             raise TemplateMismatch("the chat template did not render an assistant message's content")
         before, rest = rest.split(marker, 1)
         pieces.append(before)
     tail = rest
     specials = _special_tokens(tokenizer)
-    eot = end_of_turn_text(tail, specials)
 
     spans, pos = [], 0
     for k, scaffold in enumerate(pieces):
         if not text.startswith(scaffold, pos):
             raise TemplateMismatch("the rendering differs from the template's scaffolding before an assistant turn")
         start = pos + len(scaffold)
-        following = pieces[k + 1] if k + 1 < len(pieces) else tail
-        end = text.find(following, start) if k + 1 < len(pieces) else len(text) - len(tail)
-        if end < start or (k + 1 == len(pieces) and not text.endswith(tail)):
+        last = k + 1 == len(pieces)
+        following = tail if last else pieces[k + 1]
+        end = len(text) - len(tail) if last else text.find(following, start)
+        if end < start or (last and not text.endswith(tail)):
             raise TemplateMismatch("the rendering differs from the template's scaffolding after an assistant turn")
-        turn_eot = end_of_turn_text(following, specials) if k + 1 < len(pieces) else eot
-        spans.append((start, end + len(turn_eot)))
+        spans.append((start, end + len(end_of_turn_text(following, specials))))
         pos = end
     return RenderedConversation(text, spans)
 
@@ -111,7 +109,10 @@ def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
         return ids, list(ids)
     spans = rendered.assistant_spans[-1:] if mask_history else rendered.assistant_spans
     labels = [IGNORE_INDEX] * len(ids)
+    span = 0  # offsets and spans are both in text order: one pass over the tokens
     for i, (start, end) in enumerate(offsets):
-        if any(start < s_end and end > s_start for s_start, s_end in spans):
+        while span < len(spans) and spans[span][1] <= start:
+            span += 1
+        if span < len(spans) and end > spans[span][0]:
             labels[i] = ids[i]
     return ids, labels

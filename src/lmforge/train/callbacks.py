@@ -39,14 +39,14 @@ class JsonlLogCallback(TrainerCallback):
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         kept = [r for r in read_log(os.path.dirname(self.path)) if r.get("step", 0) <= state.global_step]
         with open(self.path, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in kept if state.global_step > 0)
+            fh.writelines(json.dumps(r) + "\n" for r in kept)
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        record = {"step": state.global_step, "epoch": state.epoch}
         for key, value in logs.items():
             record[_RENAME.get(key, key)] = value
         if "loss" in logs:
