@@ -1,6 +1,7 @@
 """Assistant masks derived by rendering, checked against an oracle on templates of several families."""
 
 import copy
+import pathlib
 
 import pytest
 
@@ -164,3 +165,44 @@ def test_template_choice_errors(tmp_path, chat_tokenizer):
     path = tmp_path / "mine.jinja"
     path.write_text(CHATML)
     assert apply_template_choice(tok, str(path)) == 0 and tok.chat_template == CHATML
+
+
+QWEN3 = (pathlib.Path(__file__).parent / "templates" / "qwen3.jinja").read_text()  # as published with Qwen3
+READ_FILE = {"name": "read_file", "description": "Read a file",
+             "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}
+TOOLS = [{"type": "function", "function": READ_FILE}]
+AGENT = [
+    {"role": "system", "content": "You are a coding agent."},
+    {"role": "user", "content": "Fix the bug in main.py"},
+    {"role": "assistant", "content": "", "reasoning_content": "Look first.",
+     "tool_calls": [{"type": "function", "function": {"name": "read_file", "arguments": {"path": "main.py"}}}]},
+    {"role": "tool", "content": "print(1/0)"},
+    {"role": "assistant", "content": "The divisor is zero.", "reasoning_content": "Found it."},
+]
+
+
+def test_reasoning_and_tool_calls_are_trained_as_the_template_renders_them(chat_tokenizer):
+    tok = copy.deepcopy(chat_tokenizer)
+    tok.chat_template = QWEN3
+    rendered = render_conversation(tok, AGENT, tools=TOOLS)
+    assert rendered.text == tok.apply_chat_template(AGENT, tools=TOOLS, tokenize=False)
+    assert [rendered.text[s:e] for s, e in rendered.assistant_spans] == [
+        'Look first.\n</think>\n\n<tool_call>\n{"name": "read_file", "arguments": {"path": "main.py"}}\n</tool_call>'
+        "<|im_end|>",
+        "Found it.\n</think>\n\nThe divisor is zero.<|im_end|>",
+    ]
+    # the tool result and the prompts are never trained
+    ids, labels = encode_conversation(tok, AGENT, tools=TOOLS)
+    trained = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX],
+                         skip_special_tokens=False)
+    assert "print(1/0)" not in trained and "Fix the bug" not in trained
+
+
+def test_reasoning_dropped_from_earlier_turns_by_the_template_is_not_trained(chat_tokenizer):
+    tok = copy.deepcopy(chat_tokenizer)
+    tok.chat_template = QWEN3
+    messages = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", "reasoning_content": "add"},
+                {"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6", "reasoning_content": "add"}]
+    rendered = render_conversation(tok, messages)
+    assert [rendered.text[s:e] for s, e in rendered.assistant_spans] == [
+        "4<|im_end|>", "add\n</think>\n\n6<|im_end|>"]

@@ -4,15 +4,16 @@ The model's own chat template (Jinja, via `apply_chat_template`) is the truth. W
 prefixes/suffixes, and never assume that rendering a prefix of a conversation gives a prefix of the full rendering
 (templates drop reasoning from earlier turns, fold the system prompt into the first user turn, trim content, ...).
 
-Method: render the conversation twice, once as is and once with every assistant content replaced by a unique
-marker. The marked rendering splits into template scaffolding between markers; walking the real rendering through
-that scaffolding gives each assistant content exactly as the template rendered it. The end-of-turn marker is what
-the template emits right after an assistant content, up to and including the first special token (e.g. `<|im_end|>`,
-`<|eot_id|>`, `</s>`).
+Method: render the conversation as is, then once per assistant message with only that message's content (and its
+reasoning and tool calls) replaced by markers. Everything the two renderings share at the start and at the end is
+independent of that message; what lies between, in the real rendering, is the message as the template rendered it
+(trimmed, with or without its reasoning block, with its tool calls). Its end-of-turn marker is what the template
+emits right after it, up to and including the first special token (`<|im_end|>`, `<|eot_id|>`, `</s>`, ...).
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +22,14 @@ from transformers import PreTrainedTokenizerBase
 
 from lmforge.data.collate import IGNORE_INDEX
 
+# Invisible separator: not whitespace (survives `trim`) and practically never the first or last character of real
+# content, so the shared prefix/suffix of the two renderings stops exactly at the content's edges.
+_EDGE = "\u2063"
+
 
 class TemplateMismatch(ValueError):
-    """The rendering could not be walked through the template's scaffolding (a template that rewrites its
-    surroundings depending on the content)."""
+    """The rendering could not be attributed to the assistant messages (a template that renders one message's
+    content in several places, or reorders messages)."""
 
 
 @dataclass
@@ -33,13 +38,14 @@ class RenderedConversation:
     assistant_spans: list[tuple[int, int]] = field(default_factory=list)  # content + end-of-turn, in characters
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list | None, chat_template: str | None,
-            template_kwargs: dict[str, Any]) -> str:
+def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list | None = None,
+           chat_template: str | None = None, add_generation_prompt: bool = False, **template_kwargs: Any) -> str:
     return tokenizer.apply_chat_template(messages, tools=tools, chat_template=chat_template, tokenize=False,
-                                         add_generation_prompt=False, **template_kwargs)
+                                         add_generation_prompt=add_generation_prompt, **template_kwargs)
 
 
-def _special_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+def special_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Every special token's text, longest first (so `<|im_end|>` wins over a shorter token it starts with)."""
     tokens = set(tokenizer.all_special_tokens)
     for added in getattr(tokenizer, "added_tokens_decoder", {}).values():
         if getattr(added, "special", False):
@@ -47,53 +53,60 @@ def _special_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     return sorted((t for t in tokens if t), key=len, reverse=True)
 
 
-def end_of_turn_text(tail: str, specials: list[str]) -> str:
-    """The text after an assistant content that ends its turn: whitespace, then the first special token (`<|im_end|>`,
-    `<|eot_id|>`, `</s>`, ...). Empty when the template emits none there."""
+def end_of_turn_text(tail: str, specials: list[str], anything_before: bool = False) -> str:
+    """The text after an assistant message that ends its turn: whitespace (or, after tool calls, whatever closes
+    them), then the first special token. Empty when the template emits no special token there."""
+    if anything_before:
+        hits = [(tail.find(s), s) for s in specials if s in tail]
+        if not hits:
+            return ""
+        pos, match = min(hits, key=lambda h: (h[0], -len(h[1])))
+        return tail[: pos + len(match)]
     pos = len(tail) - len(tail.lstrip(" \n\r\t"))
     match = next((s for s in specials if tail.startswith(s, pos)), None)
     return tail[: pos + len(match)] if match else ""
 
 
+def _marked(message: dict, nonce: str) -> dict:
+    """The message with everything the assistant wrote replaced by markers."""
+    out = {**message, "content": f"{_EDGE}{nonce}C{_EDGE}"}
+    if message.get("reasoning_content"):
+        out["reasoning_content"] = f"{_EDGE}{nonce}R{_EDGE}"
+    if message.get("tool_calls"):
+        out["tool_calls"] = [{"type": "function", "function": {"name": f"{_EDGE}{nonce}T{j}{_EDGE}", "arguments": {}}}
+                             for j, _ in enumerate(message["tool_calls"])]
+    return out
+
+
+def _changed_region(text: str, variant: str) -> tuple[int, int]:
+    """[start, end) of `text` outside the longest common prefix and suffix of `text` and `variant`."""
+    start = len(os.path.commonprefix([text, variant]))
+    limit = min(len(text), len(variant)) - start
+    suffix = 0
+    while suffix < limit and text[-1 - suffix] == variant[-1 - suffix]:
+        suffix += 1
+    return start, len(text) - suffix
+
+
 def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list | None = None,
                         chat_template: str | None = None, **template_kwargs: Any) -> RenderedConversation:
     """Render `messages` with the chat template and locate every assistant turn's trained characters."""
-    text = _render(tokenizer, messages, tools, chat_template, template_kwargs)
-    nonce = uuid.uuid4().hex[:12]
-    markers = {}
-    marked_messages = []
+    text = render(tokenizer, messages, tools, chat_template, **template_kwargs)
+    nonce = "LMF" + uuid.uuid4().hex[:10]
+    specials = special_tokens(tokenizer)
+    spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
-        if message.get("role") == "assistant":
-            marker = f"LMFORGEMARK{nonce}N{i}X"
-            markers[i] = marker
-            message = {**message, "content": marker}
-            message.pop("reasoning_content", None)
-        marked_messages.append(message)
-    if not markers:
-        return RenderedConversation(text)
-    marked = _render(tokenizer, marked_messages, tools, chat_template, template_kwargs)
-
-    pieces, rest = [], marked
-    for marker in markers.values():  # in message order
-        if marker not in rest:
-            raise TemplateMismatch("the chat template did not render an assistant message's content")
-        before, rest = rest.split(marker, 1)
-        pieces.append(before)
-    tail = rest
-    specials = _special_tokens(tokenizer)
-
-    spans, pos = [], 0
-    for k, scaffold in enumerate(pieces):
-        if not text.startswith(scaffold, pos):
-            raise TemplateMismatch("the rendering differs from the template's scaffolding before an assistant turn")
-        start = pos + len(scaffold)
-        last = k + 1 == len(pieces)
-        following = tail if last else pieces[k + 1]
-        end = len(text) - len(tail) if last else text.find(following, start)
-        if end < start or (last and not text.endswith(tail)):
-            raise TemplateMismatch("the rendering differs from the template's scaffolding after an assistant turn")
-        spans.append((start, end + len(end_of_turn_text(following, specials))))
-        pos = end
+        if message.get("role") != "assistant":
+            continue
+        variant = render(tokenizer, messages[:i] + [_marked(message, nonce)] + messages[i + 1:], tools,
+                         chat_template, **template_kwargs)
+        if nonce not in variant:
+            raise TemplateMismatch(f"the chat template does not render assistant message {i}")
+        start, end = _changed_region(text, variant)
+        end += len(end_of_turn_text(text[end:], specials, anything_before=bool(message.get("tool_calls"))))
+        if spans and start < spans[-1][1]:
+            raise TemplateMismatch(f"assistant message {i} is rendered before or inside an earlier one")
+        spans.append((start, end))
     return RenderedConversation(text, spans)
 
 
@@ -102,11 +115,13 @@ def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
                         **template_kwargs: Any) -> tuple[list[int], list[int]]:
     """Token ids of the rendering (as `apply_chat_template(tokenize=True)` gives them) and labels: the ids where a
     token overlaps a trained assistant span, IGNORE_INDEX elsewhere."""
+    if train_on_prompt:
+        text = render(tokenizer, messages, tools, chat_template, **template_kwargs)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids, list(ids)
     rendered = render_conversation(tokenizer, messages, tools, chat_template, **template_kwargs)
     encoding = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
-    if train_on_prompt:
-        return ids, list(ids)
     spans = rendered.assistant_spans[-1:] if mask_history else rendered.assistant_spans
     labels = [IGNORE_INDEX] * len(ids)
     span = 0  # offsets and spans are both in text order: one pass over the tokens
