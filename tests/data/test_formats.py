@@ -16,7 +16,8 @@ def test_llamafactory_conversation_datasets_normalise_without_skips(name):
     out, report = normalise_records(records, ConversationFormat.from_entry(entry), name)
     assert report.total == 0, report.summary()
     assert len(out) == len(records)
-    for example in out:
+    assert [i for i, _ in out] == list(range(len(records)))
+    for _, example in out:
         roles = [m["role"] for m in example["messages"]]
         assert roles[-1] == "assistant" and roles[0] in ("system", "user")
 

@@ -19,7 +19,8 @@ class DataArguments:
     eval_dataset: str | None = option(None, "Sources for evaluation, same syntax as `dataset` (instead of `val_size`).")
     dataset_dir: str = option("data", "Folder holding dataset_info.json and the files it names.")
     text_column: str = option("text", "Column holding the text, for sources that do not name one in dataset_info.json.")
-    cutoff_len: int = option(1024, "Tokens per training block.")
+    cutoff_len: int = option(
+        1024, "pt: tokens per training block. sft: the longest example (longer ones lose their oldest turns).")
     max_samples: int | None = option(None, "Use at most this many documents from each source (for quick runs).")
     val_size: float = option(
         0.0, "Held-out documents for evaluation: a fraction in (0, 1) or a count (>= 1). Split before tokenization."
@@ -38,6 +39,23 @@ class DataArguments:
         False,
         "Document masking: position ids restart at each document and attention never crosses documents, "
         "so each document is trained as if alone.",
+    )
+    template: str | None = option(
+        None,
+        "sft: chat template for a tokenizer that has none: `chatml`, `llama3`, `alpaca`, `default`, or a .jinja "
+        "file. Unset: the tokenizer's own template.",
+    )
+    mask_history: bool = option(False, "sft: train only the last assistant turn of each conversation.")
+    train_on_prompt: bool = option(False, "sft: train on every token, prompts included.")
+    enable_thinking: bool = option(
+        True,
+        "sft: keep the assistants' reasoning (trained) and pass `enable_thinking` to templates that have it; false "
+        "drops the reasoning from the data.",
+    )
+    packing: bool = option(
+        False,
+        "sft: pack examples into rows of `cutoff_len` tokens (best-fit decreasing over the whole dataset); each "
+        "example keeps its own positions and attends only to itself.",
     )
     preprocessing_num_workers: int | None = option(None, "Processes used for tokenization (one when unset).")
     preprocessing_batch_size: int = option(1000, "Documents per tokenization batch.")

@@ -1,4 +1,4 @@
-"""What kind of training a run does and what it reports."""
+"""What kind of training a run does, which parameters it trains, and what it reports."""
 
 from __future__ import annotations
 
@@ -10,6 +10,30 @@ from lmforge.config.fields import option
 
 @dataclass
 class FinetuningArguments:
-    stage: Literal["pt"] = option("pt", "Training stage: `pt` (pretraining / continued pretraining).")
-    finetuning_type: Literal["full"] = option("full", "Which parameters are trained: `full` (all of them).")
+    stage: Literal["pt", "sft"] = option(
+        "pt", "Training stage: `pt` (pretraining / continued pretraining on raw text) or `sft` (supervised "
+        "fine-tuning on conversations).")
+    finetuning_type: Literal["full", "freeze", "lora"] = option(
+        "full", "Which parameters are trained: `full` (all), `freeze` (the last layers only) or `lora` (adapters).")
+    freeze_trainable_layers: int = option(
+        2, "With `freeze`: train the last N decoder layers (negative: the first N).")
+    freeze_trainable_modules: str = option(
+        "all", "With `freeze`: comma-separated module names inside the trainable layers (e.g. `mlp,self_attn`), "
+        "or `all`.")
+    freeze_extra_modules: str | None = option(
+        None, "With `freeze`: comma-separated modules outside the layers to train too (e.g. `embed_tokens,norm`).")
+    lora_rank: int = option(8, "LoRA rank.")
+    lora_alpha: int | None = option(None, "LoRA scaling alpha (default: twice the rank).")
+    lora_dropout: float = option(0.0, "Dropout on the LoRA input.")
+    lora_target: str = option(
+        "all", "Comma-separated module names that get adapters, or `all` (every linear layer except the output head).")
+    additional_target: str | None = option(
+        None, "Comma-separated modules trained fully and saved with the adapter (e.g. `embed_tokens,lm_head` when "
+        "the template added tokens).")
+    use_rslora: bool = option(False, "Rank-stabilised LoRA scaling (alpha / sqrt(rank)).")
+    use_dora: bool = option(False, "Weight-decomposed LoRA (DoRA).")
+    loraplus_lr_ratio: float | None = option(
+        None, "LoRA+: the B matrices learn this many times faster than the A matrices.")
+    adapter_name_or_path: str | None = option(
+        None, "A saved LoRA adapter to start from (trained further) instead of new adapters.")
     plot_loss: bool = option(False, "Save PNG plots of the train and eval loss in `output_dir`.")

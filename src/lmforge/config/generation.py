@@ -12,6 +12,8 @@ class GenerationArguments:
     sample_prompts: list[str] = option(
         default_factory=list, help="Prompts to generate from at the end of training (written to samples.jsonl)."
     )
+    predict_with_generate: bool = option(
+        False, "With `do_predict`: generate an answer for every prediction prompt and score it (ROUGE, BLEU).")
     max_new_tokens: int = option(64, "Tokens generated per prompt.")
     do_sample: bool = option(True, "Sample (true) or decode greedily (false).")
     temperature: float = option(0.8, "Sampling temperature.")

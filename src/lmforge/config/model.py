@@ -44,5 +44,8 @@ class ModelArguments:
     attn_implementation: str | None = option(
         None, "Attention kernel: `sdpa`, `eager`, `flash_attention_2`, ... (transformers' default when unset)."
     )
+    quantization_bit: int | None = option(
+        None, "Load the base model quantized to 4 or 8 bits with bitsandbytes (QLoRA; needs `finetuning_type: lora` "
+        "and a CUDA GPU).")
     cache_dir: str | None = option(None, "Where downloaded hub models are stored.")
     model_revision: str = option("main", "Hub branch, tag or commit of the model.")

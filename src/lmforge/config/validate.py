@@ -70,7 +70,40 @@ def validate(cfg: RunConfig) -> None:
         if 0 < d.val_size < 1:
             _fail(cfg, "with 'streaming: true', 'val_size' must be a document count (>= 1), not a fraction.")
 
+    _validate_stage(cfg)
     has_eval = d.val_size > 0 or bool(d.eval_dataset)
     if str(getattr(t.eval_strategy, "value", t.eval_strategy)) != "no" and not has_eval:
         _fail(cfg, f"'eval_strategy: {getattr(t.eval_strategy, 'value', t.eval_strategy)}' needs evaluation data: "
               "set 'val_size' or 'eval_dataset'.")
+    if t.do_predict and not has_eval:
+        _fail(cfg, "'do_predict' needs prediction data: set 'eval_dataset' or 'val_size'.")
+
+
+def _validate_stage(cfg: RunConfig) -> None:
+    m, d, f, g = cfg.model, cfg.data, cfg.finetuning, cfg.generation
+    if f.stage == "pt":
+        sft_only = [k for k in ("template", "packing", "mask_history", "train_on_prompt") if getattr(d, k)]
+        if sft_only:
+            hint = " (pretraining blocks are already packed; 'neat_packing' masks across documents)" \
+                if sft_only[0] == "packing" else ""
+            _fail(cfg, f"'{sft_only[0]}' applies to 'stage: sft', not 'stage: pt'{hint}.")
+    if f.stage == "sft":
+        if d.streaming:
+            _fail(cfg, "'streaming: true' is supported for 'stage: pt' only; SFT datasets are read whole.")
+        if m.from_scratch and m.train_tokenizer:
+            _fail(cfg, "'stage: sft' starts from a trained model; train a tokenizer with 'stage: pt' first.")
+    if g.predict_with_generate and not cfg.training.do_predict:
+        _fail(cfg, "'predict_with_generate' needs 'do_predict: true'.")
+    if f.finetuning_type != "lora":
+        lora_only = [k for k in ("loraplus_lr_ratio", "adapter_name_or_path", "additional_target")
+                     if getattr(f, k) is not None] + [k for k in ("use_rslora", "use_dora") if getattr(f, k)]
+        if m.quantization_bit:
+            lora_only.insert(0, "quantization_bit")
+        if lora_only:
+            _fail(cfg, f"'{lora_only[0]}' needs 'finetuning_type: lora'.")
+    if m.quantization_bit not in (None, 4, 8):
+        _fail(cfg, f"'quantization_bit' must be 4 or 8, got {m.quantization_bit}.")
+    if f.lora_rank < 1:
+        _fail(cfg, f"'lora_rank' must be at least 1, got {f.lora_rank}.")
+    if f.loraplus_lr_ratio is not None and f.loraplus_lr_ratio <= 0:
+        _fail(cfg, f"'loraplus_lr_ratio' must be positive, got {f.loraplus_lr_ratio}.")

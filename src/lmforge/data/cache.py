@@ -34,7 +34,7 @@ def source_identity(spec: SourceSpec) -> dict[str, Any]:
     """What identifies a source's content: files by path, size and modification time; hub ids by name/split."""
     ident: dict[str, Any] = {"kind": spec.kind, "path": os.path.abspath(spec.path) if spec.kind != "hub" else spec.path,
                              "column": spec.text_column, "split": spec.split, "subset": spec.subset,
-                             "num_samples": spec.num_samples}
+                             "num_samples": spec.num_samples, "entry": spec.entry}
     paths = list(spec.files)
     if spec.kind == "disk":
         paths = sorted(os.path.join(r, f) for r, _, fs in os.walk(spec.path) for f in fs)

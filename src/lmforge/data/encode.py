@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
+import jinja2
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.data.formats import SkipRecord
-from lmforge.data.template import IGNORE_INDEX, encode_conversation
+from lmforge.data.template import IGNORE_INDEX, TemplateMismatch, encode_conversation
 
 
 @dataclass
@@ -20,6 +22,34 @@ class EncodedExample:
     @property
     def trained_tokens(self) -> int:
         return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+@dataclass(frozen=True)
+class LabelOptions:
+    """How a conversation becomes labels (every field changes the encoded data, so all of it is in the cache key)."""
+
+    cutoff_len: int
+    mask_history: bool = False
+    train_on_prompt: bool = False
+    enable_thinking: bool = True
+
+
+def prepare_messages(messages: list[dict], chat_template: str, enable_thinking: bool) -> list[dict]:
+    """Reasoning as the template takes it: as `reasoning_content` where the template reads that field, otherwise
+    folded into the content in `<think>` tags (the convention of reasoning models). Dropped when thinking is off."""
+    if not any(m.get("reasoning_content") for m in messages):
+        return messages
+    out = []
+    for message in messages:
+        reasoning = message.get("reasoning_content")
+        if reasoning:
+            message = {k: v for k, v in message.items() if k != "reasoning_content"}
+            if enable_thinking and "reasoning_content" in chat_template:
+                message["reasoning_content"] = reasoning
+            elif enable_thinking:
+                message["content"] = f"<think>\n{reasoning}\n</think>\n\n{message['content']}"
+        out.append(message)
+    return out
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, example: dict[str, Any], cutoff_len: int,
@@ -50,3 +80,33 @@ def encode_example(tokenizer: PreTrainedTokenizerBase, example: dict[str, Any], 
         raise SkipRecord(f"no assistant token fits within cutoff_len={cutoff_len}" if truncated
                          else "no assistant token to train on")
     return example_out
+
+
+class ConversationEncoder:
+    """Batched `datasets.map` function: a column of JSON conversations -> input_ids, labels, truncated, and `skip`
+    (the reason an example cannot be trained on, empty otherwise). Picklable, so it runs in worker processes."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, options: LabelOptions):
+        self.tokenizer = tokenizer
+        self.options = options
+
+    def encode_one(self, example: dict[str, Any]) -> EncodedExample:
+        o = self.options
+        messages = prepare_messages(example["messages"], self.tokenizer.chat_template or "", o.enable_thinking)
+        return encode_example(self.tokenizer, {**example, "messages": messages}, o.cutoff_len, o.mask_history,
+                              o.train_on_prompt, enable_thinking=o.enable_thinking)
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {"input_ids": [], "labels": [], "truncated": [], "skip": []}
+        for conversation in batch["conversation"]:
+            try:
+                encoded, skip = self.encode_one(json.loads(conversation)), ""
+            except (SkipRecord, TemplateMismatch) as err:
+                encoded, skip = EncodedExample([], []), str(err)
+            except jinja2.TemplateError as err:  # the template's raise_exception(): e.g. roles it does not support
+                encoded, skip = EncodedExample([], []), f"the chat template rejected it: {err}"
+            out["input_ids"].append(encoded.input_ids)
+            out["labels"].append(encoded.labels)
+            out["truncated"].append(encoded.truncated)
+            out["skip"].append(skip)
+        return out

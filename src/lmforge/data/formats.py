@@ -47,6 +47,20 @@ class ConversationFormat:
         columns = {**defaults, **(entry.get("columns") or {})}
         return cls(formatting, columns, {**tag_defaults, **(entry.get("tags") or {})})
 
+    @classmethod
+    def detect(cls, columns: list[str]) -> ConversationFormat | None:
+        """The layout of a source that has no dataset_info.json entry, from its columns (None: not conversations)."""
+        if "messages" in columns:
+            return cls.from_entry({"formatting": "openai"})
+        if "conversations" in columns:
+            return cls.from_entry({"formatting": "sharegpt"})
+        if "instruction" in columns:
+            return cls.from_entry({})
+        return None
+
+    def required_columns(self) -> list[str]:
+        return [self.columns["prompt"]] if self.formatting == "alpaca" else [self.columns["messages"]]
+
     def to_messages(self, record: dict[str, Any]) -> dict[str, Any]:
         """{"messages": [...], "tools": list | None}, or SkipRecord."""
         if self.formatting == "alpaca":
@@ -88,6 +102,26 @@ def _alpaca(record: dict[str, Any], columns: dict[str, str]) -> list[dict]:
     return messages
 
 
+def _parts(value: list, what: str) -> tuple[str, str, list[dict]]:
+    """Content given as typed parts (LLaMA-Factory v1 `{"type", "value"}` or OpenAI `{"type": "text", "text"}`):
+    (text, reasoning, tool calls)."""
+    text, reasoning, calls = [], [], []
+    for part in value:
+        if not isinstance(part, dict) or "type" not in part:
+            raise SkipRecord(f"{what}: a content part must be an object with a 'type'")
+        body = part.get("value", part.get("text"))
+        if part["type"] == "text":
+            text.append(_text(body, what))
+        elif part["type"] in ("reasoning", "thinking"):
+            reasoning.append(_text(body, what))
+        elif part["type"] == "tool_call":
+            calls += _tool_calls(body if isinstance(body, str) else json.dumps(body))
+        else:
+            raise SkipRecord(f"{what}: content part type '{part['type']}' is not supported (text, reasoning, "
+                             "tool_call)")
+    return "".join(text), "\n".join(reasoning), calls
+
+
 def _tool_calls(value: str) -> list[dict]:
     try:
         calls = json.loads(value)
@@ -125,12 +159,25 @@ def _sharegpt(record: dict[str, Any], columns: dict[str, str], tags: dict[str, s
         if tag not in roles:
             raise SkipRecord(f"message {i} has role '{tag}' (expected one of {', '.join(map(str, roles))})")
         role = roles[tag]
+        raw = turn.get(tags["content_tag"])
+        reasoning, calls = _text(turn.get("reasoning_content"), f"message {i} 'reasoning_content'"), []
+        if isinstance(raw, list):
+            content, parts_reasoning, calls = _parts(raw, f"message {i}")
+            reasoning = reasoning or parts_reasoning
+        else:
+            content = _text(raw, f"message {i} '{tags['content_tag']}'")
         if role == "assistant" and turn.get("tool_calls"):
-            messages.append({"role": "assistant", "content": _text(turn.get(tags["content_tag"]), f"message {i}"),
-                             "tool_calls": turn["tool_calls"]})
-            continue
-        content = _text(turn.get(tags["content_tag"]), f"message {i} '{tags['content_tag']}'")
-        if role == "function_call":
+            calls += _tool_calls(json.dumps([c.get("function", c) for c in turn["tool_calls"]]))
+        if role == "assistant":
+            message = {"role": "assistant", "content": content}
+            if reasoning:
+                message["reasoning_content"] = reasoning
+            if calls:
+                message["tool_calls"] = calls
+            messages.append(message)
+        elif calls:
+            raise SkipRecord(f"message {i}: only the assistant makes tool calls")
+        elif role == "function_call":
             messages.append({"role": "assistant", "content": "", "tool_calls": _tool_calls(content)})
         elif role == "system" and i == 0 and not messages:
             messages.append({"role": "system", "content": content})
@@ -142,18 +189,23 @@ def _sharegpt(record: dict[str, Any], columns: dict[str, str], tags: dict[str, s
 
 
 def _check_turns(messages: list[dict]) -> None:
-    """After an optional system message: user (or tool results) and assistant turns alternate, starting with the
-    user and ending with the assistant; no turn is empty."""
+    """After an optional system message: user turns (or tool results: several in a row answer parallel calls) and
+    assistant turns alternate, starting with the user and ending with the assistant; no turn is empty."""
     turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
     if len(turns) < 2:
         raise SkipRecord("needs at least one user turn and one assistant turn")
+    expect_user = True
     for i, message in enumerate(turns):
-        expected = ("user", "tool") if i % 2 == 0 else ("assistant",)
-        if message["role"] not in expected:
-            raise SkipRecord(f"turn {i} is '{message['role']}' where {' or '.join(expected)} was expected "
+        role = message["role"]
+        if role == "tool" and i and turns[i - 1]["role"] == "tool":
+            continue
+        expected = ("user", "tool") if expect_user else ("assistant",)
+        if role not in expected:
+            raise SkipRecord(f"turn {i} is '{role}' where {' or '.join(expected)} was expected "
                              "(turns must alternate user/assistant)")
-        if not message["content"].strip() and not message.get("tool_calls"):
-            raise SkipRecord(f"turn {i} ({message['role']}) is empty")
+        if not message["content"].strip() and not message.get("tool_calls") and not message.get("reasoning_content"):
+            raise SkipRecord(f"turn {i} ({role}) is empty")
+        expect_user = not expect_user
     if turns[0]["role"] != "user":
         raise SkipRecord("the first turn must be the user's")
     if turns[-1]["role"] != "assistant":
@@ -197,15 +249,16 @@ class SkipReport:
         return f"{self.source}: skipped {self.total} records: " + "; ".join(parts)
 
 
-def normalise_records(records: list[dict], fmt: ConversationFormat, source: str) -> tuple[list[dict], SkipReport]:
-    """Every record as {"messages", "tools"}; the ones that cannot be trained on are skipped and reported."""
+def normalise_records(records: list, fmt: ConversationFormat, source: str) -> tuple[list[tuple[int, dict]], SkipReport]:
+    """(record index, {"messages", "tools"}) for every record that can be a conversation; the others are skipped
+    and reported."""
     report = SkipReport(source)
     out = []
     for index, record in enumerate(records):
         try:
             if not isinstance(record, dict):
                 raise SkipRecord("record is not an object")
-            out.append(fmt.to_messages(record))
+            out.append((index, fmt.to_messages(record)))
         except SkipRecord as err:
             report.add(index, str(err))
     return out, report

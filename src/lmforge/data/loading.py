@@ -24,7 +24,7 @@ class TextSplits:
     eval: AnyDataset | None
 
 
-def _load_raw(spec: SourceSpec, streaming: bool) -> AnyDataset:
+def load_raw(spec: SourceSpec, streaming: bool) -> AnyDataset:
     if spec.kind == "disk":
         loaded = datasets.load_from_disk(spec.path)
         if isinstance(loaded, datasets.DatasetDict):
@@ -92,7 +92,7 @@ def _limit(ds: AnyDataset, n: int | None) -> AnyDataset:
 
 def load_source(spec: SourceSpec, streaming: bool = False, max_samples: int | None = None,
                 seed: int = 42) -> AnyDataset:
-    ds = _text_only(_load_raw(spec, streaming), spec)
+    ds = _text_only(load_raw(spec, streaming), spec)
     if spec.num_samples is not None and isinstance(ds, Dataset):
         # dataset_info.json's num_samples: a fixed-size random sample (repeating documents when it exceeds the size)
         import numpy as np
@@ -113,6 +113,11 @@ def load_texts(dataset: str, dataset_dir: str, *, text_column: str = "text", str
     for spec, part in zip(specs, parts, strict=True):
         size = f"{len(part):,} documents" if isinstance(part, Dataset) else "streaming"
         logger.info("Source '%s': %s (%s)", spec.name, spec.path, size)
+    return mix(parts, mix_strategy, interleave_probs, seed)
+
+
+def mix(parts: list[AnyDataset], mix_strategy: str, interleave_probs: list[float] | None, seed: int) -> AnyDataset:
+    """Several sources as one: concatenated, or interleaved by `interleave_probs` (normalised)."""
     if len(parts) == 1:
         return parts[0]
     if mix_strategy == "concat":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ class SourceSpec:
     subset: str | None = None
     num_samples: int | None = None
     files: tuple[str, ...] = ()  # for kind == "file": every data file (one for a file, several for a folder)
+    entry: dict[str, Any] = field(default_factory=dict)  # the dataset_info.json entry (formatting, columns, tags)
 
     @property
     def builder(self) -> str | None:
@@ -96,7 +97,7 @@ def _spec_from_entry(name: str, entry: Any, dataset_dir: str, text_column: str) 
     # LLaMA-Factory names the pretraining text column `prompt`; an explicit `text` column mapping also counts.
     column = columns.get("prompt") or columns.get("text") or text_column
     extra = {"split": entry.get("split", "train"), "subset": entry.get("subset"),
-             "num_samples": entry.get("num_samples")}
+             "num_samples": entry.get("num_samples"), "entry": entry}
     if entry.get("hf_hub_url"):
         return SourceSpec(name, "hub", entry["hf_hub_url"], column, **extra)
     if entry.get("file_name"):

@@ -131,3 +131,27 @@ def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
         if span < len(spans) and end > spans[span][0]:
             labels[i] = ids[i]
     return ids, labels
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list | None = None,
+               **template_kwargs: Any) -> list[int]:
+    """Token ids of the conversation so far plus the template's generation prompt (what the model continues)."""
+    text = render(tokenizer, messages, tools, add_generation_prompt=True, **template_kwargs)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """EOS plus the special token the chat template ends an assistant turn with (`<|im_end|>`, `<|eot_id|>`, ...),
+    found by rendering a one-exchange conversation: generation must stop where training taught the model to."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if tokenizer.chat_template:
+        messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+        rendered = render_conversation(tokenizer, messages)
+        start, end = rendered.assistant_spans[0]
+        for token in special_tokens(tokenizer):
+            if rendered.text[start:end].endswith(token):
+                token_id = tokenizer.convert_tokens_to_ids(token)
+                if token_id not in ids:
+                    ids.append(token_id)
+                break
+    return ids

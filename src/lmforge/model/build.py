@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -103,8 +104,26 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
+def quantization_config(bits: int) -> Any:
+    """bitsandbytes 4-bit (NF4, double quantization) or 8-bit loading, or a clear error where it cannot run."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("Config error: 'quantization_bit' needs the bitsandbytes package: pip install bitsandbytes")
+    if not torch.cuda.is_available():
+        raise ConfigError("Config error: 'quantization_bit' (bitsandbytes QLoRA) needs a CUDA GPU; none is available.")
+    from transformers import BitsAndBytesConfig
+
+    if bits == 4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
 def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    kwargs: dict[str, Any] = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    if args.quantization_bit:
+        kwargs["quantization_config"] = quantization_config(args.quantization_bit)
     if args.from_scratch:
         config = scratch_config(args, tokenizer)
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=args.trust_remote_code, **kwargs)
@@ -120,6 +139,11 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> Pre
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         origin = f"{args.model_name_or_path}"
+        if args.quantization_bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model)
+            origin += f" ({args.quantization_bit}-bit)"
     total, trainable = count_parameters(model)
     logger.info("Model: %s — %s parameters (%s trainable)", origin, f"{total:,}", f"{trainable:,}")
     return model

@@ -11,4 +11,8 @@ def stage_runner(stage: str) -> Callable[[RunConfig], dict]:
         from lmforge.train.pt import run_pt
 
         return run_pt
+    if stage == "sft":
+        from lmforge.train.sft import run_sft
+
+        return run_sft
     raise ValueError(f"unknown stage {stage!r}")  # unreachable: the config's Literal type rejects it first

@@ -1,4 +1,4 @@
-"""Generate text from `sample_prompts` at the end of a run."""
+"""Generate text at the end of a run: from `sample_prompts`, and for `do_predict` with `predict_with_generate`."""
 
 from __future__ import annotations
 
@@ -14,27 +14,48 @@ SAMPLES_FILE = "samples.jsonl"
 
 
 @torch.no_grad()
-def generate_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gen: GenerationArguments,
-                     seed: int = 42) -> list[dict]:
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
+             gen: GenerationArguments, stop_ids: list[int] | None = None, batch_size: int = 8,
+             seed: int = 42) -> list[str]:
+    """Completions of token-id prompts, batched with left padding; decoding stops at any of `stop_ids`."""
     was_training = model.training
     model.eval()
     torch.manual_seed(seed)
-    samples = []
-    for prompt in gen.sample_prompts:
-        inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
-        output = model.generate(
-            **inputs, max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample,
-            temperature=gen.temperature if gen.do_sample else None, top_p=gen.top_p if gen.do_sample else None,
-            top_k=gen.top_k if gen.do_sample else None, repetition_penalty=gen.repetition_penalty,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        new_tokens = output[0, inputs["input_ids"].shape[1]:]
-        samples.append({"prompt": prompt, "completion": tokenizer.decode(new_tokens, skip_special_tokens=True)})
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop = stop_ids or [tokenizer.eos_token_id]
+    sampling = {"temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k} if gen.do_sample else {}
+    completions = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start: start + batch_size]
+        width = max(len(p) for p in batch)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=model.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample,
+                                repetition_penalty=gen.repetition_penalty, pad_token_id=pad, eos_token_id=stop,
+                                **sampling)
+        completions += tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
     model.train(was_training)
-    return samples
+    return completions
+
+
+def generate_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gen: GenerationArguments,
+                     seed: int = 42, chat: bool = False, stop_ids: list[int] | None = None) -> list[dict]:
+    """`sample_prompts` completed as raw text, or (`chat`) as the user turn of a conversation."""
+    if chat:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=False) for p in gen.sample_prompts]
+    else:
+        prompts = [tokenizer(p)["input_ids"] for p in gen.sample_prompts]
+    completions = generate(model, tokenizer, prompts, gen, stop_ids, batch_size=1, seed=seed)
+    return [{"prompt": p, "completion": c} for p, c in zip(gen.sample_prompts, completions, strict=True)]
+
+
+def write_jsonl(path: str, rows: list[dict]) -> str:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return path
 
 
 def write_samples(output_dir: str, samples: list[dict]) -> str:
-    path = os.path.join(output_dir, SAMPLES_FILE)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
-    return path
+    return write_jsonl(os.path.join(output_dir, SAMPLES_FILE), samples)

@@ -1,6 +1,8 @@
-"""The Trainer subclass used by language-modelling stages: adds perplexity to evaluation metrics."""
+"""The Trainer subclass used by language-modelling stages: perplexity in evaluation metrics, LoRA+ optimizer."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from transformers import Trainer
 
@@ -8,6 +10,23 @@ from lmforge.train.callbacks import perplexity
 
 
 class LanguageModelTrainer(Trainer):
+    def __init__(self, *args: Any, loraplus_lr_ratio: float | None = None, **kwargs: Any):
+        self.loraplus_lr_ratio = loraplus_lr_ratio
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model: Any = None):
+        if self.optimizer is None and self.loraplus_lr_ratio:
+            # LoRA+ gives the B matrices a larger learning rate; peft builds the parameter groups.
+            from peft.optimizers import create_loraplus_optimizer
+
+            optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = create_loraplus_optimizer(
+                self.model, optimizer_cls, lr=self.args.learning_rate, loraplus_lr_ratio=self.loraplus_lr_ratio,
+                loraplus_weight_decay=self.args.weight_decay, **optimizer_kwargs)
+            return self.optimizer
+        return super().create_optimizer(model)
+
     def evaluation_loop(self, *args, **kwargs):
         output = super().evaluation_loop(*args, **kwargs)
         for key in [k for k in output.metrics if k.endswith("_loss")]:

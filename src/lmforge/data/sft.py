@@ -1,0 +1,149 @@
+"""Supervised fine-tuning data, end to end: sources -> conversations -> (cached) input ids and labels.
+
+Every record is normalised to one conversation schema, rendered with the chat template, and labelled by rendering
+(`data/template.py`). Records that cannot be trained on are skipped and counted per source and reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+
+import datasets
+from datasets import Dataset, DatasetDict
+from transformers import PreTrainedTokenizerBase
+
+from lmforge.config.data import DataArguments
+from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint, source_identity
+from lmforge.data.encode import ConversationEncoder, LabelOptions
+from lmforge.data.formats import ConversationFormat, normalise_records
+from lmforge.data.loading import mix, split_validation
+from lmforge.data.pretrain import tokenizer_identity
+from lmforge.data.records import read_records
+from lmforge.data.registry import SourceSpec, resolve_sources
+from lmforge.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+EXAMPLE_COLUMNS = ["input_ids", "labels"]
+
+
+@dataclass
+class SftData:
+    train: Dataset  # input_ids, labels, truncated, conversation (JSON), source
+    eval: Dataset | None
+    from_cache: bool
+    stats: dict[str, dict] = field(default_factory=dict)  # per source: records, examples, skipped, truncated
+
+
+def label_options(args: DataArguments) -> LabelOptions:
+    return LabelOptions(args.cutoff_len, args.mask_history, args.train_on_prompt, args.enable_thinking)
+
+
+def source_format(spec: SourceSpec, records: list) -> ConversationFormat:
+    """The layout named by the source's dataset_info.json entry, or detected from its first record's fields."""
+    if spec.entry.get("formatting") or spec.entry.get("columns"):
+        try:
+            return ConversationFormat.from_entry(spec.entry)
+        except ValueError as err:
+            raise DataError(f"Data error: dataset_info.json entry '{spec.name}': {err}.") from None
+    fields = list(records[0]) if records and isinstance(records[0], dict) else []
+    detected = ConversationFormat.detect(fields)
+    if detected is None:
+        raise DataError(f"Data error: source '{spec.name}' does not look like conversation data: its records have "
+                        f"fields {', '.join(fields) or 'none'}; expected 'instruction'/'output' (alpaca), "
+                        "'conversations' (sharegpt) or 'messages' (openai), or a dataset_info.json entry naming the "
+                        "columns.")
+    return detected
+
+
+def _sample(records: list, spec: SourceSpec, max_samples: int | None, seed: int) -> list:
+    if spec.num_samples is not None and records:
+        import numpy as np
+
+        idx = np.random.default_rng(seed).permutation(len(records))
+        reps = -(-spec.num_samples // len(records))
+        records = [records[i] for i in np.tile(idx, reps)[: spec.num_samples]]
+    return records[:max_samples] if max_samples is not None else records
+
+
+def encode_source(spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, args: DataArguments, seed: int,
+                  workdir: str | None = None) -> tuple[Dataset, dict]:
+    """One source's trainable examples and its counts (records, examples, skips by reason, truncated)."""
+    records = _sample(read_records(spec), spec, args.max_samples, seed)
+    fmt = source_format(spec, records)
+    conversations, report = normalise_records(records, fmt, spec.name)
+    table = Dataset.from_dict({"conversation": [json.dumps(c, ensure_ascii=False) for _, c in conversations],
+                               "record": [i for i, _ in conversations], "source": [spec.name] * len(conversations)})
+    files = {"cache_file_name": os.path.join(workdir, f"{spec.name.replace('/', '_')}.arrow")} if workdir else {}
+    encoded = table.map(ConversationEncoder(tokenizer, label_options(args)), batched=True,
+                        batch_size=min(args.preprocessing_batch_size, 256), num_proc=args.preprocessing_num_workers,
+                        desc=f"Encoding {spec.name}", **files)
+    for record, reason in zip(encoded["record"], encoded["skip"], strict=True):
+        if reason:
+            report.add(record, reason)
+    examples = encoded.filter(lambda skip: not skip, input_columns="skip").remove_columns("skip")
+    stats = {"records": len(records), "examples": len(examples), "skipped": report.total,
+             "skip_reasons": dict(report.reasons), "truncated": int(sum(examples["truncated"]))}
+    if report.total:
+        logger.warning(report.summary())
+    logger.info("%s: %s records -> %s examples (%s skipped, %s truncated to cutoff_len=%d)", spec.name,
+                f"{stats['records']:,}", f"{stats['examples']:,}", f"{stats['skipped']:,}",
+                f"{stats['truncated']:,}", args.cutoff_len)
+    return examples, stats
+
+
+def sft_identity(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int) -> dict:
+    """Everything that changes the encoded examples."""
+    def sources(names: str | None) -> list[dict]:
+        return [source_identity(s) for s in resolve_sources(names, args.dataset_dir)] if names else []
+
+    return {"format": CACHE_FORMAT, "kind": "sft", "sources": sources(args.dataset),
+            "eval_sources": sources(args.eval_dataset), "max_samples": args.max_samples, "val_size": args.val_size,
+            "seed": seed, "mix_strategy": args.mix_strategy, "interleave_probs": args.interleave_probs,
+            "tokenizer": tokenizer_identity(tokenizer), "chat_template": tokenizer.chat_template,
+            "labels": label_options(args).__dict__}
+
+
+def build_sft_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int) -> SftData:
+    key = fingerprint(sft_identity(args, tokenizer, seed))
+    path = os.path.join(cache_root(args.tokenized_cache_dir), "sft", key)
+    if args.overwrite_cache and os.path.isdir(path):
+        shutil.rmtree(path)
+
+    def encode_all(names: str, workdir: str, stats: dict) -> Dataset:
+        parts = []
+        for spec in resolve_sources(names, args.dataset_dir):
+            part, stats[spec.name] = encode_source(spec, tokenizer, args, seed, workdir)
+            parts.append(part)
+        return mix(parts, args.mix_strategy, args.interleave_probs, seed)
+
+    def build(tmp: str) -> None:
+        workdir = os.path.join(tmp, "work")
+        os.makedirs(workdir)
+        stats: dict[str, dict] = {}
+        train = encode_all(args.dataset, workdir, stats)
+        if len(train) == 0:
+            raise DataError("Data error: no trainable example is left after skipping: " + "; ".join(
+                f"{name}: {', '.join(s['skip_reasons']) or 'no records'}" for name, s in stats.items()))
+        if args.eval_dataset:
+            parts = {"train": train, "eval": encode_all(args.eval_dataset, workdir, stats)}
+        else:
+            splits = split_validation(train, args.val_size, seed)
+            parts = {"train": splits.train, **({"eval": splits.eval} if splits.eval is not None else {})}
+        DatasetDict(parts).save_to_disk(os.path.join(tmp, "data"))
+        with open(os.path.join(tmp, "stats.json"), "w") as fh:
+            json.dump(stats, fh, indent=2)
+        del parts, train
+        shutil.rmtree(workdir)
+
+    hit = cached(path, build)
+    with open(os.path.join(path, "stats.json")) as fh:
+        stats = json.load(fh)
+    if hit:
+        logger.info("Reusing encoded SFT data from the cache (tokenization skipped): %s", path)
+    data = datasets.load_from_disk(os.path.join(path, "data"))
+    return SftData(data["train"], data["eval"] if "eval" in data else None, hit, stats)

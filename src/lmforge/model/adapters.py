@@ -1,0 +1,89 @@
+"""Which parameters train: all (`full`), the last layers (`freeze`), or LoRA adapters through peft (`lora`)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import PreTrainedModel
+
+from lmforge.config.finetuning import FinetuningArguments
+from lmforge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def _names(value: str | None) -> list[str]:
+    return [n.strip() for n in (value or "").split(",") if n.strip()]
+
+
+def decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The ModuleList of decoder layers (`model.layers`, `transformer.h`, ...): the one with num_hidden_layers
+    entries."""
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
+            return name, module
+    raise ConfigError(f"Config error: 'finetuning_type: freeze' could not find the {n_layers} decoder layers of "
+                      f"this {model.config.model_type} model.")
+
+
+def freeze(model: PreTrainedModel, args: FinetuningArguments) -> None:
+    prefix, layers = decoder_layers(model)
+    n = args.freeze_trainable_layers
+    if n == 0 or abs(n) > len(layers):
+        raise ConfigError(f"Config error: 'freeze_trainable_layers' must be between 1 and {len(layers)} (or -1 and "
+                          f"-{len(layers)}), got {n}.")
+    layer_ids = range(len(layers) - n, len(layers)) if n > 0 else range(-n)
+    modules = _names(args.freeze_trainable_modules)
+    extra = _names(args.freeze_extra_modules)
+    trainable_prefixes = [f"{prefix}.{i}." for i in layer_ids]
+    matched_extra = set()
+    for name, param in model.named_parameters():
+        in_layer = any(name.startswith(p) for p in trainable_prefixes)
+        module_ok = modules == ["all"] or any(f".{m}." in name for m in modules)
+        hit_extra = [m for m in extra if f".{m}." in f".{name}" or name.startswith(f"{m}.")]
+        matched_extra.update(hit_extra)
+        param.requires_grad_((in_layer and module_ok) or bool(hit_extra))
+    missing = set(extra) - matched_extra
+    if missing:
+        raise ConfigError(f"Config error: 'freeze_extra_modules': no parameter of the model belongs to "
+                          f"'{sorted(missing)[0]}'.")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"Config error: 'freeze_trainable_modules: {args.freeze_trainable_modules}' matches no "
+                          f"module in the trainable layers (module names: {_layer_module_names(layers)}).")
+    logger.info("Freeze: training layers %s%s", list(layer_ids),
+                f" ({', '.join(modules)})" if modules != ["all"] else "")
+
+
+def _layer_module_names(layers: torch.nn.ModuleList) -> str:
+    return ", ".join(name for name, _ in layers[0].named_children())
+
+
+def add_lora(model: PreTrainedModel, args: FinetuningArguments) -> torch.nn.Module:
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if args.adapter_name_or_path:
+        logger.info("LoRA: continuing from the adapter in %s", args.adapter_name_or_path)
+        return PeftModel.from_pretrained(model, args.adapter_name_or_path, is_trainable=True)
+    targets = "all-linear" if args.lora_target.strip() == "all" else _names(args.lora_target)
+    config = LoraConfig(task_type="CAUSAL_LM", r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
+                        lora_dropout=args.lora_dropout, target_modules=targets, use_rslora=args.use_rslora,
+                        use_dora=args.use_dora, modules_to_save=_names(args.additional_target) or None)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise ConfigError(f"Config error: 'lora_target: {args.lora_target}': {str(err).splitlines()[0]}") from None
+
+
+def apply_finetuning_type(model: PreTrainedModel, args: FinetuningArguments, added_tokens: int = 0) -> torch.nn.Module:
+    """The model with only the parameters `finetuning_type` trains left trainable."""
+    if args.finetuning_type == "freeze":
+        freeze(model, args)
+        return model
+    if args.finetuning_type == "lora":
+        if added_tokens and not any(n in _names(args.additional_target) for n in ("embed_tokens", "lm_head")):
+            logger.warning("The template added %d token(s) whose embeddings start random, and LoRA does not train "
+                           "embeddings: set `additional_target: embed_tokens,lm_head` to learn them.", added_tokens)
+        return add_lora(model, args)
+    return model

@@ -1,0 +1,70 @@
+"""The part of every training stage after its trainer is built: train, save, evaluate, report."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+import yaml
+
+from lmforge.config.schema import RunConfig
+from lmforge.train.callbacks import read_log
+from lmforge.train.plots import plot_curves
+from lmforge.train.samples import generate_samples, write_samples
+from lmforge.train.tracking import log_samples
+from lmforge.train.trainer import LanguageModelTrainer
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "lmforge_config.yaml"
+
+
+def last_eval(trainer: LanguageModelTrainer) -> dict | None:
+    """Metrics of an evaluation already run at the final step (eval_steps dividing max_steps): not run twice."""
+    for record in reversed(trainer.state.log_history):
+        if "eval_loss" in record and record.get("step") == trainer.state.global_step:
+            return {k: v for k, v in record.items() if k.startswith("eval_") or k == "epoch"}
+    return None
+
+
+def run_training(cfg: RunConfig, trainer: LanguageModelTrainer, resume: str | None, chat: bool = False,
+                 stop_ids: list[int] | None = None,
+                 after_eval: Callable[[LanguageModelTrainer], dict] | None = None) -> dict:
+    """Train (resuming from `resume`), save model and state, evaluate, run `after_eval` (e.g. prediction), plot,
+    and generate the sample prompts (as chat turns when `chat`). Returns every metric."""
+    args = cfg.training
+    if trainer.is_world_process_zero():
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, CONFIG_FILE), "w", encoding="utf-8") as fh:
+            yaml.safe_dump(cfg.raw, fh, sort_keys=False, allow_unicode=True)
+
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    trainer.save_state()
+    metrics = dict(result.metrics)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+
+    if trainer.eval_dataset is not None:
+        eval_metrics = last_eval(trainer) or trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+
+    if after_eval is not None:
+        metrics.update(after_eval(trainer))
+
+    if trainer.is_world_process_zero():
+        if cfg.finetuning.plot_loss:
+            plot_curves(args.output_dir, read_log(args.output_dir))
+        if cfg.generation.sample_prompts:
+            samples = generate_samples(trainer.model, trainer.processing_class, cfg.generation, args.seed, chat,
+                                       stop_ids)
+            path = write_samples(args.output_dir, samples)
+            for s in samples:
+                logger.info("Sample ▸ %s ▸ %s", s["prompt"], s["completion"])
+            logger.info("Samples written to %s", path)
+            log_samples(trainer, samples)
+        logger.info("Model and tokenizer saved to %s", args.output_dir)
+    return metrics
