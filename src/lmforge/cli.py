@@ -12,6 +12,8 @@ USAGE = """lmforge {version}: one framework for the whole life of a language mod
 
 Usage:
   lmforge train CONFIG.yaml [key=value ...]   train (stage from the config: pt)
+  lmforge data preview CONFIG.yaml [--num N]  show examples with the trained tokens marked, and length statistics
+  lmforge data dump CONFIG.yaml --output F    write every processed example (input_ids, labels) as JSON lines
   lmforge bench CONFIG.yaml [key=value ...]   measure training speed: tokens/s, FLOP/s, peak memory
   lmforge env                                 versions of python, torch, transformers, ... and devices
   lmforge version                             print the version
@@ -34,10 +36,62 @@ def cmd_train(args: list[str]) -> int:
     from lmforge.train import stage_runner
 
     setup_logging()
-    has_file = "=" not in args[0] and not args[0].startswith("--")
-    config_path, overrides = (args[0], args[1:]) if has_file else (None, args)
+    config_path, overrides = _split_config_path(args)
     cfg = load_config(config_path, overrides)
     stage_runner(cfg.finetuning.stage)(cfg)
+    return 0
+
+
+def _split_config_path(args: list[str]) -> tuple[str | None, list[str]]:
+    """(CONFIG.yaml or None, the key=value overrides after it)."""
+    has_file = bool(args) and "=" not in args[0] and not args[0].startswith("--")
+    return (args[0], args[1:]) if has_file else (None, args)
+
+
+def _take_option(args: list[str], name: str) -> tuple[str | None, list[str]]:
+    """Remove `--name VALUE` or `--name=VALUE` from args."""
+    for i, arg in enumerate(args):
+        if arg == f"--{name}" and i + 1 < len(args):
+            return args[i + 1], args[:i] + args[i + 2:]
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1], args[:i] + args[i + 1:]
+    return None, args
+
+
+def _config_from(args: list[str]):
+    """CONFIG.yaml [overrides]; output_dir is not needed to look at data."""
+    from lmforge.config import load_config
+
+    config_path, overrides = _split_config_path(args)
+    if not any(o.lstrip("-").startswith("output_dir") for o in overrides):
+        from lmforge.config.parse import read_yaml
+
+        if not (config_path and "output_dir" in read_yaml(config_path)):
+            overrides = [*overrides, "output_dir=lmforge-data-preview"]
+    return load_config(config_path, overrides)
+
+
+def cmd_data(args: list[str]) -> int:
+    action = args[0] if args else None
+    if action not in ("preview", "dump") or len(args) < 2 or args[1] in ("-h", "--help"):
+        print("Usage: lmforge data preview CONFIG.yaml [key=value ...] [--num N]\n"
+              "       lmforge data dump CONFIG.yaml [key=value ...] --output FILE.jsonl")
+        return 0 if action and len(args) > 1 else 2
+    from lmforge.data import preview as data_preview
+    from lmforge.errors import ConfigError
+    from lmforge.logs import setup_logging
+
+    setup_logging()
+    if action == "preview":
+        num, rest = _take_option(args[1:], "num")
+        if num is not None and not num.isdigit():
+            raise ConfigError(f"Config error (command line): --num must be a whole number, got '{num}'.")
+        data_preview.preview(_config_from(rest), int(num) if num is not None else 3)
+        return 0
+    output, rest = _take_option(args[1:], "output")
+    if not output:
+        raise ConfigError("Config error (command line): `lmforge data dump` needs --output FILE.jsonl.")
+    data_preview.dump(_config_from(rest), output)
     return 0
 
 
@@ -76,6 +130,7 @@ def cmd_help(args: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train,
+    "data": cmd_data,
     "bench": cmd_bench,
     "env": cmd_env,
     "version": cmd_version,

@@ -11,35 +11,60 @@ import os
 
 from transformers import PreTrainedTokenizerBase
 
-_CHATML = (
-    "{%- for m in messages %}"
-    "{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+# Shared by the built-ins: the system text with the tool list appended, and an assistant message's content followed
+# by its tool calls as JSON in <tool_call> tags (the convention of Qwen and Hermes models).
+_SYSTEM = (
+    "{%- set system = messages[0]['content'] if messages and messages[0]['role'] == 'system' else '' %}"
+    "{%- if tools %}{%- set ns = namespace(text=system + ('\\n\\n' if system else '') + 'You may call these "
+    "functions; answer with <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call> to call one:') %}"
+    "{%- for tool in tools %}{%- set ns.text = ns.text + '\\n' + (tool | tojson) %}{%- endfor %}"
+    "{%- set system = ns.text %}{%- endif %}"
 )
-_LLAMA3 = (
-    "{%- for m in messages %}"
-    "{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+_ANSWER = (
+    "{%- macro answer(m) %}{{- m['content'] }}"
+    "{%- for call in m.get('tool_calls') or [] %}{%- set f = call['function'] if call['function'] else call %}"
+    "{{- ('\\n' if m['content'] or not loop.first else '') + '<tool_call>\\n{\"name\": \"' + f['name'] + "
+    "'\", \"arguments\": ' + (f['arguments'] if f['arguments'] is string else f['arguments'] | tojson) + "
+    "'}\\n</tool_call>' }}"
+    "{%- endfor %}{%- endmacro %}"
 )
-_ALPACA = (
-    "{%- for m in messages %}"
-    "{%- if m['role'] == 'system' %}{{- m['content'] + '\\n\\n' }}"
-    "{%- elif m['role'] == 'user' %}{{- '### Instruction:\\n' + m['content'] + '\\n\\n### Response:\\n' }}"
-    "{%- elif m['role'] == 'assistant' %}{{- m['content'] + eos_token + '\\n\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-)
+
+
+def _builtin(system: str, user: str, assistant: str, tool: str, generation_prompt: str) -> str:
+    """A template from the text each role becomes (Jinja expressions over `m`, the message, and `system`)."""
+    return (
+        _SYSTEM + _ANSWER
+        + "{%- if system %}{{- " + system + " }}{%- endif %}"
+        + "{%- for m in messages %}"
+        + "{%- if m['role'] == 'user' %}{{- " + user + " }}"
+        + "{%- elif m['role'] == 'assistant' %}{{- " + assistant + " }}"
+        + "{%- elif m['role'] == 'tool' %}{{- " + tool + " }}"
+        + "{%- endif %}{%- endfor %}"
+        + "{%- if add_generation_prompt %}{{- " + generation_prompt + " }}{%- endif %}"
+    )
+
+
+_CHATML = _builtin("'<|im_start|>system\\n' + system + '<|im_end|>\\n'",
+                   "'<|im_start|>user\\n' + m['content'] + '<|im_end|>\\n'",
+                   "'<|im_start|>assistant\\n' + answer(m) + '<|im_end|>\\n'",
+                   "'<|im_start|>tool\\n' + m['content'] + '<|im_end|>\\n'",
+                   "'<|im_start|>assistant\\n'")
+_LLAMA3 = _builtin("'<|start_header_id|>system<|end_header_id|>\\n\\n' + system + '<|eot_id|>'",
+                   "'<|start_header_id|>user<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>'",
+                   "'<|start_header_id|>assistant<|end_header_id|>\\n\\n' + answer(m) + '<|eot_id|>'",
+                   "'<|start_header_id|>ipython<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>'",
+                   "'<|start_header_id|>assistant<|end_header_id|>\\n\\n'")
+_ALPACA = _builtin("system + '\\n\\n'",
+                   "'### Instruction:\\n' + m['content'] + '\\n\\n### Response:\\n'",
+                   "answer(m) + eos_token + '\\n\\n'",
+                   "'### Observation:\\n' + m['content'] + '\\n\\n### Response:\\n'",
+                   "''")
 # The user turn already ends with "Assistant: ", so the generation prompt is built in.
-_DEFAULT = (
-    "{%- for m in messages %}"
-    "{%- if m['role'] == 'system' %}{{- 'System: ' + m['content'] + '\\n' }}"
-    "{%- elif m['role'] == 'user' %}{{- 'Human: ' + m['content'] + '\\nAssistant: ' }}"
-    "{%- elif m['role'] == 'assistant' %}{{- m['content'] + eos_token + '\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-)
+_DEFAULT = _builtin("'System: ' + system + '\\n'",
+                    "'Human: ' + m['content'] + '\\nAssistant: '",
+                    "answer(m) + eos_token + '\\n'",
+                    "'Observation: ' + m['content'] + '\\nAssistant: '",
+                    "''")
 
 # name -> (Jinja template, special tokens it needs)
 BUILTIN_TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
