@@ -54,7 +54,7 @@ def processed_data(cfg: RunConfig) -> ProcessedData:
                          data.stats)
 
 
-def _runs(ids: list[int], labels: list[int]) -> list[tuple[bool, list[int]]]:
+def trained_runs(ids: list[int], labels: list[int]) -> list[tuple[bool, list[int]]]:
     """Consecutive tokens grouped by whether they are trained."""
     runs: list[tuple[bool, list[int]]] = []
     for token, label in zip(ids, labels, strict=True):
@@ -69,7 +69,7 @@ def _runs(ids: list[int], labels: list[int]) -> list[tuple[bool, list[int]]]:
 def render_example(tokenizer: PreTrainedTokenizerBase, ids: list[int], labels: list[int], styled: bool) -> str:
     """The example's text with trained tokens green (terminal) or in ⟦ ⟧ brackets (plain text)."""
     parts = []
-    for trained, run in _runs(ids, labels):
+    for trained, run in trained_runs(ids, labels):
         text = tokenizer.decode(run, skip_special_tokens=False)
         if styled:
             from rich.markup import escape

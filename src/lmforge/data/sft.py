@@ -79,6 +79,9 @@ def encode_source(spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, args: Da
     table = Dataset.from_dict({"conversation": [json.dumps(c, ensure_ascii=False) for _, c in conversations],
                                "record": [i for i, _ in conversations], "source": [spec.name] * len(conversations)})
     files = {"cache_file_name": os.path.join(workdir, f"{spec.name.replace('/', '_')}.arrow")} if workdir else {}
+    if len(table) == 0:
+        raise DataError(f"Data error: source '{spec.name}': none of its {len(records):,} records is a usable "
+                        f"conversation ({report.summary()}).")
     encoded = table.map(ConversationEncoder(tokenizer, label_options(args)), batched=True,
                         batch_size=min(args.preprocessing_batch_size, 256), num_proc=args.preprocessing_num_workers,
                         desc=f"Encoding {spec.name}", **files)
