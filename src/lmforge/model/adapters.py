@@ -9,6 +9,7 @@ from transformers import PreTrainedModel
 
 from lmforge.config.finetuning import FinetuningArguments
 from lmforge.errors import ConfigError
+from lmforge.model.build import count_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +81,13 @@ def apply_finetuning_type(model: PreTrainedModel, args: FinetuningArguments, add
     """The model with only the parameters `finetuning_type` trains left trainable."""
     if args.finetuning_type == "freeze":
         freeze(model, args)
-        return model
-    if args.finetuning_type == "lora":
+    elif args.finetuning_type == "lora":
         if added_tokens and not any(n in _names(args.additional_target) for n in ("embed_tokens", "lm_head")):
             logger.warning("The template added %d token(s) whose embeddings start random, and LoRA does not train "
                            "embeddings: set `additional_target: embed_tokens,lm_head` to learn them.", added_tokens)
-        return add_lora(model, args)
+        model = add_lora(model, args)
+    if args.finetuning_type != "full":
+        total, trainable = count_parameters(model)
+        logger.info("%s: training %s of %s parameters (%.2f%%)", args.finetuning_type, f"{trainable:,}",
+                    f"{total:,}", 100 * trainable / max(total, 1))
     return model

@@ -1,0 +1,179 @@
+"""SFT end to end on a tiny model: packing is exact, each fine-tuning type trains what it should, adapters save and
+resume, prediction writes its files, `lmforge data` shows what is trained."""
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from lmforge.cli import main
+from lmforge.config.data import DataArguments
+from lmforge.data.chat_templates import apply_template_choice
+from lmforge.data.collate import IGNORE_INDEX, SftCollator
+from lmforge.data.packing import best_fit_decreasing, pack_examples
+from lmforge.data.sft import build_sft_data
+from lmforge.data.template import render
+from tests.conftest import LF_DEMO
+
+
+def test_best_fit_decreasing_places_every_example_once_within_capacity():
+    lengths = [7, 3, 9, 1, 5, 5, 2, 8, 4, 6, 10, 1]
+    bins = best_fit_decreasing(lengths, 10)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 10 for b in bins)
+    assert len(bins) == -(-sum(lengths) // 10)  # this set packs perfectly
+    with pytest.raises(ValueError, match="more than the row capacity"):
+        best_fit_decreasing([11], 10)
+
+
+@pytest.fixture(scope="module")
+def examples(tiny_tokenizer):
+    tok = copy.deepcopy(tiny_tokenizer)
+    apply_template_choice(tok, "chatml")
+    mp = pytest.MonkeyPatch()
+    data = build_sft_data(DataArguments(dataset="identity", dataset_dir=str(LF_DEMO), cutoff_len=128, max_samples=12),
+                          tok, seed=0)
+    mp.undo()
+    return tok, data.train.select_columns(["input_ids", "labels"])
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_loss_equals_the_unpacked_loss_of_the_same_examples(tiny_model_dir, examples, attn):
+    tok, ds = examples
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # larger weights than the init, so that attending across examples would show
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    collate = SftCollator(tok.pad_token_id or 0)
+    rows = pack_examples(ds, 128)
+    assert len(rows) < len(ds)
+    assert sum(len(r) for r in rows["input_ids"]) == sum(len(x) for x in ds["input_ids"])  # nothing dropped
+    with torch.no_grad():
+        unpacked = model(**collate(list(ds))).loss
+        packed_batch = collate(list(rows))
+        packed = model(**packed_batch).loss
+    assert packed.item() == pytest.approx(unpacked.item(), rel=1e-5)
+    # and packing really changes the attention: without position ids the same rows give another loss
+    with torch.no_grad():
+        leaky = model(input_ids=packed_batch["input_ids"], labels=packed_batch["labels"]).loss
+    assert abs(leaky.item() - unpacked.item()) > 5e-4  # 10x the tolerance above
+
+
+def sft_args(model_dir, out, **extra) -> list[str]:
+    args = {"stage": "sft", "model_name_or_path": model_dir, "template": "chatml", "dataset": "identity",
+            "dataset_dir": str(LF_DEMO), "cutoff_len": 128, "output_dir": str(out), "per_device_train_batch_size": 4,
+            "learning_rate": 5e-3, "max_steps": 6, "logging_steps": 2, "save_steps": 3, "report_to": "none",
+            "disable_tqdm": True, "seed": 3}
+    args.update(extra)
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in args.items()]
+
+
+def changed_parameters(before_dir, after_dir) -> set[str]:
+    before = load_file(os.path.join(before_dir, "model.safetensors"))
+    after = load_file(os.path.join(after_dir, "model.safetensors"))
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_full_sft_with_packing_and_prediction(tiny_model_dir, tmp_path):
+    out = tmp_path / "full"
+    assert main(["train", *sft_args(tiny_model_dir, out, packing=True, val_size=6, do_predict=True,
+                                    predict_with_generate=True, max_new_tokens=4, do_sample=False)]) == 0
+    assert "model.layers.0.self_attn.q_proj.weight" in changed_parameters(tiny_model_dir, out)
+    predictions = [json.loads(line) for line in open(out / "generated_predictions.jsonl")]
+    assert len(predictions) == 6 and set(predictions[0]) == {"prompt", "predict", "label"}
+    assert predictions[0]["prompt"].endswith("<|im_start|>assistant\n")
+    scores = json.load(open(out / "predict_results.json"))
+    assert set(scores) == {"predict_rouge-1", "predict_rouge-2", "predict_rouge-l", "predict_bleu-4",
+                           "predict_exact_match"}
+    # generation stops at the template's end of turn
+    config = json.load(open(out / "generation_config.json"))
+    assert 2 in (config["eos_token_id"] if isinstance(config["eos_token_id"], list) else [config["eos_token_id"]])
+
+
+def test_freeze_trains_only_the_last_layers(tiny_model_dir, tmp_path):
+    out = tmp_path / "freeze"
+    assert main(["train", *sft_args(tiny_model_dir, out, finetuning_type="freeze", freeze_trainable_layers=1,
+                                    freeze_trainable_modules="mlp")]) == 0
+    changed = changed_parameters(tiny_model_dir, out)
+    assert changed and all(k.startswith("model.layers.1.mlp.") for k in changed)
+
+
+def test_lora_saves_a_peft_adapter_that_loads_and_resumes(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "lora"
+    args = sft_args(tiny_model_dir, out, finetuning_type="lora", lora_rank=4, lora_target="all", use_rslora=True,
+                    loraplus_lr_ratio=4.0, neftune_noise_alpha=5.0)
+    assert main(["train", *args]) == 0
+    adapter = json.load(open(out / "adapter_config.json"))
+    assert adapter["r"] == 4 and adapter["use_rslora"] and adapter["lora_alpha"] == 8
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} == {
+        name.rsplit(".", 1)[-1] for name in adapter["target_modules"]}
+    assert not (out / "model.safetensors").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(base, str(out))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        with model.disable_adapter():
+            plain = model(ids).logits
+        adapted = model(ids).logits
+    assert not torch.allclose(plain, adapted)
+
+    # resume from the step-3 checkpoint gives the same final adapter as the uninterrupted run
+    final = load_file(str(out / "adapter_model.safetensors"))
+    resumed_out = tmp_path / "lora-resumed"
+    os.makedirs(resumed_out)
+    import shutil
+
+    shutil.copytree(out / "checkpoint-3", resumed_out / "checkpoint-3")
+    resume_args = sft_args(tiny_model_dir, resumed_out, finetuning_type="lora", lora_rank=4, lora_target="all",
+                           use_rslora=True, loraplus_lr_ratio=4.0, neftune_noise_alpha=5.0,
+                           resume_from_checkpoint=True)
+    assert main(["train", *resume_args]) == 0
+    again = load_file(str(resumed_out / "adapter_model.safetensors"))
+    assert final.keys() == again.keys()
+    for key in final:
+        assert torch.allclose(final[key], again[key], atol=1e-5), key
+
+
+def test_quantization_without_bitsandbytes_or_gpu_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
+    code = main(["train", *sft_args(tiny_model_dir, tmp_path / "q", finetuning_type="lora", quantization_bit=4)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "quantization_bit" in err and ("bitsandbytes" in err or "CUDA" in err) and "Traceback" not in err
+
+
+def test_data_dump_and_preview_show_what_is_trained(tiny_model_dir, tmp_path, capsys):
+    dump = tmp_path / "dump.jsonl"
+    base = sft_args(tiny_model_dir, tmp_path / "unused", dataset="alpaca_en_demo,identity", max_samples=5,
+                    val_size=2)
+    assert main(["data", "dump", *base, "--output", str(dump)]) == 0
+    rows = [json.loads(line) for line in open(dump)]
+    assert len(rows) == 10 and {r["split"] for r in rows} == {"train", "eval"}
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    apply_template_choice(tok, "chatml")
+    records = json.load(open(LF_DEMO / "identity.json"))
+    for row in rows:
+        if row["source"] != "identity":
+            continue
+        assert len(row["input_ids"]) == len(row["labels"])
+        record = records[row["record"]]
+        messages = [{"role": "user", "content": record["instruction"]},
+                    {"role": "assistant", "content": record["output"]}]
+        assert tok.decode(row["input_ids"], skip_special_tokens=False) == render(tok, messages)
+        trained = tok.decode([t for t, lab in zip(row["input_ids"], row["labels"], strict=True)
+                              if lab != IGNORE_INDEX], skip_special_tokens=False)
+        assert trained.strip() == record["output"] + "<|im_end|>"
+
+    capsys.readouterr()
+    assert main(["data", "preview", *base, "--num", "1"]) == 0
+    shown = capsys.readouterr().out
+    assert "── example 0" in shown and "⟦" in shown and "packing_efficiency" in shown
+    assert "length_p95" in shown and "truncated" in shown and "skipped" in shown
