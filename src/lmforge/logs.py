@@ -10,13 +10,26 @@ import warnings
 _HANDLER_NAME = "lmforge-console"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each message (it may be replaced after setup, e.g. when the
+    CLI runs inside a host program that redirects it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # the base class assigns it once; ignored
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     """A console handler on the `lmforge` logger only (the root logger, and whatever the host program or pytest
     attached to it, is left alone)."""
     logger = logging.getLogger("lmforge")
     logger.setLevel(logging.DEBUG if verbose or os.environ.get("LMFORGE_DEBUG") else logging.INFO)
     if not any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.set_name(_HANDLER_NAME)
         handler.setFormatter(logging.Formatter("[lmforge] %(message)s"))
         logger.addHandler(handler)
