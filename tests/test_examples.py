@@ -16,9 +16,17 @@ def test_quickstart_corpus_is_generated_by_the_project():
 
 
 def test_example_configs_validate():
+    stages = {}
     for path in sorted((REPO / "examples").glob("*.yaml")):
-        cfg = load_config(str(path))
-        assert cfg.finetuning.stage == "pt", path
+        stages[path.name] = load_config(str(path)).finetuning.stage
+    assert stages["pretrain_quickstart.yaml"] == "pt" and stages["sft_quickstart.yaml"] == "sft"
+
+
+def test_sft_quickstart_data_is_generated_by_the_project():
+    from lmforge.resources.sft_quickstart import generate as generate_sft
+
+    with open(REPO / "src" / "lmforge" / "resources" / "sft_quickstart.jsonl", encoding="utf-8") as fh:
+        assert [json.loads(line) for line in fh] == generate_sft()
 
 
 def test_tutorial_scale_example_is_about_120m_parameters(tiny_tokenizer):

@@ -21,18 +21,36 @@ from lmforge.config import load_config
 from lmforge.errors import ConfigError
 
 
-class StepClock(TrainerCallback):
-    """Wall-clock time at the end of every optimizer step, and tokens seen then."""
+class TokenCounter:
+    """Wraps a collator and counts the real (example) tokens and the padded (tensor) tokens of every batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, collate) -> None:
+        self.collate = collate
+        self.real = 0
+        self.padded = 0
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collate(features)
+        self.real += sum(len(f["input_ids"]) for f in features)
+        self.padded += batch["input_ids"].numel()
+        return batch
+
+
+class StepClock(TrainerCallback):
+    """Wall-clock time at the end of every optimizer step, and the real and padded tokens collated by then."""
+
+    def __init__(self, counter: TokenCounter) -> None:
+        self.counter = counter
         self.times: list[float] = []
-        self.tokens: list[int] = []
+        self.real: list[int] = []
+        self.padded: list[int] = []
 
     def on_step_end(self, args, state, control, **kwargs):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.times.append(time.perf_counter())
-        self.tokens.append(state.num_input_tokens_seen)
+        self.real.append(self.counter.real)
+        self.padded.append(self.counter.padded)
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 10) -> float:
@@ -75,19 +93,27 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def run(config: str | None, overrides: list[str], steps: int, warmup: int) -> dict:
-    from lmforge.train.pt import build_trainer
+def build_trainer(cfg):
+    if cfg.finetuning.stage == "sft":
+        from lmforge.train.sft import build_trainer as build_sft
 
+        return build_sft(cfg).trainer
+    from lmforge.train.pt import build_trainer as build_pt
+
+    return build_pt(cfg)
+
+
+def run(config: str | None, overrides: list[str], steps: int, warmup: int) -> dict:
     started = time.perf_counter()
     out = tempfile.mkdtemp(prefix="lmforge-bench-")
     forced = [f"max_steps={warmup + steps}", "eval_strategy=no", "save_strategy=no", "report_to=none",
               "logging_steps=1000000", "val_size=0", "eval_dataset=null", "sample_prompts=[]", "plot_loss=false",
               "include_num_input_tokens_seen=all", "disable_tqdm=true"]
     cfg = load_config(config, [f"output_dir={out}", *overrides, *forced])
-    if cfg.finetuning.stage != "pt":
-        raise ConfigError(f"Config error: lmforge bench measures stage pt for now, not '{cfg.finetuning.stage}'.")
     trainer = build_trainer(cfg)
-    clock = StepClock()
+    counter = TokenCounter(trainer.data_collator)
+    trainer.data_collator = counter
+    clock = StepClock(counter)
     trainer.add_callback(clock)
     trainer.train()
 
@@ -96,17 +122,18 @@ def run(config: str | None, overrides: list[str], steps: int, warmup: int) -> di
         raise ConfigError("Config error: the run ended before the timed steps (dataset too small for "
                           f"{warmup + steps} steps?).")
     elapsed = clock.times[-1] - clock.times[warmup - 1] if warmup else clock.times[-1] - started
-    tokens = clock.tokens[-1] - (clock.tokens[warmup - 1] if warmup else 0)
+    real = clock.real[-1] - (clock.real[warmup - 1] if warmup else 0)
+    padded = clock.padded[-1] - (clock.padded[warmup - 1] if warmup else 0)
     per_token = flops_per_token(trainer.model, cfg.data.cutoff_len)
     dtype = torch.bfloat16 if cfg.training.bf16 else torch.float16 if cfg.training.fp16 else torch.float32
     peak = matmul_peak(dtype, device)
-    achieved = per_token * tokens / elapsed
+    achieved = per_token * real / elapsed  # FLOPs spent on padding are not useful work
     return {
         "config": config, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "timed_steps": len(clock.times) - warmup, "warmup_steps": warmup,
-        "tokens_per_step": tokens / max(len(clock.times) - warmup, 1),
-        "real_tokens_per_second": tokens / elapsed,  # pt blocks carry no padding: every token is real
-        "padded_tokens_per_second": tokens / elapsed,
+        "stage": cfg.finetuning.stage, "packing": cfg.data.packing or cfg.data.neat_packing,
+        "tokens_per_step": padded / max(len(clock.times) - warmup, 1),
+        "real_tokens_per_second": real / elapsed, "padded_tokens_per_second": padded / elapsed,
         "flops_per_token": per_token, "achieved_flops": achieved, "matmul_peak_flops": peak,
         "fraction_of_peak": achieved / peak,
         "peak_memory_gib": peak_memory_bytes(device) / 2**30,
@@ -130,6 +157,30 @@ def report(r: dict) -> str:
     ])
 
 
+def compare_packing(config: str | None, overrides: list[str], steps: int, warmup: int) -> dict:
+    """The same config padded and packed, each measured in a fresh process; ratios are packed / padded."""
+    import subprocess
+
+    results = {}
+    for packing in ("false", "true"):
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            command = [sys.executable, "-m", "lmforge", "bench", *([config] if config else []), *overrides,
+                       f"packing={packing}", "--steps", str(steps), "--warmup", str(warmup), "--json", out.name]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise ConfigError(f"lmforge bench with packing={packing} failed:\n{done.stderr.strip()[-2000:]}")
+            with open(out.name) as fh:
+                results["packed" if packing == "true" else "padded"] = json.load(fh)
+    padded, packed = results["padded"], results["packed"]
+    for name, r in results.items():
+        print(f"[{name}]\n{report(r)}\n")
+    ratios = {key: packed[key] / padded[key] for key in ("real_tokens_per_second", "peak_memory_gib")}
+    print(f"packed / padded: real tokens/s x{ratios['real_tokens_per_second']:.2f}, "
+          f"peak memory x{ratios['peak_memory_gib']:.2f}, padding share padded run "
+          f"{100 * (1 - padded['real_tokens_per_second'] / padded['padded_tokens_per_second']):.0f} %")
+    return {**results, "ratios": ratios}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lmforge bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,6 +189,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--json", dest="json_path", help="also write the figures to this JSON file")
+    parser.add_argument("--packing-compare", action="store_true",
+                        help="sft: measure the config padded (packing=false) and packed (packing=true), each in its "
+                        "own process (so peak memory is each one's own), and print the ratios")
     ns = parser.parse_args(argv)
     from lmforge.logs import setup_logging
 
@@ -145,8 +199,11 @@ def main(argv: list[str]) -> int:
     config, overrides = ns.config, list(ns.overrides)
     if config and "=" in config:
         config, overrides = None, [config, *overrides]
-    result = run(config, overrides, ns.steps, ns.warmup)
-    print(report(result))
+    if ns.packing_compare:
+        result = compare_packing(config, overrides, ns.steps, ns.warmup)
+    else:
+        result = run(config, overrides, ns.steps, ns.warmup)
+        print(report(result))
     if ns.json_path:
         with open(ns.json_path, "w") as fh:
             json.dump(result, fh, indent=2)

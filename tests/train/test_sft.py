@@ -177,3 +177,18 @@ def test_data_dump_and_preview_show_what_is_trained(tiny_model_dir, tmp_path, ca
     shown = capsys.readouterr().out
     assert "── example 0" in shown and "⟦" in shown and "packing_efficiency" in shown
     assert "length_p95" in shown and "truncated" in shown and "skipped" in shown
+
+
+def test_sft_quickstart_data_is_learned(tiny_model_dir, tmp_path):
+    from lmforge.train.callbacks import read_log
+
+    out = tmp_path / "quick"
+    args = sft_args(tiny_model_dir, out, dataset="lmforge_sft_quickstart", dataset_dir=str(tmp_path), max_samples=800,
+                    packing=True, max_steps=60, learning_rate=1e-2, per_device_train_batch_size=8, logging_steps=10,
+                    val_size=50, eval_strategy="steps", eval_steps=30)
+    assert main(["train", *args]) == 0
+    log = read_log(str(out))
+    losses = [r["loss"] for r in log if "loss" in r]
+    evals = [r["eval_loss"] for r in log if "eval_loss" in r]
+    assert losses[-1] < losses[0] - 2.0  # from ~ln(384) = 5.95 for a random model
+    assert evals[-1] < 3.0
