@@ -59,3 +59,22 @@ def cached(path: str, build: Callable[[str], None]) -> bool:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return False
+
+
+def save_splits(tmp: str, parts: dict, stats: dict) -> None:
+    """Write a cache entry of dataset splits (`data/`) and their statistics (`stats.json`) into `tmp`."""
+    from datasets import DatasetDict
+
+    DatasetDict(parts).save_to_disk(os.path.join(tmp, "data"))
+    with open(os.path.join(tmp, "stats.json"), "w") as fh:
+        json.dump(stats, fh, indent=2)
+
+
+def load_splits(path: str) -> tuple[Any, Any, dict]:
+    """(train, eval or None, stats) of a cache entry written by `save_splits`."""
+    import datasets
+
+    with open(os.path.join(path, "stats.json")) as fh:
+        stats = json.load(fh)
+    data = datasets.load_from_disk(os.path.join(path, "data"))
+    return data["train"], data["eval"] if "eval" in data else None, stats

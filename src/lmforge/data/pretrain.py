@@ -8,12 +8,11 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 
-import datasets
-from datasets import Dataset, DatasetDict, IterableDataset
+from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.config.data import DataArguments
-from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint, source_identity
+from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint, load_splits, save_splits, source_identity
 from lmforge.data.chunking import BlockChunker, DocumentTokenizer
 from lmforge.data.loading import AnyDataset, TextSplits, load_texts, split_validation
 from lmforge.data.registry import resolve_sources
@@ -133,19 +132,15 @@ def build_pretrain_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase,
         if len(parts["train"]) == 0:
             raise DataError(f"Data error: the training data has {stats['train']['tokens']:,} tokens, fewer than one "
                             f"block of cutoff_len={args.cutoff_len}; lower cutoff_len or add data.")
-        DatasetDict(parts).save_to_disk(os.path.join(tmp, "data"))
-        with open(os.path.join(tmp, "stats.json"), "w") as fh:
-            json.dump(stats, fh, indent=2)
+        save_splits(tmp, parts, stats)
         del parts, splits
         shutil.rmtree(workdir)
 
     hit = cached(path, build)
-    with open(os.path.join(path, "stats.json")) as fh:
-        stats = json.load(fh)
+    train, eval_split, stats = load_splits(path)
     if hit:
         logger.info("Reusing tokenized data from the cache (tokenization skipped): %s", path)
         for name, s in stats.items():
             logger.info("%s: %s blocks of %d tokens from %s documents", name, f"{s['blocks']:,}", s["cutoff_len"],
                         f"{s['documents']:,}")
-    data = datasets.load_from_disk(os.path.join(path, "data"))
-    return PretrainData(data["train"], data["eval"] if "eval" in data else None, hit, stats)
+    return PretrainData(train, eval_split, hit, stats)

@@ -12,12 +12,11 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-import datasets
-from datasets import Dataset, DatasetDict
+from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.config.data import DataArguments
-from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint, source_identity
+from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint, load_splits, save_splits, source_identity
 from lmforge.data.encode import ConversationEncoder, LabelOptions
 from lmforge.data.formats import ConversationFormat, normalise_records
 from lmforge.data.loading import mix, split_validation
@@ -137,16 +136,12 @@ def build_sft_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed
         else:
             splits = split_validation(train, args.val_size, seed)
             parts = {"train": splits.train, **({"eval": splits.eval} if splits.eval is not None else {})}
-        DatasetDict(parts).save_to_disk(os.path.join(tmp, "data"))
-        with open(os.path.join(tmp, "stats.json"), "w") as fh:
-            json.dump(stats, fh, indent=2)
+        save_splits(tmp, parts, stats)
         del parts, train
         shutil.rmtree(workdir)
 
     hit = cached(path, build)
-    with open(os.path.join(path, "stats.json")) as fh:
-        stats = json.load(fh)
+    train, eval_split, stats = load_splits(path)
     if hit:
         logger.info("Reusing encoded SFT data from the cache (tokenization skipped): %s", path)
-    data = datasets.load_from_disk(os.path.join(path, "data"))
-    return SftData(data["train"], data["eval"] if "eval" in data else None, hit, stats)
+    return SftData(train, eval_split, hit, stats)
