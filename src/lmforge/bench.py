@@ -18,6 +18,7 @@ import torch
 from transformers import TrainerCallback
 
 from lmforge.config import load_config
+from lmforge.data.packing import uses_packing
 from lmforge.errors import ConfigError
 
 
@@ -131,7 +132,7 @@ def run(config: str | None, overrides: list[str], steps: int, warmup: int) -> di
     return {
         "config": config, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "timed_steps": len(clock.times) - warmup, "warmup_steps": warmup,
-        "stage": cfg.finetuning.stage, "packing": cfg.data.packing or cfg.data.neat_packing,
+        "stage": cfg.finetuning.stage, "packing": uses_packing(cfg.data),
         "tokens_per_step": padded / max(len(clock.times) - warmup, 1),
         "real_tokens_per_second": real / elapsed, "padded_tokens_per_second": padded / elapsed,
         "flops_per_token": per_token, "achieved_flops": achieved, "matmul_peak_flops": peak,

@@ -59,16 +59,12 @@ def _take_option(args: list[str], name: str) -> tuple[str | None, list[str]]:
 
 
 def _config_from(args: list[str]):
-    """CONFIG.yaml [overrides]; output_dir is not needed to look at data."""
+    """CONFIG.yaml [overrides]. Looking at data writes nothing there, so the required output_dir gets a placeholder
+    (an output_dir given on the command line still wins)."""
     from lmforge.config import load_config
 
     config_path, overrides = _split_config_path(args)
-    if not any(o.lstrip("-").startswith("output_dir") for o in overrides):
-        from lmforge.config.parse import read_yaml
-
-        if not (config_path and "output_dir" in read_yaml(config_path)):
-            overrides = [*overrides, "output_dir=lmforge-data-preview"]
-    return load_config(config_path, overrides)
+    return load_config(config_path, ["output_dir=lmforge-data-preview", *overrides])
 
 
 def cmd_data(args: list[str]) -> int:

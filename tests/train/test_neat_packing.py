@@ -52,3 +52,20 @@ def test_two_blocks_in_a_batch_keep_their_own_boundaries(tiny_model_dir):
         for row, feature in enumerate(features):
             alone = model(**PretrainCollator()([feature])).logits[0]
             assert torch.allclose(together[row], alone, atol=1e-5)
+
+
+def test_data_dump_of_a_pt_config_shows_the_collator_labels(tmp_path):
+    import json
+
+    from lmforge.cli import main
+    from lmforge.data.collate import IGNORE_INDEX
+    from tests.conftest import scratch_args
+
+    dump = tmp_path / "blocks.jsonl"
+    assert main(["data", "dump", *scratch_args(tmp_path / "out", neat_packing=True), "--output", str(dump)]) == 0
+    rows = [json.loads(line) for line in open(dump)]
+    assert rows and all(len(r["input_ids"]) == 64 for r in rows)
+    for r in rows:
+        starts = [i for i, p in enumerate(r["position_ids"]) if p == 0]
+        assert [i for i, lab in enumerate(r["labels"]) if lab == IGNORE_INDEX] == starts
+        assert all(r["labels"][i] == r["input_ids"][i] for i in range(64) if i not in starts)

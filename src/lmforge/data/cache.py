@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from lmforge.data.registry import SourceSpec
@@ -61,20 +62,38 @@ def cached(path: str, build: Callable[[str], None]) -> bool:
     return False
 
 
-def save_splits(tmp: str, parts: dict, stats: dict) -> None:
-    """Write a cache entry of dataset splits (`data/`) and their statistics (`stats.json`) into `tmp`."""
-    from datasets import DatasetDict
 
-    DatasetDict(parts).save_to_disk(os.path.join(tmp, "data"))
-    with open(os.path.join(tmp, "stats.json"), "w") as fh:
-        json.dump(stats, fh, indent=2)
+@dataclass
+class CachedSplits:
+    train: Any
+    eval: Any | None
+    stats: dict
+    hit: bool  # read from the cache rather than built now
+    path: str
 
 
-def load_splits(path: str) -> tuple[Any, Any, dict]:
-    """(train, eval or None, stats) of a cache entry written by `save_splits`."""
+def cached_splits(cache_dir: str | None, kind: str, identity: Any, overwrite: bool,
+                  build: Callable[[str], tuple[dict, dict]]) -> CachedSplits:
+    """Dataset splits cached under `kind/<fingerprint of identity>`. On a miss (or `overwrite`), `build(workdir)`
+    returns ({"train": ..., "eval": ...}, stats); `workdir` is scratch space deleted once the splits are saved."""
     import datasets
 
+    path = os.path.join(cache_root(cache_dir), kind, fingerprint(identity))
+    if overwrite and os.path.isdir(path):
+        shutil.rmtree(path)
+
+    def write(tmp: str) -> None:
+        workdir = os.path.join(tmp, "work")
+        os.makedirs(workdir)
+        parts, stats = build(workdir)
+        datasets.DatasetDict(parts).save_to_disk(os.path.join(tmp, "data"))
+        with open(os.path.join(tmp, "stats.json"), "w") as fh:
+            json.dump(stats, fh, indent=2)
+        del parts  # the splits may be backed by files in workdir
+        shutil.rmtree(workdir)
+
+    hit = cached(path, write)
     with open(os.path.join(path, "stats.json")) as fh:
         stats = json.load(fh)
     data = datasets.load_from_disk(os.path.join(path, "data"))
-    return data["train"], data["eval"] if "eval" in data else None, stats
+    return CachedSplits(data["train"], data["eval"] if "eval" in data else None, stats, hit, path)

@@ -13,7 +13,13 @@ from collections.abc import Sequence
 
 from datasets import Dataset
 
+from lmforge.config.data import DataArguments
 from lmforge.data.collate import IGNORE_INDEX
+
+
+def uses_packing(args: DataArguments) -> bool:
+    """SFT packs with `packing` or LLaMA-Factory's `neat_packing` (ours never lets examples attend to each other)."""
+    return args.packing or args.neat_packing
 
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:

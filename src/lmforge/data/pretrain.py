@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass
 
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.config.data import DataArguments
-from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint, load_splits, save_splits, source_identity
+from lmforge.data.cache import CACHE_FORMAT, cached_splits, fingerprint, source_identity
 from lmforge.data.chunking import BlockChunker, DocumentTokenizer
 from lmforge.data.loading import AnyDataset, TextSplits, load_texts, split_validation
 from lmforge.data.registry import resolve_sources
@@ -112,18 +111,13 @@ def build_pretrain_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase,
         logger.info("Streaming: documents are read and tokenized lazily during training (no cache).")
         return PretrainData(train.with_format("torch"), eval_blocks, False, {})
 
-    key = fingerprint({"format": CACHE_FORMAT, "kind": "pt", "data": data_identity(args, seed),
-                       "tokenizer": tokenizer_identity(tokenizer), "cutoff_len": args.cutoff_len,
-                       "neat_packing": args.neat_packing})
-    path = os.path.join(cache_root(args.tokenized_cache_dir), "pt", key)
-    if args.overwrite_cache and os.path.isdir(path):
-        shutil.rmtree(path)
+    identity = {"format": CACHE_FORMAT, "kind": "pt", "data": data_identity(args, seed),
+                "tokenizer": tokenizer_identity(tokenizer), "cutoff_len": args.cutoff_len,
+                "neat_packing": args.neat_packing}
 
-    def build(tmp: str) -> None:
+    def build(workdir: str) -> tuple[dict, dict]:
         splits = load_documents(args, seed)
         parts, stats = {}, {}
-        workdir = os.path.join(tmp, "work")
-        os.makedirs(workdir)
         for name, docs in (("train", splits.train), ("eval", splits.eval)):
             if docs is None:
                 continue
@@ -132,15 +126,12 @@ def build_pretrain_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase,
         if len(parts["train"]) == 0:
             raise DataError(f"Data error: the training data has {stats['train']['tokens']:,} tokens, fewer than one "
                             f"block of cutoff_len={args.cutoff_len}; lower cutoff_len or add data.")
-        save_splits(tmp, parts, stats)
-        del parts, splits
-        shutil.rmtree(workdir)
+        return parts, stats
 
-    hit = cached(path, build)
-    train, eval_split, stats = load_splits(path)
-    if hit:
-        logger.info("Reusing tokenized data from the cache (tokenization skipped): %s", path)
-        for name, s in stats.items():
+    entry = cached_splits(args.tokenized_cache_dir, "pt", identity, args.overwrite_cache, build)
+    if entry.hit:
+        logger.info("Reusing tokenized data from the cache (tokenization skipped): %s", entry.path)
+        for name, s in entry.stats.items():
             logger.info("%s: %s blocks of %d tokens from %s documents", name, f"{s['blocks']:,}", s["cutoff_len"],
                         f"{s['documents']:,}")
-    return PretrainData(train, eval_split, hit, stats)
+    return PretrainData(entry.train, entry.eval, entry.hit, entry.stats)

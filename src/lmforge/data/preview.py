@@ -13,7 +13,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.config.schema import RunConfig
-from lmforge.data.collate import IGNORE_INDEX
+from lmforge.data.collate import IGNORE_INDEX, PretrainCollator
 from lmforge.data.packing import packing_efficiency
 from lmforge.errors import ConfigError
 
@@ -43,12 +43,9 @@ def processed_data(cfg: RunConfig) -> ProcessedData:
     tokenizer = setup_tokenizer(cfg)
     data = build_pretrain_data(cfg.data, tokenizer, cfg.training.seed)
 
-    def with_labels(blocks: Dataset) -> Dataset:  # what PretrainCollator trains on
-        def label(row: dict) -> dict:
-            positions = row.get("position_ids")
-            return {"labels": [IGNORE_INDEX if positions is not None and p == 0 else t
-                               for t, p in zip(row["input_ids"], positions or row["input_ids"], strict=True)]}
-        return blocks.map(label, desc="labels")
+    def with_labels(blocks: Dataset) -> Dataset:  # the labels PretrainCollator gives each block
+        collate = PretrainCollator()
+        return blocks.map(lambda row: {"labels": collate([row])["labels"][0].tolist()}, desc="labels")
 
     return ProcessedData(tokenizer, with_labels(data.train), with_labels(data.eval) if data.eval else None,
                          data.stats)

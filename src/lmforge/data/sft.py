@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.config.data import DataArguments
-from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint, load_splits, save_splits, source_identity
+from lmforge.data.cache import CACHE_FORMAT, cached_splits, source_identity
 from lmforge.data.encode import ConversationEncoder, LabelOptions
 from lmforge.data.formats import ConversationFormat, normalise_records
 from lmforge.data.loading import mix, split_validation
@@ -111,11 +110,6 @@ def sft_identity(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: 
 
 
 def build_sft_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int) -> SftData:
-    key = fingerprint(sft_identity(args, tokenizer, seed))
-    path = os.path.join(cache_root(args.tokenized_cache_dir), "sft", key)
-    if args.overwrite_cache and os.path.isdir(path):
-        shutil.rmtree(path)
-
     def encode_all(names: str, workdir: str, stats: dict) -> Dataset:
         parts = []
         for spec in resolve_sources(names, args.dataset_dir):
@@ -123,25 +117,19 @@ def build_sft_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed
             parts.append(part)
         return mix(parts, args.mix_strategy, args.interleave_probs, seed)
 
-    def build(tmp: str) -> None:
-        workdir = os.path.join(tmp, "work")
-        os.makedirs(workdir)
+    def build(workdir: str) -> tuple[dict, dict]:
         stats: dict[str, dict] = {}
         train = encode_all(args.dataset, workdir, stats)
         if len(train) == 0:
             raise DataError("Data error: no trainable example is left after skipping: " + "; ".join(
                 f"{name}: {', '.join(s['skip_reasons']) or 'no records'}" for name, s in stats.items()))
         if args.eval_dataset:
-            parts = {"train": train, "eval": encode_all(args.eval_dataset, workdir, stats)}
-        else:
-            splits = split_validation(train, args.val_size, seed)
-            parts = {"train": splits.train, **({"eval": splits.eval} if splits.eval is not None else {})}
-        save_splits(tmp, parts, stats)
-        del parts, train
-        shutil.rmtree(workdir)
+            return {"train": train, "eval": encode_all(args.eval_dataset, workdir, stats)}, stats
+        splits = split_validation(train, args.val_size, seed)
+        return {"train": splits.train, **({"eval": splits.eval} if splits.eval is not None else {})}, stats
 
-    hit = cached(path, build)
-    train, eval_split, stats = load_splits(path)
-    if hit:
-        logger.info("Reusing encoded SFT data from the cache (tokenization skipped): %s", path)
-    return SftData(train, eval_split, hit, stats)
+    entry = cached_splits(args.tokenized_cache_dir, "sft", sft_identity(args, tokenizer, seed), args.overwrite_cache,
+                          build)
+    if entry.hit:
+        logger.info("Reusing encoded SFT data from the cache (tokenization skipped): %s", entry.path)
+    return SftData(entry.train, entry.eval, entry.hit, entry.stats)

@@ -43,8 +43,9 @@ def generate_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      seed: int = 42, chat: bool = False, stop_ids: list[int] | None = None) -> list[dict]:
     """`sample_prompts` completed as raw text, or (`chat`) as the user turn of a conversation."""
     if chat:
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                                 tokenize=True, return_dict=False) for p in gen.sample_prompts]
+        from lmforge.data.template import prompt_ids
+
+        prompts = [prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in gen.sample_prompts]
     else:
         prompts = [tokenizer(p)["input_ids"] for p in gen.sample_prompts]
     completions = generate(model, tokenizer, prompts, gen, stop_ids, batch_size=1, seed=seed)

@@ -12,7 +12,7 @@ from lmforge.config.data import DataArguments
 from lmforge.config.schema import RunConfig
 from lmforge.data.chat_templates import TemplateError, apply_template_choice
 from lmforge.data.collate import SftCollator
-from lmforge.data.packing import pack_examples
+from lmforge.data.packing import pack_examples, uses_packing
 from lmforge.data.sft import EXAMPLE_COLUMNS, SftData, build_sft_data
 from lmforge.data.template import stop_token_ids
 from lmforge.errors import ConfigError
@@ -39,10 +39,6 @@ def chat_tokenizer(cfg: RunConfig, resume: str | None = None) -> tuple[PreTraine
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, added
-
-
-def uses_packing(args: DataArguments) -> bool:
-    return args.packing or args.neat_packing
 
 
 def training_rows(examples: Dataset, args: DataArguments) -> Dataset:
