@@ -26,7 +26,7 @@ def test_alpaca_record_becomes_a_conversation():
     fmt = ConversationFormat.from_entry({})
     record = {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5", "system": "Be terse.",
               "history": [["hi", "hello"]]}
-    assert fmt.to_messages(record) == {"tools": None, "messages": [
+    assert fmt.to_example(record) == {"tools": None, "messages": [
         {"role": "system", "content": "Be terse."},
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
         {"role": "user", "content": "Add the numbers.\n2 and 3"}, {"role": "assistant", "content": "5"}]}
@@ -36,7 +36,7 @@ def test_sharegpt_function_calls_and_observations_become_tool_turns():
     entry = REGISTRY["glaive_toolcall_en_demo"]
     records = json.loads((LF_DEMO / entry["file_name"]).read_text())
     with_call = next(r for r in records if any(m["from"] == "function_call" for m in r["conversations"]))
-    example = ConversationFormat.from_entry(entry).to_messages(with_call)
+    example = ConversationFormat.from_entry(entry).to_example(with_call)
     call = next(m for m in example["messages"] if m.get("tool_calls"))
     raw = json.loads(next(m["value"] for m in with_call["conversations"] if m["from"] == "function_call"))
     assert call["tool_calls"] == [{"type": "function", "function": {"name": raw["name"],
@@ -77,6 +77,6 @@ def test_openai_messages_with_tool_calls_pass_through():
                            {"role": "tool", "content": "{\"y\": 2}"},
                            {"role": "assistant", "content": "y is 2"}],
               "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}
-    out = fmt.to_messages(record)
+    out = fmt.to_example(record)
     assert out["messages"][1]["tool_calls"] == call and out["messages"][2]["role"] == "tool"
     assert out["tools"] == record["tools"]

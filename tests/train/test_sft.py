@@ -15,7 +15,7 @@ from lmforge.config.data import DataArguments
 from lmforge.data.chat_templates import apply_template_choice
 from lmforge.data.collate import IGNORE_INDEX, SftCollator
 from lmforge.data.packing import best_fit_decreasing, pack_examples
-from lmforge.data.sft import build_sft_data
+from lmforge.data.examples import build_examples
 from lmforge.data.template import render
 from tests.conftest import LF_DEMO
 
@@ -35,7 +35,7 @@ def examples(tiny_tokenizer):
     tok = copy.deepcopy(tiny_tokenizer)
     apply_template_choice(tok, "chatml")
     mp = pytest.MonkeyPatch()
-    data = build_sft_data(DataArguments(dataset="identity", dataset_dir=str(LF_DEMO), cutoff_len=128, max_samples=12),
+    data = build_examples(DataArguments(dataset="identity", dataset_dir=str(LF_DEMO), cutoff_len=128, max_samples=12),
                           tok, seed=0)
     mp.undo()
     return tok, data.train.select_columns(["input_ids", "labels"])

@@ -10,9 +10,11 @@ from lmforge.config.fields import option
 
 @dataclass
 class FinetuningArguments:
-    stage: Literal["pt", "sft"] = option(
-        "pt", "Training stage: `pt` (pretraining / continued pretraining on raw text) or `sft` (supervised "
-        "fine-tuning on conversations).")
+    stage: Literal["pt", "sft", "rm", "dpo", "kto"] = option(
+        "pt", "Training stage: `pt` (pretraining / continued pretraining on raw text), `sft` (supervised "
+        "fine-tuning on conversations), `rm` (reward model on chosen/rejected pairs), `dpo` (preference "
+        "optimisation on pairs: DPO and its variants, see `pref_loss`) or `kto` (preference optimisation on replies "
+        "labelled desirable or not).")
     finetuning_type: Literal["full", "freeze", "lora"] = option(
         "full", "Which parameters are trained: `full` (all), `freeze` (the last layers only) or `lora` (adapters).")
     freeze_trainable_layers: int = option(
@@ -37,3 +39,22 @@ class FinetuningArguments:
     adapter_name_or_path: str | None = option(
         None, "A saved LoRA adapter to start from (trained further) instead of new adapters.")
     plot_loss: bool = option(False, "Save PNG plots of the train and eval loss in `output_dir`.")
+    pref_loss: Literal["sigmoid", "hinge", "ipo", "orpo", "simpo"] = option(
+        "sigmoid", "With `dpo`: the preference loss. `sigmoid` (DPO), `hinge` (SLiC), `ipo` (on per-token mean "
+        "log-probabilities) use a reference model; `orpo` (odds ratio plus SFT loss) and `simpo` (length-normalised, "
+        "target margin `simpo_gamma`) use none.")
+    pref_beta: float = option(
+        0.1, "With `dpo`/`kto`: beta, the strength of the preference term (how far the policy may move from the "
+        "reference; for `orpo`, the weight of the odds-ratio term).")
+    pref_ftx: float = option(
+        0.0, "With `dpo`/`kto`: weight of an added SFT loss (per-token negative log-likelihood of the chosen or "
+        "desirable replies).")
+    dpo_label_smoothing: float = option(
+        0.0, "With `pref_loss: sigmoid`: the assumed probability that a pair's preference is flipped (conservative "
+        "DPO), in [0, 0.5).")
+    simpo_gamma: float = option(0.5, "With `pref_loss: simpo`: the target reward margin gamma.")
+    kto_chosen_weight: float = option(1.0, "With `kto`: weight of the desirable examples' loss.")
+    kto_rejected_weight: float = option(1.0, "With `kto`: weight of the undesirable examples' loss.")
+    ref_model: str | None = option(
+        None, "With `dpo`/`kto`: the reference model's directory. Default: the model the run starts from (a frozen "
+        "copy; under LoRA the same weights with the adapters switched off, so no second copy is held).")

@@ -92,6 +92,13 @@ def _validate_stage(cfg: RunConfig) -> None:
             _fail(cfg, "'streaming: true' is supported for 'stage: pt' only; SFT datasets are read whole.")
         if m.from_scratch and m.train_tokenizer:
             _fail(cfg, "'stage: sft' starts from a trained model; train a tokenizer with 'stage: pt' first.")
+    allowed = PREFERENCE_KEYS.get(f.stage, ())
+    for key in sorted({k for keys in PREFERENCE_KEYS.values() for k in keys}):
+        if key in cfg.raw and key not in allowed:
+            stages = " and ".join(s for s, keys in PREFERENCE_KEYS.items() if key in keys)
+            _fail(cfg, f"'{key}' does not apply to 'stage: {f.stage}' (it applies to {stages}).")
+    if f.stage in ("rm", "dpo", "kto"):
+        _validate_preference(cfg)
     if g.predict_with_generate and not cfg.training.do_predict:
         _fail(cfg, "'predict_with_generate' needs 'do_predict: true'.")
     if f.finetuning_type != "lora":
@@ -107,3 +114,28 @@ def _validate_stage(cfg: RunConfig) -> None:
         _fail(cfg, f"'lora_rank' must be at least 1, got {f.lora_rank}.")
     if f.loraplus_lr_ratio is not None and f.loraplus_lr_ratio <= 0:
         _fail(cfg, f"'loraplus_lr_ratio' must be positive, got {f.loraplus_lr_ratio}.")
+
+
+PREFERENCE_KEYS = {"dpo": ("pref_loss", "pref_beta", "pref_ftx", "dpo_label_smoothing", "simpo_gamma", "ref_model"),
+                   "kto": ("pref_beta", "pref_ftx", "kto_chosen_weight", "kto_rejected_weight", "ref_model")}
+
+
+def _validate_preference(cfg: RunConfig) -> None:
+    d, f = cfg.data, cfg.finetuning
+    for key in ("packing", "neat_packing", "mask_history", "train_on_prompt", "streaming"):
+        if getattr(d, key, False):
+            _fail(cfg, f"'{key}' applies to 'stage: sft' (or pt), not 'stage: {f.stage}': preference stages train "
+                  "exactly the chosen/rejected replies, one example per row.")
+    if cfg.model.from_scratch:
+        _fail(cfg, f"'stage: {f.stage}' starts from a trained model (usually the output of 'stage: sft'), not "
+              "'from_scratch'.")
+    if f.stage == "dpo" and f.pref_loss in ("orpo", "simpo") and f.ref_model:
+        _fail(cfg, f"'pref_loss: {f.pref_loss}' uses no reference model; drop 'ref_model'.")
+    if not 0 <= f.dpo_label_smoothing < 0.5:
+        _fail(cfg, f"'dpo_label_smoothing' must be in [0, 0.5), got {f.dpo_label_smoothing}.")
+    if f.dpo_label_smoothing and f.pref_loss != "sigmoid":
+        _fail(cfg, "'dpo_label_smoothing' applies to 'pref_loss: sigmoid' only.")
+    if f.pref_beta <= 0:
+        _fail(cfg, f"'pref_beta' must be positive, got {f.pref_beta}.")
+    if min(f.kto_chosen_weight, f.kto_rejected_weight) < 0 or f.pref_ftx < 0:
+        _fail(cfg, "'kto_chosen_weight', 'kto_rejected_weight' and 'pref_ftx' must not be negative.")

@@ -9,8 +9,8 @@ from typing import Any
 import jinja2
 from transformers import PreTrainedTokenizerBase
 
-from lmforge.data.formats import SkipRecord
-from lmforge.data.template import IGNORE_INDEX, TemplateMismatch, encode_conversation
+from lmforge.data.formats import ExampleKind, SkipRecord
+from lmforge.data.template import IGNORE_INDEX, TemplateMismatch, encode_conversation, prompt_ids
 
 
 @dataclass
@@ -55,58 +55,129 @@ def prepare_messages(messages: list[dict], chat_template: str, enable_thinking: 
 def encode_example(tokenizer: PreTrainedTokenizerBase, example: dict[str, Any], cutoff_len: int,
                    mask_history: bool = False, train_on_prompt: bool = False,
                    **template_kwargs: Any) -> EncodedExample:
-    """Encode with the chat template. Too long: drop the oldest exchanges (the system message stays) until the rest
-    fits; if the last exchange alone is too long, cut its tokens at `cutoff_len`. An example left with no trained
+    """Encode a whole conversation with the chat template (see `encode_replies` for truncation)."""
+    return encode_replies(tokenizer, example["messages"], [[]], example.get("tools"), cutoff_len,
+                          mask_history=mask_history, train_on_prompt=train_on_prompt, **template_kwargs)[0]
+
+
+def _exchange_cuts(messages: list[dict]) -> list[list[dict]]:
+    """The conversation with its oldest exchanges dropped, one more each time (the system message stays)."""
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    turns = messages[len(system):]
+    return [system + turns[i:] for i, m in enumerate(turns) if m["role"] == "user" and i > 0]
+
+
+def encode_replies(tokenizer: PreTrainedTokenizerBase, history: list[dict], replies: list[list[dict]],
+                   tools: list | None, cutoff_len: int, mask_history: bool = False, train_on_prompt: bool = False,
+                   **template_kwargs: Any) -> list[EncodedExample]:
+    """`history` + each reply, encoded. With several replies (a preference pair) only the replies are trained.
+
+    Too long: drop the oldest exchanges of the history (the system message stays), the same for every reply, until
+    all fit; if the last exchange alone is too long, cut the tokens at `cutoff_len`. An example left with no trained
     token is skipped (SkipRecord), never trained on silently."""
-    messages, tools = example["messages"], example.get("tools")
+    only_replies = any(replies)
 
-    def encode(msgs: list[dict]) -> tuple[list[int], list[int]]:
-        return encode_conversation(tokenizer, msgs, tools=tools, mask_history=mask_history,
-                                   train_on_prompt=train_on_prompt, **template_kwargs)
+    def encode(msgs: list[dict]) -> list[tuple[list[int], list[int]]]:
+        return [encode_conversation(tokenizer, msgs + reply, tools=tools, mask_history=mask_history,
+                                    train_on_prompt=train_on_prompt,
+                                    reply_messages=len(reply) if only_replies else None, **template_kwargs)
+                for reply in replies]
 
-    ids, labels = encode(messages)
-    truncated = len(ids) > cutoff_len
+    encoded = encode(history)
+    truncated = any(len(ids) > cutoff_len for ids, _ in encoded)
     if truncated:
-        system = messages[:1] if messages[0]["role"] == "system" else []
-        turns = messages[len(system):]
-        exchange_starts = [i for i, m in enumerate(turns) if m["role"] == "user"][1:]
-        for start in exchange_starts:
-            ids, labels = encode(system + turns[start:])
-            if len(ids) <= cutoff_len:
+        for shorter in _exchange_cuts(history):
+            encoded = encode(shorter)
+            if all(len(ids) <= cutoff_len for ids, _ in encoded):
                 break
-        ids, labels = ids[:cutoff_len], labels[:cutoff_len]
-    example_out = EncodedExample(ids, labels, truncated)
-    if example_out.trained_tokens == 0:
+        encoded = [(ids[:cutoff_len], labels[:cutoff_len]) for ids, labels in encoded]
+    examples = [EncodedExample(ids, labels, truncated) for ids, labels in encoded]
+    if any(example.trained_tokens == 0 for example in examples):
         raise SkipRecord(f"no assistant token fits within cutoff_len={cutoff_len}" if truncated
                          else "no assistant token to train on")
-    return example_out
+    return examples
+
+
+def split_reply(messages: list[dict]) -> tuple[list[dict], list[dict]]:
+    """A conversation -> (history, final reply): the reply is everything after the last user turn or tool result."""
+    last = max(i for i, m in enumerate(messages) if m["role"] in ("user", "tool"))
+    return messages[: last + 1], messages[last + 1:]
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list | None, cutoff_len: int,
+                  **template_kwargs: Any) -> tuple[list[int], bool]:
+    """The prompt's ids with the generation prompt; too long: the oldest exchanges are dropped (SkipRecord if the
+    last turn alone does not fit)."""
+    ids = prompt_ids(tokenizer, messages, tools, **template_kwargs)
+    if len(ids) <= cutoff_len:
+        return ids, False
+    for shorter in _exchange_cuts(messages):
+        ids = prompt_ids(tokenizer, shorter, tools, **template_kwargs)
+        if len(ids) <= cutoff_len:
+            return ids, True
+    raise SkipRecord(f"the prompt alone is longer than cutoff_len={cutoff_len} ({len(ids)} tokens)")
+
+
+# The columns an encoded example of each kind has (besides `conversation`, `record`, `source`).
+KIND_COLUMNS: dict[str, list[str]] = {
+    "sft": ["input_ids", "labels", "truncated"],
+    "pair": ["chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels", "truncated"],
+    "kto": ["input_ids", "labels", "kto_label", "truncated"],
+    "prompt": ["input_ids", "truncated"],
+}
 
 
 class ConversationEncoder:
-    """Batched `datasets.map` function: a column of JSON conversations -> input_ids, labels, truncated, and `skip`
-    (the reason an example cannot be trained on, empty otherwise). Picklable, so it runs in worker processes."""
+    """Batched `datasets.map` function: a column of JSON examples (`formats.ExampleKind`) -> the kind's columns
+    (`KIND_COLUMNS`) and `skip` (the reason an example cannot be trained on, empty otherwise). Picklable, so it runs
+    in worker processes."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, options: LabelOptions):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, options: LabelOptions, kind: ExampleKind = "sft"):
         self.tokenizer = tokenizer
         self.options = options
+        self.kind = kind
 
-    def encode_one(self, example: dict[str, Any]) -> EncodedExample:
-        o = self.options
-        messages = prepare_messages(example["messages"], self.tokenizer.chat_template or "", o.enable_thinking)
-        return encode_example(self.tokenizer, {**example, "messages": messages}, o.cutoff_len, o.mask_history,
-                              o.train_on_prompt, enable_thinking=o.enable_thinking)
+    def _messages(self, messages: list[dict]) -> list[dict]:
+        return prepare_messages(messages, self.tokenizer.chat_template or "", self.options.enable_thinking)
+
+    def encode_one(self, example: dict[str, Any]) -> dict[str, Any]:
+        o, tools = self.options, example.get("tools")
+        kwargs = {"enable_thinking": o.enable_thinking}
+        if self.kind == "prompt":
+            ids, truncated = encode_prompt(self.tokenizer, self._messages(example["messages"]), tools, o.cutoff_len,
+                                           **kwargs)
+            return {"input_ids": ids, "truncated": truncated}
+        if self.kind == "pair":
+            chosen, rejected = encode_replies(
+                self.tokenizer, self._messages(example["messages"]),
+                [self._messages(example["chosen"]), self._messages(example["rejected"])], tools, o.cutoff_len,
+                **kwargs)
+            if chosen.input_ids == rejected.input_ids:
+                raise SkipRecord("chosen and rejected are identical within cutoff_len")
+            return {"chosen_input_ids": chosen.input_ids, "chosen_labels": chosen.labels,
+                    "rejected_input_ids": rejected.input_ids, "rejected_labels": rejected.labels,
+                    "truncated": chosen.truncated}
+        if self.kind == "kto":  # the final reply is what is judged desirable or not: only it is trained
+            history, reply = split_reply(self._messages(example["messages"]))
+            encoded = encode_replies(self.tokenizer, history, [reply], tools, o.cutoff_len, **kwargs)[0]
+            return {"input_ids": encoded.input_ids, "labels": encoded.labels, "kto_label": example["label"],
+                    "truncated": encoded.truncated}
+        encoded = encode_example(self.tokenizer, {**example, "messages": self._messages(example["messages"])},
+                                 o.cutoff_len, o.mask_history, o.train_on_prompt, **kwargs)
+        return {"input_ids": encoded.input_ids, "labels": encoded.labels, "truncated": encoded.truncated}
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {"input_ids": [], "labels": [], "truncated": [], "skip": []}
+        columns = KIND_COLUMNS[self.kind]
+        out: dict[str, list] = {name: [] for name in [*columns, "skip"]}
+        empty = {name: False if name in ("truncated", "kto_label") else [] for name in columns}
         for conversation in batch["conversation"]:
             try:
                 encoded, skip = self.encode_one(json.loads(conversation)), ""
             except (SkipRecord, TemplateMismatch) as err:
-                encoded, skip = EncodedExample([], []), str(err)
+                encoded, skip = empty, str(err)
             except jinja2.TemplateError as err:  # the template's raise_exception(): e.g. roles it does not support
-                encoded, skip = EncodedExample([], []), f"the chat template rejected it: {err}"
-            out["input_ids"].append(encoded.input_ids)
-            out["labels"].append(encoded.labels)
-            out["truncated"].append(encoded.truncated)
+                encoded, skip = empty, f"the chat template rejected it: {err}"
+            for name in columns:
+                out[name].append(encoded[name])
             out["skip"].append(skip)
         return out

@@ -1,9 +1,17 @@
 """Conversation records in alpaca, sharegpt and openai layouts -> one schema: `messages` (+ `tools`).
 
-Column and tag names follow LLaMA-Factory's dataset_info.json (`formatting`, `columns`, `tags`), so its registries
-load unchanged. The output schema is the one chat templates take: messages with role system/user/assistant/tool,
-string content, and `tool_calls` on assistant turns that call functions. A record that cannot be a training
-conversation is skipped with a reason; skips are counted and reported, never silent.
+Column and tag names follow LLaMA-Factory's dataset_info.json (`formatting`, `columns`, `tags`, `ranking`), so its
+registries load unchanged. The output schema is the one chat templates take: messages with role
+system/user/assistant/tool, string content, and `tool_calls` on assistant turns that call functions. Each stage asks
+for one kind of example (`ExampleKind`):
+
+- `sft`: a whole conversation ending with the assistant.
+- `pair` (rm, dpo): the prompt `messages` (ending with the user) plus the `chosen` and `rejected` replies, each a
+  list of assistant (and tool) messages.
+- `kto`: a whole conversation plus its boolean `label` (desirable or not).
+- `prompt` (ppo, grpo): the prompt `messages` plus the dataset's `reference` answer when it has one.
+
+A record that cannot be such an example is skipped with a reason; skips are counted and reported, never silent.
 """
 
 from __future__ import annotations
@@ -14,13 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Formatting = Literal["alpaca", "sharegpt", "openai"]
+ExampleKind = Literal["sft", "pair", "kto", "prompt"]
 
+PAIR_COLUMNS = {"chosen": "chosen", "rejected": "rejected", "kto_tag": "label"}
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
-                  "history": "history", "tools": "tools"}
-SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools"}
+                  "history": "history", "tools": "tools", **PAIR_COLUMNS}
+SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools", **PAIR_COLUMNS}
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
                  "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
-OPENAI_COLUMNS = {"messages": "messages", "system": "system", "tools": "tools"}
+OPENAI_COLUMNS = {"messages": "messages", "system": "system", "tools": "tools", **PAIR_COLUMNS}
 OPENAI_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
                "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system"}
 
@@ -50,25 +60,86 @@ class ConversationFormat:
     @classmethod
     def detect(cls, columns: list[str]) -> ConversationFormat | None:
         """The layout of a source that has no dataset_info.json entry, from its columns (None: not conversations)."""
+        if "chosen_messages" in columns and "rejected_messages" in columns:  # LLaMA-Factory v1 pairs
+            return cls.from_entry({"formatting": "openai", "columns": {
+                "chosen": "chosen_messages", "rejected": "rejected_messages"}})
         if "messages" in columns:
             return cls.from_entry({"formatting": "openai"})
         if "conversations" in columns:
             return cls.from_entry({"formatting": "sharegpt"})
         if "instruction" in columns:
             return cls.from_entry({})
+        if "prompt" in columns:  # TRL layout: prompt (+ chosen/rejected or completion), as text or messages
+            return cls.from_entry({"formatting": "openai", "columns": {"messages": "prompt"}})
         return None
 
-    def required_columns(self) -> list[str]:
-        return [self.columns["prompt"]] if self.formatting == "alpaca" else [self.columns["messages"]]
+    def to_example(self, record: dict[str, Any], kind: ExampleKind = "sft") -> dict[str, Any]:
+        """One example of `kind` (see the module docstring), or SkipRecord saying why the record cannot be one."""
+        tools = _tools(record.get(self.columns.get("tools", "tools")))
+        if kind == "pair":
+            return {**self._pair(record), "tools": tools}
+        if kind == "prompt":
+            messages, reference = self._prompt(record)
+            return {"messages": messages, "tools": tools, "reference": reference}
+        messages = self._conversation(record)
+        _check_turns(messages)
+        example = {"messages": messages, "tools": tools}
+        if kind == "kto":
+            example["label"] = _kto_label(record, self.columns["kto_tag"])
+        return example
 
-    def to_messages(self, record: dict[str, Any]) -> dict[str, Any]:
-        """{"messages": [...], "tools": list | None}, or SkipRecord."""
+    def _conversation(self, record: dict[str, Any]) -> list[dict]:
         if self.formatting == "alpaca":
-            messages = _alpaca(record, self.columns)
+            return _alpaca_prompt(record, self.columns) + _alpaca_response(record, self.columns["response"])
+        return _sharegpt(record, self.columns, self.tags)
+
+    def _prompt(self, record: dict[str, Any]) -> tuple[list[dict], str | None]:
+        """The prompt messages, and the reference answer when the record has one (last assistant turn or `output`)."""
+        if self.formatting == "alpaca":
+            messages = _alpaca_prompt(record, self.columns)
+            response = record.get(self.columns["response"])
+            reference = response if isinstance(response, str) and response else None
         else:
             messages = _sharegpt(record, self.columns, self.tags)
-        _check_turns(messages)
-        return {"messages": messages, "tools": _tools(record.get(self.columns.get("tools", "tools")))}
+            reference = None
+            if messages and messages[-1]["role"] == "assistant":
+                reference = messages.pop()["content"] or None
+        _check_turns(messages, complete=False)
+        return messages, reference
+
+    def _pair(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Prompt, chosen and rejected replies. The replies may be text, one message, the reply messages, or whole
+        conversations; in the last case the messages both share become part of the prompt."""
+        cols = self.columns
+        if self.formatting == "alpaca":
+            prompt = _alpaca_prompt(record, cols)
+        elif cols["messages"] in record or cols.get("system", "system") in record:
+            prompt = _sharegpt(record, cols, self.tags, allow_empty=True)
+        else:
+            prompt = []
+        chosen, rejected = record.get(cols["chosen"]), record.get(cols["rejected"])
+        response = record.get(cols.get("response", ""))
+        if chosen is None and rejected is None and isinstance(response, list) and len(response) == 2:
+            chosen, rejected = response  # older alpaca ranking data: `output: [chosen, rejected]`
+        replies = []
+        for value, name in ((chosen, cols["chosen"]), (rejected, cols["rejected"])):
+            if value in (None, "", [], {}):
+                raise SkipRecord(f"'{name}' is missing or empty")
+            replies.append(_reply_messages(value, self.tags, f"'{name}'"))
+        chosen, rejected = replies
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+            shared += 1
+        if chosen[0]["role"] != "assistant" or shared:  # whole conversations: their common start is prompt
+            prompt, chosen, rejected = prompt + chosen[:shared], chosen[shared:], rejected[shared:]
+        if not prompt:
+            raise SkipRecord("the prompt is empty")
+        _check_turns(prompt, complete=False)
+        _check_turns(prompt + chosen)
+        _check_turns(prompt + rejected)
+        if chosen == rejected:
+            raise SkipRecord("chosen and rejected are identical")
+        return {"messages": prompt, "chosen": chosen, "rejected": rejected}
 
 
 def _text(value: Any, what: str) -> str:
@@ -79,7 +150,7 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
-def _alpaca(record: dict[str, Any], columns: dict[str, str]) -> list[dict]:
+def _alpaca_prompt(record: dict[str, Any], columns: dict[str, str]) -> list[dict]:
     messages = []
     system = _text(record.get(columns["system"]), f"'{columns['system']}'")
     if system:
@@ -95,10 +166,36 @@ def _alpaca(record: dict[str, Any], columns: dict[str, str]) -> list[dict]:
     prompt = _text(record.get(columns["prompt"]), f"'{columns['prompt']}'")
     query = _text(record.get(columns["query"]), f"'{columns['query']}'")
     messages.append({"role": "user", "content": "\n".join(p for p in (prompt, query) if p)})
-    response = record.get(columns["response"])
+    return messages
+
+
+def _alpaca_response(record: dict[str, Any], column: str) -> list[dict]:
+    response = record.get(column)
     if isinstance(response, list):  # ranking data keeps a list of responses; SFT takes the first
         response = response[0] if response else None
-    messages.append({"role": "assistant", "content": _text(response, f"'{columns['response']}'")})
+    return [{"role": "assistant", "content": _text(response, f"'{column}'")}]
+
+
+def _kto_label(record: dict[str, Any], column: str) -> bool:
+    value = record.get(column)
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise SkipRecord(f"'{column}' must be true or false (desirable or not), got {value!r}")
+
+
+def _reply_messages(value: Any, tags: dict[str, str], what: str) -> list[dict]:
+    """A chosen/rejected reply as messages: text, one message, or a list of messages."""
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": value}]
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise SkipRecord(f"{what} must be text, a message or a list of messages")
+    messages = _parse_turns(value, tags, what)
+    if not messages:
+        raise SkipRecord(f"{what} has no messages")
     return messages
 
 
@@ -142,30 +239,40 @@ def _tool_calls(value: str) -> list[dict]:
     return out
 
 
-def _sharegpt(record: dict[str, Any], columns: dict[str, str], tags: dict[str, str]) -> list[dict]:
+def _sharegpt(record: dict[str, Any], columns: dict[str, str], tags: dict[str, str],
+              allow_empty: bool = False) -> list[dict]:
     turns = record.get(columns["messages"])
-    if not isinstance(turns, list) or not turns:
+    if isinstance(turns, str):  # a plain-text prompt (TRL's `prompt` column)
+        turns = [{tags["role_tag"]: tags["user_tag"], tags["content_tag"]: turns}]
+    if turns is None and allow_empty:
+        turns = []
+    if not isinstance(turns, list) or not (turns or allow_empty):
         raise SkipRecord(f"'{columns['messages']}' must be a non-empty list of messages")
+    system = record.get(columns.get("system", "system"))
+    head = [{"role": "system", "content": _text(system, f"'{columns.get('system')}'")}] if system else []
+    messages = _parse_turns(turns, tags, "", first_system=not head)
+    return head + messages
+
+
+def _parse_turns(turns: list, tags: dict[str, str], what: str, first_system: bool = True) -> list[dict]:
     roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "tool",
              tags["function_tag"]: "function_call", tags["system_tag"]: "system"}
-    messages = []
-    system = record.get(columns.get("system", "system"))
-    if system:
-        messages.append({"role": "system", "content": _text(system, f"'{columns.get('system')}'")})
+    where = f"{what} " if what else ""
+    messages: list[dict] = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
-            raise SkipRecord(f"message {i} is not an object")
+            raise SkipRecord(f"{where}message {i} is not an object")
         tag = turn.get(tags["role_tag"])
         if tag not in roles:
-            raise SkipRecord(f"message {i} has role '{tag}' (expected one of {', '.join(map(str, roles))})")
+            raise SkipRecord(f"{where}message {i} has role '{tag}' (expected one of {', '.join(map(str, roles))})")
         role = roles[tag]
         raw = turn.get(tags["content_tag"])
         reasoning, calls = _text(turn.get("reasoning_content"), f"message {i} 'reasoning_content'"), []
         if isinstance(raw, list):
-            content, parts_reasoning, calls = _parts(raw, f"message {i}")
+            content, parts_reasoning, calls = _parts(raw, f"{where}message {i}")
             reasoning = reasoning or parts_reasoning
         else:
-            content = _text(raw, f"message {i} '{tags['content_tag']}'")
+            content = _text(raw, f"{where}message {i} '{tags['content_tag']}'")
         if role == "assistant" and turn.get("tool_calls"):
             calls += _tool_calls(json.dumps([c.get("function", c) for c in turn["tool_calls"]]))
         if role == "assistant":
@@ -176,24 +283,26 @@ def _sharegpt(record: dict[str, Any], columns: dict[str, str], tags: dict[str, s
                 message["tool_calls"] = calls
             messages.append(message)
         elif calls:
-            raise SkipRecord(f"message {i}: only the assistant makes tool calls")
+            raise SkipRecord(f"{where}message {i}: only the assistant makes tool calls")
         elif role == "function_call":
             messages.append({"role": "assistant", "content": "", "tool_calls": _tool_calls(content)})
-        elif role == "system" and i == 0 and not messages:
+        elif role == "system" and i == 0 and first_system:
             messages.append({"role": "system", "content": content})
         elif role == "system":
-            raise SkipRecord(f"message {i}: a system message may only come first")
+            raise SkipRecord(f"{where}message {i}: a system message may only come first")
         else:
             messages.append({"role": role, "content": content})
     return messages
 
 
-def _check_turns(messages: list[dict]) -> None:
+def _check_turns(messages: list[dict], complete: bool = True) -> None:
     """After an optional system message: user turns (or tool results: several in a row answer parallel calls) and
-    assistant turns alternate, starting with the user and ending with the assistant; no turn is empty."""
+    assistant turns alternate, starting with the user and ending with the assistant (`complete`) or with the user
+    or tool results (a prompt); no turn is empty."""
     turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
-    if len(turns) < 2:
-        raise SkipRecord("needs at least one user turn and one assistant turn")
+    if len(turns) < (2 if complete else 1):
+        raise SkipRecord("needs at least one user turn and one assistant turn" if complete
+                         else "the prompt has no user turn")
     expect_user = True
     for i, message in enumerate(turns):
         role = message["role"]
@@ -208,8 +317,10 @@ def _check_turns(messages: list[dict]) -> None:
         expect_user = not expect_user
     if turns[0]["role"] != "user":
         raise SkipRecord("the first turn must be the user's")
-    if turns[-1]["role"] != "assistant":
+    if complete and turns[-1]["role"] != "assistant":
         raise SkipRecord("the last turn must be the assistant's")
+    if not complete and turns[-1]["role"] == "assistant":
+        raise SkipRecord("the prompt must end with a user turn (or tool results), not the assistant's")
 
 
 def _tools(value: Any) -> list[dict] | None:
@@ -249,16 +360,16 @@ class SkipReport:
         return f"{self.source}: skipped {self.total} records: " + "; ".join(parts)
 
 
-def normalise_records(records: list, fmt: ConversationFormat, source: str) -> tuple[list[tuple[int, dict]], SkipReport]:
-    """(record index, {"messages", "tools"}) for every record that can be a conversation; the others are skipped
-    and reported."""
+def normalise_records(records: list, fmt: ConversationFormat, source: str,
+                      kind: ExampleKind = "sft") -> tuple[list[tuple[int, dict]], SkipReport]:
+    """(record index, example of `kind`) for every record that can be one; the others are skipped and reported."""
     report = SkipReport(source)
     out = []
     for index, record in enumerate(records):
         try:
             if not isinstance(record, dict):
                 raise SkipRecord("record is not an object")
-            out.append((index, fmt.to_messages(record)))
+            out.append((index, fmt.to_example(record, kind)))
         except SkipRecord as err:
             report.add(index, str(err))
     return out, report

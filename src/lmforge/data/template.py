@@ -112,9 +112,10 @@ def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
 
 def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list | None = None,
                         chat_template: str | None = None, mask_history: bool = False, train_on_prompt: bool = False,
-                        **template_kwargs: Any) -> tuple[list[int], list[int]]:
+                        reply_messages: int | None = None, **template_kwargs: Any) -> tuple[list[int], list[int]]:
     """Token ids of the rendering (as `apply_chat_template(tokenize=True)` gives them) and labels: the ids where a
-    token overlaps a trained assistant span, IGNORE_INDEX elsewhere."""
+    token overlaps a trained assistant span, IGNORE_INDEX elsewhere. Trained: every assistant message, only the last
+    one (`mask_history`), or only those among the last `reply_messages` messages (a preference pair's reply)."""
     if train_on_prompt:
         text = render(tokenizer, messages, tools, chat_template, **template_kwargs)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -122,7 +123,12 @@ def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
     rendered = render_conversation(tokenizer, messages, tools, chat_template, **template_kwargs)
     encoding = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
-    spans = rendered.assistant_spans[-1:] if mask_history else rendered.assistant_spans
+    spans = rendered.assistant_spans
+    if mask_history:
+        spans = spans[-1:]
+    elif reply_messages is not None:
+        positions = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+        spans = [s for s, i in zip(spans, positions, strict=True) if i >= len(messages) - reply_messages]
     labels = [IGNORE_INDEX] * len(ids)
     span = 0  # offsets and spans are both in text order: one pass over the tokens
     for i, (start, end) in enumerate(offsets):

@@ -13,7 +13,7 @@ from lmforge.config.schema import RunConfig
 from lmforge.data.chat_templates import TemplateError, apply_template_choice
 from lmforge.data.collate import SftCollator
 from lmforge.data.packing import pack_examples, uses_packing
-from lmforge.data.sft import EXAMPLE_COLUMNS, SftData, build_sft_data
+from lmforge.data.examples import ExampleData, build_examples, model_columns
 from lmforge.data.template import stop_token_ids
 from lmforge.errors import ConfigError
 from lmforge.model.adapters import apply_finetuning_type
@@ -43,7 +43,7 @@ def chat_tokenizer(cfg: RunConfig, resume: str | None = None) -> tuple[PreTraine
 
 def training_rows(examples: Dataset, args: DataArguments) -> Dataset:
     """What the Trainer iterates: the examples, or rows of packed examples."""
-    examples = examples.select_columns(EXAMPLE_COLUMNS)
+    examples = examples.select_columns(model_columns("sft"))
     if not uses_packing(args):
         return examples
     rows = pack_examples(examples, args.cutoff_len)
@@ -57,7 +57,7 @@ def training_rows(examples: Dataset, args: DataArguments) -> Dataset:
 @dataclass
 class SftSetup:
     trainer: LanguageModelTrainer
-    data: SftData
+    data: ExampleData
     stop_ids: list[int]
 
 
@@ -68,7 +68,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> SftSetup:
     set_seed(args.seed)
     with args.main_process_first(desc="encoding SFT data"):
         tokenizer, added = chat_tokenizer(cfg, resume)
-        data = build_sft_data(cfg.data, tokenizer, args.seed)
+        data = build_examples(cfg.data, tokenizer, args.seed)
     stop_ids = stop_token_ids(tokenizer)
     model = build_model(cfg.model, tokenizer)
     # generate() in chat, api and evaluation stops where training taught the model to end its turn
@@ -77,7 +77,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> SftSetup:
     model = apply_finetuning_type(model, cfg.finetuning, added)
     trainer = LanguageModelTrainer(
         model=model, args=args, train_dataset=training_rows(data.train, cfg.data),
-        eval_dataset=data.eval.select_columns(EXAMPLE_COLUMNS) if data.eval is not None else None,
+        eval_dataset=data.eval.select_columns(model_columns("sft")) if data.eval is not None else None,
         data_collator=SftCollator(tokenizer.pad_token_id), processing_class=tokenizer,
         loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
         callbacks=[JsonlLogCallback(args.output_dir), *tracking_callbacks(args, cfg.tracking)])

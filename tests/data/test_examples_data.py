@@ -11,7 +11,7 @@ from lmforge.data.chat_templates import apply_template_choice
 from lmforge.data.collate import IGNORE_INDEX
 from lmforge.data.encode import prepare_messages
 from lmforge.data.preview import trained_runs
-from lmforge.data.sft import build_sft_data
+from lmforge.data.examples import build_examples
 from lmforge.data.template import render_conversation
 from lmforge.errors import DataError
 from tests.conftest import LF_DEMO, write_jsonl
@@ -45,7 +45,7 @@ def check_example(tok, row: dict) -> None:
 
 @pytest.mark.parametrize("dataset", SFT_DATASETS)
 def test_every_llamafactory_sft_dataset_encodes_exactly(chat_tok, dataset):
-    data = build_sft_data(data_args(dataset=dataset), chat_tok, seed=0)
+    data = build_examples(data_args(dataset=dataset), chat_tok, seed=0)
     stats = next(iter(data.stats.values()))
     assert stats["records"] == 40 and stats["skipped"] == 0 and len(data.train) == 40
     checked = [row for row in data.train.select(range(10)) if not row["truncated"]]
@@ -55,19 +55,19 @@ def test_every_llamafactory_sft_dataset_encodes_exactly(chat_tok, dataset):
 
 
 def test_tool_calls_and_reasoning_are_trained(chat_tok):
-    data = build_sft_data(data_args(dataset=str(LF_DEMO / "reason_tool_use_demo_50.jsonl")), chat_tok, seed=0)
+    data = build_examples(data_args(dataset=str(LF_DEMO / "reason_tool_use_demo_50.jsonl")), chat_tok, seed=0)
     trained = [chat_tok.decode([t for t, lab in zip(r["input_ids"], r["labels"], strict=True) if lab != IGNORE_INDEX],
                                skip_special_tokens=False) for r in data.train]
     assert any("<tool_call>" in t and '"arguments"' in t for t in trained)
     # chatml has no reasoning field: the reasoning is folded into the content in <think> tags and trained with it
     assert any(t.startswith("<think>\n") and "</think>" in t for t in trained)
-    off = build_sft_data(data_args(dataset=str(LF_DEMO / "reason_tool_use_demo_50.jsonl"), enable_thinking=False),
+    off = build_examples(data_args(dataset=str(LF_DEMO / "reason_tool_use_demo_50.jsonl"), enable_thinking=False),
                          chat_tok, seed=0)
     assert not any("<think>" in chat_tok.decode(r["input_ids"]) for r in off.train)
 
 
 def test_mixed_sources_max_samples_and_val_size(chat_tok):
-    data = build_sft_data(data_args(dataset="alpaca_en_demo,glaive_toolcall_en_demo", max_samples=30, val_size=0.2),
+    data = build_examples(data_args(dataset="alpaca_en_demo,glaive_toolcall_en_demo", max_samples=30, val_size=0.2),
                           chat_tok, seed=0)
     assert len(data.train) + len(data.eval) == 60 and len(data.eval) == 12
     assert set(data.train["source"]) == {"alpaca_en_demo", "glaive_toolcall_en_demo"}
@@ -75,7 +75,7 @@ def test_mixed_sources_max_samples_and_val_size(chat_tok):
 
 def test_label_options_change_what_is_trained(chat_tok):
     def trained_tokens(**kw):
-        data = build_sft_data(data_args(dataset="glaive_toolcall_en_demo", max_samples=20, **kw), chat_tok, seed=0)
+        data = build_examples(data_args(dataset="glaive_toolcall_en_demo", max_samples=20, **kw), chat_tok, seed=0)
         return sum(lab != IGNORE_INDEX for row in data.train["labels"] for lab in row)
 
     everything, last_only, all_tokens = trained_tokens(), trained_tokens(mask_history=True), \
@@ -84,7 +84,7 @@ def test_label_options_change_what_is_trained(chat_tok):
 
 
 def test_truncation_is_counted_and_untrainable_examples_skipped(chat_tok):
-    data = build_sft_data(data_args(dataset="glaive_toolcall_en_demo", cutoff_len=200), chat_tok, seed=0)
+    data = build_examples(data_args(dataset="glaive_toolcall_en_demo", cutoff_len=200), chat_tok, seed=0)
     stats = data.stats["glaive_toolcall_en_demo"]
     assert stats["truncated"] > 0 and stats["skipped"] > 0
     assert stats["examples"] + stats["skipped"] == stats["records"]
@@ -106,7 +106,7 @@ def test_malformed_records_are_skipped_and_counted_by_reason(chat_tok, tmp_path,
         [1, 2],
     ]
     path = write_jsonl(tmp_path / "mixed.jsonl", records)
-    data = build_sft_data(data_args(dataset=str(path), dataset_dir=str(tmp_path)), chat_tok, seed=0)
+    data = build_examples(data_args(dataset=str(path), dataset_dir=str(tmp_path)), chat_tok, seed=0)
     stats = data.stats[str(path)]
     assert len(data.train) == 1 and stats["skipped"] == len(records) - 1 and stats["records"] == len(records)
     assert "skipped 8 records" in caplog.text
@@ -116,22 +116,22 @@ def test_bad_json_line_names_file_and_line(chat_tok, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": \n')
     with pytest.raises(DataError, match=r"bad.jsonl' line 2: not valid JSON"):
-        build_sft_data(data_args(dataset=str(path), dataset_dir=str(tmp_path)), chat_tok, seed=0)
+        build_examples(data_args(dataset=str(path), dataset_dir=str(tmp_path)), chat_tok, seed=0)
 
 
 def test_data_that_is_not_conversations_is_rejected_with_its_fields(chat_tok, tmp_path):
     path = write_jsonl(tmp_path / "corpus.jsonl", [{"text": "just text"}])
     with pytest.raises(DataError, match="does not look like conversation data: its records have fields text"):
-        build_sft_data(data_args(dataset=str(path)), chat_tok, seed=0)
+        build_examples(data_args(dataset=str(path)), chat_tok, seed=0)
     # a pretraining entry of dataset_info.json read as alpaca: no record has an answer
     with pytest.raises(DataError, match="c4_demo': none of its 40 records is a usable conversation.*is empty"):
-        build_sft_data(data_args(dataset="c4_demo"), chat_tok, seed=0)
+        build_examples(data_args(dataset="c4_demo"), chat_tok, seed=0)
 
 
 def test_encoded_data_is_cached(chat_tok, caplog):
-    first = build_sft_data(data_args(dataset="identity"), chat_tok, seed=0)
-    second = build_sft_data(data_args(dataset="identity"), chat_tok, seed=0)
+    first = build_examples(data_args(dataset="identity"), chat_tok, seed=0)
+    second = build_examples(data_args(dataset="identity"), chat_tok, seed=0)
     assert not first.from_cache and second.from_cache
     assert first.train["input_ids"] == second.train["input_ids"]
-    third = build_sft_data(data_args(dataset="identity", mask_history=True), chat_tok, seed=0)
+    third = build_examples(data_args(dataset="identity", mask_history=True), chat_tok, seed=0)
     assert not third.from_cache

@@ -1,7 +1,9 @@
-"""Supervised fine-tuning data, end to end: sources -> conversations -> (cached) input ids and labels.
+"""Conversation data for every stage after pretraining: sources -> examples -> (cached) token ids and labels.
 
-Every record is normalised to one conversation schema, rendered with the chat template, and labelled by rendering
-(`data/template.py`). Records that cannot be trained on are skipped and counted per source and reason.
+One pipeline for all of them: every record is normalised to the example kind its stage needs (`formats.ExampleKind`:
+conversations for sft, chosen/rejected pairs for rm and dpo, labelled conversations for kto, prompts for ppo and
+grpo), rendered with the chat template and labelled by rendering (`data/template.py`). Records that cannot be used
+are skipped and counted per source and reason.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from transformers import PreTrainedTokenizerBase
 
 from lmforge.config.data import DataArguments
 from lmforge.data.cache import CACHE_FORMAT, cached_splits, source_identity
-from lmforge.data.encode import ConversationEncoder, LabelOptions
-from lmforge.data.formats import ConversationFormat, normalise_records
+from lmforge.data.encode import KIND_COLUMNS, ConversationEncoder, LabelOptions
+from lmforge.data.formats import ConversationFormat, ExampleKind, normalise_records
 from lmforge.data.loading import mix, split_validation
 from lmforge.data.pretrain import tokenizer_identity
 from lmforge.data.records import read_records
@@ -26,12 +28,19 @@ from lmforge.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-EXAMPLE_COLUMNS = ["input_ids", "labels"]
+# The example kind each stage trains on.
+STAGE_KIND: dict[str, ExampleKind] = {"sft": "sft", "rm": "pair", "dpo": "pair", "kto": "kto", "ppo": "prompt",
+                                      "grpo": "prompt"}
+
+
+def model_columns(kind: ExampleKind) -> list[str]:
+    """The encoded columns a trainer's collator reads (the rest is for people: source, record, truncated)."""
+    return [c for c in KIND_COLUMNS[kind] if c != "truncated"]
 
 
 @dataclass
-class SftData:
-    train: Dataset  # input_ids, labels, truncated, conversation (JSON), source
+class ExampleData:
+    train: Dataset  # KIND_COLUMNS[kind], conversation (JSON), record, source
     eval: Dataset | None
     from_cache: bool
     stats: dict[str, dict] = field(default_factory=dict)  # per source: records, examples, skipped, truncated
@@ -69,18 +78,18 @@ def _sample(records: list, spec: SourceSpec, max_samples: int | None, seed: int)
 
 
 def encode_source(spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, args: DataArguments, seed: int,
-                  workdir: str | None = None) -> tuple[Dataset, dict]:
-    """One source's trainable examples and its counts (records, examples, skips by reason, truncated)."""
+                  workdir: str | None = None, kind: ExampleKind = "sft") -> tuple[Dataset, dict]:
+    """One source's usable examples of `kind` and its counts (records, examples, skips by reason, truncated)."""
     records = _sample(read_records(spec), spec, args.max_samples, seed)
     fmt = source_format(spec, records)
-    conversations, report = normalise_records(records, fmt, spec.name)
+    conversations, report = normalise_records(records, fmt, spec.name, kind)
     table = Dataset.from_dict({"conversation": [json.dumps(c, ensure_ascii=False) for _, c in conversations],
                                "record": [i for i, _ in conversations], "source": [spec.name] * len(conversations)})
     files = {"cache_file_name": os.path.join(workdir, f"{spec.name.replace('/', '_')}.arrow")} if workdir else {}
     if len(table) == 0:
         raise DataError(f"Data error: source '{spec.name}': none of its {len(records):,} records is a usable "
-                        f"conversation ({report.summary()}).")
-    encoded = table.map(ConversationEncoder(tokenizer, label_options(args)), batched=True,
+                        f"{KIND_NAMES[kind]} ({report.summary()}).")
+    encoded = table.map(ConversationEncoder(tokenizer, label_options(args), kind), batched=True,
                         batch_size=min(args.preprocessing_batch_size, 256), num_proc=args.preprocessing_num_workers,
                         desc=f"Encoding {spec.name}", **files)
     for record, reason in zip(encoded["record"], encoded["skip"], strict=True):
@@ -97,23 +106,29 @@ def encode_source(spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, args: Da
     return examples, stats
 
 
-def sft_identity(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int) -> dict:
+KIND_NAMES = {"sft": "conversation", "pair": "preference pair (prompt, chosen, rejected)",
+              "kto": "conversation with a true/false label", "prompt": "prompt"}
+
+
+def examples_identity(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int, kind: ExampleKind) -> dict:
     """Everything that changes the encoded examples."""
     def sources(names: str | None) -> list[dict]:
         return [source_identity(s) for s in resolve_sources(names, args.dataset_dir)] if names else []
 
-    return {"format": CACHE_FORMAT, "kind": "sft", "sources": sources(args.dataset),
+    return {"format": CACHE_FORMAT, "kind": kind, "sources": sources(args.dataset),
             "eval_sources": sources(args.eval_dataset), "max_samples": args.max_samples, "val_size": args.val_size,
             "seed": seed, "mix_strategy": args.mix_strategy, "interleave_probs": args.interleave_probs,
             "tokenizer": tokenizer_identity(tokenizer), "chat_template": tokenizer.chat_template,
             "labels": label_options(args).__dict__}
 
 
-def build_sft_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int) -> SftData:
+def build_examples(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int,
+                   kind: ExampleKind = "sft") -> ExampleData:
+    """The train (and eval) examples of `kind`, encoded, from the cache when it holds them."""
     def encode_all(names: str, workdir: str, stats: dict) -> Dataset:
         parts = []
         for spec in resolve_sources(names, args.dataset_dir):
-            part, stats[spec.name] = encode_source(spec, tokenizer, args, seed, workdir)
+            part, stats[spec.name] = encode_source(spec, tokenizer, args, seed, workdir, kind)
             parts.append(part)
         return mix(parts, args.mix_strategy, args.interleave_probs, seed)
 
@@ -128,8 +143,8 @@ def build_sft_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed
         splits = split_validation(train, args.val_size, seed)
         return {"train": splits.train, **({"eval": splits.eval} if splits.eval is not None else {})}, stats
 
-    entry = cached_splits(args.tokenized_cache_dir, "sft", sft_identity(args, tokenizer, seed), args.overwrite_cache,
-                          build)
+    entry = cached_splits(args.tokenized_cache_dir, kind, examples_identity(args, tokenizer, seed, kind),
+                          args.overwrite_cache, build)
     if entry.hit:
-        logger.info("Reusing encoded SFT data from the cache (tokenization skipped): %s", entry.path)
-    return SftData(entry.train, entry.eval, entry.hit, entry.stats)
+        logger.info("Reusing encoded %s data from the cache (tokenization skipped): %s", kind, entry.path)
+    return ExampleData(entry.train, entry.eval, entry.hit, entry.stats)
