@@ -10,8 +10,8 @@ from lmforge.config.data import DataArguments
 from lmforge.data.chat_templates import apply_template_choice
 from lmforge.data.collate import IGNORE_INDEX
 from lmforge.data.encode import prepare_messages
-from lmforge.data.preview import trained_runs
 from lmforge.data.examples import build_examples
+from lmforge.data.preview import trained_runs
 from lmforge.data.template import render_conversation
 from lmforge.errors import DataError
 from tests.conftest import LF_DEMO, write_jsonl

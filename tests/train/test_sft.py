@@ -14,8 +14,8 @@ from lmforge.cli import main
 from lmforge.config.data import DataArguments
 from lmforge.data.chat_templates import apply_template_choice
 from lmforge.data.collate import IGNORE_INDEX, SftCollator
-from lmforge.data.packing import best_fit_decreasing, pack_examples
 from lmforge.data.examples import build_examples
+from lmforge.data.packing import best_fit_decreasing, pack_examples
 from lmforge.data.template import render
 from tests.conftest import LF_DEMO
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
 from lmforge.config.fields import option
 
+Stage = Literal["pt", "sft", "rm", "dpo", "kto"]
+STAGES: tuple[str, ...] = typing.get_args(Stage)
+
 
 @dataclass
 class FinetuningArguments:
-    stage: Literal["pt", "sft", "rm", "dpo", "kto"] = option(
+    stage: Stage = option(
         "pt", "Training stage: `pt` (pretraining / continued pretraining on raw text), `sft` (supervised "
         "fine-tuning on conversations), `rm` (reward model on chosen/rejected pairs), `dpo` (preference "
         "optimisation on pairs: DPO and its variants, see `pref_loss`) or `kto` (preference optimisation on replies "

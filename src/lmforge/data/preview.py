@@ -21,19 +21,27 @@ from lmforge.errors import ConfigError
 @dataclass
 class ProcessedData:
     tokenizer: PreTrainedTokenizerBase
-    train: Dataset  # input_ids, labels (+ source, record for SFT)
+    train: Dataset  # input_ids, labels; or chosen_/rejected_ ids and labels (+ source, record after pt)
     eval: Dataset | None
     stats: dict
 
 
+def sequences(row: dict) -> list[tuple[str, list[int], list[int]]]:
+    """(title, ids, labels) of each token sequence of an example: one, or chosen and rejected for a pair."""
+    if "chosen_input_ids" in row:
+        return [(side, row[f"{side}_input_ids"], row[f"{side}_labels"]) for side in ("chosen", "rejected")]
+    labels = row.get("labels", [IGNORE_INDEX] * len(row["input_ids"]))  # a prompt (ppo/grpo) trains no token
+    return [("", row["input_ids"], labels)]
+
+
 def processed_data(cfg: RunConfig) -> ProcessedData:
     """The examples of a run exactly as its stage builds them (from the cache when it holds them)."""
-    if cfg.finetuning.stage == "sft":
-        from lmforge.data.sft import build_sft_data
-        from lmforge.train.sft import chat_tokenizer
+    if cfg.finetuning.stage != "pt":
+        from lmforge.data.examples import STAGE_KIND, build_examples
+        from lmforge.train.chat_stage import chat_tokenizer
 
         tokenizer, _ = chat_tokenizer(cfg)
-        data = build_sft_data(cfg.data, tokenizer, cfg.training.seed)
+        data = build_examples(cfg.data, tokenizer, cfg.training.seed, STAGE_KIND[cfg.finetuning.stage])
         return ProcessedData(tokenizer, data.train, data.eval, data.stats)
     if cfg.data.streaming:
         raise ConfigError("Config error: `lmforge data` reads the whole dataset; it does not support streaming.")
@@ -77,18 +85,25 @@ def render_example(tokenizer: PreTrainedTokenizerBase, ids: list[int], labels: l
     return "".join(parts)
 
 
-def length_stats(examples: Dataset, cutoff_len: int) -> dict:
-    lengths = sorted(len(x) for x in examples["input_ids"])
-    trained = [sum(label != IGNORE_INDEX for label in x) for x in examples["labels"]]
-    rows, efficiency = packing_efficiency(examples, cutoff_len)
-    return {
-        "examples": len(lengths), "tokens": sum(lengths), "trained_tokens": sum(trained),
+def length_stats(examples: Dataset, cutoff_len: int, packable: bool = True) -> dict:
+    """Token counts and lengths over every sequence (chosen and rejected both count for a pair), and how densely
+    the examples pack into rows of `cutoff_len` when the stage packs (`packable`)."""
+    seqs = [s for row in examples for s in sequences(row)]
+    lengths = sorted(len(ids) for _, ids, _ in seqs)
+    trained = [sum(label != IGNORE_INDEX for label in labels) for _, _, labels in seqs]
+    stats = {
+        "examples": len(examples), "tokens": sum(lengths), "trained_tokens": sum(trained),
         "length_mean": round(statistics.fmean(lengths), 1) if lengths else 0,
         "length_p50": lengths[len(lengths) // 2] if lengths else 0,
         "length_p95": lengths[min(int(0.95 * len(lengths)), len(lengths) - 1)] if lengths else 0,
         "length_max": lengths[-1] if lengths else 0,
-        "packed_rows": rows, "packing_efficiency": round(efficiency, 4),
     }
+    if len(seqs) != len(examples):
+        stats["sequences"] = len(seqs)
+    if packable:
+        stats["packed_rows"], efficiency = packing_efficiency(examples, cutoff_len)
+        stats["packing_efficiency"] = round(efficiency, 4)
+    return stats
 
 
 def preview(cfg: RunConfig, num: int = 3) -> dict:
@@ -101,21 +116,24 @@ def preview(cfg: RunConfig, num: int = 3) -> dict:
     for i in range(n):
         row = data.train[i]
         where = f" ({row['source']} record {row['record']})" if "source" in row else ""
-        title = f"── example {i}{where}: {len(row['input_ids'])} tokens, " \
-                f"{sum(label != IGNORE_INDEX for label in row['labels'])} trained "
-        console.print(title + "─" * max(0, 100 - len(title)), markup=False)
-        text = render_example(data.tokenizer, row["input_ids"], row["labels"], styled)
-        console.print(text, markup=styled)
-    stats = length_stats(data.train, cfg.data.cutoff_len)
+        if "kto_label" in row:
+            where += f", {'desirable' if row['kto_label'] else 'undesirable'}"
+        for name, ids, labels in sequences(row):
+            title = f"── example {i}{' ' + name if name else ''}{where}: {len(ids)} tokens, " \
+                    f"{sum(label != IGNORE_INDEX for label in labels)} trained "
+            console.print(title + "─" * max(0, 100 - len(title)), markup=False)
+            console.print(render_example(data.tokenizer, ids, labels, styled), markup=styled)
+    stats = length_stats(data.train, cfg.data.cutoff_len, packable=cfg.finetuning.stage in ("pt", "sft"))
     stats["skipped"] = sum(s.get("skipped", s.get("empty_documents", 0)) for s in data.stats.values()
                            if isinstance(s, dict))
     stats["truncated"] = sum(s.get("truncated", 0) for s in data.stats.values() if isinstance(s, dict))
     console.print("── statistics (train split) " + "─" * 72, markup=False)
     if not styled:
         console.print("Trained tokens are shown in ⟦ ⟧.", markup=False)
-    for key in ("examples", "tokens", "trained_tokens", "length_mean", "length_p50", "length_p95", "length_max",
-                "truncated", "skipped", "packed_rows", "packing_efficiency"):
-        console.print(f"{key:>20}: {stats[key]}", markup=False)
+    for key in ("examples", "sequences", "tokens", "trained_tokens", "length_mean", "length_p50", "length_p95",
+                "length_max", "truncated", "skipped", "packed_rows", "packing_efficiency"):
+        if key in stats:
+            console.print(f"{key:>20}: {stats[key]}", markup=False)
     for source, s in data.stats.items():
         if isinstance(s, dict) and s.get("skip_reasons"):
             for reason, count in s["skip_reasons"].items():
@@ -136,10 +154,11 @@ def dump(cfg: RunConfig, output: str) -> int:
                 if examples is None:
                     continue
                 for row in examples:
-                    record = {"split": split, "input_ids": list(row["input_ids"]), "labels": list(row["labels"])}
-                    for key in ("source", "record", "truncated", "position_ids"):
+                    record = {"split": split}
+                    for key in ("input_ids", "labels", "chosen_input_ids", "chosen_labels", "rejected_input_ids",
+                                "rejected_labels", "kto_label", "source", "record", "truncated", "position_ids"):
                         if key in row:
-                            record[key] = row[key]
+                            record[key] = list(row[key]) if isinstance(row[key], list) else row[key]
                     fh.write(json.dumps(record, ensure_ascii=False) + "\n")
                     count += 1
         os.replace(tmp, output)

@@ -40,12 +40,13 @@ def freeze(model: PreTrainedModel, args: FinetuningArguments) -> None:
     extra = _names(args.freeze_extra_modules)
     trainable_prefixes = [f"{prefix}.{i}." for i in layer_ids]
     matched_extra = set()
+    heads = reward_head_names(model)  # a reward model's new head always learns
     for name, param in model.named_parameters():
         in_layer = any(name.startswith(p) for p in trainable_prefixes)
         module_ok = modules == ["all"] or any(f".{m}." in name for m in modules)
         hit_extra = [m for m in extra if f".{m}." in f".{name}" or name.startswith(f"{m}.")]
         matched_extra.update(hit_extra)
-        param.requires_grad_((in_layer and module_ok) or bool(hit_extra))
+        param.requires_grad_((in_layer and module_ok) or bool(hit_extra) or name.split(".")[0] in heads)
     missing = set(extra) - matched_extra
     if missing:
         raise ConfigError(f"Config error: 'freeze_extra_modules': no parameter of the model belongs to "
@@ -61,6 +62,13 @@ def _layer_module_names(layers: torch.nn.ModuleList) -> str:
     return ", ".join(name for name, _ in layers[0].named_children())
 
 
+REWARD_HEADS = ("score", "classifier")  # the head of a sequence-classification (reward) model, by architecture
+
+
+def reward_head_names(model: torch.nn.Module) -> list[str]:
+    return [name for name in REWARD_HEADS if isinstance(getattr(model, name, None), torch.nn.Module)]
+
+
 def add_lora(model: PreTrainedModel, args: FinetuningArguments) -> torch.nn.Module:
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -68,7 +76,9 @@ def add_lora(model: PreTrainedModel, args: FinetuningArguments) -> torch.nn.Modu
         logger.info("LoRA: continuing from the adapter in %s", args.adapter_name_or_path)
         return PeftModel.from_pretrained(model, args.adapter_name_or_path, is_trainable=True)
     targets = "all-linear" if args.lora_target.strip() == "all" else _names(args.lora_target)
-    config = LoraConfig(task_type="CAUSAL_LM", r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
+    # A reward model's new head is trained fully and saved with the adapter (peft's SEQ_CLS task does that).
+    task_type = "SEQ_CLS" if reward_head_names(model) else "CAUSAL_LM"
+    config = LoraConfig(task_type=task_type, r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
                         lora_dropout=args.lora_dropout, target_modules=targets, use_rslora=args.use_rslora,
                         use_dora=args.use_dora, modules_to_save=_names(args.additional_target) or None)
     try:

@@ -6,7 +6,14 @@ import logging
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from lmforge.config.model import ModelArguments
 from lmforge.config.parse import suggest
@@ -120,17 +127,23 @@ def quantization_config(bits: int) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward_head: bool = False) -> PreTrainedModel:
+    """The causal LM to train, or with `reward_head` the same backbone with a one-output sequence-classification head
+    (a reward model: `AutoModelForSequenceClassification`, score read at the last non-pad token)."""
     kwargs: dict[str, Any] = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    auto_class: Any = AutoModelForCausalLM
+    if reward_head:
+        auto_class = AutoModelForSequenceClassification
+        kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
     if args.quantization_bit:
         kwargs["quantization_config"] = quantization_config(args.quantization_bit)
     if args.from_scratch:
         config = scratch_config(args, tokenizer)
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=args.trust_remote_code, **kwargs)
+        model = auto_class.from_config(config, trust_remote_code=args.trust_remote_code, **kwargs)
         origin = f"new {config.model_type} model (random init)"
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(
+            model = auto_class.from_pretrained(
                 args.model_name_or_path, trust_remote_code=args.trust_remote_code, revision=args.model_revision,
                 cache_dir=args.cache_dir, dtype="auto", **kwargs)
         except (OSError, ValueError) as err:

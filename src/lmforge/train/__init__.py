@@ -7,12 +7,10 @@ from lmforge.config.schema import RunConfig
 
 def stage_runner(stage: str) -> Callable[[RunConfig], dict]:
     """The recipe for a stage (imported lazily: stages pull in heavy libraries)."""
-    if stage == "pt":
-        from lmforge.train.pt import run_pt
+    import importlib
 
-        return run_pt
-    if stage == "sft":
-        from lmforge.train.sft import run_sft
+    from lmforge.config.finetuning import STAGES
 
-        return run_sft
-    raise ValueError(f"unknown stage {stage!r}")  # unreachable: the config's Literal type rejects it first
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")  # unreachable: the config's Literal type rejects it first
+    return getattr(importlib.import_module(f"lmforge.train.{stage}"), f"run_{stage}")

@@ -28,8 +28,9 @@ class JsonlLogCallback(TrainerCallback):
     tokens/s (from the Trainer's token counter), eval loss and perplexity. On resume, lines past the checkpoint's
     step are dropped so the file reads as one continuous run."""
 
-    def __init__(self, output_dir: str) -> None:
+    def __init__(self, output_dir: str, perplexity: bool = True) -> None:
         self.path = os.path.join(output_dir, LOG_FILE)
+        self.perplexity = perplexity  # a language-modelling loss (pt, sft), not a preference or reward loss
         self._last_time = 0.0
         self._last_tokens = 0
 
@@ -55,7 +56,7 @@ class JsonlLogCallback(TrainerCallback):
             if elapsed > 0 and tokens > self._last_tokens:
                 record["tokens_per_second"] = round((tokens - self._last_tokens) / elapsed, 1)
             self._last_time, self._last_tokens = now, tokens
-        if "eval_loss" in logs and "eval_perplexity" not in logs:
+        if self.perplexity and "eval_loss" in logs and "eval_perplexity" not in logs:
             record["eval_perplexity"] = perplexity(logs["eval_loss"])
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")

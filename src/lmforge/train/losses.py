@@ -78,7 +78,8 @@ def preference_loss(kind: PrefLoss, policy: PairLogps, reference: PairLogps | No
     if kind == "ipo":
         (chosen, rejected), (ref_chosen, ref_rejected) = policy.means(), reference.means()
     else:
-        chosen, rejected, ref_chosen, ref_rejected = policy.chosen, policy.rejected, reference.chosen, reference.rejected
+        chosen, rejected = policy.chosen, policy.rejected
+        ref_chosen, ref_rejected = reference.chosen, reference.rejected
     chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
     margin = chosen_ratio - rejected_ratio
     if kind == "sigmoid":  # DPO; with label smoothing, conservative DPO (cDPO)

@@ -1,4 +1,4 @@
-"""The Trainer subclass used by language-modelling stages: perplexity in evaluation metrics, LoRA+ optimizer."""
+"""Trainer subclasses shared by the stages: the LoRA+ optimizer, perplexity for language-modelling stages."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from transformers import Trainer
 from lmforge.train.callbacks import perplexity
 
 
-class LanguageModelTrainer(Trainer):
+class LoraPlusTrainer(Trainer):
+    """A Trainer that builds the LoRA+ optimizer when `loraplus_lr_ratio` is set."""
+
     def __init__(self, *args: Any, loraplus_lr_ratio: float | None = None, **kwargs: Any):
         self.loraplus_lr_ratio = loraplus_lr_ratio
         super().__init__(*args, **kwargs)
@@ -26,6 +28,10 @@ class LanguageModelTrainer(Trainer):
                 loraplus_weight_decay=self.args.weight_decay, **optimizer_kwargs)
             return self.optimizer
         return super().create_optimizer(model)
+
+
+class LanguageModelTrainer(LoraPlusTrainer):
+    """Adds perplexity (exp of the loss) to the evaluation metrics."""
 
     def evaluation_loop(self, *args, **kwargs):
         output = super().evaluation_loop(*args, **kwargs)

@@ -1,0 +1,40 @@
+"""The frozen reference model of dpo/kto: what the policy's preference rewards are measured against."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from lmforge.config.schema import RunConfig
+from lmforge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def reference_model(cfg: RunConfig, policy: torch.nn.Module,
+                    tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module | None:
+    """`ref_model` when set; None under LoRA (the trainer switches the adapters off: no second copy); otherwise a
+    frozen copy of the policy as the run starts (with a starting adapter merged into it)."""
+    f, m = cfg.finetuning, cfg.model
+    if f.ref_model:
+        try:
+            ref = AutoModelForCausalLM.from_pretrained(f.ref_model, dtype="auto", trust_remote_code=m.trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"Config error: could not load 'ref_model' from '{f.ref_model}': "
+                              f"{str(err).splitlines()[0]}") from None
+        if len(tokenizer) > ref.get_input_embeddings().num_embeddings:
+            ref.resize_token_embeddings(len(tokenizer))
+        logger.info("Reference model: %s", f.ref_model)
+    elif f.finetuning_type == "lora" and not f.adapter_name_or_path:
+        logger.info("Reference model: the policy with its LoRA adapters switched off")
+        return None
+    elif f.finetuning_type == "lora":
+        ref = copy.deepcopy(policy).merge_and_unload()
+        logger.info("Reference model: the base with the starting adapter %s merged in", f.adapter_name_or_path)
+    else:
+        ref = copy.deepcopy(policy)
+        logger.info("Reference model: a frozen copy of the starting model")
+    return ref.eval().requires_grad_(False)

@@ -1,0 +1,78 @@
+"""What every stage after pretraining assembles first: the chat tokenizer, its examples, the policy model, and the
+Trainer arguments they share (sft, rm, dpo, kto)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase, set_seed
+
+from lmforge.config.schema import RunConfig
+from lmforge.data.chat_templates import TemplateError, apply_template_choice
+from lmforge.data.examples import STAGE_KIND, ExampleData, build_examples, model_columns
+from lmforge.data.formats import ExampleKind
+from lmforge.data.template import stop_token_ids
+from lmforge.errors import ConfigError
+from lmforge.model.adapters import apply_finetuning_type
+from lmforge.model.build import build_model
+from lmforge.train.callbacks import JsonlLogCallback
+from lmforge.train.setup import setup_tokenizer
+from lmforge.train.tracking import check_trackers, tracking_callbacks
+
+
+def chat_tokenizer(cfg: RunConfig, resume: str | None = None) -> tuple[PreTrainedTokenizerBase, int]:
+    """The tokenizer with the chat template the run trains with, a pad token, and how many tokens were added."""
+    tokenizer = setup_tokenizer(cfg, resume)
+    try:
+        added = apply_template_choice(tokenizer, cfg.data.template)
+    except TemplateError as err:
+        raise ConfigError(f"Config error ({cfg.source}): {err}.") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, added
+
+
+@dataclass
+class ChatStage:
+    tokenizer: PreTrainedTokenizerBase
+    data: ExampleData
+    stop_ids: list[int]  # EOS and the template's end-of-turn token
+    added_tokens: int  # tokens the template added to the vocabulary
+    kind: ExampleKind
+
+    def train_rows(self) -> Dataset:
+        return self.data.train.select_columns(model_columns(self.kind))
+
+    def eval_rows(self) -> Dataset | None:
+        return self.data.eval.select_columns(model_columns(self.kind)) if self.data.eval is not None else None
+
+
+def prepare_chat_stage(cfg: RunConfig, resume: str | None = None) -> ChatStage:
+    """Trackers checked, seed set, tokenizer and the stage's examples built (by the first process under torchrun)."""
+    args = cfg.training
+    check_trackers(args)
+    set_seed(args.seed)
+    kind = STAGE_KIND[cfg.finetuning.stage]
+    with args.main_process_first(desc=f"encoding {kind} data"):
+        tokenizer, added = chat_tokenizer(cfg, resume)
+        data = build_examples(cfg.data, tokenizer, args.seed, kind)
+    return ChatStage(tokenizer, data, stop_token_ids(tokenizer), added, kind)
+
+
+def policy_model(cfg: RunConfig, stage: ChatStage) -> torch.nn.Module:
+    """The model to train, with the trainable parameters `finetuning_type` selects; generation stops where training
+    taught the model to end its turn (in samples, chat, api and evaluation)."""
+    model = build_model(cfg.model, stage.tokenizer)
+    model.generation_config.eos_token_id = stage.stop_ids
+    model.generation_config.pad_token_id = stage.tokenizer.pad_token_id
+    return apply_finetuning_type(model, cfg.finetuning, stage.added_tokens)
+
+
+def trainer_kwargs(cfg: RunConfig, stage: ChatStage) -> dict[str, Any]:
+    """Arguments every stage's Trainer takes."""
+    return {"args": cfg.training, "processing_class": stage.tokenizer, "eval_dataset": stage.eval_rows(),
+            "callbacks": [JsonlLogCallback(cfg.training.output_dir, perplexity=stage.kind == "sft"),
+                          *tracking_callbacks(cfg.training, cfg.tracking)]}
