@@ -11,9 +11,11 @@ from lmforge.errors import LmforgeError
 USAGE = """lmforge {version}: one framework for the whole life of a language model.
 
 Usage:
-  lmforge train CONFIG.yaml [key=value ...]   train (stage from the config: pt)
+  lmforge train CONFIG.yaml [key=value ...]   train (stage from the config: pt, sft, rm, dpo, kto)
   lmforge data preview CONFIG.yaml [--num N]  show examples with the trained tokens marked, and length statistics
   lmforge data dump CONFIG.yaml --output F    write every processed example (input_ids, labels) as JSON lines
+  lmforge score RM_DIR INPUT.jsonl [--output F] [--batch-size N]
+                                              score lines ({"messages": [...]} or {"text": ...}) with a reward model
   lmforge bench CONFIG.yaml [key=value ...]   measure training speed: tokens/s, FLOP/s, peak memory
   lmforge env                                 versions of python, torch, transformers, ... and devices
   lmforge version                             print the version
@@ -91,6 +93,31 @@ def cmd_data(args: list[str]) -> int:
     return 0
 
 
+def cmd_score(args: list[str]) -> int:
+    output, args = _take_option(args, "output")
+    batch_size, args = _take_option(args, "batch-size")
+    if len(args) != 2 or args[0] in ("-h", "--help"):
+        print("Usage: lmforge score RM_DIR INPUT.jsonl [--output SCORED.jsonl] [--batch-size N]\n"
+              "Each input line holds {\"messages\": [...]} (rendered with the reward model's chat template) or "
+              "{\"text\": \"...\"} (scored as is).")
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    from lmforge.errors import ConfigError
+    from lmforge.logs import setup_logging
+    from lmforge.model.reward import score_file
+
+    setup_logging()
+    if batch_size is not None and not (batch_size.isdigit() and int(batch_size) > 0):
+        raise ConfigError(f"Config error (command line): --batch-size must be a positive whole number, got "
+                          f"'{batch_size}'.")
+    scores = score_file(args[0], args[1], output, int(batch_size or 16))
+    if output is None:
+        for score in scores:
+            print(f"{score:.6f}")
+    print(f"Scored {len(scores):,} lines: mean {sum(scores) / len(scores):.4f}"
+          + (f"; written to {output}" if output else ""), file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args: list[str]) -> int:
     from lmforge.bench import main as bench_main
 
@@ -127,6 +154,7 @@ def cmd_help(args: list[str]) -> int:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train,
     "data": cmd_data,
+    "score": cmd_score,
     "bench": cmd_bench,
     "env": cmd_env,
     "version": cmd_version,

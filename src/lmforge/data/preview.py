@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass
 
 from datasets import Dataset
@@ -16,6 +13,7 @@ from lmforge.config.schema import RunConfig
 from lmforge.data.collate import IGNORE_INDEX, PretrainCollator
 from lmforge.data.packing import packing_efficiency
 from lmforge.errors import ConfigError
+from lmforge.jsonl import write_jsonl
 
 
 @dataclass
@@ -144,26 +142,17 @@ def preview(cfg: RunConfig, num: int = 3) -> dict:
 def dump(cfg: RunConfig, output: str) -> int:
     """Write every processed example as a JSON line; the file appears only when complete."""
     data = processed_data(cfg)
-    directory = os.path.dirname(os.path.abspath(output))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".dump-", dir=directory)
-    count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for split, examples in (("train", data.train), ("eval", data.eval)):
-                if examples is None:
-                    continue
-                for row in examples:
-                    record = {"split": split}
-                    for key in ("input_ids", "labels", "chosen_input_ids", "chosen_labels", "rejected_input_ids",
-                                "rejected_labels", "kto_label", "source", "record", "truncated", "position_ids"):
-                        if key in row:
-                            record[key] = list(row[key]) if isinstance(row[key], list) else row[key]
-                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    count += 1
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    def records():
+        for split, examples in (("train", data.train), ("eval", data.eval)):
+            for row in examples if examples is not None else []:
+                record = {"split": split}
+                for key in ("input_ids", "labels", "chosen_input_ids", "chosen_labels", "rejected_input_ids",
+                            "rejected_labels", "kto_label", "source", "record", "truncated", "position_ids"):
+                    if key in row:
+                        record[key] = row[key]
+                yield record
+
+    count = write_jsonl(output, records())
     print(f"Wrote {count:,} examples to {output}")
     return count

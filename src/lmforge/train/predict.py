@@ -12,8 +12,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lmforge.config.schema import RunConfig
 from lmforge.data.encode import prepare_messages
 from lmforge.data.template import prompt_ids, stop_token_ids
+from lmforge.jsonl import write_jsonl
 from lmforge.metrics import text_scores
-from lmforge.train.samples import generate, write_jsonl
+from lmforge.train.samples import generate
 
 logger = logging.getLogger(__name__)
 

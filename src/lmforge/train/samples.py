@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.config.generation import GenerationArguments
+from lmforge.jsonl import write_jsonl
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -52,11 +52,7 @@ def generate_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return [{"prompt": p, "completion": c} for p, c in zip(gen.sample_prompts, completions, strict=True)]
 
 
-def write_jsonl(path: str, rows: list[dict]) -> str:
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    return path
-
-
 def write_samples(output_dir: str, samples: list[dict]) -> str:
-    return write_jsonl(os.path.join(output_dir, SAMPLES_FILE), samples)
+    path = os.path.join(output_dir, SAMPLES_FILE)
+    write_jsonl(path, samples)
+    return path

@@ -1,0 +1,101 @@
+"""Score text with a reward model saved by `stage: rm` (or any one-output sequence-classification model)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from lmforge.data.template import render
+from lmforge.errors import ConfigError, DataError
+from lmforge.jsonl import write_jsonl
+
+
+def load_reward_model(path: str, dtype: Any = "auto") -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """A reward model directory: a full model, or a LoRA adapter (with its head) on the base it names."""
+    try:
+        if os.path.isfile(os.path.join(path, "adapter_config.json")):
+            from peft import AutoPeftModelForSequenceClassification
+
+            model = AutoPeftModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+            model = model.merge_and_unload()
+        else:
+            architectures = AutoConfig.from_pretrained(path).architectures or []
+            if not any(a.endswith("ForSequenceClassification") for a in architectures):
+                raise ConfigError(f"Config error: '{path}' is not a reward model (its architecture is "
+                                  f"{', '.join(architectures) or 'unknown'}); train one with 'stage: rm'.")
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"Config error: could not load a reward model from '{path}': "
+                          f"{str(err).splitlines()[0]}") from None
+    if model.config.num_labels != 1:
+        raise ConfigError(f"Config error: '{path}' has {model.config.num_labels} outputs; a reward model has one.")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+            else tokenizer.eos_token_id
+    return model.eval(), tokenizer
+
+
+class RewardScorer:
+    """Scores conversations (rendered with the reward model's own chat template, as in training) or raw texts."""
+
+    def __init__(self, path: str, device: str | torch.device | None = None, batch_size: int = 16):
+        self.model, self.tokenizer = load_reward_model(path)
+        self.device = torch.device(device) if device else next(self.model.parameters()).device
+        self.model.to(self.device)
+        self.batch_size = batch_size
+
+    def text_of(self, item: dict[str, Any]) -> str:
+        if "messages" in item:
+            return render(self.tokenizer, item["messages"], item.get("tools"))
+        return item["text"]
+
+    @torch.no_grad()
+    def score_texts(self, texts: list[str]) -> list[float]:
+        scores: list[float] = []
+        pad = self.model.config.pad_token_id
+        for start in range(0, len(texts), self.batch_size):
+            batch = texts[start:start + self.batch_size]
+            ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in batch]
+            length = max(len(x) for x in ids)
+            input_ids = torch.tensor([x + [pad] * (length - len(x)) for x in ids], device=self.device)
+            mask = torch.tensor([[1] * len(x) + [0] * (length - len(x)) for x in ids], device=self.device)
+            scores += self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
+        return scores
+
+
+def read_items(path: str) -> list[dict[str, Any]]:
+    """JSON lines, each with `text` (already formatted) or `messages` (a conversation to render)."""
+    items = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"Data error: {path} line {n}: not valid JSON ({err.msg}).") from None
+                if not isinstance(item, dict) or not (isinstance(item.get("text"), str)
+                                                      or isinstance(item.get("messages"), list)):
+                    raise DataError(f"Data error: {path} line {n}: needs a 'text' string or a 'messages' list.")
+                items.append(item)
+    except FileNotFoundError:
+        raise DataError(f"Data error: '{path}' does not exist.") from None
+    if not items:
+        raise DataError(f"Data error: '{path}' holds no records.")
+    return items
+
+
+def score_file(model_dir: str, input_path: str, output_path: str | None = None, batch_size: int = 16) -> list[float]:
+    """Score every line of `input_path`; write the lines with a `score` field to `output_path` (atomically)."""
+    items = read_items(input_path)
+    scorer = RewardScorer(model_dir, batch_size=batch_size)
+    scores = scorer.score_texts([scorer.text_of(item) for item in items])
+    if output_path:
+        write_jsonl(output_path, [{**item, "score": s} for item, s in zip(items, scores, strict=True)])
+    return scores
