@@ -71,6 +71,8 @@ class ConversationFormat:
             return cls.from_entry({})
         if "prompt" in columns:  # TRL layout: prompt (+ chosen/rejected or completion), as text or messages
             return cls.from_entry({"formatting": "openai", "columns": {"messages": "prompt"}})
+        if "chosen" in columns and "rejected" in columns:  # two whole conversations (Anthropic HH style)
+            return cls.from_entry({"formatting": "openai"})
         return None
 
     def to_example(self, record: dict[str, Any], kind: ExampleKind = "sft") -> dict[str, Any]:

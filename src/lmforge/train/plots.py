@@ -20,8 +20,21 @@ def smooth(values: list[float], max_weight: float = 0.9) -> list[float]:
     return out
 
 
+# The curves worth watching in each stage (train and eval); a key absent from the log is not plotted.
+STAGE_CURVES: dict[str, tuple[str, ...]] = {
+    "rm": ("accuracy", "margin"),
+    "dpo": ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"),
+    "kto": ("rewards/chosen", "rewards/rejected", "kl"),
+}
+
+
+def stage_curves(stage: str) -> tuple[str, ...]:
+    extra = STAGE_CURVES.get(stage, ())
+    return ("loss", "eval_loss", *extra, *(f"eval_{k}" for k in extra))
+
+
 def plot_curves(output_dir: str, log: list[dict], keys: tuple[str, ...] = ("loss", "eval_loss")) -> list[str]:
-    """One PNG per key that has values in the log (`training_<key>.png`); returns the written paths."""
+    """One PNG per key that has values in the log (`training_<key>.png`, `/` written as `_`); returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +54,7 @@ def plot_curves(output_dir: str, log: list[dict], keys: tuple[str, ...] = ("loss
         plt.xlabel("step")
         plt.ylabel(key)
         plt.legend()
-        path = os.path.join(output_dir, f"training_{key}.png")
+        path = os.path.join(output_dir, f"training_{key.replace('/', '_')}.png")
         fig.savefig(path, format="png", dpi=100)
         plt.close(fig)
         written.append(path)

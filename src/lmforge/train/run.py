@@ -10,7 +10,7 @@ import yaml
 
 from lmforge.config.schema import RunConfig
 from lmforge.train.callbacks import read_log
-from lmforge.train.plots import plot_curves
+from lmforge.train.plots import plot_curves, stage_curves
 from lmforge.train.samples import generate_samples, write_samples
 from lmforge.train.tracking import log_samples
 from lmforge.train.trainer import LanguageModelTrainer
@@ -57,7 +57,7 @@ def run_training(cfg: RunConfig, trainer: LanguageModelTrainer, resume: str | No
 
     if trainer.is_world_process_zero():
         if cfg.finetuning.plot_loss:
-            plot_curves(args.output_dir, read_log(args.output_dir))
+            plot_curves(args.output_dir, read_log(args.output_dir), stage_curves(cfg.finetuning.stage))
         if cfg.generation.sample_prompts:
             samples = generate_samples(trainer.model, trainer.processing_class, cfg.generation, args.seed, chat,
                                        stop_ids)
