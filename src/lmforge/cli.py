@@ -15,7 +15,7 @@ Usage:
   lmforge data preview CONFIG.yaml [--num N]  show examples with the trained tokens marked, and length statistics
   lmforge data dump CONFIG.yaml --output F    write every processed example (input_ids, labels) as JSON lines
   lmforge score RM_DIR INPUT.jsonl [--output F] [--batch-size N]
-                                              score lines ({"messages": [...]} or {"text": ...}) with a reward model
+                                              score lines ({{"messages": [...]}} or {{"text": ...}}) with a reward model
   lmforge bench CONFIG.yaml [key=value ...]   measure training speed: tokens/s, FLOP/s, peak memory
   lmforge env                                 versions of python, torch, transformers, ... and devices
   lmforge version                             print the version
