@@ -11,7 +11,8 @@ TITLES = {
     "model": "Model and tokenizer",
     "data": "Data",
     "finetuning": "Stage",
-    "generation": "Generation (samples at the end of training)",
+    "generation": "Generation (samples at the end of training; ppo/grpo rollouts)",
+    "rl": "Online RL (ppo, grpo): rewards, rollouts, policy updates",
     "tracking": "Experiment tracking",
     "training": "Trainer (every `transformers.TrainingArguments` field, passed through; `bf16`/`fp16` also take "
     "`auto`: on where the GPU supports it)",

@@ -8,7 +8,7 @@ from typing import Literal
 
 from lmforge.config.fields import option
 
-Stage = Literal["pt", "sft", "rm", "dpo", "kto"]
+Stage = Literal["pt", "sft", "rm", "dpo", "kto", "ppo", "grpo"]
 STAGES: tuple[str, ...] = typing.get_args(Stage)
 
 
@@ -17,8 +17,9 @@ class FinetuningArguments:
     stage: Stage = option(
         "pt", "Training stage: `pt` (pretraining / continued pretraining on raw text), `sft` (supervised "
         "fine-tuning on conversations), `rm` (reward model on chosen/rejected pairs), `dpo` (preference "
-        "optimisation on pairs: DPO and its variants, see `pref_loss`) or `kto` (preference optimisation on replies "
-        "labelled desirable or not).")
+        "optimisation on pairs: DPO and its variants, see `pref_loss`), `kto` (preference optimisation on replies "
+        "labelled desirable or not), `ppo` or `grpo` (online RL on prompts with a reward model or reward "
+        "functions).")
     finetuning_type: Literal["full", "freeze", "lora"] = option(
         "full", "Which parameters are trained: `full` (all), `freeze` (the last layers only) or `lora` (adapters).")
     freeze_trainable_layers: int = option(
@@ -60,5 +61,6 @@ class FinetuningArguments:
     kto_chosen_weight: float = option(1.0, "With `kto`: weight of the desirable examples' loss.")
     kto_rejected_weight: float = option(1.0, "With `kto`: weight of the undesirable examples' loss.")
     ref_model: str | None = option(
-        None, "With `dpo`/`kto`: the reference model's directory. Default: the model the run starts from (a frozen "
+        None, "With `dpo`/`kto`/`ppo`/`grpo`: the reference model's directory. Default: the model the run starts "
+        "from (a frozen "
         "copy; under LoRA the same weights with the adapters switched off, so no second copy is held).")

@@ -14,6 +14,7 @@ from lmforge.config.data import DataArguments
 from lmforge.config.finetuning import FinetuningArguments
 from lmforge.config.generation import GenerationArguments
 from lmforge.config.model import ModelArguments
+from lmforge.config.rl import RLArguments
 from lmforge.config.tracking import TrackingArguments
 
 # Group name -> dataclass. Order is the order of `lmforge help train` and docs/config.md.
@@ -22,6 +23,7 @@ GROUPS: dict[str, type] = {
     "data": DataArguments,
     "finetuning": FinetuningArguments,
     "generation": GenerationArguments,
+    "rl": RLArguments,
     "tracking": TrackingArguments,
     "training": TrainingArguments,
 }
@@ -41,6 +43,7 @@ class RunConfig:
     data: DataArguments
     finetuning: FinetuningArguments
     generation: GenerationArguments
+    rl: RLArguments
     tracking: TrackingArguments
     training: TrainingArguments
     source: str = "<command line>"

@@ -92,13 +92,15 @@ def _validate_stage(cfg: RunConfig) -> None:
             _fail(cfg, "'streaming: true' is supported for 'stage: pt' only; SFT datasets are read whole.")
         if m.from_scratch and m.train_tokenizer:
             _fail(cfg, "'stage: sft' starts from a trained model; train a tokenizer with 'stage: pt' first.")
-    allowed = PREFERENCE_KEYS.get(f.stage, ())
-    for key in sorted({k for keys in PREFERENCE_KEYS.values() for k in keys}):
+    allowed = STAGE_KEYS.get(f.stage, ())
+    for key in sorted({k for keys in STAGE_KEYS.values() for k in keys}):
         if key in cfg.raw and key not in allowed:
-            stages = " and ".join(s for s, keys in PREFERENCE_KEYS.items() if key in keys)
+            stages = ", ".join(s for s, keys in STAGE_KEYS.items() if key in keys)
             _fail(cfg, f"'{key}' does not apply to 'stage: {f.stage}' (it applies to {stages}).")
-    if f.stage in ("rm", "dpo", "kto"):
+    if f.stage in ("rm", "dpo", "kto", "ppo", "grpo"):
         _validate_preference(cfg)
+    if f.stage in ("ppo", "grpo"):
+        _validate_rl(cfg)
     if g.predict_with_generate and not cfg.training.do_predict:
         _fail(cfg, "'predict_with_generate' needs 'do_predict: true'.")
     if f.finetuning_type != "lora":
@@ -116,16 +118,19 @@ def _validate_stage(cfg: RunConfig) -> None:
         _fail(cfg, f"'loraplus_lr_ratio' must be positive, got {f.loraplus_lr_ratio}.")
 
 
-PREFERENCE_KEYS = {"dpo": ("pref_loss", "pref_beta", "pref_ftx", "dpo_label_smoothing", "simpo_gamma", "ref_model"),
-                   "kto": ("pref_beta", "pref_ftx", "kto_chosen_weight", "kto_rejected_weight", "ref_model")}
+RL_KEYS = ("reward_model", "reward_funcs", "rollout_batch_size", "ppo_epochs", "kl_coef", "cliprange", "ref_model")
+STAGE_KEYS = {"dpo": ("pref_loss", "pref_beta", "pref_ftx", "dpo_label_smoothing", "simpo_gamma", "ref_model"),
+              "kto": ("pref_beta", "pref_ftx", "kto_chosen_weight", "kto_rejected_weight", "ref_model"),
+              "ppo": (*RL_KEYS, "cliprange_value", "vf_coef", "gamma", "lam"),
+              "grpo": (*RL_KEYS, "num_generations")}
 
 
 def _validate_preference(cfg: RunConfig) -> None:
     d, f = cfg.data, cfg.finetuning
     for key in ("packing", "neat_packing", "mask_history", "train_on_prompt", "streaming"):
         if getattr(d, key, False):
-            _fail(cfg, f"'{key}' applies to 'stage: sft' (or pt), not 'stage: {f.stage}': preference stages train "
-                  "exactly the chosen/rejected replies, one example per row.")
+            _fail(cfg, f"'{key}' applies to 'stage: sft' (or pt), not 'stage: {f.stage}': this stage trains "
+                  "whole examples, one per row.")
     if cfg.model.from_scratch:
         _fail(cfg, f"'stage: {f.stage}' starts from a trained model (usually the output of 'stage: sft'), not "
               "'from_scratch'.")
@@ -139,3 +144,19 @@ def _validate_preference(cfg: RunConfig) -> None:
         _fail(cfg, f"'pref_beta' must be positive, got {f.pref_beta}.")
     if min(f.kto_chosen_weight, f.kto_rejected_weight) < 0 or f.pref_ftx < 0:
         _fail(cfg, "'kto_chosen_weight', 'kto_rejected_weight' and 'pref_ftx' must not be negative.")
+
+
+def _validate_rl(cfg: RunConfig) -> None:
+    r, t = cfg.rl, cfg.training
+    if not (r.reward_model or r.reward_funcs):
+        _fail(cfg, f"'stage: {cfg.finetuning.stage}' needs a reward: set 'reward_model' (a 'stage: rm' output "
+              "directory) and/or 'reward_funcs' (module:function).")
+    if t.max_steps is None or t.max_steps <= 0:
+        _fail(cfg, f"'stage: {cfg.finetuning.stage}' needs 'max_steps' (each step is one rollout and its update).")
+    for key in ("rollout_batch_size", "num_generations", "ppo_epochs"):
+        if getattr(r, key) < 1:
+            _fail(cfg, f"'{key}' must be at least 1, got {getattr(r, key)}.")
+    if cfg.finetuning.stage == "grpo" and r.num_generations < 2:
+        _fail(cfg, "'num_generations' must be at least 2: GRPO compares completions of the same prompt.")
+    if r.kl_coef < 0 or not 0 < r.cliprange < 1:
+        _fail(cfg, "'kl_coef' must not be negative and 'cliprange' must be in (0, 1).")

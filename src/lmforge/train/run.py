@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
 import yaml
 
@@ -33,11 +34,8 @@ def run_training(cfg: RunConfig, trainer: LanguageModelTrainer, resume: str | No
                  after_eval: Callable[[LanguageModelTrainer], dict] | None = None) -> dict:
     """Train (resuming from `resume`), save model and state, evaluate, run `after_eval` (e.g. prediction), plot,
     and generate the sample prompts (as chat turns when `chat`). Returns every metric."""
-    args = cfg.training
     if trainer.is_world_process_zero():
-        os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, CONFIG_FILE), "w", encoding="utf-8") as fh:
-            yaml.safe_dump(cfg.raw, fh, sort_keys=False, allow_unicode=True)
+        save_run_config(cfg)
 
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
@@ -56,15 +54,30 @@ def run_training(cfg: RunConfig, trainer: LanguageModelTrainer, resume: str | No
         metrics.update(after_eval(trainer))
 
     if trainer.is_world_process_zero():
-        if cfg.finetuning.plot_loss:
-            plot_curves(args.output_dir, read_log(args.output_dir), stage_curves(cfg.finetuning.stage))
-        if cfg.generation.sample_prompts:
-            samples = generate_samples(trainer.model, trainer.processing_class, cfg.generation, args.seed, chat,
-                                       stop_ids)
-            path = write_samples(args.output_dir, samples)
-            for s in samples:
-                logger.info("Sample ▸ %s ▸ %s", s["prompt"], s["completion"])
-            logger.info("Samples written to %s", path)
+        samples = report(cfg, trainer.model, trainer.processing_class, chat, stop_ids)
+        if samples:
             log_samples(trainer, samples)
-        logger.info("Model and tokenizer saved to %s", args.output_dir)
     return metrics
+
+
+def save_run_config(cfg: RunConfig) -> None:
+    os.makedirs(cfg.training.output_dir, exist_ok=True)
+    with open(os.path.join(cfg.training.output_dir, CONFIG_FILE), "w", encoding="utf-8") as fh:
+        yaml.safe_dump(cfg.raw, fh, sort_keys=False, allow_unicode=True)
+
+
+def report(cfg: RunConfig, model: Any, tokenizer: Any, chat: bool = False,
+           stop_ids: list[int] | None = None) -> list[dict]:
+    """After training (first process): plot the stage's curves, generate the sample prompts; returns the samples."""
+    args = cfg.training
+    if cfg.finetuning.plot_loss:
+        plot_curves(args.output_dir, read_log(args.output_dir), stage_curves(cfg.finetuning.stage))
+    samples = []
+    if cfg.generation.sample_prompts:
+        samples = generate_samples(model, tokenizer, cfg.generation, args.seed, chat, stop_ids)
+        path = write_samples(args.output_dir, samples)
+        for s in samples:
+            logger.info("Sample ▸ %s ▸ %s", s["prompt"], s["completion"])
+        logger.info("Samples written to %s", path)
+    logger.info("Model and tokenizer saved to %s", args.output_dir)
+    return samples

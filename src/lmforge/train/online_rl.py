@@ -1,0 +1,320 @@
+"""The online RL loop shared by `ppo` and `grpo`: rollout, reward, advantages, clipped policy updates, checkpoints.
+
+Why our own loop: the newest TRL no longer ships PPO, and GRPO shares everything but the advantages with it. Owning
+one loop gives both the same prompt encoding and stop tokens as SFT (the chat template's end of turn ends a
+completion), the same rewards, and checkpoints that resume the same run: the policy, value head, optimizer,
+scheduler, RNG states and log are saved together, atomically, and the prompt order is a function of the step.
+
+One step: take `rollout_batch_size` prompts (GRPO: each `num_generations` times), sample completions with the KV
+cache, score them, compute the old/reference log-probabilities (and values), then `ppo_epochs` passes of clipped
+updates in mini-batches of `per_device_train_batch_size` completions, one optimizer step per mini-batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import get_scheduler
+
+from lmforge.config.schema import RunConfig
+from lmforge.rewards import Rewarder
+from lmforge.train.callbacks import LOG_FILE, read_log
+from lmforge.train.chat_stage import ChatStage
+from lmforge.train.rl_losses import (
+    PolicyLoss,
+    gae,
+    group_advantages,
+    grpo_loss,
+    masked_mean,
+    ppo_loss,
+    ppo_rewards,
+    whiten,
+)
+from lmforge.train.rollout import Rollout, completion_logps, sample_completions
+
+logger = logging.getLogger(__name__)
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+STATE_FILE = "rl_state.pt"
+
+
+class ValueHead(torch.nn.Module):
+    """PPO's critic: a linear layer on the policy's last hidden states (the value of the state before each token)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.normal_(self.summary.weight, std=1 / (hidden_size + 1))
+        torch.nn.init.zeros_(self.summary.bias)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.summary.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden)
+
+
+class OnlineRL:
+    def __init__(self, cfg: RunConfig, stage: ChatStage, policy: torch.nn.Module, ref: torch.nn.Module | None,
+                 rewarder: Rewarder, algorithm: str):
+        self.cfg, self.args, self.rl = cfg, cfg.training, cfg.rl
+        self.stage, self.policy, self.ref, self.rewarder, self.algorithm = stage, policy, ref, rewarder, algorithm
+        self.device = self.args.device
+        self.policy.to(self.device)
+        if self.ref is not None:
+            self.ref.to(self.device)
+        self.value_head = None
+        if algorithm == "ppo":
+            hidden = policy.config.get_text_config().hidden_size
+            self.value_head = ValueHead(hidden).to(self.device)
+        self.prompts = stage.data.train
+        self.examples = [json.loads(c) for c in self.prompts["conversation"]]
+        params = [p for p in policy.parameters() if p.requires_grad]
+        if self.value_head is not None:
+            params += list(self.value_head.parameters())
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=self.args.learning_rate, weight_decay=self.args.weight_decay,
+                                           betas=(self.args.adam_beta1, self.args.adam_beta2),
+                                           eps=self.args.adam_epsilon)
+        self.scheduler = get_scheduler(self.args.lr_scheduler_type, self.optimizer,
+                                       num_warmup_steps=self.args.get_warmup_steps(self.args.max_steps),
+                                       num_training_steps=self.args.max_steps)
+        self.step = 0
+        self.log_history: list[dict] = []
+
+    # ---- data -------------------------------------------------------------------------------------------------
+    def batch_indices(self, step: int) -> list[int]:
+        """The prompts of `step`: consecutive slices of per-epoch permutations seeded by the epoch (so the order
+        depends only on the step, and a resumed run takes the same prompts)."""
+        n, size = len(self.prompts), self.rl.rollout_batch_size
+        out = []
+        for position in range(step * size, (step + 1) * size):
+            epoch, offset = divmod(position, n)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed + epoch))
+            out.append(int(order[offset]))
+        return out
+
+    # ---- one step ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reference_logps(self, rollout: Rollout) -> torch.Tensor:
+        temperature = self.cfg.generation.temperature
+        if self.ref is not None:
+            return completion_logps(self.ref, rollout, temperature)[0]
+        with self.policy.disable_adapter():
+            return completion_logps(self.policy, rollout, temperature)[0]
+
+    def make_rollout(self, step: int) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
+        group = self.rl.num_generations if self.algorithm == "grpo" else 1
+        indices = [i for i in self.batch_indices(step) for _ in range(group)]
+        prompts = [self.prompts[i]["input_ids"] for i in indices]
+        stop_ids = list(self.stage.stop_ids)
+        rollout = sample_completions(self.policy, prompts, self.cfg.generation, self.stage.tokenizer.pad_token_id,
+                                     stop_ids)
+        tokenizer = self.stage.tokenizer
+        completion_ids = rollout.input_ids[:, rollout.prompt_width:] * rollout.completion_mask
+        completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=False)
+        examples = [self.examples[i] for i in indices]
+        scores, parts = self.rewarder(prompt_texts, completions, [e["messages"] for e in examples],
+                                      [e.get("reference") for e in examples])
+        batch: dict[str, torch.Tensor] = {"scores": torch.tensor(scores, device=self.device, dtype=torch.float32)}
+        with torch.no_grad():
+            self.policy.eval()
+            old_logps, _, old_values = completion_logps(self.policy, rollout, self.cfg.generation.temperature,
+                                                        self.value_head)
+            batch["old_logps"] = old_logps
+            needs_ref = self.algorithm == "ppo" or self.rl.kl_coef > 0
+            batch["ref_logps"] = self.reference_logps(rollout) if needs_ref else old_logps
+            mask = rollout.completion_mask.float()
+            if self.algorithm == "ppo":
+                rewards = ppo_rewards(batch["scores"], old_logps, batch["ref_logps"], mask, self.rl.kl_coef)
+                advantages, returns = gae(rewards, old_values, mask, self.rl.gamma, self.rl.lam)
+                batch.update(advantages=whiten(advantages, mask), returns=returns, old_values=old_values)
+            else:
+                batch["advantages"] = group_advantages(batch["scores"], group)
+        kl = ((old_logps - batch["ref_logps"]) * mask).sum(-1).mean().item()
+        stats = {"reward": batch["scores"].mean().item(), **parts, "kl": kl,
+                 "completion_length": mask.sum(-1).mean().item()}
+        return rollout, batch, stats
+
+    def update(self, rollout: Rollout, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        self.policy.train()
+        size = rollout.input_ids.shape[0]
+        generator = torch.Generator().manual_seed(self.args.seed * 100_003 + step)
+        stats: dict[str, list[float]] = defaultdict(list)
+        for _ in range(self.rl.ppo_epochs):
+            for rows in torch.randperm(size, generator=generator).split(self.args.per_device_train_batch_size):
+                rows = rows.to(self.device)
+                part = rollout.select(rows)
+                mask = part.completion_mask.float()
+                logps, entropy, values = completion_logps(self.policy, part, self.cfg.generation.temperature,
+                                                          self.value_head)
+                if self.algorithm == "ppo":
+                    out: PolicyLoss = ppo_loss(logps, batch["old_logps"][rows], batch["advantages"][rows], values,
+                                               batch["old_values"][rows], batch["returns"][rows], mask,
+                                               self.rl.cliprange, self.rl.cliprange_value, self.rl.vf_coef)
+                else:
+                    ref = batch["ref_logps"][rows] if self.rl.kl_coef > 0 else None
+                    out = grpo_loss(logps, batch["old_logps"][rows], ref, batch["advantages"][rows], mask,
+                                    self.rl.cliprange, self.rl.kl_coef)
+                out.loss.backward()
+                if self.args.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                stats["loss"].append(out.loss.item())
+                stats["policy_loss"].append(out.policy_loss.item())
+                stats["clip_fraction"].append(out.clip_fraction.item())
+                stats["approx_kl"].append(out.approx_kl.item())
+                stats["entropy"].append(masked_mean(entropy, mask).item())
+                if out.value_loss is not None:
+                    stats["value_loss"].append(out.value_loss.item())
+        self.scheduler.step()
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    # ---- loop -------------------------------------------------------------------------------------------------
+    def train(self, resume: str | None = None) -> dict[str, float]:
+        if resume:
+            self.load_checkpoint(resume)
+        self.rewrite_log()
+        pending: dict[str, list[float]] = defaultdict(list)
+        last: dict[str, float] = {}
+        while self.step < self.args.max_steps:
+            rollout, batch, rollout_stats = self.make_rollout(self.step)
+            update_stats = self.update(rollout, batch, self.step)
+            self.step += 1
+            for key, value in {**rollout_stats, **update_stats}.items():
+                pending[key].append(value)
+            if self.step % max(int(self.args.logging_steps), 1) == 0 or self.step == self.args.max_steps:
+                last = {k: sum(v) / len(v) for k, v in pending.items()}
+                self.log({**last, "learning_rate": self.scheduler.get_last_lr()[0]})
+                pending.clear()
+            save_every = int(self.args.save_steps) if str(self.args.save_strategy) != "no" else 0
+            if save_every and self.step % save_every == 0 and self.step < self.args.max_steps:
+                self.save_checkpoint()
+        self.save_final()
+        return last
+
+    def log(self, values: dict[str, float]) -> None:
+        record = {"step": self.step, **{k: round(v, 6) if isinstance(v, float) else v for k, v in values.items()}}
+        self.log_history.append(record)
+        logger.info("step %d/%d: %s", self.step, self.args.max_steps,
+                    ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k in ("reward", "kl", "loss",
+                                                                                  "clip_fraction")))
+        with open(os.path.join(self.args.output_dir, LOG_FILE), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def rewrite_log(self) -> None:
+        """The log file as the run stands at its (resumed) step: later lines of an interrupted run are dropped."""
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        kept = [r for r in read_log(self.args.output_dir) if r.get("step", 0) <= self.step] if self.step else []
+        with open(os.path.join(self.args.output_dir, LOG_FILE), "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in kept)
+
+    # ---- saving -----------------------------------------------------------------------------------------------
+    def save_model(self, directory: str) -> None:
+        self.policy.save_pretrained(directory)
+        self.stage.tokenizer.save_pretrained(directory)
+        if self.value_head is not None:
+            save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()},
+                      os.path.join(directory, VALUE_HEAD_FILE))
+
+    def save_checkpoint(self) -> str:
+        """`checkpoint-<step>` appears complete or not at all: written to a temporary directory, then renamed."""
+        final = os.path.join(self.args.output_dir, f"checkpoint-{self.step}")
+        tmp = os.path.join(self.args.output_dir, f".tmp-checkpoint-{self.step}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.save_model(tmp)
+        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "log_history": self.log_history,
+                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                            "numpy": np.random.get_state()}}, os.path.join(tmp, STATE_FILE))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        self.rotate_checkpoints()
+        logger.info("Saved %s", final)
+        return final
+
+    def rotate_checkpoints(self) -> None:
+        limit = self.args.save_total_limit
+        if not limit:
+            return
+        steps = sorted(int(d.split("-")[1]) for d in os.listdir(self.args.output_dir)
+                       if d.startswith("checkpoint-") and d.split("-")[1].isdigit())
+        for step in steps[:-limit]:
+            shutil.rmtree(os.path.join(self.args.output_dir, f"checkpoint-{step}"), ignore_errors=True)
+
+    def load_checkpoint(self, path: str) -> None:
+        state_path = os.path.join(path, STATE_FILE)
+        if not os.path.isfile(state_path):
+            from lmforge.errors import ConfigError
+
+            raise ConfigError(f"Config error: '{path}' is not a {self.algorithm} checkpoint (no {STATE_FILE}).")
+        state = torch.load(state_path, weights_only=False)
+        load_policy_weights(self.policy, path)
+        if self.value_head is not None:
+            self.value_head.load_state_dict(load_file(os.path.join(path, VALUE_HEAD_FILE)))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        self.step, self.log_history = state["step"], state["log_history"]
+        logger.info("Resumed from %s at step %d", path, self.step)
+
+    def save_final(self) -> None:
+        self.save_model(self.args.output_dir)
+        with open(os.path.join(self.args.output_dir, "trainer_state.json"), "w", encoding="utf-8") as fh:
+            json.dump({"global_step": self.step, "log_history": self.log_history}, fh, indent=1)
+
+
+def load_policy_weights(policy: torch.nn.Module, directory: str) -> None:
+    """The weights a checkpoint saved with `save_pretrained`: a LoRA adapter, or the full (possibly sharded) model."""
+    adapter = os.path.join(directory, "adapter_model.safetensors")
+    if os.path.isfile(adapter):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(policy, load_file(adapter))
+        return
+    files = sorted(f for f in os.listdir(directory) if f.startswith("model") and f.endswith(".safetensors"))
+    state: dict[str, Any] = {}
+    for name in files:
+        state.update(load_file(os.path.join(directory, name)))
+    missing, unexpected = policy.load_state_dict(state, strict=False)
+    tied = {k for k in missing if "lm_head" in k}  # tied to the embeddings, not saved separately
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"checkpoint {directory} does not match the model: missing {sorted(set(missing) - tied)[:3]}"
+                           f", unexpected {sorted(unexpected)[:3]}")
+
+
+def run_online_rl(cfg: RunConfig, algorithm: str) -> dict:
+    """The recipe of `ppo` and `grpo`: prompts, policy (+ reference), rewards, the loop, the final report."""
+    from transformers import set_seed
+
+    from lmforge.model.reference import reference_model
+    from lmforge.train.chat_stage import policy_model, prepare_chat_stage
+    from lmforge.train.checkpoint import resolve_resume
+    from lmforge.train.run import report, save_run_config
+
+    resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
+    stage = prepare_chat_stage(cfg, resume)
+    policy = policy_model(cfg, stage)
+    needs_ref = algorithm == "ppo" or cfg.rl.kl_coef > 0
+    ref = reference_model(cfg, policy, stage.tokenizer) if needs_ref else None
+    rewarder = Rewarder(cfg.rl.reward_funcs, cfg.rl.reward_model, device=cfg.training.device)
+    set_seed(cfg.training.seed)
+    save_run_config(cfg)
+    loop = OnlineRL(cfg, stage, policy, ref, rewarder, algorithm)
+    metrics = loop.train(resume)
+    report(cfg, policy, stage.tokenizer, chat=True, stop_ids=stage.stop_ids)
+    return metrics
