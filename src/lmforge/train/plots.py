@@ -25,6 +25,8 @@ STAGE_CURVES: dict[str, tuple[str, ...]] = {
     "rm": ("accuracy", "margin"),
     "dpo": ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"),
     "kto": ("rewards/chosen", "rewards/rejected", "kl"),
+    "ppo": ("reward", "kl", "entropy", "clip_fraction", "value_loss"),
+    "grpo": ("reward", "kl", "entropy", "clip_fraction"),
 }
 
 
