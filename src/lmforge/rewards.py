@@ -2,7 +2,7 @@
 
 A reward function follows TRL's convention, so functions written for TRL work unchanged:
 `f(prompts: list[str], completions: list[str], **columns) -> list[float]`, where the columns are `reference` (the
-dataset's answer, or None) and `messages` (each prompt as chat messages). Two built-ins compare with the reference.
+dataset's answer, or None) and `messages` (each prompt as chat messages). The built-ins compare with the reference.
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ def contains_reference(prompts: list[str], completions: list[str], reference: li
                        **_: Any) -> list[float]:
     """1.0 where the reference answer appears in the completion, else 0.0."""
     return [float(ref is not None and ref.strip() in c) for c, ref in zip(completions, reference, strict=True)]
+
+
+def token_f1(prompts: list[str], completions: list[str], reference: list[str | None], **_: Any) -> list[float]:
+    """Word-level F1 between the completion and the reference answer (partial credit, as in extractive QA)."""
+    from collections import Counter
+
+    scores = []
+    for completion, ref in zip(completions, reference, strict=True):
+        predicted, gold = completion.split(), (ref or "").split()
+        common = sum((Counter(predicted) & Counter(gold)).values())
+        scores.append(0.0 if not common else 2 * common / (len(predicted) + len(gold)))
+    return scores
 
 
 def load_function(spec: str) -> RewardFunction:

@@ -121,8 +121,9 @@ class OnlineRL:
         rollout = sample_completions(self.policy, prompts, self.cfg.generation, self.stage.tokenizer.pad_token_id,
                                      stop_ids)
         tokenizer = self.stage.tokenizer
-        completion_ids = rollout.input_ids[:, rollout.prompt_width:] * rollout.completion_mask
-        completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        completions = tokenizer.batch_decode(
+            [row[mask.bool()] for row, mask in zip(rollout.input_ids[:, rollout.prompt_width:],
+                                                   rollout.completion_mask, strict=True)], skip_special_tokens=True)
         prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=False)
         examples = [self.examples[i] for i in indices]
         scores, parts = self.rewarder(prompt_texts, completions, [e["messages"] for e in examples],
