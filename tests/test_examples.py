@@ -20,6 +20,8 @@ def test_example_configs_validate():
     for path in sorted((REPO / "examples").glob("*.yaml")):
         stages[path.name] = load_config(str(path)).finetuning.stage
     assert stages["pretrain_quickstart.yaml"] == "pt" and stages["sft_quickstart.yaml"] == "sft"
+    for stage in ("rm", "dpo", "kto", "ppo", "grpo"):
+        assert stages[f"{stage}_quickstart.yaml"] == stage
 
 
 def test_sft_quickstart_data_is_generated_by_the_project():
@@ -27,6 +29,16 @@ def test_sft_quickstart_data_is_generated_by_the_project():
 
     with open(REPO / "src" / "lmforge" / "resources" / "sft_quickstart.jsonl", encoding="utf-8") as fh:
         assert [json.loads(line) for line in fh] == generate_sft()
+
+
+def test_preference_quickstart_data_is_generated_by_the_project():
+    from lmforge.resources.preference_quickstart import kto_examples, pairs
+
+    resources = REPO / "src" / "lmforge" / "resources"
+    for name, records in (("preference_quickstart.jsonl", pairs()), ("kto_quickstart.jsonl", kto_examples())):
+        with open(resources / name, encoding="utf-8") as fh:
+            assert [json.loads(line) for line in fh] == records
+    assert all(p["chosen"] != p["rejected"] for p in pairs())
 
 
 def test_tutorial_scale_example_is_about_120m_parameters(tiny_tokenizer):

@@ -112,3 +112,12 @@ def test_grpo_with_a_reward_model_and_a_builtin_reward(tiny_model_dir, tmp_path)
 def test_rl_settings_that_cannot_work_are_clear_errors(tiny_model_dir, tmp_path, capsys, stage, extra, message):
     assert main(["train", *rl_args(stage, tiny_model_dir, tmp_path / "x", **extra)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_builtin_rewards_compare_with_the_reference():
+    from lmforge.rewards import contains_reference, exact_match, token_f1
+
+    completions, reference = [" three ", "red fox", "a b", "x"], ["three", "red fox kite", "b a", None]
+    assert exact_match([], completions, reference) == [1.0, 0.0, 0.0, 0.0]
+    assert contains_reference([], completions, reference) == [1.0, 0.0, 0.0, 0.0]
+    assert token_f1([], completions, reference) == pytest.approx([1.0, 2 * 2 / 5, 1.0, 0.0])
