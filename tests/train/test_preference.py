@@ -165,3 +165,21 @@ def test_preference_settings_that_cannot_work_are_clear_errors(tiny_model_dir, t
     args = stage_args(extra.pop("stage"), tiny_model_dir, tmp_path / "x", "dpo_en_demo", **extra)
     assert main(["train", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_data_dump_and_preview_show_chosen_and_rejected(tiny_model_dir, task, tmp_path, capsys):
+    args = stage_args("dpo", tiny_model_dir, tmp_path / "unused", task["pairs"], max_samples=5)
+    dump = tmp_path / "pairs.jsonl"
+    assert main(["data", "dump", *args, "--output", str(dump)]) == 0
+    rows = [json.loads(line) for line in open(dump)]
+    assert len(rows) == 5 and {"chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"} <= set(
+        rows[0])
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    source = [json.loads(line) for line in open(task["pairs"])][rows[0]["record"]]
+    chosen = [t for t, label in zip(rows[0]["chosen_input_ids"], rows[0]["chosen_labels"], strict=True) if label != -100]
+    assert tok.decode(chosen).replace(" ", "") == (source["chosen"] + "<|im_end|>").replace(" ", "")
+    capsys.readouterr()
+    assert main(["data", "preview", *args, "--num", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "example 0 chosen" in out and "example 0 rejected" in out and "sequences: 10" in out
+    assert f"⟦{source['rejected']}<|im_end|>⟧" in out

@@ -200,7 +200,8 @@ class OnlineRL:
                 last = {k: sum(v) / len(v) for k, v in pending.items()}
                 self.log({**last, "learning_rate": self.scheduler.get_last_lr()[0]})
                 pending.clear()
-            save_every = int(self.args.save_steps) if str(self.args.save_strategy) != "no" else 0
+            strategy = getattr(self.args.save_strategy, "value", self.args.save_strategy)
+            save_every = int(self.args.save_steps) if strategy != "no" else 0
             if save_every and self.step % save_every == 0 and self.step < self.args.max_steps:
                 self.save_checkpoint()
         self.save_final()
