@@ -176,7 +176,8 @@ def test_data_dump_and_preview_show_chosen_and_rejected(tiny_model_dir, task, tm
         rows[0])
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     source = [json.loads(line) for line in open(task["pairs"])][rows[0]["record"]]
-    chosen = [t for t, label in zip(rows[0]["chosen_input_ids"], rows[0]["chosen_labels"], strict=True) if label != -100]
+    chosen = [t for t, label in zip(rows[0]["chosen_input_ids"], rows[0]["chosen_labels"], strict=True)
+              if label != -100]
     assert tok.decode(chosen).replace(" ", "") == (source["chosen"] + "<|im_end|>").replace(" ", "")
     capsys.readouterr()
     assert main(["data", "preview", *args, "--num", "1"]) == 0

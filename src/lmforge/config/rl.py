@@ -15,8 +15,8 @@ class RLArguments:
     reward_funcs: str | None = option(
         None, "With `ppo`/`grpo`: comma-separated Python reward functions, `module:function` or "
         "`path/to/file.py:function`, called as `f(prompts, completions, **columns) -> list[float]` (columns: "
-        "`reference`, `messages`); built-ins: `lmforge.rewards:exact_match`, `lmforge.rewards:contains_reference`, `lmforge.rewards:token_f1`. "
-        "Their scores (and the reward model's) are summed.")
+        "`reference`, `messages`); built-ins: `lmforge.rewards:exact_match`, `lmforge.rewards:contains_reference`, "
+        "`lmforge.rewards:token_f1`. Their scores (and the reward model's) are summed.")
     rollout_batch_size: int = option(
         16, "Prompts per optimisation step (PPO); GRPO samples `num_generations` completions for each.")
     num_generations: int = option(4, "With `grpo`: completions sampled per prompt (the group).")
