@@ -14,12 +14,15 @@ Usage:
   lmforge train CONFIG.yaml [key=value ...]   train (stage from the config: pt, sft, rm, dpo, kto)
   lmforge data preview CONFIG.yaml [--num N]  show examples with the trained tokens marked, and length statistics
   lmforge data dump CONFIG.yaml --output F    write every processed example (input_ids, labels) as JSON lines
+  lmforge eval [CONFIG.yaml] [key=value ...]  evaluate a model: a multiple-choice benchmark (mmlu/cmmlu/ceval
+                                              layout), perplexity or generation; writes results.json
+  lmforge eval ... --harness TASKS            run lm-evaluation-harness tasks with the model (`harness` extra)
   lmforge score RM_DIR INPUT.jsonl [--output F] [--batch-size N]
                                               score lines ({{"messages": [...]}} or {{"text": ...}}) with a reward model
   lmforge bench CONFIG.yaml [key=value ...]   measure training speed: tokens/s, FLOP/s, peak memory
   lmforge env                                 versions of python, torch, transformers, ... and devices
   lmforge version                             print the version
-  lmforge help [train|config]                 this text, or every config key with its type, default and help
+  lmforge help [train|eval|config]            this text, or every config key with its type, default and help
 
 Overrides on the command line win over the YAML file: `key=value`, `--key value` or `--key=value`.
 """
@@ -31,7 +34,7 @@ def _usage() -> str:
 
 def cmd_train(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
-        print(_usage() if not args else _reference(False))
+        print(_usage() if not args else _reference(False, "train"))
         return 0 if args else 2
     from lmforge.config import load_config
     from lmforge.logs import setup_logging
@@ -93,6 +96,24 @@ def cmd_data(args: list[str]) -> int:
     return 0
 
 
+def cmd_eval(args: list[str]) -> int:
+    if args and args[0] in ("-h", "--help"):
+        print("Usage: lmforge eval [CONFIG.yaml] [key=value ...] [--harness TASKS]\n"
+              "e.g. lmforge eval model_name_or_path=DIR task=cmmlu task_dir=PATH n_shot=5 max_samples=20 "
+              "output_dir=OUT\n\n" + _reference(False, "eval"))
+        return 0
+    from lmforge.config.parse import load_eval_config
+    from lmforge.eval.run import run_eval
+    from lmforge.logs import setup_logging
+
+    setup_logging()
+    harness, args = _take_option(args, "harness")
+    config_path, overrides = _split_config_path(args)
+    cfg = load_eval_config(config_path, overrides + ([f"harness_tasks={harness}"] if harness else []))
+    run_eval(cfg)
+    return 0
+
+
 def cmd_score(args: list[str]) -> int:
     output, args = _take_option(args, "output")
     batch_size, args = _take_option(args, "batch-size")
@@ -137,15 +158,15 @@ def cmd_version(args: list[str]) -> int:
     return 0
 
 
-def _reference(markdown: bool) -> str:
+def _reference(markdown: bool, schema: str = "all") -> str:
     from lmforge.config.docs import render_reference
 
-    return render_reference(markdown=markdown)
+    return render_reference(markdown=markdown, schema=schema)
 
 
 def cmd_help(args: list[str]) -> int:
-    if args and args[0] in ("train", "config"):
-        print(_reference(markdown="--markdown" in args))
+    if args and args[0] in ("train", "eval", "config"):
+        print(_reference(markdown="--markdown" in args, schema={"config": "all"}.get(args[0], args[0])))
     else:
         print(_usage())
     return 0
@@ -154,6 +175,7 @@ def cmd_help(args: list[str]) -> int:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train,
     "data": cmd_data,
+    "eval": cmd_eval,
     "score": cmd_score,
     "bench": cmd_bench,
     "env": cmd_env,

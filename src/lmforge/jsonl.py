@@ -1,26 +1,42 @@
-"""JSON-lines files written atomically: the file appears only when complete (never half-written)."""
+"""JSON and JSON-lines files written atomically: the file appears only when complete (never half-written)."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any
 
 
-def write_jsonl(path: str, rows: Iterable[dict]) -> int:
-    """Write `rows` to `path` as JSON lines via a temporary file renamed into place; returns the row count."""
+@contextmanager
+def atomic_open(path: str, suffix: str = "") -> Iterator[IO[str]]:
+    """A text file handle whose contents replace `path` only when the block completes without error."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=directory)
-    count = 0
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
+            yield fh
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_jsonl(path: str, rows: Iterable[dict]) -> int:
+    """Write `rows` to `path` as JSON lines, atomically; returns the row count."""
+    count = 0
+    with atomic_open(path, ".jsonl") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
     return count
+
+
+def write_json(path: str, value: Any) -> None:
+    """Write `value` to `path` as indented JSON, atomically."""
+    with atomic_open(path, ".json") as fh:
+        json.dump(value, fh, indent=2, ensure_ascii=False)
+        fh.write("\n")

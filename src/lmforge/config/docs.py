@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 
 from lmforge.config.coerce import type_name
-from lmforge.config.schema import GROUPS, key_index
+from lmforge.config.schema import EVAL_GROUPS, GROUPS, key_index
 
 TITLES = {
     "model": "Model and tokenizer",
@@ -14,6 +14,7 @@ TITLES = {
     "generation": "Generation (samples at the end of training; ppo/grpo rollouts)",
     "rl": "Online RL (ppo, grpo): rewards, rollouts, policy updates",
     "tracking": "Experiment tracking",
+    "eval": "Evaluation (`lmforge eval`; the model, data and generation keys above apply too, except where noted)",
     "training": "Trainer (every `transformers.TrainingArguments` field, passed through; `bf16`/`fp16` also take "
     "`auto`: on where the GPU supports it)",
 }
@@ -31,15 +32,17 @@ def _help(text: str) -> str:
     return " ".join(text.split())
 
 
-def render_reference(markdown: bool = False) -> str:
-    index = key_index()
+def render_reference(markdown: bool = False, schema: str = "all") -> str:
+    """Every key of `lmforge train` (`schema="train"`), of `lmforge eval` (`"eval"`), or both (`"all"`)."""
+    index = {**key_index("train"), **key_index("eval")} if schema == "all" else key_index(schema)
+    groups = {"train": list(GROUPS), "eval": list(EVAL_GROUPS)}.get(schema, [*GROUPS, "eval"])
     lines = []
     if markdown:
         lines += ["# Config reference", "",
                   "Generated from lmforge's config dataclasses by `lmforge help config --markdown`; do not edit.",
                   "Every key can be set in the run's YAML file or on the command line as `key=value` (command line "
                   "wins). Mapping keys take `key.sub=value` too.", ""]
-    for group in GROUPS:
+    for group in groups:
         keys = [k for k in index.values() if k.group == group]
         if markdown:
             lines += [f"## {TITLES[group]}", "", "| key | type | default | description |", "|---|---|---|---|"]

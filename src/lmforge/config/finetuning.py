@@ -41,8 +41,6 @@ class FinetuningArguments:
     use_dora: bool = option(False, "Weight-decomposed LoRA (DoRA).")
     loraplus_lr_ratio: float | None = option(
         None, "LoRA+: the B matrices learn this many times faster than the A matrices.")
-    adapter_name_or_path: str | None = option(
-        None, "A saved LoRA adapter to start from (trained further) instead of new adapters.")
     plot_loss: bool = option(False, "Save PNG plots of the train and eval loss in `output_dir`.")
     pref_loss: Literal["sigmoid", "hinge", "ipo", "orpo", "simpo"] = option(
         "sigmoid", "With `dpo`: the preference loss. `sigmoid` (DPO), `hinge` (SLiC), `ipo` (on per-token mean "

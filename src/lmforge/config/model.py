@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from lmforge.config.fields import option
 
@@ -40,6 +40,11 @@ class ModelArguments:
     tokenizer_max_samples: int | None = option(
         None, "Train the tokenizer on at most this many documents (all of the training split when unset)."
     )
+    adapter_name_or_path: str | None = option(
+        None, "A saved LoRA adapter (PEFT directory). Training with `finetuning_type: lora` continues it instead of "
+        "adding new adapters; eval loads it on top of `model_name_or_path`.")
+    infer_dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
+        "auto", "eval: the dtype the weights are loaded in (`auto`: as saved in the checkpoint).")
     trust_remote_code: bool = option(False, "Allow model/tokenizer code from the model repository to run.")
     attn_implementation: str | None = option(
         None, "Attention kernel: `sdpa`, `eager`, `flash_attention_2`, ... (transformers' default when unset)."

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 
 from lmforge.config.coerce import coerce
-from lmforge.config.schema import GROUPS, TRAINING_DEFAULTS, RunConfig, key_index
-from lmforge.config.validate import validate
+from lmforge.config.schema import DEFAULTS, EVAL_GROUPS, GROUPS, SCHEMAS, EvalConfig, RunConfig, key_index
+from lmforge.config.validate import validate, validate_eval
 from lmforge.device import accelerator_available, auto_precision
 from lmforge.errors import ConfigError
 
@@ -86,19 +86,16 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: set[str] | None = None) -> RunConfig:
-    """Check every key and value of `raw` and build the RunConfig (exits 2 via ConfigError on any problem)."""
-    from transformers import TrainingArguments
-
-    index = key_index()
-    cli_keys = cli_keys or set()
-    values: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
+def typed_values(raw: dict[str, Any], schema: str, source: str, cli_keys: set[str]) -> dict[str, dict[str, Any]]:
+    """Group -> {key: value checked and converted to the key's type}, for the keys of one command's schema."""
+    index = key_index(schema)
+    values: dict[str, dict[str, Any]] = {group: {} for group in SCHEMAS[schema]}
     for key, value in raw.items():
         where = "command line" if key in cli_keys else source
         if not isinstance(key, str) or key not in index:
             raise ConfigError(
                 f"Config error ({where}): unknown key '{key}'.{suggest(str(key), index.keys())} "
-                "Run `lmforge help train` to list every key."
+                f"Run `lmforge help {schema}` to list every key."
             )
         spec = index[key]
         if key == "resume_from_checkpoint" and isinstance(value, bool):
@@ -106,11 +103,19 @@ def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: 
         if key in ("bf16", "fp16") and isinstance(value, str) and value.lower() == "auto":
             value = auto_precision(key)  # mixed precision where the hardware has it
         values[spec.group][key] = coerce(key, value, spec.type, where)
+    for key, default in DEFAULTS[schema].items():
+        values[index[key].group].setdefault(key, default)
+    return values
+
+
+def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: set[str] | None = None) -> RunConfig:
+    """Check every key and value of `raw` and build the RunConfig (exits 2 via ConfigError on any problem)."""
+    from transformers import TrainingArguments
+
+    values = typed_values(raw, "train", source, cli_keys or set())
     if values["training"].get("bf16") and values["training"].get("fp16"):
         raise ConfigError(f"Config error ({source}): 'bf16' and 'fp16' exclude each other: choose one precision.")
 
-    for key, default in TRAINING_DEFAULTS.items():
-        values["training"].setdefault(key, default)
     if "use_cpu" not in values["training"] and not accelerator_available():
         # accelerate only forms a multi-process CPU group (torchrun + gloo) when told the run is on the CPU
         values["training"]["use_cpu"] = True
@@ -135,3 +140,15 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> RunConf
     base = read_yaml(path) if path else {}
     cli = parse_overrides(overrides or [])
     return build_config(merge(base, cli), source=path or "<command line>", cli_keys=set(cli))
+
+
+def load_eval_config(path: str | None, overrides: list[str] | None = None) -> EvalConfig:
+    """`lmforge eval`: YAML file (optional) + command-line overrides -> validated EvalConfig."""
+    base = read_yaml(path) if path else {}
+    cli = parse_overrides(overrides or [])
+    source = path or "<command line>"
+    values = typed_values(merge(base, cli), "eval", source, set(cli))
+    cfg = EvalConfig(**{group: cls(**values[group]) for group, cls in EVAL_GROUPS.items()}, source=source,
+                     raw=merge(base, cli))
+    validate_eval(cfg)
+    return cfg

@@ -11,6 +11,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from lmforge.config.data import DataArguments
+from lmforge.config.evaluation import EvalArguments
 from lmforge.config.finetuning import FinetuningArguments
 from lmforge.config.generation import GenerationArguments
 from lmforge.config.model import ModelArguments
@@ -28,11 +29,26 @@ GROUPS: dict[str, type] = {
     "training": TrainingArguments,
 }
 
+# The keys of `lmforge eval`: the model to load, the data of perplexity/generation tasks, decoding, the task itself.
+EVAL_GROUPS: dict[str, type] = {
+    "model": ModelArguments,
+    "data": DataArguments,
+    "generation": GenerationArguments,
+    "eval": EvalArguments,
+}
+
+SCHEMAS: dict[str, dict[str, type]] = {"train": GROUPS, "eval": EVAL_GROUPS}
+
 # Where lmforge's default differs from transformers', and why.
 TRAINING_DEFAULTS: dict[str, Any] = {
     "logging_steps": 10,  # transformers logs every 500 steps: too rare to watch a small run
     "include_num_input_tokens_seen": "all",  # feeds tokens/s in trainer_log.jsonl
 }
+
+
+# Evaluation decodes greedily unless told otherwise: scores should not depend on the seed.
+EVAL_DEFAULTS: dict[str, Any] = {"do_sample": False}
+DEFAULTS: dict[str, dict[str, Any]] = {"train": TRAINING_DEFAULTS, "eval": EVAL_DEFAULTS}
 
 
 @dataclass
@@ -50,6 +66,18 @@ class RunConfig:
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@dataclass
+class EvalConfig:
+    """One `lmforge eval` run, fully resolved."""
+
+    model: ModelArguments
+    data: DataArguments
+    generation: GenerationArguments
+    eval: EvalArguments
+    source: str = "<command line>"
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 def group_fields(cls: type) -> list[dataclasses.Field]:
     """The init fields of a group (private or non-init fields of TrainingArguments are not config keys)."""
     return [f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
@@ -62,6 +90,7 @@ class Key:
     group: str
     field: dataclasses.Field
     type: Any
+    schema: str = "train"
 
     @property
     def name(self) -> str:
@@ -73,25 +102,25 @@ class Key:
 
     @property
     def default(self) -> Any:
-        return field_default(self.group, self.field)
+        return field_default(self.group, self.field, self.schema)
 
 
 @functools.cache
-def key_index() -> dict[str, Key]:
-    """Every config key -> Key. Keys are unique across groups."""
+def key_index(schema: str = "train") -> dict[str, Key]:
+    """Every config key of a command (`train` or `eval`) -> Key. Keys are unique across groups."""
     index: dict[str, Key] = {}
-    for group, cls in GROUPS.items():
+    for group, cls in SCHEMAS[schema].items():
         hints = typing.get_type_hints(cls)  # resolves `from __future__ import annotations` strings
         for f in group_fields(cls):
             if f.name in index:
                 raise RuntimeError(f"config key {f.name!r} is defined in both {index[f.name].group} and {group}")
-            index[f.name] = Key(group, f, hints.get(f.name, f.type))
+            index[f.name] = Key(group, f, hints.get(f.name, f.type), schema)
     return index
 
 
-def field_default(group: str, f: dataclasses.Field) -> Any:
-    if group == "training" and f.name in TRAINING_DEFAULTS:
-        return TRAINING_DEFAULTS[f.name]
+def field_default(group: str, f: dataclasses.Field, schema: str = "train") -> Any:
+    if f.name in DEFAULTS[schema]:  # key names are unique within a schema
+        return DEFAULTS[schema][f.name]
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]

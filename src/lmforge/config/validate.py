@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 from lmforge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from lmforge.config.schema import RunConfig
+    from lmforge.config.schema import EvalConfig, RunConfig
 
 
-def _fail(cfg: RunConfig, message: str) -> None:
+def _fail(cfg: RunConfig | EvalConfig, message: str) -> None:
     raise ConfigError(f"Config error ({cfg.source}): {message}")
 
 
@@ -37,10 +37,7 @@ def validate(cfg: RunConfig) -> None:
             if getattr(m, key):
                 _fail(cfg, f"'{key}' only applies to a model built from scratch; add 'from_scratch: true' or drop "
                       f"'{key}'.")
-    for key in ("model_name_or_path", "tokenizer_name_or_path"):
-        value = getattr(m, key)
-        if value and value.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(value)):
-            _fail(cfg, f"'{key}': the directory '{value}' does not exist.")
+    _check_paths_exist(cfg, ("model_name_or_path", "tokenizer_name_or_path", "adapter_name_or_path"))
     if m.from_scratch and m.model_type:
         from lmforge.model.build import check_architecture
 
@@ -104,8 +101,9 @@ def _validate_stage(cfg: RunConfig) -> None:
     if g.predict_with_generate and not cfg.training.do_predict:
         _fail(cfg, "'predict_with_generate' needs 'do_predict: true'.")
     if f.finetuning_type != "lora":
-        lora_only = [k for k in ("loraplus_lr_ratio", "adapter_name_or_path", "additional_target")
-                     if getattr(f, k) is not None] + [k for k in ("use_rslora", "use_dora") if getattr(f, k)]
+        lora_only = [k for k in ("loraplus_lr_ratio", "additional_target") if getattr(f, k) is not None]
+        lora_only += [k for k in ("use_rslora", "use_dora") if getattr(f, k)]
+        lora_only += ["adapter_name_or_path"] if m.adapter_name_or_path else []
         if m.quantization_bit:
             lora_only.insert(0, "quantization_bit")
         if lora_only:
@@ -160,3 +158,40 @@ def _validate_rl(cfg: RunConfig) -> None:
         _fail(cfg, "'num_generations' must be at least 2: GRPO compares completions of the same prompt.")
     if r.kl_coef < 0 or not 0 < r.cliprange < 1:
         _fail(cfg, "'kl_coef' must not be negative and 'cliprange' must be in (0, 1).")
+
+
+def _check_paths_exist(cfg: RunConfig | EvalConfig, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = getattr(cfg.model, key)
+        if value and value.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(value)):
+            _fail(cfg, f"'{key}': the directory '{value}' does not exist.")
+
+
+def validate_eval(cfg: EvalConfig) -> None:
+    """`lmforge eval`: a model to load, somewhere to write, and the inputs the task needs."""
+    from lmforge.config.evaluation import GENERATE_TASK, PERPLEXITY_TASK
+
+    m, d, e = cfg.model, cfg.data, cfg.eval
+    if not m.model_name_or_path:
+        _fail(cfg, "'model_name_or_path' is required: the model directory (or hub id) to evaluate.")
+    if m.from_scratch:
+        _fail(cfg, "'from_scratch' does not apply to eval: evaluate a saved model (`model_name_or_path`).")
+    _check_paths_exist(cfg, ("model_name_or_path", "tokenizer_name_or_path", "adapter_name_or_path"))
+    if not e.output_dir:
+        _fail(cfg, "'output_dir' is required (where results.json and predictions.jsonl are written).")
+    for key in ("batch_size",):
+        if getattr(e, key) < 1:
+            _fail(cfg, f"'{key}' must be at least 1, got {getattr(e, key)}.")
+    if e.n_shot < 0:
+        _fail(cfg, f"'n_shot' must be 0 or more, got {e.n_shot}.")
+    if d.max_samples is not None and d.max_samples < 1:
+        _fail(cfg, f"'max_samples' must be at least 1, got {d.max_samples}.")
+    if e.harness_tasks:
+        return
+    if e.task in (PERPLEXITY_TASK, GENERATE_TASK) and not d.dataset:
+        _fail(cfg, f"'task: {e.task}' needs 'dataset': the texts or prompts to evaluate on.")
+    if e.task == PERPLEXITY_TASK:
+        if d.cutoff_len < 2:
+            _fail(cfg, f"'cutoff_len' (the perplexity window) must be at least 2, got {d.cutoff_len}.")
+        if e.stride is not None and not 1 <= e.stride <= d.cutoff_len:
+            _fail(cfg, f"'stride' must be between 1 and cutoff_len ({d.cutoff_len}), got {e.stride}.")

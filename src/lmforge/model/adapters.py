@@ -69,12 +69,13 @@ def reward_head_names(model: torch.nn.Module) -> list[str]:
     return [name for name in REWARD_HEADS if isinstance(getattr(model, name, None), torch.nn.Module)]
 
 
-def add_lora(model: PreTrainedModel, args: FinetuningArguments) -> torch.nn.Module:
+def add_lora(model: PreTrainedModel, args: FinetuningArguments, adapter: str | None = None) -> torch.nn.Module:
+    """New LoRA adapters, or (`adapter`) a saved one continued."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    if args.adapter_name_or_path:
-        logger.info("LoRA: continuing from the adapter in %s", args.adapter_name_or_path)
-        return PeftModel.from_pretrained(model, args.adapter_name_or_path, is_trainable=True)
+    if adapter:
+        logger.info("LoRA: continuing from the adapter in %s", adapter)
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
     targets = "all-linear" if args.lora_target.strip() == "all" else _names(args.lora_target)
     # A reward model's new head is trained fully and saved with the adapter (peft's SEQ_CLS task does that).
     task_type = "SEQ_CLS" if reward_head_names(model) else "CAUSAL_LM"
@@ -87,15 +88,16 @@ def add_lora(model: PreTrainedModel, args: FinetuningArguments) -> torch.nn.Modu
         raise ConfigError(f"Config error: 'lora_target: {args.lora_target}': {str(err).splitlines()[0]}") from None
 
 
-def apply_finetuning_type(model: PreTrainedModel, args: FinetuningArguments, added_tokens: int = 0) -> torch.nn.Module:
-    """The model with only the parameters `finetuning_type` trains left trainable."""
+def apply_finetuning_type(model: PreTrainedModel, args: FinetuningArguments, added_tokens: int = 0,
+                          adapter: str | None = None) -> torch.nn.Module:
+    """The model with only the parameters `finetuning_type` trains left trainable (`adapter`: a LoRA to continue)."""
     if args.finetuning_type == "freeze":
         freeze(model, args)
     elif args.finetuning_type == "lora":
         if added_tokens and not any(n in _names(args.additional_target) for n in ("embed_tokens", "lm_head")):
             logger.warning("The template added %d token(s) whose embeddings start random, and LoRA does not train "
                            "embeddings: set `additional_target: embed_tokens,lm_head` to learn them.", added_tokens)
-        model = add_lora(model, args)
+        model = add_lora(model, args, adapter)
     if args.finetuning_type != "full":
         total, trainable = count_parameters(model)
         logger.info("%s: training %s of %s parameters (%.2f%%)", args.finetuning_type, f"{trainable:,}",

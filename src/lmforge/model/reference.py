@@ -28,12 +28,12 @@ def reference_model(cfg: RunConfig, policy: torch.nn.Module,
         if len(tokenizer) > ref.get_input_embeddings().num_embeddings:
             ref.resize_token_embeddings(len(tokenizer))
         logger.info("Reference model: %s", f.ref_model)
-    elif f.finetuning_type == "lora" and not f.adapter_name_or_path:
+    elif f.finetuning_type == "lora" and not m.adapter_name_or_path:
         logger.info("Reference model: the policy with its LoRA adapters switched off")
         return None
     elif f.finetuning_type == "lora":
         ref = copy.deepcopy(policy).merge_and_unload()
-        logger.info("Reference model: the base with the starting adapter %s merged in", f.adapter_name_or_path)
+        logger.info("Reference model: the base with the starting adapter %s merged in", m.adapter_name_or_path)
     else:
         ref = copy.deepcopy(policy)
         logger.info("Reference model: a frozen copy of the starting model")

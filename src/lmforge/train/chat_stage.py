@@ -68,7 +68,7 @@ def policy_model(cfg: RunConfig, stage: ChatStage) -> torch.nn.Module:
     model = build_model(cfg.model, stage.tokenizer)
     model.generation_config.eos_token_id = stage.stop_ids
     model.generation_config.pad_token_id = stage.tokenizer.pad_token_id
-    return apply_finetuning_type(model, cfg.finetuning, stage.added_tokens)
+    return apply_finetuning_type(model, cfg.finetuning, stage.added_tokens, cfg.model.adapter_name_or_path)
 
 
 def trainer_kwargs(cfg: RunConfig, stage: ChatStage) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lmforge.config.schema import RunConfig
 from lmforge.data.encode import prepare_messages
 from lmforge.data.template import prompt_ids, stop_token_ids
-from lmforge.jsonl import write_jsonl
+from lmforge.jsonl import write_json, write_jsonl
 from lmforge.metrics import text_scores
 from lmforge.train.samples import generate
 
@@ -46,6 +46,5 @@ def predict(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
     write_jsonl(os.path.join(out, PREDICTIONS_FILE),
                 [{"prompt": p, "predict": a, "label": r} for p, a, r in zip(texts, answers, references, strict=True)])
     scores = {f"predict_{k}": v for k, v in text_scores(answers, references).items()}
-    with open(os.path.join(out, RESULTS_FILE), "w", encoding="utf-8") as fh:
-        json.dump(scores, fh, indent=2)
+    write_json(os.path.join(out, RESULTS_FILE), scores)
     return scores

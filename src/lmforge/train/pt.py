@@ -26,7 +26,8 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTra
     with args.main_process_first(desc="preparing tokenizer and pretraining data"):
         tokenizer = setup_tokenizer(cfg, resume)
         data = build_pretrain_data(cfg.data, tokenizer, args.seed)
-    model = apply_finetuning_type(build_model(cfg.model, tokenizer), cfg.finetuning)
+    model = apply_finetuning_type(build_model(cfg.model, tokenizer), cfg.finetuning,
+                                  adapter=cfg.model.adapter_name_or_path)
     return LanguageModelTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, data_collator=PretrainCollator(),
         processing_class=tokenizer, loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,

@@ -40,7 +40,7 @@ def reward_rows(pairs: Dataset | None) -> Dataset | None:
 def build_trainer(cfg: RunConfig, resume: str | None = None) -> RewardTrainer:
     stage = prepare_chat_stage(cfg, resume)
     model = build_model(cfg.model, stage.tokenizer, reward_head=True)
-    model = apply_finetuning_type(model, cfg.finetuning, stage.added_tokens)
+    model = apply_finetuning_type(model, cfg.finetuning, stage.added_tokens, cfg.model.adapter_name_or_path)
     kwargs = trainer_kwargs(cfg, stage)
     kwargs.update(args=reward_config(cfg.training), eval_dataset=reward_rows(stage.data.eval))
     return RewardTrainer(model=model, train_dataset=reward_rows(stage.data.train), **kwargs)

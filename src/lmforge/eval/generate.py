@@ -1,0 +1,45 @@
+"""Generation tasks: answer each prompt of a dataset (batched, greedy or sampled) and score the answers against the
+references with exact match, ROUGE-1/2/L and BLEU-4 (jieba words for Chinese).
+
+Prompts come through the same pipeline as training data (every format, the chat template, `cutoff_len`, skips
+counted): the conversation up to its last assistant turn is the prompt, that turn (or alpaca `output`) the
+reference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lmforge.config.schema import EvalConfig
+from lmforge.data.examples import build_examples
+from lmforge.data.template import stop_token_ids
+from lmforge.metrics import text_scores
+from lmforge.train.samples import generate
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                        cfg: EvalConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(results, predictions): scores in percent over the prompts that have a reference."""
+    data = build_examples(cfg.data, tokenizer, cfg.eval.seed, kind="prompt")
+    rows = data.train
+    examples = [json.loads(c) for c in rows["conversation"]]
+    prompts = [list(ids) for ids in rows["input_ids"]]
+    logger.info("Generating answers for %d prompts", len(prompts))
+    answers = generate(model, tokenizer, prompts, cfg.generation, stop_token_ids(tokenizer),
+                       batch_size=cfg.eval.batch_size, seed=cfg.eval.seed, progress=True)
+    predictions = [{"prompt": tokenizer.decode(p, skip_special_tokens=False), "predict": a,
+                    "label": e.get("reference")} for p, a, e in zip(prompts, answers, examples, strict=True)]
+    scored = [p for p in predictions if p["label"] is not None]
+    if not scored:
+        logger.warning("No prompt has a reference answer: nothing to score, only the predictions are written")
+    results: dict[str, Any] = {"unit": "percent", "prompts": len(predictions), "scored": len(scored),
+                               "skipped": {name: s.get("skipped", 0) for name, s in data.stats.items()}}
+    if scored:
+        results.update(text_scores([p["predict"] for p in scored], [p["label"] for p in scored]))
+    return results, predictions

@@ -1,0 +1,68 @@
+"""Load a saved model for inference (eval, chat, serving): a model directory, or a base plus a LoRA adapter."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from lmforge.config.model import ModelArguments
+from lmforge.data.chat_templates import TemplateError, apply_template_choice
+from lmforge.errors import ConfigError
+from lmforge.model.build import count_parameters
+from lmforge.model.tokenizer import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def inference_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_inference_tokenizer(args: ModelArguments, template: str | None = None) -> tuple[PreTrainedTokenizerBase, int]:
+    """The model's tokenizer (the adapter's own where it saved one), with `template` applied where set. Returns
+    the tokenizer and how many tokens the template added."""
+    path = args.tokenizer_name_or_path or args.model_name_or_path
+    if not args.tokenizer_name_or_path and args.adapter_name_or_path and \
+            os.path.isfile(os.path.join(args.adapter_name_or_path, "tokenizer_config.json")):
+        path = args.adapter_name_or_path  # lmforge saves the tokenizer (and its chat template) with the adapter
+    tokenizer = load_tokenizer(path, args.trust_remote_code, args.model_revision, args.cache_dir)
+    added = 0
+    if template is not None:
+        try:
+            added = apply_template_choice(tokenizer, template)
+        except TemplateError as err:
+            raise ConfigError(f"Config error: {err}.") from None
+    return tokenizer, added
+
+
+def load_inference_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The causal LM in `infer_dtype` on the inference device, in eval mode; a LoRA adapter is merged in."""
+    kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            args.model_name_or_path, dtype=DTYPES[args.infer_dtype], trust_remote_code=args.trust_remote_code,
+            revision=args.model_revision, cache_dir=args.cache_dir, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"Config error: could not load a model from '{args.model_name_or_path}': "
+                          f"{str(err).splitlines()[0]}") from None
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    origin = args.model_name_or_path
+    if args.adapter_name_or_path:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, args.adapter_name_or_path).merge_and_unload()
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"Config error: could not load the adapter '{args.adapter_name_or_path}': "
+                              f"{str(err).splitlines()[0]}") from None
+        origin += f" + adapter {args.adapter_name_or_path}"
+    model = model.to(inference_device()).eval()
+    total, _ = count_parameters(model)
+    logger.info("Model: %s — %s parameters, %s on %s", origin, f"{total:,}", model.dtype, model.device)
+    return model
