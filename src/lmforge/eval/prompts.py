@@ -17,7 +17,8 @@ from lmforge.eval.benchmarks import Question, Subject
 WORDING = {
     "en": {"header": "The following are multiple choice questions (with answers) about {subject}.\n\n",
            "answer": "Answer:", "sep": " "},
-    "zh": {"header": "以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。\n\n", "answer": "答案：", "sep": ""},
+    "zh": {"header": "以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。\n\n",
+           "answer": "答案：", "sep": ""},
 }
 
 
