@@ -36,7 +36,7 @@ def write_jsonl(path: str, rows: Iterable[dict]) -> int:
 
 
 def write_json(path: str, value: Any) -> None:
-    """Write `value` to `path` as indented JSON, atomically."""
+    """Write `value` to `path` as indented JSON, atomically (values JSON cannot hold are written as text)."""
     with atomic_open(path, ".json") as fh:
-        json.dump(value, fh, indent=2, ensure_ascii=False)
+        json.dump(value, fh, indent=2, ensure_ascii=False, default=str)
         fh.write("\n")

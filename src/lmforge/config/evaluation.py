@@ -51,4 +51,6 @@ class EvalArguments:
     harness_tasks: str | None = option(
         None, "Comma-separated lm-evaluation-harness tasks run through `lm_eval.simple_evaluate` with this model "
         "(needs the `harness` extra); `n_shot`, `max_samples` and `batch_size` apply.")
+    harness_include_path: str | None = option(
+        None, "A folder of your own lm-evaluation-harness task YAML files, so `harness_tasks` can name them.")
     seed: int = option(42, "Seed for sampling in `generate`.")

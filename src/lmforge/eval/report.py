@@ -34,6 +34,16 @@ def print_results(results: dict[str, Any], console: Console | None = None) -> No
         table.add_row("Average", str(results["questions"]), _pct(results["average"]), style="bold")
         console.print(table)
         return
+    if "harness" in results:
+        table = Table(title=f"lm-evaluation-harness, {results['config']['eval']['n_shot']}-shot")
+        for column in ("task", "metric", "value"):
+            table.add_column(column, justify="right" if column == "value" else "left")
+        for task, metrics in results["harness"].items():
+            for name, value in metrics.items():
+                if isinstance(value, float) and "stderr" not in name:
+                    table.add_row(task, name.removesuffix(",none"), f"{value:.4f}")
+        console.print(table)
+        return
     table = Table(title=f"{results['task']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
