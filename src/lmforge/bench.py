@@ -193,6 +193,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--packing-compare", action="store_true",
                         help="sft: measure the config padded (packing=false) and packed (packing=true), each in its "
                         "own process (so peak memory is each one's own), and print the ratios")
+    parser.add_argument("--eval-prefix-compare", action="store_true",
+                        help="CONFIG is an `lmforge eval` config of a multiple-choice benchmark: time it without and "
+                        "with prefix KV reuse in this process and print the speed-up and whether the results agree")
+    parser.add_argument("--repeats", type=int, default=1, help="with --eval-prefix-compare: runs per path (best kept)")
     ns = parser.parse_args(argv)
     from lmforge.logs import setup_logging
 
@@ -200,7 +204,12 @@ def main(argv: list[str]) -> int:
     config, overrides = ns.config, list(ns.overrides)
     if config and "=" in config:
         config, overrides = None, [config, *overrides]
-    if ns.packing_compare:
+    if ns.eval_prefix_compare:
+        from lmforge.eval.bench import compare_prefix_reuse, report as eval_report
+
+        result = compare_prefix_reuse(config, overrides, ns.repeats)
+        print(eval_report(result))
+    elif ns.packing_compare:
         result = compare_packing(config, overrides, ns.steps, ns.warmup)
     else:
         result = run(config, overrides, ns.steps, ns.warmup)

@@ -119,8 +119,10 @@ def score_group(model: torch.nn.Module, questions: list[list[Request]], batch_si
     cache, past_mask = None, None
     if prefix > 0:
         _, cache, past_mask = runner.forward([flat[0].ids[:prefix]], [0])
+    # Longest questions first, so a batch pads its rows to similar lengths; results go back in the given order.
+    order = sorted(range(len(questions)), key=lambda i: -max(len(r.ids) for r in questions[i]))
     results: list[list[Score]] = []
-    for chunk in _question_chunks(questions, batch_size):
+    for chunk in _question_chunks([questions[i] for i in order], batch_size):
         own = [_shared_part(q, prefix) for q in chunk]
         # A row of pure padding with nothing before it would attend to nothing (NaN under sdpa): skip the stage.
         if any(own) and (prefix > 0 or min(own) > 0):
@@ -144,7 +146,10 @@ def score_group(model: torch.nn.Module, questions: list[list[Request]], batch_si
         results += [[next(scores) for _ in q] for q in chunk]
         if progress:
             progress(len(chunk))
-    return results
+    in_order: list[list[Score]] = [[] for _ in questions]
+    for i, scores_of_question in zip(order, results, strict=True):
+        in_order[i] = scores_of_question
+    return in_order
 
 
 def _shared_part(question: list[Request], prefix: int) -> int:
