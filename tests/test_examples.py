@@ -16,8 +16,13 @@ def test_quickstart_corpus_is_generated_by_the_project():
 
 
 def test_example_configs_validate():
+    from lmforge.config.parse import load_eval_config
+
     stages = {}
     for path in sorted((REPO / "examples").glob("*.yaml")):
+        if path.name.startswith("eval_"):
+            assert load_eval_config(str(path)).eval.task in ("cmmlu", "benchmark")
+            continue
         stages[path.name] = load_config(str(path)).finetuning.stage
     assert stages["pretrain_quickstart.yaml"] == "pt" and stages["sft_quickstart.yaml"] == "sft"
     for stage in ("rm", "dpo", "kto", "ppo", "grpo"):

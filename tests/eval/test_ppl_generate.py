@@ -100,3 +100,27 @@ def test_harness_bridge_runs_a_local_task(tiny_model_dir, tmp_path):
     assert toy["acc,none"] * 6 == pytest.approx(round(toy["acc,none"] * 6))  # a count of correct answers out of 6
     result = run_lmforge("eval", f"model_name_or_path={tiny_model_dir}", f"output_dir={out}", "--harness", "nope_x")
     assert result.returncode == 2 and "has no task 'nope_x'" in result.stderr
+
+
+def test_base_plus_adapter_equals_the_merged_model(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "merged")
+    losses = {}
+    for name, model_args in (("base", [f"model_name_or_path={tiny_model_dir}"]),
+                             ("adapter", [f"model_name_or_path={tiny_model_dir}",
+                                          f"adapter_name_or_path={tmp_path / 'adapter'}"]),
+                             ("merged", [f"model_name_or_path={tmp_path / 'merged'}"])):
+        result = run_lmforge("eval", *model_args, "task=perplexity", "dataset=wiki_demo", f"dataset_dir={LF_DEMO}",
+                             "max_samples=2", "cutoff_len=32", f"output_dir={tmp_path / name}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        losses[name] = json.loads((tmp_path / name / "results.json").read_text())["loss"]
+    assert losses["adapter"] == pytest.approx(losses["merged"], rel=1e-5)
+    assert abs(losses["adapter"] - losses["base"]) > 1e-3
