@@ -205,7 +205,8 @@ def main(argv: list[str]) -> int:
     if config and "=" in config:
         config, overrides = None, [config, *overrides]
     if ns.eval_prefix_compare:
-        from lmforge.eval.bench import compare_prefix_reuse, report as eval_report
+        from lmforge.eval.bench import compare_prefix_reuse
+        from lmforge.eval.bench import report as eval_report
 
         result = compare_prefix_reuse(config, overrides, ns.repeats)
         print(eval_report(result))

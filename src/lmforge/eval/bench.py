@@ -44,8 +44,8 @@ def compare_prefix_reuse(config: str | None, overrides: list[str], repeats: int 
         for reuse in (False, True):  # alternated, so drift on a shared machine hits both paths alike
             counter[0] = 0
             started = time.perf_counter()
-            results, predictions = evaluate_benchmark(model, tokenizer, bench, dataclasses.replace(e, prefix_reuse=reuse),
-                                                      style)
+            args = dataclasses.replace(e, prefix_reuse=reuse)
+            results, predictions = evaluate_benchmark(model, tokenizer, bench, args, style)
             seconds = time.perf_counter() - started
             best = runs.get(reuse)
             if best is None or seconds < best["seconds"]:
