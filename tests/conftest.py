@@ -46,10 +46,10 @@ def tiny_tokenizer(quickstart_texts):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> str:
     """A tiny random Qwen2 model + tokenizer saved as a plain HF directory."""
+    import torch
+
     from lmforge.config.model import ModelArguments
     from lmforge.model.build import build_model
-
-    import torch
 
     path = tmp_path_factory.mktemp("tiny-qwen2")
     torch.manual_seed(0)  # the same weights whichever test builds it first (tests may run in any subset or order)
