@@ -21,7 +21,8 @@ class DataArguments:
     text_column: str = option("text", "Column holding the text, for sources that do not name one in dataset_info.json.")
     cutoff_len: int = option(
         1024, "pt: tokens per training block. sft: the longest example (longer ones lose their oldest turns).")
-    max_samples: int | None = option(None, "Use at most this many documents from each source (for quick runs).")
+    max_samples: int | None = option(
+        None, "Use at most this many documents from each source (for quick runs); eval: questions per subject.")
     val_size: float = option(
         0.0, "Held-out documents for evaluation: a fraction in (0, 1) or a count (>= 1). Split before tokenization."
     )

@@ -101,6 +101,8 @@ def evaluate_benchmark(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         for subject in bench.subjects:
             bar.set_postfix_str(subject.key)
             built = fitting_requests(encoder, subject, args.n_shot, letter_scoring, max_length)
+            if subject is bench.subjects[0]:  # what is scored, shown once
+                logger.info("The prompt of %s, question 1:\n%s", subject.key, built.prompts[0])
             scores = score_questions(model, built.questions, args.batch_size, pad_id, args.prefix_reuse, bar.update)
             correct = 0
             for question, question_scores in zip(subject.test, scores, strict=True):
