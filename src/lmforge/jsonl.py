@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
+from lmforge.errors import DataError
+
 
 @contextmanager
 def atomic_open(path: str, suffix: str = "") -> Iterator[IO[str]]:
@@ -40,3 +42,18 @@ def write_json(path: str, value: Any) -> None:
     with atomic_open(path, ".json") as fh:
         json.dump(value, fh, indent=2, ensure_ascii=False, default=str)
         fh.write("\n")
+
+
+def read_json_mapping(path: str, what: str) -> dict[str, Any]:
+    """A JSON file holding one object (`what` it maps, for the error message); {} when the file does not exist."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh)
+    except json.JSONDecodeError as err:
+        raise DataError(f"Data error: '{path}' is not valid JSON (line {err.lineno}, column {err.colno}: "
+                        f"{err.msg}).") from None
+    if not isinstance(value, dict):
+        raise DataError(f"Data error: '{path}' must map {what}, not hold a {type(value).__name__}.")
+    return value

@@ -1,13 +1,10 @@
 """The SFT data pipeline on real LLaMA-Factory data: every layout loads, ids equal the template's rendering, labels
 are exactly the assistant turns, bad records are counted, the cache is reused."""
 
-import copy
 import json
 
 import pytest
 
-from lmforge.config.data import DataArguments
-from lmforge.data.chat_templates import apply_template_choice
 from lmforge.data.collate import IGNORE_INDEX
 from lmforge.data.encode import prepare_messages
 from lmforge.data.examples import build_examples
@@ -15,20 +12,10 @@ from lmforge.data.preview import trained_runs
 from lmforge.data.template import render_conversation
 from lmforge.errors import DataError
 from tests.conftest import LF_DEMO, write_jsonl
+from tests.data.conftest import data_args
 
 SFT_DATASETS = ["identity", "alpaca_en_demo", "alpaca_zh_demo", "glaive_toolcall_en_demo", "glaive_toolcall_zh_demo",
                 "kto_en_demo", str(LF_DEMO / "reason_tool_use_demo_50.jsonl"), str(LF_DEMO / "v1_sft_demo.jsonl")]
-
-
-@pytest.fixture(scope="module")
-def chat_tok(tiny_tokenizer):
-    tok = copy.deepcopy(tiny_tokenizer)
-    apply_template_choice(tok, "chatml")
-    return tok
-
-
-def data_args(**kw) -> DataArguments:
-    return DataArguments(**{"dataset_dir": str(LF_DEMO), "cutoff_len": 4096, "max_samples": 40, **kw})
 
 
 def check_example(tok, row: dict) -> None:

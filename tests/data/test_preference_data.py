@@ -1,29 +1,16 @@
 """Preference, KTO and prompt data through the same pipeline as SFT: every layout loads, the chosen and rejected
 sequences share the prompt's ids and train exactly their reply, bad pairs are skipped with a reason."""
 
-import copy
 import json
 
 import pytest
 
-from lmforge.config.data import DataArguments
-from lmforge.data.chat_templates import apply_template_choice
 from lmforge.data.collate import IGNORE_INDEX, KtoCollator, PairCollator
 from lmforge.data.examples import build_examples
 from lmforge.data.template import render
 from lmforge.errors import DataError
 from tests.conftest import LF_DEMO, write_jsonl
-
-
-@pytest.fixture(scope="module")
-def chat_tok(tiny_tokenizer):
-    tok = copy.deepcopy(tiny_tokenizer)
-    apply_template_choice(tok, "chatml")
-    return tok
-
-
-def data_args(**kw) -> DataArguments:
-    return DataArguments(**{"dataset_dir": str(LF_DEMO), "cutoff_len": 4096, "max_samples": 40, **kw})
+from tests.data.conftest import data_args
 
 
 def trained_text(tok, ids: list[int], labels: list[int]) -> str:

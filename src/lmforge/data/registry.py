@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
 from lmforge.errors import DataError
+from lmforge.jsonl import read_json_mapping
 
 REGISTRY_FILE = "dataset_info.json"
 FILE_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
@@ -40,19 +40,7 @@ def builtin_dataset_dir() -> str:
 
 
 def read_registry(dataset_dir: str) -> dict[str, Any]:
-    path = os.path.join(dataset_dir, REGISTRY_FILE)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            registry = json.load(fh)
-    except json.JSONDecodeError as err:
-        raise DataError(f"Data error: '{path}' is not valid JSON (line {err.lineno}, column {err.colno}: "
-                        f"{err.msg}).") from None
-    if not isinstance(registry, dict):
-        raise DataError(f"Data error: '{path}' must map dataset names to entries, not hold a "
-                        f"{type(registry).__name__}.")
-    return registry
+    return read_json_mapping(os.path.join(dataset_dir, REGISTRY_FILE), "dataset names to entries")
 
 
 def _is_saved_dataset(path: str) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from lmforge.errors import DataError
+from lmforge.jsonl import read_json_mapping
 
 OTHER = "Other"
 
@@ -158,13 +159,7 @@ def load_benchmark(task: str, task_dir: str, split: str = "test", n_shot: int = 
 def _mapping(path: str) -> dict[str, dict]:
     """A benchmark folder's own `mapping.json` (LLaMA-Factory's: subject -> {name, category}), if it has one."""
     mapping_path = os.path.join(path, "mapping.json")
-    if not os.path.isfile(mapping_path):
-        return {}
-    try:
-        with open(mapping_path, encoding="utf-8") as fh:
-            mapping = json.load(fh)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{mapping_path}: not valid JSON ({err.msg} at line {err.lineno}).") from None
-    if not isinstance(mapping, dict) or not all(isinstance(v, dict) for v in mapping.values()):
-        raise DataError(f"{mapping_path}: must map each subject to {{\"name\": ..., \"category\": ...}}.")
+    mapping = read_json_mapping(mapping_path, "each subject to {\"name\": ..., \"category\": ...}")
+    if not all(isinstance(v, dict) for v in mapping.values()):
+        raise DataError(f"Data error: '{mapping_path}' must map each subject to {{\"name\": ..., \"category\": ...}}.")
     return mapping
