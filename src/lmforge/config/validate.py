@@ -179,9 +179,8 @@ def validate_eval(cfg: EvalConfig) -> None:
     _check_paths_exist(cfg, ("model_name_or_path", "tokenizer_name_or_path", "adapter_name_or_path"))
     if not e.output_dir:
         _fail(cfg, "'output_dir' is required (where results.json and predictions.jsonl are written).")
-    for key in ("batch_size",):
-        if getattr(e, key) < 1:
-            _fail(cfg, f"'{key}' must be at least 1, got {getattr(e, key)}.")
+    if e.batch_size < 1:
+        _fail(cfg, f"'batch_size' must be at least 1, got {e.batch_size}.")
     if e.n_shot < 0:
         _fail(cfg, f"'n_shot' must be 0 or more, got {e.n_shot}.")
     if d.max_samples is not None and d.max_samples < 1:

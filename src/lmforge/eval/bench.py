@@ -25,19 +25,15 @@ def _count_tokens(model: torch.nn.Module) -> tuple[list[int], Any]:
 
 
 def compare_prefix_reuse(config: str | None, overrides: list[str], repeats: int = 1) -> dict[str, Any]:
-    from lmforge.eval.benchmarks import load_benchmark
     from lmforge.eval.mc import evaluate_benchmark
-    from lmforge.eval.prompts import PromptStyle
-    from lmforge.eval.run import prompt_style_is_chat
+    from lmforge.eval.run import benchmark_and_style
     from lmforge.model.inference import load_inference_model, load_inference_tokenizer
 
     cfg = load_eval_config(config, ["output_dir=lmforge-bench", *overrides])
     e = cfg.eval
     tokenizer, _ = load_inference_tokenizer(cfg.model, cfg.data.template)
     model = load_inference_model(cfg.model, tokenizer)
-    bench = load_benchmark(e.task, e.task_dir, e.split, e.n_shot, e.subjects, cfg.data.max_samples)
-    style = PromptStyle(chat=prompt_style_is_chat(cfg, tokenizer), lang=bench.lang if e.lang == "auto" else e.lang,
-                        list_options=e.scoring == "letter")
+    bench, style = benchmark_and_style(cfg, tokenizer)
     counter, handle = _count_tokens(model)
     runs: dict[bool, dict[str, Any]] = {}
     for _ in range(repeats):

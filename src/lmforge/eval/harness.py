@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.config.schema import EvalConfig
 from lmforge.errors import ConfigError
+from lmforge.eval.run import prompt_style_is_chat
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def run_harness(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg:
         raise ConfigError(f"Config error: lm-evaluation-harness has no task '{unknown[0]}'"
                           + (f" (nor does '{e.harness_include_path}')." if e.harness_include_path else
                              "; set 'harness_include_path' to a folder of task YAML files for your own."))
-    chat = e.prompt_style == "chat" or (e.prompt_style == "auto" and bool(tokenizer.chat_template))
+    chat = prompt_style_is_chat(cfg, tokenizer)
     logger.info("lm-evaluation-harness %s: %s (%d-shot%s)", getattr(lm_eval, "__version__", ""), ", ".join(tasks),
                 e.n_shot, ", chat template" if chat else "")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=e.batch_size)

@@ -35,20 +35,25 @@ class Encoder:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, style: PromptStyle):
         self.tokenizer, self.style = tokenizer, style
 
-    def ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=not self.style.chat)["input_ids"]
+    def ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of many texts in one batched (fast-tokenizer) call."""
+        return self.tokenizer(texts, add_special_tokens=not self.style.chat)["input_ids"]
 
-    def continuation_ids(self, prompt: str, prompt_ids: list[int], answer: str) -> list[int]:
-        """The tokens `answer` adds after the prompt, as the whole text tokenizes (as lm-evaluation-harness does);
-        the answer alone where the tokenizer merges across the boundary."""
-        text = self.style.continuation(answer)
-        whole = self.ids(prompt + text)
-        if whole[: len(prompt_ids)] == prompt_ids and len(whole) > len(prompt_ids):
-            return whole[len(prompt_ids):]
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def continuations(self, prompts: list[str], prompt_ids: list[list[int]], answers: list[str]) -> list[list[int]]:
+        """The tokens each answer adds after its prompt, as the whole text tokenizes (as lm-evaluation-harness
+        does); the answer alone where the tokenizer merges across the boundary."""
+        texts = [self.style.continuation(a) for a in answers]
+        wholes = self.ids([p + t for p, t in zip(prompts, texts, strict=True)])
+        result = []
+        for ids, whole, text in zip(prompt_ids, wholes, texts, strict=True):
+            if whole[: len(ids)] == ids and len(whole) > len(ids):
+                result.append(whole[len(ids):])
+            else:
+                result.append(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return result
 
     def letter_ids(self, prompt: str, prompt_ids: list[int], letters: list[str]) -> list[int]:
-        ids = [self.continuation_ids(prompt, prompt_ids, letter)[0] for letter in letters]
+        ids = [c[0] for c in self.continuations([prompt] * len(letters), [prompt_ids] * len(letters), letters)]
         if len(set(ids)) != len(ids):
             raise DataError(f"The choice letters {', '.join(letters)} do not start with distinct tokens after the "
                             "prompt; use `scoring: loglik`.")
@@ -57,17 +62,15 @@ class Encoder:
 
 def subject_requests(encoder: Encoder, subject: Subject, shots: int, letter_scoring: bool) -> SubjectRequests:
     prompts = [build_prompt(encoder.tokenizer, encoder.style, subject, q, shots) for q in subject.test]
-    questions = []
-    candidates = None
-    for prompt, question in zip(prompts, subject.test, strict=True):
-        prompt_ids = encoder.ids(prompt)
-        if letter_scoring:
-            if candidates is None:  # the letters tokenize the same way after every prompt of a subject
-                candidates = encoder.letter_ids(prompt, prompt_ids, subject.letters)
-            questions.append([Request(prompt_ids, candidates=candidates)])
-        else:
-            options = [encoder.continuation_ids(prompt, prompt_ids, choice) for choice in question.choices]
-            questions.append([Request(prompt_ids + o, n_target=len(o)) for o in options])
+    prompt_ids = encoder.ids(prompts)
+    if letter_scoring:  # the letters tokenize the same way after every prompt of a subject
+        candidates = encoder.letter_ids(prompts[0], prompt_ids[0], subject.letters)
+        return SubjectRequests(shots, prompts, [[Request(ids, candidates=candidates)] for ids in prompt_ids])
+    n = len(subject.letters)
+    options = encoder.continuations([p for p in prompts for _ in range(n)], [i for i in prompt_ids for _ in range(n)],
+                                    [c for q in subject.test for c in q.choices])
+    questions = [[Request(ids + o, n_target=len(o)) for o in options[q * n: (q + 1) * n]]
+                 for q, ids in enumerate(prompt_ids)]
     return SubjectRequests(shots, prompts, questions)
 
 

@@ -11,6 +11,8 @@ from typing import Any
 from lmforge.config.evaluation import GENERATE_TASK, PERPLEXITY_TASK
 from lmforge.config.schema import EvalConfig
 from lmforge.errors import ConfigError
+from lmforge.eval.benchmarks import Benchmark, load_benchmark
+from lmforge.eval.prompts import PromptStyle
 from lmforge.jsonl import write_json, write_jsonl
 from lmforge.model.inference import load_inference_model, load_inference_tokenizer
 
@@ -43,9 +45,9 @@ def run_task(cfg: EvalConfig, model: Any, tokenizer: Any) -> tuple[dict[str, Any
         texts = load_texts(d.dataset, d.dataset_dir, text_column=d.text_column, max_samples=d.max_samples)
         stream = token_stream(tokenizer, [t for t in texts["text"] if t])
         window = min(d.cutoff_len, getattr(model.config, "max_position_embeddings", None) or d.cutoff_len)
-        stride = e.stride or max(window // 2, 1)
-        results = perplexity(model, stream, window, min(stride, window), e.batch_size)
-        return {**results, "documents": len(texts), "window": window, "stride": min(stride, window)}, []
+        stride = min(e.stride or max(window // 2, 1), window)
+        results = perplexity(model, stream, window, stride, e.batch_size)
+        return {**results, "documents": len(texts), "window": window, "stride": stride}, []
     if e.task == GENERATE_TASK:
         from lmforge.eval.generate import evaluate_generation
 
@@ -53,18 +55,23 @@ def run_task(cfg: EvalConfig, model: Any, tokenizer: Any) -> tuple[dict[str, Any
             raise ConfigError(f"Config error ({cfg.source}): 'task: generate' renders prompts with a chat template; "
                               "the tokenizer has none, so set `template`.")
         return evaluate_generation(model, tokenizer, cfg)
-    from lmforge.eval.benchmarks import load_benchmark
     from lmforge.eval.mc import evaluate_benchmark
-    from lmforge.eval.prompts import PromptStyle
 
-    bench = load_benchmark(e.task, e.task_dir, e.split, e.n_shot, e.subjects, cfg.data.max_samples)
-    lang = bench.lang if e.lang == "auto" else e.lang
-    style = PromptStyle(chat=prompt_style_is_chat(cfg, tokenizer), lang=lang, list_options=e.scoring == "letter")
+    bench, style = benchmark_and_style(cfg, tokenizer)
     logger.info("Benchmark %s (%s): %d subjects, %d questions; %d-shot, %s prompts, %s scoring, prefix reuse %s",
                 e.task, bench.path, len(bench.subjects), sum(len(s.test) for s in bench.subjects), e.n_shot,
                 "chat" if style.chat else "plain", e.scoring, "on" if e.prefix_reuse else "off")
     results, predictions = evaluate_benchmark(model, tokenizer, bench, e, style)
-    return {**results, "prompt_style": "chat" if style.chat else "plain", "lang": lang}, predictions
+    return {**results, "prompt_style": "chat" if style.chat else "plain", "lang": style.lang}, predictions
+
+
+def benchmark_and_style(cfg: EvalConfig, tokenizer: Any) -> tuple[Benchmark, PromptStyle]:
+    """The configured multiple-choice benchmark and how its prompts are written."""
+    e = cfg.eval
+    bench = load_benchmark(e.task, e.task_dir, e.split, e.n_shot, e.subjects, cfg.data.max_samples)
+    style = PromptStyle(chat=prompt_style_is_chat(cfg, tokenizer), lang=bench.lang if e.lang == "auto" else e.lang,
+                        list_options=e.scoring == "letter")
+    return bench, style
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:

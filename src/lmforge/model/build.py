@@ -127,9 +127,11 @@ def quantization_config(bits: int) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward_head: bool = False) -> PreTrainedModel:
+def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward_head: bool = False,
+                dtype: Any = "auto") -> PreTrainedModel:
     """The causal LM to train, or with `reward_head` the same backbone with a one-output sequence-classification head
-    (a reward model: `AutoModelForSequenceClassification`, score read at the last non-pad token)."""
+    (a reward model: `AutoModelForSequenceClassification`, score read at the last non-pad token). A pretrained
+    model loads in `dtype` (`auto`: as saved)."""
     kwargs: dict[str, Any] = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
     auto_class: Any = AutoModelForCausalLM
     if reward_head:
@@ -145,7 +147,7 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
         try:
             model = auto_class.from_pretrained(
                 args.model_name_or_path, trust_remote_code=args.trust_remote_code, revision=args.model_revision,
-                cache_dir=args.cache_dir, dtype="auto", **kwargs)
+                cache_dir=args.cache_dir, dtype=dtype, **kwargs)
         except (OSError, ValueError) as err:
             raise ConfigError(f"Config error: could not load a model from '{args.model_name_or_path}': "
                               f"{str(err).splitlines()[0]}") from None

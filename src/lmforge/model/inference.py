@@ -6,12 +6,12 @@ import logging
 import os
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.config.model import ModelArguments
 from lmforge.data.chat_templates import TemplateError, apply_template_choice
 from lmforge.errors import ConfigError
-from lmforge.model.build import count_parameters
+from lmforge.model.build import build_model
 from lmforge.model.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -42,17 +42,7 @@ def load_inference_tokenizer(args: ModelArguments, template: str | None = None) 
 
 def load_inference_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """The causal LM in `infer_dtype` on the inference device, in eval mode; a LoRA adapter is merged in."""
-    kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            args.model_name_or_path, dtype=DTYPES[args.infer_dtype], trust_remote_code=args.trust_remote_code,
-            revision=args.model_revision, cache_dir=args.cache_dir, **kwargs)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"Config error: could not load a model from '{args.model_name_or_path}': "
-                          f"{str(err).splitlines()[0]}") from None
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
-    origin = args.model_name_or_path
+    model = build_model(args, tokenizer, dtype=DTYPES[args.infer_dtype])
     if args.adapter_name_or_path:
         from peft import PeftModel
 
@@ -61,8 +51,7 @@ def load_inference_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBas
         except (OSError, ValueError) as err:
             raise ConfigError(f"Config error: could not load the adapter '{args.adapter_name_or_path}': "
                               f"{str(err).splitlines()[0]}") from None
-        origin += f" + adapter {args.adapter_name_or_path}"
+        logger.info("Adapter %s merged into the model", args.adapter_name_or_path)
     model = model.to(inference_device()).eval()
-    total, _ = count_parameters(model)
-    logger.info("Model: %s — %s parameters, %s on %s", origin, f"{total:,}", model.dtype, model.device)
+    logger.info("Inference in %s on %s", model.dtype, model.device)
     return model
