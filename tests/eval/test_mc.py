@@ -138,7 +138,8 @@ def test_eval_config_errors_exit_2_without_traceback(tmp_path, tiny_model_dir):
         ([f"model_name_or_path={tiny_model_dir}", f"output_dir={tmp_path}", "task=perplexity"], "needs 'dataset'"),
         ([f"model_name_or_path={tiny_model_dir}", f"output_dir={tmp_path}", f"task_dir={tmp_path / 'none'}"],
          "no folder with dev/ and test/"),
-        ([f"model_name_or_path={tiny_model_dir}", f"output_dir={tmp_path}", "scoring=best"], "'scoring' expects one of 'letter', 'loglik', 'loglik_norm'"),
+        ([f"model_name_or_path={tiny_model_dir}", f"output_dir={tmp_path}", "scoring=best"],
+         "'scoring' expects one of 'letter', 'loglik', 'loglik_norm'"),
     ]
     for args, message in cases:
         result = run_lmforge("eval", *args)
