@@ -19,10 +19,16 @@ Usage:
   lmforge eval ... --harness TASKS            run lm-evaluation-harness tasks with the model (`harness` extra)
   lmforge score RM_DIR INPUT.jsonl [--output F] [--batch-size N]
                                               score lines ({{"messages": [...]}} or {{"text": ...}}) with a reward model
+  lmforge chat MODEL [key=value ...]          chat in the terminal (MODEL: a config, a model or adapter dir)
+  lmforge api MODEL [key=value ...]           OpenAI-compatible server: /v1/chat/completions, /v1/completions
+  lmforge webui [key=value ...]               web UI: build and run training, watch the loss, eval, chat, export
+  lmforge webchat MODEL [key=value ...]       a chat-only web page
+  lmforge export MODEL export_dir=OUT [...]   merge an adapter and save safetensors (+ GGUF, Ollama Modelfile)
   lmforge bench CONFIG.yaml [key=value ...]   measure training speed: tokens/s, FLOP/s, peak memory
   lmforge env                                 versions of python, torch, transformers, ... and devices
   lmforge version                             print the version
-  lmforge help [train|eval|config]            this text, or every config key with its type, default and help
+  lmforge help [train|eval|serve|export|config]
+                                              this text, or every config key with its type, default and help
 
 Overrides on the command line win over the YAML file: `key=value`, `--key value` or `--key=value`.
 """
@@ -114,6 +120,36 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def _command_config(schema: str, args: list[str]):
+    """TARGET [key=value ...]: TARGET is a YAML config, a model directory (or hub id) or a LoRA adapter directory."""
+    from lmforge.config.parse import load_command_config, model_target_overrides
+
+    target, overrides = _split_config_path(args)
+    if target is None or target.endswith((".yaml", ".yml")):
+        return load_command_config(schema, target, overrides)
+    return load_command_config(schema, None, model_target_overrides(target) + overrides)
+
+
+def _serving_command(run_name: str, usage: str, schema: str = "serve"):
+    """A subcommand that loads its config from TARGET [key=value ...] and runs `lmforge.<module>.<function>`."""
+    module_name, function_name = run_name.rsplit(".", 1)
+
+    def command(args: list[str]) -> int:
+        if not args or args[0] in ("-h", "--help"):
+            print(f"Usage: {usage}\n\n" + _reference(False, schema))
+            return 0 if args else 2
+        import importlib
+
+        from lmforge.logs import setup_logging
+
+        setup_logging()
+        cfg = _command_config(schema, args)
+        getattr(importlib.import_module(module_name), function_name)(cfg)
+        return 0
+
+    return command
+
+
 def cmd_score(args: list[str]) -> int:
     output, args = _take_option(args, "output")
     batch_size, args = _take_option(args, "batch-size")
@@ -165,7 +201,7 @@ def _reference(markdown: bool, schema: str = "all") -> str:
 
 
 def cmd_help(args: list[str]) -> int:
-    if args and args[0] in ("train", "eval", "config"):
+    if args and args[0] in ("train", "eval", "serve", "export", "config"):
         print(_reference(markdown="--markdown" in args, schema={"config": "all"}.get(args[0], args[0])))
     else:
         print(_usage())
@@ -176,6 +212,14 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train,
     "data": cmd_data,
     "eval": cmd_eval,
+    "chat": _serving_command("lmforge.serve.chat.run_chat", "lmforge chat CONFIG.yaml|MODEL_DIR [key=value ...]"),
+    "api": _serving_command("lmforge.serve.api.run_api", "lmforge api CONFIG.yaml|MODEL_DIR [key=value ...]"),
+    "webui": _serving_command("lmforge.serve.webui.run_webui", "lmforge webui [CONFIG.yaml|MODEL_DIR] [key=value ...]"),
+    "webchat": _serving_command("lmforge.serve.webui.run_webchat",
+                                "lmforge webchat CONFIG.yaml|MODEL_DIR [key=value ...]"),
+    "export": _serving_command("lmforge.export.run.run_export",
+                               "lmforge export CONFIG.yaml|MODEL_DIR [key=value ...] (export_dir=OUT required)",
+                               schema="export"),
     "score": cmd_score,
     "bench": cmd_bench,
     "env": cmd_env,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 
 from lmforge.config.coerce import type_name
-from lmforge.config.schema import EVAL_GROUPS, GROUPS, key_index
+from lmforge.config.schema import SCHEMAS, key_index
 
 TITLES = {
     "model": "Model and tokenizer",
@@ -15,6 +15,9 @@ TITLES = {
     "rl": "Online RL (ppo, grpo): rewards, rollouts, policy updates",
     "tracking": "Experiment tracking",
     "eval": "Evaluation (`lmforge eval`; the model, data and generation keys above apply too, except where noted)",
+    "serve": "Serving (`lmforge chat`, `api`, `webui`, `webchat`; the model, data (`template`) and generation keys "
+    "apply too: generation keys are the defaults a request does not set)",
+    "export": "Export (`lmforge export`; the model and data (`template`) keys apply too)",
     "training": "Trainer (every `transformers.TrainingArguments` field, passed through; `bf16`/`fp16` also take "
     "`auto`: on where the GPU supports it)",
 }
@@ -33,9 +36,10 @@ def _help(text: str) -> str:
 
 
 def render_reference(markdown: bool = False, schema: str = "all") -> str:
-    """Every key of `lmforge train` (`schema="train"`), of `lmforge eval` (`"eval"`), or both (`"all"`)."""
-    index = {**key_index("train"), **key_index("eval")} if schema == "all" else key_index(schema)
-    groups = {"train": list(GROUPS), "eval": list(EVAL_GROUPS)}.get(schema, [*GROUPS, "eval"])
+    """Every key of one command's schema (`train`, `eval`, `serve`, `export`), or of all of them (`"all"`)."""
+    schemas = list(SCHEMAS) if schema == "all" else [schema]
+    index = {name: key for s in schemas for name, key in key_index(s).items()}
+    groups = list(dict.fromkeys(group for s in schemas for group in SCHEMAS[s]))
     lines = []
     if markdown:
         lines += ["# Config reference", "",

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 
 from lmforge.config.coerce import coerce
-from lmforge.config.schema import DEFAULTS, EVAL_GROUPS, GROUPS, SCHEMAS, EvalConfig, RunConfig, key_index
-from lmforge.config.validate import validate, validate_eval
+from lmforge.config.schema import COMMAND_CONFIGS, DEFAULTS, GROUPS, SCHEMAS, EvalConfig, RunConfig, key_index
+from lmforge.config.validate import VALIDATORS, validate
 from lmforge.device import accelerator_available, auto_precision
 from lmforge.errors import ConfigError
 
@@ -142,13 +142,36 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> RunConf
     return build_config(merge(base, cli), source=path or "<command line>", cli_keys=set(cli))
 
 
-def load_eval_config(path: str | None, overrides: list[str] | None = None) -> EvalConfig:
-    """`lmforge eval`: YAML file (optional) + command-line overrides -> validated EvalConfig."""
+def load_command_config(schema: str, path: str | None, overrides: list[str] | None = None):
+    """`lmforge eval/chat/api/webui/export`: YAML file (optional) + command-line overrides -> the command's
+    validated config (EvalConfig, ServeConfig or ExportConfig)."""
     base = read_yaml(path) if path else {}
     cli = parse_overrides(overrides or [])
     source = path or "<command line>"
-    values = typed_values(merge(base, cli), "eval", source, set(cli))
-    cfg = EvalConfig(**{group: cls(**values[group]) for group, cls in EVAL_GROUPS.items()}, source=source,
-                     raw=merge(base, cli))
-    validate_eval(cfg)
+    raw = merge(base, cli)
+    values = typed_values(raw, schema, source, set(cli))
+    cfg = COMMAND_CONFIGS[schema](**{group: cls(**values[group]) for group, cls in SCHEMAS[schema].items()},
+                                  source=source, raw=raw)
+    VALIDATORS[schema](cfg)
     return cfg
+
+
+def load_eval_config(path: str | None, overrides: list[str] | None = None) -> EvalConfig:
+    return load_command_config("eval", path, overrides)
+
+
+def model_target_overrides(target: str) -> list[str]:
+    """`lmforge chat/api/export TARGET`: TARGET is a config file, a model directory (or hub id), or a LoRA adapter
+    directory, whose base model is read from its adapter_config.json. Returns the overrides TARGET stands for
+    (none for a config file); keys given after it on the command line still win."""
+    if target.endswith((".yaml", ".yml")) or os.path.isfile(target):
+        return []
+    adapter_config = os.path.join(target, "adapter_config.json")
+    if os.path.isfile(adapter_config):
+        from lmforge.jsonl import read_json_mapping
+
+        base = read_json_mapping(adapter_config, "adapter config").get("base_model_name_or_path")
+        if not base:
+            raise ConfigError(f"Config error: '{adapter_config}' names no base model: set model_name_or_path.")
+        return [f"model_name_or_path={base}", f"adapter_name_or_path={target}"]
+    return [f"model_name_or_path={target}"]

@@ -12,10 +12,12 @@ from transformers import TrainingArguments
 
 from lmforge.config.data import DataArguments
 from lmforge.config.evaluation import EvalArguments
+from lmforge.config.exporting import ExportArguments
 from lmforge.config.finetuning import FinetuningArguments
 from lmforge.config.generation import GenerationArguments
 from lmforge.config.model import ModelArguments
 from lmforge.config.rl import RLArguments
+from lmforge.config.serving import ServeArguments
 from lmforge.config.tracking import TrackingArguments
 
 # Group name -> dataclass. Order is the order of `lmforge help train` and docs/config.md.
@@ -37,7 +39,19 @@ EVAL_GROUPS: dict[str, type] = {
     "eval": EvalArguments,
 }
 
-SCHEMAS: dict[str, dict[str, type]] = {"train": GROUPS, "eval": EVAL_GROUPS}
+# `lmforge chat/api/webui/webchat`: the model, its template, decoding defaults, the server.
+SERVE_GROUPS: dict[str, type] = {
+    "model": ModelArguments,
+    "data": DataArguments,
+    "generation": GenerationArguments,
+    "serve": ServeArguments,
+}
+
+# `lmforge export`: the model (+ adapter), its template, where and how to write it.
+EXPORT_GROUPS: dict[str, type] = {"model": ModelArguments, "data": DataArguments, "export": ExportArguments}
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "train": GROUPS, "eval": EVAL_GROUPS, "serve": SERVE_GROUPS, "export": EXPORT_GROUPS}
 
 # Where lmforge's default differs from transformers', and why.
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -48,7 +62,10 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 
 # Evaluation decodes greedily unless told otherwise: scores should not depend on the seed.
 EVAL_DEFAULTS: dict[str, Any] = {"do_sample": False}
-DEFAULTS: dict[str, dict[str, Any]] = {"train": TRAINING_DEFAULTS, "eval": EVAL_DEFAULTS}
+# A chat reply or API completion is longer than a training-time sample; requests set their own `max_tokens`.
+SERVE_DEFAULTS: dict[str, Any] = {"max_new_tokens": 512}
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "train": TRAINING_DEFAULTS, "eval": EVAL_DEFAULTS, "serve": SERVE_DEFAULTS, "export": {}}
 
 
 @dataclass
@@ -76,6 +93,32 @@ class EvalConfig:
     eval: EvalArguments
     source: str = "<command line>"
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class ServeConfig:
+    """One `lmforge chat/api/webui/webchat` session, fully resolved."""
+
+    model: ModelArguments
+    data: DataArguments
+    generation: GenerationArguments
+    serve: ServeArguments
+    source: str = "<command line>"
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class ExportConfig:
+    """One `lmforge export`, fully resolved."""
+
+    model: ModelArguments
+    data: DataArguments
+    export: ExportArguments
+    source: str = "<command line>"
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+COMMAND_CONFIGS: dict[str, type] = {"eval": EvalConfig, "serve": ServeConfig, "export": ExportConfig}
 
 
 def group_fields(cls: type) -> list[dataclasses.Field]:
@@ -107,7 +150,7 @@ class Key:
 
 @functools.cache
 def key_index(schema: str = "train") -> dict[str, Key]:
-    """Every config key of a command (`train` or `eval`) -> Key. Keys are unique across groups."""
+    """Every config key of a command schema (`train`, `eval`, `serve`, `export`) -> Key. Keys are unique across groups."""
     index: dict[str, Key] = {}
     for group, cls in SCHEMAS[schema].items():
         hints = typing.get_type_hints(cls)  # resolves `from __future__ import annotations` strings

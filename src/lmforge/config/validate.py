@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 from lmforge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from lmforge.config.schema import EvalConfig, RunConfig
+    from lmforge.config.schema import EvalConfig, ExportConfig, RunConfig, ServeConfig
+
+    CommandConfig = EvalConfig | ServeConfig | ExportConfig
 
 
-def _fail(cfg: RunConfig | EvalConfig, message: str) -> None:
+def _fail(cfg: RunConfig | CommandConfig, message: str) -> None:
     raise ConfigError(f"Config error ({cfg.source}): {message}")
 
 
@@ -160,23 +162,62 @@ def _validate_rl(cfg: RunConfig) -> None:
         _fail(cfg, "'kl_coef' must not be negative and 'cliprange' must be in (0, 1).")
 
 
-def _check_paths_exist(cfg: RunConfig | EvalConfig, keys: tuple[str, ...]) -> None:
+def _check_paths_exist(cfg: RunConfig | CommandConfig, keys: tuple[str, ...]) -> None:
     for key in keys:
         value = getattr(cfg.model, key)
         if value and value.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(value)):
             _fail(cfg, f"'{key}': the directory '{value}' does not exist.")
 
 
+def _validate_saved_model(cfg: CommandConfig, command: str, verb: str) -> None:
+    """eval/chat/api/export work on a saved model (plus, optionally, an adapter)."""
+    m = cfg.model
+    if not m.model_name_or_path:
+        _fail(cfg, f"'model_name_or_path' is required: the model directory (or hub id) to {verb}.")
+    if m.from_scratch:
+        _fail(cfg, f"'from_scratch' does not apply to {command}: {verb} a saved model (`model_name_or_path`).")
+    _check_paths_exist(cfg, ("model_name_or_path", "tokenizer_name_or_path", "adapter_name_or_path"))
+
+
+def validate_serve(cfg: ServeConfig) -> None:
+    """`lmforge chat/api/webui/webchat`."""
+    s, g = cfg.serve, cfg.generation
+    _validate_saved_model(cfg, "serving", "serve")
+    if s.port is not None and not 0 <= s.port <= 65535:
+        _fail(cfg, f"'port' must be between 0 and 65535, got {s.port}.")
+    if s.max_batch_size < 1:
+        _fail(cfg, f"'max_batch_size' must be at least 1, got {s.max_batch_size}.")
+    if s.max_model_len is not None and s.max_model_len < 2:
+        _fail(cfg, f"'max_model_len' must be at least 2, got {s.max_model_len}.")
+    if g.max_new_tokens < 1:
+        _fail(cfg, f"'max_new_tokens' must be at least 1, got {g.max_new_tokens}.")
+    if s.infer_backend == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            _fail(cfg, "'infer_backend: vllm' needs vLLM installed (`pip install vllm`, CUDA only).")
+
+
+def validate_export(cfg: ExportConfig) -> None:
+    """`lmforge export`: a model, a fresh place to write it, a sensible shard size."""
+    x = cfg.export
+    _validate_saved_model(cfg, "export", "export")
+    if not x.export_dir:
+        _fail(cfg, "'export_dir' is required: where the exported model is written.")
+    if x.export_size <= 0:
+        _fail(cfg, f"'export_size' (GB per shard) must be positive, got {x.export_size}.")
+    if cfg.model.quantization_bit:
+        _fail(cfg, "'quantization_bit' does not apply to export: weights are merged and saved unquantized.")
+    if os.path.isdir(x.export_dir) and os.listdir(x.export_dir) and not x.overwrite_export:
+        _fail(cfg, f"'export_dir' '{x.export_dir}' is not empty: choose another or set overwrite_export: true.")
+
+
 def validate_eval(cfg: EvalConfig) -> None:
     """`lmforge eval`: a model to load, somewhere to write, and the inputs the task needs."""
     from lmforge.config.evaluation import GENERATE_TASK, PERPLEXITY_TASK
 
-    m, d, e = cfg.model, cfg.data, cfg.eval
-    if not m.model_name_or_path:
-        _fail(cfg, "'model_name_or_path' is required: the model directory (or hub id) to evaluate.")
-    if m.from_scratch:
-        _fail(cfg, "'from_scratch' does not apply to eval: evaluate a saved model (`model_name_or_path`).")
-    _check_paths_exist(cfg, ("model_name_or_path", "tokenizer_name_or_path", "adapter_name_or_path"))
+    d, e = cfg.data, cfg.eval
+    _validate_saved_model(cfg, "eval", "evaluate")
     if not e.output_dir:
         _fail(cfg, "'output_dir' is required (where results.json and predictions.jsonl are written).")
     if e.batch_size < 1:
@@ -194,3 +235,6 @@ def validate_eval(cfg: EvalConfig) -> None:
             _fail(cfg, f"'cutoff_len' (the perplexity window) must be at least 2, got {d.cutoff_len}.")
         if e.stride is not None and not 1 <= e.stride <= d.cutoff_len:
             _fail(cfg, f"'stride' must be between 1 and cutoff_len ({d.cutoff_len}), got {e.stride}.")
+
+
+VALIDATORS = {"eval": validate_eval, "serve": validate_serve, "export": validate_export}

@@ -1,0 +1,22 @@
+"""What `lmforge export` writes: merged safetensors, optionally GGUF and an Ollama Modelfile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lmforge.config.fields import option
+
+
+@dataclass
+class ExportArguments:
+    export_dir: str | None = option(None, "Where the exported model is written (required).")
+    export_size: float = option(
+        5.0, "Largest safetensors shard in GB; bigger models are split into shards with an index file.")
+    export_gguf: bool = option(
+        False, "Also write a GGUF file (llama.cpp / Ollama) for Llama- and Qwen2-family architectures.")
+    gguf_outtype: Literal["f32", "f16", "bf16", "q8_0"] = option(
+        "f16", "Tensor type of the GGUF file's weight matrices (norms and biases stay f32).")
+    export_ollama: bool = option(
+        True, "With `export_gguf`: write an Ollama `Modelfile` whose template renders like the chat template.")
+    overwrite_export: bool = option(False, "Replace a non-empty `export_dir` (otherwise that is an error).")

@@ -1,0 +1,30 @@
+"""How `lmforge chat`, `lmforge api`, `lmforge webui` and `lmforge webchat` serve a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lmforge.config.fields import option
+
+
+@dataclass
+class ServeArguments:
+    host: str = option(
+        "127.0.0.1", "api/webui: the address the server listens on (loopback only by default; `0.0.0.0` for all).")
+    port: int | None = option(None, "api/webui: the port (api 8000, webui/webchat 7860 when unset).")
+    api_key: str | None = option(
+        None, "api: requests must send `Authorization: Bearer KEY` (others get 401). Unset: $LMFORGE_API_KEY, or no "
+        "key at all.")
+    served_model_name: str | None = option(
+        None, "api: the model id listed by /v1/models (default: the model directory's name).")
+    infer_backend: Literal["huggingface", "vllm"] = option(
+        "huggingface", "Generation engine: transformers (any device), or vLLM where it is installed (CUDA).")
+    max_batch_size: int = option(
+        8, "huggingface backend: requests waiting together are decoded as one batch of at most this many "
+        "sequences (1: one request at a time, each decoded exactly as alone).")
+    max_model_len: int | None = option(
+        None, "Longest prompt + completion in tokens (default: the model's `max_position_embeddings`).")
+    system_prompt: str | None = option(None, "chat/webchat: the system message every conversation starts with.")
+    vllm_gpu_memory_utilization: float = option(0.9, "vllm backend: fraction of GPU memory vLLM may use.")
+    share: bool = option(False, "webui/webchat: also publish the page through a public Gradio link.")

@@ -1,0 +1,307 @@
+"""`lmforge api`: an OpenAI-compatible HTTP server (FastAPI + uvicorn) over the generation engine.
+
+Endpoints: GET /v1/models, POST /v1/chat/completions and /v1/completions (plain JSON or SSE streams), GET /health.
+Every error is OpenAI's `{"error": {...}}` body with a 4xx status for the client's mistakes; the server stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from jinja2 import TemplateError
+from starlette.exceptions import HTTPException
+
+from lmforge.config.generation import GenerationArguments
+from lmforge.config.schema import ServeConfig
+from lmforge.data.template import prompt_ids
+from lmforge.serve.engine import Event, RequestError
+from lmforge.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest, error_body
+from lmforge.serve.sampling import SamplingParams
+from lmforge.serve.tools import parse_tool_calls, template_message
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.body = status, error_body(message, type_, param, code)
+
+
+def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
+    first = err.errors()[0]
+    if first.get("type") == "json_invalid":
+        return f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}.", None
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    message = first["msg"].removeprefix("Value error, ")
+    if param is None and first.get("type") == "missing":
+        message = "The request body is missing: send a JSON object."
+    return (f"Invalid '{param}': {message}." if param else message), param
+
+
+class Session:
+    """One request's bridge from the engine's worker thread to the event loop."""
+
+    def __init__(self, engine, prompts: list[list[int]], params: SamplingParams, n: int):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        self.n, self.prompts = n, prompts
+        self.handles = []
+        try:
+            for p, prompt in enumerate(prompts):
+                self.handles.append(engine.submit(prompt, params, self._sink(p), n))
+        except BaseException:
+            self.cancel()
+            raise
+
+    def _sink(self, prompt_index: int):
+        def put(event: Event) -> None:
+            try:
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, (prompt_index * self.n + event.index, event))
+            except RuntimeError:  # the loop is gone (server shutting down)
+                pass
+        return put
+
+    async def events(self) -> AsyncIterator[tuple[int, Event]]:
+        """(choice index, event) until every choice has finished."""
+        open_choices = len(self.prompts) * self.n
+        while open_choices:
+            choice, event = await self.queue.get()
+            if event.finish_reason:
+                open_choices -= 1
+            yield choice, event
+
+    def cancel(self) -> None:
+        for handle in self.handles:
+            handle.cancel()
+
+
+def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="lmforge", description=f"OpenAI-compatible API serving {model_name}")
+    created = int(time.time())
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, err: ApiError) -> JSONResponse:
+        return JSONResponse(err.body, status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(err)
+        return JSONResponse(error_body(message, param=param), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, err: HTTPException) -> JSONResponse:
+        kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(err.detail), kind), status_code=err.status_code)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, err: Exception) -> JSONResponse:
+        logger.exception("request failed")
+        return JSONResponse(error_body(f"Internal error: {err}", "server_error"), status_code=500)
+
+    async def authorised(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+            raise ApiError(401, "Invalid or missing API key: send `Authorization: Bearer KEY`.",
+                           code="invalid_api_key")
+
+    def sampling(body: SamplingRequest, prompt_tokens: list[int]) -> SamplingParams:
+        requested, param = body.requested_tokens
+        try:  # unset: the config's max_new_tokens, as far as the context allows
+            room = engine.check_fits(max(prompt_tokens), requested, param)
+        except RequestError as err:
+            raise ApiError(400, str(err), param=err.param, code=err.code) from None
+        max_tokens = room if requested is not None else min(room, gen.max_new_tokens)
+        defaults = SamplingParams.from_generation(gen, max_tokens=max_tokens, stop=body.stop, seed=body.seed,
+                                                  presence_penalty=body.presence_penalty,
+                                                  frequency_penalty=body.frequency_penalty)
+        for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
+            if getattr(body, name) is not None:
+                setattr(defaults, name, getattr(body, name))
+        if body.top_p is not None and body.top_k is None:
+            defaults.top_k = 0  # OpenAI clients know no top-k: a top_p they set is the only truncation
+        return defaults
+
+    def start(prompts: list[list[int]], body: SamplingRequest) -> Session:
+        params = sampling(body, [len(p) for p in prompts])
+        try:
+            return Session(engine, prompts, params, body.n)
+        except RequestError as err:
+            raise ApiError(400, str(err), param=err.param, code=err.code) from None
+
+    def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
+
+    def sse(value: dict[str, Any]) -> str:
+        return f"data: {json.dumps(value, ensure_ascii=False)}\n\n"
+
+    async def collect(session: Session) -> tuple[list[str], list[str], int]:
+        """Texts and finish reasons per choice, and the completion tokens of all."""
+        count = len(session.prompts) * session.n
+        texts, reasons, tokens = [""] * count, ["stop"] * count, 0
+        async for choice, event in session.events():
+            if event.error:
+                raise ApiError(500, event.error, "server_error")
+            texts[choice] += event.text
+            if event.finish_reason:
+                reasons[choice], tokens = event.finish_reason, tokens + event.completion_tokens
+        return texts, reasons, tokens
+
+    async def stream(session: Session, chunk, final_usage: int | None) -> AsyncIterator[str]:
+        """SSE: chunk(choice, text, finish_reason) per event; a usage chunk when asked; then [DONE]."""
+        tokens = 0
+        try:
+            async for choice, event in session.events():
+                if event.error:
+                    yield sse(error_body(event.error, "server_error"))
+                    break
+                if event.text or event.finish_reason:
+                    yield sse(chunk(choice, event.text, event.finish_reason))
+                tokens += event.completion_tokens
+            else:
+                if final_usage is not None:
+                    yield sse(chunk(None, "", None) | {"choices": [], "usage": usage(final_usage, tokens)})
+            yield "data: [DONE]\n\n"
+        finally:
+            session.cancel()  # a client that disconnected stops its generation
+
+    def streaming(body: AsyncIterator[str]) -> StreamingResponse:
+        return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models", dependencies=[Depends(authorised)])
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+                                            "owned_by": "lmforge", "max_model_len": engine.context_length}]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorised)])
+    async def chat_completions(body: ChatCompletionRequest):
+        messages = [template_message(m.model_dump(exclude_none=True)) for m in body.messages]
+        if not engine.tokenizer.chat_template:
+            raise ApiError(400, "This model has no chat template: use /v1/completions, or restart the server with "
+                           "`template` set.")
+        try:
+            prompt = prompt_ids(engine.tokenizer, messages, body.tools, **(body.chat_template_kwargs or {}))
+        except (TemplateError, TypeError, ValueError) as err:
+            raise ApiError(400, f"The chat template cannot render these messages: {err}", param="messages") from None
+        session = start([prompt], body)
+        reply_id, stamp = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        with_tools = bool(body.tools) and body.tool_choice != "none"
+
+        def message(text: str, reason: str) -> tuple[dict[str, Any], str]:
+            content, calls = parse_tool_calls(text) if with_tools else (text, [])
+            out: dict[str, Any] = {"role": "assistant", "content": content}
+            if calls:
+                out["tool_calls"] = calls
+            return out, ("tool_calls" if calls else reason)
+
+        if not body.stream:
+            texts, reasons, tokens = await collect(session)
+            choices = []
+            for i, (text, reason) in enumerate(zip(texts, reasons, strict=True)):
+                reply, finish = message(text, reason)
+                choices.append({"index": i, "message": reply, "finish_reason": finish, "logprobs": None})
+            return {"id": reply_id, "object": "chat.completion", "created": stamp, "model": model_name,
+                    "choices": choices, "usage": usage(len(prompt), tokens)}
+
+        started: set[int] = set()
+        held: dict[int, str] = {}  # with tools, a choice's text is sent whole at its end, once its calls are parsed
+
+        def chunk(choice: int | None, text: str, reason: str | None) -> dict[str, Any]:
+            out = {"id": reply_id, "object": "chat.completion.chunk", "created": stamp, "model": model_name}
+            if choice is None:
+                return out
+            delta: dict[str, Any] = {}
+            if choice not in started:
+                started.add(choice)
+                delta["role"] = "assistant"
+            if with_tools:
+                held[choice] = held.get(choice, "") + text
+                if reason:
+                    reply, reason = message(held.pop(choice), reason)
+                    delta.update({k: v for k, v in reply.items() if k != "role"})
+                    for i, call in enumerate(delta.get("tool_calls", [])):
+                        call["index"] = i
+            else:
+                delta["content"] = text
+            return out | {"choices": [{"index": choice, "delta": delta, "finish_reason": reason, "logprobs": None}]}
+
+        return streaming(stream(session, chunk, len(prompt) if body.include_usage else None))
+
+    @app.post("/v1/completions", dependencies=[Depends(authorised)])
+    async def completions(body: CompletionRequest):
+        texts_in = body.prompts()
+        prompts = [engine.tokenizer(p)["input_ids"] if isinstance(p, str) else p for p in texts_in]
+        vocab = len(engine.tokenizer)
+        if any(not 0 <= t < vocab for p in prompts for t in p):
+            raise ApiError(400, f"Token ids in 'prompt' must be between 0 and {vocab - 1}.", param="prompt")
+        session = start(prompts, body)
+        reply_id, stamp = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        prompt_tokens = sum(len(p) for p in prompts)
+
+        def echoed(choice: int) -> str:
+            source = texts_in[choice // body.n]
+            return source if isinstance(source, str) else engine.tokenizer.decode(source)
+
+        if not body.stream:
+            texts, reasons, tokens = await collect(session)
+            choices = [{"index": i, "text": (echoed(i) if body.echo else "") + text, "finish_reason": reason,
+                        "logprobs": None} for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))]
+            return {"id": reply_id, "object": "text_completion", "created": stamp, "model": model_name,
+                    "choices": choices, "usage": usage(prompt_tokens, tokens)}
+
+        echo_pending = set(range(len(prompts) * body.n)) if body.echo else set()
+
+        def chunk(choice: int | None, text: str, reason: str | None) -> dict[str, Any]:
+            out = {"id": reply_id, "object": "text_completion", "created": stamp, "model": model_name}
+            if choice is None:
+                return out
+            if choice in echo_pending:
+                echo_pending.discard(choice)
+                text = echoed(choice) + text
+            return out | {"choices": [{"index": choice, "text": text, "finish_reason": reason, "logprobs": None}]}
+
+        return streaming(stream(session, chunk, prompt_tokens if body.include_usage else None))
+
+    return app
+
+
+def resolve_api_key(cfg: ServeConfig) -> str | None:
+    return cfg.serve.api_key or os.environ.get("LMFORGE_API_KEY") or None
+
+
+def run_api(cfg: ServeConfig) -> None:
+    """Load the model and serve it until interrupted."""
+    import uvicorn
+
+    from lmforge.serve.load import load_engine, served_name
+
+    engine = load_engine(cfg, need_chat_template=False)
+    api_key = resolve_api_key(cfg)
+    app = create_app(engine, served_name(cfg), cfg.generation, api_key)
+    port = cfg.serve.port if cfg.serve.port is not None else 8000
+    logger.info("Serving %s at http://%s:%d/v1 (%s)", served_name(cfg), cfg.serve.host, port,
+                "API key required" if api_key else "no API key")
+    try:
+        uvicorn.run(app, host=cfg.serve.host, port=port, log_level="info")
+    finally:
+        engine.close()

@@ -1,0 +1,217 @@
+"""The generation engine behind chat, the API and the web UI: one worker thread owns the model; requests queue up and
+those waiting together are decoded as one batch, each row streaming its own text to its own sink.
+
+Why not `model.generate`: it takes one set of sampling settings per call and streams one sequence; a server needs
+per-request temperature/top-p/stop strings/seeds and a separate stream per request inside one batch. The loop below
+is the plain KV-cache decode `generate` runs (left padding, explicit positions, finished rows dropped from the cache).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import queue
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lmforge.serve.detokenize import TextStream
+from lmforge.serve.sampling import SamplingParams, choose_next
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Event:
+    """What a request's sink receives: text of choice `index`, and once per choice, its end."""
+
+    index: int
+    text: str = ""
+    finish_reason: str | None = None  # "stop" (stop token or string), "length" (max_tokens), "error"
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+Sink = Callable[[Event], None]
+
+
+class RequestError(ValueError):
+    """A request the engine cannot serve as asked (the API answers 400 with this message)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+@dataclass
+class Handle:
+    """A submitted request: `cancel()` stops its sequences at the next step (a client that went away)."""
+
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class _Sequence:
+    prompt: list[int]
+    params: SamplingParams
+    index: int
+    sink: Sink
+    handle: Handle
+    stream: TextStream
+    generator: torch.Generator
+    generated: list[int] = field(default_factory=list)
+
+    def finish(self, reason: str, text: str = "", counted: int = 0) -> None:
+        self.sink(Event(self.index, text + self.stream.flush(), reason, len(self.generated) + counted))
+
+
+class Engine:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, stop_ids: list[int],
+                 max_batch_size: int = 8, max_model_len: int | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.stop_ids = set(stop_ids)
+        self.max_batch_size = max_batch_size
+        self.context_length = max_model_len or getattr(model.config, "max_position_embeddings", None) or 2048
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+        self._last_logits_only = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._waiting: deque[_Sequence] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="lmforge-engine", daemon=True)
+        self._worker.start()
+
+    # ---- requests ----------------------------------------------------------------------------------------------
+
+    def check_fits(self, prompt_tokens: int, max_tokens: int | None, param: str = "max_tokens") -> int:
+        """The completion budget of a prompt: `max_tokens`, or all the context the prompt leaves."""
+        room = self.context_length - prompt_tokens
+        if room < 1:
+            raise RequestError(f"The prompt is {prompt_tokens} tokens long; this model's context is "
+                               f"{self.context_length} tokens, which leaves no room for a completion.",
+                               "messages", "context_length_exceeded")
+        if max_tokens is None:
+            return room
+        if max_tokens > room:
+            raise RequestError(f"{param} is {max_tokens}, but the prompt ({prompt_tokens} tokens) leaves room for "
+                               f"at most {room} in this model's context of {self.context_length} tokens.",
+                               param, "context_length_exceeded")
+        return max_tokens
+
+    def submit(self, prompt: list[int], params: SamplingParams, sink: Sink, n: int = 1) -> Handle:
+        """Queue `n` completions of `prompt`; events go to `sink` from the worker thread."""
+        if not prompt:
+            raise RequestError("The prompt is empty.", "prompt")
+        self.check_fits(len(prompt), params.max_tokens)
+        handle = Handle()
+        seed = params.seed if params.seed is not None else random.randrange(2**62)
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            for index in range(n):
+                self._waiting.append(_Sequence(prompt, params, index, sink, handle,
+                                               TextStream(self.tokenizer, params.stop),
+                                               torch.Generator().manual_seed(seed + index)))
+            self._wake.notify()
+        return handle
+
+    def stream(self, prompt: list[int], params: SamplingParams) -> Iterator[str]:
+        """One completion's text as it is generated (for callers that are not asyncio: chat, the web UI)."""
+        events: queue.Queue[Event] = queue.Queue()
+        handle = self.submit(prompt, params, events.put)
+        try:
+            while True:
+                event = events.get()
+                if event.error:
+                    raise RuntimeError(event.error)
+                if event.text:
+                    yield event.text
+                if event.finish_reason:
+                    return
+        finally:
+            handle.cancel()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._worker.join(timeout=30)
+
+    # ---- the worker --------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._waiting and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                batch = [self._waiting.popleft() for _ in range(min(self.max_batch_size, len(self._waiting)))]
+            batch = [s for s in batch if not s.handle.cancelled.is_set()]
+            if not batch:
+                continue
+            try:
+                self._decode(batch)
+            except Exception as err:  # the server must outlive one failed batch (e.g. out of memory)
+                logger.exception("generation failed")
+                for seq in batch:
+                    seq.sink(Event(seq.index, finish_reason="error", error=f"generation failed: {err}"))
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+                 cache=None):
+        extra = {"logits_to_keep": 1} if self._last_logits_only else {}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                          past_key_values=cache, use_cache=True, **extra)
+
+    @torch.inference_mode()
+    def _decode(self, batch: list[_Sequence]) -> None:
+        device = self.model.device
+        width = max(len(s.prompt) for s in batch)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(s.prompt)) + s.prompt for s in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(s.prompt)) + [1] * len(s.prompt) for s in batch], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self._forward(input_ids, mask, positions)
+        cache, logits, last = out.past_key_values, out.logits[:, -1], positions[:, -1]
+        active = batch
+        while True:
+            tokens = choose_next(logits, [(s.params, s.prompt, s.generated, s.generator) for s in active])
+            keep = [row for row, (seq, token) in enumerate(zip(active, tokens, strict=True)) if self._step(seq, token)]
+            if not keep:
+                return
+            if len(keep) < len(active):  # finished rows leave the batch and the cache
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, last = mask[index], last[index]
+                active, tokens = [active[r] for r in keep], [tokens[r] for r in keep]
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            last = last + 1
+            out = self._forward(torch.tensor(tokens, device=device)[:, None], mask, last[:, None], cache)
+            cache, logits = out.past_key_values, out.logits[:, -1]
+
+    def _step(self, seq: _Sequence, token: int) -> bool:
+        """Give `token` to its sequence; False once the sequence is done."""
+        if seq.handle.cancelled.is_set():
+            return False
+        if token in self.stop_ids:
+            seq.finish("stop", counted=1)
+            return False
+        seq.generated.append(token)
+        text, stopped = seq.stream.push(token)
+        if stopped:
+            seq.finish("stop", text)
+            return False
+        if len(seq.generated) >= seq.params.max_tokens:
+            seq.finish("length", text)
+            return False
+        if text:
+            seq.sink(Event(seq.index, text))
+        return True

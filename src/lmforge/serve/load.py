@@ -1,0 +1,39 @@
+"""Build the engine a serving command uses, from its config."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from lmforge.config.schema import ServeConfig
+from lmforge.data.template import stop_token_ids
+from lmforge.errors import ConfigError
+from lmforge.model.inference import load_inference_model, load_inference_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def served_name(cfg: ServeConfig) -> str:
+    """The model id clients name: `served_model_name`, else the model directory's (or hub id's) last part."""
+    if cfg.serve.served_model_name:
+        return cfg.serve.served_model_name
+    path = cfg.model.adapter_name_or_path or cfg.model.model_name_or_path or "model"
+    return os.path.basename(os.path.normpath(path))
+
+
+def load_engine(cfg: ServeConfig, need_chat_template: bool = True):
+    """The tokenizer (with `template` applied where set) and model, inside the configured engine."""
+    tokenizer, _ = load_inference_tokenizer(cfg.model, cfg.data.template)
+    if need_chat_template and not tokenizer.chat_template:
+        raise ConfigError(f"Config error ({cfg.source}): the tokenizer of '{cfg.model.model_name_or_path}' has no "
+                          "chat template: set `template` (chatml, llama3, alpaca, default or a .jinja file).")
+    stop_ids = stop_token_ids(tokenizer)
+    logger.info("Generation stops at %s", ", ".join(repr(tokenizer.convert_ids_to_tokens(i)) for i in stop_ids))
+    if cfg.serve.infer_backend == "vllm":
+        from lmforge.serve.vllm_engine import VllmEngine
+
+        return VllmEngine(cfg, tokenizer, stop_ids)
+    from lmforge.serve.engine import Engine
+
+    model = load_inference_model(cfg.model, tokenizer)
+    return Engine(model, tokenizer, stop_ids, cfg.serve.max_batch_size, cfg.serve.max_model_len)

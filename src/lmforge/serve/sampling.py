@@ -1,0 +1,81 @@
+"""Per-sequence sampling settings and the next-token choice for a batch whose rows each have their own.
+
+`model.generate` takes one set of sampling settings per call; a server batches requests that each set their own
+temperature, top-p, top-k, penalties and seed, so the choice is made here, one row at a time where it must be.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lmforge.config.generation import GenerationArguments
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no limit
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    @classmethod
+    def from_generation(cls, gen: GenerationArguments, **changes) -> SamplingParams:
+        """The config's decoding settings (what a request does not set), with `changes` applied."""
+        values = {"max_tokens": gen.max_new_tokens, "temperature": gen.temperature if gen.do_sample else 0.0,
+                  "top_p": gen.top_p, "top_k": gen.top_k, "repetition_penalty": gen.repetition_penalty}
+        return cls(**{**values, **changes})
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+def _penalised(logits: torch.Tensor, params: SamplingParams, generated: list[int], prompt: list[int]) -> torch.Tensor:
+    """OpenAI's presence/frequency penalties over the completion so far, and the multiplicative repetition penalty
+    of transformers (over prompt and completion)."""
+    if params.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(prompt) | set(generated)), device=logits.device, dtype=torch.long)
+        scores = logits[seen]
+        logits[seen] = torch.where(scores > 0, scores / params.repetition_penalty, scores * params.repetition_penalty)
+    if generated and (params.presence_penalty or params.frequency_penalty):
+        counts = torch.bincount(torch.tensor(generated, device=logits.device), minlength=logits.numel())
+        logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).to(logits.dtype)
+    return logits
+
+
+def _filtered(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (the order transformers applies them)."""
+    logits = logits / params.temperature
+    if 0 < params.top_k < logits.numel():
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens before it already hold top_p of the mass (the first one always stays)
+        drop = (probs.cumsum(-1) - probs) >= params.top_p
+        logits = logits.scatter(0, order[drop], float("-inf"))
+    return logits
+
+
+def choose_next(logits: torch.Tensor, rows: list[tuple[SamplingParams, list[int], list[int], torch.Generator]]
+                ) -> list[int]:
+    """The next token of each row: `logits` [rows, vocab] (last position), `rows` = (params, prompt ids,
+    completion ids so far, the row's random generator)."""
+    logits = logits.float()
+    chosen: list[int] = []
+    for i, (params, prompt, generated, generator) in enumerate(rows):
+        row = _penalised(logits[i].clone(), params, generated, prompt)
+        if params.greedy:
+            chosen.append(int(row.argmax()))
+            continue
+        probs = _filtered(row, params).softmax(-1)
+        chosen.append(int(torch.multinomial(probs.cpu(), 1, generator=generator)))
+    return chosen
