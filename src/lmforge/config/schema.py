@@ -150,7 +150,7 @@ class Key:
 
 @functools.cache
 def key_index(schema: str = "train") -> dict[str, Key]:
-    """Every config key of a command schema (`train`, `eval`, `serve`, `export`) -> Key. Keys are unique across groups."""
+    """Every config key of a command schema (`train`, `eval`, `serve`, `export`) -> Key; unique across groups."""
     index: dict[str, Key] = {}
     for group, cls in SCHEMAS[schema].items():
         hints = typing.get_type_hints(cls)  # resolves `from __future__ import annotations` strings

@@ -1,0 +1,191 @@
+"""`lmforge api` on loopback, driven by the real `openai` client: plain and streaming calls, 16 concurrent streams,
+the API key, malformed requests (4xx with OpenAI's error body, and the server stays up)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from lmforge.data.template import prompt_ids
+from tests.serve.conftest import GREETING, REPLY
+
+KEY = "sk-test-lmforge"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(*args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lmforge", "api", *args, f"port={port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"lmforge api exited {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("lmforge api did not start within 120 s")
+
+
+@pytest.fixture(scope="module")
+def server(chat_model_dir):
+    """A random chat model (different prompts give different texts), behind an API key."""
+    proc, base = start_server(chat_model_dir, f"api_key={KEY}", "served_model_name=tiny", "max_batch_size=8")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+
+
+def test_a_fine_tuned_model_answers_and_stops_at_its_end_of_turn(greeter_dir):
+    """`lmforge api MODEL_DIR` with no API key: the model lmforge trained ends its reply where it learnt to."""
+    proc, base = start_server(greeter_dir)
+    try:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["out"]
+        reply = client.chat.completions.create(model="out", messages=[{"role": "user", "content": GREETING}],
+                                               temperature=0, max_tokens=40)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    choice = reply.choices[0]
+    assert (choice.message.role, choice.message.content, choice.finish_reason) == ("assistant", REPLY, "stop")
+    tok = AutoTokenizer.from_pretrained(greeter_dir)
+    prompt = prompt_ids(tok, [{"role": "user", "content": GREETING}])
+    reply_tokens = len(tok(REPLY, add_special_tokens=False)["input_ids"]) + 1  # + <|im_end|>
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (len(prompt), reply_tokens)
+    assert reply.usage.total_tokens == len(prompt) + reply_tokens
+
+
+def test_models_list(client):
+    assert [(m.id, m.owned_by) for m in client.models.list().data] == [("tiny", "lmforge")]
+
+
+def test_streaming_call(client):
+    chunks = list(client.chat.completions.create(
+        model="tiny", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": GREETING}],
+        temperature=0, max_tokens=30, stream=True, stream_options={"include_usage": True}))
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # really streamed
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"  # random model: no stop
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 30
+    plain = client.chat.completions.create(
+        model="tiny", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": GREETING}],
+        temperature=0, max_tokens=30)
+    assert text == plain.choices[0].message.content
+
+
+def test_sixteen_concurrent_streams_each_get_their_own_output(server, client):
+    questions = [f"Question {i}: what comes after {i * 7}?" for i in range(16)]
+    expected = [client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": q}],
+                                               temperature=0, max_tokens=20).choices[0].message.content
+                for q in questions]
+    assert len(set(expected)) > 8  # the prompts lead to different texts, so a mix-up would show
+
+    async def stream_one(aclient: openai.AsyncOpenAI, question: str) -> tuple[str, set[str]]:
+        stream = await aclient.chat.completions.create(model="tiny", messages=[{"role": "user", "content": question}],
+                                                       temperature=0, max_tokens=20, stream=True)
+        parts, ids = [], set()
+        async for chunk in stream:
+            ids.add(chunk.id)
+            parts.extend(c.delta.content or "" for c in chunk.choices)
+        return "".join(parts), ids
+
+    async def all_at_once():
+        aclient = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+        return await asyncio.gather(*(stream_one(aclient, q) for q in questions))
+
+    results = asyncio.run(all_at_once())
+    assert [text for text, _ in results] == expected
+    ids = [i for _, i in results]
+    assert all(len(i) == 1 for i in ids) and len(set().union(*ids)) == 16
+
+
+def test_options_stop_n_and_text_completions(client):
+    message = [{"role": "user", "content": GREETING}]
+    full = client.chat.completions.create(model="tiny", messages=message, temperature=0, max_tokens=12)
+    text = full.choices[0].message.content
+    stop = text[4:7]
+    cut = client.chat.completions.create(model="tiny", messages=message, temperature=0, max_tokens=12, stop=[stop])
+    assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == (text[: text.index(stop)], "stop")
+    short = client.chat.completions.create(model="tiny", messages=message, temperature=0, max_tokens=2)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 2
+    several = client.chat.completions.create(model="tiny", messages=message, n=3, temperature=1.5, seed=1,
+                                             max_tokens=8)
+    assert [c.index for c in several.choices] == [0, 1, 2]
+    text = client.completions.create(model="tiny", prompt=["<|im_start|>user\n" + GREETING, "Once"], max_tokens=6,
+                                     temperature=0, echo=True)
+    assert [c.index for c in text.choices] == [0, 1]
+    assert text.choices[0].text.startswith("<|im_start|>user\n" + GREETING) and text.choices[1].text.startswith("Once")
+    streamed = client.completions.create(model="tiny", prompt="Once", max_tokens=6, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == text.choices[1].text[len("Once"):]
+
+
+def test_tools_are_passed_to_the_chat_template(client, chat_model_dir):
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
+    message = [{"role": "user", "content": GREETING}]
+    with_tools = client.chat.completions.create(model="tiny", messages=message, tools=tools, max_tokens=4)
+    tok = AutoTokenizer.from_pretrained(chat_model_dir)
+    assert with_tools.usage.prompt_tokens == len(prompt_ids(tok, message, tools))
+    assert with_tools.usage.prompt_tokens > len(prompt_ids(tok, message)) + 10
+
+
+def test_the_api_key_is_required(server):
+    for key in ("wrong-key", None):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        response = httpx.get(f"{server}/v1/models", headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_api_key"
+    bad = openai.OpenAI(base_url=f"{server}/v1", api_key="wrong-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model="tiny", messages=[{"role": "user", "content": GREETING}])
+
+
+@pytest.mark.parametrize(("body", "param", "fragment"), [
+    ("{not json", None, "not valid JSON"),
+    ({"model": "greeter"}, "messages", "Field required"),
+    ({"messages": []}, "messages", "at least 1"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role", "'system'"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}, "max_tokens", "greater than or equal to 1"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**9}, "max_tokens", "leaves room for at most"),
+    ({"messages": [{"role": "user", "content": "word " * 400}]}, "messages", "context is 256 tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 7}, "temperature", "less than or equal to 2"),
+    ({"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, "logprobs", "not supported"),
+])
+def test_malformed_requests_get_a_400_and_the_server_stays_up(server, client, body, param, fragment):
+    content = body if isinstance(body, str) else json.dumps(body)
+    response = httpx.post(f"{server}/v1/chat/completions", content=content,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert fragment in error["message"]
+    reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": GREETING}],
+                                           temperature=0, max_tokens=4)
+    assert reply.choices[0].finish_reason == "length"
