@@ -147,3 +147,30 @@ def test_tool_calls_round_trip():
     assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
         ("get_weather", '{"city": "Paris"}')]
     assert parse_tool_calls("<tool_call>{not json}</tool_call>") == ("<tool_call>{not json}</tool_call>", [])
+
+
+def test_an_adapter_directory_loads_its_base_with_the_adapter_merged(greeter_adapter_dir, greeter_base_dir):
+    from peft import PeftModel
+
+    from lmforge.config.parse import load_command_config, model_target_overrides
+    from lmforge.serve.load import load_engine
+
+    cfg = load_command_config("serve", None, model_target_overrides(greeter_adapter_dir))
+    assert (cfg.model.model_name_or_path, cfg.model.adapter_name_or_path) == (greeter_base_dir, greeter_adapter_dir)
+    engine = load_engine(cfg)
+    try:
+        prompt = prompt_ids(engine.tokenizer, [{"role": "user", "content": QUESTIONS[0]}])
+        (text,), _ = run(engine, prompt, SamplingParams(max_tokens=16, temperature=0))
+        base = AutoModelForCausalLM.from_pretrained(greeter_base_dir)
+        peft_model = PeftModel.from_pretrained(base, greeter_adapter_dir).eval()
+        with torch.no_grad():
+            out = peft_model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
+                                      eos_token_id=sorted(engine.stop_ids), pad_token_id=engine.pad_id)
+        assert text == engine.tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
+        base_engine = Engine(AutoModelForCausalLM.from_pretrained(greeter_base_dir).eval(), engine.tokenizer,
+                             sorted(engine.stop_ids))
+        base_text, _ = run(base_engine, prompt, SamplingParams(max_tokens=16, temperature=0))
+        base_engine.close()
+        assert base_text != [text]  # the adapter changes what the model says
+    finally:
+        engine.close()

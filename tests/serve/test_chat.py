@@ -1,0 +1,64 @@
+"""`lmforge chat` driven through a pseudo-terminal: a streamed reply that stops at the end of turn, /clear, /exit."""
+
+from __future__ import annotations
+
+import sys
+
+import pexpect
+import pytest
+
+from lmforge.config.parse import load_command_config
+from lmforge.serve.chat import Conversation
+from lmforge.serve.load import load_engine
+from lmforge.serve.sampling import SamplingParams
+from tests.serve.conftest import GREETING, REPLY
+
+
+def test_chat_in_a_terminal(greeter_dir):
+    child = pexpect.spawn(sys.executable, ["-m", "lmforge", "chat", greeter_dir, "do_sample=false",
+                                           "system_prompt=You are a greeter."], encoding="utf-8", timeout=120)
+    try:
+        child.expect_exact("User: ")
+        child.sendline(GREETING)
+        child.expect_exact(f"Assistant: {REPLY}\r\n")  # the whole reply, then the end of turn (no runaway text)
+        child.expect_exact("User: ")
+        child.sendline("/clear")
+        child.expect_exact("(a new conversation)")
+        child.expect_exact("User: ")
+        child.sendline(GREETING)
+        child.expect_exact(f"Assistant: {REPLY}\r\n")
+        child.expect_exact("User: ")
+        child.sendline("/exit")
+        child.expect_exact("Bye.")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def test_conversation_keeps_history_and_drops_the_oldest_exchanges_that_no_longer_fit(greeter_dir, capsys):
+    cfg = load_command_config("serve", None, [f"model_name_or_path={greeter_dir}", "max_model_len=80",
+                                              "max_new_tokens=8", "system_prompt=Hi."])
+    engine = load_engine(cfg)
+    try:
+        chat = Conversation(engine, cfg.serve.system_prompt, cfg.generation.max_new_tokens)
+        greedy = SamplingParams(max_tokens=8, temperature=0)
+        first = chat.reply(GREETING, greedy)
+        assert first and REPLY.startswith(first)  # 8 tokens of the reply
+        assert [m["role"] for m in chat.turns] == ["user", "assistant"]
+        for _ in range(4):
+            chat.reply(GREETING, SamplingParams(max_tokens=8, temperature=0))
+        ids, budget = chat.prompt()
+        assert len(ids) + budget <= 80 and chat.turns[0]["role"] == "user"
+        assert len(chat.turns) < 10  # old exchanges were dropped to fit 80 tokens
+        assert "oldest exchange was dropped" in capsys.readouterr().err
+    finally:
+        engine.close()
+
+
+def test_chat_needs_a_chat_template(tiny_model_dir):
+    from lmforge.errors import ConfigError
+
+    cfg = load_command_config("serve", None, [f"model_name_or_path={tiny_model_dir}"])
+    with pytest.raises(ConfigError, match="has no chat template: set `template`"):
+        load_engine(cfg)
