@@ -1,9 +1,10 @@
-"""JSON and JSON-lines files written atomically: the file appears only when complete (never half-written)."""
+"""Files and directories written atomically: they appear only when complete (never half-written)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -25,6 +26,27 @@ def atomic_open(path: str, suffix: str = "") -> Iterator[IO[str]]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_dir(path: str, replace: bool = False) -> Iterator[str]:
+    """A staging directory beside `path` that is renamed to `path` only when the block completes without error.
+    With `replace`, an existing `path` is removed just before the rename."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(os.path.abspath(path))}-", dir=parent)
+    try:
+        yield staging
+        if os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+        if os.path.exists(path):
+            if not replace:
+                raise FileExistsError(f"'{path}' appeared while it was being written")
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_jsonl(path: str, rows: Iterable[dict]) -> int:

@@ -16,7 +16,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from lmforge.data.template import prompt_ids
-from tests.serve.conftest import GREETING, REPLY
+from tests.conftest import GREETING, REPLY
 
 KEY = "sk-test-lmforge"
 

@@ -11,7 +11,7 @@ from lmforge.config.parse import load_command_config
 from lmforge.serve.chat import Conversation
 from lmforge.serve.load import load_engine
 from lmforge.serve.sampling import SamplingParams
-from tests.serve.conftest import GREETING, REPLY
+from tests.conftest import GREETING, REPLY
 
 
 def test_chat_in_a_terminal(greeter_dir):

@@ -42,9 +42,10 @@ class ModelArguments:
     )
     adapter_name_or_path: str | None = option(
         None, "A saved LoRA adapter (PEFT directory). Training with `finetuning_type: lora` continues it instead of "
-        "adding new adapters; eval loads it on top of `model_name_or_path`.")
+        "adding new adapters; eval, chat, api and export load it on top of `model_name_or_path` (merged).")
     infer_dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
-        "auto", "eval: the dtype the weights are loaded in (`auto`: as saved in the checkpoint).")
+        "auto", "eval/chat/api: the dtype the weights are loaded in; export: the dtype they are saved in (`auto`: as "
+        "saved in the checkpoint).")
     trust_remote_code: bool = option(False, "Allow model/tokenizer code from the model repository to run.")
     attn_implementation: str | None = option(
         None, "Attention kernel: `sdpa`, `eager`, `flash_attention_2`, ... (transformers' default when unset)."

@@ -40,9 +40,12 @@ def load_inference_tokenizer(args: ModelArguments, template: str | None = None) 
     return tokenizer, added
 
 
-def load_inference_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """The causal LM in `infer_dtype` on the inference device, in eval mode; a LoRA adapter is merged in."""
-    model = build_model(args, tokenizer, dtype=DTYPES[args.infer_dtype])
+def load_inference_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase,
+                         device: torch.device | None = None, dtype: torch.dtype | str | None = None
+                         ) -> PreTrainedModel:
+    """The causal LM in `infer_dtype` (or `dtype`) on the inference device (or `device`), in eval mode; a LoRA
+    adapter is merged in."""
+    model = build_model(args, tokenizer, dtype=dtype or DTYPES[args.infer_dtype])
     if args.adapter_name_or_path:
         from peft import PeftModel
 
@@ -52,6 +55,6 @@ def load_inference_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBas
             raise ConfigError(f"Config error: could not load the adapter '{args.adapter_name_or_path}': "
                               f"{str(err).splitlines()[0]}") from None
         logger.info("Adapter %s merged into the model", args.adapter_name_or_path)
-    model = model.to(inference_device()).eval()
+    model = model.to(device or inference_device()).eval()
     logger.info("Inference in %s on %s", model.dtype, model.device)
     return model

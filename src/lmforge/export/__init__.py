@@ -1,0 +1,1 @@
+"""`lmforge export`: merged safetensors, GGUF and an Ollama Modelfile."""

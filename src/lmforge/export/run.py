@@ -1,0 +1,40 @@
+"""`lmforge export`: merge, save safetensors shards and the tokenizer, optionally GGUF + Modelfile; all written to a
+staging directory that becomes `export_dir` only when everything is complete."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from lmforge.config.schema import ExportConfig
+from lmforge.data.template import stop_token_ids
+from lmforge.export.gguf_writer import write_gguf
+from lmforge.export.merge import merged_model
+from lmforge.export.modelfile import modelfile, role_pieces
+from lmforge.jsonl import atomic_dir
+
+logger = logging.getLogger(__name__)
+
+
+def run_export(cfg: ExportConfig) -> str:
+    x = cfg.export
+    model, tokenizer = merged_model(cfg.model, cfg.data.template)
+    name = os.path.basename(os.path.normpath(x.export_dir))
+    with atomic_dir(x.export_dir, replace=x.overwrite_export) as staging:
+        model.save_pretrained(staging, max_shard_size=f"{max(1, int(x.export_size * 1e6))}KB")
+        tokenizer.save_pretrained(staging)
+        files = sorted(f for f in os.listdir(staging) if f.endswith(".safetensors"))
+        logger.info("Saved %d safetensors file(s), the tokenizer and its chat template", len(files))
+        stop_ids = stop_token_ids(tokenizer) if tokenizer.chat_template else []
+        if x.export_gguf:
+            gguf_name = f"{name}-{x.gguf_outtype}.gguf"
+            count = write_gguf(model, tokenizer, staging, os.path.join(staging, gguf_name), x.gguf_outtype, name,
+                               stop_ids[-1] if stop_ids else None)
+            logger.info("Wrote %s (%d tensors)", gguf_name, count)
+            if x.export_ollama and tokenizer.chat_template:
+                stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids]
+                with open(os.path.join(staging, "Modelfile"), "w", encoding="utf-8") as fh:
+                    fh.write(modelfile(gguf_name, role_pieces(tokenizer), stops))
+                logger.info("Wrote an Ollama Modelfile: `ollama create %s -f %s/Modelfile`", name, x.export_dir)
+    print(f"Exported to {x.export_dir}")
+    return x.export_dir

@@ -1,0 +1,174 @@
+"""`lmforge export`: merged weights equal base + adapter, shards and dtype as asked, GGUF files that read back with
+the expected tensors and metadata, an Ollama template that renders like the chat template."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lmforge.cli import main
+from lmforge.config.model import ModelArguments
+from lmforge.data.chat_templates import apply_template_choice
+from lmforge.data.template import render
+from lmforge.export.gguf_writer import _permute_for_ggml_rope
+from lmforge.export.modelfile import role_pieces
+from lmforge.model.build import build_model
+from tests.conftest import REPO, TINY_MODEL
+from tests.eval.test_mc import run_lmforge
+
+
+def test_merged_export_equals_base_plus_adapter(tmp_path, greeter_base_dir, greeter_adapter_dir):
+    from peft import PeftModel
+
+    out = tmp_path / "merged"
+    assert main(["export", greeter_adapter_dir, f"export_dir={out}", "export_size=0.0001"]) == 0
+    files = sorted(os.listdir(out))
+    assert "model.safetensors.index.json" in files and sum(f.endswith(".safetensors") for f in files) > 1
+    assert "chat_template.jinja" in files or "chat_template" in json.load(open(out / "tokenizer_config.json"))
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]  # nothing left from staging
+
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(greeter_base_dir),
+                                          greeter_adapter_dir).eval()
+    base = AutoModelForCausalLM.from_pretrained(greeter_base_dir).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = torch.tensor([tok(render(tok, [{"role": "user", "content": "Say hello."}], add_generation_prompt=True),
+                            add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        got, want, before = merged(ids).logits, reference(ids).logits, base(ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert (want - before).abs().max() > 1e-2  # the adapter matters, so equality above means it was merged
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in merged.generation_config.eos_token_id  # plain generate stops at the end of turn
+
+
+def test_export_saves_the_dtype_asked_for_and_refuses_a_used_directory(tmp_path, greeter_dir):
+    out = tmp_path / "bf16"
+    assert main(["export", greeter_dir, f"export_dir={out}", "infer_dtype=bfloat16"]) == 0
+    with safe_open(out / "model.safetensors", "pt") as fh:
+        assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.bfloat16}
+    again = run_lmforge("export", greeter_dir, f"export_dir={out}")
+    assert again.returncode == 2 and "is not empty" in again.stderr and "Traceback" not in again.stderr
+    assert main(["export", greeter_dir, f"export_dir={out}", "overwrite_export=true"]) == 0
+    with safe_open(out / "model.safetensors", "pt") as fh:
+        assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.float32}  # as the checkpoint was saved
+
+
+def read_gguf(path) -> tuple[dict, dict]:
+    reader = gguf.GGUFReader(path)
+    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    tensors = {t.name: t for t in reader.tensors}
+    return fields, tensors
+
+
+def dequantized(tensor) -> np.ndarray:
+    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    return np.asarray(values, dtype=np.float32).reshape([int(d) for d in reversed(tensor.shape)])
+
+
+@pytest.mark.parametrize("outtype", ["f32", "q8_0"])
+def test_gguf_of_a_qwen2_model(tmp_path, greeter_dir, outtype):
+    out = tmp_path / "gguf"
+    assert main(["export", greeter_dir, f"export_dir={out}", "export_gguf=true", f"gguf_outtype={outtype}"]) == 0
+    fields, tensors = read_gguf(out / f"gguf-{outtype}.gguf")
+    model = AutoModelForCausalLM.from_pretrained(greeter_dir)
+    tok = AutoTokenizer.from_pretrained(greeter_dir)
+    c = model.config
+    assert fields["general.architecture"] == "qwen2"
+    assert (fields["qwen2.block_count"], fields["qwen2.embedding_length"], fields["qwen2.feed_forward_length"],
+            fields["qwen2.attention.head_count"], fields["qwen2.attention.head_count_kv"],
+            fields["qwen2.context_length"]) == (c.num_hidden_layers, c.hidden_size, c.intermediate_size,
+                                                c.num_attention_heads, c.num_key_value_heads,
+                                                c.max_position_embeddings)
+    assert fields["tokenizer.ggml.model"] == "gpt2"
+    assert len(fields["tokenizer.ggml.tokens"]) == c.vocab_size
+    assert fields["tokenizer.ggml.tokens"][:len(tok)] == tok.convert_ids_to_tokens(list(range(len(tok))))
+    assert fields["tokenizer.ggml.eot_token_id"] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert fields["tokenizer.chat_template"] == tok.chat_template
+    assert len(fields["tokenizer.ggml.merges"]) > 0
+
+    layer = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"}
+    expected = {"token_embd.weight", "output_norm.weight"} | {f"blk.{i}.{n}.weight" for i in range(2) for n in layer}
+    expected |= {f"blk.{i}.attn_{n}.bias" for i in range(2) for n in "qkv"}
+    expected |= set() if c.tie_word_embeddings else {"output.weight"}
+    assert set(tensors) == expected
+    state = model.state_dict()
+    pairs = {"token_embd.weight": "model.embed_tokens.weight", "blk.1.attn_q.weight":
+             "model.layers.1.self_attn.q_proj.weight", "blk.0.attn_k.bias": "model.layers.0.self_attn.k_proj.bias",
+             "blk.1.ffn_down.weight": "model.layers.1.mlp.down_proj.weight",
+             "output_norm.weight": "model.norm.weight"}
+    for gguf_name, hf_name in pairs.items():
+        got, want = dequantized(tensors[gguf_name]), state[hf_name].numpy()
+        assert got.shape == want.shape, gguf_name
+        if outtype == "f32" or want.ndim == 1:
+            np.testing.assert_array_equal(got, want)
+        else:  # 8-bit blocks: within the step of each block's scale
+            assert tensors[gguf_name].tensor_type == gguf.GGMLQuantizationType.Q8_0
+            np.testing.assert_allclose(got, want, atol=np.abs(want).max() / 100)
+
+    modelfile = (out / "Modelfile").read_text()
+    assert modelfile.startswith(f"FROM ./gguf-{outtype}.gguf\n")
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile
+
+
+def test_gguf_of_a_llama_model_permutes_q_and_k_for_ggml_rope(tmp_path, tiny_tokenizer):
+    src = tmp_path / "llama"
+    tok = copy.deepcopy(tiny_tokenizer)
+    apply_template_choice(tok, "llama3")
+    torch.manual_seed(0)
+    model = build_model(ModelArguments(from_scratch=True, model_type="llama", config_overrides=TINY_MODEL), tok)
+    model.save_pretrained(src)
+    tok.save_pretrained(src)
+    out = tmp_path / "llama-gguf"
+    assert main(["export", str(src), f"export_dir={out}", "export_gguf=true", "gguf_outtype=f16"]) == 0
+    fields, tensors = read_gguf(out / "llama-gguf-f16.gguf")
+    assert fields["general.architecture"] == "llama"
+    assert fields["llama.rope.dimension_count"] == TINY_MODEL["hidden_size"] // TINY_MODEL["num_attention_heads"]
+    state = model.state_dict()
+    q, k = state["model.layers.0.self_attn.q_proj.weight"].numpy(), state["model.layers.0.self_attn.k_proj.weight"]
+    assert tensors["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.F16
+    np.testing.assert_allclose(dequantized(tensors["blk.0.attn_q.weight"]),
+                               _permute_for_ggml_rope(q, TINY_MODEL["num_attention_heads"]), atol=1e-3)
+    np.testing.assert_allclose(dequantized(tensors["blk.0.attn_k.weight"]),
+                               _permute_for_ggml_rope(k.numpy(), TINY_MODEL["num_key_value_heads"]), atol=1e-3)
+    assert not np.allclose(_permute_for_ggml_rope(q, 4), q)  # the permutation is not the identity
+    # within each head, rows (i, half) move to (2i + half): GGML's rope rotates neighbouring pairs
+    head_dim = TINY_MODEL["hidden_size"] // TINY_MODEL["num_attention_heads"]
+    np.testing.assert_array_equal(_permute_for_ggml_rope(q, 4)[1], q[head_dim // 2])
+
+
+def test_gguf_refuses_architectures_it_cannot_write(tmp_path, tiny_tokenizer):
+    src = tmp_path / "gpt2"
+    model = build_model(ModelArguments(from_scratch=True, model_type="gpt2",
+                                       config_overrides={"n_embd": 32, "n_layer": 1, "n_head": 2}), tiny_tokenizer)
+    model.save_pretrained(src)
+    tiny_tokenizer.save_pretrained(src)
+    result = run_lmforge("export", str(src), f"export_dir={tmp_path / 'out'}", "export_gguf=true")
+    assert result.returncode == 2 and "GGUF export supports llama, mistral, qwen2 models, not 'gpt2'" in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+     {"role": "user", "content": "c"}],
+]
+
+
+@pytest.mark.parametrize("template", ["chatml", "llama3", "default", str(REPO / "tests/data/templates/qwen3.jinja")])
+def test_the_ollama_template_renders_like_the_chat_template(tiny_tokenizer, template):
+    tok = copy.deepcopy(tiny_tokenizer)
+    apply_template_choice(tok, template)
+    pieces = role_pieces(tok)
+    for messages in CONVERSATIONS:
+        assert pieces.render(messages) == render(tok, messages, add_generation_prompt=True), messages
