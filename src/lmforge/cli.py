@@ -120,22 +120,23 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
-def _command_config(schema: str, args: list[str]):
+def _command_config(schema: str, args: list[str], **checks):
     """TARGET [key=value ...]: TARGET is a YAML config, a model directory (or hub id) or a LoRA adapter directory."""
     from lmforge.config.parse import load_command_config, model_target_overrides
 
     target, overrides = _split_config_path(args)
     if target is None or target.endswith((".yaml", ".yml")):
-        return load_command_config(schema, target, overrides)
-    return load_command_config(schema, None, model_target_overrides(target) + overrides)
+        return load_command_config(schema, target, overrides, **checks)
+    return load_command_config(schema, None, model_target_overrides(target) + overrides, **checks)
 
 
-def _serving_command(run_name: str, usage: str, schema: str = "serve"):
+def _serving_command(run_name: str, usage: str, schema: str = "serve", need_model: bool = True):
     """A subcommand that loads its config from TARGET [key=value ...] and runs `lmforge.<module>.<function>`."""
     module_name, function_name = run_name.rsplit(".", 1)
+    checks = {} if need_model else {"need_model": False}
 
     def command(args: list[str]) -> int:
-        if not args or args[0] in ("-h", "--help"):
+        if (need_model and not args) or (args and args[0] in ("-h", "--help")):
             print(f"Usage: {usage}\n\n" + _reference(False, schema))
             return 0 if args else 2
         import importlib
@@ -143,7 +144,7 @@ def _serving_command(run_name: str, usage: str, schema: str = "serve"):
         from lmforge.logs import setup_logging
 
         setup_logging()
-        cfg = _command_config(schema, args)
+        cfg = _command_config(schema, args, **checks)
         getattr(importlib.import_module(module_name), function_name)(cfg)
         return 0
 
@@ -214,7 +215,8 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "eval": cmd_eval,
     "chat": _serving_command("lmforge.serve.chat.run_chat", "lmforge chat CONFIG.yaml|MODEL_DIR [key=value ...]"),
     "api": _serving_command("lmforge.serve.api.run_api", "lmforge api CONFIG.yaml|MODEL_DIR [key=value ...]"),
-    "webui": _serving_command("lmforge.serve.webui.run_webui", "lmforge webui [CONFIG.yaml|MODEL_DIR] [key=value ...]"),
+    "webui": _serving_command("lmforge.serve.webui.run_webui", "lmforge webui [CONFIG.yaml|MODEL_DIR] [key=value ...]",
+                              need_model=False),
     "webchat": _serving_command("lmforge.serve.webui.run_webchat",
                                 "lmforge webchat CONFIG.yaml|MODEL_DIR [key=value ...]"),
     "export": _serving_command("lmforge.export.run.run_export",

@@ -142,9 +142,9 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> RunConf
     return build_config(merge(base, cli), source=path or "<command line>", cli_keys=set(cli))
 
 
-def load_command_config(schema: str, path: str | None, overrides: list[str] | None = None):
+def load_command_config(schema: str, path: str | None, overrides: list[str] | None = None, **checks: Any):
     """`lmforge eval/chat/api/webui/export`: YAML file (optional) + command-line overrides -> the command's
-    validated config (EvalConfig, ServeConfig or ExportConfig)."""
+    validated config (EvalConfig, ServeConfig or ExportConfig); `checks` go to the schema's validator."""
     base = read_yaml(path) if path else {}
     cli = parse_overrides(overrides or [])
     source = path or "<command line>"
@@ -152,7 +152,7 @@ def load_command_config(schema: str, path: str | None, overrides: list[str] | No
     values = typed_values(raw, schema, source, set(cli))
     cfg = COMMAND_CONFIGS[schema](**{group: cls(**values[group]) for group, cls in SCHEMAS[schema].items()},
                                   source=source, raw=raw)
-    VALIDATORS[schema](cfg)
+    VALIDATORS[schema](cfg, **checks)
     return cfg
 
 

@@ -179,10 +179,11 @@ def _validate_saved_model(cfg: CommandConfig, command: str, verb: str) -> None:
     _check_paths_exist(cfg, ("model_name_or_path", "tokenizer_name_or_path", "adapter_name_or_path"))
 
 
-def validate_serve(cfg: ServeConfig) -> None:
-    """`lmforge chat/api/webui/webchat`."""
+def validate_serve(cfg: ServeConfig, need_model: bool = True) -> None:
+    """`lmforge chat/api/webui/webchat` (the web UI starts without a model: its pages name one)."""
     s, g = cfg.serve, cfg.generation
-    _validate_saved_model(cfg, "serving", "serve")
+    if need_model or cfg.model.model_name_or_path:
+        _validate_saved_model(cfg, "serving", "serve")
     if s.port is not None and not 0 <= s.port <= 65535:
         _fail(cfg, f"'port' must be between 0 and 65535, got {s.port}.")
     if s.max_batch_size < 1:

@@ -1,0 +1,125 @@
+"""What the web UI does besides drawing: a training config from form values, validated; lmforge commands run as
+child processes (the UI stays responsive and a crash is the run's, not the UI's); a run's progress read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from lmforge.config.parse import build_config
+from lmforge.config.schema import key_index
+from lmforge.errors import LmforgeError
+from lmforge.jsonl import atomic_open
+from lmforge.train.callbacks import LOG_FILE
+
+CONFIG_FILE = "webui_config.yaml"
+COMMAND_LOG = "webui_command.log"
+
+
+def config_values(form: dict[str, Any], extra_yaml: str = "") -> dict[str, Any]:
+    """The run's keys: the form's non-empty values that differ from the defaults (stage, model, data and output
+    always), then the extra YAML, which wins. Raises ValueError for extra YAML that is not a mapping."""
+    index = key_index("train")
+    always = {"stage", "model_name_or_path", "dataset", "output_dir"}
+    values = {}
+    for key, value in form.items():
+        if value is None or value == "":
+            continue
+        if isinstance(value, float) and value.is_integer() and "int" in str(index[key].type):
+            value = int(value)  # number inputs arrive as floats
+        if key in always or value != index[key].default:
+            values[key] = value
+    extra = yaml.safe_load(extra_yaml) if extra_yaml.strip() else {}
+    if not isinstance(extra, dict):
+        raise ValueError("the extra keys must be YAML `key: value` lines")
+    return {**values, **extra}
+
+
+def preview(form: dict[str, Any], extra_yaml: str = "") -> tuple[str, str, str]:
+    """(YAML text, the command that runs it, the validation result) for the form as it stands."""
+    try:
+        values = config_values(form, extra_yaml)
+    except (ValueError, yaml.YAMLError) as err:
+        return "", "", f"Extra keys: {err}"
+    text = yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+    path = os.path.join(values.get("output_dir") or "OUTPUT_DIR", CONFIG_FILE)
+    command = f"lmforge train {shlex.quote(path)}"
+    try:
+        build_config(values, source="web UI")
+    except LmforgeError as err:
+        return text, command, str(err)
+    return text, command, "The config is valid."
+
+
+def read_progress(output_dir: str) -> list[dict]:
+    """trainer_log.jsonl as far as it is written (a line being appended is skipped until complete)."""
+    path = os.path.join(output_dir, LOG_FILE)
+    if not output_dir or not os.path.isfile(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+@dataclass
+class Job:
+    """One lmforge command running as a child process, its output going to a log file."""
+
+    argv: list[str]
+    log_path: str
+    process: subprocess.Popen | None = None
+    _log: Any = field(default=None, repr=False)
+
+    def start(self) -> None:
+        os.makedirs(os.path.dirname(self.log_path) or ".", exist_ok=True)
+        self._log = open(self.log_path, "w", encoding="utf-8")
+        self.process = subprocess.Popen([sys.executable, "-m", "lmforge", *self.argv], stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def status(self) -> str:
+        if self.process is None:
+            return "not started"
+        code = self.process.poll()
+        if code is None:
+            return "running"
+        return "finished" if code == 0 else f"failed (exit {code})"
+
+    def stop(self) -> None:
+        """SIGTERM, as a scheduler would send: the run decides how to end."""
+        if self.running:
+            os.killpg(self.process.pid, signal.SIGTERM)
+
+    def output(self, lines: int = 40) -> str:
+        if not os.path.isfile(self.log_path):
+            return ""
+        with open(self.log_path, encoding="utf-8", errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:])
+
+
+def start_training(values: dict[str, Any]) -> Job:
+    """Write the config into its output_dir and run `lmforge train` on it."""
+    output_dir = values["output_dir"]
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, CONFIG_FILE)
+    with atomic_open(path, ".yaml") as fh:
+        yaml.safe_dump(values, fh, sort_keys=False, allow_unicode=True)
+    job = Job(["train", path], os.path.join(output_dir, COMMAND_LOG))
+    job.start()
+    return job

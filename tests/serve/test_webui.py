@@ -1,0 +1,125 @@
+"""`lmforge webui` in a real headless Chromium (Playwright): build a config and see it previewed, start a tiny run,
+watch the loss plot fill in; chat on the same page. Skipped where no Chromium is installed (CI installs one)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from lmforge.serve.runs import config_values, preview, read_progress
+from tests.conftest import GREETING, LF_DEMO, REPLY
+from tests.serve.test_api import free_port
+
+CHROMIUM = os.environ.get("LMFORGE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (CI installs Debian's chromium)")
+
+
+def test_form_values_become_a_minimal_validated_config(tmp_path, tiny_model_dir):
+    form = {"stage": "sft", "model_name_or_path": tiny_model_dir, "template": "", "dataset": "identity",
+            "learning_rate": 5e-5, "max_steps": 20.0, "packing": False, "output_dir": str(tmp_path / "run")}
+    values = config_values(form, "report_to: none\ntemplate: chatml")
+    assert values == {"stage": "sft", "model_name_or_path": tiny_model_dir, "dataset": "identity", "max_steps": 20,
+                      "output_dir": str(tmp_path / "run"), "report_to": "none", "template": "chatml"}
+    text, command, verdict = preview(form, f"dataset_dir: {LF_DEMO}\ntemplate: chatml")
+    assert "max_steps: 20" in text and command == f"lmforge train {tmp_path / 'run' / 'webui_config.yaml'}"
+    assert verdict == "The config is valid."
+    _, _, verdict = preview({**form, "stage": "sft", "cutoff_len": -3.0}, "")
+    assert "cutoff_len" in verdict
+    assert preview(form, "- not a mapping")[2].startswith("Extra keys:")
+
+
+def test_progress_is_read_while_a_line_is_being_written(tmp_path):
+    (tmp_path / "trainer_log.jsonl").write_text('{"step": 2, "loss": 3.0}\n{"step": 4, "lo')
+    assert read_progress(str(tmp_path)) == [{"step": 2, "loss": 3.0}]
+
+
+@pytest.fixture()
+def webui(greeter_dir):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lmforge", "webui", f"port={port}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"lmforge webui exited {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _fill(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    box.fill(value)
+    box.press("Tab")
+
+
+@needs_browser
+def test_build_a_config_run_it_and_watch_the_loss_plot(webui, tmp_path, chat_model_dir, greeter_dir):
+    from playwright.sync_api import expect, sync_playwright
+
+    output_dir = tmp_path / "webui-run"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        page.goto(webui)
+        _fill(page, "model_name_or_path", chat_model_dir)
+        _fill(page, "dataset", "identity")
+        _fill(page, "dataset_dir", str(LF_DEMO))
+        _fill(page, "cutoff_len", "128")
+        _fill(page, "max_steps", "30")
+        _fill(page, "logging_steps", "2")
+        _fill(page, "output_dir", str(output_dir))
+        extra = page.locator("#extra_yaml .cm-content")
+        extra.click()
+        page.keyboard.type("report_to: none\nlearning_rate: 0.005\nper_device_train_batch_size: 4\n")
+        preview_box = page.locator("#yaml_preview")
+        expect(preview_box).to_contain_text("max_steps: 30", timeout=30_000)
+        expect(preview_box).to_contain_text("learning_rate: 0.005")
+        expect(page.locator("#command_preview textarea, #command_preview input").first).to_have_value(
+            f"lmforge train {output_dir / 'webui_config.yaml'}")
+        expect(page.locator("#config_check")).to_contain_text("The config is valid.")
+
+        page.locator("#start_training").click()
+        progress = page.locator("#train_progress")
+        seen, plots = set(), set()
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            text = progress.inner_text()
+            seen.add(text)
+            plots.add(page.locator("#loss_plot").inner_html())
+            if "Run finished" in text or "failed" in text:
+                break
+            time.sleep(0.25)
+        time.sleep(1.5)  # the last tick
+        final = progress.inner_text()
+        assert "Run finished" in final, (final, page.locator("#train_log textarea").input_value())
+        assert "15 logged steps" in final
+        assert len({s for s in seen if "logged steps" in s}) >= 2  # the progress moved while we watched
+        assert len(plots) >= 2  # and so did the plot
+        assert page.locator("#loss_plot canvas, #loss_plot svg").count() > 0
+        assert len(read_progress(str(output_dir))) >= 15
+
+        page.get_by_role("tab", name="Chat").click()
+        _fill(page, "chat_model", greeter_dir)
+        temperature = page.locator("#chat_temperature input[type=number]")
+        temperature.fill("0")
+        temperature.press("Tab")
+        message = page.locator("#chat_message textarea").first
+        message.fill(GREETING)
+        message.press("Enter")
+        expect(page.locator("#chatbot")).to_contain_text(REPLY, timeout=60_000)
+        browser.close()
