@@ -130,6 +130,10 @@ def _command_config(schema: str, args: list[str], **checks):
     return load_command_config(schema, None, model_target_overrides(target) + overrides, **checks)
 
 
+# Packages of optional features -> the extra that installs them.
+OPTIONAL_PACKAGES = {"fastapi": "serve", "uvicorn": "serve", "gradio": "webui", "pandas": "webui", "gguf": "gguf"}
+
+
 def _serving_command(run_name: str, usage: str, schema: str = "serve", need_model: bool = True):
     """A subcommand that loads its config from TARGET [key=value ...] and runs `lmforge.<module>.<function>`."""
     module_name, function_name = run_name.rsplit(".", 1)
@@ -145,7 +149,16 @@ def _serving_command(run_name: str, usage: str, schema: str = "serve", need_mode
 
         setup_logging()
         cfg = _command_config(schema, args, **checks)
-        getattr(importlib.import_module(module_name), function_name)(cfg)
+        try:
+            getattr(importlib.import_module(module_name), function_name)(cfg)
+        except ModuleNotFoundError as err:
+            extra = OPTIONAL_PACKAGES.get((err.name or "").split(".")[0])
+            if extra is None:
+                raise
+            from lmforge.errors import ConfigError
+
+            raise ConfigError(f"`lmforge {usage.split()[1]}` needs the '{err.name}' package: "
+                              f"pip install 'lmforge[{extra}]'") from None
         return 0
 
     return command

@@ -189,3 +189,12 @@ def test_malformed_requests_get_a_400_and_the_server_stays_up(server, client, bo
     reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": GREETING}],
                                            temperature=0, max_tokens=4)
     assert reply.choices[0].finish_reason == "length"
+
+
+def test_a_missing_optional_package_names_the_extra(monkeypatch, capsys, chat_model_dir):
+    from lmforge.cli import main
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if `lmforge[serve]` were not installed
+    monkeypatch.delitem(sys.modules, "lmforge.serve.api", raising=False)
+    assert main(["api", chat_model_dir]) == 2
+    assert "needs the 'fastapi' package: pip install 'lmforge[serve]'" in capsys.readouterr().err

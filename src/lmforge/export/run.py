@@ -8,7 +8,6 @@ import os
 
 from lmforge.config.schema import ExportConfig
 from lmforge.data.template import stop_token_ids
-from lmforge.export.gguf_writer import write_gguf
 from lmforge.export.merge import merged_model
 from lmforge.export.modelfile import modelfile, role_pieces
 from lmforge.jsonl import atomic_dir
@@ -27,6 +26,8 @@ def run_export(cfg: ExportConfig) -> str:
         logger.info("Saved %d safetensors file(s), the tokenizer and its chat template", len(files))
         stop_ids = stop_token_ids(tokenizer) if tokenizer.chat_template else []
         if x.export_gguf:
+            from lmforge.export.gguf_writer import write_gguf
+
             gguf_name = f"{name}-{x.gguf_outtype}.gguf"
             count = write_gguf(model, tokenizer, staging, os.path.join(staging, gguf_name), x.gguf_outtype, name,
                                stop_ids[-1] if stop_ids else None)
