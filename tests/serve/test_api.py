@@ -27,22 +27,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(*args: str) -> tuple[subprocess.Popen, str]:
+def start_lmforge_server(command: str, *args: str, ready_path: str = "/") -> tuple[subprocess.Popen, str]:
+    """`lmforge COMMAND ARGS port=FREE` in a child process, once `ready_path` answers 200; returns (process, URL)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lmforge", "api", *args, f"port={port}"],
+    proc = subprocess.Popen([sys.executable, "-m", "lmforge", command, *args, f"port={port}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"lmforge api exited {proc.returncode}:\n{proc.stdout.read()}")
+            raise AssertionError(f"lmforge {command} exited {proc.returncode}:\n{proc.stdout.read()}")
         try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+            if httpx.get(base + ready_path, timeout=1).status_code == 200:
                 return proc, base
         except httpx.HTTPError:
             time.sleep(0.3)
     proc.kill()
-    raise AssertionError("lmforge api did not start within 120 s")
+    raise AssertionError(f"lmforge {command} did not start within 120 s")
+
+
+def start_server(*args: str) -> tuple[subprocess.Popen, str]:
+    return start_lmforge_server("api", *args, ready_path="/health")
 
 
 @pytest.fixture(scope="module")

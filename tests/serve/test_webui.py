@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 
-import httpx
 import pytest
 
 from lmforge.serve.runs import config_values, preview, read_progress
 from tests.conftest import GREETING, LF_DEMO, REPLY
-from tests.serve.test_api import free_port
+from tests.serve.test_api import start_lmforge_server
 
 CHROMIUM = os.environ.get("LMFORGE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (CI installs Debian's chromium)")
@@ -40,21 +37,9 @@ def test_progress_is_read_while_a_line_is_being_written(tmp_path):
 
 
 @pytest.fixture()
-def webui(greeter_dir):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lmforge", "webui", f"port={port}"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"lmforge webui exited {proc.returncode}:\n{proc.stdout.read()}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    yield url
+def webui():
+    proc, base = start_lmforge_server("webui")
+    yield base + "/"
     proc.terminate()
     proc.wait(timeout=30)
 
