@@ -43,12 +43,16 @@ def cmd_train(args: list[str]) -> int:
         print(_usage() if not args else _reference(False, "train"))
         return 0 if args else 2
     from lmforge.config import load_config
+    from lmforge.launch import relaunch, torchrun_command
     from lmforge.logs import setup_logging
     from lmforge.train import stage_runner
 
     setup_logging()
     config_path, overrides = _split_config_path(args)
     cfg = load_config(config_path, overrides)
+    command = torchrun_command(cfg.launch, args)
+    if command:
+        relaunch(command)
     stage_runner(cfg.finetuning.stage)(cfg)
     return 0
 

@@ -10,7 +10,7 @@ import yaml
 
 from lmforge.config.coerce import coerce
 from lmforge.config.schema import COMMAND_CONFIGS, DEFAULTS, GROUPS, SCHEMAS, EvalConfig, RunConfig, key_index
-from lmforge.config.validate import VALIDATORS, validate
+from lmforge.config.validate import VALIDATORS, check_engine_configs, validate
 from lmforge.device import accelerator_available, auto_precision
 from lmforge.errors import ConfigError
 
@@ -119,6 +119,7 @@ def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: 
     if "use_cpu" not in values["training"] and not accelerator_available():
         # accelerate only forms a multi-process CPU group (torchrun + gloo) when told the run is on the CPU
         values["training"]["use_cpu"] = True
+    check_engine_configs(values["training"], source)
     if not values["training"].get("output_dir"):
         raise ConfigError(f"Config error ({source}): 'output_dir' is required (where the model and logs are saved).")
 

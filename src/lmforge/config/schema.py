@@ -15,7 +15,9 @@ from lmforge.config.evaluation import EvalArguments
 from lmforge.config.exporting import ExportArguments
 from lmforge.config.finetuning import FinetuningArguments
 from lmforge.config.generation import GenerationArguments
+from lmforge.config.launch import LaunchArguments
 from lmforge.config.model import ModelArguments
+from lmforge.config.resilience import ResilienceArguments
 from lmforge.config.rl import RLArguments
 from lmforge.config.serving import ServeArguments
 from lmforge.config.tracking import TrackingArguments
@@ -28,6 +30,8 @@ GROUPS: dict[str, type] = {
     "generation": GenerationArguments,
     "rl": RLArguments,
     "tracking": TrackingArguments,
+    "resilience": ResilienceArguments,
+    "launch": LaunchArguments,
     "training": TrainingArguments,
 }
 
@@ -78,6 +82,8 @@ class RunConfig:
     generation: GenerationArguments
     rl: RLArguments
     tracking: TrackingArguments
+    resilience: ResilienceArguments
+    launch: LaunchArguments
     training: TrainingArguments
     source: str = "<command line>"
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)

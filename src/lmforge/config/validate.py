@@ -239,3 +239,28 @@ def validate_eval(cfg: EvalConfig) -> None:
 
 
 VALIDATORS = {"eval": validate_eval, "serve": validate_serve, "export": validate_export}
+
+
+def check_engine_configs(training: dict, source: str) -> None:
+    """`deepspeed` and `fsdp_config` files exist and parse, and DeepSpeed is installed, before transformers reads
+    them (its own errors are tracebacks about package metadata)."""
+    import importlib.util
+    import json
+
+    for key in ("deepspeed", "fsdp_config"):
+        path = training.get(key)
+        if not isinstance(path, str) or not path:
+            continue
+        if not os.path.isfile(path):
+            raise ConfigError(f"Config error ({source}): '{key}': the file '{path}' does not exist (examples ship "
+                              "under examples/deepspeed and examples/accelerate).")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                content = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"Config error ({path}): '{key}' must be a JSON file: {err}.") from None
+        if not isinstance(content, dict):
+            raise ConfigError(f"Config error ({path}): '{key}' must hold a JSON object.")
+    if training.get("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"Config error ({source}): 'deepspeed' needs the DeepSpeed package: `pip install "
+                          "deepspeed` (it builds against your CUDA toolkit), or train with DDP/FSDP instead.")

@@ -1,0 +1,86 @@
+"""`lmforge train` on several processes: relaunch the same command under torchrun when the config asks for it.
+
+Under an external launcher (torchrun, `accelerate launch`, `deepspeed`) the process already has a rank and runs as
+it is; the Trainer (accelerate) forms the process group from the environment: NCCL on GPUs, gloo on the CPU."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from lmforge.config.launch import LaunchArguments
+from lmforge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# Seconds torchrun waits, after forwarding SIGTERM/SIGINT, for the workers to save their checkpoint before it
+# kills them (its own default, 30 s, is shorter than saving a large model takes).
+SHUTDOWN_TIMEOUT_S = 1800
+DEFAULT_MASTER_PORT = 29500
+
+
+def launched() -> bool:
+    """True inside a process started by a distributed launcher (it has a rank)."""
+    return "LOCAL_RANK" in os.environ or "RANK" in os.environ
+
+
+def _from_env(value, name: str, kind: type, default):
+    if value is not None:
+        return value
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    if kind is int and raw != "auto":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"Config error (environment): ${name} must be a whole number, got '{raw}'.") from None
+    return raw
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def torchrun_command(args: LaunchArguments, argv: list[str]) -> list[str] | None:
+    """The torchrun command line that runs `lmforge train argv` on the processes asked for, or None to run in this
+    process (one process, or already launched)."""
+    if launched():
+        return None
+    nproc = _from_env(args.nproc_per_node, "NPROC_PER_NODE", int, 1)
+    if nproc == "auto":
+        nproc = max(_gpu_count(), 1)
+    nnodes = _from_env(args.nnodes, "NNODES", int, 1)
+    node_rank = _from_env(args.node_rank, "NODE_RANK", int, 0)
+    master_addr = _from_env(args.master_addr, "MASTER_ADDR", str, None)
+    master_port = _from_env(args.master_port, "MASTER_PORT", int, None)
+    if nproc < 1 or nnodes < 1:
+        raise ConfigError(f"Config error: 'nproc_per_node' and 'nnodes' must be at least 1, got {nproc} and {nnodes}.")
+    if not 0 <= node_rank < nnodes:
+        raise ConfigError(f"Config error: 'node_rank' must be in 0..{nnodes - 1} (nnodes={nnodes}), got {node_rank}.")
+    if nproc == 1 and nnodes == 1:
+        return None
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={nnodes}",
+               f"--shutdown_timeout={SHUTDOWN_TIMEOUT_S}"]
+    if nnodes > 1:
+        if not master_addr:
+            raise ConfigError("Config error: multi-node training (nnodes > 1) needs 'master_addr' (or $MASTER_ADDR): "
+                              "the address of machine 0, reachable from every machine.")
+        command += [f"--node_rank={node_rank}", f"--master_addr={master_addr}",
+                    f"--master_port={master_port or DEFAULT_MASTER_PORT}"]
+    elif master_port:
+        command += [f"--master_addr={master_addr or '127.0.0.1'}", f"--master_port={master_port}"]
+    else:
+        command.append("--standalone")  # one machine: torchrun picks a free port
+    return [*command, "-m", "lmforge", "train", *argv]
+
+
+def relaunch(command: list[str]) -> None:
+    """Replace this process with torchrun (so signals and the exit status are torchrun's, as if typed by hand)."""
+    logger.info("Launching: %s", " ".join(command))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
