@@ -102,6 +102,9 @@ def typed_values(raw: dict[str, Any], schema: str, source: str, cli_keys: set[st
             value = "true" if value else None  # `true` means: the newest checkpoint in output_dir
         if key in ("bf16", "fp16") and isinstance(value, str) and value.lower() == "auto":
             value = auto_precision(key)  # mixed precision where the hardware has it
+        if key == "fsdp" and isinstance(value, bool):
+            values[spec.group][key] = value or None  # `fsdp: true` (the string form is deprecated in transformers)
+            continue
         values[spec.group][key] = coerce(key, value, spec.type, where)
     for key, default in DEFAULTS[schema].items():
         values[index[key].group].setdefault(key, default)
