@@ -13,3 +13,9 @@ class ConfigError(LmforgeError):
 
 class DataError(LmforgeError):
     """A data file is missing, unreadable or malformed; the message names file, record/line and field."""
+
+
+class TrainingError(LmforgeError):
+    """Training cannot go on (e.g. the loss keeps diverging); the message says what was saved and what to do."""
+
+    exit_code = 1

@@ -74,5 +74,6 @@ def policy_model(cfg: RunConfig, stage: ChatStage) -> torch.nn.Module:
 def trainer_kwargs(cfg: RunConfig, stage: ChatStage) -> dict[str, Any]:
     """Arguments every stage's Trainer takes."""
     return {"args": cfg.training, "processing_class": stage.tokenizer, "eval_dataset": stage.eval_rows(),
+            "resilience": cfg.resilience,
             "callbacks": [JsonlLogCallback(cfg.training.output_dir, perplexity=stage.kind == "sft"),
                           *tracking_callbacks(cfg.training, cfg.tracking)]}

@@ -1,35 +1,168 @@
-"""Which checkpoint a run resumes from."""
+"""Checkpoints that are never half-written, and which one a run resumes from.
+
+A checkpoint is written under `output_dir/.checkpoint-in-progress/` and renamed to `output_dir/checkpoint-N` only
+when every process has finished writing it (files fsynced first), so a process killed at any moment leaves only
+complete `checkpoint-N` directories. Deleting one (save_total_limit) first renames it out of sight, so a kill during
+the deletion cannot leave a damaged checkpoint that looks valid.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lmforge.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 LATEST = {"true", "latest", "last", "yes"}
+STAGING_DIR = ".checkpoint-in-progress"
+FINAL_STAGING_DIR = ".final-in-progress"
+TRASH_PREFIX = ".deleting-"
+COMPLETE_MARKER = "trainer_state.json"  # the Trainer writes it last; a checkpoint without it is incomplete
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def checkpoint_step(path: str) -> int | None:
+    match = _CHECKPOINT.match(os.path.basename(os.path.normpath(path)))
+    return int(match.group(1)) if match else None
+
+
+def is_complete(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, COMPLETE_MARKER))
+
+
+def list_checkpoints(output_dir: str) -> tuple[list[str], list[str]]:
+    """(complete checkpoints oldest first, incomplete ones: interrupted while being written)."""
+    if not os.path.isdir(output_dir):
+        return [], []
+    found = sorted((checkpoint_step(name), os.path.join(output_dir, name)) for name in os.listdir(output_dir)
+                   if checkpoint_step(name) is not None and os.path.isdir(os.path.join(output_dir, name)))
+    staging = os.path.join(output_dir, STAGING_DIR)
+    unfinished = [os.path.join(staging, name) for name in sorted(os.listdir(staging))] if os.path.isdir(staging) else []
+    return ([p for _, p in found if is_complete(p)],
+            [p for _, p in found if not is_complete(p)] + unfinished)
 
 
 def resolve_resume(output_dir: str, resume_from_checkpoint: str | None) -> str | None:
-    """`true` -> the newest checkpoint in output_dir (a fresh start, with a warning, if there is none);
-    a path -> that checkpoint (which must exist); unset -> none."""
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    """`true` -> the newest complete checkpoint in output_dir (a fresh start, with a warning, if there is none);
+    a path -> that checkpoint (which must exist and be complete); unset -> none."""
+    complete, incomplete = list_checkpoints(output_dir)
+    last = complete[-1] if complete else None
     if resume_from_checkpoint is None:
         if last:
             logger.warning("output_dir '%s' already holds %s; this run starts again from step 0 (set "
                            "resume_from_checkpoint=true to continue it).", output_dir, os.path.basename(last))
         return None
+    for path in incomplete:
+        logger.warning("Ignoring the incomplete checkpoint %s (the run was stopped while writing it).", path)
     if resume_from_checkpoint.lower() in LATEST:
         if last is None:
-            logger.warning("resume_from_checkpoint=true, but '%s' holds no checkpoint yet: starting from step 0.",
-                           output_dir)
+            logger.warning("resume_from_checkpoint=true, but '%s' holds no complete checkpoint yet: starting from "
+                           "step 0.", output_dir)
         else:
             logger.info("Resuming from %s", last)
         return last
+    inside = os.path.join(output_dir, resume_from_checkpoint)
+    if not os.path.isdir(resume_from_checkpoint) and os.path.isdir(inside):
+        resume_from_checkpoint = inside  # a checkpoint named by its directory inside output_dir
     if not os.path.isdir(resume_from_checkpoint):
         raise ConfigError(f"Config error: resume_from_checkpoint '{resume_from_checkpoint}' is not a directory.")
+    if not is_complete(resume_from_checkpoint):
+        raise ConfigError(f"Config error: resume_from_checkpoint '{resume_from_checkpoint}' is not a complete "
+                          f"checkpoint (it has no {COMPLETE_MARKER}).")
     return resume_from_checkpoint
+
+
+def staging_root(output_dir: str) -> str:
+    return os.path.join(output_dir, STAGING_DIR)
+
+
+def final_staging(output_dir: str) -> str:
+    return os.path.join(output_dir, FINAL_STAGING_DIR)
+
+
+def clear_leftovers(output_dir: str) -> None:
+    """Remove what an interrupted run left unfinished: a checkpoint being written, one being deleted."""
+    if not os.path.isdir(output_dir):
+        return
+    for name in os.listdir(output_dir):
+        if name in (STAGING_DIR, FINAL_STAGING_DIR) or name.startswith(TRASH_PREFIX):
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+def _fsync_tree(path: str) -> None:
+    for root, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _delete(path: str) -> None:
+    """Rename out of sight first (atomic), then delete."""
+    trash = os.path.join(os.path.dirname(path), TRASH_PREFIX + os.path.basename(path))
+    if os.path.exists(trash):
+        shutil.rmtree(trash)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def publish(staged: str, final: str) -> None:
+    """Make a fully written checkpoint visible under its final name (replacing an older one of the same step)."""
+    _fsync_tree(staged)
+    if os.path.exists(final):
+        _delete(final)
+    os.replace(staged, final)
+    _fsync_dir(os.path.dirname(final))
+    if not os.listdir(os.path.dirname(staged)):
+        os.rmdir(os.path.dirname(staged))
+
+
+def rotate(output_dir: str, limit: int | None, protected: list[str | None]) -> list[str]:
+    """Keep the `limit` newest complete checkpoints plus the protected ones (the one this run resumed from, the
+    best one); delete the rest. Returns the deleted paths."""
+    if not limit or limit <= 0:
+        return []
+    complete, _ = list_checkpoints(output_dir)
+    keep = {os.path.realpath(p) for p in complete[-limit:]}
+    keep |= {os.path.realpath(p) for p in protected if p}
+    deleted = [p for p in complete if os.path.realpath(p) not in keep]
+    for path in deleted:
+        _delete(path)
+        logger.info("Deleted %s (save_total_limit=%d)", path, limit)
+    return deleted
+
+
+_WEIGHTS = re.compile(r"^(model|pytorch_model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$")
+
+
+def replace_files(staged: str, target: str) -> None:
+    """Move a saved model's files into `target`, each replacing its namesake whole (os.replace), then remove weight
+    files of an earlier save that the new one does not have (a sharded save replacing a single file)."""
+    _fsync_tree(staged)
+    new = set(os.listdir(staged))
+    for name in sorted(new):
+        destination = os.path.join(target, name)
+        if os.path.isdir(destination):
+            shutil.rmtree(destination)
+        os.replace(os.path.join(staged, name), destination)
+    for name in os.listdir(target):
+        if name not in new and _WEIGHTS.match(name):
+            os.unlink(os.path.join(target, name))
+    os.rmdir(staged)
+    _fsync_dir(target)

@@ -26,9 +26,18 @@ from safetensors.torch import load_file, save_file
 from transformers import get_scheduler
 
 from lmforge.config.schema import RunConfig
+from lmforge.jsonl import atomic_open
 from lmforge.rewards import Rewarder
 from lmforge.train.callbacks import LOG_FILE, read_log
 from lmforge.train.chat_stage import ChatStage
+from lmforge.train.checkpoint import (
+    COMPLETE_MARKER,
+    clear_leftovers,
+    publish,
+    resolve_resume,
+    rotate,
+    staging_root,
+)
 from lmforge.train.rl_losses import (
     PolicyLoss,
     gae,
@@ -185,6 +194,8 @@ class OnlineRL:
 
     # ---- loop -------------------------------------------------------------------------------------------------
     def train(self, resume: str | None = None) -> dict[str, float]:
+        self.resumed_from = resume
+        clear_leftovers(self.args.output_dir)
         if resume:
             self.load_checkpoint(resume)
         self.rewrite_log()
@@ -232,29 +243,21 @@ class OnlineRL:
                       os.path.join(directory, VALUE_HEAD_FILE))
 
     def save_checkpoint(self) -> str:
-        """`checkpoint-<step>` appears complete or not at all: written to a temporary directory, then renamed."""
-        final = os.path.join(self.args.output_dir, f"checkpoint-{self.step}")
-        tmp = os.path.join(self.args.output_dir, f".tmp-checkpoint-{self.step}")
+        """`checkpoint-<step>` appears complete or not at all: written to a staging directory, then renamed."""
+        name = f"checkpoint-{self.step}"
+        tmp = os.path.join(staging_root(self.args.output_dir), name)
         shutil.rmtree(tmp, ignore_errors=True)
         self.save_model(tmp)
         torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "log_history": self.log_history,
                     "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                             "numpy": np.random.get_state()}}, os.path.join(tmp, STATE_FILE))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        self.rotate_checkpoints()
+        self.write_state(tmp)
+        final = os.path.join(self.args.output_dir, name)
+        publish(tmp, final)
+        rotate(self.args.output_dir, self.args.save_total_limit, [self.resumed_from])
         logger.info("Saved %s", final)
         return final
-
-    def rotate_checkpoints(self) -> None:
-        limit = self.args.save_total_limit
-        if not limit:
-            return
-        steps = sorted(int(d.split("-")[1]) for d in os.listdir(self.args.output_dir)
-                       if d.startswith("checkpoint-") and d.split("-")[1].isdigit())
-        for step in steps[:-limit]:
-            shutil.rmtree(os.path.join(self.args.output_dir, f"checkpoint-{step}"), ignore_errors=True)
 
     def load_checkpoint(self, path: str) -> None:
         state_path = os.path.join(path, STATE_FILE)
@@ -276,7 +279,11 @@ class OnlineRL:
 
     def save_final(self) -> None:
         self.save_model(self.args.output_dir)
-        with open(os.path.join(self.args.output_dir, "trainer_state.json"), "w", encoding="utf-8") as fh:
+        self.write_state(self.args.output_dir)
+
+    def write_state(self, directory: str) -> None:
+        """trainer_state.json, as the Trainer writes it (last: it marks a checkpoint complete)."""
+        with atomic_open(os.path.join(directory, COMPLETE_MARKER)) as fh:
             json.dump({"global_step": self.step, "log_history": self.log_history}, fh, indent=1)
 
 
@@ -305,7 +312,6 @@ def run_online_rl(cfg: RunConfig, algorithm: str) -> dict:
 
     from lmforge.model.reference import reference_model
     from lmforge.train.chat_stage import policy_model, prepare_chat_stage
-    from lmforge.train.checkpoint import resolve_resume
     from lmforge.train.run import report, save_run_config
 
     resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)

@@ -30,7 +30,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTra
                                   adapter=cfg.model.adapter_name_or_path)
     return LanguageModelTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, data_collator=PretrainCollator(),
-        processing_class=tokenizer, loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
+        processing_class=tokenizer, loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio, resilience=cfg.resilience,
         callbacks=[JsonlLogCallback(args.output_dir), *tracking_callbacks(args, cfg.tracking)])
 
 

@@ -11,7 +11,7 @@ import dataclasses
 
 from datasets import Dataset
 from transformers import TrainingArguments
-from trl import RewardConfig, RewardTrainer
+from trl import RewardConfig
 
 from lmforge.config.schema import RunConfig
 from lmforge.model.adapters import apply_finetuning_type
@@ -19,6 +19,7 @@ from lmforge.model.build import build_model
 from lmforge.train.chat_stage import prepare_chat_stage, trainer_kwargs
 from lmforge.train.checkpoint import resolve_resume
 from lmforge.train.run import run_training
+from lmforge.train.trainer import RewardModelTrainer
 
 
 def reward_config(args: TrainingArguments) -> RewardConfig:
@@ -37,13 +38,13 @@ def reward_rows(pairs: Dataset | None) -> Dataset | None:
         {"chosen_input_ids": "chosen_ids", "rejected_input_ids": "rejected_ids"})
 
 
-def build_trainer(cfg: RunConfig, resume: str | None = None) -> RewardTrainer:
+def build_trainer(cfg: RunConfig, resume: str | None = None) -> RewardModelTrainer:
     stage = prepare_chat_stage(cfg, resume)
     model = build_model(cfg.model, stage.tokenizer, reward_head=True)
     model = apply_finetuning_type(model, cfg.finetuning, stage.added_tokens, cfg.model.adapter_name_or_path)
     kwargs = trainer_kwargs(cfg, stage)
     kwargs.update(args=reward_config(cfg.training), eval_dataset=reward_rows(stage.data.eval))
-    return RewardTrainer(model=model, train_dataset=reward_rows(stage.data.train), **kwargs)
+    return RewardModelTrainer(model=model, train_dataset=reward_rows(stage.data.train), **kwargs)
 
 
 def run_rm(cfg: RunConfig) -> dict:

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from lmforge.config.schema import RunConfig
+from lmforge.errors import TrainingError
 from lmforge.train.callbacks import read_log
 from lmforge.train.plots import plot_curves, stage_curves
 from lmforge.train.samples import generate_samples, write_samples
@@ -38,6 +39,8 @@ def run_training(cfg: RunConfig, trainer: LanguageModelTrainer, resume: str | No
         save_run_config(cfg)
 
     result = trainer.train(resume_from_checkpoint=resume)
+    if getattr(trainer, "stopped_by", None):
+        return stopped_early(trainer)
     trainer.save_model()
     trainer.save_state()
     metrics = dict(result.metrics)
@@ -58,6 +61,18 @@ def run_training(cfg: RunConfig, trainer: LanguageModelTrainer, resume: str | No
         if samples:
             log_samples(trainer, samples)
     return metrics
+
+
+def stopped_early(trainer: LanguageModelTrainer) -> dict:
+    """After a stop at a step end: the checkpoint just saved is the run's state; say how to go on."""
+    checkpoint = os.path.join(trainer.args.output_dir, f"checkpoint-{trainer.state.global_step}")
+    if trainer.stopped_by == "non-finite steps":
+        raise TrainingError(trainer.guard.message(checkpoint))
+    if trainer.is_world_process_zero():
+        logger.warning("Stopped by %s after step %d of %d. The checkpoint %s holds the run; run the same command "
+                       "with resume_from_checkpoint=true to continue it.", trainer.stopped_by,
+                       trainer.state.global_step, trainer.state.max_steps, checkpoint)
+    return {"stopped_at_step": trainer.state.global_step}
 
 
 def save_run_config(cfg: RunConfig) -> None:
