@@ -20,7 +20,16 @@ def read_log(output_dir: str) -> list[dict]:
     if not os.path.isfile(path):
         return []
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        lines = [line for line in fh if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise
+            # the last line of a run killed while writing it; a resumed run rewrites the file without it
+    return records
 
 
 class JsonlLogCallback(TrainerCallback):
