@@ -43,7 +43,7 @@ def cmd_train(args: list[str]) -> int:
         print(_usage() if not args else _reference(False, "train"))
         return 0 if args else 2
     from lmforge.config import load_config
-    from lmforge.launch import relaunch, torchrun_command
+    from lmforge.launch import run_launcher, torchrun_command
     from lmforge.logs import setup_logging
     from lmforge.train import stage_runner
 
@@ -52,7 +52,7 @@ def cmd_train(args: list[str]) -> int:
     cfg = load_config(config_path, overrides)
     command = torchrun_command(cfg.launch, args)
     if command:
-        relaunch(command)
+        return run_launcher(command)
     stage_runner(cfg.finetuning.stage)(cfg)
     return 0
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
 import sys
 
 from lmforge.config.launch import LaunchArguments
@@ -78,9 +80,50 @@ def torchrun_command(args: LaunchArguments, argv: list[str]) -> list[str] | None
     return [*command, "-m", "lmforge", "train", *argv]
 
 
-def relaunch(command: list[str]) -> None:
-    """Replace this process with torchrun (so signals and the exit status are torchrun's, as if typed by hand)."""
+def run_launcher(command: list[str]) -> int:
+    """Run torchrun as a child and wait for it; returns its exit status.
+
+    Why not exec torchrun: on SIGTERM/SIGINT torchrun forwards the signal to the workers and then reports failure
+    (a traceback and exit 1) even when every worker saved its checkpoint and exited 0. Here torchrun is started in
+    its own session (Ctrl-C reaches only this process), and a signal is forwarded straight to the workers, which
+    stop after saving; torchrun then sees them finish and exits 0 like a completed run."""
     logger.info("Launching: %s", " ".join(command))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(command[0], command)
+    proc = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
+
+    def forward(signum: int, frame) -> None:
+        for pid in _children(proc.pid) or [proc.pid]:  # no workers yet: torchrun itself stops the launch
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return code if code >= 0 else 128 - code
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of a process (Linux /proc); empty where that cannot be read."""
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+                children += [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+    return children
+
+
+def _die_with_parent() -> None:
+    """torchrun gets SIGTERM if this launcher dies (Linux), so killing the launcher never orphans a training."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

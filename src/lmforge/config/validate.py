@@ -69,6 +69,10 @@ def validate(cfg: RunConfig) -> None:
         if 0 < d.val_size < 1:
             _fail(cfg, "with 'streaming: true', 'val_size' must be a document count (>= 1), not a fraction.")
 
+    if cfg.resilience.max_nonfinite_steps < 1:
+        _fail(cfg, f"'max_nonfinite_steps' must be at least 1, got {cfg.resilience.max_nonfinite_steps} (to let "
+              "non-finite steps through, set 'skip_nonfinite_steps: false').")
+
     _validate_stage(cfg)
     has_eval = d.val_size > 0 or bool(d.eval_dataset)
     if str(getattr(t.eval_strategy, "value", t.eval_strategy)) != "no" and not has_eval:

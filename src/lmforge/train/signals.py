@@ -1,10 +1,10 @@
 """Graceful stop: SIGTERM or SIGINT asks the run to save a checkpoint at the end of the current step and exit 0;
 a second signal exits at once.
 
-Schedulers send SIGTERM before killing a preempted job, and Ctrl-C sends SIGINT. Under torchrun the workers run in
-their own sessions and torchrun forwards the signal to each of them once (`lmforge train` raises torchrun's grace
-period for that, see lmforge.launch), so every rank sees one signal; they agree on when to stop through
-`stop_agreed`.
+Schedulers send SIGTERM before killing a preempted job, and Ctrl-C sends SIGINT. When `lmforge train` launched
+torchrun itself, it forwards the signal straight to each worker once (lmforge.launch); under an external torchrun,
+torchrun forwards it (and reports the stop as a failure even though the checkpoint was saved). Ranks agree on when
+to stop through `stop_agreed`.
 """
 
 from __future__ import annotations

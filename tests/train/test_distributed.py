@@ -1,0 +1,154 @@
+"""Several processes: `lmforge train` relaunches itself under torchrun; 2-process DDP (gloo, CPU) trains exactly like
+one process with the same global batch; DeepSpeed/FSDP configs are checked and shipped."""
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from lmforge.cli import main
+from lmforge.config import load_config
+from lmforge.config.launch import LaunchArguments
+from lmforge.errors import ConfigError
+from lmforge.launch import torchrun_command
+from lmforge.train.callbacks import read_log
+from lmforge.train.checkpoint import list_checkpoints
+from tests.conftest import REPO, scratch_args
+from tests.train.test_resume import sft_args, start_training, wait_for_step
+
+
+def losses(out) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_log(str(out)) if "loss" in r}
+
+
+def run_lmforge_train(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmforge", "train", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+RUNS = {
+    "pt": lambda model_dir, out, batch: scratch_args(out, max_steps=8, logging_steps=1, save_strategy="no",
+                                                     per_device_train_batch_size=batch),
+    "sft-packing": lambda model_dir, out, batch: sft_args(model_dir, out, max_steps=8, save_strategy="no",
+                                                          packing=True, per_device_train_batch_size=batch),
+}
+
+
+@pytest.mark.parametrize("run", list(RUNS))
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(run, tiny_model_dir, tmp_path):
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert main(["train", *RUNS[run](tiny_model_dir, single, 4)]) == 0
+    proc = run_lmforge_train([*RUNS[run](tiny_model_dir, ddp, 2), "nproc_per_node=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch.distributed.run --nproc_per_node=2" in proc.stderr  # it relaunched itself
+    one, two = losses(single), losses(ddp)
+    assert sorted(two) == list(range(1, 9))
+    for step in range(1, 9):
+        assert two[step] == pytest.approx(one[step], rel=1e-4), step
+    assert one[8] < one[1]
+
+
+def test_sigterm_under_torchrun_stops_every_rank_at_the_same_step(tmp_path):
+    out = tmp_path / "ddp"
+    proc = start_training([*scratch_args(out, max_steps=2000, logging_steps=1, save_steps=5000, max_samples=600,
+                                         per_device_train_batch_size=4), "nproc_per_node=2"])
+    wait_for_step(out, proc, 3)
+    proc.send_signal(signal.SIGTERM)  # to torchrun (lmforge exec'd it), which forwards it to both workers
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    complete, incomplete = list_checkpoints(str(out))
+    assert len(complete) == 1 and not incomplete
+    step = int(complete[0].rsplit("-", 1)[1])
+    assert "Stopped by SIGTERM after step" in stderr
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in (out / f"checkpoint-{step}").iterdir()}
+
+
+# ---- the launch command ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in ("LOCAL_RANK", "RANK", "NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def launch_args(*overrides: str):
+    return load_config(None, ["dataset=x", "output_dir=o", "model_name_or_path=m", *overrides]).launch
+
+
+def test_one_process_runs_in_place(clean_env):
+    assert torchrun_command(launch_args(), ["cfg.yaml"]) is None
+
+
+def test_one_machine_uses_a_standalone_rendezvous(clean_env):
+    command = torchrun_command(launch_args("nproc_per_node=4"), ["cfg.yaml", "lr=1"])
+    assert command[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node=4", "--nnodes=1"]
+    assert "--standalone" in command
+    assert command[-5:] == ["-m", "lmforge", "train", "cfg.yaml", "lr=1"]
+
+
+def test_multi_node_from_environment_variables(clean_env):
+    for name, value in {"NPROC_PER_NODE": "8", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1",
+                        "MASTER_PORT": "29600"}.items():
+        clean_env.setenv(name, value)
+    command = torchrun_command(LaunchArguments(), ["cfg.yaml"])
+    for flag in ("--nproc_per_node=8", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1",
+                 "--master_port=29600"):
+        assert flag in command
+    assert "--standalone" not in command
+    # config keys win over the environment
+    assert "--node_rank=0" in torchrun_command(LaunchArguments(node_rank=0), ["cfg.yaml"])
+
+
+def test_already_launched_processes_run_in_place(clean_env):
+    args = launch_args("nproc_per_node=2")
+    clean_env.setenv("LOCAL_RANK", "0")
+    assert torchrun_command(args, ["cfg.yaml"]) is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["nnodes=2"], "needs 'master_addr'"),
+    (["nnodes=2", "node_rank=2", "master_addr=h"], "'node_rank' must be in 0..1"),
+    (["nproc_per_node=0"], "must be at least 1"),
+])
+def test_launch_settings_that_cannot_work_are_clear_errors(clean_env, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        torchrun_command(launch_args(*overrides), [])
+
+
+# ---- DeepSpeed and FSDP ---------------------------------------------------------------------------------------------
+
+def test_deepspeed_configs_ship_for_every_zero_stage():
+    stages = {}
+    for path in sorted((REPO / "examples" / "deepspeed").glob("*.json")):
+        zero = json.loads(path.read_text())["zero_optimization"]
+        stages[path.stem] = (zero["stage"], "offload_optimizer" in zero, "offload_param" in zero)
+    assert stages == {"ds_z0_config": (0, False, False), "ds_z1_config": (1, False, False),
+                      "ds_z2_config": (2, False, False), "ds_z2_offload_config": (2, True, False),
+                      "ds_z3_config": (3, False, False), "ds_z3_offload_config": (3, True, True)}
+
+
+def test_deepspeed_problems_are_clear_errors(tmp_path, capsys):
+    base = ["dataset=x", f"output_dir={tmp_path / 'o'}", "model_name_or_path=m"]
+    assert main(["train", *base, "deepspeed=missing.json"]) == 2
+    assert "'deepspeed': the file 'missing.json' does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{stage: 3")
+    assert main(["train", *base, f"deepspeed={bad}"]) == 2
+    assert "'deepspeed' must be a JSON file" in capsys.readouterr().err
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        ds = str(REPO / "examples" / "deepspeed" / "ds_z2_config.json")
+        assert main(["train", *base, f"deepspeed={ds}"]) == 2
+        assert "needs the DeepSpeed package" in capsys.readouterr().err
+
+
+def test_distributed_example_configs_load():
+    ddp = load_config(str(REPO / "examples" / "distributed" / "sft_ddp_2gpu.yaml"))
+    assert ddp.launch.nproc_per_node == 2
+    fsdp = load_config(str(REPO / "examples" / "distributed" / "sft_fsdp.yaml"))
+    assert fsdp.training.fsdp and fsdp.training.fsdp_config["transformer_layer_cls_to_wrap"] == ["Qwen2DecoderLayer"]
+    assert (REPO / "examples" / "accelerate" / "fsdp_config.yaml").is_file()
