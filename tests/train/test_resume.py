@@ -40,6 +40,8 @@ RUNS = {
     "pt": lambda model_dir, out: scratch_args(out, max_steps=12, save_steps=4, logging_steps=1),
     "pt-neat-packing": lambda model_dir, out: scratch_args(out, max_steps=12, save_steps=4, logging_steps=1,
                                                            neat_packing=True),
+    "pt-streaming": lambda model_dir, out: scratch_args(out, max_steps=12, save_steps=4, logging_steps=1,
+                                                        streaming=True, buffer_size=64),
     "sft": lambda model_dir, out: sft_args(model_dir, out),
     "sft-packing": lambda model_dir, out: sft_args(model_dir, out, packing=True),
     "sft-lora": lambda model_dir, out: sft_args(model_dir, out, finetuning_type="lora", lora_target="all",
@@ -50,15 +52,19 @@ RUNS = {
 
 
 @pytest.mark.parametrize("run", list(RUNS))
-def test_resume_after_step_k_gives_the_same_losses_as_the_uninterrupted_run(run, tiny_model_dir, tmp_path):
+def test_resume_after_step_k_gives_the_same_losses_as_the_uninterrupted_run(run, tiny_model_dir, tmp_path, caplog):
     """A run stopped after step 4 holds exactly checkpoint-4 of the uninterrupted run; resuming it must reproduce
-    steps 5..12 (data order, dropout RNG, LR schedule, optimizer state)."""
+    steps 5..12 (data order, dropout RNG, LR schedule, optimizer state; a stream continues from its position)."""
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(["train", *RUNS[run](tiny_model_dir, full)]) == 0
     os.makedirs(part)
     shutil.copytree(full / "checkpoint-4", part / "checkpoint-4")
     shutil.copy(full / "trainer_log.jsonl", part / "trainer_log.jsonl")
-    assert main(["train", *RUNS[run](tiny_model_dir, part), "resume_from_checkpoint=true"]) == 0
+    with caplog.at_level("INFO", logger="lmforge"):
+        assert main(["train", *RUNS[run](tiny_model_dir, part), "resume_from_checkpoint=true"]) == 0
+    if "streaming" in run:  # 4 steps x 8 rows: the stream restarts at block 32, not from its beginning
+        assert (part / "checkpoint-4" / "stream_state.json").is_file()
+        assert "Stream resumed after 32 blocks" in caplog.text
     reference, resumed = losses(full), losses(part)
     assert sorted(resumed) == list(range(1, 13))
     assert_same_losses(resumed, reference, range(5, 13))

@@ -15,6 +15,7 @@ from lmforge.data.cache import CACHE_FORMAT, cached_splits, fingerprint, source_
 from lmforge.data.chunking import BlockChunker, DocumentTokenizer
 from lmforge.data.loading import AnyDataset, TextSplits, load_texts, split_validation
 from lmforge.data.registry import resolve_sources
+from lmforge.data.stream import BlockStream
 from lmforge.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PretrainData:
-    train: AnyDataset
+    train: Dataset | BlockStream
     eval: Dataset | None
     from_cache: bool
     stats: dict[str, dict]
@@ -38,8 +39,6 @@ def load_documents(args: DataArguments, seed: int) -> TextSplits:
     docs = load(args.dataset)
     splits = TextSplits(docs, load(args.eval_dataset)) if args.eval_dataset else split_validation(
         docs, args.val_size, seed)
-    if args.streaming:  # after the split, so held-out documents stay the same first `val_size` of the stream
-        splits.train = splits.train.shuffle(seed=seed, buffer_size=args.buffer_size)
     return splits
 
 
@@ -99,17 +98,22 @@ def _materialise(blocks: AnyDataset) -> Dataset:
     return Dataset.from_list([dict(b) for b in blocks])
 
 
-def build_pretrain_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int) -> PretrainData:
+def build_pretrain_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int,
+                        blocks_per_step: int = 1) -> PretrainData:
+    """Token blocks for the Trainer: cached Arrow tables, or with `streaming` a BlockStream read during training
+    (`blocks_per_step`: blocks one optimizer step consumes over all processes, where a checkpoint can fall)."""
     if args.streaming:
         splits = load_documents(args, seed)
-        train, chunker = tokenize_to_blocks(splits.train, tokenizer, args, "train")
+        # shuffled after the split, so held-out documents stay the first `val_size` of the stream
+        train = BlockStream(splits.train, tokenizer, args.cutoff_len, args.buffer_size, seed,
+                            positions=args.neat_packing, blocks_per_step=blocks_per_step)
         eval_blocks = None
         if splits.eval is not None:
             eval_blocks, eval_chunker = tokenize_to_blocks(splits.eval, tokenizer, args, "eval")
             eval_blocks = _materialise(eval_blocks)
             _report("eval", eval_chunker, args.cutoff_len)
         logger.info("Streaming: documents are read and tokenized lazily during training (no cache).")
-        return PretrainData(train.with_format("torch"), eval_blocks, False, {})
+        return PretrainData(train, eval_blocks, False, {})
 
     identity = {"format": CACHE_FORMAT, "kind": "pt", "data": data_identity(args, seed),
                 "tokenizer": tokenizer_identity(tokenizer), "cutoff_len": args.cutoff_len,

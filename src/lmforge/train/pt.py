@@ -14,7 +14,7 @@ from lmforge.train.checkpoint import resolve_resume
 from lmforge.train.run import run_training
 from lmforge.train.setup import setup_tokenizer
 from lmforge.train.tracking import check_trackers, tracking_callbacks
-from lmforge.train.trainer import LanguageModelTrainer
+from lmforge.train.trainer import LanguageModelTrainer, blocks_per_step
 
 
 def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTrainer:
@@ -25,7 +25,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTra
     # Under torchrun the first process trains the tokenizer and fills the cache; the others then read it.
     with args.main_process_first(desc="preparing tokenizer and pretraining data"):
         tokenizer = setup_tokenizer(cfg, resume)
-        data = build_pretrain_data(cfg.data, tokenizer, args.seed)
+        data = build_pretrain_data(cfg.data, tokenizer, args.seed, blocks_per_step=blocks_per_step(args))
     model = apply_finetuning_type(build_model(cfg.model, tokenizer), cfg.finetuning,
                                   adapter=cfg.model.adapter_name_or_path)
     return LanguageModelTrainer(

@@ -15,6 +15,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import RewardTrainer
 
 from lmforge.config.resilience import ResilienceArguments
+from lmforge.data.stream import STATE_FILE as STREAM_STATE_FILE
+from lmforge.data.stream import BlockStream, load_position, save_position
 from lmforge.train.callbacks import perplexity
 from lmforge.train.checkpoint import (
     COMPLETE_MARKER,
@@ -29,6 +31,11 @@ from lmforge.train.guard import NonfiniteGuard
 from lmforge.train.signals import StopRequest, stop_agreed
 
 logger = logging.getLogger(__name__)
+
+
+def blocks_per_step(args: Any) -> int:
+    """Training rows one optimizer step consumes over all processes."""
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
 
 
 class _StopAtStepEnd(TrainerCallback):
@@ -72,8 +79,19 @@ class SafeTrainingMixin:
         self.resumed_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
         if self.args.should_save:
             clear_leftovers(self.args.output_dir)
+        if self.resumed_from and isinstance(self.train_dataset, BlockStream):
+            self._resume_stream(self.resumed_from)
         with self.stop_request.installed():
             return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _resume_stream(self, checkpoint: str) -> None:
+        position = load_position(checkpoint)
+        if position is None:
+            logger.warning("%s has no stream position (%s): the stream is re-read from its start and the rows "
+                           "already trained on are skipped.", checkpoint, STREAM_STATE_FILE)
+            return
+        self.train_dataset.restore(position)
+        self.args.ignore_data_skip = True  # the stream continues where the checkpoint was: nothing to skip
 
     # ---- the non-finite guard ----------------------------------------------------------------------------------
     def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -128,6 +146,8 @@ class SafeTrainingMixin:
                 # the Trainer looked for the best checkpoint inside the staging dir: it lives beside it
                 self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
                 self.state.save_to_json(os.path.join(staged, COMPLETE_MARKER))
+            if isinstance(self.train_dataset, BlockStream):
+                save_position(self.train_dataset, self.state.global_step * blocks_per_step(self.args), staged)
             publish(staged, final)
             rotate(run_dir, self.args.save_total_limit, [self.resumed_from, self.state.best_model_checkpoint, final])
         self.accelerator.wait_for_everyone()
