@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from lmforge.cli import main
+from lmforge.train.checkpoint import STAGING_DIR, list_checkpoints
 from tests.conftest import write_jsonl
+from tests.train.test_resume import start_training, wait_for_step
 
 VOWELS = '''
 def vowel_share(prompts, completions, **columns):
@@ -72,7 +75,7 @@ def test_ppo_resumed_after_an_interruption_continues_the_same_run(tiny_model_dir
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
-    (resumed / ".tmp-checkpoint-6").mkdir()
+    (resumed / STAGING_DIR / "checkpoint-6").mkdir(parents=True)
     write_jsonl(resumed / "trainer_log.jsonl", [json.loads(line) for line in open(straight / "trainer_log.jsonl")][:5])
     assert main(["train", *rl_args("ppo", tiny_model_dir, resumed, resume_from_checkpoint="true", **args)]) == 0
     a = [json.loads(line) for line in open(straight / "trainer_log.jsonl")]
@@ -82,6 +85,25 @@ def test_ppo_resumed_after_an_interruption_continues_the_same_run(tiny_model_dir
         assert x == pytest.approx(y, rel=1e-5), (x, y)
     final_a, final_b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.allclose(final_a[k], final_b[k], atol=1e-6) for k in final_a)
+
+
+def test_sigterm_stops_an_rl_run_with_a_checkpoint_it_resumes_from(tiny_model_dir, reward_file, tmp_path):
+    out = tmp_path / "grpo"
+    args = rl_args("grpo", tiny_model_dir, out, reward_funcs=reward_file, rollout_batch_size=4, num_generations=2,
+                   max_steps=5000, logging_steps=1, save_steps=10000)
+    proc = start_training(args)
+    wait_for_step(out, proc, 2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    [checkpoint] = list_checkpoints(str(out))[0]
+    step = int(checkpoint.rsplit("-", 1)[1])
+    assert f"Stopped by SIGTERM after step {step} of 5000" in stderr
+    assert not (out / "model.safetensors").exists()
+    resume = [a for a in args if not a.startswith("max_steps=")]
+    resume += [f"max_steps={step + 2}", "resume_from_checkpoint=true"]
+    assert main(["train", *resume]) == 0
+    assert [r["step"] for r in map(json.loads, open(out / "trainer_log.jsonl"))] == list(range(1, step + 3))
 
 
 def test_grpo_with_a_reward_model_and_a_builtin_reward(tiny_model_dir, tmp_path):

@@ -164,6 +164,12 @@ def _validate_rl(cfg: RunConfig) -> None:
         _fail(cfg, "'num_generations' must be at least 2: GRPO compares completions of the same prompt.")
     if r.kl_coef < 0 or not 0 < r.cliprange < 1:
         _fail(cfg, "'kl_coef' must not be negative and 'cliprange' must be in (0, 1).")
+    launch = cfg.launch
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 or (isinstance(launch.nproc_per_node, int) and launch.nproc_per_node > 1) or \
+            (launch.nnodes or 1) > 1:
+        _fail(cfg, f"'stage: {cfg.finetuning.stage}' runs on one process for now: drop 'nproc_per_node'/'nnodes' "
+              "and launch it without torchrun.")
 
 
 def _check_paths_exist(cfg: RunConfig | CommandConfig, keys: tuple[str, ...]) -> None:

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from transformers import get_scheduler
 
 from lmforge.config.schema import RunConfig
+from lmforge.errors import TrainingError
 from lmforge.jsonl import atomic_open
 from lmforge.rewards import Rewarder
 from lmforge.train.callbacks import LOG_FILE, read_log
@@ -38,6 +39,7 @@ from lmforge.train.checkpoint import (
     rotate,
     staging_root,
 )
+from lmforge.train.guard import NonfiniteGuard
 from lmforge.train.rl_losses import (
     PolicyLoss,
     gae,
@@ -49,6 +51,7 @@ from lmforge.train.rl_losses import (
     whiten,
 )
 from lmforge.train.rollout import Rollout, completion_logps, sample_completions
+from lmforge.train.signals import StopRequest
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,10 @@ class OnlineRL:
         self.cfg, self.args, self.rl = cfg, cfg.training, cfg.rl
         self.stage, self.policy, self.ref, self.rewarder, self.algorithm = stage, policy, ref, rewarder, algorithm
         self.device = self.args.device
+        self.stop_request = StopRequest()
+        self.stopped_by: str | None = None
+        resilience = cfg.resilience
+        self.guard = NonfiniteGuard(resilience.max_nonfinite_steps) if resilience.skip_nonfinite_steps else None
         self.policy.to(self.device)
         if self.ref is not None:
             self.ref.to(self.device)
@@ -178,9 +185,12 @@ class OnlineRL:
                     out = grpo_loss(logps, batch["old_logps"][rows], ref, batch["advantages"][rows], mask,
                                     self.rl.cliprange, self.rl.kl_coef)
                 out.loss.backward()
-                if self.args.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm)
-                self.optimizer.step()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm or float("inf"))
+                finite = bool(torch.isfinite(out.loss.detach()) and torch.isfinite(grad_norm))
+                if self.guard is not None:
+                    self.guard.record(finite, step + 1)
+                if finite or self.guard is None:
+                    self.optimizer.step()  # a non-finite update is skipped: weights and optimizer state unchanged
                 self.optimizer.zero_grad(set_to_none=True)
                 stats["loss"].append(out.loss.item())
                 stats["policy_loss"].append(out.policy_loss.item())
@@ -199,6 +209,15 @@ class OnlineRL:
         if resume:
             self.load_checkpoint(resume)
         self.rewrite_log()
+        with self.stop_request.installed():
+            last = self.loop()
+        if self.stopped_by:
+            return last
+        self.save_final()
+        return last
+
+    def loop(self) -> dict[str, float]:
+        """Steps until max_steps, or until a signal or the non-finite guard stops the run (with a checkpoint)."""
         pending: dict[str, list[float]] = defaultdict(list)
         last: dict[str, float] = {}
         while self.step < self.args.max_steps:
@@ -213,9 +232,17 @@ class OnlineRL:
                 pending.clear()
             strategy = getattr(self.args.save_strategy, "value", self.args.save_strategy)
             save_every = int(self.args.save_steps) if strategy != "no" else 0
+            if self.guard is not None and self.guard.exhausted:
+                raise TrainingError(self.guard.message(self.save_checkpoint()))
+            if self.stop_request.requested:
+                self.stopped_by = self.stop_request.signal_name
+                checkpoint = self.save_checkpoint()
+                logger.warning("Stopped by %s after step %d of %d. The checkpoint %s holds the run; run the same "
+                               "command with resume_from_checkpoint=true to continue it.", self.stopped_by,
+                               self.step, self.args.max_steps, checkpoint)
+                return last
             if save_every and self.step % save_every == 0 and self.step < self.args.max_steps:
                 self.save_checkpoint()
-        self.save_final()
         return last
 
     def log(self, values: dict[str, float]) -> None:
@@ -324,5 +351,6 @@ def run_online_rl(cfg: RunConfig, algorithm: str) -> dict:
     save_run_config(cfg)
     loop = OnlineRL(cfg, stage, policy, ref, rewarder, algorithm)
     metrics = loop.train(resume)
-    report(cfg, policy, stage.tokenizer, chat=True, stop_ids=stage.stop_ids)
+    if not loop.stopped_by:
+        report(cfg, policy, stage.tokenizer, chat=True, stop_ids=stage.stop_ids)
     return metrics
