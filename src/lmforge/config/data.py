@@ -34,8 +34,11 @@ class DataArguments:
     interleave_probs: list[float] | None = option(
         None, "Sampling ratio of each source when interleaving, e.g. `0.7,0.3` (equal when unset)."
     )
-    streaming: bool = option(False, "Read sources lazily (corpora larger than memory); needs `max_steps`.")
-    buffer_size: int = option(16384, "Shuffle buffer (documents) for streaming sources.")
+    streaming: bool = option(
+        False, "pt: read sources lazily (corpora larger than memory); needs `max_steps`. Checkpoints store the stream "
+        "position, so a resumed run continues there instead of re-reading.")
+    buffer_size: int = option(
+        16384, "Shuffle buffer (documents) for streaming sources; its contents are stored in each checkpoint.")
     neat_packing: bool = option(
         False,
         "Document masking: position ids restart at each document and attention never crosses documents, "

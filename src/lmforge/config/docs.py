@@ -14,6 +14,8 @@ TITLES = {
     "generation": "Generation (samples at the end of training; ppo/grpo rollouts)",
     "rl": "Online RL (ppo, grpo): rewards, rollouts, policy updates",
     "tracking": "Experiment tracking",
+    "resilience": "Numerical guard (NaN/inf steps)",
+    "launch": "Processes and machines (`lmforge train` launches itself under torchrun)",
     "eval": "Evaluation (`lmforge eval`; the model, data and generation keys above apply too, except where noted)",
     "serve": "Serving (`lmforge chat`, `api`, `webui`, `webchat`; the model, data (`template`) and generation keys "
     "apply too: generation keys are the defaults a request does not set)",
