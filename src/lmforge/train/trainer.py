@@ -107,6 +107,8 @@ class SafeTrainingMixin:
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         if self.guard is None:
             return grad_norm
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor (FSDP2)
+            grad_norm = grad_norm.full_tensor()
         finite = grad_norm is None or math.isfinite(float(grad_norm))
         finite = finite and (self._loss_finite is None or bool(self._loss_finite))
         self._loss_finite = None
