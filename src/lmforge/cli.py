@@ -247,8 +247,25 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
+def _drop_local_rank(argv: list[str]) -> list[str]:
+    """The `deepspeed` launcher (and torch's old launch module) pass `--local_rank=N` before the subcommand; the
+    LOCAL_RANK environment variable they also set carries the same information."""
+    kept: list[str] = []
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg.startswith(("--local_rank=", "--local-rank=")):
+            continue
+        elif arg in ("--local_rank", "--local-rank"):
+            skip_next = True
+        else:
+            kept.append(arg)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _drop_local_rank(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

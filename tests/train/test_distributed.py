@@ -13,14 +13,9 @@ from lmforge.config import load_config
 from lmforge.config.launch import LaunchArguments
 from lmforge.errors import ConfigError
 from lmforge.launch import torchrun_command
-from lmforge.train.callbacks import read_log
 from lmforge.train.checkpoint import list_checkpoints
 from tests.conftest import REPO, scratch_args
-from tests.train.test_resume import sft_args, start_training, wait_for_step
-
-
-def losses(out) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_log(str(out)) if "loss" in r}
+from tests.train.test_resume import losses, sft_args, start_training, wait_for_step
 
 
 def run_lmforge_train(args: list[str]) -> subprocess.CompletedProcess:
@@ -152,3 +147,8 @@ def test_distributed_example_configs_load():
     fsdp = load_config(str(REPO / "examples" / "distributed" / "sft_fsdp.yaml"))
     assert fsdp.training.fsdp and fsdp.training.fsdp_config["transformer_layer_cls_to_wrap"] == ["Qwen2DecoderLayer"]
     assert (REPO / "examples" / "accelerate" / "fsdp_config.yaml").is_file()
+
+
+def test_the_local_rank_argument_of_the_deepspeed_launcher_is_accepted(capsys):
+    assert main(["--local_rank=0", "version"]) == 0
+    assert main(["train", "--local-rank", "1", "--help"]) == 0

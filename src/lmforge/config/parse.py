@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from typing import Any
 
@@ -13,6 +14,8 @@ from lmforge.config.schema import COMMAND_CONFIGS, DEFAULTS, GROUPS, SCHEMAS, Ev
 from lmforge.config.validate import VALIDATORS, check_engine_configs, validate
 from lmforge.device import accelerator_available, auto_precision
 from lmforge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def suggest(key: str, candidates: list[str] | set[str]) -> str:
@@ -122,6 +125,11 @@ def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: 
     if "use_cpu" not in values["training"] and not accelerator_available():
         # accelerate only forms a multi-process CPU group (torchrun + gloo) when told the run is on the CPU
         values["training"]["use_cpu"] = True
+    if values["finetuning"].get("finetuning_type") == "lora":
+        # every adapter takes part in every forward: DDP's search for unused parameters is a wasted graph traversal
+        values["training"].setdefault("ddp_find_unused_parameters", False)
+    if values["training"].get("fsdp") and values["training"].get("use_cpu"):
+        logger.warning("fsdp needs GPUs: on the CPU the Trainer runs plain DDP (gloo) instead.")
     check_engine_configs(values["training"], source)
     if not values["training"].get("output_dir"):
         raise ConfigError(f"Config error ({source}): 'output_dir' is required (where the model and logs are saved).")
