@@ -79,3 +79,12 @@ def test_sources_are_interleaved_by_their_ratios(sources, tiny_tokenizer):
     order = re.findall(r"<([ab]\d{4})>", tiny_tokenizer.decode([t for b in blocks for t in b["input_ids"]]))
     share_b = sum(x.startswith("b") for x in order[:200]) / 200
     assert 0.2 < share_b < 0.4  # 0.3 asked
+
+
+def test_streaming_with_dataloader_workers_is_a_clear_error(tmp_path, capsys):
+    from lmforge.cli import main
+
+    args = ["stage=pt", "model_name_or_path=m", "dataset=x", f"output_dir={tmp_path}", "streaming=true",
+            "max_steps=3", "dataloader_num_workers=2"]
+    assert main(["train", *args]) == 2
+    assert "with 'streaming: true', set 'dataloader_num_workers: 0'" in capsys.readouterr().err

@@ -40,8 +40,9 @@ RUNS = {
     "pt": lambda model_dir, out: scratch_args(out, max_steps=12, save_steps=4, logging_steps=1),
     "pt-neat-packing": lambda model_dir, out: scratch_args(out, max_steps=12, save_steps=4, logging_steps=1,
                                                            neat_packing=True),
-    "pt-streaming": lambda model_dir, out: scratch_args(out, max_steps=12, save_steps=4, logging_steps=1,
-                                                        streaming=True, buffer_size=64),
+    "pt-streaming-accumulation": lambda model_dir, out: scratch_args(
+        out, max_steps=12, save_steps=4, logging_steps=1, streaming=True, buffer_size=64,
+        gradient_accumulation_steps=2),
     "sft": lambda model_dir, out: sft_args(model_dir, out),
     "sft-packing": lambda model_dir, out: sft_args(model_dir, out, packing=True),
     "sft-lora": lambda model_dir, out: sft_args(model_dir, out, finetuning_type="lora", lora_target="all",
@@ -62,9 +63,9 @@ def test_resume_after_step_k_gives_the_same_losses_as_the_uninterrupted_run(run,
     shutil.copy(full / "trainer_log.jsonl", part / "trainer_log.jsonl")
     with caplog.at_level("INFO", logger="lmforge"):
         assert main(["train", *RUNS[run](tiny_model_dir, part), "resume_from_checkpoint=true"]) == 0
-    if "streaming" in run:  # 4 steps x 8 rows: the stream restarts at block 32, not from its beginning
+    if "streaming" in run:  # 4 steps x 2 x 8 rows: the stream restarts at block 64, not from its beginning
         assert (part / "checkpoint-4" / "stream_state.json").is_file()
-        assert "Stream resumed after 32 blocks" in caplog.text
+        assert "Stream resumed after 64 blocks" in caplog.text
     reference, resumed = losses(full), losses(part)
     assert sorted(resumed) == list(range(1, 13))
     assert_same_losses(resumed, reference, range(5, 13))

@@ -68,6 +68,9 @@ def validate(cfg: RunConfig) -> None:
             _fail(cfg, "'streaming: true' needs 'max_steps' (a streamed corpus has no known length).")
         if 0 < d.val_size < 1:
             _fail(cfg, "with 'streaming: true', 'val_size' must be a document count (>= 1), not a fraction.")
+        if t.dataloader_num_workers:
+            _fail(cfg, "with 'streaming: true', set 'dataloader_num_workers: 0': the stream is read and tokenized "
+                  "in the training process, which records its position for checkpoints.")
 
     if cfg.resilience.max_nonfinite_steps < 1:
         _fail(cfg, f"'max_nonfinite_steps' must be at least 1, got {cfg.resilience.max_nonfinite_steps} (to let "
