@@ -9,6 +9,8 @@ import time
 
 from transformers import TrainerCallback
 
+from lmforge.jsonl import atomic_open
+
 LOG_FILE = "trainer_log.jsonl"
 
 # Trainer log keys -> names in trainer_log.jsonl
@@ -48,7 +50,7 @@ class JsonlLogCallback(TrainerCallback):
             return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         kept = [r for r in read_log(os.path.dirname(self.path)) if r.get("step", 0) <= state.global_step]
-        with open(self.path, "w", encoding="utf-8") as fh:
+        with atomic_open(self.path) as fh:  # a kill here must not lose the log of the run so far
             fh.writelines(json.dumps(r) + "\n" for r in kept)
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen

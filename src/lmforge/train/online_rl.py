@@ -258,7 +258,7 @@ class OnlineRL:
         """The log file as the run stands at its (resumed) step: later lines of an interrupted run are dropped."""
         os.makedirs(self.args.output_dir, exist_ok=True)
         kept = [r for r in read_log(self.args.output_dir) if r.get("step", 0) <= self.step] if self.step else []
-        with open(os.path.join(self.args.output_dir, LOG_FILE), "w", encoding="utf-8") as fh:
+        with atomic_open(os.path.join(self.args.output_dir, LOG_FILE)) as fh:
             fh.writelines(json.dumps(r) + "\n" for r in kept)
 
     # ---- saving -----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import yaml
 
 from lmforge.config.schema import RunConfig
 from lmforge.errors import TrainingError
+from lmforge.jsonl import atomic_open
 from lmforge.train.callbacks import read_log
 from lmforge.train.plots import plot_curves, stage_curves
 from lmforge.train.samples import generate_samples, write_samples
@@ -76,8 +77,7 @@ def stopped_early(trainer: LanguageModelTrainer) -> dict:
 
 
 def save_run_config(cfg: RunConfig) -> None:
-    os.makedirs(cfg.training.output_dir, exist_ok=True)
-    with open(os.path.join(cfg.training.output_dir, CONFIG_FILE), "w", encoding="utf-8") as fh:
+    with atomic_open(os.path.join(cfg.training.output_dir, CONFIG_FILE)) as fh:
         yaml.safe_dump(cfg.raw, fh, sort_keys=False, allow_unicode=True)
 
 
