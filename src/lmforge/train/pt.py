@@ -12,9 +12,10 @@ from lmforge.model.build import build_model
 from lmforge.train.callbacks import JsonlLogCallback
 from lmforge.train.checkpoint import resolve_resume
 from lmforge.train.run import run_training
+from lmforge.train.safety import blocks_per_step
 from lmforge.train.setup import setup_tokenizer
 from lmforge.train.tracking import check_trackers, tracking_callbacks
-from lmforge.train.trainer import LanguageModelTrainer, blocks_per_step
+from lmforge.train.trainer import LanguageModelTrainer
 
 
 def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTrainer:

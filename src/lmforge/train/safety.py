@@ -1,0 +1,168 @@
+"""What every lmforge Trainer adds to transformers': checkpoints that are never half-written (and a stream position
+saved with them), a graceful stop on SIGTERM/SIGINT, and the non-finite step guard."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from lmforge.config.resilience import ResilienceArguments
+from lmforge.data.stream import STATE_FILE as STREAM_STATE_FILE
+from lmforge.data.stream import BlockStream, load_position, save_position
+from lmforge.train.checkpoint import (
+    COMPLETE_MARKER,
+    clear_leftovers,
+    final_staging,
+    publish,
+    replace_files,
+    rotate,
+    staging_root,
+)
+from lmforge.train.guard import NonfiniteGuard
+from lmforge.train.signals import StopRequest, stop_agreed
+
+logger = logging.getLogger(__name__)
+
+
+def blocks_per_step(args: Any) -> int:
+    """Training rows one optimizer step consumes over all processes."""
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+
+
+class _StopAtStepEnd(TrainerCallback):
+    """At the end of each optimizer step: on a signal, or when the guard gives up, save a checkpoint and stop."""
+
+    def __init__(self, trainer: SafeTrainingMixin) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        if stop_agreed(trainer.stop_request.requested, args.device):
+            trainer.stopped_by = trainer.stop_request.signal_name or "a signal on another process"
+        elif trainer.guard is not None and trainer.guard.exhausted:
+            trainer.stopped_by = "non-finite steps"
+        if trainer.stopped_by:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class SafeTrainingMixin:
+    """Put before a transformers Trainer class. Why not the Trainer's own saving: it writes `checkpoint-N` in place
+    (a kill mid-save leaves a damaged checkpoint that resume picks up) and save_total_limit may delete the
+    checkpoint a run resumed from."""
+
+    def __init__(self, *args: Any, resilience: ResilienceArguments | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        resilience = resilience or ResilienceArguments()
+        # fp16 loss scaling and DeepSpeed skip overflowing steps themselves (and hide the gradients from us).
+        guarded = resilience.skip_nonfinite_steps and not self.args.fp16 and not self.is_deepspeed_enabled
+        self.guard = NonfiniteGuard(resilience.max_nonfinite_steps) if guarded else None
+        self.stop_request = StopRequest()
+        self.stopped_by: str | None = None
+        self.resumed_from: str | None = None
+        self._loss_finite: torch.Tensor | None = None
+        self._writing_checkpoint = False
+        self.add_callback(_StopAtStepEnd(self))
+
+    # ---- the run ------------------------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | None = None, *args: Any, **kwargs: Any):
+        self.resumed_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+        if self.args.should_save:
+            clear_leftovers(self.args.output_dir)
+        if self.resumed_from and isinstance(self.train_dataset, BlockStream):
+            self._resume_stream(self.resumed_from)
+        with self.stop_request.installed():
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _resume_stream(self, checkpoint: str) -> None:
+        position = load_position(checkpoint)
+        if position is None:
+            logger.warning("%s has no stream position (%s): the stream is re-read from its start and the rows "
+                           "already trained on are skipped.", checkpoint, STREAM_STATE_FILE)
+            return
+        self.train_dataset.restore(position)
+        self.args.ignore_data_skip = True  # the stream continues where the checkpoint was: nothing to skip
+
+    # ---- the non-finite guard ----------------------------------------------------------------------------------
+    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        loss = super().training_step(*args, **kwargs)
+        if self.guard is not None:
+            finite = torch.isfinite(loss.detach()).all()
+            self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
+        return loss
+
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        """Called once per optimizer step, after clipping and before `optimizer.step()`: a non-finite step has its
+        gradients dropped, so the optimizer leaves the weights and its state as they were."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if self.guard is None:
+            return grad_norm
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor (FSDP2)
+            grad_norm = grad_norm.full_tensor()
+        finite = grad_norm is None or math.isfinite(float(grad_norm))
+        finite = finite and (self._loss_finite is None or bool(self._loss_finite))
+        self._loss_finite = None
+        bad = stop_agreed(not finite, self.args.device)
+        if bad:
+            model.zero_grad(set_to_none=True)
+        self.guard.record(not bad, self.state.global_step + 1)
+        return grad_norm
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self.guard is not None and self.guard.total and "loss" in logs:
+            logs = {**logs, "nonfinite_steps": self.guard.total}
+        super().log(logs, *args, **kwargs)
+
+    # ---- checkpoints --------------------------------------------------------------------------------------------
+    def _get_output_dir(self, trial: Any) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return staging_root(run_dir) if self._writing_checkpoint else run_dir
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """The Trainer's checkpoint, written under the staging directory, then renamed into place."""
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged, final = os.path.join(staging_root(run_dir), name), os.path.join(run_dir, name)
+        if self.args.should_save:
+            shutil.rmtree(staged, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self._writing_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._writing_checkpoint = False
+        self.accelerator.wait_for_everyone()  # every rank's shards are written
+        if self.args.should_save:
+            best = self.state.best_model_checkpoint
+            if best and os.path.dirname(os.path.normpath(best)) == staging_root(run_dir):
+                # the Trainer looked for the best checkpoint inside the staging dir: it lives beside it
+                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+                self.state.save_to_json(os.path.join(staged, COMPLETE_MARKER))
+            if isinstance(self.train_dataset, BlockStream):
+                save_position(self.train_dataset, self.state.global_step * blocks_per_step(self.args), staged)
+            publish(staged, final)
+            rotate(run_dir, self.args.save_total_limit, [self.resumed_from, self.state.best_model_checkpoint, final])
+        self.accelerator.wait_for_everyone()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The final model: written beside output_dir, then moved in file by file (each file whole)."""
+        target = output_dir or self.args.output_dir
+        if _internal_call or os.path.abspath(target) != os.path.abspath(self.args.output_dir):
+            return super().save_model(output_dir, _internal_call)
+        staged = final_staging(target)
+        if self.args.should_save:
+            shutil.rmtree(staged, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        super().save_model(staged, _internal_call)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            replace_files(staged, target)
+        self.accelerator.wait_for_everyone()
