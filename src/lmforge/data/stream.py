@@ -39,11 +39,12 @@ class BlockStream(torch.utils.data.IterableDataset):
     step over all processes) says where a checkpoint can fall."""
 
     def __init__(self, docs: IterableDataset, tokenizer: PreTrainedTokenizerBase, cutoff_len: int,
-                 buffer_size: int, seed: int, positions: bool = False, blocks_per_step: int = 1) -> None:
+                 buffer_size: int, seed: int, positions: bool = False, blocks_per_step: int = 1,
+                 tokenize_batch: int = 64) -> None:
         self.docs = docs
-        self.tokenize = DocumentTokenizer(tokenizer, "streamed train")
+        self.tokenizer = DocumentTokenizer(tokenizer, "streamed train")
         self.cutoff_len, self.buffer_size, self.seed, self.positions = cutoff_len, buffer_size, seed, positions
-        self.blocks_per_step = blocks_per_step
+        self.blocks_per_step, self.tokenize_batch = blocks_per_step, tokenize_batch
         self.positions_seen: deque[tuple[int, dict]] = deque(maxlen=_KEPT_POSITIONS)
         self.blocks = 0  # blocks handed out since the start of the run (resumed runs included)
         self.documents_read = 0  # documents this process pulled from the source (for reports and tests)
@@ -102,27 +103,35 @@ class BlockStream(torch.utils.data.IterableDataset):
                 record()
                 yield {k: torch.tensor(v) for k, v in block.items()}
 
-        def blocks_of(text: str) -> None:
-            ids = self.tokenize({"text": [text]}, [documents])["input_ids"]
-            out = chunker({"input_ids": ids})
+        def cut(texts: list[str]) -> None:
+            """Batched fast tokenization of the drawn documents into pending blocks (done only between emissions,
+            so a recorded position never has drawn documents that are not yet blocks)."""
+            out = chunker(self.tokenizer({"text": texts}, list(range(documents - len(texts), documents))))
             pending.extend({k: list(map(int, v[i])) for k, v in out.items()} for i in range(len(out["input_ids"])))
+            texts.clear()
 
         yield from emit()
-        source = iter(self.docs)
-        for record_ in source:
+        drawn: list[str] = []
+        for doc in self.docs:
             documents += 1
             self.documents_read += 1
-            text = record_["text"]
             if len(buffer) < self.buffer_size:
-                buffer.append(text)
+                buffer.append(doc["text"])
                 continue
             j = rng.randrange(len(buffer))
-            text, buffer[j] = buffer[j], text
-            blocks_of(text)
-            yield from emit()
+            drawn.append(buffer[j])
+            buffer[j] = doc["text"]
+            if len(drawn) == self.tokenize_batch:
+                cut(drawn)
+                yield from emit()
         rng.shuffle(buffer)
         while buffer:
-            blocks_of(buffer.pop())
+            drawn.append(buffer.pop())
+            if len(drawn) == self.tokenize_batch or not buffer:
+                cut(drawn)
+                yield from emit()
+        if drawn:
+            cut(drawn)
             yield from emit()
         self._report(chunker, epoch)
         self.epoch = epoch + 1  # a run longer than the corpus starts another pass (reshuffled)
