@@ -41,6 +41,10 @@ class FinetuningArguments:
     use_dora: bool = option(False, "Weight-decomposed LoRA (DoRA).")
     loraplus_lr_ratio: float | None = option(
         None, "LoRA+: the B matrices learn this many times faster than the A matrices.")
+    chunked_loss: bool = option(
+        True, "pt/sft: compute the language-modelling loss in chunks, only at labelled positions, without "
+        "full-vocabulary logits for the whole batch (same loss and gradients; far less memory at large vocabularies). "
+        "Standard loss for architectures it does not cover, and under `use_liger_kernel` (Liger's fused version).")
     plot_loss: bool = option(False, "Save PNG plots of the train and eval loss in `output_dir`.")
     pref_loss: Literal["sigmoid", "hinge", "ipo", "orpo", "simpo"] = option(
         "sigmoid", "With `dpo`: the preference loss. `sigmoid` (DPO), `hinge` (SLiC), `ipo` (on per-token mean "

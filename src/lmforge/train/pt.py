@@ -32,6 +32,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTra
     return LanguageModelTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, data_collator=PretrainCollator(),
         processing_class=tokenizer, loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio, resilience=cfg.resilience,
+        chunked_loss=cfg.finetuning.chunked_loss,
         callbacks=[JsonlLogCallback(args.output_dir), *tracking_callbacks(args, cfg.tracking)])
 
 

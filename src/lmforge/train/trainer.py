@@ -8,6 +8,7 @@ from typing import Any
 from transformers import Trainer
 from trl import RewardTrainer
 
+from lmforge.model.chunked_loss import use_chunked_loss
 from lmforge.train.callbacks import perplexity
 from lmforge.train.safety import SafeTrainingMixin
 
@@ -34,7 +35,11 @@ class LoraPlusTrainer(SafeTrainingMixin, Trainer):
 
 
 class LanguageModelTrainer(LoraPlusTrainer):
-    """Adds perplexity (exp of the loss) to the evaluation metrics."""
+    """pt/sft: the chunked loss (unless off, or Liger's is used), perplexity (exp of the loss) in evaluation."""
+
+    def __init__(self, *args: Any, chunked_loss: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.chunked_loss = chunked_loss and not self.args.use_liger_kernel and use_chunked_loss(self.model)
 
     def evaluation_loop(self, *args, **kwargs):
         output = super().evaluation_loop(*args, **kwargs)
