@@ -8,16 +8,20 @@ the same process, peak memory and time to first step. Never a timed test: run it
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import json
-import resource
+import os
 import sys
 import tempfile
+import threading
 import time
 
 import torch
 from transformers import TrainerCallback
 
 from lmforge.config import load_config
+from lmforge.data.collate import IGNORE_INDEX
 from lmforge.data.packing import uses_packing
 from lmforge.errors import ConfigError
 
@@ -88,10 +92,44 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     return 6 * params + 12 * layers * seq_len * heads * head_dim
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+class MemoryWatch:
+    """Peak memory while training: on a GPU `max_memory_allocated`; on the CPU the resident set size sampled every
+    2 ms by a thread, reported above its level when the watch starts (so two runs in one process are compared on
+    what each one adds: activations, logits, gradients, optimizer state)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak, self.start = device, 0, 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self) -> MemoryWatch:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self.start = self.peak = self.rss()
+
+        def sample() -> None:
+            while not self._stop.wait(0.002):
+                self.peak = max(self.peak, self.rss())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss()) - self.start
 
 
 def build_trainer(cfg):
@@ -104,21 +142,44 @@ def build_trainer(cfg):
     return build_pt(cfg)
 
 
-def run(config: str | None, overrides: list[str], steps: int, warmup: int) -> dict:
-    started = time.perf_counter()
+def build_baseline(cfg):
+    """The common way to train the same config: transformers' Trainer, examples padded to the longest in each batch
+    (DataCollatorForSeq2Seq), the model's own loss over full logits; same model, data and arguments."""
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
+    if cfg.finetuning.stage == "sft":
+        from lmforge.train.chat_stage import policy_model, prepare_chat_stage
+
+        stage = prepare_chat_stage(cfg)
+        rows = stage.data.train.select_columns(["input_ids", "labels"])
+        collator = DataCollatorForSeq2Seq(stage.tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+        return Trainer(model=policy_model(cfg, stage), args=cfg.training, train_dataset=rows,
+                       data_collator=collator, processing_class=stage.tokenizer)
+    from lmforge.train.pt import build_trainer as build_pt
+
+    ours = build_pt(dataclasses.replace(cfg, finetuning=dataclasses.replace(cfg.finetuning, chunked_loss=False)))
+    return Trainer(model=ours.model, args=cfg.training, train_dataset=ours.train_dataset,
+                   data_collator=ours.data_collator, processing_class=ours.processing_class)
+
+
+def bench_config(config: str | None, overrides: list[str], steps: int, warmup: int):
     out = tempfile.mkdtemp(prefix="lmforge-bench-")
     forced = [f"max_steps={warmup + steps}", "eval_strategy=no", "save_strategy=no", "report_to=none",
               "logging_steps=1000000", "val_size=0", "eval_dataset=null", "sample_prompts=[]", "plot_loss=false",
               "include_num_input_tokens_seen=all", "disable_tqdm=true"]
-    cfg = load_config(config, [f"output_dir={out}", *overrides, *forced])
-    trainer = build_trainer(cfg)
+    return load_config(config, [f"output_dir={out}", *overrides, *forced])
+
+
+def measure(trainer, cfg, config: str | None, steps: int, warmup: int, started: float) -> dict:
+    """Train `warmup + steps` steps with `trainer` and report the timed steps."""
     counter = TokenCounter(trainer.data_collator)
     trainer.data_collator = counter
     clock = StepClock(counter)
     trainer.add_callback(clock)
-    trainer.train()
-
     device = trainer.args.device
+    with MemoryWatch(device) as memory:
+        trainer.train()
+
     if len(clock.times) <= warmup:
         raise ConfigError("Config error: the run ended before the timed steps (dataset too small for "
                           f"{warmup + steps} steps?).")
@@ -137,9 +198,35 @@ def run(config: str | None, overrides: list[str], steps: int, warmup: int) -> di
         "real_tokens_per_second": real / elapsed, "padded_tokens_per_second": padded / elapsed,
         "flops_per_token": per_token, "achieved_flops": achieved, "matmul_peak_flops": peak,
         "fraction_of_peak": achieved / peak,
-        "peak_memory_gib": peak_memory_bytes(device) / 2**30,
+        "peak_memory_gib": memory.peak / 2**30,
         "time_to_first_step_s": clock.times[0] - started,
     }
+
+
+def run(config: str | None, overrides: list[str], steps: int, warmup: int) -> dict:
+    started = time.perf_counter()
+    cfg = bench_config(config, overrides, steps, warmup)
+    return measure(build_trainer(cfg), cfg, config, steps, warmup, started)
+
+
+def compare_baseline(config: str | None, overrides: list[str], steps: int, warmup: int) -> dict:
+    """The baseline (`build_baseline`) and lmforge's recipe for the same config, timed in this process one after
+    the other; ratios are lmforge / baseline."""
+    results = {}
+    for name, build in (("baseline", build_baseline), ("lmforge", build_trainer)):
+        started = time.perf_counter()
+        cfg = bench_config(config, overrides, steps, warmup)
+        results[name] = measure(build(cfg), cfg, config, steps, warmup, started)
+        gc.collect()
+    base, ours = results["baseline"], results["lmforge"]
+    for name, r in results.items():
+        print(f"[{name}]\n{report(r)}\n")
+    ratios = {key: ours[key] / base[key] for key in ("real_tokens_per_second", "peak_memory_gib", "fraction_of_peak")
+              if base[key]}
+    print(f"lmforge / baseline: real tokens/s x{ratios['real_tokens_per_second']:.2f}, "
+          f"peak memory x{ratios.get('peak_memory_gib', float('nan')):.2f}, fraction of peak "
+          f"{100 * base['fraction_of_peak']:.1f} % -> {100 * ours['fraction_of_peak']:.1f} %")
+    return {**results, "ratios": ratios}
 
 
 def report(r: dict) -> str:
@@ -153,7 +240,7 @@ def report(r: dict) -> str:
         f"  matmul peak (measured) {r['matmul_peak_flops'] / 1e9:,.2f} GFLOP/s",
         f"  fraction of peak       {100 * r['fraction_of_peak']:.1f} %",
         f"  peak memory            {r['peak_memory_gib']:.2f} GiB "
-        f"({'max allocated' if 'cuda' in r['device'] else 'RSS'})",
+        f"({'max allocated' if 'cuda' in r['device'] else 'RSS above the start of training'})",
         f"  time to first step     {r['time_to_first_step_s']:.1f} s",
     ])
 
@@ -190,6 +277,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--json", dest="json_path", help="also write the figures to this JSON file")
+    parser.add_argument("--compare", action="store_true",
+                        help="also run the common way (transformers' Trainer, per-batch padding, the model's own "
+                        "loss over full logits) on the same config in this process, and print lmforge / baseline")
     parser.add_argument("--packing-compare", action="store_true",
                         help="sft: measure the config padded (packing=false) and packed (packing=true), each in its "
                         "own process (so peak memory is each one's own), and print the ratios")
@@ -210,6 +300,8 @@ def main(argv: list[str]) -> int:
 
         result = compare_prefix_reuse(config, overrides, ns.repeats)
         print(eval_report(result))
+    elif ns.compare:
+        result = compare_baseline(config, overrides, ns.steps, ns.warmup)
     elif ns.packing_compare:
         result = compare_packing(config, overrides, ns.steps, ns.warmup)
     else:

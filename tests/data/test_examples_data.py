@@ -11,7 +11,7 @@ from lmforge.data.examples import build_examples
 from lmforge.data.preview import trained_runs
 from lmforge.data.template import render_conversation
 from lmforge.errors import DataError
-from tests.conftest import LF_DEMO, write_jsonl
+from tests.conftest import LF_DEMO, REPO, write_jsonl
 from tests.data.conftest import data_args
 
 SFT_DATASETS = ["identity", "alpaca_en_demo", "alpaca_zh_demo", "glaive_toolcall_en_demo", "glaive_toolcall_zh_demo",
@@ -122,3 +122,30 @@ def test_encoded_data_is_cached(chat_tok, caplog):
     assert first.train["input_ids"] == second.train["input_ids"]
     third = build_examples(data_args(dataset="identity", mask_history=True), chat_tok, seed=0)
     assert not third.from_cache
+
+
+@pytest.mark.parametrize("template", ["chatml", str(REPO / "tests" / "data" / "templates" / "qwen3.jinja")])
+@pytest.mark.parametrize("options", [dict(cutoff_len=4096), dict(cutoff_len=96), dict(cutoff_len=4096,
+                                                                                       mask_history=True)])
+def test_the_batched_encoder_equals_encoding_one_example_at_a_time(tiny_tokenizer, template, options):
+    """The fast path (rendered one by one, tokenized in one call, labels from offsets) changes no id, label or skip."""
+    import copy
+
+    from lmforge.data.chat_templates import apply_template_choice
+    from lmforge.data.encode import ConversationEncoder, LabelOptions
+    from lmforge.data.formats import SkipRecord
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    apply_template_choice(tok, template)
+    encoder = ConversationEncoder(tok, LabelOptions(**options))
+    for dataset in SFT_DATASETS:
+        data = build_examples(data_args(dataset=dataset), tok, seed=0)
+        conversations = [json.loads(c) for c in data.train["conversation"]]
+        batched = encoder.encode_batch(conversations)
+        for conversation, fast in zip(conversations, batched, strict=True):
+            try:
+                slow = encoder.encode_one(conversation)
+            except SkipRecord as err:
+                assert isinstance(fast, SkipRecord) and str(fast) == str(err)
+                continue
+            assert fast == slow, dataset

@@ -10,7 +10,16 @@ import jinja2
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.data.formats import ExampleKind, SkipRecord
-from lmforge.data.template import IGNORE_INDEX, TemplateMismatch, encode_conversation, prompt_ids
+from lmforge.data.template import (
+    IGNORE_INDEX,
+    RenderedConversation,
+    TemplateMismatch,
+    encode_conversation,
+    prompt_ids,
+    render_conversation,
+    span_labels,
+    trained_spans,
+)
 
 
 @dataclass
@@ -166,18 +175,61 @@ class ConversationEncoder:
                                  o.cutoff_len, o.mask_history, o.train_on_prompt, **kwargs)
         return {"input_ids": encoded.input_ids, "labels": encoded.labels, "truncated": encoded.truncated}
 
+    def encode_batch(self, examples: list[dict[str, Any]]) -> list[dict[str, Any] | Exception]:
+        """SFT examples rendered one by one, tokenized in one batched call (the fast tokenizer's threads), labelled
+        from the offsets; the result of `encode_one` for each (an example longer than cutoff_len goes through it)."""
+        o = self.options
+        rendered: list[tuple[list[dict], RenderedConversation] | Exception] = []
+        for example in examples:
+            try:
+                messages = self._messages(example["messages"])
+                rendered.append((messages, render_conversation(self.tokenizer, messages, example.get("tools"),
+                                                               enable_thinking=o.enable_thinking)))
+            except (SkipRecord, TemplateMismatch, jinja2.TemplateError) as err:
+                rendered.append(err)
+        texts = [r[1].text for r in rendered if not isinstance(r, Exception)]
+        encodings = iter(self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True).encodings
+                         if texts else [])
+        results: list[dict[str, Any] | Exception] = []
+        for example, r in zip(examples, rendered, strict=True):
+            if isinstance(r, Exception):
+                results.append(r)
+                continue
+            encoding = next(encodings)
+            if len(encoding.ids) > o.cutoff_len:
+                results.append(self._guarded(example))  # drops old exchanges, then cuts
+                continue
+            labels = span_labels(encoding.ids, encoding.offsets, trained_spans(r[1], r[0], o.mask_history))
+            if all(label == IGNORE_INDEX for label in labels):
+                results.append(SkipRecord("no assistant token to train on"))
+                continue
+            results.append({"input_ids": list(encoding.ids), "labels": labels, "truncated": False})
+        return results
+
+    def _guarded(self, example: dict[str, Any]) -> dict[str, Any] | Exception:
+        try:
+            return self.encode_one(example)
+        except (SkipRecord, TemplateMismatch, jinja2.TemplateError) as err:
+            return err
+
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         columns = KIND_COLUMNS[self.kind]
         out: dict[str, list] = {name: [] for name in [*columns, "skip"]}
         empty = {name: False if name in ("truncated", "kto_label") else [] for name in columns}
-        for conversation in batch["conversation"]:
-            try:
-                encoded, skip = self.encode_one(json.loads(conversation)), ""
-            except (SkipRecord, TemplateMismatch) as err:
-                encoded, skip = empty, str(err)
-            except jinja2.TemplateError as err:  # the template's raise_exception(): e.g. roles it does not support
-                encoded, skip = empty, f"the chat template rejected it: {err}"
+        examples = [json.loads(conversation) for conversation in batch["conversation"]]
+        if self.kind == "sft" and not self.options.train_on_prompt and self.tokenizer.is_fast:
+            results = self.encode_batch(examples)
+        else:
+            results = [self._guarded(example) for example in examples]
+        for result in results:
+            encoded, skip = (empty, _skip_reason(result)) if isinstance(result, Exception) else (result, "")
             for name in columns:
                 out[name].append(encoded[name])
             out["skip"].append(skip)
         return out
+
+
+def _skip_reason(err: Exception) -> str:
+    if isinstance(err, jinja2.TemplateError):  # the template's raise_exception(): e.g. roles it does not support
+        return f"the chat template rejected it: {err}"
+    return str(err)

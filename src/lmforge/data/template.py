@@ -13,11 +13,11 @@ emits right after it, up to and including the first special token (`<|im_end|>`,
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.data.collate import IGNORE_INDEX
@@ -80,12 +80,22 @@ def _marked(message: dict, nonce: str) -> dict:
 
 def _changed_region(text: str, variant: str) -> tuple[int, int]:
     """[start, end) of `text` outside the longest common prefix and suffix of `text` and `variant`."""
-    start = len(os.path.commonprefix([text, variant]))
+    start = _common_prefix(text, variant)
     limit = min(len(text), len(variant)) - start
-    suffix = 0
-    while suffix < limit and text[-1 - suffix] == variant[-1 - suffix]:
-        suffix += 1
+    suffix = min(_common_prefix(text[::-1], variant[::-1]), limit)
     return start, len(text) - suffix
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """Length of the common prefix, by bisection on slice comparisons (done in C, not character by character)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[low:mid] == b[low:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list | None = None,
@@ -122,21 +132,35 @@ def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
         return ids, list(ids)
     rendered = render_conversation(tokenizer, messages, tools, chat_template, **template_kwargs)
     encoding = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
+    ids = encoding["input_ids"]
+    return ids, span_labels(ids, encoding["offset_mapping"], trained_spans(rendered, messages, mask_history,
+                                                                          reply_messages))
+
+
+def trained_spans(rendered: RenderedConversation, messages: list[dict], mask_history: bool = False,
+                  reply_messages: int | None = None) -> list[tuple[int, int]]:
+    """The assistant spans that are trained: all, the last one (`mask_history`), or those among the last
+    `reply_messages` messages."""
     spans = rendered.assistant_spans
     if mask_history:
-        spans = spans[-1:]
-    elif reply_messages is not None:
+        return spans[-1:]
+    if reply_messages is not None:
         positions = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-        spans = [s for s, i in zip(spans, positions, strict=True) if i >= len(messages) - reply_messages]
-    labels = [IGNORE_INDEX] * len(ids)
-    span = 0  # offsets and spans are both in text order: one pass over the tokens
-    for i, (start, end) in enumerate(offsets):
-        while span < len(spans) and spans[span][1] <= start:
-            span += 1
-        if span < len(spans) and end > spans[span][0]:
-            labels[i] = ids[i]
-    return ids, labels
+        return [s for s, i in zip(spans, positions, strict=True) if i >= len(messages) - reply_messages]
+    return spans
+
+
+def span_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Labels: the id where a token's characters overlap a span (spans sorted, disjoint), IGNORE_INDEX elsewhere."""
+    if not spans or not ids:
+        return [IGNORE_INDEX] * len(ids)
+    offsets_array = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    starts, ends = np.asarray(spans, dtype=np.int64).T
+    # the first span that ends after the token starts; the token is trained if it also ends after that span starts
+    first = np.searchsorted(ends, offsets_array[:, 0], side="right")
+    valid = first < len(spans)
+    trained = valid & (offsets_array[:, 1] > starts[np.minimum(first, len(spans) - 1)])
+    return np.where(trained, np.asarray(ids, dtype=np.int64), IGNORE_INDEX).tolist()
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list | None = None,

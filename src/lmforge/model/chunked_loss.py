@@ -21,7 +21,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-LOGITS_PER_CHUNK = 1 << 24  # float32 logits held at once (64 MiB), whatever the vocabulary
+# float32 logits held at once (256 MiB), whatever the vocabulary: smaller chunks make the head's matmuls thin and
+# slower than the standard loss on the CPU (measured: 2^24 -> 1.4x slower, 2^26 -> on par).
+LOGITS_PER_CHUNK = 1 << 26
 # Causal LMs whose forward is exactly `lm_head(decoder(...))` followed by ForCausalLMLoss (no logit soft-capping or
 # scaling, no auxiliary loss), so replacing that tail changes nothing but memory.
 SUPPORTED_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "olmo", "olmo2"}
@@ -47,7 +49,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if need_hidden or need_weight:
                 grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
                 grad[rows, y] -= 1
-                grad = (grad * scale).to(h.dtype)
+                grad = grad.mul_(scale).to(h.dtype)
                 if need_hidden:
                     grad_hidden[start:start + chunk] = grad @ weight
                 if need_weight:
