@@ -217,6 +217,7 @@ def compare_baseline(config: str | None, overrides: list[str], steps: int, warmu
         started = time.perf_counter()
         cfg = bench_config(config, overrides, steps, warmup)
         results[name] = measure(build(cfg), cfg, config, steps, warmup, started)
+        results[name]["packing"] &= name == "lmforge"  # the baseline pads whatever the config says
         gc.collect()
     base, ours = results["baseline"], results["lmforge"]
     for name, r in results.items():
@@ -280,13 +281,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--compare", action="store_true",
                         help="also run the common way (transformers' Trainer, per-batch padding, the model's own "
                         "loss over full logits) on the same config in this process, and print lmforge / baseline")
+    parser.add_argument("--preprocess", action="store_true",
+                        help="sft: examples/s of lmforge's encoding (workers: preprocessing_num_workers) against a "
+                        "per-example datasets.map + apply_chat_template, and of a cache hit")
     parser.add_argument("--packing-compare", action="store_true",
                         help="sft: measure the config padded (packing=false) and packed (packing=true), each in its "
                         "own process (so peak memory is each one's own), and print the ratios")
     parser.add_argument("--eval-prefix-compare", action="store_true",
                         help="CONFIG is an `lmforge eval` config of a multiple-choice benchmark: time it without and "
                         "with prefix KV reuse in this process and print the speed-up and whether the results agree")
-    parser.add_argument("--repeats", type=int, default=1, help="with --eval-prefix-compare: runs per path (best kept)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="with --eval-prefix-compare or --preprocess: runs per path (best kept)")
     ns = parser.parse_args(argv)
     from lmforge.logs import setup_logging
 
@@ -300,6 +305,11 @@ def main(argv: list[str]) -> int:
 
         result = compare_prefix_reuse(config, overrides, ns.repeats)
         print(eval_report(result))
+    elif ns.preprocess:
+        from lmforge.data import prep_bench
+
+        result = prep_bench.compare_preprocessing(bench_config(config, overrides, 1, 0), ns.repeats)
+        print(prep_bench.report(result))
     elif ns.compare:
         result = compare_baseline(config, overrides, ns.steps, ns.warmup)
     elif ns.packing_compare:
