@@ -188,7 +188,8 @@ class ConversationEncoder:
             except (SkipRecord, TemplateMismatch, jinja2.TemplateError) as err:
                 rendered.append(err)
         texts = [r[1].text for r in rendered if not isinstance(r, Exception)]
-        encodings = iter(self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True).encodings
+        # the Rust tokenizer directly: the transformers wrapper would build masks and lists we do not use
+        encodings = iter(self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
                          if texts else [])
         results: list[dict[str, Any] | Exception] = []
         for example, r in zip(examples, rendered, strict=True):
