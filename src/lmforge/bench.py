@@ -8,6 +8,7 @@ the same process, peak memory and time to first step. Never a timed test: run it
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import gc
 import json
@@ -109,6 +110,7 @@ class MemoryWatch:
 
     def __enter__(self) -> MemoryWatch:
         gc.collect()
+        _return_freed_memory()  # what an earlier run freed must not hide what this one allocates
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -130,6 +132,14 @@ class MemoryWatch:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.rss()) - self.start
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps freed heap memory in the process (RSS stays high); give it back to the system."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def build_trainer(cfg):
@@ -213,14 +223,14 @@ def compare_baseline(config: str | None, overrides: list[str], steps: int, warmu
     """The baseline (`build_baseline`) and lmforge's recipe for the same config, timed in this process one after
     the other; ratios are lmforge / baseline."""
     results = {}
-    for name, build in (("baseline", build_baseline), ("lmforge", build_trainer)):
+    for name, build in (("lmforge", build_trainer), ("baseline", build_baseline)):
         started = time.perf_counter()
         cfg = bench_config(config, overrides, steps, warmup)
         results[name] = measure(build(cfg), cfg, config, steps, warmup, started)
         results[name]["packing"] &= name == "lmforge"  # the baseline pads whatever the config says
         gc.collect()
     base, ours = results["baseline"], results["lmforge"]
-    for name, r in results.items():
+    for name, r in sorted(results.items()):
         print(f"[{name}]\n{report(r)}\n")
     ratios = {key: ours[key] / base[key] for key in ("real_tokens_per_second", "peak_memory_gib", "fraction_of_peak")
               if base[key]}

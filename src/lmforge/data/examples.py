@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 from datasets import Dataset
@@ -89,9 +90,11 @@ def encode_source(spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, args: Da
     if len(table) == 0:
         raise DataError(f"Data error: source '{spec.name}': none of its {len(records):,} records is a usable "
                         f"{KIND_NAMES[kind]} ({report.summary()}).")
+    started = time.perf_counter()
     encoded = table.map(ConversationEncoder(tokenizer, label_options(args), kind), batched=True,
                         batch_size=min(args.preprocessing_batch_size, 256), num_proc=args.preprocessing_num_workers,
                         desc=f"Encoding {spec.name}", **files)
+    rate = len(table) / max(time.perf_counter() - started, 1e-9)
     for record, reason in zip(encoded["record"], encoded["skip"], strict=True):
         if reason:
             report.add(record, reason)
@@ -100,9 +103,9 @@ def encode_source(spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, args: Da
              "skip_reasons": dict(report.reasons), "truncated": int(sum(examples["truncated"]))}
     if report.total:
         logger.warning(report.summary())
-    logger.info("%s: %s records -> %s examples (%s skipped, %s truncated to cutoff_len=%d)", spec.name,
-                f"{stats['records']:,}", f"{stats['examples']:,}", f"{stats['skipped']:,}",
-                f"{stats['truncated']:,}", args.cutoff_len)
+    logger.info("%s: %s records -> %s examples (%s skipped, %s truncated to cutoff_len=%d); encoded at %s "
+                "examples/s", spec.name, f"{stats['records']:,}", f"{stats['examples']:,}", f"{stats['skipped']:,}",
+                f"{stats['truncated']:,}", args.cutoff_len, f"{rate:,.0f}")
     return examples, stats
 
 
