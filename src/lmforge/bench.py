@@ -2,7 +2,9 @@
 
 Runs `--warmup` steps, then times `--steps` steps of the same recipe `lmforge train` uses, and reports real (non-pad)
 tokens/s, achieved FLOP/s (6 * params * tokens + attention), the fraction of the device's matmul peak measured in
-the same process, peak memory and time to first step. Never a timed test: run it and read it.
+the same process, peak memory and time to first step. `--compare` also trains the common way (transformers' Trainer,
+per-batch padding, full-logit loss) in the same process and prints the ratios; `--preprocess` measures encoding.
+Never a timed test: run it and read it.
 """
 
 from __future__ import annotations
