@@ -41,7 +41,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
-            h, y = hidden[start:start + chunk], labels[start:start + chunk]
+            # in the head's dtype (a quantized model may hand over bf16 states to a float32 head)
+            h, y = hidden[start:start + chunk].to(weight.dtype), labels[start:start + chunk]
             logits = (h @ weight.t()).float()
             lse = torch.logsumexp(logits, dim=-1)
             rows = torch.arange(len(y), device=y.device)
