@@ -9,6 +9,7 @@ process, one after the other.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -66,8 +67,7 @@ def compare_preprocessing(cfg: RunConfig, repeats: int = 3) -> dict:
     finally:
         enable_caching()
     with tempfile.TemporaryDirectory() as cache:
-        args = cfg.data.__class__(**{**cfg.data.__dict__, "tokenized_cache_dir": cache, "val_size": 0.0,
-                                     "eval_dataset": None})
+        args = dataclasses.replace(cfg.data, tokenized_cache_dir=cache, val_size=0.0, eval_dataset=None)
         build_examples(args, tokenizer, cfg.training.seed)  # fills the cache
         seconds["lmforge cache hit"] = min(_timed(lambda: build_examples(args, tokenizer, cfg.training.seed))
                                            for _ in range(repeats))
