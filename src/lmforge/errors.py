@@ -1,4 +1,5 @@
-"""Errors that mean "the user's input is wrong": the CLI prints them as one paragraph and exits 2."""
+"""Errors the CLI prints as one paragraph, without a traceback: wrong input (exit 2), or a run that cannot go on
+(TrainingError, exit 1)."""
 
 
 class LmforgeError(Exception):

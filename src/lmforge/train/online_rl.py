@@ -51,7 +51,7 @@ from lmforge.train.rl_losses import (
     whiten,
 )
 from lmforge.train.rollout import Rollout, completion_logps, sample_completions
-from lmforge.train.signals import StopRequest
+from lmforge.train.signals import StopRequest, stopped_message
 
 logger = logging.getLogger(__name__)
 
@@ -237,9 +237,7 @@ class OnlineRL:
             if self.stop_request.requested:
                 self.stopped_by = self.stop_request.signal_name
                 checkpoint = self.save_checkpoint()
-                logger.warning("Stopped by %s after step %d of %d. The checkpoint %s holds the run; run the same "
-                               "command with resume_from_checkpoint=true to continue it.", self.stopped_by,
-                               self.step, self.args.max_steps, checkpoint)
+                logger.warning(stopped_message(self.stopped_by, self.step, self.args.max_steps, checkpoint))
                 return last
             if save_every and self.step % save_every == 0 and self.step < self.args.max_steps:
                 self.save_checkpoint()

@@ -15,6 +15,7 @@ from lmforge.jsonl import atomic_open
 from lmforge.train.callbacks import read_log
 from lmforge.train.plots import plot_curves, stage_curves
 from lmforge.train.samples import generate_samples, write_samples
+from lmforge.train.signals import stopped_message
 from lmforge.train.tracking import log_samples
 from lmforge.train.trainer import LanguageModelTrainer
 
@@ -70,9 +71,8 @@ def stopped_early(trainer: LanguageModelTrainer) -> dict:
     if trainer.stopped_by == "non-finite steps":
         raise TrainingError(trainer.guard.message(checkpoint))
     if trainer.is_world_process_zero():
-        logger.warning("Stopped by %s after step %d of %d. The checkpoint %s holds the run; run the same command "
-                       "with resume_from_checkpoint=true to continue it.", trainer.stopped_by,
-                       trainer.state.global_step, trainer.state.max_steps, checkpoint)
+        logger.warning(stopped_message(trainer.stopped_by, trainer.state.global_step, trainer.state.max_steps,
+                                       checkpoint))
     return {"stopped_at_step": trainer.state.global_step}
 
 

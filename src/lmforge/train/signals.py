@@ -56,6 +56,12 @@ class StopRequest:
                 signal.signal(s, handler)
 
 
+def stopped_message(signal_name: str, step: int, max_steps: int, checkpoint: str) -> str:
+    """What a run stopped by a signal says (the exit status is 0: nothing is lost)."""
+    return (f"Stopped by {signal_name} after step {step} of {max_steps}. The checkpoint {checkpoint} holds the run; "
+            "run the same command with resume_from_checkpoint=true to continue it.")
+
+
 def stop_agreed(local: bool, device) -> bool:
     """True on every process when any process wants to stop (one tiny all-reduce, only when distributed), so all
     ranks save the same step and leave the loop together."""
