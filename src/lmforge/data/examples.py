@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from lmforge.config.data import DataArguments
 from lmforge.data.cache import CACHE_FORMAT, cached_splits, source_identity
 from lmforge.data.encode import KIND_COLUMNS, ConversationEncoder, LabelOptions
-from lmforge.data.formats import ConversationFormat, ExampleKind, normalise_records
+from lmforge.data.formats import ConversationFormat, ExampleKind, SkipReport, normalise_records
 from lmforge.data.loading import mix, split_validation
 from lmforge.data.pretrain import tokenizer_identity
 from lmforge.data.records import read_records
@@ -78,12 +78,18 @@ def _sample(records: list, spec: SourceSpec, max_samples: int | None, seed: int)
     return records[:max_samples] if max_samples is not None else records
 
 
+def source_conversations(spec: SourceSpec, args: DataArguments, seed: int, kind: ExampleKind = "sft"
+                         ) -> tuple[list, list[tuple[int, dict]], SkipReport]:
+    """A source's selected records, those usable as `kind` (record index, normalised example), and the skips."""
+    records = _sample(read_records(spec), spec, args.max_samples, seed)
+    conversations, report = normalise_records(records, source_format(spec, records), spec.name, kind)
+    return records, conversations, report
+
+
 def encode_source(spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, args: DataArguments, seed: int,
                   workdir: str | None = None, kind: ExampleKind = "sft") -> tuple[Dataset, dict]:
     """One source's usable examples of `kind` and its counts (records, examples, skips by reason, truncated)."""
-    records = _sample(read_records(spec), spec, args.max_samples, seed)
-    fmt = source_format(spec, records)
-    conversations, report = normalise_records(records, fmt, spec.name, kind)
+    records, conversations, report = source_conversations(spec, args, seed, kind)
     table = Dataset.from_dict({"conversation": [json.dumps(c, ensure_ascii=False) for _, c in conversations],
                                "record": [i for i, _ in conversations], "source": [spec.name] * len(conversations)})
     files = {"cache_file_name": os.path.join(workdir, f"{spec.name.replace('/', '_')}.arrow")} if workdir else {}

@@ -18,21 +18,15 @@ from datasets import Dataset, disable_caching, enable_caching
 
 from lmforge.config.schema import RunConfig
 from lmforge.data.encode import ConversationEncoder
-from lmforge.data.examples import build_examples, label_options, source_format
-from lmforge.data.formats import normalise_records
-from lmforge.data.records import read_records
+from lmforge.data.examples import build_examples, label_options, source_conversations
 from lmforge.data.registry import resolve_sources
 from lmforge.train.chat_stage import chat_tokenizer
 
 
 def conversations(cfg: RunConfig) -> list[str]:
     """Every training source's records, normalised to conversations (JSON), as the encoder receives them."""
-    out: list[str] = []
-    for spec in resolve_sources(cfg.data.dataset, cfg.data.dataset_dir):
-        records = read_records(spec)[: cfg.data.max_samples]
-        found, _ = normalise_records(records, source_format(spec, records), spec.name, "sft")
-        out += [json.dumps(c, ensure_ascii=False) for _, c in found]
-    return out
+    return [json.dumps(c, ensure_ascii=False) for spec in resolve_sources(cfg.data.dataset, cfg.data.dataset_dir)
+            for _, c in source_conversations(spec, cfg.data, cfg.training.seed)[1]]
 
 
 def _timed(fn) -> float:
