@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 from transformers import TrainerCallback
@@ -221,30 +222,47 @@ def run(config: str | None, overrides: list[str], steps: int, warmup: int) -> di
     return measure(build_trainer(cfg), cfg, config, steps, warmup, started)
 
 
-def compare_baseline(config: str | None, overrides: list[str], steps: int, warmup: int, repeats: int = 1) -> dict:
-    """The baseline (`build_baseline`) and lmforge's recipe for the same config, timed in this process; with
-    `repeats` > 1 the two alternate in order (a later run in a process tends to be slower) and each path keeps its
-    fastest run. Ratios are lmforge / baseline."""
-    builders = {"lmforge": build_trainer, "baseline": build_baseline}
+def compare_runs(runs: dict[str, tuple[Callable, list[str]]], config: str | None, overrides: list[str], steps: int,
+                 warmup: int, repeats: int = 1) -> dict:
+    """Measure several ways of running one config in this process: `runs` maps a name to (trainer builder, extra
+    overrides); the first is the candidate, the last the reference. With `repeats` > 1 the runs alternate in order (a
+    later run in a process tends to be slower) and each keeps its fastest run. Ratios are candidate / reference."""
     results: dict[str, dict] = {}
+    names = list(runs)
     for repeat in range(repeats):
-        for name in (("lmforge", "baseline") if repeat % 2 == 0 else ("baseline", "lmforge")):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            build, extra = runs[name]
             started = time.perf_counter()
-            cfg = bench_config(config, overrides, steps, warmup)
-            r = measure(builders[name](cfg), cfg, config, steps, warmup, started)
-            r["packing"] &= name == "lmforge"  # the baseline pads whatever the config says
+            cfg = bench_config(config, [*overrides, *extra], steps, warmup)
+            r = measure(build(cfg), cfg, config, steps, warmup, started)
             if name not in results or r["real_tokens_per_second"] > results[name]["real_tokens_per_second"]:
                 results[name] = r
             gc.collect()
-    base, ours = results["baseline"], results["lmforge"]
-    for name, r in sorted(results.items()):
-        print(f"[{name}]\n{report(r)}\n")
+    candidate, reference = names[0], names[-1]
+    ours, base = results[candidate], results[reference]
+    for name in names:
+        print(f"[{name}]\n{report(results[name])}\n")
     ratios = {key: ours[key] / base[key] for key in ("real_tokens_per_second", "peak_memory_gib", "fraction_of_peak")
               if base[key]}
-    print(f"lmforge / baseline: real tokens/s x{ratios['real_tokens_per_second']:.2f}, "
+    print(f"{candidate} / {reference}: real tokens/s x{ratios['real_tokens_per_second']:.2f}, "
           f"peak memory x{ratios.get('peak_memory_gib', float('nan')):.2f}, fraction of peak "
-          f"{100 * base['fraction_of_peak']:.1f} % -> {100 * ours['fraction_of_peak']:.1f} %")
+          f"{100 * base['fraction_of_peak']:.1f} % -> {100 * ours['fraction_of_peak']:.1f} %, padding share of "
+          f"{reference} {100 * (1 - base['real_tokens_per_second'] / base['padded_tokens_per_second']):.0f} %")
     return {**results, "ratios": ratios}
+
+
+def compare_baseline(config: str | None, overrides: list[str], steps: int, warmup: int, repeats: int = 1) -> dict:
+    """lmforge's recipe against the common way (`build_baseline`) for the same config."""
+    result = compare_runs({"lmforge": (build_trainer, []), "baseline": (build_baseline, [])}, config, overrides,
+                          steps, warmup, repeats)
+    result["baseline"]["packing"] = False  # the baseline pads whatever the config says
+    return result
+
+
+def compare_packing(config: str | None, overrides: list[str], steps: int, warmup: int, repeats: int = 1) -> dict:
+    """The same config packed and padded per batch."""
+    return compare_runs({"packed": (build_trainer, ["packing=true"]), "padded": (build_trainer, ["packing=false"])},
+                        config, overrides, steps, warmup, repeats)
 
 
 def report(r: dict) -> str:
@@ -263,30 +281,6 @@ def report(r: dict) -> str:
     ])
 
 
-def compare_packing(config: str | None, overrides: list[str], steps: int, warmup: int) -> dict:
-    """The same config padded and packed, each measured in a fresh process; ratios are packed / padded."""
-    import subprocess
-
-    results = {}
-    for packing in ("false", "true"):
-        with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            command = [sys.executable, "-m", "lmforge", "bench", *([config] if config else []), *overrides,
-                       f"packing={packing}", "--steps", str(steps), "--warmup", str(warmup), "--json", out.name]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise ConfigError(f"lmforge bench with packing={packing} failed:\n{done.stderr.strip()[-2000:]}")
-            with open(out.name) as fh:
-                results["packed" if packing == "true" else "padded"] = json.load(fh)
-    padded, packed = results["padded"], results["packed"]
-    for name, r in results.items():
-        print(f"[{name}]\n{report(r)}\n")
-    ratios = {key: packed[key] / padded[key] for key in ("real_tokens_per_second", "peak_memory_gib")}
-    print(f"packed / padded: real tokens/s x{ratios['real_tokens_per_second']:.2f}, "
-          f"peak memory x{ratios['peak_memory_gib']:.2f}, padding share padded run "
-          f"{100 * (1 - padded['real_tokens_per_second'] / padded['padded_tokens_per_second']):.0f} %")
-    return {**results, "ratios": ratios}
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lmforge bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -302,13 +296,14 @@ def main(argv: list[str]) -> int:
                         help="sft: examples/s of lmforge's encoding (workers: preprocessing_num_workers) against a "
                         "per-example datasets.map + apply_chat_template, and of a cache hit")
     parser.add_argument("--packing-compare", action="store_true",
-                        help="sft: measure the config padded (packing=false) and packed (packing=true), each in its "
-                        "own process (so peak memory is each one's own), and print the ratios")
+                        help="sft: measure the config packed (packing=true) and padded (packing=false) in this "
+                        "process, and print the ratios")
     parser.add_argument("--eval-prefix-compare", action="store_true",
                         help="CONFIG is an `lmforge eval` config of a multiple-choice benchmark: time it without and "
                         "with prefix KV reuse in this process and print the speed-up and whether the results agree")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="with --compare, --eval-prefix-compare or --preprocess: runs per path (best kept)")
+                        help="with --compare, --packing-compare, --eval-prefix-compare or --preprocess: runs per "
+                        "path (best kept)")
     ns = parser.parse_args(argv)
     from lmforge.logs import setup_logging
 
@@ -330,7 +325,7 @@ def main(argv: list[str]) -> int:
     elif ns.compare:
         result = compare_baseline(config, overrides, ns.steps, ns.warmup, ns.repeats)
     elif ns.packing_compare:
-        result = compare_packing(config, overrides, ns.steps, ns.warmup)
+        result = compare_packing(config, overrides, ns.steps, ns.warmup, ns.repeats)
     else:
         result = run(config, overrides, ns.steps, ns.warmup)
         print(report(result))
