@@ -151,4 +151,5 @@ def test_distributed_example_configs_load():
 
 def test_the_local_rank_argument_of_the_deepspeed_launcher_is_accepted(capsys):
     assert main(["--local_rank=0", "version"]) == 0
+    assert capsys.readouterr().out.strip()[0].isdigit()  # the version, not "unknown command"
     assert main(["train", "--local-rank", "1", "--help"]) == 0
