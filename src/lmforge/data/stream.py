@@ -90,7 +90,7 @@ class BlockStream(torch.utils.data.IterableDataset):
             if self.blocks % self.blocks_per_step == 0:
                 self.positions_seen.append((self.blocks, {
                     "blocks": self.blocks, "epoch": epoch, "documents": documents,
-                    "source": self.docs.state_dict(),  # already a copy "buffer": list(buffer),
+                    "source": self.docs.state_dict(), "buffer": list(buffer),  # state_dict() is a copy already
                     "rng": rng.getstate(), "remainder_ids": chunker._ids.tolist(),
                     "remainder_positions": chunker._pos.tolist(), "stats": asdict(chunker.stats),
                     "pending": list(pending)}))
