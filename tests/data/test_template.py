@@ -187,9 +187,9 @@ def test_reasoning_and_tool_calls_are_trained_as_the_template_renders_them(chat_
     rendered = render_conversation(tok, AGENT, tools=TOOLS)
     assert rendered.text == tok.apply_chat_template(AGENT, tools=TOOLS, tokenize=False)
     assert [rendered.text[s:e] for s, e in rendered.assistant_spans] == [
-        'Look first.\n</think>\n\n<tool_call>\n{"name": "read_file", "arguments": {"path": "main.py"}}\n</tool_call>'
-        "<|im_end|>",
-        "Found it.\n</think>\n\nThe divisor is zero.<|im_end|>",
+        '<think>\nLook first.\n</think>\n\n<tool_call>\n{"name": "read_file", "arguments": {"path": "main.py"}}'
+        "\n</tool_call><|im_end|>",
+        "<think>\nFound it.\n</think>\n\nThe divisor is zero.<|im_end|>",
     ]
     # the tool result and the prompts are never trained
     ids, labels = encode_conversation(tok, AGENT, tools=TOOLS)
@@ -205,4 +205,81 @@ def test_reasoning_dropped_from_earlier_turns_by_the_template_is_not_trained(cha
                 {"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6", "reasoning_content": "add"}]
     rendered = render_conversation(tok, messages)
     assert [rendered.text[s:e] for s, e in rendered.assistant_spans] == [
-        "4<|im_end|>", "add\n</think>\n\n6<|im_end|>"]
+        "4<|im_end|>", "<think>\nadd\n</think>\n\n6<|im_end|>"]
+
+
+# Llama 3.1's JSON tool-calling template as vLLM publishes it
+LLAMA31_TOOLS = (pathlib.Path(__file__).parent / "templates" / "llama3.1_tools.jinja").read_text()
+GREETING = [{"role": "user", "content": "How are you"}, {"role": "assistant", "content": "I am fine!"},
+            {"role": "user", "content": "你好"}, {"role": "assistant", "content": "很高兴认识你！"}]
+
+
+def _generated_after_prompt(tok, messages, **kwargs) -> list[str]:
+    """Oracle: for each assistant turn, the text after `apply_chat_template(history, add_generation_prompt=True)`
+    in the full rendering, up to and including the turn's end-of-turn token: what the model must generate (None
+    where the template renders that history differently once a reply follows)."""
+    full = tok.apply_chat_template(messages, tokenize=False, **kwargs)
+    out = []
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            prompt = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True, **kwargs)
+            if not full.startswith(prompt):
+                out.append(None)
+                continue
+            rest = full[len(prompt):]
+            eot = min(rest.find(t) + len(t) for t in ("<|im_end|>", "<|eot_id|>") if t in rest)
+            out.append(rest[:eot])
+    return out
+
+
+def _trained_texts(tok, messages, **kwargs) -> list[str]:
+    ids, labels = encode_conversation(tok, messages, **kwargs)
+    return [tok.decode(run, skip_special_tokens=False) for run in trained_runs(ids, labels)]
+
+
+@pytest.mark.parametrize(("enable_thinking", "reasoning"), [(True, False), (False, False), (True, True)])
+def test_qwen3_trains_everything_after_the_generation_prompt(chat_tokenizer, enable_thinking, reasoning):
+    """LLaMA-Factory's qwen3 template test splits the last turn this way: with thinking on, the empty think block of
+    a last turn is the model's to write (trained); with thinking off the generation prompt writes it (not trained)."""
+    tok = copy.deepcopy(chat_tokenizer)
+    tok.chat_template = QWEN3
+    messages = copy.deepcopy(GREETING)
+    if reasoning:
+        messages[-1]["reasoning_content"] = "用中文问候。"
+    trained = _trained_texts(tok, messages, enable_thinking=enable_thinking)
+    expected = _generated_after_prompt(tok, messages, enable_thinking=enable_thinking)
+    assert [t for t, e in zip(trained, expected, strict=True) if e is not None] == [e for e in expected if e]
+    last = {(True, False): "<think>\n\n</think>\n\n很高兴认识你！<|im_end|>",
+            (False, False): "很高兴认识你！<|im_end|>",
+            (True, True): "<think>\n用中文问候。\n</think>\n\n很高兴认识你！<|im_end|>"}[(enable_thinking, reasoning)]
+    assert trained == ["I am fine!<|im_end|>", last]
+    # the prompt LLaMA-Factory's test expects is exactly what is left untrained before the last answer
+    ids, labels = encode_conversation(tok, messages, enable_thinking=enable_thinking)
+    first_trained_of_last = max(i for i in range(1, len(labels))
+                                if labels[i] != IGNORE_INDEX and labels[i - 1] == IGNORE_INDEX)
+    assert tok.decode(ids[:first_trained_of_last], skip_special_tokens=False) == tok.apply_chat_template(
+        messages[:3], tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking)
+
+
+def test_llama31_tool_call_opening_is_trained(chat_tokenizer):
+    tok = copy.deepcopy(chat_tokenizer)
+    tok.chat_template = LLAMA31_TOOLS
+    tok.bos_token = "<|begin_of_text|>"
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                                "parameters": {"type": "object",
+                                                               "properties": {"city": {"type": "string"}}}}}]
+    messages = [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "It is sunny."}]
+    trained = _trained_texts(tok, messages, tools=tools, date_string="26 Jul 2024")
+    assert trained == ['{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>', "It is sunny.<|eot_id|>"]
+    assert trained == _generated_after_prompt(tok, messages, tools=tools, date_string="26 Jul 2024")
+
+
+def test_a_template_without_generation_prompt_keeps_the_marked_span(chat_tokenizer):
+    """[INST]-style templates write nothing for add_generation_prompt: the role header of the next turn is not
+    the model's to write, so the span stays where the markers put it."""
+    tok = copy.deepcopy(chat_tokenizer)
+    tok.chat_template, tok.bos_token, tok.eos_token = GEMMA, "<s>", "<end_of_turn>"
+    assert _trained_texts(tok, GREETING) == ["I am fine!<end_of_turn>", "很高兴认识你！<end_of_turn>"]

@@ -9,6 +9,11 @@ reasoning and tool calls) replaced by markers. Everything the two renderings sha
 independent of that message; what lies between, in the real rendering, is the message as the template rendered it
 (trimmed, with or without its reasoning block, with its tool calls). Its end-of-turn marker is what the template
 emits right after it, up to and including the first special token (`<|im_end|>`, `<|eot_id|>`, `</s>`, ...).
+
+Trained = what the model must generate: at inference it continues `apply_chat_template(history,
+add_generation_prompt=True)`, so where that rendering is a prefix of the full one and ends before the marked span,
+the span starts at its end (a `<think>\n` opener, a tool call's `{"name": "`, Qwen3's empty think block on a last
+turn are the model's to write; the empty think block a `enable_thinking=False` generation prompt writes is not).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import jinja2
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
@@ -104,6 +110,9 @@ def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
     text = render(tokenizer, messages, tools, chat_template, **template_kwargs)
     nonce = "LMF" + uuid.uuid4().hex[:10]
     specials = special_tokens(tokenizer)
+    # a template with no generation prompt (most [INST]-style ones) renders the same with or without it: the text
+    # before a turn is then no prompt the model continues, and only the markers decide
+    uses_generation_prompt = "add_generation_prompt" in (chat_template or tokenizer.chat_template or "")
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
@@ -114,10 +123,26 @@ def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
             raise TemplateMismatch(f"the chat template does not render assistant message {i}")
         start, end = _changed_region(text, variant)
         end += len(end_of_turn_text(text[end:], specials, anything_before=bool(message.get("tool_calls"))))
+        if uses_generation_prompt:
+            start = _generation_prompt_end(tokenizer, text, messages[:i], start, tools, chat_template,
+                                           **template_kwargs)
         if spans and start < spans[-1][1]:
             raise TemplateMismatch(f"assistant message {i} is rendered before or inside an earlier one")
         spans.append((start, end))
     return RenderedConversation(text, spans)
+
+
+def _generation_prompt_end(tokenizer: PreTrainedTokenizerBase, text: str, history: list[dict], start: int,
+                           tools: list | None, chat_template: str | None, **template_kwargs: Any) -> int:
+    """Where the model starts producing the turn after `history`: the end of the generation-prompt rendering of
+    `history` when that is a prefix of `text` ending at or before `start` (so a reasoning opener such as `<think>\n`
+    or a tool call's `{"name": "` that the template writes before the content is trained); `start` otherwise (a
+    template that renders earlier turns differently once a reply follows, or that refuses such a history)."""
+    try:
+        prompt = render(tokenizer, history, tools, chat_template, add_generation_prompt=True, **template_kwargs)
+    except (jinja2.TemplateError, IndexError, KeyError, TypeError):  # e.g. "a conversation must start with a user"
+        return start
+    return len(prompt) if len(prompt) <= start and text.startswith(prompt) else start
 
 
 def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list | None = None,
