@@ -4,6 +4,7 @@ resume, prediction writes its files, `lmforge data` shows what is trained."""
 import copy
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -192,3 +193,49 @@ def test_sft_quickstart_data_is_learned(tiny_model_dir, tmp_path):
     evals = [r["eval_loss"] for r in log if "eval_loss" in r]
     assert losses[-1] < losses[0] - 2.0  # from ~ln(384) = 5.95 for a random model
     assert evals[-1] < 3.0
+
+
+@pytest.fixture(scope="module")
+def bf16_model_dir(tiny_model_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-bf16")
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).to(torch.bfloat16).save_pretrained(path)
+    for name in os.listdir(tiny_model_dir):
+        if name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(os.path.join(tiny_model_dir, name), path)
+    return str(path)
+
+
+def _changed_large_weights(before_dir, after_dir) -> float:
+    """Of the matrix weights of magnitude >= 2^-6 (where one Adam step at lr 5e-5 is below half a bf16 step), the
+    fraction the run changed."""
+    before = load_file(os.path.join(before_dir, "model.safetensors"))
+    after = load_file(os.path.join(after_dir, "model.safetensors"))
+    changed = total = 0
+    for name, weight in before.items():
+        if weight.dim() == 2 and "embed" not in name:
+            large = weight.float().abs() >= 2 ** -6
+            changed += int((weight.float() != after[name].float())[large].sum())
+            total += int(large.sum())
+    return changed / total
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("finetuning_type", ["full", "freeze"])
+def test_a_bf16_checkpoint_trains_float32_master_weights_and_saves_bf16(bf16_model_dir, tmp_path, finetuning_type):
+    """Updates smaller than half a bf16 step accumulate in float32 masters (20 steps at lr 5e-5 move most weights
+    of magnitude >= 2^-6); pure bf16 training loses them. The output is saved in the checkpoint's dtype."""
+    common = {"learning_rate": 5e-5, "max_steps": 20, "lr_scheduler_type": "constant", "save_steps": 100,
+              "bf16": True, "finetuning_type": finetuning_type, "freeze_trainable_layers": 2}
+    out = tmp_path / "masters"
+    assert main(["train", *sft_args(bf16_model_dir, out, **common)]) == 0
+    saved = load_file(os.path.join(out, "model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.bfloat16}
+    assert json.load(open(out / "config.json"))["dtype"] == "bfloat16"
+    masters = _changed_large_weights(bf16_model_dir, out)
+    assert masters > 0.5
+    pure = tmp_path / "pure"
+    assert main(["train", *sft_args(bf16_model_dir, pure, pure_bf16=True, **common)]) == 0
+    assert _changed_large_weights(bf16_model_dir, pure) < masters / 5
+    float32 = tmp_path / "float32"
+    assert main(["train", *sft_args(bf16_model_dir, float32, save_dtype="float32", **common)]) == 0
+    assert {t.dtype for t in load_file(os.path.join(float32, "model.safetensors")).values()} == {torch.float32}

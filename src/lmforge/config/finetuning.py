@@ -45,6 +45,13 @@ class FinetuningArguments:
         True, "pt/sft: compute the language-modelling loss in chunks, only at labelled positions, without "
         "full-vocabulary logits for the whole batch (same loss and gradients; far less memory at large vocabularies). "
         "Standard loss for architectures it does not cover, and under `use_liger_kernel` (Liger's fused version).")
+    pure_bf16: bool = option(
+        False, "full/freeze: train bfloat16 weights directly, without float32 master copies (less memory; updates "
+        "smaller than a bfloat16 step are lost). By default the trained parameters of a bf16/fp16 checkpoint are kept "
+        "in float32 and computed under `bf16`/`fp16` autocast (DeepSpeed and FSDP keep float32 masters of their own).")
+    save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
+        "auto", "full/freeze: the dtype the final model is saved in (`auto`: the dtype of the checkpoint trained; "
+        "float32 for a new model). Checkpoints keep the training precision, so a resumed run continues exactly.")
     plot_loss: bool = option(False, "Save PNG plots of the train and eval loss in `output_dir`.")
     pref_loss: Literal["sigmoid", "hinge", "ipo", "orpo", "simpo"] = option(
         "sigmoid", "With `dpo`: the preference loss. `sigmoid` (DPO), `hinge` (SLiC), `ipo` (on per-token mean "

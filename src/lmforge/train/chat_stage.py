@@ -19,7 +19,7 @@ from lmforge.errors import ConfigError
 from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import build_model
 from lmforge.train.callbacks import JsonlLogCallback
-from lmforge.train.setup import setup_tokenizer
+from lmforge.train.setup import save_dtype, set_precision, setup_tokenizer
 from lmforge.train.tracking import check_trackers, tracking_callbacks
 
 
@@ -68,12 +68,14 @@ def policy_model(cfg: RunConfig, stage: ChatStage) -> torch.nn.Module:
     model = build_model(cfg.model, stage.tokenizer)
     model.generation_config.eos_token_id = stage.stop_ids
     model.generation_config.pad_token_id = stage.tokenizer.pad_token_id
-    return apply_finetuning_type(model, cfg.finetuning, stage.added_tokens, cfg.model.adapter_name_or_path)
+    model = apply_finetuning_type(model, cfg.finetuning, stage.added_tokens, cfg.model.adapter_name_or_path)
+    set_precision(model, cfg)
+    return model
 
 
 def trainer_kwargs(cfg: RunConfig, stage: ChatStage) -> dict[str, Any]:
     """Arguments every stage's Trainer takes."""
     return {"args": cfg.training, "processing_class": stage.tokenizer, "eval_dataset": stage.eval_rows(),
-            "resilience": cfg.resilience,
+            "resilience": cfg.resilience, "save_dtype": save_dtype(cfg),
             "callbacks": [JsonlLogCallback(cfg.training.output_dir, perplexity=stage.kind == "sft"),
                           *tracking_callbacks(cfg.training, cfg.tracking)]}

@@ -13,7 +13,7 @@ from lmforge.train.callbacks import JsonlLogCallback
 from lmforge.train.checkpoint import resolve_resume
 from lmforge.train.run import run_training
 from lmforge.train.safety import blocks_per_step
-from lmforge.train.setup import setup_tokenizer
+from lmforge.train.setup import save_dtype, set_precision, setup_tokenizer
 from lmforge.train.tracking import check_trackers, tracking_callbacks
 from lmforge.train.trainer import LanguageModelTrainer
 
@@ -29,9 +29,11 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTra
         data = build_pretrain_data(cfg.data, tokenizer, args.seed, blocks_per_step=blocks_per_step(args))
     model = apply_finetuning_type(build_model(cfg.model, tokenizer), cfg.finetuning,
                                   adapter=cfg.model.adapter_name_or_path)
+    set_precision(model, cfg)
     return LanguageModelTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, data_collator=PretrainCollator(),
         processing_class=tokenizer, loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio, resilience=cfg.resilience,
+        save_dtype=save_dtype(cfg),
         chunked_loss=cfg.finetuning.chunked_loss,
         callbacks=[JsonlLogCallback(args.output_dir), *tracking_callbacks(args, cfg.tracking)])
 

@@ -19,6 +19,7 @@ from lmforge.model.build import build_model
 from lmforge.train.chat_stage import prepare_chat_stage, trainer_kwargs
 from lmforge.train.checkpoint import resolve_resume
 from lmforge.train.run import run_training
+from lmforge.train.setup import set_precision
 from lmforge.train.trainer import RewardModelTrainer
 
 
@@ -42,6 +43,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> RewardModelTrain
     stage = prepare_chat_stage(cfg, resume)
     model = build_model(cfg.model, stage.tokenizer, reward_head=True)
     model = apply_finetuning_type(model, cfg.finetuning, stage.added_tokens, cfg.model.adapter_name_or_path)
+    set_precision(model, cfg)
     kwargs = trainer_kwargs(cfg, stage)
     kwargs.update(args=reward_config(cfg.training), eval_dataset=reward_rows(stage.data.eval))
     return RewardModelTrainer(model=model, train_dataset=reward_rows(stage.data.train), **kwargs)

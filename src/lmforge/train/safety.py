@@ -16,6 +16,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from lmforge.config.resilience import ResilienceArguments
 from lmforge.data.stream import STATE_FILE as STREAM_STATE_FILE
 from lmforge.data.stream import BlockStream, load_position, save_position
+from lmforge.model.precision import cast_state_dict, config_dtype
 from lmforge.train.checkpoint import (
     COMPLETE_MARKER,
     clear_leftovers,
@@ -59,8 +60,14 @@ class SafeTrainingMixin:
     (a kill mid-save leaves a damaged checkpoint that resume picks up) and save_total_limit may delete the
     checkpoint a run resumed from."""
 
-    def __init__(self, *args: Any, resilience: ResilienceArguments | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, resilience: ResilienceArguments | None = None,
+                 save_dtype: torch.dtype | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The final model's dtype: float32 master weights are saved as the checkpoint was (read now: every save
+        # rewrites the config's dtype). A LoRA adapter is saved as it trained.
+        model = self.accelerator.unwrap_model(self.model)
+        self.save_dtype = None if hasattr(model, "peft_config") else save_dtype or config_dtype(model)
+        self._saving_final = False
         resilience = resilience or ResilienceArguments()
         # fp16 loss scaling and DeepSpeed skip overflowing steps themselves (and hide the gradients from us).
         guarded = resilience.skip_nonfinite_steps and not self.args.fp16 and not self.is_deepspeed_enabled
@@ -161,8 +168,27 @@ class SafeTrainingMixin:
         if self.args.should_save:
             shutil.rmtree(staged, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-        super().save_model(staged, _internal_call)
+        self._saving_final = True
+        try:
+            super().save_model(staged, _internal_call)
+        finally:
+            self._saving_final = False
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             replace_files(staged, target)
         self.accelerator.wait_for_everyone()
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The final model in `save_dtype` (its config saying so); checkpoints keep the training precision."""
+        dtype = self.save_dtype if self._saving_final else None
+        model = self.accelerator.unwrap_model(self.model)
+        if dtype is None or all(p.dtype == dtype for p in model.parameters() if p.is_floating_point()):
+            return super()._save(output_dir, state_dict)
+        state_dict = cast_state_dict(state_dict if state_dict is not None else model.state_dict(), dtype)
+        super()._save(output_dir, state_dict)
+        config = os.path.join(output_dir or self.args.output_dir, "config.json")
+        if self.args.should_save and os.path.isfile(config):
+            trained = model.config.dtype
+            model.config.dtype = str(dtype).removeprefix("torch.")
+            model.config.to_json_file(config)
+            model.config.dtype = trained

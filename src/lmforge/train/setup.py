@@ -1,4 +1,4 @@
-"""Pieces every training stage assembles first: logging, the tokenizer."""
+"""Pieces every training stage assembles first: logging, the tokenizer, the trained parameters' precision."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import logging
 import os
 import shutil
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.config.schema import RunConfig
 from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint
 from lmforge.data.pretrain import data_identity, load_documents
+from lmforge.model.precision import DTYPES, set_master_weights
 from lmforge.model.tokenizer import iter_texts, load_tokenizer, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -50,3 +52,15 @@ def setup_tokenizer(cfg: RunConfig, resume: str | None = None) -> PreTrainedToke
     if cached(path, build):
         logger.info("Reusing the tokenizer trained on this corpus (cache): %s", path)
     return load_tokenizer(path)
+
+
+def set_precision(model: torch.nn.Module, cfg: RunConfig) -> None:
+    """Float32 master weights for what `full`/`freeze` trains (see model/precision.py)."""
+    f, t = cfg.finetuning, cfg.training
+    set_master_weights(model, f.finetuning_type, autocast=bool(t.bf16 or t.fp16), pure_bf16=f.pure_bf16,
+                       engine_keeps_masters=bool(t.deepspeed or t.fsdp))
+
+
+def save_dtype(cfg: RunConfig) -> torch.dtype | None:
+    """The dtype `save_dtype` asks the final model in (None for `auto`: the checkpoint's own)."""
+    return DTYPES.get(cfg.finetuning.save_dtype)
