@@ -62,6 +62,20 @@ def test_export_saves_the_dtype_asked_for_and_refuses_a_used_directory(tmp_path,
         assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.float32}  # as the checkpoint was saved
 
 
+def test_export_never_writes_over_its_source_or_a_foreign_directory(tmp_path, greeter_dir):
+    before = sorted(os.listdir(greeter_dir))
+    # the model's own directory, one inside it, one containing it
+    for target in (greeter_dir, os.path.join(greeter_dir, "exported"), os.path.dirname(greeter_dir)):
+        assert main(["export", greeter_dir, f"export_dir={target}", "overwrite_export=true"]) == 2
+    assert sorted(os.listdir(greeter_dir)) == before
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    again = run_lmforge("export", greeter_dir, f"export_dir={foreign}", "overwrite_export=true")
+    assert again.returncode == 2 and "was not written by `lmforge export`" in again.stderr
+    assert (foreign / "notes.txt").read_text() == "keep"
+
+
 def read_gguf(path) -> tuple[dict, dict]:
     reader = gguf.GGUFReader(path)
     fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}

@@ -7,6 +7,8 @@ from typing import Literal
 
 from lmforge.config.fields import option
 
+EXPORT_MARKER = ".lmforge-export"  # written into every export: only such a directory may be replaced
+
 
 @dataclass
 class ExportArguments:
@@ -19,4 +21,6 @@ class ExportArguments:
         "f16", "Tensor type of the GGUF file's weight matrices (norms and biases stay f32).")
     export_ollama: bool = option(
         True, "With `export_gguf`: write an Ollama `Modelfile` whose template renders like the chat template.")
-    overwrite_export: bool = option(False, "Replace a non-empty `export_dir` (otherwise that is an error).")
+    overwrite_export: bool = option(
+        False, "Replace a non-empty `export_dir` that an earlier `lmforge export` wrote (any other non-empty "
+        "directory is refused).")

@@ -1,4 +1,4 @@
-"""What a run does when a step goes numerically wrong."""
+"""What a run does when a step goes numerically wrong, and where it may write."""
 
 from __future__ import annotations
 
@@ -16,3 +16,7 @@ class ResilienceArguments:
     max_nonfinite_steps: int = option(
         10, "Stop the run after this many non-finite steps in a row, saving a checkpoint whose weights are those "
         "from before the problem.")
+    overwrite_output_dir: bool = option(
+        False, "Start a new run in an output_dir that holds an earlier run, removing only what an lmforge run wrote "
+        "there (checkpoints, logs, model and tokenizer files, plots); other files stay. Without it such a start is "
+        "refused unless `resume_from_checkpoint` continues the earlier run.")

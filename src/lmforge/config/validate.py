@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from lmforge.config.exporting import EXPORT_MARKER
 from lmforge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -222,8 +223,20 @@ def validate_export(cfg: ExportConfig) -> None:
         _fail(cfg, f"'export_size' (GB per shard) must be positive, got {x.export_size}.")
     if cfg.model.quantization_bit:
         _fail(cfg, "'quantization_bit' does not apply to export: weights are merged and saved unquantized.")
-    if os.path.isdir(x.export_dir) and os.listdir(x.export_dir) and not x.overwrite_export:
-        _fail(cfg, f"'export_dir' '{x.export_dir}' is not empty: choose another or set overwrite_export: true.")
+    target = os.path.realpath(x.export_dir)
+    for key in ("model_name_or_path", "adapter_name_or_path"):
+        source = getattr(cfg.model, key)
+        if source and os.path.isdir(source):
+            source = os.path.realpath(source)
+            if os.path.commonpath([source, target]) in (source, target):
+                _fail(cfg, f"'export_dir' '{x.export_dir}' is, contains or lies inside the model it exports "
+                           f"('{key}: {getattr(cfg.model, key)}'): choose a directory of its own.")
+    if os.path.isdir(x.export_dir) and os.listdir(x.export_dir):
+        if not x.overwrite_export:
+            _fail(cfg, f"'export_dir' '{x.export_dir}' is not empty: choose another or set overwrite_export: true.")
+        if not os.path.isfile(os.path.join(x.export_dir, EXPORT_MARKER)):
+            _fail(cfg, f"'export_dir' '{x.export_dir}' is not empty and was not written by `lmforge export` (no "
+                       f"{EXPORT_MARKER} in it): overwrite_export only replaces an earlier export.")
 
 
 def validate_eval(cfg: EvalConfig) -> None:

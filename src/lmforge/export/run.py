@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
+from lmforge.config.exporting import EXPORT_MARKER
 from lmforge.config.schema import ExportConfig
 from lmforge.data.template import stop_token_ids
 from lmforge.export.merge import merged_model
@@ -22,6 +23,8 @@ def run_export(cfg: ExportConfig) -> str:
     with atomic_dir(x.export_dir, replace=x.overwrite_export) as staging:
         model.save_pretrained(staging, max_shard_size=f"{max(1, int(x.export_size * 1e6))}KB")
         tokenizer.save_pretrained(staging)
+        with open(os.path.join(staging, EXPORT_MARKER), "w", encoding="utf-8") as fh:
+            fh.write("Written by lmforge export; `overwrite_export: true` may replace this directory.\n")
         files = sorted(f for f in os.listdir(staging) if f.endswith(".safetensors"))
         logger.info("Saved %d safetensors file(s), the tokenizer and its chat template", len(files))
         stop_ids = stop_token_ids(tokenizer) if tokenizer.chat_template else []

@@ -280,7 +280,7 @@ class OnlineRL:
         self.write_state(tmp)
         final = os.path.join(self.args.output_dir, name)
         publish(tmp, final)
-        rotate(self.args.output_dir, self.args.save_total_limit, [self.resumed_from])
+        rotate(self.args.output_dir, self.args.save_total_limit, [self.resumed_from, final])
         logger.info("Saved %s", final)
         return final
 
