@@ -27,4 +27,9 @@ class ServeArguments:
         None, "Longest prompt + completion in tokens (default: the model's `max_position_embeddings`).")
     system_prompt: str | None = option(None, "chat/webchat: the system message every conversation starts with.")
     vllm_gpu_memory_utilization: float = option(0.9, "vllm backend: fraction of GPU memory vLLM may use.")
-    share: bool = option(False, "webui/webchat: also publish the page through a public Gradio link.")
+    share: bool = option(
+        False, "webui/webchat: also publish the page through a public Gradio link (needs `webui_auth`).")
+    webui_auth: str | None = option(
+        None, "webui/webchat: `user:password` the page asks for. Required when the page is reachable from other "
+        "machines (`share: true` or a `host` other than loopback): the web UI starts training runs and reads local "
+        "files. Unset: $LMFORGE_WEBUI_AUTH.")

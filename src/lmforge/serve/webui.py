@@ -7,12 +7,18 @@ evaluation and export run as `lmforge` child processes writing the same files th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 from lmforge.config.schema import ServeConfig
+from lmforge.config.serving import ServeArguments
+from lmforge.errors import ConfigError
 from lmforge.serve.runs import Job, config_values, preview, read_progress, start_training
+
+logger = logging.getLogger(__name__)
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline first: no calls home
 
@@ -270,17 +276,45 @@ def build_webchat(cfg: ServeConfig):
     return demo
 
 
-def _launch(demo, host: str, port: int | None, share: bool) -> None:
-    demo.queue().launch(server_name=host, server_port=port if port is not None else 7860, share=share,
-                        show_error=True)
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK or host.startswith("127.")
+
+
+def page_credentials(host: str, share: bool, webui_auth: str | None) -> tuple[str, str] | None:
+    """Gradio's `auth` for a page: required (exit 2 without it) when anyone but this machine can reach the page,
+    since the web UI starts training runs and reads local files. `webui_auth` or $LMFORGE_WEBUI_AUTH: user:password."""
+    value = webui_auth or os.environ.get("LMFORGE_WEBUI_AUTH") or None
+    credentials = None
+    if value is not None:
+        user, _, password = value.partition(":")
+        if not user or not password:
+            raise ConfigError("Config error: 'webui_auth' (or $LMFORGE_WEBUI_AUTH) must be `user:password`.")
+        credentials = (user, password)
+    exposed = [what for what, on in ((f"host {host} (other machines)", not is_loopback(host)),
+                                     ("share: true (a public Gradio link)", share)) if on]
+    if exposed and credentials is None:
+        raise ConfigError(f"Config error: the web UI would be reachable through {' and '.join(exposed)} without a "
+                          f"password; it can start training runs and read local files. Set `webui_auth: "
+                          f"user:password` (or $LMFORGE_WEBUI_AUTH), or keep `host: 127.0.0.1` and `share: false`.")
+    if exposed:
+        logger.warning("The web UI is exposed through %s, behind a password for user '%s'.", " and ".join(exposed),
+                       credentials[0])
+    return credentials
+
+
+def _launch(build: Callable[[], Any], serve: ServeArguments) -> None:
+    auth = page_credentials(serve.host, serve.share, serve.webui_auth)  # before anything is built or bound
+    build().queue().launch(server_name=serve.host, server_port=serve.port if serve.port is not None else 7860,
+                           share=serve.share, auth=auth, show_error=True)
 
 
 def run_webui(cfg: ServeConfig | None) -> None:
     preset = cfg if cfg is not None and cfg.model.model_name_or_path else None
-    serve = cfg.serve if cfg is not None else None
-    _launch(build_webui(preset), serve.host if serve else "127.0.0.1", serve.port if serve else None,
-            serve.share if serve else False)
+    _launch(lambda: build_webui(preset), cfg.serve if cfg is not None else ServeArguments())
 
 
 def run_webchat(cfg: ServeConfig) -> None:
-    _launch(build_webchat(cfg), cfg.serve.host, cfg.serve.port, cfg.serve.share)
+    _launch(lambda: build_webchat(cfg), cfg.serve)
