@@ -1,5 +1,5 @@
-"""`lmforge api` on loopback, driven by the real `openai` client: plain and streaming calls, 16 concurrent streams,
-the API key, malformed requests (4xx with OpenAI's error body, and the server stays up)."""
+"""`lmforge api` on loopback, driven by the real `openai` client: plain and streaming calls, 64 concurrent streams,
+the API key, malformed and hostile requests (4xx with OpenAI's error body, and the server stays up)."""
 
 from __future__ import annotations
 
@@ -104,12 +104,12 @@ def test_streaming_call(client):
     assert text == plain.choices[0].message.content
 
 
-def test_sixteen_concurrent_streams_each_get_their_own_output(server, client):
-    questions = [f"Question {i}: what comes after {i * 7}?" for i in range(16)]
+def test_sixty_four_concurrent_streams_each_get_their_own_output(server, client):
+    questions = [f"Question {i}: what comes after {i * 7}?" for i in range(64)]
     expected = [client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": q}],
                                                temperature=0, max_tokens=20).choices[0].message.content
                 for q in questions]
-    assert len(set(expected)) > 8  # the prompts lead to different texts, so a mix-up would show
+    assert len(set(expected)) > 12  # the prompts lead to different texts, so a mix-up would show
 
     async def stream_one(aclient: openai.AsyncOpenAI, question: str) -> tuple[str, set[str]]:
         stream = await aclient.chat.completions.create(model="tiny", messages=[{"role": "user", "content": question}],
@@ -127,7 +127,7 @@ def test_sixteen_concurrent_streams_each_get_their_own_output(server, client):
     results = asyncio.run(all_at_once())
     assert [text for text, _ in results] == expected
     ids = [i for _, i in results]
-    assert all(len(i) == 1 for i in ids) and len(set().union(*ids)) == 16
+    assert all(len(i) == 1 for i in ids) and len(set().union(*ids)) == 64
 
 
 def test_options_stop_n_and_text_completions(client):
@@ -203,3 +203,67 @@ def test_a_missing_optional_package_names_the_extra(monkeypatch, capsys, chat_mo
     monkeypatch.delitem(sys.modules, "lmforge.serve.api", raising=False)
     assert main(["api", chat_model_dir]) == 2
     assert "needs the 'fastapi' package: pip install 'lmforge[serve]'" in capsys.readouterr().err
+
+
+def _post(server: str, path: str, body: dict | bytes, **kw) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{server}{path}", content=content, timeout=60, **kw,
+                      headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"chat_template": "{{ raise_exception('the client template ran') }}"},
+    {"tools": [{"type": "function", "function": {"name": "x"}}]},
+    {"add_generation_prompt": False},
+    {"enable_thinking": {"nested": "objects are not plain values"}},
+])
+def test_chat_template_kwargs_never_carry_a_template(server, client, kwargs):
+    response = _post(server, "/v1/chat/completions",
+                     {"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": kwargs})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"].startswith("chat_template_kwargs")
+    assert "the client template ran" not in response.text
+    plain = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": GREETING}],
+                                           max_tokens=3, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert plain.choices[0].finish_reason == "length"
+
+
+def test_oversized_bodies_get_413_and_too_many_prompts_400(server, client):
+    big = {"messages": [{"role": "user", "content": "x" * (9 * 1024 * 1024)}]}
+    assert _post(server, "/v1/chat/completions", big).status_code == 413
+    chunks = (b"x" * 1024 * 1024 for _ in range(9))  # no Content-Length: counted as it arrives
+    chunked = httpx.post(f"{server}/v1/completions", content=chunks, timeout=60,
+                         headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert chunked.status_code == 413 and "max_request_bytes" in chunked.json()["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="At most 64 prompts"):
+        client.completions.create(model="tiny", prompt=["Once"] * 65, max_tokens=1)
+    assert len(client.completions.create(model="tiny", prompt=["Once"] * 64, max_tokens=1).choices) == 64
+
+
+def test_with_an_api_key_the_schema_pages_are_off(server):
+    for path in ("/docs", "/openapi.json", "/redoc"):
+        assert httpx.get(f"{server}{path}").status_code == 404
+
+
+def test_a_crash_answers_internal_error_with_a_request_id_and_logs_the_detail(caplog):
+    from fastapi.testclient import TestClient
+
+    from lmforge.config.generation import GenerationArguments
+    from lmforge.serve.api import create_app
+
+    class BrokenTokenizer:
+        def __call__(self, text):
+            raise RuntimeError("secret path /srv/models/x")
+
+    class Engine:
+        tokenizer = BrokenTokenizer()
+
+    app = create_app(Engine(), "m", GenerationArguments())
+    with TestClient(app, raise_server_exceptions=False) as http:
+        response = http.post("/v1/completions", json={"prompt": "hi"})
+        assert http.get("/docs").status_code == 200  # no API key: the schema pages stay
+    assert response.status_code == 500
+    message = response.json()["error"]["message"]
+    assert message.startswith("Internal error (request id ") and "secret" not in message
+    request_id = message.split("request id ")[1].split(")")[0]
+    assert any(request_id in r.getMessage() and "secret path" in r.getMessage() for r in caplog.records)

@@ -25,6 +25,10 @@ class ServeArguments:
         "sequences (1: one request at a time, each decoded exactly as alone).")
     max_model_len: int | None = option(
         None, "Longest prompt + completion in tokens (default: the model's `max_position_embeddings`).")
+    max_request_bytes: int = option(
+        8 * 1024 * 1024, "api: the largest request body accepted (bigger ones get 413).")
+    max_prompts_per_request: int = option(
+        64, "api: the most prompts one /v1/completions request may carry (more get 400).")
     system_prompt: str | None = option(None, "chat/webchat: the system message every conversation starts with.")
     vllm_gpu_memory_utilization: float = option(0.9, "vllm backend: fraction of GPU memory vLLM may use.")
     share: bool = option(

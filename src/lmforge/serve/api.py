@@ -89,8 +89,48 @@ class Session:
             handle.cancel()
 
 
-def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str | None = None) -> FastAPI:
-    app = FastAPI(title="lmforge", description=f"OpenAI-compatible API serving {model_name}")
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before it is read whole (Content-Length, or
+    counted as a chunked body arrives)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._too_large(send)
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:  # FastAPI turns other errors while reading a body into a 400
+                raise HTTPException(413, self.message)
+            return message
+
+        await self.app(scope, counted, send)
+
+    @property
+    def message(self) -> str:
+        return f"The request body is larger than {self.limit} bytes (max_request_bytes)."
+
+    async def _too_large(self, send: Any) -> None:
+        body = json.dumps(error_body(self.message, code="request_too_large")).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str | None = None,
+               max_request_bytes: int = 8 * 1024 * 1024, max_prompts: int = 64) -> FastAPI:
+    # with an API key, the schema pages would tell anyone what the server is: they are off
+    docs = {} if api_key is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="lmforge", description=f"OpenAI-compatible API serving {model_name}", **docs)
+    app.add_middleware(BodyLimit, limit=max_request_bytes)
     created = int(time.time())
 
     @app.exception_handler(ApiError)
@@ -109,8 +149,7 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, err: Exception) -> JSONResponse:
-        logger.exception("request failed")
-        return JSONResponse(error_body(f"Internal error: {err}", "server_error"), status_code=500)
+        return JSONResponse(internal_error(f"{request.method} {request.url.path}: {err!r}", err), status_code=500)
 
     async def authorised(request: Request) -> None:
         if api_key is None:
@@ -157,7 +196,8 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
         texts, reasons, tokens = [""] * count, ["stop"] * count, 0
         async for choice, event in session.events():
             if event.error:
-                raise ApiError(500, event.error, "server_error")
+                crash = internal_error(event.error)
+                raise ApiError(500, crash["error"]["message"], "server_error")
             texts[choice] += event.text
             if event.finish_reason:
                 reasons[choice], tokens = event.finish_reason, tokens + event.completion_tokens
@@ -169,7 +209,7 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
         try:
             async for choice, event in session.events():
                 if event.error:
-                    yield sse(error_body(event.error, "server_error"))
+                    yield sse(internal_error(event.error))
                     break
                 if event.text or event.finish_reason:
                     yield sse(chunk(choice, event.text, event.finish_reason))
@@ -199,8 +239,9 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
         if not engine.tokenizer.chat_template:
             raise ApiError(400, "This model has no chat template: use /v1/completions, or restart the server with "
                            "`template` set.")
-        try:
-            prompt = prompt_ids(engine.tokenizer, messages, body.tools, **(body.chat_template_kwargs or {}))
+        try:  # rendering and tokenizing off the event loop: a slow one does not stall the other requests
+            prompt = await asyncio.to_thread(prompt_ids, engine.tokenizer, messages, body.tools,
+                                             **(body.chat_template_kwargs or {}))
         except (TemplateError, TypeError, ValueError) as err:
             raise ApiError(400, f"The chat template cannot render these messages: {err}", param="messages") from None
         session = start([prompt], body)
@@ -250,7 +291,11 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
     @app.post("/v1/completions", dependencies=[Depends(authorised)])
     async def completions(body: CompletionRequest):
         texts_in = body.prompts()
-        prompts = [engine.tokenizer(p)["input_ids"] if isinstance(p, str) else p for p in texts_in]
+        if len(texts_in) > max_prompts:
+            raise ApiError(400, f"At most {max_prompts} prompts per request (max_prompts_per_request), got "
+                           f"{len(texts_in)}.", param="prompt")
+        prompts = await asyncio.to_thread(
+            lambda: [engine.tokenizer(p)["input_ids"] if isinstance(p, str) else p for p in texts_in])
         vocab = len(engine.tokenizer)
         if any(not 0 <= t < vocab for p in prompts for t in p):
             raise ApiError(400, f"Token ids in 'prompt' must be between 0 and {vocab - 1}.", param="prompt")
@@ -285,6 +330,14 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
     return app
 
 
+def internal_error(detail: str, err: BaseException | None = None) -> dict[str, Any]:
+    """The body of a 500: a request id for the client; the detail (and the traceback of `err`) only in the
+    server's log, where the id finds it."""
+    request_id = uuid.uuid4().hex[:12]
+    logger.error("internal error (request id %s): %s", request_id, detail, exc_info=err)
+    return error_body(f"Internal error (request id {request_id}); the server log has the details.", "server_error")
+
+
 def resolve_api_key(cfg: ServeConfig) -> str | None:
     return cfg.serve.api_key or os.environ.get("LMFORGE_API_KEY") or None
 
@@ -297,7 +350,8 @@ def run_api(cfg: ServeConfig) -> None:
 
     engine = load_engine(cfg, need_chat_template=False)
     api_key = resolve_api_key(cfg)
-    app = create_app(engine, served_name(cfg), cfg.generation, api_key)
+    app = create_app(engine, served_name(cfg), cfg.generation, api_key, cfg.serve.max_request_bytes,
+                     cfg.serve.max_prompts_per_request)
     port = cfg.serve.port if cfg.serve.port is not None else 8000
     logger.info("Serving %s at http://%s:%d/v1 (%s)", served_name(cfg), cfg.serve.host, port,
                 "API key required" if api_key else "no API key")

@@ -80,11 +80,29 @@ class SamplingRequest(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+# Arguments of `apply_chat_template` itself: a client must not set them through chat_template_kwargs (a template of
+# its own would run server-side Jinja of the client's choosing; the others change what is rendered or returned).
+RESERVED_TEMPLATE_KWARGS = frozenset({
+    "chat_template", "tools", "documents", "messages", "conversation", "add_generation_prompt",
+    "continue_final_message", "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
+    "return_assistant_tokens_mask", "tokenizer_kwargs", "processor_kwargs"})
+
+
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, str | int | float | bool | None] | None = None
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _plain_template_variables(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Only plain variables for the server's template (e.g. enable_thinking), never a template or tools."""
+        for key in value or {}:
+            if key in RESERVED_TEMPLATE_KWARGS or not key.isidentifier():
+                raise ValueError(f"'{key}' cannot be set through chat_template_kwargs (only plain template "
+                                 f"variables such as enable_thinking)")
+        return value
 
 
 class CompletionRequest(SamplingRequest):
