@@ -53,6 +53,17 @@ def test_docs_config_md_is_generated_from_the_dataclasses():
         "docs/config.md is stale: regenerate it with `lmforge help config --markdown > docs/config.md`")
 
 
+def test_the_stored_reference_does_not_copy_transformers_help():
+    """Upstream rewords its help with releases (transformers 5.24 did): the stored reference must not go stale."""
+    from lmforge.config.schema import key_index
+
+    doc = render_reference(markdown=True)
+    upstream = [k for k in key_index("train").values() if k.group == "training" and len(k.help) > 40]
+    assert upstream and not any(" ".join(k.help.split())[:60] in doc for k in upstream)
+    assert "`lmforge help train` lists them" in doc
+    assert "learning_rate" in render_reference(schema="train")  # the terminal reference lists the installed fields
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 
 import pexpect
@@ -17,6 +18,8 @@ from tests.conftest import GREETING, REPLY
 def test_chat_in_a_terminal(greeter_dir):
     child = pexpect.spawn(sys.executable, ["-m", "lmforge", "chat", greeter_dir, "do_sample=false",
                                            "system_prompt=You are a greeter."], encoding="utf-8", timeout=120)
+    transcript = io.StringIO()
+    child.logfile_read = transcript
     try:
         child.expect_exact("User: ")
         child.sendline(GREETING)
@@ -34,6 +37,8 @@ def test_chat_in_a_terminal(greeter_dir):
     finally:
         child.close()
     assert child.exitstatus == 0
+    conversation = transcript.getvalue().split("User: ", 1)[1]
+    assert "Warning" not in conversation and "deprecated" not in conversation  # no library noise in replies
 
 
 def test_conversation_keeps_history_and_drops_the_oldest_exchanges_that_no_longer_fit(greeter_dir, capsys):

@@ -25,6 +25,19 @@ TITLES = {
 }
 
 
+# Groups owned by another library: the Markdown reference points to its docs instead of copying them; the terminal
+# reference (`lmforge help train`) lists the installed version's fields with their help.
+UPSTREAM_GROUPS = {
+    "training": "Every field of [`transformers.TrainingArguments`]"
+    "(https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments) of the "
+    "installed transformers release is a key (`learning_rate`, `num_train_epochs`, `per_device_train_batch_size`, "
+    "`gradient_accumulation_steps`, `save_steps`, `report_to`, ...), with transformers' own defaults and help; "
+    "`lmforge help train` lists them as installed. lmforge adds: `bf16`/`fp16` take `auto` (on where the GPU "
+    "supports it), `resume_from_checkpoint: true` takes the newest complete checkpoint in `output_dir`, `fsdp: "
+    "true` is accepted.",
+}
+
+
 def _default(value) -> str:
     if isinstance(value, enum.Enum):
         value = value.value
@@ -50,6 +63,10 @@ def render_reference(markdown: bool = False, schema: str = "all") -> str:
                   "wins). Mapping keys take `key.sub=value` too.", ""]
     for group in groups:
         keys = [k for k in index.values() if k.group == group]
+        if markdown and group in UPSTREAM_GROUPS:
+            # upstream's fields, help and defaults change with its releases: a stored reference would go stale
+            lines += [f"## {TITLES[group]}", "", UPSTREAM_GROUPS[group], ""]
+            continue
         if markdown:
             lines += [f"## {TITLES[group]}", "", "| key | type | default | description |", "|---|---|---|---|"]
             for k in keys:

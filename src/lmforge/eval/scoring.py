@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lmforge.model.kv_cache import cache_kwargs, output_cache
+
 
 @dataclass
 class Request:
@@ -69,9 +71,9 @@ class _Rows:
         positions = (mask.cumsum(-1) - 1).clamp(min=0) + torch.tensor(offsets, device=device)[:, None]
         if past_mask is not None:
             mask = torch.cat([past_mask, mask], dim=1)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=keep)
-        return out.logits, out.past_key_values, mask
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=keep, **cache_kwargs(self.model, cache))
+        return out.logits, output_cache(out), mask
 
 
 def _scores(logits: torch.Tensor, requests: list[Request], tails: list[list[int]]) -> list[Score]:

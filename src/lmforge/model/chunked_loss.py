@@ -87,16 +87,18 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     return _LinearCrossEntropy.apply(rows, weight, targets, scale, chunk)
 
 
-def _chunked_forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                     inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
-    """The causal LM's forward with the loss tail replaced while training (labels given); otherwise the original."""
+def _chunked_forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
+                     **kwargs):
+    """The causal LM's forward with the loss tail replaced while training (labels given); otherwise the original
+    (generation's cache arguments pass through under whichever name the caller used)."""
     if labels is None or not self.training:
-        return self._lmforge_original_forward(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
-            logits_to_keep=logits_to_keep, **kwargs)
+        return self._lmforge_original_forward(input_ids=input_ids, attention_mask=attention_mask,
+                                              position_ids=position_ids, inputs_embeds=inputs_embeds, labels=labels,
+                                              **kwargs)
     num_items = kwargs.pop("num_items_in_batch", None)
     shift_labels = kwargs.pop("shift_labels", None)
+    for unused in ("use_cache", "logits_to_keep", "cache", "past_key_values"):  # training needs no cache or logits
+        kwargs.pop(unused, None)
     outputs = self.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                  inputs_embeds=inputs_embeds, use_cache=False, **kwargs)
     loss = linear_cross_entropy(outputs.last_hidden_state, self.lm_head.weight, labels, num_items, shift_labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from lmforge.config.schema import ServeConfig
@@ -58,6 +59,16 @@ class Conversation:
         return "".join(parts)
 
 
+def quiet_libraries() -> None:
+    """Once the model is loaded, library warnings (deprecations, generation notices) would land in the middle of a
+    reply on the terminal: they are dropped, and libraries speak only on errors."""
+    import transformers
+
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)
+    transformers.logging.set_verbosity_error()
+
+
 def run_chat(cfg: ServeConfig) -> None:
     try:
         import readline  # noqa: F401  (line editing and history for input())
@@ -65,6 +76,7 @@ def run_chat(cfg: ServeConfig) -> None:
         pass
     engine = load_engine(cfg)
     chat = Conversation(engine, cfg.serve.system_prompt, cfg.generation.max_new_tokens)
+    quiet_libraries()
     print(f"lmforge chat with {served_name(cfg)}. {HELP}")
     try:
         while True:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lmforge.model.kv_cache import cache_kwargs, output_cache
 from lmforge.serve.detokenize import TextStream
 from lmforge.serve.sampling import SamplingParams, choose_next
 
@@ -170,7 +171,7 @@ class Engine:
                  cache=None):
         extra = {"logits_to_keep": 1} if self._last_logits_only else {}
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                          past_key_values=cache, use_cache=True, **extra)
+                          use_cache=True, **cache_kwargs(self.model, cache), **extra)
 
     @torch.inference_mode()
     def _decode(self, batch: list[_Sequence]) -> None:
@@ -180,7 +181,7 @@ class Engine:
         mask = torch.tensor([[0] * (width - len(s.prompt)) + [1] * len(s.prompt) for s in batch], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self._forward(input_ids, mask, positions)
-        cache, logits, last = out.past_key_values, out.logits[:, -1], positions[:, -1]
+        cache, logits, last = output_cache(out), out.logits[:, -1], positions[:, -1]
         active = batch
         while True:
             tokens = choose_next(logits, [(s.params, s.prompt, s.generated, s.generator) for s in active])
@@ -195,7 +196,7 @@ class Engine:
             mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             last = last + 1
             out = self._forward(torch.tensor(tokens, device=device)[:, None], mask, last[:, None], cache)
-            cache, logits = out.past_key_values, out.logits[:, -1]
+            cache, logits = output_cache(out), out.logits[:, -1]
 
     def _step(self, seq: _Sequence, token: int) -> bool:
         """Give `token` to its sequence; False once the sequence is done."""
