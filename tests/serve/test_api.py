@@ -223,8 +223,8 @@ def test_chat_template_kwargs_never_carry_a_template(server, client, kwargs):
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"].startswith("chat_template_kwargs")
     assert "the client template ran" not in response.text
-    plain = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": GREETING}],
-                                           max_tokens=3, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    plain = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": GREETING}], max_tokens=3,
+                                           extra_body={"chat_template_kwargs": {"enable_thinking": False}})
     assert plain.choices[0].finish_reason == "length"
 
 
