@@ -1,5 +1,6 @@
 import json
 import os
+import struct
 import subprocess
 import sys
 
@@ -69,13 +70,36 @@ def test_missing_tracker_package_gives_an_install_hint(tmp_path, capsys):
     assert "pip install 'lmforge[wandb]'" in capsys.readouterr().err
 
 
-def test_tensorboard_tracking_writes_events(tmp_path):
-    pytest.importorskip("tensorboard")
+SECRET = "hf_lmforgeSecret0123456789"
+
+
+def _logged_losses(out) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (out / "trainer_log.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def _files_holding(directory, needle: str) -> list[str]:
+    return [os.path.join(root, f) for root, _, files in os.walk(directory) for f in files
+            if needle.encode() in open(os.path.join(root, f), "rb").read()]
+
+
+def test_tensorboard_logs_the_loss_and_no_file_holds_a_secret(tmp_path):
+    """Run as a user would (a child process, the token on the command line): TensorBoard's event file holds the
+    losses of trainer_log.jsonl, and no file in output_dir (config, checkpoints, events) holds the token."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     out = tmp_path / "tb"
-    assert main(["train", *scratch_args(out, max_steps=6, report_to="tensorboard",
-                                        sample_prompts=["Hi"], max_new_tokens=3)]) == 0
-    events = [f for _, _, fs in os.walk(out) for f in fs if f.startswith("events.out")]
-    assert events
+    result = subprocess.run([sys.executable, "-m", "lmforge", "train", *scratch_args(
+        out, max_steps=6, logging_steps=2, save_steps=3, report_to="tensorboard", hub_token=SECRET)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = [root for root, _, fs in os.walk(out) for f in fs if f.startswith("events.out")]
+    accumulator = EventAccumulator(events[0])
+    accumulator.Reload()
+    logged = [e.value for e in accumulator.Scalars("train/loss")]
+    assert logged == pytest.approx(_logged_losses(out), rel=1e-6) and len(logged) == 3
+    assert (out / "checkpoint-3" / "training_args.bin").exists()
+    assert _files_holding(out, SECRET) == []
+    assert "hub_token: '***'" in (out / "lmforge_config.yaml").read_text()
 
 
 def test_bench_reports_speed_and_memory(tmp_path, capsys):
@@ -96,8 +120,11 @@ def test_swanlab_offline_mode_logs_locally_through_its_callback(tmp_path):
     out = tmp_path / "swan"
     assert main(["train", *scratch_args(out, max_steps=6, report_to="swanlab", swanlab_mode="offline",
                                         swanlab_project="lmforge-test", sample_prompts=["Hi"], max_new_tokens=3)]) == 0
-    logged = [f for _, _, fs in os.walk(out / "swanlog") for f in fs]
-    assert logged, "SwanLab wrote nothing under output_dir/swanlog"
+    runs = [os.path.join(root, f) for root, _, fs in os.walk(out / "swanlog") for f in fs if f.endswith(".swanlab")]
+    assert len(runs) == 1, "SwanLab wrote no offline run log under output_dir/swanlog"
+    record = open(runs[0], "rb").read()  # SwanLab's protobuf records: the key, and each value as a double
+    assert b"train/loss" in record
+    assert all(struct.pack("<d", loss) in record for loss in _logged_losses(out))
 
 
 def test_console_script_is_installed():

@@ -59,6 +59,9 @@ def cmd_train(args: list[str]) -> int:
     command = torchrun_command(cfg.launch, args)
     if command:
         return run_launcher(command)
+    from lmforge.config.secrets import masked_argv
+
+    sys.argv[:] = masked_argv(sys.argv)  # trackers record the command line
     stage_runner(cfg.finetuning.stage)(cfg)
     return 0
 

@@ -173,3 +173,23 @@ def test_cpu_only_machines_train_on_the_cpu_so_torchrun_forms_a_gloo_group():
     cfg = load_config(None, BASE)
     assert cfg.training.use_cpu is (not accelerator_available())
     assert load_config(None, BASE + ["use_cpu=false"]).training.use_cpu is False
+
+
+def test_secrets_are_masked_on_disk_and_read_from_the_environment(tmp_path, monkeypatch):
+    from lmforge.config.secrets import SECRETS_ENV, masked, masked_argv
+
+    assert masked({"hub_token": "t", "api_key": "k", "webui_auth": "a:b", "nested": {"db_password": "p"},
+                   "tokenizer_name_or_path": "x", "mask_history": True, "hub_model_id": None}) == {
+        "hub_token": "***", "api_key": "***", "webui_auth": "***", "nested": {"db_password": "***"},
+        "tokenizer_name_or_path": "x", "mask_history": True, "hub_model_id": None}
+    assert masked_argv(["lmforge", "train", "c.yaml", "hub_token=t", "--api_key", "k", "--hub_token=t", "x=1"]) == [
+        "lmforge", "train", "c.yaml", "hub_token=***", "--api_key", "***", "--hub_token=***", "x=1"]
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(f"stage: pt\ndataset: lmforge_quickstart\nmodel_type: qwen2\nfrom_scratch: true\n"
+                     f"train_tokenizer: true\noutput_dir: {tmp_path}\nhub_token: '***'\n")
+    assert load_config(str(saved)).training.hub_token is None  # a masked copy is no token
+    monkeypatch.setenv(SECRETS_ENV, '{"hub_token": "from-env"}')
+    assert load_config(str(saved)).training.hub_token == "from-env"
+    monkeypatch.setenv(SECRETS_ENV, '{"learning_rate": 1}')
+    with pytest.raises(ConfigError, match="JSON mapping of secret keys"):
+        load_config(str(saved))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from lmforge.serve.runs import config_values, preview, read_progress
+from lmforge.serve.runs import config_values, preview, read_progress, start_training
 from tests.conftest import GREETING, LF_DEMO, REPLY
 from tests.serve.test_api import start_lmforge_server
 
@@ -70,6 +70,22 @@ def test_form_values_become_a_minimal_validated_config(tmp_path, tiny_model_dir)
     _, _, verdict = preview({**form, "stage": "sft", "cutoff_len": -3.0}, "")
     assert "cutoff_len" in verdict
     assert preview(form, "- not a mapping")[2].startswith("Extra keys:")
+
+
+def test_a_started_run_gets_its_secrets_from_the_environment_not_from_disk(tmp_path):
+    from lmforge.config import parse_overrides
+    from tests.conftest import scratch_args
+
+    values = parse_overrides(scratch_args(tmp_path / "run", max_steps=2, save_steps=2))
+    values["hub_token"] = "hf_webuiSecret42"
+    job = start_training(values)
+    assert job.process.wait(timeout=300) == 0, job.output()
+    saved = (tmp_path / "run" / "webui_config.yaml").read_text()
+    assert "hub_token: '***'" in saved and "hf_webuiSecret42" not in saved
+    assert job.secrets == {"hub_token": "hf_webuiSecret42"}
+    for root, _, files in os.walk(tmp_path / "run"):
+        for name in files:
+            assert b"hf_webuiSecret42" not in open(os.path.join(root, name), "rb").read(), name
 
 
 def test_progress_is_read_while_a_line_is_being_written(tmp_path):

@@ -11,6 +11,7 @@ import yaml
 
 from lmforge.config.coerce import coerce
 from lmforge.config.schema import COMMAND_CONFIGS, DEFAULTS, GROUPS, SCHEMAS, EvalConfig, RunConfig, key_index
+from lmforge.config.secrets import drop_masked, environment_secrets
 from lmforge.config.validate import VALIDATORS, check_engine_configs, validate
 from lmforge.device import accelerator_available, auto_precision
 from lmforge.errors import ConfigError
@@ -147,11 +148,16 @@ def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: 
     return cfg
 
 
+def with_secrets(raw: dict[str, Any]) -> dict[str, Any]:
+    """Masked secrets (`***`) dropped, then the ones from $LMFORGE_SECRETS set (where the config has none)."""
+    return {**environment_secrets(), **drop_masked(raw)}
+
+
 def load_config(path: str | None, overrides: list[str] | None = None) -> RunConfig:
     """YAML file (optional) + command-line overrides (which win) -> validated RunConfig."""
     base = read_yaml(path) if path else {}
     cli = parse_overrides(overrides or [])
-    return build_config(merge(base, cli), source=path or "<command line>", cli_keys=set(cli))
+    return build_config(with_secrets(merge(base, cli)), source=path or "<command line>", cli_keys=set(cli))
 
 
 def load_command_config(schema: str, path: str | None, overrides: list[str] | None = None, **checks: Any):
@@ -160,7 +166,7 @@ def load_command_config(schema: str, path: str | None, overrides: list[str] | No
     base = read_yaml(path) if path else {}
     cli = parse_overrides(overrides or [])
     source = path or "<command line>"
-    raw = merge(base, cli)
+    raw = with_secrets(merge(base, cli))
     values = typed_values(raw, schema, source, set(cli))
     cfg = COMMAND_CONFIGS[schema](**{group: cls(**values[group]) for group, cls in SCHEMAS[schema].items()},
                                   source=source, raw=raw)

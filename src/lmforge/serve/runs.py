@@ -16,6 +16,7 @@ import yaml
 
 from lmforge.config.parse import build_config
 from lmforge.config.schema import key_index
+from lmforge.config.secrets import SECRETS_ENV, masked, secret_values
 from lmforge.errors import LmforgeError
 from lmforge.jsonl import atomic_open
 from lmforge.train.callbacks import LOG_FILE
@@ -49,7 +50,7 @@ def preview(form: dict[str, Any], extra_yaml: str = "") -> tuple[str, str, str]:
         values = config_values(form, extra_yaml)
     except (ValueError, yaml.YAMLError) as err:
         return "", "", f"Extra keys: {err}"
-    text = yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+    text = yaml.safe_dump(masked(values), sort_keys=False, allow_unicode=True)
     path = os.path.join(values.get("output_dir") or "OUTPUT_DIR", CONFIG_FILE)
     command = f"lmforge train {shlex.quote(path)}"
     try:
@@ -80,14 +81,16 @@ class Job:
 
     argv: list[str]
     log_path: str
+    secrets: dict[str, Any] = field(default_factory=dict, repr=False)  # passed in the environment, never on disk
     process: subprocess.Popen | None = None
     _log: Any = field(default=None, repr=False)
 
     def start(self) -> None:
         os.makedirs(os.path.dirname(self.log_path) or ".", exist_ok=True)
         self._log = open(self.log_path, "w", encoding="utf-8")
+        env = {**os.environ, SECRETS_ENV: json.dumps(self.secrets)} if self.secrets else None
         self.process = subprocess.Popen([sys.executable, "-m", "lmforge", *self.argv], stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                                        stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     @property
     def running(self) -> bool:
@@ -119,7 +122,7 @@ def start_training(values: dict[str, Any]) -> Job:
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, CONFIG_FILE)
     with atomic_open(path, ".yaml") as fh:
-        yaml.safe_dump(values, fh, sort_keys=False, allow_unicode=True)
-    job = Job(["train", path], os.path.join(output_dir, COMMAND_LOG))
+        yaml.safe_dump(masked(values), fh, sort_keys=False, allow_unicode=True)
+    job = Job(["train", path], os.path.join(output_dir, COMMAND_LOG), secret_values(values))
     job.start()
     return job

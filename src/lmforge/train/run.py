@@ -10,13 +10,14 @@ from typing import Any
 import yaml
 
 from lmforge.config.schema import RunConfig
+from lmforge.config.secrets import masked
 from lmforge.errors import TrainingError
 from lmforge.jsonl import atomic_open
 from lmforge.train.callbacks import read_log
 from lmforge.train.plots import plot_curves, stage_curves
 from lmforge.train.samples import generate_samples, write_samples
 from lmforge.train.signals import stopped_message
-from lmforge.train.tracking import log_samples
+from lmforge.train.tracking import finish_trackers, log_samples
 from lmforge.train.trainer import LanguageModelTrainer
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def run_training(cfg: RunConfig, trainer: LanguageModelTrainer, resume: str | No
         samples = report(cfg, trainer.model, trainer.processing_class, chat, stop_ids)
         if samples:
             log_samples(trainer, samples)
+        finish_trackers(trainer)
     return metrics
 
 
@@ -78,7 +80,7 @@ def stopped_early(trainer: LanguageModelTrainer) -> dict:
 
 def save_run_config(cfg: RunConfig) -> None:
     with atomic_open(os.path.join(cfg.training.output_dir, CONFIG_FILE)) as fh:
-        yaml.safe_dump(cfg.raw, fh, sort_keys=False, allow_unicode=True)
+        yaml.safe_dump(masked(cfg.raw), fh, sort_keys=False, allow_unicode=True)
 
 
 def report(cfg: RunConfig, model: Any, tokenizer: Any, chat: bool = False,

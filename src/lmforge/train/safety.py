@@ -3,6 +3,8 @@ saved with them), a graceful stop on SIGTERM/SIGINT, and the non-finite step gua
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 import os
@@ -11,9 +13,11 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lmforge.config.resilience import ResilienceArguments
+from lmforge.config.secrets import MASK, is_secret
 from lmforge.data.stream import STATE_FILE as STREAM_STATE_FILE
 from lmforge.data.stream import BlockStream, load_position, save_position
 from lmforge.model.precision import cast_state_dict, config_dtype
@@ -179,14 +183,30 @@ class SafeTrainingMixin:
         self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """The final model in `save_dtype` (its config saying so); checkpoints keep the training precision."""
+        """The final model in `save_dtype` (its config saying so); checkpoints keep the training precision. The
+        saved training arguments never hold a secret (hub_token)."""
+        output_dir = output_dir or self.args.output_dir
         dtype = self.save_dtype if self._saving_final else None
         model = self.accelerator.unwrap_model(self.model)
         if dtype is None or all(p.dtype == dtype for p in model.parameters() if p.is_floating_point()):
-            return super()._save(output_dir, state_dict)
-        state_dict = cast_state_dict(state_dict if state_dict is not None else model.state_dict(), dtype)
-        super()._save(output_dir, state_dict)
-        config = os.path.join(output_dir or self.args.output_dir, "config.json")
+            super()._save(output_dir, state_dict)
+        else:
+            super()._save(output_dir, cast_state_dict(state_dict if state_dict is not None else model.state_dict(),
+                                                      dtype))
+            self._write_config_dtype(model, output_dir, dtype)
+        self._mask_saved_arguments(output_dir)
+
+    def _mask_saved_arguments(self, output_dir: str) -> None:
+        secrets = [f.name for f in dataclasses.fields(self.args) if is_secret(f.name) and getattr(self.args, f.name)]
+        path = os.path.join(output_dir, TRAINING_ARGS_NAME)
+        if secrets and self.args.should_save and os.path.isfile(path):
+            safe = copy.copy(self.args)
+            for name in secrets:
+                setattr(safe, name, MASK)
+            torch.save(safe, path)
+
+    def _write_config_dtype(self, model: Any, output_dir: str, dtype: torch.dtype) -> None:
+        config = os.path.join(output_dir, "config.json")
         if self.args.should_save and os.path.isfile(config):
             trained = model.config.dtype
             model.config.dtype = str(dtype).removeprefix("torch.")

@@ -78,3 +78,12 @@ def log_samples(trainer, samples: list[dict]) -> None:
                 callback._ml_flow.log_text(text, "samples.md")
         except Exception as err:  # noqa: BLE001 - a tracker failing to take text must not fail a finished run
             logger.warning("Could not log samples to %s: %s", name, err)
+
+
+def finish_trackers(trainer) -> None:
+    """End SwanLab's run once samples are logged: it writes its records in the background and would otherwise only
+    flush them when the process exits (an in-process caller, such as a notebook, would read an empty log)."""
+    if any(type(c).__name__ == "SwanLabCallback" for c in trainer.callback_handler.callbacks):
+        import swanlab
+
+        swanlab.finish()
