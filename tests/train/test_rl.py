@@ -4,6 +4,7 @@ an interrupted run exactly, rewards can come from a reward model, and bad settin
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 
@@ -130,6 +131,12 @@ def test_grpo_with_a_reward_model_and_a_builtin_reward(tiny_model_dir, tmp_path)
     ("ppo", {"reward_funcs": "lmforge.rewards:exact_match", "max_steps": -1}, "needs 'max_steps'"),
     ("grpo", {"reward_funcs": "lmforge.rewards:exact_match", "vf_coef": 0.5}, "'vf_coef' does not apply to "
      "'stage: grpo'"),
+    ("grpo", {"reward_funcs": "lmforge.rewards:exact_match", "num_train_epochs": 3}, "'num_train_epochs' has no "
+     "effect in 'stage: grpo'"),
+    ("ppo", {"reward_funcs": "lmforge.rewards:exact_match", "torch_compile": True}, "'torch_compile' has no effect "
+     "in 'stage: ppo'"),
+    ("grpo", {"reward_funcs": "lmforge.rewards:exact_match", "eval_strategy": "epoch"}, "'eval_strategy: epoch' has "
+     "no meaning"),
 ])
 def test_rl_settings_that_cannot_work_are_clear_errors(tiny_model_dir, tmp_path, capsys, stage, extra, message):
     assert main(["train", *rl_args(stage, tiny_model_dir, tmp_path / "x", **extra)]) == 2
@@ -143,3 +150,65 @@ def test_builtin_rewards_compare_with_the_reference():
     assert exact_match([], completions, reference) == [1.0, 0.0, 0.0, 0.0]
     assert contains_reference([], completions, reference) == [1.0, 0.0, 0.0, 0.0]
     assert token_f1([], completions, reference) == pytest.approx([1.0, 2 * 2 / 5, 1.0, 0.0])
+
+
+def test_grpo_honours_the_trainer_keys_it_accepts(tiny_model_dir, reward_file, tmp_path):
+    """report_to (the same TensorBoard scalars as the Trainer stages), optim through transformers' factory,
+    gradient accumulation (one optimizer step per 2 mini-batches), bf16 autocast, gradient checkpointing, and
+    val_size/eval_steps (mean reward on held-out prompts)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "grpo"
+    assert main(["train", *rl_args("grpo", tiny_model_dir, out, reward_funcs=reward_file, rollout_batch_size=8,
+                                   num_generations=2, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                                   ppo_epochs=1, max_steps=4, save_steps=2, logging_steps=1, optim="adafactor",
+                                   learning_rate=1e-3, bf16=True, gradient_checkpointing=True, val_size=6,
+                                   eval_strategy="steps", eval_steps=2, report_to="tensorboard",
+                                   repetition_penalty=1.2)]) == 0
+    log = [json.loads(line) for line in open(out / "trainer_log.jsonl")]
+    evals = [r for r in log if "eval_reward" in r]
+    assert [r["step"] for r in evals] == [2, 4] and all(0 <= r["eval_reward"] <= 1 for r in evals)
+    state = torch.load(out / "checkpoint-2" / "rl_state.pt", weights_only=False)["optimizer"]
+    assert "scale_parameter" in state["param_groups"][0]  # Adafactor, as `optim` asked
+    # 16 completions in mini-batches of 4, accumulated 2 at a time: 2 optimizer steps per rollout, 2 rollouts
+    assert {int(s["step"]) for s in state["state"].values()} == {4}
+    [events] = [root for root, _, files in os.walk(out) for f in files if f.startswith("events.out")]
+    accumulator = EventAccumulator(events)
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"train/reward", "train/kl", "eval/reward"} <= tags
+    assert [e.value for e in accumulator.Scalars("eval/reward")] == pytest.approx([r["eval_reward"] for r in evals],
+                                                                           abs=1e-5)
+
+
+def test_rollouts_use_the_repetition_penalty(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.config.generation import GenerationArguments
+    from lmforge.train.rollout import sample_completions
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    seen = {}
+    original = model.generate
+
+    def generate(**kwargs):
+        seen.update(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(model, "generate", generate)
+    sample_completions(model, [[5, 6, 7]], GenerationArguments(repetition_penalty=1.7, max_new_tokens=3), 0, [1])
+    assert seen["repetition_penalty"] == 1.7
+
+
+def test_rl_rotation_never_deletes_the_checkpoint_it_just_wrote(tiny_model_dir, reward_file, tmp_path):
+    """Resuming an earlier checkpoint while a later one of a longer run is still there: with save_total_limit=1
+    the rotation keeps the checkpoint this run wrote (and the one it resumed from)."""
+    out = tmp_path / "grpo"
+    args = dict(reward_funcs=reward_file, rollout_batch_size=4, num_generations=2, max_steps=2, save_steps=1,
+                logging_steps=1, save_total_limit=1)
+    assert main(["train", *rl_args("grpo", tiny_model_dir, out, **args)]) == 0
+    shutil.copytree(out / "checkpoint-1", out / "checkpoint-9")  # as a longer run would have left it
+    assert main(["train", *rl_args("grpo", tiny_model_dir, out, **{**args, "max_steps": 3},
+                                   resume_from_checkpoint=str(out / "checkpoint-1"))]) == 0
+    kept = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
+    assert "checkpoint-2" in kept and "checkpoint-1" in kept

@@ -65,3 +65,19 @@ def config_dtype(model: torch.nn.Module) -> torch.dtype | None:
     if isinstance(value, str):
         return DTYPES.get(value.removeprefix("torch."))
     return value if isinstance(value, torch.dtype) else None
+
+
+def record_saved_dtype(model: torch.nn.Module, directory: str, dtype: torch.dtype) -> None:
+    """Rewrite the config.json saved in `directory` to say `dtype` (save_pretrained records the dtype of the
+    float32 master weights in memory, not that of the cast state dict it was given)."""
+    import os
+
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        return
+    trained = model.config.dtype
+    model.config.dtype = str(dtype).removeprefix("torch.")
+    try:
+        model.config.to_json_file(path)
+    finally:
+        model.config.dtype = trained

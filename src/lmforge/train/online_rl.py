@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import get_scheduler
 
 from lmforge.config.schema import RunConfig
 from lmforge.errors import TrainingError
 from lmforge.jsonl import atomic_open
+from lmforge.model.precision import cast_state_dict, config_dtype, record_saved_dtype
 from lmforge.rewards import Rewarder
 from lmforge.train.callbacks import LOG_FILE, read_log
 from lmforge.train.chat_stage import ChatStage
@@ -50,8 +50,11 @@ from lmforge.train.rl_losses import (
     ppo_rewards,
     whiten,
 )
+from lmforge.train.rl_optimization import Optimization
 from lmforge.train.rollout import Rollout, completion_logps, sample_completions
+from lmforge.train.setup import enable_gradient_checkpointing, save_dtype
 from lmforge.train.signals import StopRequest, stopped_message
+from lmforge.train.tracking import LoopTrackers, finish_trackers, log_samples
 
 logger = logging.getLogger(__name__)
 
@@ -93,20 +96,27 @@ class OnlineRL:
         if algorithm == "ppo":
             hidden = policy.config.get_text_config().hidden_size
             self.value_head = ValueHead(hidden).to(self.device)
+        if self.args.gradient_checkpointing:
+            enable_gradient_checkpointing(policy, self.args.gradient_checkpointing_kwargs)
         self.prompts = stage.data.train
         self.examples = [json.loads(c) for c in self.prompts["conversation"]]
-        params = [p for p in policy.parameters() if p.requires_grad]
-        if self.value_head is not None:
-            params += list(self.value_head.parameters())
-        self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=self.args.learning_rate, weight_decay=self.args.weight_decay,
-                                           betas=(self.args.adam_beta1, self.args.adam_beta2),
-                                           eps=self.args.adam_epsilon)
-        self.scheduler = get_scheduler(self.args.lr_scheduler_type, self.optimizer,
-                                       num_warmup_steps=self.args.get_warmup_steps(self.args.max_steps),
-                                       num_training_steps=self.args.max_steps)
+        self.eval_prompts = stage.data.eval
+        self.optim = Optimization(self.args, policy, self.value_head, self.guard, self.device)
+        self.trackers = LoopTrackers(self.args, cfg.tracking, policy, stage.tokenizer, self.optim.optimizer,
+                                     self.optim.scheduler)
+        # the final model is saved in the checkpoint's dtype (float32 masters of a bf16 model saved as bf16)
+        self.save_dtype = None if hasattr(policy, "peft_config") else save_dtype(cfg) or config_dtype(policy)
         self.step = 0
         self.log_history: list[dict] = []
+
+    # the tracker interface of a Trainer, for `log_samples` and `finish_trackers`
+    @property
+    def callback_handler(self):
+        return self.trackers.callback_handler
+
+    @property
+    def state(self):
+        return self.trackers.state
 
     # ---- data -------------------------------------------------------------------------------------------------
     def batch_indices(self, step: int) -> list[int]:
@@ -129,53 +139,92 @@ class OnlineRL:
         with self.policy.disable_adapter():
             return completion_logps(self.policy, rollout, temperature)[0]
 
-    def make_rollout(self, step: int) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
-        group = self.rl.num_generations if self.algorithm == "grpo" else 1
-        indices = [i for i in self.batch_indices(step) for _ in range(group)]
-        prompts = [self.prompts[i]["input_ids"] for i in indices]
-        stop_ids = list(self.stage.stop_ids)
-        rollout = sample_completions(self.policy, prompts, self.cfg.generation, self.stage.tokenizer.pad_token_id,
-                                     stop_ids)
+    def sample_and_score(self, dataset: Any, examples: list[dict], indices: list[int]
+                         ) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
+        """Completions of the prompts at `indices` (sampled with the KV cache) and their rewards."""
+        prompts = [dataset[i]["input_ids"] for i in indices]
+        with self.optim.autocast():
+            rollout = sample_completions(self.policy, prompts, self.cfg.generation,
+                                         self.stage.tokenizer.pad_token_id, list(self.stage.stop_ids))
         tokenizer = self.stage.tokenizer
         completions = tokenizer.batch_decode(
             [row[mask.bool()] for row, mask in zip(rollout.input_ids[:, rollout.prompt_width:],
                                                    rollout.completion_mask, strict=True)], skip_special_tokens=True)
         prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=False)
-        examples = [self.examples[i] for i in indices]
-        scores, parts = self.rewarder(prompt_texts, completions, [e["messages"] for e in examples],
-                                      [e.get("reference") for e in examples])
-        batch: dict[str, torch.Tensor] = {"scores": torch.tensor(scores, device=self.device, dtype=torch.float32)}
-        with torch.no_grad():
+        chosen = [examples[i] for i in indices]
+        scores, parts = self.rewarder(prompt_texts, completions, [e["messages"] for e in chosen],
+                                      [e.get("reference") for e in chosen])
+        return rollout, torch.tensor(scores, device=self.device, dtype=torch.float32), parts
+
+    def make_rollout(self, step: int) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
+        group = self.rl.num_generations if self.algorithm == "grpo" else 1
+        indices = [i for i in self.batch_indices(step) for _ in range(group)]
+        rollout, scores, parts = self.sample_and_score(self.prompts, self.examples, indices)
+        batch: dict[str, torch.Tensor] = {"scores": scores}
+        with torch.no_grad(), self.optim.autocast():
             self.policy.eval()
             old_logps, _, old_values = completion_logps(self.policy, rollout, self.cfg.generation.temperature,
                                                         self.value_head)
             batch["old_logps"] = old_logps
             needs_ref = self.algorithm == "ppo" or self.rl.kl_coef > 0
             batch["ref_logps"] = self.reference_logps(rollout) if needs_ref else old_logps
-            mask = rollout.completion_mask.float()
-            if self.algorithm == "ppo":
-                rewards = ppo_rewards(batch["scores"], old_logps, batch["ref_logps"], mask, self.rl.kl_coef)
-                advantages, returns = gae(rewards, old_values, mask, self.rl.gamma, self.rl.lam)
-                batch.update(advantages=whiten(advantages, mask), returns=returns, old_values=old_values)
-            else:
-                batch["advantages"] = group_advantages(batch["scores"], group)
+        mask = rollout.completion_mask.float()
+        if self.algorithm == "ppo":
+            rewards = ppo_rewards(batch["scores"], old_logps, batch["ref_logps"], mask, self.rl.kl_coef)
+            advantages, returns = gae(rewards, old_values, mask, self.rl.gamma, self.rl.lam)
+            batch.update(advantages=whiten(advantages, mask), returns=returns, old_values=old_values)
+        else:
+            batch["advantages"] = group_advantages(batch["scores"], group)
         kl = ((old_logps - batch["ref_logps"]) * mask).sum(-1).mean().item()
         stats = {"reward": batch["scores"].mean().item(), **parts, "kl": kl,
                  "completion_length": mask.sum(-1).mean().item()}
         return rollout, batch, stats
 
+    def evaluate(self) -> dict[str, float]:
+        """Mean reward (and each reward's part) of one completion per held-out prompt. The RNG states are put back
+        afterwards, so evaluating does not change the training run (or its exact resume)."""
+        rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        examples = [json.loads(c) for c in self.eval_prompts["conversation"]]
+        size, totals, count = self.args.per_device_eval_batch_size, defaultdict(float), 0
+        try:
+            for start in range(0, len(examples), size):
+                indices = list(range(start, min(start + size, len(examples))))
+                _, scores, parts = self.sample_and_score(self.eval_prompts, examples, indices)
+                for key, value in {"reward": scores.mean().item(), **parts}.items():
+                    totals[key] += value * len(indices)
+                count += len(indices)
+        finally:
+            torch.set_rng_state(rng[0])
+            if rng[1] is not None:
+                torch.cuda.set_rng_state_all(rng[1])
+        return {f"eval_{k}": v / max(count, 1) for k, v in totals.items()}
+
+    def should_evaluate(self) -> bool:
+        if self.eval_prompts is None:
+            return False
+        if self.step == self.args.max_steps:
+            return True
+        strategy = getattr(self.args.eval_strategy, "value", self.args.eval_strategy)
+        every = int(self.args.eval_steps or self.args.logging_steps or 0)
+        return strategy == "steps" and every > 0 and self.step % every == 0
+
     def update(self, rollout: Rollout, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        """`ppo_epochs` passes over the rollout in mini-batches of `per_device_train_batch_size`; an optimizer step
+        every `gradient_accumulation_steps` mini-batches (and at the end of each pass)."""
         self.policy.train()
         size = rollout.input_ids.shape[0]
         generator = torch.Generator().manual_seed(self.args.seed * 100_003 + step)
         stats: dict[str, list[float]] = defaultdict(list)
         for _ in range(self.rl.ppo_epochs):
-            for rows in torch.randperm(size, generator=generator).split(self.args.per_device_train_batch_size):
+            minibatches = torch.randperm(size, generator=generator).split(self.args.per_device_train_batch_size)
+            finite = True
+            for position, rows in enumerate(minibatches):
                 rows = rows.to(self.device)
                 part = rollout.select(rows)
                 mask = part.completion_mask.float()
-                logps, entropy, values = completion_logps(self.policy, part, self.cfg.generation.temperature,
-                                                          self.value_head)
+                with self.optim.autocast():
+                    logps, entropy, values = completion_logps(self.policy, part, self.cfg.generation.temperature,
+                                                              self.value_head)
                 if self.algorithm == "ppo":
                     out: PolicyLoss = ppo_loss(logps, batch["old_logps"][rows], batch["advantages"][rows], values,
                                                batch["old_values"][rows], batch["returns"][rows], mask,
@@ -184,14 +233,11 @@ class OnlineRL:
                     ref = batch["ref_logps"][rows] if self.rl.kl_coef > 0 else None
                     out = grpo_loss(logps, batch["old_logps"][rows], ref, batch["advantages"][rows], mask,
                                     self.rl.cliprange, self.rl.kl_coef)
-                out.loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm or float("inf"))
-                finite = bool(torch.isfinite(out.loss.detach()) and torch.isfinite(grad_norm))
-                if self.guard is not None:
-                    self.guard.record(finite, step + 1)
-                if finite or self.guard is None:
-                    self.optimizer.step()  # a non-finite update is skipped: weights and optimizer state unchanged
-                self.optimizer.zero_grad(set_to_none=True)
+                self.optim.backward(out.loss)
+                finite = finite and bool(torch.isfinite(out.loss.detach()))
+                if (position + 1) % self.optim.accumulation == 0 or position + 1 == len(minibatches):
+                    stats["grad_norm"].append(self.optim.step(step + 1, finite))
+                    finite = True
                 stats["loss"].append(out.loss.item())
                 stats["policy_loss"].append(out.policy_loss.item())
                 stats["clip_fraction"].append(out.clip_fraction.item())
@@ -199,7 +245,7 @@ class OnlineRL:
                 stats["entropy"].append(masked_mean(entropy, mask).item())
                 if out.value_loss is not None:
                     stats["value_loss"].append(out.value_loss.item())
-        self.scheduler.step()
+        self.optim.scheduler.step()
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
     # ---- loop -------------------------------------------------------------------------------------------------
@@ -209,8 +255,12 @@ class OnlineRL:
         if resume:
             self.load_checkpoint(resume)
         self.rewrite_log()
-        with self.stop_request.installed():
-            last = self.loop()
+        self.trackers.begin(self.step)
+        try:
+            with self.stop_request.installed():
+                last = self.loop()
+        finally:
+            self.trackers.end()
         if self.stopped_by:
             return last
         self.save_final()
@@ -228,8 +278,11 @@ class OnlineRL:
                 pending[key].append(value)
             if self.step % max(int(self.args.logging_steps), 1) == 0 or self.step == self.args.max_steps:
                 last = {k: sum(v) / len(v) for k, v in pending.items()}
-                self.log({**last, "learning_rate": self.scheduler.get_last_lr()[0]})
+                self.log({**last, "learning_rate": self.optim.scheduler.get_last_lr()[0]})
                 pending.clear()
+            if self.should_evaluate():
+                last = {**last, **self.evaluate()}
+                self.log({k: v for k, v in last.items() if k.startswith("eval_")})
             strategy = getattr(self.args.save_strategy, "value", self.args.save_strategy)
             save_every = int(self.args.save_steps) if strategy != "no" else 0
             if self.guard is not None and self.guard.exhausted:
@@ -248,9 +301,10 @@ class OnlineRL:
         self.log_history.append(record)
         logger.info("step %d/%d: %s", self.step, self.args.max_steps,
                     ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k in ("reward", "kl", "loss",
-                                                                                  "clip_fraction")))
+                                                                                  "clip_fraction", "eval_reward")))
         with open(os.path.join(self.args.output_dir, LOG_FILE), "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        self.trackers.log(self.step, values)
 
     def rewrite_log(self) -> None:
         """The log file as the run stands at its (resumed) step: later lines of an interrupted run are dropped."""
@@ -260,8 +314,12 @@ class OnlineRL:
             fh.writelines(json.dumps(r) + "\n" for r in kept)
 
     # ---- saving -----------------------------------------------------------------------------------------------
-    def save_model(self, directory: str) -> None:
-        self.policy.save_pretrained(directory)
+    def save_model(self, directory: str, dtype: torch.dtype | None = None) -> None:
+        if dtype is None or all(p.dtype == dtype for p in self.policy.parameters() if p.is_floating_point()):
+            self.policy.save_pretrained(directory)
+        else:
+            self.policy.save_pretrained(directory, state_dict=cast_state_dict(self.policy.state_dict(), dtype))
+            record_saved_dtype(self.policy, directory, dtype)
         self.stage.tokenizer.save_pretrained(directory)
         if self.value_head is not None:
             save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()},
@@ -273,8 +331,7 @@ class OnlineRL:
         tmp = os.path.join(staging_root(self.args.output_dir), name)
         shutil.rmtree(tmp, ignore_errors=True)
         self.save_model(tmp)
-        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "log_history": self.log_history,
+        torch.save({"step": self.step, **self.optim.state_dict(), "log_history": self.log_history,
                     "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                             "numpy": np.random.get_state()}}, os.path.join(tmp, STATE_FILE))
         self.write_state(tmp)
@@ -294,8 +351,7 @@ class OnlineRL:
         load_policy_weights(self.policy, path)
         if self.value_head is not None:
             self.value_head.load_state_dict(load_file(os.path.join(path, VALUE_HEAD_FILE)))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.optim.load_state_dict(state)
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
@@ -303,7 +359,7 @@ class OnlineRL:
         logger.info("Resumed from %s at step %d", path, self.step)
 
     def save_final(self) -> None:
-        self.save_model(self.args.output_dir)
+        self.save_model(self.args.output_dir, self.save_dtype)
         self.write_state(self.args.output_dir)
 
     def write_state(self, directory: str) -> None:
@@ -350,5 +406,8 @@ def run_online_rl(cfg: RunConfig, algorithm: str) -> dict:
     loop = OnlineRL(cfg, stage, policy, ref, rewarder, algorithm)
     metrics = loop.train(resume)
     if not loop.stopped_by:
-        report(cfg, policy, stage.tokenizer, chat=True, stop_ids=stage.stop_ids)
+        samples = report(cfg, policy, stage.tokenizer, chat=True, stop_ids=stage.stop_ids)
+        if samples:
+            log_samples(loop, samples)
+    finish_trackers(loop)
     return metrics

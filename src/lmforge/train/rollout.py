@@ -27,8 +27,8 @@ class Rollout:
 @torch.no_grad()
 def sample_completions(model: torch.nn.Module, prompts: list[list[int]], gen: GenerationArguments, pad_id: int,
                        stop_ids: list[int]) -> Rollout:
-    """One sampled completion per prompt (temperature/top-p/top-k from `gen`), ending at a stop token or at
-    `max_new_tokens`."""
+    """One sampled completion per prompt (temperature/top-p/top-k/repetition_penalty from `gen`), ending at a stop
+    token or at `max_new_tokens`."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
@@ -37,7 +37,8 @@ def sample_completions(model: torch.nn.Module, prompts: list[list[int]], gen: Ge
     model.eval()
     output = model.generate(input_ids=input_ids, attention_mask=prompt_mask, max_new_tokens=gen.max_new_tokens,
                             do_sample=True, temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k,
-                            pad_token_id=pad_id, eos_token_id=stop_ids, use_cache=True)
+                            repetition_penalty=gen.repetition_penalty, pad_token_id=pad_id, eos_token_id=stop_ids,
+                            use_cache=True)
     model.train(was_training)
     completion = output[:, width:]
     is_stop = torch.isin(completion, torch.tensor(stop_ids, device=device))

@@ -20,7 +20,7 @@ from lmforge.config.resilience import ResilienceArguments
 from lmforge.config.secrets import MASK, is_secret
 from lmforge.data.stream import STATE_FILE as STREAM_STATE_FILE
 from lmforge.data.stream import BlockStream, load_position, save_position
-from lmforge.model.precision import cast_state_dict, config_dtype
+from lmforge.model.precision import cast_state_dict, config_dtype, record_saved_dtype
 from lmforge.train.checkpoint import (
     COMPLETE_MARKER,
     clear_leftovers,
@@ -193,7 +193,8 @@ class SafeTrainingMixin:
         else:
             super()._save(output_dir, cast_state_dict(state_dict if state_dict is not None else model.state_dict(),
                                                       dtype))
-            self._write_config_dtype(model, output_dir, dtype)
+            if self.args.should_save:
+                record_saved_dtype(model, output_dir, dtype)
         self._mask_saved_arguments(output_dir)
 
     def _mask_saved_arguments(self, output_dir: str) -> None:
@@ -204,11 +205,3 @@ class SafeTrainingMixin:
             for name in secrets:
                 setattr(safe, name, MASK)
             torch.save(safe, path)
-
-    def _write_config_dtype(self, model: Any, output_dir: str, dtype: torch.dtype) -> None:
-        config = os.path.join(output_dir, "config.json")
-        if self.args.should_save and os.path.isfile(config):
-            trained = model.config.dtype
-            model.config.dtype = str(dtype).removeprefix("torch.")
-            model.config.to_json_file(config)
-            model.config.dtype = trained

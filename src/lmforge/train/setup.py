@@ -64,3 +64,13 @@ def set_precision(model: torch.nn.Module, cfg: RunConfig) -> None:
 def save_dtype(cfg: RunConfig) -> torch.dtype | None:
     """The dtype `save_dtype` asks the final model in (None for `auto`: the checkpoint's own)."""
     return DTYPES.get(cfg.finetuning.save_dtype)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module, kwargs: dict | None = None) -> None:
+    """Recompute activations in the backward pass (what `gradient_checkpointing: true` does in the Trainer), for a
+    loop of our own. Non-reentrant unless told otherwise, so frozen embeddings (LoRA) still pass gradients on."""
+    kwargs = {"use_reentrant": False, **(kwargs or {})}
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if kwargs["use_reentrant"] and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    model.config.use_cache = False

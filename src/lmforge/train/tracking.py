@@ -1,12 +1,16 @@
-"""Experiment trackers: check `report_to` up front, attach SwanLab's official callback, log generated samples."""
+"""Experiment trackers: check `report_to` up front, attach SwanLab's official callback, log generated samples, and
+drive the same callbacks from a loop of our own (PPO/GRPO)."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 import os
+from typing import Any
 
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.integrations import get_reporting_integration_callbacks
+from transformers.trainer_callback import CallbackHandler
 
 from lmforge.config.tracking import TrackingArguments
 from lmforge.errors import ConfigError
@@ -87,3 +91,29 @@ def finish_trackers(trainer) -> None:
         import swanlab
 
         swanlab.finish()
+
+
+class LoopTrackers:
+    """The trackers of `report_to` (transformers' integration callbacks, SwanLab's own), fed by a training loop
+    that is not a Trainer: the same events, so the same dashboards (`train/reward`, `eval/reward`, ...)."""
+
+    def __init__(self, args: TrainingArguments, tracking: TrackingArguments, model: Any, tokenizer: Any,
+                 optimizer: Any, scheduler: Any):
+        swanlab = tracking_callbacks(args, tracking)  # takes swanlab out of report_to
+        callbacks = [cls() for cls in get_reporting_integration_callbacks(requested_trackers(args))] + swanlab
+        self.args = args
+        self.callback_handler = CallbackHandler(callbacks, model, tokenizer, optimizer, scheduler)
+        self.state = TrainerState(max_steps=args.max_steps, logging_steps=args.logging_steps)
+        self.control = TrainerControl()
+
+    def begin(self, step: int) -> None:
+        self.state.global_step = step
+        self.callback_handler.on_train_begin(self.args, self.state, self.control)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.state.global_step = step
+        self.state.log_history.append({**values, "step": step})
+        self.callback_handler.on_log(self.args, self.state, self.control, values)
+
+    def end(self) -> None:
+        self.callback_handler.on_train_end(self.args, self.state, self.control)
