@@ -1,6 +1,7 @@
 """The SFT data pipeline on real LLaMA-Factory data: every layout loads, ids equal the template's rendering, labels
 are exactly the assistant turns, bad records are counted, the cache is reused."""
 
+import copy
 import json
 
 import pytest
@@ -122,6 +123,42 @@ def test_encoded_data_is_cached(chat_tok, caplog):
     assert first.train["input_ids"] == second.train["input_ids"]
     third = build_examples(data_args(dataset="identity", mask_history=True), chat_tok, seed=0)
     assert not third.from_cache
+
+
+def test_the_cache_misses_on_a_changed_tokenizer_template_or_encoding_code(chat_tok, monkeypatch):
+    from lmforge.data import cache
+
+    assert not build_examples(data_args(dataset="identity"), chat_tok, seed=0).from_cache
+    assert build_examples(data_args(dataset="identity"), chat_tok, seed=0).from_cache
+    other_template = copy.deepcopy(chat_tok)
+    other_template.chat_template = chat_tok.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    changed = build_examples(data_args(dataset="identity"), other_template, seed=0)
+    assert not changed.from_cache
+    other_vocab = copy.deepcopy(chat_tok)
+    other_vocab.add_tokens(["<extra_token>"])
+    assert not build_examples(data_args(dataset="identity"), other_vocab, seed=0).from_cache
+    # an lmforge whose encoding code differs (an upgrade) does not trust what the old code cached
+    monkeypatch.setattr(cache, "code_identity", lambda: {"lmforge": "9.9", "encoding_code": "changed"})
+    assert not build_examples(data_args(dataset="identity"), chat_tok, seed=0).from_cache
+    assert cache.ENCODING_MODULES and all(m.split(".")[0] in ("data", "model") for m in cache.ENCODING_MODULES)
+
+
+def test_hub_sources_are_keyed_by_their_resolved_revision(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from lmforge.data.cache import source_identity
+    from lmforge.data.registry import SourceSpec
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    spec = SourceSpec(name="org/data", kind="hub", path="org/data")
+    assert source_identity(spec)["revision"] is None
+    refs = tmp_path / "datasets--org--data" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("1111aaaa")
+    first = source_identity(spec)
+    (refs / "main").write_text("2222bbbb")  # the dataset was updated on the hub and downloaded again
+    assert first["revision"] == "1111aaaa" and source_identity(spec)["revision"] == "2222bbbb"
 
 
 @pytest.mark.parametrize("template", ["chatml", str(REPO / "tests" / "data" / "templates" / "qwen3.jinja")])

@@ -6,7 +6,9 @@ entry that a later run would trust.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -26,9 +28,49 @@ def cache_root(configured: str | None = None) -> str:
     return root
 
 
+# The modules whose code decides the ids, labels and blocks that are cached: an lmforge that changes any of them
+# (an upgrade, a local edit) misses entries written by the old code instead of serving stale encodings.
+ENCODING_MODULES = ("data.records", "data.formats", "data.registry", "data.loading", "data.template", "data.encode",
+                    "data.chat_templates", "data.examples", "data.chunking", "data.pretrain", "data.packing",
+                    "data.stream", "model.tokenizer")
+
+
+@functools.lru_cache(maxsize=1)
+def code_identity() -> dict[str, str]:
+    """lmforge's version and a hash of the source of `ENCODING_MODULES`."""
+    from lmforge import __version__
+
+    digest = hashlib.sha256()
+    for name in ENCODING_MODULES:
+        spec = importlib.util.find_spec(f"lmforge.{name}")
+        with open(spec.origin, "rb") as fh:
+            digest.update(name.encode() + b"\0" + fh.read())
+    return {"lmforge": __version__, "encoding_code": digest.hexdigest()[:20]}
+
+
 def fingerprint(payload: Any) -> str:
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    """A cache key: `payload` plus the identity of the code that builds what is cached."""
+    blob = json.dumps([payload, code_identity()], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def hub_revision(repo_id: str, revision: str = "main") -> str | None:
+    """The commit a hub dataset id resolves to: asked of the hub when online, else read from the local hub cache's
+    refs (None where neither knows: the key then holds the name only)."""
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            from huggingface_hub import HfApi
+
+            return HfApi().dataset_info(repo_id, revision=revision, timeout=10).sha
+        except Exception:  # noqa: BLE001 - no network, a private repo, an unknown id: fall back to the local refs
+            pass
+    ref = os.path.join(constants.HF_HUB_CACHE, f"datasets--{repo_id.replace('/', '--')}", "refs", revision)
+    if os.path.isfile(ref):
+        with open(ref, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    return None
 
 
 def source_identity(spec: SourceSpec) -> dict[str, Any]:
@@ -36,6 +78,8 @@ def source_identity(spec: SourceSpec) -> dict[str, Any]:
     ident: dict[str, Any] = {"kind": spec.kind, "path": os.path.abspath(spec.path) if spec.kind != "hub" else spec.path,
                              "column": spec.text_column, "split": spec.split, "subset": spec.subset,
                              "num_samples": spec.num_samples, "entry": spec.entry}
+    if spec.kind == "hub":
+        ident["revision"] = hub_revision(spec.path)
     paths = list(spec.files)
     if spec.kind == "disk":
         paths = sorted(os.path.join(r, f) for r, _, fs in os.walk(spec.path) for f in fs)
