@@ -1,4 +1,5 @@
-"""Files and directories written atomically: they appear only when complete (never half-written)."""
+"""Files and directories written atomically: they appear only when complete (never half-written); JSON Lines read
+as JSON Lines."""
 
 from __future__ import annotations
 
@@ -79,3 +80,10 @@ def read_json_mapping(path: str, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise DataError(f"Data error: '{path}' must map {what}, not hold a {type(value).__name__}.")
     return value
+
+
+def json_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of JSON Lines text, split on `\n` only: U+2028, U+2029, U+0085 and other characters that
+    `str.splitlines` breaks at are legal inside JSON strings (and then line numbers would drift)."""
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        yield lineno, line.removesuffix("\r")

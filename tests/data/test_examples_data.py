@@ -186,3 +186,17 @@ def test_the_batched_encoder_equals_encoding_one_example_at_a_time(tiny_tokenize
                 assert isinstance(fast, SkipRecord) and str(fast) == str(err)
                 continue
             assert fast == slow, dataset
+
+
+def test_json_lines_split_on_newlines_only(chat_tok, tmp_path):
+    """U+2028/U+2029/U+0085 are legal raw inside JSON strings: records keep them and line numbers stay right."""
+    odd = "line\u2028separator\u2029paragraph\u0085next\x1crecord"
+    records = [{"instruction": f"Say {odd}", "output": f"Said {odd}"}, {"instruction": "Hi", "output": "Hello"}]
+    path = tmp_path / "odd.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    data = build_examples(data_args(dataset=str(path), dataset_dir=str(tmp_path)), chat_tok, seed=0)
+    assert len(data.train) == 2
+    assert any(odd in json.loads(c)["messages"][0]["content"] for c in data.train["conversation"])
+    path.write_text(path.read_text(encoding="utf-8") + "{broken\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"odd.jsonl' line 3: not valid JSON"):
+        build_examples(data_args(dataset=str(path), dataset_dir=str(tmp_path)), chat_tok, seed=0)

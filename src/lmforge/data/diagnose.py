@@ -7,6 +7,7 @@ import json
 import os
 
 from lmforge.errors import DataError
+from lmforge.jsonl import json_lines
 
 
 def _check_record(path: str, where: str, record: object, column: str) -> None:
@@ -35,7 +36,7 @@ def diagnose_json(path: str, column: str) -> None:
         for i, record in enumerate(records):
             _check_record(path, f"record {i}", record, column)
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in json_lines(text):
         if not line.strip():
             continue
         try:

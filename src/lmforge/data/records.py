@@ -16,11 +16,12 @@ from datasets import Dataset
 from lmforge.data.loading import load_raw
 from lmforge.data.registry import SourceSpec
 from lmforge.errors import DataError
+from lmforge.jsonl import json_lines
 
 
 def _json_lines(path: str, text: str) -> list[Any]:
     records = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in json_lines(text):
         if line.strip():
             try:
                 records.append(json.loads(line))
