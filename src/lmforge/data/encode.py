@@ -185,7 +185,7 @@ class ConversationEncoder:
                 messages = self._messages(example["messages"])
                 rendered.append((messages, render_conversation(self.tokenizer, messages, example.get("tools"),
                                                                enable_thinking=o.enable_thinking)))
-            except (SkipRecord, TemplateMismatch, jinja2.TemplateError) as err:
+            except ENCODE_ERRORS as err:
                 rendered.append(err)
         texts = [r[1].text for r in rendered if not isinstance(r, Exception)]
         # the Rust tokenizer directly: the transformers wrapper would build masks and lists we do not use
@@ -210,7 +210,7 @@ class ConversationEncoder:
     def _guarded(self, example: dict[str, Any]) -> dict[str, Any] | Exception:
         try:
             return self.encode_one(example)
-        except (SkipRecord, TemplateMismatch, jinja2.TemplateError) as err:
+        except ENCODE_ERRORS as err:
             return err
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
@@ -230,7 +230,15 @@ class ConversationEncoder:
         return out
 
 
+# What encoding one example may raise; each becomes that example's counted skip (a template that fails on odd
+# content, e.g. tool arguments of an unexpected type, must not end the run).
+ENCODE_ERRORS = (SkipRecord, TemplateMismatch, jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError,
+                 IndexError)
+
+
 def _skip_reason(err: Exception) -> str:
     if isinstance(err, jinja2.TemplateError):  # the template's raise_exception(): e.g. roles it does not support
         return f"the chat template rejected it: {err}"
-    return str(err)
+    if isinstance(err, SkipRecord | TemplateMismatch):
+        return str(err)
+    return f"the chat template could not render it ({type(err).__name__}: {str(err)[:80]})"
