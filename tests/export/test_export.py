@@ -186,3 +186,24 @@ def test_the_ollama_template_renders_like_the_chat_template(tiny_tokenizer, temp
     pieces = role_pieces(tok)
     for messages in CONVERSATIONS:
         assert pieces.render(messages) == render(tok, messages, add_generation_prompt=True), messages
+
+
+def _modelfile_template(text: str) -> str:
+    start = text.index('TEMPLATE """') + len('TEMPLATE """')
+    return text[start:text.index('"""', start)]
+
+
+def test_the_modelfile_on_disk_renders_every_turn_like_the_chat_template(tmp_path, greeter_dir):
+    """The TEMPLATE written to disk, executed as Go's text/template does, gives the chat template's rendering for
+    system, user and assistant turns and the generation prompt; the stop tokens are the template's end of turn."""
+    from tests.export.go_template import execute
+
+    out = tmp_path / "ollama"
+    assert main(["export", greeter_dir, f"export_dir={out}", "export_gguf=true", "gguf_outtype=f16"]) == 0
+    text = (out / "Modelfile").read_text()
+    tok = AutoTokenizer.from_pretrained(greeter_dir)
+    template = _modelfile_template(text)
+    for messages in [*CONVERSATIONS, [{"role": "user", "content": "Use {{ braces }} literally"}]]:
+        assert execute(template, messages) == render(tok, messages, add_generation_prompt=True), messages
+    stops = [line.split('"')[1] for line in text.splitlines() if line.startswith("PARAMETER stop ")]
+    assert stops == ([tok.eos_token, "<|im_end|>"] if tok.eos_token != "<|im_end|>" else ["<|im_end|>"])
