@@ -134,3 +134,13 @@ def test_console_script_is_installed():
     assert exe, "the `lmforge` console script is not on PATH: install the package (pip install -e .)"
     result = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == __version__
+
+
+def test_usage_lists_every_stage(capsys):
+    from lmforge.config.finetuning import STAGES
+
+    main([])
+    usage = capsys.readouterr()
+    text = usage.out + usage.err
+    line = next(line for line in text.splitlines() if "lmforge train CONFIG.yaml" in line)
+    assert all(stage in line for stage in STAGES) and len(STAGES) == 7

@@ -29,11 +29,28 @@ def test_example_configs_validate():
         assert stages[f"{stage}_quickstart.yaml"] == stage
 
 
-def test_sft_quickstart_data_is_generated_by_the_project():
-    from lmforge.resources.sft_quickstart import generate as generate_sft
+def _shipped(name: str) -> list:
+    with open(REPO / "src" / "lmforge" / "resources" / name, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
 
-    with open(REPO / "src" / "lmforge" / "resources" / "sft_quickstart.jsonl", encoding="utf-8") as fh:
-        assert [json.loads(line) for line in fh] == generate_sft()
+
+def test_sft_quickstart_data_is_generated_by_the_project_and_held_out_prompts_are_unseen():
+    from lmforge.resources.sft_quickstart import generate as generate_sft
+    from lmforge.resources.sft_quickstart import heldout
+
+    train, held = _shipped("sft_quickstart.jsonl"), _shipped("sft_quickstart_heldout.jsonl")
+    assert train == generate_sft() and held == heldout()
+    train_instructions = [r["instruction"] for r in train]
+    assert len(set(train_instructions)) == len(train) == 4000
+    assert len(held) == 200 and not {r["instruction"] for r in held} & set(train_instructions)
+
+
+def test_the_held_out_corpus_shares_no_document_with_the_training_corpus():
+    from lmforge.resources.quickstart_corpus import heldout
+
+    held = [r["text"] for r in _shipped("quickstart_heldout.jsonl")]
+    assert held == heldout() and len(set(held)) == 200
+    assert not set(held) & {r["text"] for r in _shipped("quickstart_corpus.jsonl")}
 
 
 def test_preference_quickstart_data_is_generated_by_the_project():

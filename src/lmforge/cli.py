@@ -12,7 +12,7 @@ from lmforge.errors import LmforgeError
 USAGE = """lmforge {version}: one framework for the whole life of a language model.
 
 Usage:
-  lmforge train CONFIG.yaml [key=value ...]   train (stage from the config: pt, sft, rm, dpo, kto)
+  lmforge train CONFIG.yaml [key=value ...]   train (stage from the config: {stages})
   lmforge data preview CONFIG.yaml [--num N]  show examples with the trained tokens marked, and length statistics
   lmforge data dump CONFIG.yaml --output F    write every processed example (input_ids, labels) as JSON lines
   lmforge eval [CONFIG.yaml] [key=value ...]  evaluate a model: a multiple-choice benchmark (mmlu/cmmlu/ceval
@@ -36,7 +36,9 @@ Overrides on the command line win over the YAML file: `key=value`, `--key value`
 
 
 def _usage() -> str:
-    return USAGE.format(version=__version__)
+    from lmforge.config.finetuning import STAGES
+
+    return USAGE.format(version=__version__, stages=", ".join(STAGES))
 
 
 def cmd_train(args: list[str]) -> int:

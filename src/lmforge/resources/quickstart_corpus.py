@@ -3,12 +3,16 @@
 The text is the project's own (no copied text) and regular enough that a few-million-parameter model learns
 visible structure in minutes on a CPU. Regenerate the shipped file with:
 
-    python -m lmforge.resources.quickstart_corpus src/lmforge/resources/quickstart_corpus.jsonl
+    python -m lmforge.resources.quickstart_corpus src/lmforge/resources
+
+`quickstart_heldout.jsonl` (`lmforge_quickstart_heldout`) holds documents the training corpus does not have, for
+perplexity on text the model never saw.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 
@@ -84,10 +88,23 @@ def generate(n_documents: int = 3000, seed: int = 0) -> list[str]:
     return [rng.choice(kinds)(rng) for _ in range(n_documents)]
 
 
-def main(path: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for text in generate():
-            fh.write(json.dumps({"text": text}) + "\n")
+def heldout(n_documents: int = 200, seed: int = 1) -> list[str]:
+    """Documents of the same grammar that the training corpus (`generate()`) does not contain."""
+    training = set(generate())
+    rng = random.Random(seed)
+    kinds = [story] * 6 + [arithmetic] * 2 + [facts] * 2
+    out: list[str] = []
+    while len(out) < n_documents:
+        text = rng.choice(kinds)(rng)
+        if text not in training and text not in out:
+            out.append(text)
+    return out
+
+
+def main(directory: str) -> None:
+    for name, texts in (("quickstart_corpus.jsonl", generate()), ("quickstart_heldout.jsonl", heldout())):
+        with open(os.path.join(directory, name), "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps({"text": text}) + "\n" for text in texts)
 
 
 if __name__ == "__main__":

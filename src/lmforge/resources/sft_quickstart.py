@@ -2,15 +2,17 @@
 
 Each answer can be computed from its instruction (repeat words, name the first or last word, count them), so a
 model that learned the task answers held-out prompts it never saw exactly; exact match on held-out prompts measures
-learning. Words come from the quickstart corpus vocabulary, so the pretraining quickstart model knows them.
-Regenerate the shipped file with:
+learning. Every instruction appears once, and the held-out set (`lmforge_sft_quickstart_heldout`) shares none with
+the training set, so held-out figures are about prompts the model never saw. Words come from the quickstart corpus
+vocabulary, so the pretraining quickstart model knows them. Regenerate the shipped files with:
 
-    python -m lmforge.resources.sft_quickstart src/lmforge/resources/sft_quickstart.jsonl
+    python -m lmforge.resources.sft_quickstart src/lmforge/resources
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 
@@ -32,11 +34,25 @@ def example(rng: random.Random) -> dict[str, str]:
     return {"instruction": f"How many words are in: {phrase}", "output": NUMBERS[len(words)]}
 
 
-def generate(n: int = 4000, seed: int = 0) -> list[dict[str, str]]:
+def generate(n: int = 4000, seed: int = 0, exclude: frozenset[str] = frozenset()) -> list[dict[str, str]]:
+    """`n` examples with distinct instructions, none of them in `exclude`."""
     rng = random.Random(seed)
-    return [example(rng) for _ in range(n)]
+    out: list[dict[str, str]] = []
+    seen = set(exclude)
+    while len(out) < n:
+        ex = example(rng)
+        if ex["instruction"] not in seen:
+            seen.add(ex["instruction"])
+            out.append(ex)
+    return out
+
+
+def heldout(n: int = 200, seed: int = 1) -> list[dict[str, str]]:
+    """Examples whose instructions the training set (`generate()`) does not have."""
+    return generate(n, seed, exclude=frozenset(r["instruction"] for r in generate()))
 
 
 if __name__ == "__main__":
-    with open(sys.argv[1], "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in generate())
+    for name, records in (("sft_quickstart.jsonl", generate()), ("sft_quickstart_heldout.jsonl", heldout())):
+        with open(os.path.join(sys.argv[1], name), "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in records)
