@@ -137,7 +137,7 @@ def test_console_script_is_installed():
 
 
 def test_usage_lists_every_stage(capsys):
-    from lmforge.config.finetuning import STAGES
+    from lmforge.config.stages import STAGES
 
     main([])
     usage = capsys.readouterr()

@@ -36,9 +36,9 @@ Overrides on the command line win over the YAML file: `key=value`, `--key value`
 
 
 def _usage() -> str:
-    from lmforge.config.finetuning import STAGES
+    from lmforge.config.stages import stage_names
 
-    return USAGE.format(version=__version__, stages=", ".join(STAGES))
+    return USAGE.format(version=__version__, stages=", ".join(stage_names()))
 
 
 def cmd_train(args: list[str]) -> int:
@@ -99,9 +99,9 @@ def cmd_data(args: list[str]) -> int:
         print("Usage: lmforge data preview CONFIG.yaml [key=value ...] [--num N]\n"
               "       lmforge data dump CONFIG.yaml [key=value ...] --output FILE.jsonl")
         return 0 if action and len(args) > 1 else 2
-    from lmforge.data import preview as data_preview
     from lmforge.errors import ConfigError
     from lmforge.logs import setup_logging
+    from lmforge.train import preview as data_preview
 
     setup_logging()
     if action == "preview":
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_version([])
     command = COMMANDS.get(argv[0])
     if command is None:
-        from lmforge.config.parse import suggest
+        from lmforge.config.suggest import suggest
 
         print(f"lmforge: unknown command '{argv[0]}'.{suggest(argv[0], COMMANDS)} Run `lmforge help`.",
               file=sys.stderr)

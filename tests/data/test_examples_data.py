@@ -9,9 +9,9 @@ import pytest
 from lmforge.data.collate import IGNORE_INDEX
 from lmforge.data.encode import prepare_messages
 from lmforge.data.examples import build_examples
-from lmforge.data.preview import trained_runs
 from lmforge.data.template import render_conversation
 from lmforge.errors import DataError
+from lmforge.train.preview import trained_runs
 from tests.conftest import LF_DEMO, REPO, write_jsonl
 from tests.data.conftest import data_args
 

@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 
 import lmforge.train.pt as pt
 from lmforge.cli import main
-from lmforge.train.callbacks import read_log
+from lmforge.runlog import read_log
 from tests.conftest import scratch_args
 
 

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmforge.cli import main
-from lmforge.train.callbacks import read_log
+from lmforge.runlog import read_log
 from tests.conftest import LF_DEMO, scratch_args
 
 

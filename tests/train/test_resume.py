@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from lmforge.cli import main
-from lmforge.train.callbacks import read_log
+from lmforge.runlog import read_log
 from lmforge.train.checkpoint import STAGING_DIR, list_checkpoints, resolve_resume, rotate
 from tests.conftest import LF_DEMO, scratch_args
 

@@ -181,7 +181,7 @@ def test_data_dump_and_preview_show_what_is_trained(tiny_model_dir, tmp_path, ca
 
 
 def test_sft_quickstart_data_is_learned(tiny_model_dir, tmp_path):
-    from lmforge.train.callbacks import read_log
+    from lmforge.runlog import read_log
 
     out = tmp_path / "quick"
     args = sft_args(tiny_model_dir, out, dataset="lmforge_sft_quickstart", dataset_dir=str(tmp_path), max_samples=800,

@@ -46,6 +46,11 @@ def _default(value) -> str:
     return f"{value!r}" if isinstance(value, str) else str(value)
 
 
+def _type(key) -> str:
+    """The type shown for a key: its registry's values where it has one (`stage`), else its Python type."""
+    return "one of " + ", ".join(repr(c) for c in key.choices) if key.choices else type_name(key.type)
+
+
 def _help(text: str) -> str:
     return " ".join(text.split())
 
@@ -71,13 +76,13 @@ def render_reference(markdown: bool = False, schema: str = "all") -> str:
             lines += [f"## {TITLES[group]}", "", "| key | type | default | description |", "|---|---|---|---|"]
             for k in keys:
                 desc = _help(k.help).replace("|", "\\|")
-                lines.append(f"| `{k.name}` | {type_name(k.type).replace('|', '/')} | `{_default(k.default)}` | "
+                lines.append(f"| `{k.name}` | {_type(k).replace('|', '/')} | `{_default(k.default)}` | "
                              f"{desc} |")
             lines.append("")
         else:
             lines += [f"{TITLES[group]}:"]
             for k in keys:
-                lines.append(f"  {k.name} ({type_name(k.type)}, default {_default(k.default)})")
+                lines.append(f"  {k.name} ({_type(k)}, default {_default(k.default)})")
                 if k.help:
                     lines.append(f"      {_help(k.help)}")
             lines.append("")

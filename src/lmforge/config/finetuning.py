@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 from typing import Literal
 
 from lmforge.config.fields import option
-
-Stage = Literal["pt", "sft", "rm", "dpo", "kto", "ppo", "grpo"]
-STAGES: tuple[str, ...] = typing.get_args(Stage)
+from lmforge.config.stages import stage_help, stage_names
 
 
 @dataclass
 class FinetuningArguments:
-    stage: Stage = option(
-        "pt", "Training stage: `pt` (pretraining / continued pretraining on raw text), `sft` (supervised "
-        "fine-tuning on conversations), `rm` (reward model on chosen/rejected pairs), `dpo` (preference "
-        "optimisation on pairs: DPO and its variants, see `pref_loss`), `kto` (preference optimisation on replies "
-        "labelled desirable or not), `ppo` or `grpo` (online RL on prompts with a reward model or reward "
-        "functions).")
+    stage: str = option("pt", stage_help, choices=stage_names)
     finetuning_type: Literal["full", "freeze", "lora"] = option(
         "full", "Which parameters are trained: `full` (all), `freeze` (the last layers only) or `lora` (adapters).")
     freeze_trainable_layers: int = option(
@@ -56,20 +48,21 @@ class FinetuningArguments:
     pref_loss: Literal["sigmoid", "hinge", "ipo", "orpo", "simpo"] = option(
         "sigmoid", "With `dpo`: the preference loss. `sigmoid` (DPO), `hinge` (SLiC), `ipo` (on per-token mean "
         "log-probabilities) use a reference model; `orpo` (odds ratio plus SFT loss) and `simpo` (length-normalised, "
-        "target margin `simpo_gamma`) use none.")
+        "target margin `simpo_gamma`) use none.", stages=("dpo",))
     pref_beta: float = option(
         0.1, "With `dpo`/`kto`: beta, the strength of the preference term (how far the policy may move from the "
-        "reference; for `orpo`, the weight of the odds-ratio term).")
+        "reference; for `orpo`, the weight of the odds-ratio term).", stages=("dpo", "kto"))
     pref_ftx: float = option(
         0.0, "With `dpo`/`kto`: weight of an added SFT loss (per-token negative log-likelihood of the chosen or "
-        "desirable replies).")
+        "desirable replies).", stages=("dpo", "kto"))
     dpo_label_smoothing: float = option(
         0.0, "With `pref_loss: sigmoid`: the assumed probability that a pair's preference is flipped (conservative "
-        "DPO), in [0, 0.5).")
-    simpo_gamma: float = option(0.5, "With `pref_loss: simpo`: the target reward margin gamma.")
-    kto_chosen_weight: float = option(1.0, "With `kto`: weight of the desirable examples' loss.")
-    kto_rejected_weight: float = option(1.0, "With `kto`: weight of the undesirable examples' loss.")
+        "DPO), in [0, 0.5).", stages=("dpo",))
+    simpo_gamma: float = option(0.5, "With `pref_loss: simpo`: the target reward margin gamma.", stages=("dpo",))
+    kto_chosen_weight: float = option(1.0, "With `kto`: weight of the desirable examples' loss.", stages=("kto",))
+    kto_rejected_weight: float = option(1.0, "With `kto`: weight of the undesirable examples' loss.", stages=("kto",))
     ref_model: str | None = option(
         None, "With `dpo`/`kto`/`ppo`/`grpo`: the reference model's directory. Default: the model the run starts "
         "from (a frozen "
-        "copy; under LoRA the same weights with the adapters switched off, so no second copy is held).")
+        "copy; under LoRA the same weights with the adapters switched off, so no second copy is held).",
+        stages=("dpo", "kto", "ppo", "grpo"))

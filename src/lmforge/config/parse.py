@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from typing import Any
@@ -12,18 +11,12 @@ import yaml
 from lmforge.config.coerce import coerce
 from lmforge.config.schema import COMMAND_CONFIGS, DEFAULTS, GROUPS, SCHEMAS, EvalConfig, RunConfig, key_index
 from lmforge.config.secrets import drop_masked, environment_secrets
+from lmforge.config.suggest import suggest
 from lmforge.config.validate import VALIDATORS, check_engine_configs, validate
 from lmforge.device import accelerator_available, auto_precision
 from lmforge.errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-
-def suggest(key: str, candidates: list[str] | set[str]) -> str:
-    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
-    if not close:
-        close = [c for c in candidates if key.lower() in c.lower() or c.lower() in key.lower()][:1]
-    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 def read_yaml(path: str) -> dict[str, Any]:
@@ -110,6 +103,10 @@ def typed_values(raw: dict[str, Any], schema: str, source: str, cli_keys: set[st
             values[spec.group][key] = value or None  # `fsdp: true` (the string form is deprecated in transformers)
             continue
         values[spec.group][key] = coerce(key, value, spec.type, where)
+        allowed = spec.choices
+        if allowed is not None and values[spec.group][key] not in allowed:
+            raise ConfigError(f"Config error ({where}): '{key}' must be one of {', '.join(allowed)}, got "
+                              f"{value!r}.{suggest(str(value), allowed)}")
     for key, default in DEFAULTS[schema].items():
         values[index[key].group].setdefault(key, default)
     return values

@@ -11,22 +11,25 @@ from lmforge.config.fields import option
 class RLArguments:
     reward_model: str | None = option(
         None, "With `ppo`/`grpo`: a reward model directory saved by `stage: rm` (or any one-output "
-        "sequence-classification model). Each prompt + completion is rendered with its chat template and scored.")
+        "sequence-classification model). Each prompt + completion is rendered with its chat template and scored.",
+        stages=("ppo", "grpo"))
     reward_funcs: str | None = option(
         None, "With `ppo`/`grpo`: comma-separated Python reward functions, `module:function` or "
         "`path/to/file.py:function`, called as `f(prompts, completions, **columns) -> list[float]` (columns: "
         "`reference`, `messages`); built-ins: `lmforge.rewards:exact_match`, `lmforge.rewards:contains_reference`, "
-        "`lmforge.rewards:token_f1`. Their scores (and the reward model's) are summed.")
+        "`lmforge.rewards:token_f1`. Their scores (and the reward model's) are summed.", stages=("ppo", "grpo"))
     rollout_batch_size: int = option(
-        16, "Prompts per optimisation step (PPO); GRPO samples `num_generations` completions for each.")
-    num_generations: int = option(4, "With `grpo`: completions sampled per prompt (the group).")
+        16, "Prompts per optimisation step (PPO); GRPO samples `num_generations` completions for each.",
+        stages=("ppo", "grpo"))
+    num_generations: int = option(4, "With `grpo`: completions sampled per prompt (the group).", stages=("grpo",))
     ppo_epochs: int = option(
-        2, "Passes over each rollout, in mini-batches of `per_device_train_batch_size` completions.")
+        2, "Passes over each rollout, in mini-batches of `per_device_train_batch_size` completions.",
+        stages=("ppo", "grpo"))
     kl_coef: float = option(
         0.05, "Weight of the KL divergence from the reference model: a per-token reward penalty (ppo) or a loss "
-        "term (grpo; 0 skips the reference model).")
-    cliprange: float = option(0.2, "Clip range of the policy probability ratio.")
-    cliprange_value: float = option(0.2, "With `ppo`: clip range of the value update.")
-    vf_coef: float = option(0.1, "With `ppo`: weight of the value loss.")
-    gamma: float = option(1.0, "With `ppo`: discount factor.")
-    lam: float = option(0.95, "With `ppo`: GAE lambda.")
+        "term (grpo; 0 skips the reference model).", stages=("ppo", "grpo"))
+    cliprange: float = option(0.2, "Clip range of the policy probability ratio.", stages=("ppo", "grpo"))
+    cliprange_value: float = option(0.2, "With `ppo`: clip range of the value update.", stages=("ppo",))
+    vf_coef: float = option(0.1, "With `ppo`: weight of the value loss.", stages=("ppo",))
+    gamma: float = option(1.0, "With `ppo`: discount factor.", stages=("ppo",))
+    lam: float = option(0.95, "With `ppo`: GAE lambda.", stages=("ppo",))

@@ -147,7 +147,19 @@ class Key:
 
     @property
     def help(self) -> str:
-        return self.field.metadata.get("help", "")
+        text = self.field.metadata.get("help", "")
+        return text() if callable(text) else text
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        """The allowed values of a key whose choices come from a registry (e.g. `stage`), else None."""
+        choices = self.field.metadata.get("lmforge_choices")
+        return tuple(choices()) if choices else None
+
+    @property
+    def stages(self) -> tuple[str, ...] | None:
+        """The stages this key applies to (None: every stage)."""
+        return self.field.metadata.get("stages")
 
     @property
     def default(self) -> Any:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from lmforge.config.architecture import check_architecture
 from lmforge.config.exporting import EXPORT_MARKER
+from lmforge.config.schema import key_index
+from lmforge.config.stages import STAGES
 from lmforge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,8 +45,6 @@ def validate(cfg: RunConfig) -> None:
                       f"'{key}'.")
     _check_paths_exist(cfg, ("model_name_or_path", "tokenizer_name_or_path", "adapter_name_or_path"))
     if m.from_scratch and m.model_type:
-        from lmforge.model.build import check_architecture
-
         check_architecture(m)
     if m.train_tokenizer and m.tokenizer_name_or_path:
         _fail(cfg, "'train_tokenizer: true' and 'tokenizer_name_or_path' exclude each other: train one or load one.")
@@ -99,14 +100,14 @@ def _validate_stage(cfg: RunConfig) -> None:
             _fail(cfg, "'streaming: true' is supported for 'stage: pt' only; SFT datasets are read whole.")
         if m.from_scratch and m.train_tokenizer:
             _fail(cfg, "'stage: sft' starts from a trained model; train a tokenizer with 'stage: pt' first.")
-    allowed = STAGE_KEYS.get(f.stage, ())
-    for key in sorted({k for keys in STAGE_KEYS.values() for k in keys}):
-        if key in cfg.raw and key not in allowed:
-            stages = ", ".join(s for s, keys in STAGE_KEYS.items() if key in keys)
-            _fail(cfg, f"'{key}' does not apply to 'stage: {f.stage}' (it applies to {stages}).")
-    if f.stage in ("rm", "dpo", "kto", "ppo", "grpo"):
+    for key in sorted(cfg.raw):  # keys that say which stages they are for (`option(..., stages=...)`)
+        spec = key_index("train").get(key)
+        if spec is not None and spec.stages is not None and f.stage not in spec.stages:
+            _fail(cfg, f"'{key}' does not apply to 'stage: {f.stage}' (it applies to {', '.join(spec.stages)}).")
+    kind = STAGES[f.stage].kind
+    if kind in ("pair", "kto", "prompt"):
         _validate_preference(cfg)
-    if f.stage in ("ppo", "grpo"):
+    if kind == "prompt":
         _validate_rl(cfg)
     if g.predict_with_generate and not cfg.training.do_predict:
         _fail(cfg, "'predict_with_generate' needs 'do_predict: true'.")
@@ -124,13 +125,6 @@ def _validate_stage(cfg: RunConfig) -> None:
         _fail(cfg, f"'lora_rank' must be at least 1, got {f.lora_rank}.")
     if f.loraplus_lr_ratio is not None and f.loraplus_lr_ratio <= 0:
         _fail(cfg, f"'loraplus_lr_ratio' must be positive, got {f.loraplus_lr_ratio}.")
-
-
-RL_KEYS = ("reward_model", "reward_funcs", "rollout_batch_size", "ppo_epochs", "kl_coef", "cliprange", "ref_model")
-STAGE_KEYS = {"dpo": ("pref_loss", "pref_beta", "pref_ftx", "dpo_label_smoothing", "simpo_gamma", "ref_model"),
-              "kto": ("pref_beta", "pref_ftx", "kto_chosen_weight", "kto_rejected_weight", "ref_model"),
-              "ppo": (*RL_KEYS, "cliprange_value", "vf_coef", "gamma", "lam"),
-              "grpo": (*RL_KEYS, "num_generations")}
 
 
 def _validate_preference(cfg: RunConfig) -> None:

@@ -18,6 +18,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.config.data import DataArguments
+from lmforge.config.stages import STAGES
 from lmforge.data.cache import CACHE_FORMAT, cached_splits, source_identity
 from lmforge.data.encode import KIND_COLUMNS, ConversationEncoder, LabelOptions
 from lmforge.data.formats import ConversationFormat, ExampleKind, SkipReport, normalise_records
@@ -29,9 +30,9 @@ from lmforge.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-# The example kind each stage trains on.
-STAGE_KIND: dict[str, ExampleKind] = {"sft": "sft", "rm": "pair", "dpo": "pair", "kto": "kto", "ppo": "prompt",
-                                      "grpo": "prompt"}
+def stage_kind(stage: str) -> ExampleKind:
+    """The example kind a (registered) stage after pt trains on."""
+    return STAGES[stage].kind  # type: ignore[return-value]
 
 
 def model_columns(kind: ExampleKind) -> list[str]:

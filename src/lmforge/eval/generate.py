@@ -18,7 +18,7 @@ from lmforge.config.schema import EvalConfig
 from lmforge.data.examples import build_examples
 from lmforge.data.template import stop_token_ids
 from lmforge.metrics import text_scores
-from lmforge.train.samples import generate
+from lmforge.model.inference import generate
 
 logger = logging.getLogger(__name__)
 

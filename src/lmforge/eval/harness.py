@@ -10,7 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.config.schema import EvalConfig
 from lmforge.errors import ConfigError
-from lmforge.eval.run import prompt_style_is_chat
+from lmforge.eval.prompts import prompt_style_is_chat
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,13 @@ listed) and scores each option's text as the answer, so the solved examples answ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from lmforge.config.schema import EvalConfig
 from lmforge.data.template import render
+from lmforge.errors import ConfigError
 from lmforge.eval.benchmarks import Question, Subject
 
 # Wording as in the benchmarks' papers (MMLU; CMMLU/C-Eval), so scores are comparable with published ones.
@@ -66,3 +69,11 @@ def build_prompt(tokenizer: PreTrainedTokenizerBase, style: PromptStyle, subject
     messages[0]["content"] = header + messages[0]["content"]
     # Thinking templates get the empty thinking block, so the answer is the very next thing the model writes.
     return render(tokenizer, messages, add_generation_prompt=True, enable_thinking=False)
+
+
+def prompt_style_is_chat(cfg: EvalConfig, tokenizer: Any) -> bool:
+    style = cfg.eval.prompt_style
+    if style == "chat" and not tokenizer.chat_template:
+        raise ConfigError(f"Config error ({cfg.source}): 'prompt_style: chat' needs a chat template: the tokenizer "
+                          "has none, so set `template` (chatml, llama3, alpaca, default or a .jinja file).")
+    return style == "chat" or (style == "auto" and bool(tokenizer.chat_template))

@@ -12,7 +12,7 @@ from lmforge.config.evaluation import GENERATE_TASK, PERPLEXITY_TASK
 from lmforge.config.schema import EvalConfig
 from lmforge.errors import ConfigError
 from lmforge.eval.benchmarks import Benchmark, load_benchmark
-from lmforge.eval.prompts import PromptStyle
+from lmforge.eval.prompts import PromptStyle, prompt_style_is_chat
 from lmforge.jsonl import write_json, write_jsonl
 from lmforge.model.inference import load_inference_model, load_inference_tokenizer
 
@@ -20,14 +20,6 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.jsonl"
-
-
-def prompt_style_is_chat(cfg: EvalConfig, tokenizer: Any) -> bool:
-    style = cfg.eval.prompt_style
-    if style == "chat" and not tokenizer.chat_template:
-        raise ConfigError(f"Config error ({cfg.source}): 'prompt_style: chat' needs a chat template: the tokenizer "
-                          "has none, so set `template` (chatml, llama3, alpaca, default or a .jinja file).")
-    return style == "chat" or (style == "auto" and bool(tokenizer.chat_template))
 
 
 def run_task(cfg: EvalConfig, model: Any, tokenizer: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -1,13 +1,20 @@
-"""Load a tokenizer, or train a byte-level BPE one on the training corpus with the `tokenizers` library."""
+"""The tokenizer of a run, prepared in one place: loaded, or trained as a byte-level BPE on the training corpus
+(cached by corpus and settings), with the chat template the run uses and a pad token."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from collections.abc import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from lmforge.config.schema import RunConfig
+from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint
+from lmforge.data.chat_templates import TemplateError, apply_template_choice
+from lmforge.data.pretrain import data_identity, load_documents
 from lmforge.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -65,3 +72,52 @@ def iter_texts(dataset, limit: int | None, batch_size: int = 1000) -> Iterator[l
         yield texts
         if limit is not None and seen >= limit:
             return
+
+
+STREAMING_TOKENIZER_DOCS = 100_000  # documents a tokenizer is trained on from a stream when no limit is set
+
+
+def setup_tokenizer(cfg: RunConfig, resume: str | None = None) -> PreTrainedTokenizerBase:
+    """Load the configured tokenizer, or train one on the training documents (cached by corpus + settings).
+    A resumed run with a trained tokenizer takes the one saved in its checkpoint, whatever the cache holds now."""
+    m, seed = cfg.model, cfg.training.seed
+    if m.train_tokenizer and resume and os.path.isfile(os.path.join(resume, "tokenizer_config.json")):
+        logger.info("Using the tokenizer saved with %s", resume)
+        return load_tokenizer(resume)
+    if not m.train_tokenizer:
+        return load_tokenizer(m.tokenizer_name_or_path or m.model_name_or_path, m.trust_remote_code,
+                              m.model_revision, m.cache_dir)
+    limit = m.tokenizer_max_samples
+    if limit is None and cfg.data.streaming:
+        limit = STREAMING_TOKENIZER_DOCS
+        logger.info("Streaming corpus: training the tokenizer on its first %s documents (tokenizer_max_samples).",
+                    f"{limit:,}")
+    key = fingerprint({"format": CACHE_FORMAT, "kind": "tokenizer", "data": data_identity(cfg.data, seed),
+                       "vocab_size": m.tokenizer_vocab_size, "special_tokens": m.tokenizer_special_tokens,
+                       "max_samples": limit})
+    path = os.path.join(cache_root(cfg.data.tokenized_cache_dir), "tokenizers", key)
+    if cfg.data.overwrite_cache and os.path.isdir(path):
+        shutil.rmtree(path)
+
+    def build(tmp: str) -> None:
+        docs = load_documents(cfg.data, seed).train
+        tokenizer = train_bpe_tokenizer(
+            (t for batch in iter_texts(docs, limit) for t in batch), m.tokenizer_vocab_size,
+            m.tokenizer_special_tokens)
+        tokenizer.save_pretrained(tmp)
+
+    if cached(path, build):
+        logger.info("Reusing the tokenizer trained on this corpus (cache): %s", path)
+    return load_tokenizer(path)
+
+
+def chat_tokenizer(cfg: RunConfig, resume: str | None = None) -> tuple[PreTrainedTokenizerBase, int]:
+    """The tokenizer with the chat template the run trains with, a pad token, and how many tokens were added."""
+    tokenizer = setup_tokenizer(cfg, resume)
+    try:
+        added = apply_template_choice(tokenizer, cfg.data.template)
+    except TemplateError as err:
+        raise ConfigError(f"Config error ({cfg.source}): {err}.") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, added

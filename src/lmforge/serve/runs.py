@@ -19,7 +19,7 @@ from lmforge.config.schema import key_index
 from lmforge.config.secrets import SECRETS_ENV, masked, secret_values
 from lmforge.errors import LmforgeError
 from lmforge.jsonl import atomic_open
-from lmforge.train.callbacks import LOG_FILE
+from lmforge.runlog import read_log
 
 CONFIG_FILE = "webui_config.yaml"
 COMMAND_LOG = "webui_command.log"
@@ -62,17 +62,7 @@ def preview(form: dict[str, Any], extra_yaml: str = "") -> tuple[str, str, str]:
 
 def read_progress(output_dir: str) -> list[dict]:
     """trainer_log.jsonl as far as it is written (a line being appended is skipped until complete)."""
-    path = os.path.join(output_dir, LOG_FILE)
-    if not output_dir or not os.path.isfile(path):
-        return []
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return records
+    return read_log(output_dir, while_written=True)
 
 
 @dataclass

@@ -22,9 +22,10 @@ logger = logging.getLogger(__name__)
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline first: no calls home
 
-# The training form: key -> (label, kind, choices); values are checked by the config schema, not here.
+# The training form: key -> (label, kind, choices); values are checked by the config schema, not here. Choices
+# that come from a registry are read from the key itself (`stage`: every registered stage).
 TRAIN_FORM: dict[str, tuple[str, str, list[str] | None]] = {
-    "stage": ("Stage", "choice", ["sft", "pt", "rm", "dpo", "kto"]),
+    "stage": ("Stage", "choice", None),
     "model_name_or_path": ("Model (directory or hub id)", "text", None),
     "finetuning_type": ("Fine-tuning type", "choice", ["lora", "full", "freeze"]),
     "template": ("Chat template (unset: the tokenizer's own)", "text", None),
@@ -45,12 +46,20 @@ TRAIN_FORM: dict[str, tuple[str, str, list[str] | None]] = {
 UI_DEFAULTS = {"stage": "sft"}  # what most people come to the page for; the CLI's default stays `pt`
 
 
+def form_choices(key: str, listed: list[str] | None) -> list[str] | None:
+    """The choices a form field offers: its own list, or the key's registry (`stage`)."""
+    from lmforge.config.schema import key_index
+
+    return listed if listed is not None else list(key_index("train")[key].choices or []) or None
+
+
 def _field(key: str, spec: tuple[str, str, list[str] | None]):
     import gradio as gr
 
     from lmforge.config.schema import key_index
 
     label, kind, choices = spec
+    choices = form_choices(key, choices)
     default = UI_DEFAULTS.get(key, key_index("train")[key].default)
     default = default.value if hasattr(default, "value") else default
     if kind == "choice":

@@ -1,37 +1,16 @@
-"""Trainer callbacks: the run's own log file."""
+"""Trainer callbacks: the run's own log file (lmforge/runlog.py)."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 
 from transformers import TrainerCallback
 
-from lmforge.jsonl import atomic_open
-
-LOG_FILE = "trainer_log.jsonl"
+from lmforge.runlog import append_record, cut_log
 
 # Trainer log keys -> names in trainer_log.jsonl
 _RENAME = {"learning_rate": "lr"}
-
-
-def read_log(output_dir: str) -> list[dict]:
-    path = os.path.join(output_dir, LOG_FILE)
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8") as fh:
-        lines = [line for line in fh if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise
-            # the last line of a run killed while writing it; a resumed run rewrites the file without it
-    return records
 
 
 class JsonlLogCallback(TrainerCallback):
@@ -40,7 +19,7 @@ class JsonlLogCallback(TrainerCallback):
     step are dropped so the file reads as one continuous run."""
 
     def __init__(self, output_dir: str, perplexity: bool = True) -> None:
-        self.path = os.path.join(output_dir, LOG_FILE)
+        self.output_dir = output_dir
         self.perplexity = perplexity  # a language-modelling loss (pt, sft), not a preference or reward loss
         self._last_time = 0.0
         self._last_tokens = 0
@@ -48,10 +27,7 @@ class JsonlLogCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        kept = [r for r in read_log(os.path.dirname(self.path)) if r.get("step", 0) <= state.global_step]
-        with atomic_open(self.path) as fh:  # a kill here must not lose the log of the run so far
-            fh.writelines(json.dumps(r) + "\n" for r in kept)
+        cut_log(self.output_dir, state.global_step)
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen
 
@@ -69,8 +45,7 @@ class JsonlLogCallback(TrainerCallback):
             self._last_time, self._last_tokens = now, tokens
         if self.perplexity and "eval_loss" in logs and "eval_perplexity" not in logs:
             record["eval_perplexity"] = perplexity(logs["eval_loss"])
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_record(self.output_dir, record)
 
 
 def perplexity(loss: float) -> float:

@@ -11,28 +11,15 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, set_seed
 
 from lmforge.config.schema import RunConfig
-from lmforge.data.chat_templates import TemplateError, apply_template_choice
-from lmforge.data.examples import STAGE_KIND, ExampleData, build_examples, model_columns
+from lmforge.data.examples import ExampleData, build_examples, model_columns, stage_kind
 from lmforge.data.formats import ExampleKind
 from lmforge.data.template import stop_token_ids
-from lmforge.errors import ConfigError
 from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import build_model
+from lmforge.model.tokenizer import chat_tokenizer
 from lmforge.train.callbacks import JsonlLogCallback
-from lmforge.train.setup import save_dtype, set_precision, setup_tokenizer
+from lmforge.train.setup import save_dtype, set_precision
 from lmforge.train.tracking import check_trackers, tracking_callbacks
-
-
-def chat_tokenizer(cfg: RunConfig, resume: str | None = None) -> tuple[PreTrainedTokenizerBase, int]:
-    """The tokenizer with the chat template the run trains with, a pad token, and how many tokens were added."""
-    tokenizer = setup_tokenizer(cfg, resume)
-    try:
-        added = apply_template_choice(tokenizer, cfg.data.template)
-    except TemplateError as err:
-        raise ConfigError(f"Config error ({cfg.source}): {err}.") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer, added
 
 
 @dataclass
@@ -55,7 +42,7 @@ def prepare_chat_stage(cfg: RunConfig, resume: str | None = None) -> ChatStage:
     args = cfg.training
     check_trackers(args)
     set_seed(args.seed)
-    kind = STAGE_KIND[cfg.finetuning.stage]
+    kind = stage_kind(cfg.finetuning.stage)
     with args.main_process_first(desc=f"encoding {kind} data"):
         tokenizer, added = chat_tokenizer(cfg, resume)
         data = build_examples(cfg.data, tokenizer, args.seed, kind)

@@ -22,7 +22,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> KtoTrainer:
         loraplus_lr_ratio=f.loraplus_lr_ratio, **trainer_kwargs(cfg, stage))
 
 
-def run_kto(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig) -> dict:
     resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
     trainer = build_trainer(cfg, resume)
     return run_training(cfg, trainer, resume, chat=True, stop_ids=trainer.model.generation_config.eos_token_id)

@@ -29,7 +29,7 @@ from lmforge.errors import TrainingError
 from lmforge.jsonl import atomic_open
 from lmforge.model.precision import cast_state_dict, config_dtype, record_saved_dtype
 from lmforge.rewards import Rewarder
-from lmforge.train.callbacks import LOG_FILE, read_log
+from lmforge.runlog import append_record, cut_log
 from lmforge.train.chat_stage import ChatStage
 from lmforge.train.checkpoint import (
     COMPLETE_MARKER,
@@ -302,16 +302,12 @@ class OnlineRL:
         logger.info("step %d/%d: %s", self.step, self.args.max_steps,
                     ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k in ("reward", "kl", "loss",
                                                                                   "clip_fraction", "eval_reward")))
-        with open(os.path.join(self.args.output_dir, LOG_FILE), "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_record(self.args.output_dir, record)
         self.trackers.log(self.step, values)
 
     def rewrite_log(self) -> None:
         """The log file as the run stands at its (resumed) step: later lines of an interrupted run are dropped."""
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        kept = [r for r in read_log(self.args.output_dir) if r.get("step", 0) <= self.step] if self.step else []
-        with atomic_open(os.path.join(self.args.output_dir, LOG_FILE)) as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in kept)
+        cut_log(self.args.output_dir, self.step)
 
     # ---- saving -----------------------------------------------------------------------------------------------
     def save_model(self, directory: str, dtype: torch.dtype | None = None) -> None:

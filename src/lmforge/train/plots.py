@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from lmforge.config.stages import STAGES
+
 logger = logging.getLogger(__name__)
 
 
@@ -20,18 +22,10 @@ def smooth(values: list[float], max_weight: float = 0.9) -> list[float]:
     return out
 
 
-# The curves worth watching in each stage (train and eval); a key absent from the log is not plotted.
-STAGE_CURVES: dict[str, tuple[str, ...]] = {
-    "rm": ("accuracy", "margin"),
-    "dpo": ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"),
-    "kto": ("rewards/chosen", "rewards/rejected", "kl"),
-    "ppo": ("reward", "kl", "entropy", "clip_fraction", "value_loss"),
-    "grpo": ("reward", "kl", "entropy", "clip_fraction"),
-}
-
-
 def stage_curves(stage: str) -> tuple[str, ...]:
-    extra = STAGE_CURVES.get(stage, ())
+    """The curves worth watching in a stage (its registry entry; train and eval): a key absent from the log is not
+    plotted."""
+    extra = STAGES[stage].curves
     return ("loss", "eval_loss", *extra, *(f"eval_{k}" for k in extra))
 
 

@@ -7,5 +7,5 @@ from lmforge.config.schema import RunConfig
 from lmforge.train.online_rl import run_online_rl
 
 
-def run_ppo(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig) -> dict:
     return run_online_rl(cfg, "ppo")

@@ -14,7 +14,7 @@ from lmforge.data.encode import prepare_messages
 from lmforge.data.template import prompt_ids, stop_token_ids
 from lmforge.jsonl import write_json, write_jsonl
 from lmforge.metrics import text_scores
-from lmforge.train.samples import generate
+from lmforge.model.inference import generate
 
 logger = logging.getLogger(__name__)
 

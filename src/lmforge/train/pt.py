@@ -9,11 +9,12 @@ from lmforge.data.collate import PretrainCollator
 from lmforge.data.pretrain import build_pretrain_data
 from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import build_model
+from lmforge.model.tokenizer import setup_tokenizer
 from lmforge.train.callbacks import JsonlLogCallback
 from lmforge.train.checkpoint import resolve_resume
 from lmforge.train.run import run_training
 from lmforge.train.safety import blocks_per_step
-from lmforge.train.setup import save_dtype, set_precision, setup_tokenizer
+from lmforge.train.setup import save_dtype, set_precision
 from lmforge.train.tracking import check_trackers, tracking_callbacks
 from lmforge.train.trainer import LanguageModelTrainer
 
@@ -38,6 +39,6 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTra
         callbacks=[JsonlLogCallback(args.output_dir), *tracking_callbacks(args, cfg.tracking)])
 
 
-def run_pt(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig) -> dict:
     resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
     return run_training(cfg, build_trainer(cfg, resume), resume)

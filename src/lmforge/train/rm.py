@@ -49,6 +49,6 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> RewardModelTrain
     return RewardModelTrainer(model=model, train_dataset=reward_rows(stage.data.train), **kwargs)
 
 
-def run_rm(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig) -> dict:
     resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
     return run_training(cfg, build_trainer(cfg, resume), resume)

@@ -13,7 +13,7 @@ from lmforge.config.schema import RunConfig
 from lmforge.config.secrets import masked
 from lmforge.errors import TrainingError
 from lmforge.jsonl import atomic_open
-from lmforge.train.callbacks import read_log
+from lmforge.runlog import read_log
 from lmforge.train.plots import plot_curves, stage_curves
 from lmforge.train.samples import generate_samples, write_samples
 from lmforge.train.signals import stopped_message

@@ -52,7 +52,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> SftSetup:
     return SftSetup(trainer, stage.data, stage.stop_ids)
 
 
-def run_sft(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig) -> dict:
     resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
     setup = build_trainer(cfg, resume)
 

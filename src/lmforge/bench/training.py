@@ -146,19 +146,26 @@ def _return_freed_memory() -> None:
 
 
 def build_trainer(cfg):
-    if cfg.finetuning.stage == "sft":
-        from lmforge.train.sft import build_trainer as build_sft
+    """The stage's own Trainer, from the stage registry."""
+    from lmforge.train import stage_trainer_builder
 
-        return build_sft(cfg).trainer
-    from lmforge.train.pt import build_trainer as build_pt
-
-    return build_pt(cfg)
+    stage = cfg.finetuning.stage
+    builder = stage_trainer_builder(stage)
+    if builder is None:
+        raise ConfigError(f"Config error: `lmforge bench` times stages built on a Trainer; 'stage: {stage}' runs "
+                          "its own rollout-and-update loop (its trainer_log.jsonl has its step times).")
+    built = builder(cfg)
+    return getattr(built, "trainer", built)  # sft's builder returns the trainer with its setup
 
 
 def build_baseline(cfg):
     """The common way to train the same config: transformers' Trainer, examples padded to the longest in each batch
     (DataCollatorForSeq2Seq), the model's own loss over full logits; same model, data and arguments."""
     from transformers import DataCollatorForSeq2Seq, Trainer
+
+    if cfg.finetuning.stage not in ("pt", "sft"):
+        raise ConfigError(f"Config error: `--compare` measures the language-modelling stages (pt, sft), not "
+                          f"'stage: {cfg.finetuning.stage}'.")
 
     if cfg.finetuning.stage == "sft":
         from lmforge.train.chat_stage import policy_model, prepare_chat_stage
@@ -312,13 +319,13 @@ def main(argv: list[str]) -> int:
     if config and "=" in config:
         config, overrides = None, [config, *overrides]
     if ns.eval_prefix_compare:
-        from lmforge.eval.bench import compare_prefix_reuse
-        from lmforge.eval.bench import report as eval_report
+        from lmforge.bench.eval_prefix import compare_prefix_reuse
+        from lmforge.bench.eval_prefix import report as eval_report
 
         result = compare_prefix_reuse(config, overrides, ns.repeats)
         print(eval_report(result))
     elif ns.preprocess:
-        from lmforge.data import prep_bench
+        from lmforge.bench import preprocess as prep_bench
 
         result = prep_bench.compare_preprocessing(bench_config(config, overrides, 1, 0), ns.repeats)
         print(prep_bench.report(result))

@@ -10,6 +10,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.config.schema import RunConfig
+from lmforge.config.stages import STAGES
 from lmforge.data.collate import IGNORE_INDEX, PretrainCollator
 from lmforge.data.packing import packing_efficiency
 from lmforge.errors import ConfigError
@@ -34,17 +35,17 @@ def sequences(row: dict) -> list[tuple[str, list[int], list[int]]]:
 
 def processed_data(cfg: RunConfig) -> ProcessedData:
     """The examples of a run exactly as its stage builds them (from the cache when it holds them)."""
-    if cfg.finetuning.stage != "pt":
-        from lmforge.data.examples import STAGE_KIND, build_examples
-        from lmforge.train.chat_stage import chat_tokenizer
+    if STAGES[cfg.finetuning.stage].kind != "pt":
+        from lmforge.data.examples import build_examples, stage_kind
+        from lmforge.model.tokenizer import chat_tokenizer
 
         tokenizer, _ = chat_tokenizer(cfg)
-        data = build_examples(cfg.data, tokenizer, cfg.training.seed, STAGE_KIND[cfg.finetuning.stage])
+        data = build_examples(cfg.data, tokenizer, cfg.training.seed, stage_kind(cfg.finetuning.stage))
         return ProcessedData(tokenizer, data.train, data.eval, data.stats)
     if cfg.data.streaming:
         raise ConfigError("Config error: `lmforge data` reads the whole dataset; it does not support streaming.")
     from lmforge.data.pretrain import build_pretrain_data
-    from lmforge.train.setup import setup_tokenizer
+    from lmforge.model.tokenizer import setup_tokenizer
 
     tokenizer = setup_tokenizer(cfg)
     data = build_pretrain_data(cfg.data, tokenizer, cfg.training.seed)

@@ -20,7 +20,7 @@ from lmforge.config.schema import RunConfig
 from lmforge.data.encode import ConversationEncoder
 from lmforge.data.examples import build_examples, label_options, source_conversations
 from lmforge.data.registry import resolve_sources
-from lmforge.train.chat_stage import chat_tokenizer
+from lmforge.model.tokenizer import chat_tokenizer
 
 
 def conversations(cfg: RunConfig) -> list[str]:

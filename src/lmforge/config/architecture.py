@@ -1,0 +1,39 @@
+"""Which architecture a run builds: the base config of `model_type` (or of a model directory), and whether
+`config_overrides` name real fields of it, checked before any data work. Only transformers' config classes are
+read here (no weights, no model)."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PretrainedConfig
+
+from lmforge.config.model import ModelArguments
+from lmforge.config.suggest import suggest
+from lmforge.errors import ConfigError
+
+
+def base_config(args: ModelArguments) -> PretrainedConfig:
+    if args.model_type:
+        try:
+            return AutoConfig.for_model(args.model_type)
+        except ValueError:
+            from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+            raise ConfigError(f"Config error: 'model_type: {args.model_type}' is not an architecture transformers "
+                              f"knows.{suggest(args.model_type, list(CONFIG_MAPPING.keys()))}") from None
+    try:
+        return AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code,
+                                          revision=args.model_revision, cache_dir=args.cache_dir)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"Config error: could not load a model config from '{args.model_name_or_path}': "
+                          f"{str(err).splitlines()[0]}") from None
+
+
+def check_architecture(args: ModelArguments) -> None:
+    """Fail before any data work if `model_type` or a `config_overrides` key does not exist."""
+    if not args.from_scratch or not args.model_type:
+        return
+    base = base_config(args)
+    unknown = [k for k in args.config_overrides if k not in base.to_dict() and not hasattr(base, k)]
+    if unknown:
+        raise ConfigError(f"Config error: config_overrides.{unknown[0]} is not a field of the '{base.model_type}' "
+                          f"config.{suggest(unknown[0], [k for k in base.to_dict() if not k.startswith('_')])}")

@@ -1,0 +1,54 @@
+"""The stage registry: one `StageSpec` per training stage, read by every surface that depends on the stage
+(validation, `lmforge help` and usage, `data preview/dump`, `lmforge bench`, the web UI, plots, the runner).
+
+Adding a stage is one recipe module (with `run(cfg)`, and `build_trainer(cfg, resume)` when it is built on a
+transformers Trainer) plus one `register_stage(...)`. The keys a stage owns say so at their definition
+(`option(..., stages=(...))`), so "key X is for stage Y" errors and the docs come from the same place.
+The recipe is named as a module path, so this config-layer registry imports nothing of the training code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    summary: str  # one line for help, usage and the web UI
+    kind: str  # what it trains on: "pt" (raw text blocks) or an example kind ("sft", "pair", "kto", "prompt")
+    recipe: str  # module with `run(cfg) -> dict`, and `build_trainer(cfg, resume)` for Trainer stages
+    curves: tuple[str, ...] = ()  # log keys plotted besides loss/eval_loss (train and eval_ versions)
+    trainer: bool = True  # built on a transformers Trainer (what `lmforge bench` times)
+
+
+STAGES: dict[str, StageSpec] = {}
+
+
+def register_stage(spec: StageSpec) -> StageSpec:
+    STAGES[spec.name] = spec
+    return spec
+
+
+def stage_names() -> tuple[str, ...]:
+    return tuple(STAGES)
+
+
+def stage_help() -> str:
+    """The `stage` key's help, from the registry."""
+    return "Training stage: " + "; ".join(f"`{s.name}` ({s.summary})" for s in STAGES.values()) + "."
+
+
+for _spec in (
+    StageSpec("pt", "pretraining / continued pretraining on raw text", "pt", "lmforge.train.pt"),
+    StageSpec("sft", "supervised fine-tuning on conversations", "sft", "lmforge.train.sft"),
+    StageSpec("rm", "reward model on chosen/rejected pairs", "pair", "lmforge.train.rm", ("accuracy", "margin")),
+    StageSpec("dpo", "preference optimisation on pairs: DPO and its variants, see `pref_loss`", "pair",
+              "lmforge.train.dpo", ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")),
+    StageSpec("kto", "preference optimisation on replies labelled desirable or not", "kto", "lmforge.train.kto",
+              ("rewards/chosen", "rewards/rejected", "kl")),
+    StageSpec("ppo", "online RL on prompts with a value head, rewarded by a reward model or functions", "prompt",
+              "lmforge.train.ppo", ("reward", "kl", "entropy", "clip_fraction", "value_loss"), trainer=False),
+    StageSpec("grpo", "online RL on prompts, group-relative advantages", "prompt", "lmforge.train.grpo",
+              ("reward", "kl", "entropy", "clip_fraction"), trainer=False),
+):
+    register_stage(_spec)

@@ -1,0 +1,1 @@
+"""Evaluation: multiple-choice benchmarks, perplexity, generation scored against references, the harness bridge."""
