@@ -36,6 +36,7 @@ def test_unknown_command_suggests(capsys):
     assert "Did you mean 'train'?" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bad_config_exits_2_with_one_paragraph_and_no_traceback(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("stage: pt\nfrom_scratch: true\nmodel_type: qwen2\ntrain_tokenizer: true\n"
@@ -49,6 +50,7 @@ def test_bad_config_exits_2_with_one_paragraph_and_no_traceback(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_malformed_data_exits_2_naming_file_and_line(tmp_path):
     bad = write_jsonl(tmp_path / "corpus.jsonl", [{"text": "fine"}, '{"text": oops}'])
     result = run_cli("train", *scratch_args(tmp_path / "out", dataset=str(bad)),
@@ -82,6 +84,7 @@ def _files_holding(directory, needle: str) -> list[str]:
             if needle.encode() in open(os.path.join(root, f), "rb").read()]
 
 
+@pytest.mark.slow
 def test_tensorboard_logs_the_loss_and_no_file_holds_a_secret(tmp_path):
     """Run as a user would (a child process, the token on the command line): TensorBoard's event file holds the
     losses of trainer_log.jsonl, and no file in output_dir (config, checkpoints, events) holds the token."""
@@ -102,6 +105,7 @@ def test_tensorboard_logs_the_loss_and_no_file_holds_a_secret(tmp_path):
     assert "hub_token: '***'" in (out / "lmforge_config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_bench_reports_speed_and_memory(tmp_path, capsys):
     assert main(["bench", *scratch_args(tmp_path / "b"), "--steps", "4", "--warmup", "1",
                  "--json", str(tmp_path / "bench.json")]) == 0
@@ -115,6 +119,7 @@ def test_bench_reports_speed_and_memory(tmp_path, capsys):
     assert result["real_tokens_per_second"] > 0 and 0 < result["fraction_of_peak"]
 
 
+@pytest.mark.slow
 def test_swanlab_offline_mode_logs_locally_through_its_callback(tmp_path):
     pytest.importorskip("swanlab")
     out = tmp_path / "swan"

@@ -30,6 +30,7 @@ def test_the_built_in_stages_are_registered_once():
     assert all(callable(stage_runner(name)) for name in BUILT_IN)
 
 
+@pytest.mark.slow
 def test_a_registered_stage_appears_on_every_surface(toy_stage, tiny_model_dir, tmp_path, capsys):
     from lmforge.config.docs import render_reference
     from lmforge.serve.webui import TRAIN_FORM, form_choices

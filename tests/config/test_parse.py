@@ -72,7 +72,7 @@ def test_the_stored_reference_does_not_copy_transformers_help():
         ("cutoff_len=abc", "'cutoff_len' expects int, but got 'abc'"),
         ("bf16=maybe", "'bf16' expects bool"),
         ("lr_scheduler_type=cosin", "Did you mean 'cosine'?"),
-        ("stage=ptt", "'stage' expects one of 'pt'"),
+        ("stage=ptt", "'stage' must be one of pt, sft"),
         ("mix_strategy=interleave_undr", "Did you mean 'interleave_under'?"),
     ],
 )

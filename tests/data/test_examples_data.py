@@ -161,6 +161,7 @@ def test_hub_sources_are_keyed_by_their_resolved_revision(tmp_path, monkeypatch)
     assert first["revision"] == "1111aaaa" and source_identity(spec)["revision"] == "2222bbbb"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("template", ["chatml", str(REPO / "tests" / "data" / "templates" / "qwen3.jinja")])
 @pytest.mark.parametrize("options", [dict(cutoff_len=4096), dict(cutoff_len=96), dict(cutoff_len=4096,
                                                                                        mask_history=True)])

@@ -14,6 +14,8 @@ import torch
 from lmforge.eval.scoring import Request, score_questions
 from tests.conftest import SHARED_DATA, TINY_MODEL, write_jsonl
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 CMMLU = str(SHARED_DATA / "cmmlu")
 
 

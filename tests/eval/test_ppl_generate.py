@@ -12,6 +12,8 @@ from lmforge.eval.ppl import perplexity, token_stream, windows
 from tests.conftest import LF_DEMO, write_jsonl
 from tests.eval.test_mc import run_lmforge
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 
 @pytest.mark.parametrize("n, window, stride", [(10, 4, 2), (10, 4, 3), (10, 4, 1), (37, 8, 5), (3, 8, 4), (9, 9, 9)])
 def test_windows_score_every_token_once_with_bounded_context(n, window, stride):

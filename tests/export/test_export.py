@@ -24,6 +24,8 @@ from lmforge.model.build import build_model
 from tests.conftest import REPO, TINY_MODEL
 from tests.eval.test_mc import run_lmforge
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 
 def test_merged_export_equals_base_plus_adapter(tmp_path, greeter_base_dir, greeter_adapter_dir):
     from peft import PeftModel

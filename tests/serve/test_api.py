@@ -18,6 +18,8 @@ from transformers import AutoTokenizer
 from lmforge.data.template import prompt_ids
 from tests.conftest import GREETING, REPLY
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 KEY = "sk-test-lmforge"
 
 

@@ -14,6 +14,8 @@ from lmforge.serve.load import load_engine
 from lmforge.serve.sampling import SamplingParams
 from tests.conftest import GREETING, REPLY
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 
 def test_chat_in_a_terminal(greeter_dir):
     child = pexpect.spawn(sys.executable, ["-m", "lmforge", "chat", greeter_dir, "do_sample=false",

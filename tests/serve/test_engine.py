@@ -16,6 +16,8 @@ from lmforge.serve.engine import Engine, RequestError
 from lmforge.serve.sampling import SamplingParams, choose_next
 from lmforge.serve.tools import parse_tool_calls, template_message
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 QUESTIONS = ["What is the capital of France?", "Name three colours.", "hello", "Write a haiku about rain.",
              "2+2=?", "Tell me a story about a dragon who liked tea.", "Why?", "List the planets."]
 

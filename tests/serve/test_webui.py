@@ -13,6 +13,8 @@ from lmforge.serve.runs import config_values, preview, read_progress, start_trai
 from tests.conftest import GREETING, LF_DEMO, REPLY
 from tests.serve.test_api import start_lmforge_server
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 CHROMIUM = os.environ.get("LMFORGE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 # Skipped on a developer's machine without Chromium; in CI (which installs it) a missing browser fails the test.
 needs_browser = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),

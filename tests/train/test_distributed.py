@@ -17,6 +17,8 @@ from lmforge.train.checkpoint import list_checkpoints
 from tests.conftest import REPO, scratch_args
 from tests.train.test_resume import losses, sft_args, start_training, wait_for_step
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 
 def run_lmforge_train(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lmforge", "train", *args], capture_output=True, text=True,

@@ -14,6 +14,8 @@ from lmforge.model.chunked_loss import use_chunked_loss
 from tests.conftest import scratch_args
 from tests.train.test_resume import losses, sft_args
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 
 @pytest.fixture
 def pair_of_models():

@@ -13,6 +13,8 @@ from lmforge.cli import main
 from lmforge.runlog import read_log
 from tests.conftest import scratch_args
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 
 class PoisonSteps(TrainerCallback):
     """Makes the model's loss NaN during the given (1-based) optimizer steps, and snapshots the weights after each
@@ -87,3 +89,19 @@ def test_the_guard_can_be_turned_off(monkeypatch, tmp_path):
 def test_max_nonfinite_steps_must_be_positive(tmp_path, capsys, value):
     assert main(["train", *scratch_args(tmp_path / "x", max_nonfinite_steps=value)]) == 2
     assert "'max_nonfinite_steps' must be at least 1" in capsys.readouterr().err
+
+
+def test_the_private_trainer_methods_lmforge_overrides_still_exist():
+    """A transformers release that renames one of these would silently bypass atomic checkpoints: fail here instead."""
+    import inspect
+
+    from transformers import Trainer
+
+    from lmforge.train.safety import PRIVATE_TRAINER_METHODS
+
+    for name in PRIVATE_TRAINER_METHODS:
+        assert callable(getattr(Trainer, name, None)), (
+            f"transformers.Trainer.{name} no longer exists: lmforge's atomic checkpoints (train/safety.py) override "
+            "it; port the override to the new method")
+    assert list(inspect.signature(Trainer._save_checkpoint).parameters)[:3] == ["self", "model", "trial"]
+    assert list(inspect.signature(Trainer._save).parameters)[:3] == ["self", "output_dir", "state_dict"]

@@ -5,6 +5,8 @@ from transformers import AutoModelForCausalLM
 from lmforge.data.chunking import BlockChunker
 from lmforge.data.collate import IGNORE_INDEX, PretrainCollator
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 DOCS = [[5, 17, 42, 8, 0], [9, 9, 33, 71, 12, 60, 0], [101, 7, 0], [44, 45, 46, 0]]  # 0 is EOS here
 
 

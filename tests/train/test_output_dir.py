@@ -4,8 +4,12 @@ overwriting removes only what lmforge wrote."""
 import json
 import os
 
+import pytest
+
 from lmforge.cli import main
 from tests.conftest import scratch_args
+
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
 
 
 def _snapshot(directory) -> dict[str, bytes]:

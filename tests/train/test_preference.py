@@ -21,6 +21,8 @@ from lmforge.resources.preference_quickstart import REFUSALS, kto_examples, pair
 from lmforge.train.losses import sequence_logps
 from tests.conftest import write_jsonl
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory) -> dict:

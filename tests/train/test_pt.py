@@ -12,6 +12,8 @@ from lmforge.cli import main
 from lmforge.runlog import read_log
 from tests.conftest import LF_DEMO, scratch_args
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

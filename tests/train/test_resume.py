@@ -18,6 +18,8 @@ from lmforge.runlog import read_log
 from lmforge.train.checkpoint import STAGING_DIR, list_checkpoints, resolve_resume, rotate
 from tests.conftest import LF_DEMO, scratch_args
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 
 def losses(out) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_log(str(out)) if "loss" in r}

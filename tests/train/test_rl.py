@@ -17,6 +17,8 @@ from lmforge.train.checkpoint import STAGING_DIR, list_checkpoints
 from tests.conftest import write_jsonl
 from tests.train.test_resume import start_training, wait_for_step
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 VOWELS = '''
 def vowel_share(prompts, completions, **columns):
     """The share of the completion's characters that are lowercase vowels."""

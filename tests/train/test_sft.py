@@ -20,6 +20,8 @@ from lmforge.data.packing import best_fit_decreasing, pack_examples
 from lmforge.data.template import render
 from tests.conftest import LF_DEMO
 
+pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
+
 
 def test_best_fit_decreasing_places_every_example_once_within_capacity():
     lengths = [7, 3, 9, 1, 5, 5, 2, 8, 4, 6, 10, 1]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import os
 import shutil
 from typing import Any
@@ -59,10 +58,28 @@ class _StopAtStepEnd(TrainerCallback):
         return control
 
 
+class _GuardBeforeStep(TrainerCallback):
+    """The non-finite guard on the Trainer's public hook before each optimizer step."""
+
+    def __init__(self, trainer: SafeTrainingMixin) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.check_step(self.trainer.model)
+        return control
+
+
+# The Trainer's private methods this mixin overrides, because no public hook can make a checkpoint atomic (the
+# Trainer writes `checkpoint-N` in place) or save the final model in another dtype. A test pins them, so a
+# transformers release that renames one fails loudly instead of silently skipping our code.
+PRIVATE_TRAINER_METHODS = ("_save_checkpoint", "_get_output_dir", "_save")
+
+
 class SafeTrainingMixin:
     """Put before a transformers Trainer class. Why not the Trainer's own saving: it writes `checkpoint-N` in place
     (a kill mid-save leaves a damaged checkpoint that resume picks up) and save_total_limit may delete the
-    checkpoint a run resumed from."""
+    checkpoint a run resumed from. The guard and the graceful stop use public callbacks; the checkpoint staging
+    needs the private methods of `PRIVATE_TRAINER_METHODS`."""
 
     def __init__(self, *args: Any, resilience: ResilienceArguments | None = None,
                  save_dtype: torch.dtype | None = None, **kwargs: Any) -> None:
@@ -82,6 +99,8 @@ class SafeTrainingMixin:
         self._loss_finite: torch.Tensor | None = None
         self._writing_checkpoint = False
         self.add_callback(_StopAtStepEnd(self))
+        if self.guard is not None:
+            self.add_callback(_GuardBeforeStep(self))
 
     # ---- the run ------------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | None = None, *args: Any, **kwargs: Any):
@@ -110,22 +129,18 @@ class SafeTrainingMixin:
             self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
         return loss
 
-    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
-        """Called once per optimizer step, after clipping and before `optimizer.step()`: a non-finite step has its
-        gradients dropped, so the optimizer leaves the weights and its state as they were."""
-        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        if self.guard is None:
-            return grad_norm
-        if hasattr(grad_norm, "full_tensor"):  # a DTensor (FSDP2)
-            grad_norm = grad_norm.full_tensor()
-        finite = grad_norm is None or math.isfinite(float(grad_norm))
+    def check_step(self, model: torch.nn.Module) -> None:
+        """Before `optimizer.step()`: a step whose loss (on any rank) or gradients are not finite has its gradients
+        dropped, so the optimizer leaves the weights and its state as they were."""
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2: this rank's shards
+        finite = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
         finite = finite and (self._loss_finite is None or bool(self._loss_finite))
         self._loss_finite = None
         bad = stop_agreed(not finite, self.args.device)
         if bad:
             model.zero_grad(set_to_none=True)
         self.guard.record(not bad, self.state.global_step + 1)
-        return grad_norm
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.guard is not None and self.guard.total and "loss" in logs:
