@@ -35,7 +35,7 @@ def test_a_registered_stage_appears_on_every_surface(toy_stage, tiny_model_dir, 
     from lmforge.config.docs import render_reference
     from lmforge.serve.webui import TRAIN_FORM, form_choices
     from lmforge.train import stage_trainer_builder
-    from lmforge.train.plots import stage_curves
+    from lmforge.train.runtime.plots import stage_curves
 
     main([])
     assert "toy" in next(line for line in capsys.readouterr().out.splitlines() if "lmforge train CONFIG" in line)

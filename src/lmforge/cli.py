@@ -54,7 +54,7 @@ def cmd_train(args: list[str]) -> int:
     config_path, overrides = _split_config_path(args)
     cfg = load_config(config_path, overrides)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun the first process speaks for the run
-        from lmforge.train.output_dir import claim_output_dir
+        from lmforge.train.runtime.output_dir import claim_output_dir
 
         claim_output_dir(cfg.training.output_dir, cfg.training.resume_from_checkpoint is not None,
                          cfg.resilience.overwrite_output_dir)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from lmforge.serve.runs import config_values, preview, read_progress, start_training
+from lmforge.serve.webui_jobs import config_values, preview, read_progress, start_training
 from tests.conftest import GREETING, LF_DEMO, REPLY
 from tests.serve.test_api import start_lmforge_server
 

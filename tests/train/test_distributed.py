@@ -13,7 +13,7 @@ from lmforge.config import load_config
 from lmforge.config.launch import LaunchArguments
 from lmforge.errors import ConfigError
 from lmforge.launch import torchrun_command
-from lmforge.train.checkpoint import list_checkpoints
+from lmforge.train.runtime.checkpoint import list_checkpoints
 from tests.conftest import REPO, scratch_args
 from tests.train.test_resume import losses, sft_args, start_training, wait_for_step
 

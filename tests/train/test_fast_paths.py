@@ -90,7 +90,7 @@ def test_gradient_checkpointing_gives_the_same_losses(tiny_model_dir, tmp_path):
 
 def test_length_grouped_batches_train_every_example_with_less_padding(tiny_model_dir, tmp_path):
     from lmforge.config import load_config
-    from lmforge.train.sft import build_trainer
+    from lmforge.train.stages.sft import build_trainer
 
     padding = {}
     for flag in (False, True):

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-import lmforge.train.pt as pt
+import lmforge.train.stages.pt as pt
 from lmforge.cli import main
 from lmforge.runlog import read_log
 from tests.conftest import scratch_args
@@ -97,11 +97,11 @@ def test_the_private_trainer_methods_lmforge_overrides_still_exist():
 
     from transformers import Trainer
 
-    from lmforge.train.safety import PRIVATE_TRAINER_METHODS
+    from lmforge.train.runtime.resilience import PRIVATE_TRAINER_METHODS
 
     for name in PRIVATE_TRAINER_METHODS:
         assert callable(getattr(Trainer, name, None)), (
-            f"transformers.Trainer.{name} no longer exists: lmforge's atomic checkpoints (train/safety.py) override "
-            "it; port the override to the new method")
+            f"transformers.Trainer.{name} no longer exists: lmforge's atomic checkpoints "
+            "(train/runtime/resilience.py) override it; port the override to the new method")
     assert list(inspect.signature(Trainer._save_checkpoint).parameters)[:3] == ["self", "model", "trial"]
     assert list(inspect.signature(Trainer._save).parameters)[:3] == ["self", "output_dir", "state_dict"]

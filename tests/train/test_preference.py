@@ -120,7 +120,7 @@ def test_every_preference_loss_raises_the_held_out_margin(tiny_model_dir, task, 
 def test_lora_dpo_uses_the_base_with_adapters_off_as_reference(tiny_model_dir, task, held_out_pairs, tmp_path):
     from peft import PeftModel
 
-    from lmforge.train.dpo import build_trainer
+    from lmforge.train.stages.dpo import build_trainer
 
     out = tmp_path / "lora"
     cfg = load_config(None, stage_args("dpo", tiny_model_dir, out, task["pairs"], finetuning_type="lora",

@@ -117,7 +117,7 @@ def test_streaming_run_trains_with_a_held_out_count(tmp_path):
 
 
 def test_loss_plot_smoothing_follows_the_curve():
-    from lmforge.train.plots import smooth
+    from lmforge.train.runtime.plots import smooth
 
     values = [6.0 - 0.1 * i for i in range(30)]
     smoothed = smooth(values)

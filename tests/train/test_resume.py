@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from lmforge.cli import main
 from lmforge.runlog import read_log
-from lmforge.train.checkpoint import STAGING_DIR, list_checkpoints, resolve_resume, rotate
+from lmforge.train.runtime.checkpoint import STAGING_DIR, list_checkpoints, resolve_resume, rotate
 from tests.conftest import LF_DEMO, scratch_args
 
 pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
@@ -157,7 +157,7 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_0(tmp_path):
 
 SECOND_SIGNAL = """
 import os, signal, time
-from lmforge.train.signals import StopRequest
+from lmforge.train.runtime.signals import StopRequest
 request = StopRequest()
 with request.installed():
     os.kill(os.getpid(), signal.SIGINT)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from lmforge.cli import main
-from lmforge.train.checkpoint import STAGING_DIR, list_checkpoints
+from lmforge.train.runtime.checkpoint import STAGING_DIR, list_checkpoints
 from tests.conftest import write_jsonl
 from tests.train.test_resume import start_training, wait_for_step
 

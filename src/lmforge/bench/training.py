@@ -168,14 +168,14 @@ def build_baseline(cfg):
                           f"'stage: {cfg.finetuning.stage}'.")
 
     if cfg.finetuning.stage == "sft":
-        from lmforge.train.chat_stage import policy_model, prepare_chat_stage
+        from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage
 
         stage = prepare_chat_stage(cfg)
         rows = stage.data.train.select_columns(["input_ids", "labels"])
         collator = DataCollatorForSeq2Seq(stage.tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
         return Trainer(model=policy_model(cfg, stage), args=cfg.training, train_dataset=rows,
                        data_collator=collator, processing_class=stage.tokenizer)
-    from lmforge.train.pt import build_trainer as build_pt
+    from lmforge.train.stages.pt import build_trainer as build_pt
 
     ours = build_pt(dataclasses.replace(cfg, finetuning=dataclasses.replace(cfg.finetuning, chunked_loss=False)))
     return Trainer(model=ours.model, args=cfg.training, train_dataset=ours.train_dataset,

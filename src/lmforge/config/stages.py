@@ -39,16 +39,17 @@ def stage_help() -> str:
 
 
 for _spec in (
-    StageSpec("pt", "pretraining / continued pretraining on raw text", "pt", "lmforge.train.pt"),
-    StageSpec("sft", "supervised fine-tuning on conversations", "sft", "lmforge.train.sft"),
-    StageSpec("rm", "reward model on chosen/rejected pairs", "pair", "lmforge.train.rm", ("accuracy", "margin")),
+    StageSpec("pt", "pretraining / continued pretraining on raw text", "pt", "lmforge.train.stages.pt"),
+    StageSpec("sft", "supervised fine-tuning on conversations", "sft", "lmforge.train.stages.sft"),
+    StageSpec("rm", "reward model on chosen/rejected pairs", "pair", "lmforge.train.stages.rm", ("accuracy", "margin")),
     StageSpec("dpo", "preference optimisation on pairs: DPO and its variants, see `pref_loss`", "pair",
-              "lmforge.train.dpo", ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")),
-    StageSpec("kto", "preference optimisation on replies labelled desirable or not", "kto", "lmforge.train.kto",
+              "lmforge.train.stages.dpo",
+              ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")),
+    StageSpec("kto", "preference optimisation on replies labelled desirable or not", "kto", "lmforge.train.stages.kto",
               ("rewards/chosen", "rewards/rejected", "kl")),
     StageSpec("ppo", "online RL on prompts with a value head, rewarded by a reward model or functions", "prompt",
-              "lmforge.train.ppo", ("reward", "kl", "entropy", "clip_fraction", "value_loss"), trainer=False),
-    StageSpec("grpo", "online RL on prompts, group-relative advantages", "prompt", "lmforge.train.grpo",
+              "lmforge.train.stages.ppo", ("reward", "kl", "entropy", "clip_fraction", "value_loss"), trainer=False),
+    StageSpec("grpo", "online RL on prompts, group-relative advantages", "prompt", "lmforge.train.stages.grpo",
               ("reward", "kl", "entropy", "clip_fraction"), trainer=False),
 ):
     register_stage(_spec)

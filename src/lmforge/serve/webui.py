@@ -16,7 +16,7 @@ from typing import Any
 from lmforge.config.schema import ServeConfig
 from lmforge.config.serving import ServeArguments
 from lmforge.errors import ConfigError
-from lmforge.serve.runs import Job, config_values, preview, read_progress, start_training
+from lmforge.serve.webui_jobs import Job, config_values, preview, read_progress, start_training
 
 logger = logging.getLogger(__name__)
 

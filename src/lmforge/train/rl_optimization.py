@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from transformers import Trainer, TrainingArguments, get_scheduler
 
-from lmforge.train.guard import NonfiniteGuard
+from lmforge.train.runtime.guard import NonfiniteGuard
 
 
 class Optimization:

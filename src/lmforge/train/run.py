@@ -14,10 +14,10 @@ from lmforge.config.secrets import masked
 from lmforge.errors import TrainingError
 from lmforge.jsonl import atomic_open
 from lmforge.runlog import read_log
-from lmforge.train.plots import plot_curves, stage_curves
+from lmforge.train.runtime.plots import plot_curves, stage_curves
+from lmforge.train.runtime.signals import stopped_message
+from lmforge.train.runtime.tracking import finish_trackers, log_samples
 from lmforge.train.samples import generate_samples, write_samples
-from lmforge.train.signals import stopped_message
-from lmforge.train.tracking import finish_trackers, log_samples
 from lmforge.train.trainer import LanguageModelTrainer
 
 logger = logging.getLogger(__name__)

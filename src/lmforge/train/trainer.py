@@ -1,5 +1,5 @@
 """Trainer subclasses shared by the stages: the LoRA+ optimizer, perplexity for language-modelling stages, TRL's
-reward trainer; all with lmforge's checkpointing, graceful stop and guard (lmforge.train.safety)."""
+reward trainer; all with lmforge's checkpointing, graceful stop and guard (lmforge.train.runtime.resilience)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from transformers import Trainer
 from trl import RewardTrainer
 
 from lmforge.model.chunked_loss import use_chunked_loss
-from lmforge.train.callbacks import perplexity
-from lmforge.train.safety import SafeTrainingMixin
+from lmforge.train.runtime.log_callback import perplexity
+from lmforge.train.runtime.resilience import SafeTrainingMixin
 
 
 class LoraPlusTrainer(SafeTrainingMixin, Trainer):

@@ -17,9 +17,9 @@ from lmforge.data.template import stop_token_ids
 from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import build_model
 from lmforge.model.tokenizer import chat_tokenizer
-from lmforge.train.callbacks import JsonlLogCallback
+from lmforge.train.runtime.log_callback import JsonlLogCallback
+from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
 from lmforge.train.setup import save_dtype, set_precision
-from lmforge.train.tracking import check_trackers, tracking_callbacks
 
 
 @dataclass

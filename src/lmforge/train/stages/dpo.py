@@ -5,11 +5,11 @@ from __future__ import annotations
 from lmforge.config.schema import RunConfig
 from lmforge.data.collate import PairCollator
 from lmforge.model.reference import reference_model
-from lmforge.train.chat_stage import policy_model, prepare_chat_stage, trainer_kwargs
-from lmforge.train.checkpoint import resolve_resume
 from lmforge.train.losses import REFERENCE_FREE
 from lmforge.train.preference import PreferenceTrainer
 from lmforge.train.run import run_training
+from lmforge.train.runtime.checkpoint import resolve_resume
+from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
 
 
 def build_trainer(cfg: RunConfig, resume: str | None = None) -> PreferenceTrainer:

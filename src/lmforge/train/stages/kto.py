@@ -5,10 +5,10 @@ from __future__ import annotations
 from lmforge.config.schema import RunConfig
 from lmforge.data.collate import KtoCollator
 from lmforge.model.reference import reference_model
-from lmforge.train.chat_stage import policy_model, prepare_chat_stage, trainer_kwargs
-from lmforge.train.checkpoint import resolve_resume
 from lmforge.train.preference import KtoTrainer
 from lmforge.train.run import run_training
+from lmforge.train.runtime.checkpoint import resolve_resume
+from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
 
 
 def build_trainer(cfg: RunConfig, resume: str | None = None) -> KtoTrainer:

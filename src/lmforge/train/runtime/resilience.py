@@ -20,7 +20,7 @@ from lmforge.config.secrets import MASK, is_secret
 from lmforge.data.stream import STATE_FILE as STREAM_STATE_FILE
 from lmforge.data.stream import BlockStream, load_position, save_position
 from lmforge.model.precision import cast_state_dict, config_dtype, record_saved_dtype
-from lmforge.train.checkpoint import (
+from lmforge.train.runtime.checkpoint import (
     COMPLETE_MARKER,
     clear_leftovers,
     final_staging,
@@ -29,8 +29,8 @@ from lmforge.train.checkpoint import (
     rotate,
     staging_root,
 )
-from lmforge.train.guard import NonfiniteGuard
-from lmforge.train.signals import StopRequest, stop_agreed
+from lmforge.train.runtime.guard import NonfiniteGuard
+from lmforge.train.runtime.signals import StopRequest, stop_agreed
 
 logger = logging.getLogger(__name__)
 

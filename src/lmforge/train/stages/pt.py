@@ -10,12 +10,12 @@ from lmforge.data.pretrain import build_pretrain_data
 from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import build_model
 from lmforge.model.tokenizer import setup_tokenizer
-from lmforge.train.callbacks import JsonlLogCallback
-from lmforge.train.checkpoint import resolve_resume
 from lmforge.train.run import run_training
-from lmforge.train.safety import blocks_per_step
+from lmforge.train.runtime.checkpoint import resolve_resume
+from lmforge.train.runtime.log_callback import JsonlLogCallback
+from lmforge.train.runtime.resilience import blocks_per_step
+from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
 from lmforge.train.setup import save_dtype, set_precision
-from lmforge.train.tracking import check_trackers, tracking_callbacks
 from lmforge.train.trainer import LanguageModelTrainer
 
 

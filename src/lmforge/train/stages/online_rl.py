@@ -30,16 +30,6 @@ from lmforge.jsonl import atomic_open
 from lmforge.model.precision import cast_state_dict, config_dtype, record_saved_dtype
 from lmforge.rewards import Rewarder
 from lmforge.runlog import append_record, cut_log
-from lmforge.train.chat_stage import ChatStage
-from lmforge.train.checkpoint import (
-    COMPLETE_MARKER,
-    clear_leftovers,
-    publish,
-    resolve_resume,
-    rotate,
-    staging_root,
-)
-from lmforge.train.guard import NonfiniteGuard
 from lmforge.train.rl_losses import (
     PolicyLoss,
     gae,
@@ -52,9 +42,19 @@ from lmforge.train.rl_losses import (
 )
 from lmforge.train.rl_optimization import Optimization
 from lmforge.train.rollout import Rollout, completion_logps, sample_completions
+from lmforge.train.runtime.checkpoint import (
+    COMPLETE_MARKER,
+    clear_leftovers,
+    publish,
+    resolve_resume,
+    rotate,
+    staging_root,
+)
+from lmforge.train.runtime.guard import NonfiniteGuard
+from lmforge.train.runtime.signals import StopRequest, stopped_message
+from lmforge.train.runtime.tracking import LoopTrackers, finish_trackers, log_samples
 from lmforge.train.setup import enable_gradient_checkpointing, save_dtype
-from lmforge.train.signals import StopRequest, stopped_message
-from lmforge.train.tracking import LoopTrackers, finish_trackers, log_samples
+from lmforge.train.stages.shared_setup import ChatStage
 
 logger = logging.getLogger(__name__)
 
@@ -388,8 +388,8 @@ def run_online_rl(cfg: RunConfig, algorithm: str) -> dict:
     from transformers import set_seed
 
     from lmforge.model.reference import reference_model
-    from lmforge.train.chat_stage import policy_model, prepare_chat_stage
     from lmforge.train.run import report, save_run_config
+    from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage
 
     resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
     stage = prepare_chat_stage(cfg, resume)

@@ -16,10 +16,10 @@ from trl import RewardConfig
 from lmforge.config.schema import RunConfig
 from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import build_model
-from lmforge.train.chat_stage import prepare_chat_stage, trainer_kwargs
-from lmforge.train.checkpoint import resolve_resume
 from lmforge.train.run import run_training
+from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.setup import set_precision
+from lmforge.train.stages.shared_setup import prepare_chat_stage, trainer_kwargs
 from lmforge.train.trainer import RewardModelTrainer
 
 

@@ -12,10 +12,10 @@ from lmforge.config.schema import RunConfig
 from lmforge.data.collate import SftCollator
 from lmforge.data.examples import ExampleData, model_columns
 from lmforge.data.packing import pack_examples, uses_packing
-from lmforge.train.chat_stage import policy_model, prepare_chat_stage, trainer_kwargs
-from lmforge.train.checkpoint import resolve_resume
 from lmforge.train.predict import predict
 from lmforge.train.run import run_training
+from lmforge.train.runtime.checkpoint import resolve_resume
+from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
 from lmforge.train.trainer import LanguageModelTrainer
 
 logger = logging.getLogger(__name__)

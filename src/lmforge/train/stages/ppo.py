@@ -4,7 +4,7 @@ to the reference, GAE, clipped policy and value losses; see `online_rl.py`)."""
 from __future__ import annotations
 
 from lmforge.config.schema import RunConfig
-from lmforge.train.online_rl import run_online_rl
+from lmforge.train.stages.online_rl import run_online_rl
 
 
 def run(cfg: RunConfig) -> dict:
