@@ -17,8 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lmforge.config.schema import EvalConfig
 from lmforge.data.examples import build_examples
 from lmforge.data.template import stop_token_ids
-from lmforge.metrics import text_scores
-from lmforge.model.inference import generate
+from lmforge.model.inference import predict_and_score
 
 logger = logging.getLogger(__name__)
 
@@ -28,18 +27,13 @@ def evaluate_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     """(results, predictions): scores in percent over the prompts that have a reference."""
     data = build_examples(cfg.data, tokenizer, cfg.eval.seed, kind="prompt")
     rows = data.train
-    examples = [json.loads(c) for c in rows["conversation"]]
-    prompts = [list(ids) for ids in rows["input_ids"]]
-    logger.info("Generating answers for %d prompts", len(prompts))
-    answers = generate(model, tokenizer, prompts, cfg.generation, stop_token_ids(tokenizer),
-                       batch_size=cfg.eval.batch_size, seed=cfg.eval.seed, progress=True)
-    predictions = [{"prompt": tokenizer.decode(p, skip_special_tokens=False), "predict": a,
-                    "label": e.get("reference")} for p, a, e in zip(prompts, answers, examples, strict=True)]
-    scored = [p for p in predictions if p["label"] is not None]
+    references = [json.loads(c).get("reference") for c in rows["conversation"]]
+    predictions, scores = predict_and_score(model, tokenizer, [list(ids) for ids in rows["input_ids"]], references,
+                                            cfg.generation, stop_token_ids(tokenizer), cfg.eval.batch_size,
+                                            cfg.eval.seed, progress=True)
+    scored = sum(r is not None for r in references)
     if not scored:
         logger.warning("No prompt has a reference answer: nothing to score, only the predictions are written")
-    results: dict[str, Any] = {"unit": "percent", "prompts": len(predictions), "scored": len(scored),
-                               "skipped": {name: s.get("skipped", 0) for name, s in data.stats.items()}}
-    if scored:
-        results.update(text_scores([p["predict"] for p in scored], [p["label"] for p in scored]))
+    results: dict[str, Any] = {"unit": "percent", "prompts": len(predictions), "scored": scored,
+                               "skipped": {name: s.get("skipped", 0) for name, s in data.stats.items()}, **scores}
     return results, predictions

@@ -91,3 +91,19 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
             completions[i] = text
     model.train(was_training)
     return completions
+
+
+def predict_and_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
+                      references: list[str | None], gen: GenerationArguments, stop_ids: list[int],
+                      batch_size: int, seed: int, progress: bool = False) -> tuple[list[dict], dict[str, float]]:
+    """The one prediction path (`do_predict` and `lmforge eval task=generate`): an answer per prompt, as
+    `{"prompt", "predict", "label"}` records, and ROUGE/BLEU/exact match over the prompts that have a reference."""
+    from lmforge.metrics import text_scores
+
+    logger.info("Generating answers for %d prompts", len(prompts))
+    answers = generate(model, tokenizer, prompts, gen, stop_ids, batch_size=batch_size, seed=seed, progress=progress)
+    predictions = [{"prompt": tokenizer.decode(p, skip_special_tokens=False), "predict": a, "label": r}
+                   for p, a, r in zip(prompts, answers, references, strict=True)]
+    scored = [p for p in predictions if p["label"] is not None]
+    scores = text_scores([p["predict"] for p in scored], [p["label"] for p in scored]) if scored else {}
+    return predictions, scores
