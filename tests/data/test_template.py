@@ -33,7 +33,7 @@ REASONING = (
     "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
     "{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}"
     "{%- else %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endif %}"
-    "{%- endfor %}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 # The system prompt is folded into the first user turn; assistant turns end with EOS.
 INST = (
@@ -54,7 +54,7 @@ GEMMA = (
     "{%- set msgs = messages[1:] %}{%- else %}{%- set sys = '' %}{%- set msgs = messages %}{%- endif %}"
     "{%- for m in msgs %}{%- set role = 'model' if m.role == 'assistant' else m.role %}"
     "{{- '<start_of_turn>' + role + '\\n' + (sys if loop.first else '') + m.content | trim + '<end_of_turn>\\n' }}"
-    "{%- endfor %}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}"
 )
 
 CONVERSATION = [
@@ -277,9 +277,28 @@ def test_llama31_tool_call_opening_is_trained(chat_tokenizer):
     assert trained == _generated_after_prompt(tok, messages, tools=tools, date_string="26 Jul 2024")
 
 
-def test_a_template_without_generation_prompt_keeps_the_marked_span(chat_tokenizer):
-    """[INST]-style templates write nothing for add_generation_prompt: the role header of the next turn is not
-    the model's to write, so the span stays where the markers put it."""
+# Mistral-style: no generation prompt at all; the model writes everything after `[/INST]`, tool calls included.
+MISTRAL_TOOLS = (
+    "{{- bos_token }}{%- for m in messages %}"
+    "{%- if m.role == 'user' %}{{- '[INST] ' + m.content + '[/INST]' }}"
+    "{%- elif m.role == 'tool' %}{{- '[TOOL_RESULTS] ' + m.content + '[/TOOL_RESULTS]' }}"
+    "{%- elif m.tool_calls is defined %}"
+    "{{- '[TOOL_CALLS] ' + (m.tool_calls | map(attribute='function') | list | tojson) + eos_token }}"
+    "{%- else %}{{- ' ' + m.content | trim + eos_token }}{%- endif %}{%- endfor %}"
+)
+
+
+def test_a_template_without_generation_prompt_trains_everything_after_the_history(chat_tokenizer):
+    """[INST]-style templates write nothing for add_generation_prompt: the model continues the history's rendering,
+    so a tool call's `[TOOL_CALLS] [{"name": "` opening is the model's to write and is trained."""
     tok = copy.deepcopy(chat_tokenizer)
-    tok.chat_template, tok.bos_token, tok.eos_token = GEMMA, "<s>", "<end_of_turn>"
-    assert _trained_texts(tok, GREETING) == ["I am fine!<end_of_turn>", "很高兴认识你！<end_of_turn>"]
+    tok.chat_template, tok.bos_token, tok.eos_token = MISTRAL_TOOLS, "<s>", "</s>"
+    tok.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]", "[INST]", "[/INST]"]})
+    messages = [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                {"role": "tool", "content": "sunny"}, {"role": "user", "content": "Thanks"},
+                {"role": "assistant", "content": "You are welcome."}]
+    trained = _trained_texts(tok, messages)
+    assert [t.lstrip(" ") for t in trained] == [
+        '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]</s>', "You are welcome.</s>"]

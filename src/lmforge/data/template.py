@@ -110,9 +110,6 @@ def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
     text = render(tokenizer, messages, tools, chat_template, **template_kwargs)
     nonce = "LMF" + uuid.uuid4().hex[:10]
     specials = special_tokens(tokenizer)
-    # a template with no generation prompt (most [INST]-style ones) renders the same with or without it: the text
-    # before a turn is then no prompt the model continues, and only the markers decide
-    uses_generation_prompt = "add_generation_prompt" in (chat_template or tokenizer.chat_template or "")
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
@@ -123,9 +120,7 @@ def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
             raise TemplateMismatch(f"the chat template does not render assistant message {i}")
         start, end = _changed_region(text, variant)
         end += len(end_of_turn_text(text[end:], specials, anything_before=bool(message.get("tool_calls"))))
-        if uses_generation_prompt:
-            start = _generation_prompt_end(tokenizer, text, messages[:i], start, tools, chat_template,
-                                           **template_kwargs)
+        start = _generation_prompt_end(tokenizer, text, messages[:i], start, tools, chat_template, **template_kwargs)
         if spans and start < spans[-1][1]:
             raise TemplateMismatch(f"assistant message {i} is rendered before or inside an earlier one")
         spans.append((start, end))
@@ -136,8 +131,9 @@ def _generation_prompt_end(tokenizer: PreTrainedTokenizerBase, text: str, histor
                            tools: list | None, chat_template: str | None, **template_kwargs: Any) -> int:
     """Where the model starts producing the turn after `history`: the end of the generation-prompt rendering of
     `history` when that is a prefix of `text` ending at or before `start` (so a reasoning opener such as `<think>\n`
-    or a tool call's `{"name": "` that the template writes before the content is trained); `start` otherwise (a
-    template that renders earlier turns differently once a reply follows, or that refuses such a history)."""
+    or a tool call's `{"name": "` that the template writes before the content is trained; for an [INST]-style
+    template without a generation prompt, what follows `[/INST]`, e.g. Mistral's `[TOOL_CALLS]`); `start` otherwise
+    (a template that renders earlier turns differently once a reply follows, or that refuses such a history)."""
     try:
         prompt = render(tokenizer, history, tools, chat_template, add_generation_prompt=True, **template_kwargs)
     except (jinja2.TemplateError, IndexError, KeyError, TypeError):  # e.g. "a conversation must start with a user"
