@@ -149,3 +149,17 @@ def test_usage_lists_every_stage(capsys):
     text = usage.out + usage.err
     line = next(line for line in text.splitlines() if "lmforge train CONFIG.yaml" in line)
     assert all(stage in line for stage in STAGES) and len(STAGES) == 7
+
+
+@pytest.mark.slow
+def test_the_gpu_check_suite_runs_its_checks_on_a_cpu_smoke_model(tmp_path):
+    """`lmforge bench --suite gpu --smoke` (what bench/gpu_check.sh runs on a GPU with the 0.5B shape): every
+    check passes or is skipped with its reason, and the JSON and table are written."""
+    assert main(["bench", "--suite", "gpu", "--smoke", "--output", str(tmp_path / "gpu"), "--steps", "2"]) == 0
+    report = json.loads((tmp_path / "gpu" / "gpu_check.json").read_text())
+    statuses = {name: r["status"] for name, r in report["checks"].items()}
+    assert statuses == {"build_model": "pass", "matmul": "pass", "sft": "pass", "losses": "pass", "packing": "pass",
+                        "serve": "pass", "fsdp2": "skip", "deepspeed": "skip"}
+    assert report["checks"]["packing"]["relative_difference"] < 1e-4
+    assert report["checks"]["serve"]["tokens_per_second_32"] > 0
+    assert "| sft | pass |" in (tmp_path / "gpu" / "gpu_check.md").read_text()

@@ -311,6 +311,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="with --compare, --packing-compare, --eval-prefix-compare or --preprocess: runs per "
                         "path (best kept)")
+    parser.add_argument("--suite", choices=["gpu"],
+                        help="gpu: the GPU check (bench/gpu_check.sh): a 0.5B model built from a config; SFT MFU and "
+                        "memory, losses, packing, serving, FSDP2/DeepSpeed; writes gpu_check.json/.md to --output")
+    parser.add_argument("--smoke", action="store_true", help="with --suite: a tiny model, so the suite runs on a CPU")
+    parser.add_argument("--output", default="gpu_check", help="with --suite: where its files go")
     ns = parser.parse_args(argv)
     from lmforge.logs import setup_logging
 
@@ -318,7 +323,15 @@ def main(argv: list[str]) -> int:
     config, overrides = ns.config, list(ns.overrides)
     if config and "=" in config:
         config, overrides = None, [config, *overrides]
-    if ns.eval_prefix_compare:
+    if ns.suite:
+        from lmforge.bench.gpu_suite import run_suite, table
+
+        result = run_suite(ns.output, smoke=ns.smoke, steps=ns.steps if ns.steps != 20 else 10)
+        print(table(result))
+        if result["failed"]:
+            print(f"failed checks: {', '.join(result['failed'])}", file=sys.stderr)
+            return 1
+    elif ns.eval_prefix_compare:
         from lmforge.bench.eval_prefix import compare_prefix_reuse
         from lmforge.bench.eval_prefix import report as eval_report
 

@@ -1,0 +1,288 @@
+"""`lmforge bench --suite gpu`: the GPU check, one command, no network. It builds a Qwen2-style model from a config
+(about 0.5B parameters: Qwen2-0.5B's shape; `--smoke` takes a tiny one so the suite's logic runs on a CPU), and
+measures and checks, writing `gpu_check.json` and `gpu_check.md` into `--output`:
+
+- `matmul`: the bf16 (CPU: float32) matmul rate of the device, measured in this process;
+- `sft`: full SFT (bf16 on a GPU) on packed rows of `cutoff_len` tokens: real tokens/s, MFU against that rate,
+  peak memory;
+- `losses`: the chunked loss against the model's own loss (and Liger's, where installed) on the same batch;
+- `packing`: the loss of packed rows equals the loss of the same examples unpacked (within bf16 tolerance);
+- `serve`: the serving engine's throughput at 1, 8 and 32 concurrent greedy requests;
+- `fsdp2`, `deepspeed`: a short run through `lmforge train` and its resume (skipped, with the reason, where they
+  cannot run: no CUDA, package not installed).
+
+Each check ends `pass`, `fail` (with the error) or `skip` (with the reason); one failing check does not stop the
+others. `bench/gpu_check.sh` installs what the GPU image lacks from wheels carried beside it and runs this."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+QWEN2_05B = {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+             "intermediate_size": 4864, "max_position_embeddings": 32768, "tie_word_embeddings": True,
+             "vocab_size": 151936}
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 128, "max_position_embeddings": 1024, "tie_word_embeddings": True, "vocab_size": 2048}
+
+
+class Suite:
+    def __init__(self, output: str, smoke: bool, steps: int, cutoff_len: int):
+        self.output, self.smoke, self.steps = output, smoke, steps
+        self.cuda = torch.cuda.is_available()
+        self.cutoff_len = cutoff_len
+        self.results: dict[str, dict[str, Any]] = {}
+        os.makedirs(output, exist_ok=True)
+        self.model_dir = tempfile.mkdtemp(prefix="gpu-check-model-")  # ~1 GB at 0.5B: not in the output
+
+    # ---- the model --------------------------------------------------------------------------------------------
+    def build_model(self) -> str:
+        """A Qwen2-style model from a config (no hub) with a byte-level BPE tokenizer trained on lmforge's own
+        corpus, saved as a plain Hugging Face directory."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from lmforge.data.chat_templates import apply_template_choice
+        from lmforge.model.tokenizer import train_bpe_tokenizer
+        from lmforge.resources import quickstart_corpus
+
+        tokenizer = train_bpe_tokenizer(quickstart_corpus.generate(), 2048, ["<|endoftext|>", "<|im_start|>",
+                                                                            "<|im_end|>"])
+        apply_template_choice(tokenizer, "chatml")
+        shape = dict(TINY if self.smoke else QWEN2_05B)
+        config = AutoConfig.for_model("qwen2", **shape, eos_token_id=tokenizer.eos_token_id,
+                                      pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if self.cuda else torch.float32)
+        model.save_pretrained(self.model_dir)
+        tokenizer.save_pretrained(self.model_dir)
+        return self.model_dir
+
+    def sft_overrides(self, out: str, **extra: Any) -> list[str]:
+        values = {"stage": "sft", "model_name_or_path": self.model_dir, "dataset": "lmforge_sft_quickstart",
+                  "template": "chatml", "cutoff_len": self.cutoff_len, "packing": True, "output_dir": out,
+                  "per_device_train_batch_size": 1 if self.smoke else 4, "learning_rate": 1e-5,
+                  "bf16": self.cuda, "report_to": "none", "disable_tqdm": True, "seed": 0,
+                  "dataloader_num_workers": 0, **extra}
+        return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()]
+
+    # ---- the checks -------------------------------------------------------------------------------------------
+    def check(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        started = time.perf_counter()
+        try:
+            result = fn()
+            result.setdefault("status", "pass")
+        except _Skip as skip:
+            result = {"status": "skip", "reason": str(skip)}
+        except Exception as err:  # noqa: BLE001 - a failing check is reported and the others still run
+            result = {"status": "fail", "error": f"{type(err).__name__}: {err}",
+                      "traceback": traceback.format_exc(limit=6)}
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        self.results[name] = result
+        print(f"[gpu check] {name}: {result['status']} {_brief(result)}", flush=True)
+
+    def matmul(self) -> dict[str, Any]:
+        from lmforge.bench.training import matmul_peak
+
+        device = torch.device("cuda" if self.cuda else "cpu")
+        dtype = torch.bfloat16 if self.cuda else torch.float32
+        flops = matmul_peak(dtype, device, n=8192 if self.cuda else 1024)
+        return {"dtype": str(dtype).removeprefix("torch."), "tflops": round(flops / 1e12, 2)}
+
+    def sft(self) -> dict[str, Any]:
+        from lmforge.bench.training import run
+
+        result = run(None, self.sft_overrides(tempfile.mkdtemp(prefix="gpu-sft-")), self.steps, 2)
+        keep = ("real_tokens_per_second", "fraction_of_peak", "peak_memory_gib", "time_to_first_step_s",
+                "tokens_per_step", "matmul_peak_flops", "dtype")
+        out = {k: result[k] for k in keep}
+        out["mfu_vs_measured_matmul"] = round(result["fraction_of_peak"], 4)
+        if self.cuda and not self.smoke and result["fraction_of_peak"] < 0.40:
+            out["status"] = "fail"
+            out["error"] = f"MFU {result['fraction_of_peak']:.1%} is below the 40 % target"
+        return out
+
+    def _batch(self, packed: bool):
+        from lmforge.config.data import DataArguments
+        from lmforge.data.collate import SftCollator
+        from lmforge.data.examples import build_examples
+        from lmforge.data.packing import pack_examples
+        from lmforge.model.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(self.model_dir)
+        data = build_examples(DataArguments(dataset="lmforge_sft_quickstart", cutoff_len=256, max_samples=16),
+                              tokenizer, seed=0)
+        rows = data.train.select_columns(["input_ids", "labels"])
+        if packed:
+            rows = pack_examples(rows, self.cutoff_len)
+        return SftCollator(tokenizer.pad_token_id)(list(rows))
+
+    def _model(self, attn: str = "sdpa"):
+        from transformers import AutoModelForCausalLM
+
+        device = "cuda" if self.cuda else "cpu"
+        dtype = torch.bfloat16 if self.cuda else torch.float32
+        return AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype, attn_implementation=attn).to(device)
+
+    def packing(self) -> dict[str, Any]:
+        model = self._model().eval()
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            unpacked = model(**_on(self._batch(False), device)).loss.float().item()
+            packed = model(**_on(self._batch(True), device)).loss.float().item()
+        tolerance = 2e-2 if self.cuda else 1e-4
+        out = {"unpacked_loss": unpacked, "packed_loss": packed, "relative_difference": abs(packed - unpacked) /
+               abs(unpacked), "tolerance": tolerance}
+        if out["relative_difference"] > tolerance:
+            out.update(status="fail", error="packed and unpacked losses differ")
+        return out
+
+    def losses(self) -> dict[str, Any]:
+        from lmforge.model.chunked_loss import use_chunked_loss
+
+        batch = self._batch(True)
+        model = self._model().train()
+        device = next(model.parameters()).device
+        batch = _on(batch, device)
+        with torch.no_grad():
+            standard = model(**batch).loss.float().item()
+            if not use_chunked_loss(model):
+                raise _Skip("chunked loss not available for this architecture")
+            chunked = model(**batch).loss.float().item()
+        out = {"model_loss": standard, "chunked_loss": chunked}
+        if importlib.util.find_spec("liger_kernel") is not None and self.cuda:
+            from liger_kernel.transformers import apply_liger_kernel_to_qwen2
+
+            apply_liger_kernel_to_qwen2()
+            with torch.no_grad():
+                out["liger_loss"] = self._model().train()(**batch).loss.float().item()
+        else:
+            out["liger"] = "skipped: liger_kernel not installed" if self.cuda else "skipped: needs CUDA"
+        tolerance = 2e-2 if self.cuda else 1e-4
+        if abs(chunked - standard) / abs(standard) > tolerance:
+            out.update(status="fail", error="chunked loss differs from the model's loss")
+        return out
+
+    def serve(self) -> dict[str, Any]:
+        from lmforge.data.template import prompt_ids, stop_token_ids
+        from lmforge.model.tokenizer import load_tokenizer
+        from lmforge.serve.engine import Engine
+        tokenizer = load_tokenizer(self.model_dir)
+        engine = Engine(self._model().eval(), tokenizer, stop_token_ids(tokenizer), max_batch_size=32)
+        new_tokens = 16 if self.smoke else 128
+        out: dict[str, Any] = {"max_tokens": new_tokens}
+        try:
+            for clients in (1, 8, 32):
+                prompts = [prompt_ids(tokenizer, [{"role": "user", "content": f"Tell story {i}"}])
+                           for i in range(clients)]
+                out[f"tokens_per_second_{clients}"] = _throughput(engine, prompts, new_tokens)
+        finally:
+            engine.close()
+        return out
+
+    def distributed(self, engine: str) -> dict[str, Any]:
+        if not self.cuda:
+            raise _Skip(f"{engine} needs a CUDA GPU")
+        if engine == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+            raise _Skip("deepspeed is not installed (not carried as a wheel)")
+        out_dir = tempfile.mkdtemp(prefix=f"gpu-{engine}-")
+        extra: dict[str, Any] = {"max_steps": 4, "save_steps": 2, "logging_steps": 1, "nproc_per_node": 1}
+        if engine == "fsdp2":
+            extra.update(fsdp="full_shard", fsdp_config={"fsdp_version": 2})
+        else:
+            extra["deepspeed"] = os.path.join(os.path.dirname(__file__), "..", "..", "..", "examples", "deepspeed",
+                                              "ds_z3_config.json")
+        first = self._train(self.sft_overrides(out_dir, **extra))
+        resumed = self._train(self.sft_overrides(out_dir, **{**extra, "max_steps": 6},
+                                                 resume_from_checkpoint=True))
+        log = [json.loads(line) for line in open(os.path.join(out_dir, "trainer_log.jsonl"), encoding="utf-8")]
+        steps = [r["step"] for r in log if "loss" in r]
+        return {"first_run_seconds": first, "resumed_run_seconds": resumed, "logged_steps": steps,
+                **({"status": "fail", "error": f"resume logged steps {steps}"} if steps != list(range(1, 7)) else {})}
+
+    def _train(self, overrides: list[str]) -> float:
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "lmforge", "train", *overrides], capture_output=True,
+                                text=True, timeout=900)
+        if result.returncode != 0:
+            raise RuntimeError(f"lmforge train exited {result.returncode}: {result.stderr[-1500:]}")
+        return round(time.perf_counter() - started, 1)
+
+    # ---- the report -------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.check("build_model", lambda: {"model_dir": self.build_model(),
+                                           "shape": "tiny (smoke)" if self.smoke else "Qwen2-0.5B"})
+        self.check("matmul", self.matmul)
+        self.check("sft", self.sft)
+        self.check("losses", self.losses)
+        self.check("packing", self.packing)
+        self.check("serve", self.serve)
+        self.check("fsdp2", lambda: self.distributed("fsdp2"))
+        self.check("deepspeed", lambda: self.distributed("deepspeed"))
+        device = torch.cuda.get_device_name(0) if self.cuda else "cpu"
+        report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "torch": torch.__version__,
+                  "smoke": self.smoke, "checks": self.results,
+                  "failed": [n for n, r in self.results.items() if r["status"] == "fail"]}
+        with open(os.path.join(self.output, "gpu_check.json"), "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=1, default=str)
+        with open(os.path.join(self.output, "gpu_check.md"), "w", encoding="utf-8") as fh:
+            fh.write(table(report))
+        return report
+
+
+class _Skip(Exception):
+    pass
+
+
+def _throughput(engine: Any, prompts: list[list[int]], new_tokens: int) -> float:
+    """Completion tokens per second of greedy requests submitted together."""
+    from lmforge.serve.sampling import SamplingParams
+
+    done = threading.Semaphore(0)
+    tokens = [0] * len(prompts)
+
+    def sink(i: int) -> Callable:
+        def put(event: Any) -> None:
+            if event.finish_reason:
+                tokens[i] = event.completion_tokens
+                done.release()
+        return put
+
+    started = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        engine.submit(prompt, SamplingParams(max_tokens=new_tokens, temperature=0.0), sink(i))
+    for _ in prompts:
+        done.acquire()
+    return round(sum(tokens) / (time.perf_counter() - started), 1)
+
+
+def _on(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _brief(result: dict[str, Any]) -> str:
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()
+             if k not in ("status", "traceback", "model_dir")}
+    return ", ".join(f"{k}={v}" for k, v in shown.items())[:400]
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [f"GPU check, {report['date']}, {report['device']} (torch {report['torch']})", "",
+             "| check | status | figures |", "|---|---|---|"]
+    for name, result in report["checks"].items():
+        lines.append(f"| {name} | {result['status']} | {_brief(result).replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_suite(output: str, smoke: bool = False, steps: int = 10, cutoff_len: int | None = None) -> dict[str, Any]:
+    return Suite(output, smoke, steps, cutoff_len or (256 if smoke else 4096)).run()
