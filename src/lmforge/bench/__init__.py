@@ -2,6 +2,6 @@
 `--compare` against the common way, `--packing-compare`); `preprocess` times data encoding (`--preprocess`);
 `eval_prefix` times multiple-choice evaluation with and without prefix KV reuse (`--eval-prefix-compare`)."""
 
-from lmforge.bench.training import main
+from lmforge.bench.command import main
 
 __all__ = ["main"]

@@ -1,0 +1,79 @@
+"""The `lmforge bench` command line: which benchmark to run (training speed by default; --compare,
+--packing-compare, --preprocess, --eval-prefix-compare, --suite gpu), and its report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lmforge.bench.training import __doc__ as TRAINING_DOC
+from lmforge.bench.training import bench_config, compare_baseline, compare_packing, report, run
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lmforge bench", description=TRAINING_DOC,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", help="run YAML (the same file `lmforge train` takes)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--json", dest="json_path", help="also write the figures to this JSON file")
+    parser.add_argument("--compare", action="store_true",
+                        help="also run the common way (transformers' Trainer, per-batch padding, the model's own "
+                        "loss over full logits) on the same config in this process, and print lmforge / baseline")
+    parser.add_argument("--preprocess", action="store_true",
+                        help="sft: examples/s of lmforge's encoding (workers: preprocessing_num_workers) against a "
+                        "per-example datasets.map + apply_chat_template, and of a cache hit")
+    parser.add_argument("--packing-compare", action="store_true",
+                        help="sft: measure the config packed (packing=true) and padded (packing=false) in this "
+                        "process, and print the ratios")
+    parser.add_argument("--eval-prefix-compare", action="store_true",
+                        help="CONFIG is an `lmforge eval` config of a multiple-choice benchmark: time it without and "
+                        "with prefix KV reuse in this process and print the speed-up and whether the results agree")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="with --compare, --packing-compare, --eval-prefix-compare or --preprocess: runs per "
+                        "path (best kept)")
+    parser.add_argument("--suite", choices=["gpu"],
+                        help="gpu: the GPU check (bench/gpu_check.sh): a 0.5B model built from a config; SFT MFU and "
+                        "memory, losses, packing, serving, FSDP2/DeepSpeed; writes gpu_check.json/.md to --output")
+    parser.add_argument("--smoke", action="store_true", help="with --suite: a tiny model, so the suite runs on a CPU")
+    parser.add_argument("--output", default="gpu_check", help="with --suite: where its files go")
+    ns = parser.parse_args(argv)
+    from lmforge.logs import setup_logging
+
+    setup_logging()
+    config, overrides = ns.config, list(ns.overrides)
+    if config and "=" in config:
+        config, overrides = None, [config, *overrides]
+    if ns.suite:
+        from lmforge.bench.gpu_suite import run_suite, table
+
+        result = run_suite(ns.output, smoke=ns.smoke, steps=ns.steps if ns.steps != 20 else 10)
+        print(table(result))
+        if result["failed"]:
+            print(f"failed checks: {', '.join(result['failed'])}", file=sys.stderr)
+            return 1
+    elif ns.eval_prefix_compare:
+        from lmforge.bench.eval_prefix import compare_prefix_reuse
+        from lmforge.bench.eval_prefix import report as eval_report
+
+        result = compare_prefix_reuse(config, overrides, ns.repeats)
+        print(eval_report(result))
+    elif ns.preprocess:
+        from lmforge.bench import preprocess as prep_bench
+
+        result = prep_bench.compare_preprocessing(bench_config(config, overrides, 1, 0), ns.repeats)
+        print(prep_bench.report(result))
+    elif ns.compare:
+        result = compare_baseline(config, overrides, ns.steps, ns.warmup, ns.repeats)
+    elif ns.packing_compare:
+        result = compare_packing(config, overrides, ns.steps, ns.warmup, ns.repeats)
+    else:
+        result = run(config, overrides, ns.steps, ns.warmup)
+        print(report(result))
+    if ns.json_path:
+        with open(ns.json_path, "w") as fh:
+            json.dump(result, fh, indent=2)
+    sys.stdout.flush()
+    return 0
