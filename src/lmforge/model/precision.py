@@ -1,13 +1,14 @@
 """Master weights: what precision the trained parameters live in, and what precision the result is saved in.
 
 A bf16/fp16 checkpoint loaded as is and trained by a plain optimizer loses every update smaller than half a step of
-its format (for bf16, 2^-9 of the weight): at fine-tuning learning rates most updates vanish. Mixed precision keeps
+its format (for bf16, 2^-8 of the weight): at fine-tuning learning rates most updates vanish. Mixed precision keeps
 float32 master weights and computes under autocast; the result is saved in the checkpoint's own dtype.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -15,11 +16,6 @@ logger = logging.getLogger(__name__)
 
 HALF = (torch.bfloat16, torch.float16)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def floating_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype of the model's first floating-point parameter (what `save_pretrained` records)."""
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def set_master_weights(model: torch.nn.Module, finetuning_type: str, autocast: bool, pure_bf16: bool = False,
@@ -70,8 +66,6 @@ def config_dtype(model: torch.nn.Module) -> torch.dtype | None:
 def record_saved_dtype(model: torch.nn.Module, directory: str, dtype: torch.dtype) -> None:
     """Rewrite the config.json saved in `directory` to say `dtype` (save_pretrained records the dtype of the
     float32 master weights in memory, not that of the cast state dict it was given)."""
-    import os
-
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
         return

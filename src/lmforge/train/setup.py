@@ -1,4 +1,5 @@
-"""Pieces every training stage assembles first: logging, the tokenizer, the trained parameters' precision."""
+"""What every training stage sets on its model before training: the trained parameters' precision (float32
+master weights) and the saved dtype, gradient checkpointing for a loop of our own."""
 
 from __future__ import annotations
 
