@@ -107,3 +107,18 @@ def test_data_dump_of_the_records_the_issue_names_ends_cleanly(tiny_model_dir, t
     err = caplog.text
     assert "skipped 3 records" in err and "lone surrogate U+D800) (records 1)" in err
     assert "'tool_calls' must be a list of objects (records 2)" in err
+
+
+def test_deeply_nested_json_is_a_clear_error_or_a_skip(chat_tok, tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"instruction": "Hi", "output": "Hello"}\n{"instruction": ' + deep + ', "output": "x"}\n')
+    with pytest.raises(DataError, match=r"deep.jsonl' line 2: JSON nested too deeply"):
+        build_examples(data_args(dataset=str(path), dataset_dir=str(tmp_path)), chat_tok, seed=0)
+    nested: list = []
+    for _ in range(200):  # deep enough to trouble a template, shallow enough for json
+        nested = [nested]
+    path = write_jsonl(tmp_path / "nested.jsonl", [ANCHORS["alpaca"], {"instruction": nested, "output": "x"}])
+    data = build_examples(data_args(dataset=str(path), dataset_dir=str(tmp_path)), chat_tok, seed=0)
+    [stats] = data.stats.values()
+    assert stats["records"] == 2 and stats["examples"] + stats["skipped"] == 2

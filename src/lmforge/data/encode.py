@@ -233,7 +233,7 @@ class ConversationEncoder:
 # What encoding one example may raise; each becomes that example's counted skip (a template that fails on odd
 # content, e.g. tool arguments of an unexpected type, must not end the run).
 ENCODE_ERRORS = (SkipRecord, TemplateMismatch, jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError,
-                 IndexError)
+                 IndexError, RecursionError)
 
 
 def _skip_reason(err: Exception) -> str:

@@ -379,7 +379,7 @@ def normalise_records(records: list, fmt: ConversationFormat, source: str,
             out.append((index, example))
         except SkipRecord as err:
             report.add(index, str(err))
-        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as err:
             # a shape the checks above did not foresee (fuzzed or hand-edited data): counted, never a crash
             report.add(index, f"malformed record ({type(err).__name__}: {str(err)[:80]})")
     return out, report

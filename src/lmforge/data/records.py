@@ -28,6 +28,8 @@ def _json_lines(path: str, text: str) -> list[Any]:
             except json.JSONDecodeError as err:
                 raise DataError(f"Data error: '{path}' line {lineno}: not valid JSON ({err.msg}, column "
                                 f"{err.colno}).") from None
+            except RecursionError:
+                raise DataError(f"Data error: '{path}' line {lineno}: JSON nested too deeply to read.") from None
     return records
 
 
@@ -41,6 +43,8 @@ def _read_json_file(path: str) -> list[Any]:
         return _json_lines(path, text)
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise DataError(f"Data error: '{path}': JSON nested too deeply to read.") from None
     except json.JSONDecodeError as err:
         if text.lstrip().startswith("{") and err.msg == "Extra data":  # a .json file holding JSON lines
             return _json_lines(path, text)
