@@ -27,7 +27,8 @@ def _count_tokens(model: torch.nn.Module) -> tuple[list[int], Any]:
 def compare_prefix_reuse(config: str | None, overrides: list[str], repeats: int = 1) -> dict[str, Any]:
     from lmforge.eval.mc import evaluate_benchmark
     from lmforge.eval.run import benchmark_and_style
-    from lmforge.model.inference import load_inference_model, load_inference_tokenizer
+    from lmforge.model.inference import load_inference_model
+    from lmforge.model.tokenizer import load_inference_tokenizer
 
     cfg = load_eval_config(config, ["output_dir=lmforge-bench", *overrides])
     e = cfg.eval

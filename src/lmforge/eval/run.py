@@ -14,7 +14,8 @@ from lmforge.errors import ConfigError
 from lmforge.eval.benchmarks import Benchmark, load_benchmark
 from lmforge.eval.prompts import PromptStyle, prompt_style_is_chat
 from lmforge.jsonl import write_json, write_jsonl
-from lmforge.model.inference import load_inference_model, load_inference_tokenizer
+from lmforge.model.inference import load_inference_model
+from lmforge.model.tokenizer import load_inference_tokenizer
 
 logger = logging.getLogger(__name__)
 

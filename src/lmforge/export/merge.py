@@ -9,7 +9,8 @@ from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.config.model import ModelArguments
 from lmforge.data.template import stop_token_ids
-from lmforge.model.inference import DTYPES, load_inference_model, load_inference_tokenizer
+from lmforge.model.inference import DTYPES, load_inference_model
+from lmforge.model.tokenizer import load_inference_tokenizer
 
 logger = logging.getLogger(__name__)
 

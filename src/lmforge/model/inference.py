@@ -4,7 +4,6 @@ generate completions of token-id prompts in batches (samples, prediction, eval).
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from tqdm.auto import tqdm
@@ -12,10 +11,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.config.generation import GenerationArguments
 from lmforge.config.model import ModelArguments
-from lmforge.data.chat_templates import TemplateError, apply_template_choice
 from lmforge.errors import ConfigError
 from lmforge.model.build import build_model
-from lmforge.model.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -24,23 +21,6 @@ DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, 
 
 def inference_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_inference_tokenizer(args: ModelArguments, template: str | None = None) -> tuple[PreTrainedTokenizerBase, int]:
-    """The model's tokenizer (the adapter's own where it saved one), with `template` applied where set. Returns
-    the tokenizer and how many tokens the template added."""
-    path = args.tokenizer_name_or_path or args.model_name_or_path
-    if not args.tokenizer_name_or_path and args.adapter_name_or_path and \
-            os.path.isfile(os.path.join(args.adapter_name_or_path, "tokenizer_config.json")):
-        path = args.adapter_name_or_path  # lmforge saves the tokenizer (and its chat template) with the adapter
-    tokenizer = load_tokenizer(path, args.trust_remote_code, args.model_revision, args.cache_dir)
-    added = 0
-    if template is not None:
-        try:
-            added = apply_template_choice(tokenizer, template)
-        except TemplateError as err:
-            raise ConfigError(f"Config error: {err}.") from None
-    return tokenizer, added
 
 
 def load_inference_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase,

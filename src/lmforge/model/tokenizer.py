@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from lmforge.config.model import ModelArguments
 from lmforge.config.schema import RunConfig
 from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint
 from lmforge.data.chat_templates import TemplateError, apply_template_choice
@@ -120,4 +121,21 @@ def chat_tokenizer(cfg: RunConfig, resume: str | None = None) -> tuple[PreTraine
         raise ConfigError(f"Config error ({cfg.source}): {err}.") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, added
+
+
+def load_inference_tokenizer(args: ModelArguments, template: str | None = None) -> tuple[PreTrainedTokenizerBase, int]:
+    """The model's tokenizer (the adapter's own where it saved one), with `template` applied where set. Returns
+    the tokenizer and how many tokens the template added."""
+    path = args.tokenizer_name_or_path or args.model_name_or_path
+    if not args.tokenizer_name_or_path and args.adapter_name_or_path and \
+            os.path.isfile(os.path.join(args.adapter_name_or_path, "tokenizer_config.json")):
+        path = args.adapter_name_or_path  # lmforge saves the tokenizer (and its chat template) with the adapter
+    tokenizer = load_tokenizer(path, args.trust_remote_code, args.model_revision, args.cache_dir)
+    added = 0
+    if template is not None:
+        try:
+            added = apply_template_choice(tokenizer, template)
+        except TemplateError as err:
+            raise ConfigError(f"Config error: {err}.") from None
     return tokenizer, added

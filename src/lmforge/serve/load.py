@@ -8,7 +8,8 @@ import os
 from lmforge.config.schema import ServeConfig
 from lmforge.data.template import stop_token_ids
 from lmforge.errors import ConfigError
-from lmforge.model.inference import load_inference_model, load_inference_tokenizer
+from lmforge.model.inference import load_inference_model
+from lmforge.model.tokenizer import load_inference_tokenizer
 
 logger = logging.getLogger(__name__)
 
