@@ -227,7 +227,7 @@ def test_chat_template_kwargs_never_carry_a_template(server, client, kwargs):
     assert "the client template ran" not in response.text
     plain = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": GREETING}], max_tokens=3,
                                            extra_body={"chat_template_kwargs": {"enable_thinking": False}})
-    assert plain.choices[0].finish_reason == "length"
+    assert plain.choices[0].finish_reason in ("length", "stop")  # plain template variables are accepted
 
 
 def test_oversized_bodies_get_413_and_too_many_prompts_400(server, client):
