@@ -144,15 +144,18 @@ def dump(cfg: RunConfig, output: str) -> int:
     """Write every processed example as a JSON line; the file appears only when complete."""
     data = processed_data(cfg)
 
+    keys = ("input_ids", "labels", "chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels",
+            "kto_label", "source", "record", "truncated", "position_ids")
+
     def records():
         for split, examples in (("train", data.train), ("eval", data.eval)):
-            for row in examples if examples is not None else []:
-                record = {"split": split}
-                for key in ("input_ids", "labels", "chosen_input_ids", "chosen_labels", "rejected_input_ids",
-                            "rejected_labels", "kto_label", "source", "record", "truncated", "position_ids"):
-                    if key in row:
-                        record[key] = row[key]
-                yield record
+            if examples is None:
+                continue
+            columns = [k for k in keys if k in examples.column_names]
+            # whole batches out of Arrow (row-by-row access converts one row at a time, far slower)
+            for batch in examples.select_columns(columns).iter(batch_size=1000):
+                for values in zip(*(batch[k] for k in columns), strict=True):
+                    yield {"split": split, **dict(zip(columns, values, strict=True))}
 
     count = write_jsonl(output, records())
     print(f"Wrote {count:,} examples to {output}")
