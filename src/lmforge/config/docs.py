@@ -51,6 +51,12 @@ def _type(key) -> str:
     return "one of " + ", ".join(repr(c) for c in key.choices) if key.choices else type_name(key.type)
 
 
+def _described(key) -> str:
+    """A key's help, with the stages it applies to (its `stages=`, the source validation reads too)."""
+    text = _help(key.help)
+    return f"{text} [stages: {', '.join(key.stages)}]" if key.stages else text
+
+
 def _help(text: str) -> str:
     return " ".join(text.split())
 
@@ -75,7 +81,7 @@ def render_reference(markdown: bool = False, schema: str = "all") -> str:
         if markdown:
             lines += [f"## {TITLES[group]}", "", "| key | type | default | description |", "|---|---|---|---|"]
             for k in keys:
-                desc = _help(k.help).replace("|", "\\|")
+                desc = _described(k).replace("|", "\\|")
                 lines.append(f"| `{k.name}` | {_type(k).replace('|', '/')} | `{_default(k.default)}` | "
                              f"{desc} |")
             lines.append("")
@@ -84,6 +90,6 @@ def render_reference(markdown: bool = False, schema: str = "all") -> str:
             for k in keys:
                 lines.append(f"  {k.name} ({_type(k)}, default {_default(k.default)})")
                 if k.help:
-                    lines.append(f"      {_help(k.help)}")
+                    lines.append(f"      {_described(k)}")
             lines.append("")
     return "\n".join(lines)
