@@ -149,7 +149,8 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, err: Exception) -> JSONResponse:
-        return JSONResponse(internal_error(f"{request.method} {request.url.path}: {err!r}", err), status_code=500)
+        message = internal_error(f"{request.method} {request.url.path}: {err!r}", err)
+        return JSONResponse(error_body(message, "server_error"), status_code=500)
 
     async def authorised(request: Request) -> None:
         if api_key is None:
@@ -196,8 +197,7 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
         texts, reasons, tokens = [""] * count, ["stop"] * count, 0
         async for choice, event in session.events():
             if event.error:
-                crash = internal_error(event.error)
-                raise ApiError(500, crash["error"]["message"], "server_error")
+                raise ApiError(500, internal_error(event.error), "server_error")
             texts[choice] += event.text
             if event.finish_reason:
                 reasons[choice], tokens = event.finish_reason, tokens + event.completion_tokens
@@ -209,7 +209,7 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
         try:
             async for choice, event in session.events():
                 if event.error:
-                    yield sse(internal_error(event.error))
+                    yield sse(error_body(internal_error(event.error), "server_error"))
                     break
                 if event.text or event.finish_reason:
                     yield sse(chunk(choice, event.text, event.finish_reason))
@@ -330,12 +330,12 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
     return app
 
 
-def internal_error(detail: str, err: BaseException | None = None) -> dict[str, Any]:
-    """The body of a 500: a request id for the client; the detail (and the traceback of `err`) only in the
+def internal_error(detail: str, err: BaseException | None = None) -> str:
+    """The message of a 500: a request id for the client; the detail (and the traceback of `err`) only in the
     server's log, where the id finds it."""
     request_id = uuid.uuid4().hex[:12]
     logger.error("internal error (request id %s): %s", request_id, detail, exc_info=err)
-    return error_body(f"Internal error (request id {request_id}); the server log has the details.", "server_error")
+    return f"Internal error (request id {request_id}); the server log has the details."
 
 
 def resolve_api_key(cfg: ServeConfig) -> str | None:

@@ -40,6 +40,13 @@ def blocks_per_step(args: Any) -> int:
     return args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
 
 
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: foreach kernels
+    if get_total_norm is not None:
+        return get_total_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors]))
+
+
 class _StopAtStepEnd(TrainerCallback):
     """At the end of each optimizer step: on a signal, or when the guard gives up, save a checkpoint and stop."""
 
@@ -88,7 +95,6 @@ class SafeTrainingMixin:
         # rewrites the config's dtype). A LoRA adapter is saved as it trained.
         model = self.accelerator.unwrap_model(self.model)
         self.save_dtype = None if hasattr(model, "peft_config") else save_dtype or config_dtype(model)
-        self._saving_final = False
         resilience = resilience or ResilienceArguments()
         # fp16 loss scaling and DeepSpeed skip overflowing steps themselves (and hide the gradients from us).
         guarded = resilience.skip_nonfinite_steps and not self.args.fp16 and not self.is_deepspeed_enabled
@@ -134,7 +140,8 @@ class SafeTrainingMixin:
         dropped, so the optimizer leaves the weights and its state as they were."""
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2: this rank's shards
-        finite = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        # one fused norm over all gradients (non-finite iff some gradient is), one sync
+        finite = not grads or bool(torch.isfinite(_total_norm(grads)))
         finite = finite and (self._loss_finite is None or bool(self._loss_finite))
         self._loss_finite = None
         bad = stop_agreed(not finite, self.args.device)
@@ -187,11 +194,7 @@ class SafeTrainingMixin:
         if self.args.should_save:
             shutil.rmtree(staged, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-        self._saving_final = True
-        try:
-            super().save_model(staged, _internal_call)
-        finally:
-            self._saving_final = False
+        super().save_model(staged, _internal_call)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             replace_files(staged, target)
@@ -201,7 +204,8 @@ class SafeTrainingMixin:
         """The final model in `save_dtype` (its config saying so); checkpoints keep the training precision. The
         saved training arguments never hold a secret (hub_token)."""
         output_dir = output_dir or self.args.output_dir
-        dtype = self.save_dtype if self._saving_final else None
+        final = os.path.abspath(output_dir) == os.path.abspath(final_staging(self.args.output_dir))
+        dtype = self.save_dtype if final else None
         model = self.accelerator.unwrap_model(self.model)
         if dtype is None or all(p.dtype == dtype for p in model.parameters() if p.is_floating_point()):
             super()._save(output_dir, state_dict)

@@ -7,7 +7,8 @@ scheduler, RNG states and log are saved together, atomically, and the prompt ord
 
 One step: take `rollout_batch_size` prompts (GRPO: each `num_generations` times), sample completions with the KV
 cache, score them, compute the old/reference log-probabilities (and values), then `ppo_epochs` passes of clipped
-updates in mini-batches of `per_device_train_batch_size` completions, one optimizer step per mini-batch.
+updates in mini-batches of `per_device_train_batch_size` completions, one optimizer step per
+`gradient_accumulation_steps` mini-batches.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ class OnlineRL:
         self.prompts = stage.data.train
         self.examples = [json.loads(c) for c in self.prompts["conversation"]]
         self.eval_prompts = stage.data.eval
+        self.eval_examples = ([json.loads(c) for c in self.eval_prompts["conversation"]]
+                              if self.eval_prompts is not None else [])
         self.optim = Optimization(self.args, policy, self.value_head, self.guard, self.device)
         self.trackers = LoopTrackers(self.args, cfg.tracking, policy, stage.tokenizer, self.optim.optimizer,
                                      self.optim.scheduler)
@@ -184,7 +187,7 @@ class OnlineRL:
         """Mean reward (and each reward's part) of one completion per held-out prompt. The RNG states are put back
         afterwards, so evaluating does not change the training run (or its exact resume)."""
         rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-        examples = [json.loads(c) for c in self.eval_prompts["conversation"]]
+        examples = self.eval_examples
         size, totals, count = self.args.per_device_eval_batch_size, defaultdict(float), 0
         try:
             for start in range(0, len(examples), size):
