@@ -19,6 +19,7 @@ class StageSpec:
     recipe: str  # module with `run(cfg) -> dict`, and `build_trainer(cfg, resume)` for Trainer stages
     curves: tuple[str, ...] = ()  # log keys plotted besides loss/eval_loss (train and eval_ versions)
     trainer: bool = True  # built on a transformers Trainer (what `lmforge bench` times)
+    ignores: tuple[str, ...] = ()  # accepted keys the stage's own loop does not use: setting one is a config error
 
 
 STAGES: dict[str, StageSpec] = {}
@@ -38,6 +39,14 @@ def stage_help() -> str:
     return "Training stage: " + "; ".join(f"`{s.name}` ({s.summary})" for s in STAGES.values()) + "."
 
 
+# Trainer keys the PPO/GRPO loop does not honour (a stage of its own, not a transformers Trainer).
+ONLINE_RL_IGNORES = (
+    "num_train_epochs", "torch_compile", "deepspeed", "fsdp", "fsdp_config", "use_liger_kernel", "chunked_loss",
+    "neftune_noise_alpha", "label_smoothing_factor", "train_sampling_strategy", "auto_find_batch_size",
+    "eval_on_start", "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
+    "eval_accumulation_steps", "dataloader_num_workers", "data_seed", "do_predict", "predict_with_generate",
+    "save_only_model", "push_to_hub")
+
 for _spec in (
     StageSpec("pt", "pretraining / continued pretraining on raw text", "pt", "lmforge.train.stages.pt"),
     StageSpec("sft", "supervised fine-tuning on conversations", "sft", "lmforge.train.stages.sft"),
@@ -48,8 +57,9 @@ for _spec in (
     StageSpec("kto", "preference optimisation on replies labelled desirable or not", "kto", "lmforge.train.stages.kto",
               ("rewards/chosen", "rewards/rejected", "kl")),
     StageSpec("ppo", "online RL on prompts with a value head, rewarded by a reward model or functions", "prompt",
-              "lmforge.train.stages.ppo", ("reward", "kl", "entropy", "clip_fraction", "value_loss"), trainer=False),
+              "lmforge.train.stages.ppo", ("reward", "kl", "entropy", "clip_fraction", "value_loss"), trainer=False,
+              ignores=ONLINE_RL_IGNORES),
     StageSpec("grpo", "online RL on prompts, group-relative advantages", "prompt", "lmforge.train.stages.grpo",
-              ("reward", "kl", "entropy", "clip_fraction"), trainer=False),
+              ("reward", "kl", "entropy", "clip_fraction"), trainer=False, ignores=ONLINE_RL_IGNORES),
 ):
     register_stage(_spec)

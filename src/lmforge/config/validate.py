@@ -104,6 +104,9 @@ def _validate_stage(cfg: RunConfig) -> None:
         spec = key_index("train").get(key)
         if spec is not None and spec.stages is not None and f.stage not in spec.stages:
             _fail(cfg, f"'{key}' does not apply to 'stage: {f.stage}' (it applies to {', '.join(spec.stages)}).")
+    ignored = [k for k in STAGES[f.stage].ignores if k in cfg.raw]
+    if ignored:
+        _fail(cfg, f"'{ignored[0]}' has no effect in 'stage: {f.stage}' (its own loop does not use it): remove it.")
     kind = STAGES[f.stage].kind
     if kind in ("pair", "kto", "prompt"):
         _validate_preference(cfg)
@@ -148,15 +151,6 @@ def _validate_preference(cfg: RunConfig) -> None:
         _fail(cfg, "'kto_chosen_weight', 'kto_rejected_weight' and 'pref_ftx' must not be negative.")
 
 
-# Keys the PPO/GRPO loop does not honour: set in a ppo/grpo config they are errors, never silently ignored.
-RL_IGNORED_KEYS = (
-    "num_train_epochs", "torch_compile", "deepspeed", "fsdp", "fsdp_config", "use_liger_kernel", "chunked_loss",
-    "neftune_noise_alpha", "label_smoothing_factor", "train_sampling_strategy",
-    "auto_find_batch_size", "eval_on_start", "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
-    "eval_accumulation_steps", "dataloader_num_workers", "data_seed", "do_predict", "predict_with_generate",
-    "save_only_model", "push_to_hub")
-
-
 def _validate_rl(cfg: RunConfig) -> None:
     r, t = cfg.rl, cfg.training
     if not (r.reward_model or r.reward_funcs):
@@ -171,10 +165,6 @@ def _validate_rl(cfg: RunConfig) -> None:
         _fail(cfg, "'num_generations' must be at least 2: GRPO compares completions of the same prompt.")
     if r.kl_coef < 0 or not 0 < r.cliprange < 1:
         _fail(cfg, "'kl_coef' must not be negative and 'cliprange' must be in (0, 1).")
-    ignored = [k for k in RL_IGNORED_KEYS if k in cfg.raw]
-    if ignored:
-        _fail(cfg, f"'{ignored[0]}' has no effect in 'stage: {cfg.finetuning.stage}' (its own rollout-and-update "
-              "loop does not use it): remove it.")
     for key in ("eval_strategy", "save_strategy", "logging_strategy"):
         if getattr(getattr(t, key), "value", getattr(t, key)) == "epoch":
             _fail(cfg, f"'{key}: epoch' has no meaning in 'stage: {cfg.finetuning.stage}' (a step is a rollout, "
