@@ -54,9 +54,11 @@ def fingerprint(payload: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
+@functools.lru_cache(maxsize=64)
 def hub_revision(repo_id: str, revision: str = "main") -> str | None:
     """The commit a hub dataset id resolves to: asked of the hub when online, else read from the local hub cache's
-    refs (None where neither knows: the key then holds the name only)."""
+    refs (None where neither knows: the key then holds the name only). Asked once per process (a run computes
+    several cache keys)."""
     from huggingface_hub import constants
 
     if not constants.HF_HUB_OFFLINE:
