@@ -113,15 +113,10 @@ def setup_tokenizer(cfg: RunConfig, resume: str | None = None) -> PreTrainedToke
 
 
 def chat_tokenizer(cfg: RunConfig, resume: str | None = None) -> tuple[PreTrainedTokenizerBase, int]:
-    """The tokenizer with the chat template the run trains with, a pad token, and how many tokens were added."""
+    """The tokenizer with the chat template the run trains with (and a pad token: load_tokenizer sets one), and how
+    many tokens the template added."""
     tokenizer = setup_tokenizer(cfg, resume)
-    try:
-        added = apply_template_choice(tokenizer, cfg.data.template)
-    except TemplateError as err:
-        raise ConfigError(f"Config error ({cfg.source}): {err}.") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer, added
+    return tokenizer, with_template(tokenizer, cfg.data.template, f" ({cfg.source})")
 
 
 def load_inference_tokenizer(args: ModelArguments, template: str | None = None) -> tuple[PreTrainedTokenizerBase, int]:
@@ -132,10 +127,13 @@ def load_inference_tokenizer(args: ModelArguments, template: str | None = None) 
             os.path.isfile(os.path.join(args.adapter_name_or_path, "tokenizer_config.json")):
         path = args.adapter_name_or_path  # lmforge saves the tokenizer (and its chat template) with the adapter
     tokenizer = load_tokenizer(path, args.trust_remote_code, args.model_revision, args.cache_dir)
-    added = 0
-    if template is not None:
-        try:
-            added = apply_template_choice(tokenizer, template)
-        except TemplateError as err:
-            raise ConfigError(f"Config error: {err}.") from None
-    return tokenizer, added
+    return tokenizer, with_template(tokenizer, template) if template is not None else 0
+
+
+def with_template(tokenizer: PreTrainedTokenizerBase, template: str | None, where: str = "") -> int:
+    """Apply the `template` choice (None: the tokenizer's own, which must exist); a bad choice is a config error.
+    Returns how many tokens the template added."""
+    try:
+        return apply_template_choice(tokenizer, template)
+    except TemplateError as err:
+        raise ConfigError(f"Config error{where}: {err}.") from None
