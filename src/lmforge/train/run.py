@@ -14,6 +14,7 @@ from lmforge.config.secrets import masked
 from lmforge.errors import TrainingError
 from lmforge.jsonl import atomic_open
 from lmforge.runlog import read_log
+from lmforge.train.runtime.output_dir import CONFIG_FILE
 from lmforge.train.runtime.plots import plot_curves, stage_curves
 from lmforge.train.runtime.signals import stopped_message
 from lmforge.train.runtime.tracking import finish_trackers, log_samples
@@ -22,7 +23,6 @@ from lmforge.train.trainer import LanguageModelTrainer
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "lmforge_config.yaml"
 
 
 def last_eval(trainer: LanguageModelTrainer) -> dict | None:

@@ -23,6 +23,8 @@ LATEST = {"true", "latest", "last", "yes"}
 STAGING_DIR = ".checkpoint-in-progress"
 FINAL_STAGING_DIR = ".final-in-progress"
 TRASH_PREFIX = ".deleting-"
+RL_STATE_FILE = "rl_state.pt"  # the PPO/GRPO loop's optimizer, scheduler, RNG and log in its checkpoints
+VALUE_HEAD_FILE = "value_head.safetensors"  # PPO's critic, beside the policy
 COMPLETE_MARKER = "trainer_state.json"  # the Trainer writes it last; a checkpoint without it is incomplete
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 

@@ -12,21 +12,40 @@ import os
 import re
 import shutil
 
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from lmforge.data.stream import STATE_FILE as STREAM_STATE_FILE
 from lmforge.errors import ConfigError
+from lmforge.runlog import LOG_FILE
+from lmforge.train.predict import PREDICTIONS_FILE, RESULTS_FILE
+from lmforge.train.runtime.checkpoint import (
+    COMPLETE_MARKER,
+    FINAL_STAGING_DIR,
+    RL_STATE_FILE,
+    STAGING_DIR,
+    TRASH_PREFIX,
+    VALUE_HEAD_FILE,
+)
+from lmforge.train.samples import SAMPLES_FILE
 
 logger = logging.getLogger(__name__)
 
-# What an lmforge run writes into output_dir (model files by transformers/peft/tokenizers, run files by lmforge).
-_RUN_MARKERS = re.compile(r"^(trainer_log\.jsonl|lmforge_config\.yaml|checkpoint-\d+|\.checkpoint-in-progress"
-                          r"|\.final-in-progress|\.deleting-.*)$")
-_WRITTEN = re.compile(
-    r"^(trainer_log\.jsonl|lmforge_config\.yaml|checkpoint-\d+|\.checkpoint-in-progress|\.final-in-progress"
-    r"|\.deleting-.*|trainer_state\.json|training_args\.bin|(all|train|eval|predict)_results\.json"
-    r"|generated_predictions\.jsonl|samples\.jsonl|stream_state\.json|rl_state\.pt|value_head\.safetensors"
-    r"|training_.*\.png|runs|swanlog|config\.json|generation_config\.json"
-    r"|(model|pytorch_model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?|adapter_config\.json"
-    r"|tokenizer(_config)?\.json|tokenizer\.model|special_tokens_map\.json|added_tokens\.json|vocab\.json"
-    r"|merges\.txt|chat_template\.(jinja|json))$")
+CONFIG_FILE = "lmforge_config.yaml"  # the run's config, as it was given (secrets masked)
+
+# What shows that an lmforge run was in output_dir, and what such a run writes there besides (run files by lmforge,
+# model and tokenizer files by transformers/peft/tokenizers, tracker folders).
+_MARKERS = [re.escape(n) for n in (LOG_FILE, CONFIG_FILE, STAGING_DIR, FINAL_STAGING_DIR)]
+_MARKERS += [rf"{PREFIX_CHECKPOINT_DIR}-\d+", re.escape(TRASH_PREFIX) + ".*"]
+_ALSO_WRITTEN = [re.escape(n) for n in (COMPLETE_MARKER, TRAINING_ARGS_NAME, SAMPLES_FILE, PREDICTIONS_FILE,
+                                        RESULTS_FILE, STREAM_STATE_FILE, RL_STATE_FILE, VALUE_HEAD_FILE)]
+_ALSO_WRITTEN += [r"(all|train|eval)_results\.json", r"training_.*\.png", "runs", "swanlog", r"config\.json",
+                  r"generation_config\.json", r"(model|pytorch_model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)"
+                  r"(\.index\.json)?", r"adapter_config\.json", r"tokenizer(_config)?\.json", r"tokenizer\.model",
+                  r"special_tokens_map\.json", r"added_tokens\.json", r"vocab\.json", r"merges\.txt",
+                  r"chat_template\.(jinja|json)"]
+_RUN_MARKERS = re.compile("^(" + "|".join(_MARKERS) + ")$")
+_WRITTEN = re.compile("^(" + "|".join(_MARKERS + _ALSO_WRITTEN) + ")$")
 
 
 def previous_run(output_dir: str) -> list[str]:

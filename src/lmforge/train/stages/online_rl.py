@@ -45,6 +45,8 @@ from lmforge.train.rl_optimization import Optimization
 from lmforge.train.rollout import Rollout, completion_logps, sample_completions
 from lmforge.train.runtime.checkpoint import (
     COMPLETE_MARKER,
+    RL_STATE_FILE,
+    VALUE_HEAD_FILE,
     clear_leftovers,
     publish,
     resolve_resume,
@@ -59,8 +61,6 @@ from lmforge.train.stages.shared_setup import ChatStage
 
 logger = logging.getLogger(__name__)
 
-VALUE_HEAD_FILE = "value_head.safetensors"
-STATE_FILE = "rl_state.pt"
 
 
 class ValueHead(torch.nn.Module):
@@ -332,7 +332,7 @@ class OnlineRL:
         self.save_model(tmp)
         torch.save({"step": self.step, **self.optim.state_dict(), "log_history": self.log_history,
                     "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                            "numpy": np.random.get_state()}}, os.path.join(tmp, STATE_FILE))
+                            "numpy": np.random.get_state()}}, os.path.join(tmp, RL_STATE_FILE))
         self.write_state(tmp)
         final = os.path.join(self.args.output_dir, name)
         publish(tmp, final)
@@ -341,11 +341,11 @@ class OnlineRL:
         return final
 
     def load_checkpoint(self, path: str) -> None:
-        state_path = os.path.join(path, STATE_FILE)
+        state_path = os.path.join(path, RL_STATE_FILE)
         if not os.path.isfile(state_path):
             from lmforge.errors import ConfigError
 
-            raise ConfigError(f"Config error: '{path}' is not a {self.algorithm} checkpoint (no {STATE_FILE}).")
+            raise ConfigError(f"Config error: '{path}' is not a {self.algorithm} checkpoint (no {RL_STATE_FILE}).")
         state = torch.load(state_path, weights_only=False)
         load_policy_weights(self.policy, path)
         if self.value_head is not None:
