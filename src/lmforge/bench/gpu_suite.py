@@ -16,6 +16,7 @@ others. `bench/gpu_check.sh` installs what the GPU image lacks from wheels carri
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -112,20 +113,24 @@ class Suite:
             out["error"] = f"MFU {result['fraction_of_peak']:.1%} is below the 40 % target"
         return out
 
-    def _batch(self, packed: bool):
+    @functools.cached_property
+    def _examples(self) -> tuple[Any, int]:
+        """16 encoded SFT examples (input_ids, labels) and the pad id, built once for the loss checks."""
         from lmforge.config.data import DataArguments
-        from lmforge.data.collate import SftCollator
         from lmforge.data.examples import build_examples
-        from lmforge.data.packing import pack_examples
         from lmforge.model.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(self.model_dir)
         data = build_examples(DataArguments(dataset="lmforge_sft_quickstart", cutoff_len=256, max_samples=16),
                               tokenizer, seed=0)
-        rows = data.train.select_columns(["input_ids", "labels"])
-        if packed:
-            rows = pack_examples(rows, self.cutoff_len)
-        return SftCollator(tokenizer.pad_token_id)(list(rows))
+        return data.train.select_columns(["input_ids", "labels"]), tokenizer.pad_token_id
+
+    def _batch(self, packed: bool):
+        from lmforge.data.collate import SftCollator
+        from lmforge.data.packing import pack_examples
+
+        rows, pad_id = self._examples
+        return SftCollator(pad_id)(list(pack_examples(rows, self.cutoff_len) if packed else rows))
 
     def _model(self, attn: str = "sdpa"):
         from transformers import AutoModelForCausalLM
