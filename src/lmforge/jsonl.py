@@ -11,17 +11,20 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
+import orjson
+
 from lmforge.errors import DataError
 
 
 @contextmanager
-def atomic_open(path: str, suffix: str = "") -> Iterator[IO[str]]:
-    """A text file handle whose contents replace `path` only when the block completes without error."""
+def atomic_open(path: str, suffix: str = "", binary: bool = False) -> Iterator[IO]:
+    """A file handle (text, UTF-8; or binary) whose contents replace `path` only when the block completes without
+    error."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as fh:
             yield fh
         os.replace(tmp, path)
     finally:
@@ -51,11 +54,12 @@ def atomic_dir(path: str, replace: bool = False) -> Iterator[str]:
 
 
 def write_jsonl(path: str, rows: Iterable[dict]) -> int:
-    """Write `rows` to `path` as JSON lines, atomically; returns the row count."""
+    """Write `rows` to `path` as JSON lines (UTF-8, not ASCII-escaped), atomically, streamed; returns the row count.
+    orjson encodes about ten times faster than the json module: a dump of tokenized data is mostly integers."""
     count = 0
-    with atomic_open(path, ".jsonl") as fh:
+    with atomic_open(path, ".jsonl", binary=True) as fh:
         for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY))
             count += 1
     return count
 

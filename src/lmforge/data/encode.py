@@ -102,9 +102,12 @@ def encode_replies(tokenizer: PreTrainedTokenizerBase, history: list[dict], repl
         encoded = [(ids[:cutoff_len], labels[:cutoff_len]) for ids, labels in encoded]
     examples = [EncodedExample(ids, labels, truncated) for ids, labels in encoded]
     if any(example.trained_tokens == 0 for example in examples):
-        raise SkipRecord(f"no assistant token fits within cutoff_len={cutoff_len}" if truncated
-                         else "no assistant token to train on")
+        raise SkipRecord(_nothing_trained(truncated, cutoff_len))
     return examples
+
+
+def _nothing_trained(truncated: bool, cutoff_len: int) -> str:
+    return f"no assistant token fits within cutoff_len={cutoff_len}" if truncated else "no assistant token to train on"
 
 
 def split_reply(messages: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -177,7 +180,8 @@ class ConversationEncoder:
 
     def encode_batch(self, examples: list[dict[str, Any]]) -> list[dict[str, Any] | Exception]:
         """SFT examples rendered one by one, tokenized in one batched call (the fast tokenizer's threads), labelled
-        from the offsets; the result of `encode_one` for each (an example longer than cutoff_len goes through it)."""
+        from the offsets; the result of `encode_one` for each (an example longer than cutoff_len with older
+        exchanges to drop goes through it; one without is cut here, as encode_replies would)."""
         o = self.options
         rendered: list[tuple[list[dict], RenderedConversation] | Exception] = []
         for example in examples:
@@ -196,15 +200,20 @@ class ConversationEncoder:
             if isinstance(r, Exception):
                 results.append(r)
                 continue
+            messages, conversation = r
             encoding = next(encodings)
-            if len(encoding.ids) > o.cutoff_len:
-                results.append(self._guarded(example))  # drops old exchanges, then cuts
+            truncated = len(encoding.ids) > o.cutoff_len
+            if truncated and _exchange_cuts(messages):
+                results.append(self._guarded(example))  # drops old exchanges first
                 continue
-            labels = span_labels(encoding.ids, encoding.offsets, trained_spans(r[1], r[0], o.mask_history))
+            labels = span_labels(encoding.ids, encoding.offsets, trained_spans(conversation, messages,
+                                                                                o.mask_history))
+            ids = encoding.ids[: o.cutoff_len] if truncated else encoding.ids
+            labels = labels[: o.cutoff_len] if truncated else labels
             if all(label == IGNORE_INDEX for label in labels):
-                results.append(SkipRecord("no assistant token to train on"))
+                results.append(SkipRecord(_nothing_trained(truncated, o.cutoff_len)))
                 continue
-            results.append({"input_ids": list(encoding.ids), "labels": labels, "truncated": False})
+            results.append({"input_ids": list(ids), "labels": labels, "truncated": truncated})
         return results
 
     def _guarded(self, example: dict[str, Any]) -> dict[str, Any] | Exception:

@@ -18,7 +18,10 @@ turn are the model's to write; the empty think block a `enable_thinking=False` g
 
 from __future__ import annotations
 
+import functools
+import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,8 +49,48 @@ class RenderedConversation:
 
 def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list | None = None,
            chat_template: str | None = None, add_generation_prompt: bool = False, **template_kwargs: Any) -> str:
-    return tokenizer.apply_chat_template(messages, tools=tools, chat_template=chat_template, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt, **template_kwargs)
+    """`tokenizer.apply_chat_template(messages, tokenize=False, ...)`, without its per-call overhead: the template
+    compiled once (by transformers, with its filters and globals) and rendered with the same variables. Data read from
+    JSON is plain already, so the conversion of rich objects apply_chat_template does is skipped; anything else (tools
+    given as functions) goes through apply_chat_template itself. A test pins the two to the same output."""
+    compile_template = _template_compiler()
+    if compile_template is None or (tools is not None and not all(isinstance(t, dict) for t in tools)):
+        return tokenizer.apply_chat_template(messages, tools=tools, chat_template=chat_template, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt, **template_kwargs)
+    if not messages:
+        raise ValueError("Cannot apply chat template to an empty conversation. Provide at least one message.")
+    template = compile_template(tokenizer.get_chat_template(chat_template, tools))
+    return template.render(messages=_template_messages(messages), tools=tools, documents=None,
+                           add_generation_prompt=add_generation_prompt,
+                           **{**tokenizer.special_tokens_map, **template_kwargs})
+
+
+@functools.cache
+def _template_compiler() -> Callable[[str], jinja2.Template] | None:
+    """transformers' (cached) template compiler, or None where a release no longer has it under this name."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:
+        return None
+    return _compile_jinja_template
+
+
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _template_messages(messages: list[dict]) -> list[dict]:
+    """The messages as apply_chat_template hands them to the template: keys whose value is None dropped, reasoning
+    under every name templates read it by."""
+    out = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise TypeError(f"Chat messages should be dicts, but got {message!r}.")
+        message = {key: value for key, value in message.items() if value is not None}
+        reasoning = next((message[key] for key in _REASONING_FIELDS if key in message), None)
+        if reasoning is not None:
+            message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
+        out.append(message)
+    return out
 
 
 def special_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
@@ -108,37 +151,169 @@ def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
                         chat_template: str | None = None, **template_kwargs: Any) -> RenderedConversation:
     """Render `messages` with the chat template and locate every assistant turn's trained characters."""
     text = render(tokenizer, messages, tools, chat_template, **template_kwargs)
+    renderings = _Renderings(tokenizer, messages, tools, chat_template, template_kwargs)
+    renderings = _ShapeFilled.when_exact(renderings, text) or renderings
     nonce = "LMF" + uuid.uuid4().hex[:10]
     specials = special_tokens(tokenizer)
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        variant = render(tokenizer, messages[:i] + [_marked(message, nonce)] + messages[i + 1:], tools,
-                         chat_template, **template_kwargs)
+        variant = renderings.marked(i, nonce)
         if nonce not in variant:
             raise TemplateMismatch(f"the chat template does not render assistant message {i}")
         start, end = _changed_region(text, variant)
         end += len(end_of_turn_text(text[end:], specials, anything_before=bool(message.get("tool_calls"))))
-        start = _generation_prompt_end(tokenizer, text, messages[:i], start, tools, chat_template, **template_kwargs)
+        start = _generation_prompt_end(renderings, text, i, start)
         if spans and start < spans[-1][1]:
             raise TemplateMismatch(f"assistant message {i} is rendered before or inside an earlier one")
         spans.append((start, end))
     return RenderedConversation(text, spans)
 
 
-def _generation_prompt_end(tokenizer: PreTrainedTokenizerBase, text: str, history: list[dict], start: int,
-                           tools: list | None, chat_template: str | None, **template_kwargs: Any) -> int:
-    """Where the model starts producing the turn after `history`: the end of the generation-prompt rendering of
-    `history` when that is a prefix of `text` ending at or before `start` (so a reasoning opener such as `<think>\n`
-    or a tool call's `{"name": "` that the template writes before the content is trained; for an [INST]-style
-    template without a generation prompt, what follows `[/INST]`, e.g. Mistral's `[TOOL_CALLS]`); `start` otherwise
-    (a template that renders earlier turns differently once a reply follows, or that refuses such a history)."""
+# What rendering a history with a generation prompt may raise when the template refuses that history (e.g. "a
+# conversation must start with a user message"): the reply then starts where its marked span does.
+_REFUSED_HISTORY = (jinja2.TemplateError, IndexError, KeyError, TypeError)
+
+
+def _generation_prompt_end(renderings: _Renderings, text: str, i: int, start: int) -> int:
+    """Where the model starts producing message `i`: the end of the generation-prompt rendering of the history before
+    it when that is a prefix of `text` ending at or before `start` (so a reasoning opener such as `<think>\n` or a
+    tool call's `{"name": "` that the template writes before the content is trained; for an [INST]-style template
+    without a generation prompt, what follows `[/INST]`, e.g. Mistral's `[TOOL_CALLS]`); `start` otherwise (a
+    template that renders earlier turns differently once a reply follows, or that refuses such a history)."""
     try:
-        prompt = render(tokenizer, history, tools, chat_template, add_generation_prompt=True, **template_kwargs)
-    except (jinja2.TemplateError, IndexError, KeyError, TypeError):  # e.g. "a conversation must start with a user"
+        prompt = renderings.generation_prompt(i)
+    except _REFUSED_HISTORY:
         return start
     return len(prompt) if len(prompt) <= start and text.startswith(prompt) else start
+
+
+class _Renderings:
+    """The renderings labelling a conversation needs besides its own: with one assistant message marked, and the
+    history before a message with the generation prompt. Rendered by the template."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list | None,
+                 chat_template: str | None, template_kwargs: dict[str, Any]):
+        self.tokenizer, self.messages, self.tools = tokenizer, messages, tools
+        self.chat_template, self.template_kwargs = chat_template, template_kwargs
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        return render(self.tokenizer, messages, self.tools, self.chat_template,
+                      add_generation_prompt=add_generation_prompt, **self.template_kwargs)
+
+    def marked(self, i: int, nonce: str) -> str:
+        messages = self.messages
+        return self.render(messages[:i] + [_marked(messages[i], nonce)] + messages[i + 1:])
+
+    def generation_prompt(self, i: int) -> str:
+        return self.render(self.messages[:i], add_generation_prompt=True)
+
+
+# Slots: stand-ins for the text of every message's content and reasoning, unique to this process. The template
+# renders a conversation's *shape* (roles, other fields, tools) with slots once; any conversation of that shape is
+# that rendering with its texts put into the slots, wherever the template places texts verbatim.
+_SLOT_FIELDS = {"content": "C", "reasoning_content": "R"}
+_SLOT_NONCE = "LMS" + uuid.uuid4().hex[:10]
+_SLOT = re.compile(f"{_EDGE}{_SLOT_NONCE}(\\d+[CR]){_EDGE}")
+
+
+def _slot(i: int, code: str) -> str:
+    return f"{_EDGE}{_SLOT_NONCE}{i}{code}{_EDGE}"
+
+
+class _ShapeFilled(_Renderings):
+    """The same renderings without running the template: renderings of the conversation's shape (cached per shape,
+    template and variables) with the texts filled in.
+
+    Used only when the conversation's own rendering equals its shape's rendering filled with its texts, i.e. the
+    template placed every text verbatim and nothing it rendered depended on a text (Qwen3 splitting a content at
+    `</think>`, a `trim`med content, a content-dependent branch all make the two differ and leave the conversation to
+    the template). The variants differ from the conversation only in the texts of one message (markers, which like
+    the slots are plain strings), and the histories are prefixes of it, so they are filled the same way. A test
+    compares both ways on every demo dataset and several published templates."""
+
+    _cache: dict[tuple, list[str] | Exception] = {}
+    _CACHE_SIZE = 4096
+
+    def __init__(self, renderings: _Renderings, shape: tuple):
+        super().__init__(renderings.tokenizer, renderings.messages, renderings.tools, renderings.chat_template,
+                         renderings.template_kwargs)
+        self.shape = shape
+        self.texts = {f"{i}{code}": m[name] for i, m in enumerate(self.messages)
+                      for name, code in _SLOT_FIELDS.items() if isinstance(m.get(name), str)}
+        self.context = (self.tokenizer.get_chat_template(self.chat_template, self.tools),
+                        repr(self.tokenizer.special_tokens_map), repr(sorted(self.template_kwargs.items())),
+                        repr(self.tools))
+
+    @classmethod
+    def when_exact(cls, renderings: _Renderings, text: str) -> _ShapeFilled | None:
+        """Shape-filled renderings of the conversation, if its shape filled with its texts is `text`."""
+        shape = _shape(renderings.messages)
+        if shape is None:
+            return None
+        filled = cls(renderings, shape)
+        try:
+            pieces = filled._pieces(len(renderings.messages), add_generation_prompt=False)
+        except Exception:  # noqa: BLE001 - the shape does not render: the conversation's own rendering decides
+            return None
+        return filled if _fill(pieces, filled.texts) == text else None
+
+    def _pieces(self, count: int, add_generation_prompt: bool) -> list[str]:
+        """The rendering of the first `count` messages' shape, split at its slots (cached)."""
+        key = (self.context, self.shape[:count], add_generation_prompt)
+        pieces = self._cache.get(key)
+        if pieces is None:
+            slotted = [{k: _slot(i, _SLOT_FIELDS[k]) if k in _SLOT_FIELDS and isinstance(v, str) else v
+                        for k, v in m.items()} for i, m in enumerate(self.messages[:count])]
+            try:
+                pieces = _SLOT.split(self.render(slotted, add_generation_prompt))
+            except Exception as err:  # noqa: BLE001 - kept: the same shape raises the same way
+                pieces = err
+            if len(self._cache) >= self._CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = pieces
+        if isinstance(pieces, Exception):
+            raise pieces.with_traceback(None)
+        return pieces
+
+    def marked(self, i: int, nonce: str) -> str:
+        message = self.messages[i]
+        if message.get("tool_calls") or not isinstance(message.get("content"), str) or (
+                message.get("reasoning_content") and not isinstance(message["reasoning_content"], str)):
+            return super().marked(i, nonce)  # the marked message has another shape
+        marker = _marked(message, nonce)
+        texts = {**self.texts, f"{i}C": marker["content"]}
+        if message.get("reasoning_content"):
+            texts[f"{i}R"] = marker["reasoning_content"]
+        return _fill(self._pieces(len(self.messages), add_generation_prompt=False), texts)
+
+    def generation_prompt(self, i: int) -> str:
+        return _fill(self._pieces(i, add_generation_prompt=True), self.texts)
+
+
+def _shape(messages: list[dict]) -> tuple | None:
+    """A conversation without the text of its contents and reasoning (hashable), None if it is not a list of
+    dicts or empty."""
+    if not messages:
+        return None
+    shape = []
+    for m in messages:
+        if not isinstance(m, dict):
+            return None
+        shape.append(tuple((k, None) if k in _SLOT_FIELDS and isinstance(v, str) else
+                           (k, v if v is None or isinstance(v, str | int | float | bool) else repr(v))
+                           for k, v in m.items()))
+    return tuple(shape)
+
+
+def _fill(pieces: list[str], texts: dict[str, str]) -> str:
+    """A shape's rendering (split at its slots: text, slot, text, ...) with the texts put in."""
+    out = [pieces[0]]
+    for j in range(1, len(pieces), 2):
+        out.append(texts[pieces[j]])
+        out.append(pieces[j + 1])
+    return "".join(out)
 
 
 def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list | None = None,
