@@ -74,6 +74,61 @@ def test_concurrent_batched_greedy_decoding_equals_generate_for_each_request(eng
         assert results[i] == ([text], [finish]), QUESTIONS[i]
 
 
+def _staggered(engine: Engine, prompts: list[list[int]], max_tokens: int) -> tuple[list[str], list[tuple]]:
+    """Request 0 alone; the others submitted from its sink once it has streamed two pieces of text (mid-decode).
+    Returns each request's text and the order of events as (request, 'text'|'end')."""
+    texts, order, done = [""] * len(prompts), [], threading.Event()
+    lock = threading.Lock()
+    started = []
+
+    def sink_for(i: int):
+        def sink(event):
+            with lock:
+                texts[i] += event.text
+                order.append((i, "end" if event.finish_reason else "text"))
+                finished = sum(kind == "end" for _, kind in order)
+            if i == 0 and event.text and not started and len(order) >= 2:
+                started.append(True)
+                for j in range(1, len(prompts)):
+                    engine.submit(prompts[j], SamplingParams(max_tokens=max_tokens, temperature=0), sink_for(j))
+            if finished == len(prompts):
+                done.set()
+        return sink
+
+    engine.submit(prompts[0], SamplingParams(max_tokens=max_tokens, temperature=0), sink_for(0))
+    assert done.wait(120)
+    return texts, order
+
+
+def test_requests_join_a_running_batch_and_decode_as_they_would_alone(engine):
+    tok = engine.tokenizer
+    prompts = [prompt_ids(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
+    alone = [reference(engine, p, 32) for p in prompts]
+    first = max(range(len(prompts)), key=lambda i: len(alone[i]))  # the longest runs while the others arrive
+    assert len(alone[first]) >= 12
+    prompts = [prompts[first]] + prompts[:first] + prompts[first + 1:]
+    alone = [alone[first]] + alone[:first] + alone[first + 1:]
+    expected = [tok.decode(ids[:-1] if ids[-1] in engine.stop_ids else ids, skip_special_tokens=True)
+                for ids in alone]
+    texts, order = _staggered(engine, prompts, 32)
+    assert texts == expected
+    first_end = order.index((0, "end"))
+    assert all(_first_event(order, i) < first_end for i in range(1, len(prompts)))  # newcomers streamed meanwhile
+
+    static = Engine(engine.model, tok, sorted(engine.stop_ids), max_batch_size=8, continuous=False)
+    try:
+        texts, order = _staggered(static, prompts, 32)
+    finally:
+        static.close()
+    assert texts == expected
+    first_end = order.index((0, "end"))
+    assert all(_first_event(order, i) > first_end for i in range(1, len(prompts)))  # they waited
+
+
+def _first_event(order: list[tuple], request: int) -> int:
+    return next(k for k, (i, _) in enumerate(order) if i == request)
+
+
 def test_max_tokens_stop_strings_and_seeds(engine):
     prompt = prompt_ids(engine.tokenizer, [{"role": "user", "content": QUESTIONS[0]}])
     (full,), [(reason, count)] = run(engine, prompt, SamplingParams(max_tokens=5, temperature=0))

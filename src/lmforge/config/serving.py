@@ -21,8 +21,11 @@ class ServeArguments:
     infer_backend: Literal["huggingface", "vllm"] = option(
         "huggingface", "Generation engine: transformers (any device), or vLLM where it is installed (CUDA).")
     max_batch_size: int = option(
-        8, "huggingface backend: requests waiting together are decoded as one batch of at most this many "
-        "sequences (1: one request at a time, each decoded exactly as alone).")
+        8, "huggingface backend: the most sequences decoded together as one batch (1: one request at a time, each "
+        "decoded exactly as alone).")
+    continuous_batching: bool = option(
+        True, "huggingface backend: a request that arrives while a batch decodes joins it at the next step, and a "
+        "finished one leaves at once. false: static batching (newcomers wait until the whole running batch is done).")
     max_model_len: int | None = option(
         None, "Longest prompt + completion in tokens (default: the model's `max_position_embeddings`).")
     max_request_bytes: int = option(

@@ -1,9 +1,14 @@
-"""The generation engine behind chat, the API and the web UI: one worker thread owns the model; requests queue up and
-those waiting together are decoded as one batch, each row streaming its own text to its own sink.
+"""The generation engine behind chat, the API and the web UI: one worker thread owns the model and decodes every
+running request as one batch, each row streaming its own text to its own sink.
+
+Continuous batching: a request that arrives while the batch decodes is prefilled (with the others that arrived
+meanwhile) before the next step and its KV cache joins the batch's; a finished row leaves the batch and the cache at
+once. Rows are left-padded to a common cache length with explicit positions and an attention mask, so each row
+attends to its own tokens only and decodes as it would alone.
 
 Why not `model.generate`: it takes one set of sampling settings per call and streams one sequence; a server needs
-per-request temperature/top-p/stop strings/seeds and a separate stream per request inside one batch. The loop below
-is the plain KV-cache decode `generate` runs (left padding, explicit positions, finished rows dropped from the cache).
+per-request temperature/top-p/stop strings/seeds and a separate stream per request inside one batch, and requests
+that join a running batch. The loop below is the plain KV-cache decode `generate` runs.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 
 from lmforge.model.kv_cache import cache_kwargs, output_cache
 from lmforge.serve.detokenize import TextStream
@@ -76,8 +83,9 @@ class _Sequence:
 
 class Engine:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, stop_ids: list[int],
-                 max_batch_size: int = 8, max_model_len: int | None = None):
+                 max_batch_size: int = 8, max_model_len: int | None = None, continuous: bool = True):
         self.model, self.tokenizer = model, tokenizer
+        self.continuous = continuous
         self.stop_ids = set(stop_ids)
         self.max_batch_size = max_batch_size
         self.context_length = max_model_len or getattr(model.config, "max_position_embeddings", None) or 2048
@@ -148,22 +156,30 @@ class Engine:
     # ---- the worker --------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        batch: _Batch | None = None
         while True:
             with self._wake:
-                while not self._waiting and not self._closed:
+                while not self._waiting and batch is None and not self._closed:
                     self._wake.wait()
                 if self._closed:
                     return
-                batch = [self._waiting.popleft() for _ in range(min(self.max_batch_size, len(self._waiting)))]
-            batch = [s for s in batch if not s.handle.cancelled.is_set()]
-            if not batch:
-                continue
+                room = self.max_batch_size - (len(batch.rows) if batch else 0)
+                if batch is not None and not (self.continuous and batch.can_merge):
+                    room = 0  # static batching: newcomers wait for the running batch to finish
+                newcomers = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+            newcomers = [s for s in newcomers if not s.handle.cancelled.is_set()]
             try:
-                self._decode(batch)
+                if newcomers:
+                    joined = self._prefill(newcomers)
+                    batch = joined if batch is None else batch.merge(joined)
+                    newcomers = []
+                if batch is not None:
+                    batch = self._decode_step(batch)
             except Exception as err:  # the server must outlive one failed batch (e.g. out of memory)
                 logger.exception("generation failed")
-                for seq in batch:
+                for seq in (batch.rows if batch else []) + newcomers:
                     seq.sink(Event(seq.index, finish_reason="error", error=f"generation failed: {err}"))
+                batch = None
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
 
@@ -174,29 +190,30 @@ class Engine:
                           use_cache=True, **cache_kwargs(self.model, cache), **extra)
 
     @torch.inference_mode()
-    def _decode(self, batch: list[_Sequence]) -> None:
+    def _prefill(self, rows: list[_Sequence]) -> _Batch:
+        """The newcomers' prompts through the model as one left-padded batch: their cache and next-token logits."""
         device = self.model.device
-        width = max(len(s.prompt) for s in batch)
-        input_ids = torch.tensor([[self.pad_id] * (width - len(s.prompt)) + s.prompt for s in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(s.prompt)) + [1] * len(s.prompt) for s in batch], device=device)
+        width = max(len(s.prompt) for s in rows)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(s.prompt)) + s.prompt for s in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(s.prompt)) + [1] * len(s.prompt) for s in rows], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self._forward(input_ids, mask, positions)
-        cache, logits, last = output_cache(out), out.logits[:, -1], positions[:, -1]
-        active = batch
-        while True:
-            tokens = choose_next(logits, [(s.params, s.prompt, s.generated, s.generator) for s in active])
-            keep = [row for row, (seq, token) in enumerate(zip(active, tokens, strict=True)) if self._step(seq, token)]
-            if not keep:
-                return
-            if len(keep) < len(active):  # finished rows leave the batch and the cache
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, last = mask[index], last[index]
-                active, tokens = [active[r] for r in keep], [tokens[r] for r in keep]
-            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-            last = last + 1
-            out = self._forward(torch.tensor(tokens, device=device)[:, None], mask, last[:, None], cache)
-            cache, logits = output_cache(out), out.logits[:, -1]
+        return _Batch(rows, output_cache(out), mask, positions[:, -1], out.logits[:, -1])
+
+    @torch.inference_mode()
+    def _decode_step(self, batch: _Batch) -> _Batch | None:
+        """Sample each row's next token from its pending logits; finished rows leave; the rest run one step."""
+        tokens = choose_next(batch.logits, [(s.params, s.prompt, s.generated, s.generator) for s in batch.rows])
+        keep = [row for row, (seq, token) in enumerate(zip(batch.rows, tokens, strict=True)) if self._step(seq, token)]
+        if not keep:
+            return None
+        if len(keep) < len(batch.rows):
+            batch.select(keep)
+            tokens = [tokens[r] for r in keep]
+        mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=1)
+        last = batch.last + 1
+        out = self._forward(torch.tensor(tokens, device=batch.mask.device)[:, None], mask, last[:, None], batch.cache)
+        return _Batch(batch.rows, output_cache(out), mask, last, out.logits[:, -1])
 
     def _step(self, seq: _Sequence, token: int) -> bool:
         """Give `token` to its sequence; False once the sequence is done."""
@@ -216,3 +233,54 @@ class Engine:
         if text:
             seq.sink(Event(seq.index, text))
         return True
+
+
+@dataclass
+class _Batch:
+    """The running rows, their KV cache (batch x heads x length x dim per layer, rows left-padded to one length),
+    the attention mask over the cache, each row's last position and its pending next-token logits."""
+
+    rows: list[_Sequence]
+    cache: Any
+    mask: torch.Tensor
+    last: torch.Tensor
+    logits: torch.Tensor
+
+    @property
+    def can_merge(self) -> bool:
+        """Rows can join only a cache made of plain growing layers (sliding-window, static or quantized caches keep
+        their own layout)."""
+        layers = getattr(self.cache, "layers", None)
+        return bool(layers) and all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers)
+
+    def select(self, keep: list[int]) -> None:
+        """Only rows `keep` stay; cache columns that are padding for every remaining row go."""
+        index = torch.tensor(keep, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.rows = [self.rows[r] for r in keep]
+        self.mask, self.last, self.logits = self.mask[index], self.last[index], self.logits[index]
+        unused = int(self.mask.any(dim=0).int().argmax())  # leading columns no row attends to
+        if unused and self.can_merge:
+            self.mask = self.mask[:, unused:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+
+    def merge(self, other: _Batch) -> _Batch:
+        """This batch and `other` as one: the shorter cache is left-padded to the longer one's length."""
+        length = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)])
+            mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)])
+        mask = torch.cat([_left_pad(self.mask, length, dim=1), _left_pad(other.mask, length, dim=1)])
+        return _Batch(self.rows + other.rows, self.cache, mask, torch.cat([self.last, other.last]),
+                      torch.cat([self.logits, other.logits]))
+
+
+def _left_pad(tensor: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:
+    """`tensor` with zeros before its entries along `dim` up to `length`."""
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)

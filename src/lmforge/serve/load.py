@@ -37,4 +37,5 @@ def load_engine(cfg: ServeConfig, need_chat_template: bool = True):
     from lmforge.serve.engine import Engine
 
     model = load_inference_model(cfg.model, tokenizer)
-    return Engine(model, tokenizer, stop_ids, cfg.serve.max_batch_size, cfg.serve.max_model_len)
+    return Engine(model, tokenizer, stop_ids, cfg.serve.max_batch_size, cfg.serve.max_model_len,
+                  continuous=cfg.serve.continuous_batching)
