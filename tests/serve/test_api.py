@@ -269,3 +269,19 @@ def test_a_crash_answers_internal_error_with_a_request_id_and_logs_the_detail(ca
     assert message.startswith("Internal error (request id ") and "secret" not in message
     request_id = message.split("request id ")[1].split(")")[0]
     assert any(request_id in r.getMessage() and "secret path" in r.getMessage() for r in caplog.records)
+
+
+def test_bench_serve_compares_batching_behind_the_endpoint(chat_model_dir, tmp_path, capsys):
+    from lmforge.cli import main
+
+    out = tmp_path / "serve.json"
+    assert main(["bench", chat_model_dir, "--serve", "--clients", "6", "--max-tokens", "12", "--arrival-gap", "0.02",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for engine in ("continuous batching", "static batching"):
+        assert result[engine]["texts_equal_solo"] == 6  # every stream is the text its request gets alone
+        assert result[engine]["completion_tokens"] == result["solo"]["completion_tokens"] > 0
+        assert 0 < result[engine]["latency_p50"] <= result[engine]["latency_p95"]
+    assert result["ratio"] == round(result["continuous batching"]["tokens_per_second"]
+                                    / result["static batching"]["tokens_per_second"], 2)
+    assert "continuous / static throughput" in capsys.readouterr().out

@@ -1,5 +1,5 @@
 """The `lmforge bench` command line: which benchmark to run (training speed by default; --compare,
---packing-compare, --preprocess, --eval-prefix-compare, --suite gpu), and its report."""
+--packing-compare, --preprocess, --serve, --eval-prefix-compare, --suite gpu), and its report."""
 
 from __future__ import annotations
 
@@ -31,6 +31,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--eval-prefix-compare", action="store_true",
                         help="CONFIG is an `lmforge eval` config of a multiple-choice benchmark: time it without and "
                         "with prefix KV reuse in this process and print the speed-up and whether the results agree")
+    parser.add_argument("--serve", action="store_true",
+                        help="CONFIG is a model directory or an `lmforge api` config: drive the OpenAI endpoint with "
+                        "--clients streaming clients arriving at random, with continuous and with static batching, "
+                        "and check every text against the request alone")
+    parser.add_argument("--clients", type=int, default=16, help="with --serve: concurrent clients")
+    parser.add_argument("--max-tokens", type=int, default=64, help="with --serve: max_tokens of each request")
+    parser.add_argument("--arrival-gap", type=float, default=0.05,
+                        help="with --serve: mean seconds between two clients' arrivals (exponential)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="with --compare, --packing-compare, --eval-prefix-compare or --preprocess: runs per "
                         "path (best kept)")
@@ -54,6 +62,12 @@ def main(argv: list[str]) -> int:
         if result["failed"]:
             print(f"failed checks: {', '.join(result['failed'])}", file=sys.stderr)
             return 1
+    elif ns.serve:
+        from lmforge.bench.serving import compare_serving
+        from lmforge.bench.serving import report as serve_report
+
+        result = compare_serving(config, overrides, ns.clients, ns.max_tokens, ns.arrival_gap)
+        print(serve_report(result))
     elif ns.eval_prefix_compare:
         from lmforge.bench.eval_prefix import compare_prefix_reuse
         from lmforge.bench.eval_prefix import report as eval_report
