@@ -22,7 +22,7 @@ from lmforge.config.stages import STAGES
 from lmforge.data.cache import CACHE_FORMAT, cached_splits, source_identity
 from lmforge.data.encode import KIND_COLUMNS, ConversationEncoder, LabelOptions
 from lmforge.data.formats import ConversationFormat, ExampleKind, SkipReport, normalise_records
-from lmforge.data.loading import mix, split_validation
+from lmforge.data.loading import mix, preprocessing_workers, split_validation
 from lmforge.data.pretrain import tokenizer_identity
 from lmforge.data.records import read_records
 from lmforge.data.registry import SourceSpec, resolve_sources
@@ -98,22 +98,30 @@ def encode_source(spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, args: Da
         raise DataError(f"Data error: source '{spec.name}': none of its {len(records):,} records is a usable "
                         f"{KIND_NAMES[kind]} ({report.summary()}).")
     started = time.perf_counter()
+    workers = preprocessing_workers(args.preprocessing_num_workers, len(table))
     encoded = table.map(ConversationEncoder(tokenizer, label_options(args), kind), batched=True,
-                        batch_size=min(args.preprocessing_batch_size, 256), num_proc=args.preprocessing_num_workers,
+                        batch_size=min(args.preprocessing_batch_size, 256), num_proc=workers,
                         desc=f"Encoding {spec.name}", **files)
     rate = len(table) / max(time.perf_counter() - started, 1e-9)
-    for record, reason in zip(encoded["record"], encoded["skip"], strict=True):
+    skips = _column(encoded, "skip")
+    for record, reason in zip(_column(encoded, "record"), skips, strict=True):
         if reason:
             report.add(record, reason)
-    examples = encoded.filter(lambda skip: not skip, input_columns="skip").remove_columns("skip")
+    examples = encoded.select([i for i, skip in enumerate(skips) if not skip]) if report.total else encoded
+    examples = examples.remove_columns("skip")
     stats = {"records": len(records), "examples": len(examples), "skipped": report.total,
-             "skip_reasons": dict(report.reasons), "truncated": int(sum(examples["truncated"]))}
+             "skip_reasons": dict(report.reasons), "truncated": int(sum(_column(examples, "truncated")))}
     if report.total:
         logger.warning(report.summary())
     logger.info("%s: %s records -> %s examples (%s skipped, %s truncated to cutoff_len=%d); encoded at %s "
                 "examples/s", spec.name, f"{stats['records']:,}", f"{stats['examples']:,}", f"{stats['skipped']:,}",
                 f"{stats['truncated']:,}", args.cutoff_len, f"{rate:,.0f}")
     return examples, stats
+
+
+def _column(data: Dataset, name: str) -> list:
+    """A whole column as a Python list, straight from Arrow (iterating `data[name]` converts row by row)."""
+    return data.data.column(name).to_pylist()
 
 
 KIND_NAMES = {"sft": "conversation", "pair": "preference pair (prompt, chosen, rejected)",

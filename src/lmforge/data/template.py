@@ -19,6 +19,7 @@ turn are the model's to write; the empty think block a `enable_thinking=False` g
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import uuid
 from collections.abc import Callable
@@ -34,6 +35,11 @@ from lmforge.data.collate import IGNORE_INDEX
 # Invisible separator: not whitespace (survives `trim`) and practically never the first or last character of real
 # content, so the shared prefix/suffix of the two renderings stops exactly at the content's edges.
 _EDGE = "\u2063"
+
+
+# Markers' nonces: random per process, counted per conversation (uuid4 per call costs an os.urandom each).
+_MARKER_PREFIX = uuid.uuid4().hex[:10]
+_MARKER_COUNT = itertools.count()
 
 
 class TemplateMismatch(ValueError):
@@ -153,7 +159,7 @@ def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
     text = render(tokenizer, messages, tools, chat_template, **template_kwargs)
     renderings = _Renderings(tokenizer, messages, tools, chat_template, template_kwargs)
     renderings = _ShapeFilled.when_exact(renderings, text) or renderings
-    nonce = "LMF" + uuid.uuid4().hex[:10]
+    nonce = f"LMF{_MARKER_PREFIX}{next(_MARKER_COUNT)}"
     specials = special_tokens(tokenizer)
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
