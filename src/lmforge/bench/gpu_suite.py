@@ -7,7 +7,8 @@ measures and checks, writing `gpu_check.json` and `gpu_check.md` into `--output`
   peak memory;
 - `losses`: the chunked loss against the model's own loss (and Liger's, where installed) on the same batch;
 - `packing`: the loss of packed rows equals the loss of the same examples unpacked (within bf16 tolerance);
-- `serve`: the serving engine's throughput at 1, 8 and 32 concurrent greedy requests;
+- `serve`: the serving engine's throughput at 1, 8 and 32 concurrent greedy requests, and 16 requests arriving at
+  random with continuous vs static batching;
 - `fsdp2`, `deepspeed`: a short run through `lmforge train` and its resume (skipped, with the reason, where they
   cannot run: no CUDA, package not installed).
 
@@ -20,6 +21,7 @@ import functools
 import importlib.util
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -191,6 +193,15 @@ class Suite:
                 prompts = [prompt_ids(tokenizer, [{"role": "user", "content": f"Tell story {i}"}])
                            for i in range(clients)]
                 out[f"tokens_per_second_{clients}"] = _throughput(engine, prompts, new_tokens)
+            # 16 requests arriving at random: continuous batching vs static (newcomers wait for the batch)
+            static = Engine(engine.model, tokenizer, sorted(engine.stop_ids), max_batch_size=32, continuous=False)
+            try:
+                gap = 0.002 if self.smoke else 0.05
+                out["staggered_16_continuous"] = _throughput(engine, prompts[:16], new_tokens, gap)
+                out["staggered_16_static"] = _throughput(static, prompts[:16], new_tokens, gap)
+                out["staggered_16_ratio"] = round(out["staggered_16_continuous"] / out["staggered_16_static"], 2)
+            finally:
+                static.close()
         finally:
             engine.close()
         return out
@@ -249,8 +260,9 @@ class _Skip(Exception):
     pass
 
 
-def _throughput(engine: Any, prompts: list[list[int]], new_tokens: int) -> float:
-    """Completion tokens per second of greedy requests submitted together."""
+def _throughput(engine: Any, prompts: list[list[int]], new_tokens: int, mean_gap: float = 0.0) -> float:
+    """Completion tokens per second of greedy requests submitted together, or `mean_gap` seconds apart on average
+    (exponential gaps, fixed seed)."""
     from lmforge.serve.sampling import SamplingParams
 
     done = threading.Semaphore(0)
@@ -263,8 +275,11 @@ def _throughput(engine: Any, prompts: list[list[int]], new_tokens: int) -> float
                 done.release()
         return put
 
+    gaps = random.Random(0)
     started = time.perf_counter()
     for i, prompt in enumerate(prompts):
+        if i and mean_gap:
+            time.sleep(gaps.expovariate(1 / mean_gap))
         engine.submit(prompt, SamplingParams(max_tokens=new_tokens, temperature=0.0), sink(i))
     for _ in prompts:
         done.acquire()
