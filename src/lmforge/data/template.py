@@ -37,8 +37,8 @@ from lmforge.data.collate import IGNORE_INDEX
 _EDGE = "\u2063"
 
 
-# Markers' nonces: random per process, counted per conversation (uuid4 per call costs an os.urandom each).
-_MARKER_PREFIX = uuid.uuid4().hex[:10]
+# Random per process: markers (counted per conversation; uuid4 per call costs an os.urandom each) and slots carry it.
+_PROCESS_NONCE = uuid.uuid4().hex[:10]
 _MARKER_COUNT = itertools.count()
 
 
@@ -59,44 +59,33 @@ def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: list
     compiled once (by transformers, with its filters and globals) and rendered with the same variables. Data read from
     JSON is plain already, so the conversion of rich objects apply_chat_template does is skipped; anything else (tools
     given as functions) goes through apply_chat_template itself. A test pins the two to the same output."""
-    compile_template = _template_compiler()
-    if compile_template is None or (tools is not None and not all(isinstance(t, dict) for t in tools)):
+    library = _template_library()
+    if library is None or (tools is not None and not all(isinstance(t, dict) for t in tools)):
         return tokenizer.apply_chat_template(messages, tools=tools, chat_template=chat_template, tokenize=False,
                                              add_generation_prompt=add_generation_prompt, **template_kwargs)
+    compile_template, normalize, alias_reasoning = library
     if not messages:
         raise ValueError("Cannot apply chat template to an empty conversation. Provide at least one message.")
     template = compile_template(tokenizer.get_chat_template(chat_template, tools))
-    return template.render(messages=_template_messages(messages), tools=tools, documents=None,
+    return template.render(messages=alias_reasoning(normalize(messages)), tools=tools, documents=None,
                            add_generation_prompt=add_generation_prompt,
                            **{**tokenizer.special_tokens_map, **template_kwargs})
 
 
 @functools.cache
-def _template_compiler() -> Callable[[str], jinja2.Template] | None:
-    """transformers' (cached) template compiler, or None where a release no longer has it under this name."""
+def _template_library() -> tuple[Callable, Callable, Callable] | None:
+    """The pieces of transformers' apply_chat_template that `render` runs: the (cached) template compiler, the
+    message normalisation (None values dropped) and the reasoning aliases; None where a release no longer has them
+    under these names (then `render` calls apply_chat_template)."""
     try:
-        from transformers.utils.chat_template_utils import _compile_jinja_template
+        from transformers.utils.chat_template_utils import (
+            _alias_reasoning_fields,
+            _compile_jinja_template,
+            _normalize_chat_messages,
+        )
     except ImportError:
         return None
-    return _compile_jinja_template
-
-
-_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
-
-
-def _template_messages(messages: list[dict]) -> list[dict]:
-    """The messages as apply_chat_template hands them to the template: keys whose value is None dropped, reasoning
-    under every name templates read it by."""
-    out = []
-    for message in messages:
-        if not isinstance(message, dict):
-            raise TypeError(f"Chat messages should be dicts, but got {message!r}.")
-        message = {key: value for key, value in message.items() if value is not None}
-        reasoning = next((message[key] for key in _REASONING_FIELDS if key in message), None)
-        if reasoning is not None:
-            message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
-        out.append(message)
-    return out
+    return _compile_jinja_template, _normalize_chat_messages, _alias_reasoning_fields
 
 
 def special_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
@@ -159,7 +148,7 @@ def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
     text = render(tokenizer, messages, tools, chat_template, **template_kwargs)
     renderings = _Renderings(tokenizer, messages, tools, chat_template, template_kwargs)
     renderings = _ShapeFilled.when_exact(renderings, text) or renderings
-    nonce = f"LMF{_MARKER_PREFIX}{next(_MARKER_COUNT)}"
+    nonce = f"LMF{_PROCESS_NONCE}{next(_MARKER_COUNT)}"
     specials = special_tokens(tokenizer)
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
@@ -220,7 +209,7 @@ class _Renderings:
 # renders a conversation's *shape* (roles, other fields, tools) with slots once; any conversation of that shape is
 # that rendering with its texts put into the slots, wherever the template places texts verbatim.
 _SLOT_FIELDS = {"content": "C", "reasoning_content": "R"}
-_SLOT_NONCE = "LMS" + uuid.uuid4().hex[:10]
+_SLOT_NONCE = "LMS" + _PROCESS_NONCE
 _SLOT = re.compile(f"{_EDGE}{_SLOT_NONCE}(\\d+[CR]){_EDGE}")
 
 
