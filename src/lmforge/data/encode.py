@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,19 +140,6 @@ KIND_COLUMNS: dict[str, list[str]] = {
 }
 
 
-# Rendering (Python, holding the GIL) and tokenizing (Rust, releasing it) overlap chunk by chunk.
-_PIPELINE_CHUNK = 32
-_TOKENIZER_THREAD: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _tokenizer_thread() -> ThreadPoolExecutor:
-    """This process's tokenizing thread (a forked worker starts its own: threads do not survive a fork)."""
-    global _TOKENIZER_THREAD
-    if _TOKENIZER_THREAD is None or _TOKENIZER_THREAD[0] != os.getpid():
-        _TOKENIZER_THREAD = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="lmforge-tokenize"))
-    return _TOKENIZER_THREAD[1]
-
-
 class ConversationEncoder:
     """Batched `datasets.map` function: a column of JSON examples (`formats.ExampleKind`) -> the kind's columns
     (`KIND_COLUMNS`) and `skip` (the reason an example cannot be trained on, empty otherwise). Picklable, so it runs
@@ -200,22 +185,17 @@ class ConversationEncoder:
         exchanges to drop goes through it; one without is cut here, as encode_replies would)."""
         o = self.options
         rendered: list[tuple[list[dict], RenderedConversation] | Exception] = []
-        tokenized: list[Future] = []
-        tokenize = self.tokenizer.backend_tokenizer.encode_batch  # the Rust tokenizer: no masks or lists we ignore
-        for start in range(0, len(examples), _PIPELINE_CHUNK):
-            chunk = []
-            for example in examples[start: start + _PIPELINE_CHUNK]:
-                try:
-                    messages = self._messages(example["messages"])
-                    chunk.append((messages, render_conversation(self.tokenizer, messages, example.get("tools"),
-                                                                enable_thinking=o.enable_thinking)))
-                except ENCODE_ERRORS as err:
-                    chunk.append(err)
-            rendered.extend(chunk)
-            texts = [r[1].text for r in chunk if not isinstance(r, Exception)]
-            # tokenized on another thread (the Rust tokenizer releases the GIL) while the next chunk renders
-            tokenized.append(_tokenizer_thread().submit(tokenize, texts, add_special_tokens=False))
-        encodings = iter([encoding for future in tokenized for encoding in future.result()])
+        for example in examples:
+            try:
+                messages = self._messages(example["messages"])
+                rendered.append((messages, render_conversation(self.tokenizer, messages, example.get("tools"),
+                                                               enable_thinking=o.enable_thinking)))
+            except ENCODE_ERRORS as err:
+                rendered.append(err)
+        texts = [r[1].text for r in rendered if not isinstance(r, Exception)]
+        # the Rust tokenizer directly: the transformers wrapper would build masks and lists we do not use
+        encodings = iter(self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+                         if texts else [])
         results: list[dict[str, Any] | Exception] = []
         for example, r in zip(examples, rendered, strict=True):
             if isinstance(r, Exception):
@@ -223,18 +203,18 @@ class ConversationEncoder:
                 continue
             messages, conversation = r
             encoding = next(encodings)
-            truncated = len(encoding.ids) > o.cutoff_len
+            ids = encoding.ids  # a new Python list at every access of the Rust encoding's property
+            truncated = len(ids) > o.cutoff_len
             if truncated and _exchange_cuts(messages):
                 results.append(self._guarded(example))  # drops old exchanges first
                 continue
-            labels = span_labels(encoding.ids, encoding.offsets, trained_spans(conversation, messages,
-                                                                                o.mask_history))
-            ids = encoding.ids[: o.cutoff_len] if truncated else encoding.ids
-            labels = labels[: o.cutoff_len] if truncated else labels
+            labels = span_labels(ids, encoding.offsets, trained_spans(conversation, messages, o.mask_history))
+            if truncated:
+                ids, labels = ids[: o.cutoff_len], labels[: o.cutoff_len]
             if all(label == IGNORE_INDEX for label in labels):
                 results.append(SkipRecord(_nothing_trained(truncated, o.cutoff_len)))
                 continue
-            results.append({"input_ids": list(ids), "labels": labels, "truncated": truncated})
+            results.append({"input_ids": ids, "labels": labels, "truncated": truncated})
         return results
 
     def _guarded(self, example: dict[str, Any]) -> dict[str, Any] | Exception:
