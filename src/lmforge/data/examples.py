@@ -22,7 +22,7 @@ from lmforge.config.stages import STAGES
 from lmforge.data.cache import CACHE_FORMAT, cached_splits, source_identity
 from lmforge.data.encode import KIND_COLUMNS, ConversationEncoder, LabelOptions
 from lmforge.data.formats import ConversationFormat, ExampleKind, SkipReport, normalise_records
-from lmforge.data.loading import mix, preprocessing_workers, split_validation
+from lmforge.data.loading import mix, split_validation
 from lmforge.data.pretrain import tokenizer_identity
 from lmforge.data.records import read_records
 from lmforge.data.registry import SourceSpec, resolve_sources
@@ -117,6 +117,19 @@ def encode_source(spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, args: Da
                 "examples/s", spec.name, f"{stats['records']:,}", f"{stats['examples']:,}", f"{stats['skipped']:,}",
                 f"{stats['truncated']:,}", args.cutoff_len, f"{rate:,.0f}")
     return examples, stats
+
+
+# From about this many records, worker processes pay for their start (forking, the tokenizer sent to each, one
+# Arrow file per worker joined afterwards): measured on 2 cores, 20,000 alpaca examples encode x1.3 faster with 2.
+WORKERS_FROM_RECORDS = 4000
+
+
+def preprocessing_workers(configured: int | None, records: int) -> int | None:
+    """`preprocessing_num_workers`, or where unset, one per CPU core (at most 8) for `records` >= 4,000."""
+    if configured is not None or records < WORKERS_FROM_RECORDS:
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cores, 8) if cores > 1 else None
 
 
 def _column(data: Dataset, name: str) -> list:
