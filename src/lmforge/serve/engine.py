@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
@@ -278,9 +279,4 @@ class _Batch:
 
 def _left_pad(tensor: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:
     """`tensor` with zeros before its entries along `dim` up to `length`."""
-    missing = length - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+    return F.pad(tensor, [0, 0] * (tensor.dim() - 1 - dim) + [length - tensor.shape[dim], 0])
