@@ -137,12 +137,10 @@ def cmd_eval(args: list[str]) -> int:
 
 def _command_config(schema: str, args: list[str], **checks):
     """TARGET [key=value ...]: TARGET is a YAML config, a model directory (or hub id) or a LoRA adapter directory."""
-    from lmforge.config.parse import load_command_config, model_target_overrides
+    from lmforge.config.parse import load_target_config
 
     target, overrides = _split_config_path(args)
-    if target is None or target.endswith((".yaml", ".yml")):
-        return load_command_config(schema, target, overrides, **checks)
-    return load_command_config(schema, None, model_target_overrides(target) + overrides, **checks)
+    return load_target_config(schema, target, overrides, **checks)
 
 
 # Packages of optional features -> the extra that installs them.

@@ -8,6 +8,7 @@ alone (greedy), which the solo pass also measures.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import random
 import socket
@@ -18,7 +19,7 @@ import time
 from importlib import resources
 from typing import Any
 
-from lmforge.config.parse import load_command_config, model_target_overrides
+from lmforge.config.parse import load_target_config
 from lmforge.errors import ConfigError
 
 
@@ -116,8 +117,11 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 def compare_serving(target: str | None, overrides: list[str], clients: int = 16, max_tokens: int = 64,
                     mean_gap: float = 0.05, seed: int = 0) -> dict[str, Any]:
     """Continuous vs static batching behind the API, same arrivals; plus the solo pass (one request at a time)."""
-    cfg = load_command_config("serve", *((target, overrides) if target is None or target.endswith((".yaml", ".yml"))
-                                         else (None, model_target_overrides(target) + overrides)))
+    missing = [name for name in ("fastapi", "uvicorn", "httpx") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"Config error: `lmforge bench --serve` needs {', '.join(missing)}: "
+                          "pip install 'lmforge[serve]'")
+    cfg = load_target_config("serve", target, overrides)
     if cfg.serve.infer_backend != "huggingface":
         raise ConfigError("Config error: `lmforge bench --serve` measures the huggingface engine's batching.")
     questions = _questions(clients)

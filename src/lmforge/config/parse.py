@@ -171,6 +171,14 @@ def load_command_config(schema: str, path: str | None, overrides: list[str] | No
     return cfg
 
 
+def load_target_config(schema: str, target: str | None, overrides: list[str], **checks: Any):
+    """`lmforge chat/api/export/bench --serve TARGET [key=value ...]`: TARGET is a YAML config, a model directory
+    (or hub id) or a LoRA adapter directory (`model_target_overrides`)."""
+    if target is None or target.endswith((".yaml", ".yml")):
+        return load_command_config(schema, target, overrides, **checks)
+    return load_command_config(schema, None, model_target_overrides(target) + overrides, **checks)
+
+
 def load_eval_config(path: str | None, overrides: list[str] | None = None) -> EvalConfig:
     return load_command_config("eval", path, overrides)
 
