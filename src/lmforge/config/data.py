@@ -61,6 +61,11 @@ class DataArguments:
         "sft: pack examples into rows of `cutoff_len` tokens (best-fit decreasing over the whole dataset); each "
         "example keeps its own positions and attends only to itself.",
     )
+    image_max_pixels: int = option(
+        768 * 768, "Vision-language models: images larger than this many pixels are scaled down (aspect kept) "
+        "before the processor sees them, which bounds their tokens and memory.")
+    image_min_pixels: int = option(
+        32 * 32, "Vision-language models: images smaller than this many pixels are scaled up (aspect kept).")
     preprocessing_num_workers: int | None = option(
         None, "Processes used for tokenization. Unset: for conversation data one per CPU core (at most 8) from 4,000 "
         "records of a source (below that, starting workers costs more than it saves); for pretraining text one (the "

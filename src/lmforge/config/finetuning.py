@@ -21,11 +21,20 @@ class FinetuningArguments:
         "or `all`.")
     freeze_extra_modules: str | None = option(
         None, "With `freeze`: comma-separated modules outside the layers to train too (e.g. `embed_tokens,norm`).")
+    freeze_vision_tower: bool = option(
+        True, "Vision-language models: keep the vision encoder's weights fixed (LoRA's `all` then leaves it out too).")
+    freeze_multi_modal_projector: bool = option(
+        True, "Vision-language models: keep the projector from vision features to the language model fixed (full "
+        "and freeze fine-tuning).")
+    train_mm_proj_only: bool = option(
+        False, "Vision-language models: train only the projector (full fine-tuning of it; everything else fixed).")
     lora_rank: int = option(8, "LoRA rank.")
     lora_alpha: int | None = option(None, "LoRA scaling alpha (default: twice the rank).")
     lora_dropout: float = option(0.0, "Dropout on the LoRA input.")
     lora_target: str = option(
-        "all", "Comma-separated module names that get adapters, or `all` (every linear layer except the output head).")
+        "all", "Comma-separated module names that get adapters, or `all` (every linear layer except the output "
+        "head; in a vision-language model the language model's, and the vision tower's too with "
+        "`freeze_vision_tower: false`).")
     additional_target: str | None = option(
         None, "Comma-separated modules trained fully and saved with the adapter (e.g. `embed_tokens,lm_head` when "
         "the template added tokens).")

@@ -154,6 +154,7 @@ class ConversationEncoder:
         return prepare_messages(messages, self.tokenizer.chat_template or "", self.options.enable_thinking)
 
     def encode_one(self, example: dict[str, Any]) -> dict[str, Any]:
+        text_only(example)
         o, tools = self.options, example.get("tools")
         kwargs = {"enable_thinking": o.enable_thinking}
         if self.kind == "prompt":
@@ -187,6 +188,7 @@ class ConversationEncoder:
         rendered: list[tuple[list[dict], RenderedConversation] | Exception] = []
         for example in examples:
             try:
+                text_only(example)
                 messages = self._messages(example["messages"])
                 rendered.append((messages, render_conversation(self.tokenizer, messages, example.get("tools"),
                                                                enable_thinking=o.enable_thinking)))
@@ -238,6 +240,13 @@ class ConversationEncoder:
                 out[name].append(encoded[name])
             out["skip"].append(skip)
         return out
+
+
+def text_only(example: dict[str, Any]) -> None:
+    """A text model cannot see an example's images or videos: it is skipped, not trained on their placeholders."""
+    for key in ("images", "videos"):
+        if example.get(key):
+            raise SkipRecord(f"it has {key} but the model takes text only")
 
 
 def _loads(conversation: str) -> dict[str, Any]:

@@ -13,16 +13,19 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.config.data import DataArguments
 from lmforge.config.stages import STAGES
+from lmforge.data import media
 from lmforge.data.cache import CACHE_FORMAT, cached_splits, source_identity
 from lmforge.data.encode import KIND_COLUMNS, ConversationEncoder, LabelOptions
-from lmforge.data.formats import ConversationFormat, ExampleKind, SkipReport, normalise_records
+from lmforge.data.formats import ConversationFormat, ExampleKind, SkipRecord, SkipReport, normalise_records
 from lmforge.data.loading import mix, split_validation
+from lmforge.data.multimodal import MediaOptions, MultimodalEncoder
 from lmforge.data.pretrain import tokenizer_identity
 from lmforge.data.records import read_records
 from lmforge.data.registry import SourceSpec, resolve_sources
@@ -35,9 +38,16 @@ def stage_kind(stage: str) -> ExampleKind:
     return STAGES[stage].kind  # type: ignore[return-value]
 
 
-def model_columns(kind: ExampleKind) -> list[str]:
-    """The encoded columns a trainer's collator reads (the rest is for people: source, record, truncated)."""
-    return [c for c in KIND_COLUMNS[kind] if c != "truncated"]
+def model_columns(kind: ExampleKind, data: Dataset | None = None) -> list[str]:
+    """The encoded columns a trainer's collator reads (the rest is for people: source, record, truncated); with
+    `data`, also its media columns and per-token processor outputs (multimodal examples)."""
+    columns = [c for c in KIND_COLUMNS[kind] if c != "truncated"]
+    if data is not None:
+        columns += [c for c in data.column_names if c not in columns and c not in PEOPLE_COLUMNS]
+    return columns
+
+
+PEOPLE_COLUMNS = ("truncated", "conversation", "record", "source")
 
 
 @dataclass
@@ -50,6 +60,18 @@ class ExampleData:
 
 def label_options(args: DataArguments) -> LabelOptions:
     return LabelOptions(args.cutoff_len, args.mask_history, args.train_on_prompt, args.enable_thinking)
+
+
+def media_options(args: DataArguments) -> MediaOptions:
+    return MediaOptions(args.image_max_pixels, args.image_min_pixels)
+
+
+def make_encoder(tokenizer: PreTrainedTokenizerBase, args: DataArguments, kind: ExampleKind,
+                 processor: Any = None) -> ConversationEncoder | MultimodalEncoder:
+    """The encoder of a run: the processor's for a vision-language model, the tokenizer's otherwise."""
+    if processor is not None:
+        return MultimodalEncoder(processor, label_options(args), media_options(args), kind)
+    return ConversationEncoder(tokenizer, label_options(args), kind)
 
 
 def source_format(spec: SourceSpec, records: list) -> ConversationFormat:
@@ -84,11 +106,26 @@ def source_conversations(spec: SourceSpec, args: DataArguments, seed: int, kind:
     """A source's selected records, those usable as `kind` (record index, normalised example), and the skips."""
     records = _sample(read_records(spec), spec, args.max_samples, seed)
     conversations, report = normalise_records(records, source_format(spec, records), spec.name, kind)
-    return records, conversations, report
+    return records, _with_media_found(conversations, spec, args, report), report
+
+
+def _with_media_found(conversations: list[tuple[int, dict]], spec: SourceSpec, args: DataArguments,
+                      report: SkipReport) -> list[tuple[int, dict]]:
+    """Examples whose image/video files all exist, referenced by absolute path (relative paths are looked up in
+    `dataset_dir`, then beside the data file); the others are skipped naming the file."""
+    base_dirs = list(dict.fromkeys([args.dataset_dir, *(os.path.dirname(f) for f in spec.files)]))
+    kept = []
+    for index, example in conversations:
+        try:
+            kept.append((index, media.resolve_example(example, base_dirs)))
+        except SkipRecord as err:
+            report.add(index, str(err))
+    return kept
 
 
 def encode_source(spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, args: DataArguments, seed: int,
-                  workdir: str | None = None, kind: ExampleKind = "sft") -> tuple[Dataset, dict]:
+                  workdir: str | None = None, kind: ExampleKind = "sft", processor: Any = None
+                  ) -> tuple[Dataset, dict]:
     """One source's usable examples of `kind` and its counts (records, examples, skips by reason, truncated)."""
     records, conversations, report = source_conversations(spec, args, seed, kind)
     table = Dataset.from_dict({"conversation": [json.dumps(c, ensure_ascii=False) for _, c in conversations],
@@ -99,7 +136,7 @@ def encode_source(spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, args: Da
                         f"{KIND_NAMES[kind]} ({report.summary()}).")
     started = time.perf_counter()
     workers = preprocessing_workers(args.preprocessing_num_workers, len(table))
-    encoded = table.map(ConversationEncoder(tokenizer, label_options(args), kind), batched=True,
+    encoded = table.map(make_encoder(tokenizer, args, kind, processor), batched=True,
                         batch_size=min(args.preprocessing_batch_size, 256), num_proc=workers,
                         desc=f"Encoding {spec.name}", **files)
     rate = len(table) / max(time.perf_counter() - started, 1e-9)
@@ -141,7 +178,8 @@ KIND_NAMES = {"sft": "conversation", "pair": "preference pair (prompt, chosen, r
               "kto": "conversation with a true/false label", "prompt": "prompt"}
 
 
-def examples_identity(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int, kind: ExampleKind) -> dict:
+def examples_identity(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int, kind: ExampleKind,
+                      processor: Any = None) -> dict:
     """Everything that changes the encoded examples."""
     def sources(names: str | None) -> list[dict]:
         return [source_identity(s) for s in resolve_sources(names, args.dataset_dir)] if names else []
@@ -150,16 +188,27 @@ def examples_identity(args: DataArguments, tokenizer: PreTrainedTokenizerBase, s
             "eval_sources": sources(args.eval_dataset), "max_samples": args.max_samples, "val_size": args.val_size,
             "seed": seed, "mix_strategy": args.mix_strategy, "interleave_probs": args.interleave_probs,
             "tokenizer": tokenizer_identity(tokenizer), "chat_template": tokenizer.chat_template,
-            "labels": label_options(args).__dict__}
+            "labels": label_options(args).__dict__,
+            **({"processor": processor_identity(processor), "media": media_options(args).__dict__}
+               if processor is not None else {})}
+
+
+def processor_identity(processor: Any) -> dict:
+    """What in a processor decides the ids: its class and its media processors' settings (the tokenizer and
+    template are keyed separately)."""
+    parts = {name: getattr(processor, name).to_dict() for name in ("image_processor", "video_processor")
+             if getattr(processor, name, None) is not None and hasattr(getattr(processor, name), "to_dict")}
+    return {"class": type(processor).__name__, **json.loads(json.dumps(parts, default=str))}
 
 
 def build_examples(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int,
-                   kind: ExampleKind = "sft") -> ExampleData:
-    """The train (and eval) examples of `kind`, encoded, from the cache when it holds them."""
+                   kind: ExampleKind = "sft", processor: Any = None) -> ExampleData:
+    """The train (and eval) examples of `kind`, encoded, from the cache when it holds them (`processor`: a
+    vision-language model's, whose encoder also keeps the examples' images)."""
     def encode_all(names: str, workdir: str, stats: dict) -> Dataset:
         parts = []
         for spec in resolve_sources(names, args.dataset_dir):
-            part, stats[spec.name] = encode_source(spec, tokenizer, args, seed, workdir, kind)
+            part, stats[spec.name] = encode_source(spec, tokenizer, args, seed, workdir, kind, processor)
             parts.append(part)
         return mix(parts, args.mix_strategy, args.interleave_probs, seed)
 
@@ -174,7 +223,7 @@ def build_examples(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed
         splits = split_validation(train, args.val_size, seed)
         return {"train": splits.train, **({"eval": splits.eval} if splits.eval is not None else {})}, stats
 
-    entry = cached_splits(args.tokenized_cache_dir, kind, examples_identity(args, tokenizer, seed, kind),
+    entry = cached_splits(args.tokenized_cache_dir, kind, examples_identity(args, tokenizer, seed, kind, processor),
                           args.overwrite_cache, build)
     if entry.hit:
         logger.info("Reusing encoded %s data from the cache (tokenization skipped): %s", kind, entry.path)

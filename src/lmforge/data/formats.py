@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from lmforge.data import media
+from lmforge.data.skips import SkipRecord
 
 Formatting = Literal["alpaca", "sharegpt", "openai"]
 ExampleKind = Literal["sft", "pair", "kto", "prompt"]
 
-PAIR_COLUMNS = {"chosen": "chosen", "rejected": "rejected", "kto_tag": "label"}
+PAIR_COLUMNS = {"chosen": "chosen", "rejected": "rejected", "kto_tag": "label", "images": "images", "videos": "videos"}
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
                   "history": "history", "tools": "tools", **PAIR_COLUMNS}
 SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools", **PAIR_COLUMNS}
@@ -33,10 +37,6 @@ SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human"
 OPENAI_COLUMNS = {"messages": "messages", "system": "system", "tools": "tools", **PAIR_COLUMNS}
 OPENAI_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
                "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system"}
-
-
-class SkipRecord(ValueError):
-    """This record cannot be a training conversation; the message says why."""
 
 
 @dataclass
@@ -76,7 +76,29 @@ class ConversationFormat:
         return None
 
     def to_example(self, record: dict[str, Any], kind: ExampleKind = "sft") -> dict[str, Any]:
-        """One example of `kind` (see the module docstring), or SkipRecord saying why the record cannot be one."""
+        """One example of `kind` (see the module docstring), or SkipRecord saying why the record cannot be one.
+        A multimodal record's example also has `images`/`videos` (references, one per placeholder)."""
+        found: dict[str, list[str]] = {"images": [], "videos": []}  # media given as content parts
+        token = _PART_MEDIA.set(found)
+        try:
+            example = self._example(record, kind)
+        finally:
+            _PART_MEDIA.reset(token)
+        for key in found:
+            listed = record.get(self.columns.get(key, key))
+            if listed not in (None, [], "") and found[key]:
+                raise SkipRecord(f"{key} are given both in '{self.columns.get(key, key)}' and as content parts")
+            if listed not in (None, [], ""):
+                listed = listed if isinstance(listed, list) else [listed]
+                found[key] = [media.reference(v, f"'{self.columns.get(key, key)}' entry {j}")
+                              for j, v in enumerate(listed)]
+            if found[key]:
+                example[key] = found[key]
+        if "images" in example or "videos" in example:
+            media.check_counts(example)
+        return example
+
+    def _example(self, record: dict[str, Any], kind: ExampleKind) -> dict[str, Any]:
         tools = _tools(record.get(self.columns.get("tools", "tools")))
         if kind == "pair":
             return {**self._pair(record), "tools": tools}
@@ -201,15 +223,24 @@ def _reply_messages(value: Any, tags: dict[str, str], what: str) -> list[dict]:
     return messages
 
 
+# The media lists of the record being normalised: content parts append to them (see `to_example`).
+_PART_MEDIA: ContextVar[dict[str, list[str]] | None] = ContextVar("_PART_MEDIA", default=None)
+
+
 def _parts(value: list, what: str) -> tuple[str, str, list[dict]]:
     """Content given as typed parts (LLaMA-Factory v1 `{"type", "value"}` or OpenAI `{"type": "text", "text"}`):
-    (text, reasoning, tool calls)."""
+    (text, reasoning, tool calls). Image and video parts become placeholders in the text (`data/media.py`)."""
     text, reasoning, calls = [], [], []
     for part in value:
         if not isinstance(part, dict) or "type" not in part:
             raise SkipRecord(f"{what}: a content part must be an object with a 'type'")
         body = part.get("value", part.get("text"))
-        if part["type"] == "text":
+        found = _PART_MEDIA.get()
+        if part["type"] in media.PART_TYPES and found is not None:
+            key = media.PART_TYPES[part["type"]]
+            found[key].append(media.part_reference(part, what))
+            text.append(media.PLACEHOLDERS[key])
+        elif part["type"] == "text":
             text.append(_text(body, what))
         elif part["type"] in ("reasoning", "thinking"):
             reasoning.append(_text(body, what))
@@ -217,7 +248,7 @@ def _parts(value: list, what: str) -> tuple[str, str, list[dict]]:
             calls += _tool_calls(body if isinstance(body, str) else json.dumps(body))
         else:
             raise SkipRecord(f"{what}: content part type '{part['type']}' is not supported (text, reasoning, "
-                             "tool_call)")
+                             "tool_call, image_url, image, video)")
     return "".join(text), "\n".join(reasoning), calls
 
 

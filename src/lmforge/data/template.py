@@ -113,7 +113,13 @@ def end_of_turn_text(tail: str, specials: list[str], anything_before: bool = Fal
 
 def _marked(message: dict, nonce: str) -> dict:
     """The message with everything the assistant wrote replaced by markers."""
-    out = {**message, "content": f"{_EDGE}{nonce}C{_EDGE}"}
+    marker = f"{_EDGE}{nonce}C{_EDGE}"
+    content = message.get("content")
+    if isinstance(content, list):  # content parts (multimodal templates): the text parts are the assistant's
+        parts = [p for p in content if not (isinstance(p, dict) and p.get("type") == "text")]
+        out = {**message, "content": [*parts, {"type": "text", "text": marker}]}
+    else:
+        out = {**message, "content": marker}
     if message.get("reasoning_content"):
         out["reasoning_content"] = f"{_EDGE}{nonce}R{_EDGE}"
     if message.get("tool_calls"):
@@ -367,7 +373,11 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if tokenizer.chat_template:
         messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-        rendered = render_conversation(tokenizer, messages)
+        try:
+            rendered = render_conversation(tokenizer, messages)
+        except (TemplateMismatch, *_REFUSED_HISTORY):  # a multimodal template that reads content parts only
+            rendered = render_conversation(tokenizer, [{**m, "content": [{"type": "text", "text": m["content"]}]}
+                                                       for m in messages])
         start, end = rendered.assistant_spans[0]
         for token in special_tokens(tokenizer):
             if rendered.text[start:end].endswith(token):

@@ -9,6 +9,7 @@ from transformers import PreTrainedModel
 
 from lmforge.config.finetuning import FinetuningArguments
 from lmforge.errors import ConfigError
+from lmforge.model import multimodal
 from lmforge.model.build import count_parameters
 
 logger = logging.getLogger(__name__)
@@ -21,9 +22,11 @@ def _names(value: str | None) -> list[str]:
 def decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     """The ModuleList of decoder layers (`model.layers`, `transformer.h`, ...): the one with num_hidden_layers
     entries."""
-    n_layers = getattr(model.config, "num_hidden_layers", None)
+    n_layers = model.config.get_text_config().num_hidden_layers
+    vision = [name for name, _ in multimodal.vision_tower(model)]
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers and \
+                not any(name.startswith(v + ".") for v in vision):
             return name, module
     raise ConfigError(f"Config error: 'finetuning_type: freeze' could not find the {n_layers} decoder layers of "
                       f"this {model.config.model_type} model.")
@@ -76,12 +79,18 @@ def add_lora(model: PreTrainedModel, args: FinetuningArguments, adapter: str | N
     if adapter:
         logger.info("LoRA: continuing from the adapter in %s", adapter)
         return PeftModel.from_pretrained(model, adapter, is_trainable=True)
-    targets = "all-linear" if args.lora_target.strip() == "all" else _names(args.lora_target)
+    targets: str | list[str] = "all-linear" if args.lora_target.strip() == "all" else _names(args.lora_target)
+    to_save = _names(args.additional_target)
+    if multimodal.is_multimodal_config(model.config):
+        if targets == "all-linear":  # the language model's linears (and the vision tower's when it trains)
+            targets = multimodal.language_model_linears(model, include_vision=not args.freeze_vision_tower)
+        if not args.freeze_multi_modal_projector:  # trained fully and saved with the adapter
+            to_save += [name for name, _ in multimodal.projector(model)]
     # A reward model's new head is trained fully and saved with the adapter (peft's SEQ_CLS task does that).
     task_type = "SEQ_CLS" if reward_head_names(model) else "CAUSAL_LM"
     config = LoraConfig(task_type=task_type, r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
                         lora_dropout=args.lora_dropout, target_modules=targets, use_rslora=args.use_rslora,
-                        use_dora=args.use_dora, modules_to_save=_names(args.additional_target) or None)
+                        use_dora=args.use_dora, modules_to_save=to_save or None)
     try:
         return get_peft_model(model, config)
     except ValueError as err:
@@ -93,6 +102,9 @@ def apply_finetuning_type(model: PreTrainedModel, args: FinetuningArguments, add
     """The model with only the parameters `finetuning_type` trains left trainable (`adapter`: a LoRA to continue)."""
     if args.finetuning_type == "freeze":
         freeze(model, args)
+    if multimodal.is_multimodal_config(model.config) and (args.finetuning_type != "lora" or args.train_mm_proj_only):
+        multimodal.freeze_multimodal_parts(model, args.freeze_vision_tower, args.freeze_multi_modal_projector,
+                                           args.train_mm_proj_only)
     elif args.finetuning_type == "lora":
         if added_tokens and not any(n in _names(args.additional_target) for n in ("embed_tokens", "lm_head")):
             logger.warning("The template added %d token(s) whose embeddings start random, and LoRA does not train "

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
     AutoModelForSequenceClassification,
     PretrainedConfig,
     PreTrainedModel,
@@ -17,6 +18,7 @@ from transformers import (
 from lmforge.config.architecture import base_config, check_architecture
 from lmforge.config.model import ModelArguments
 from lmforge.errors import ConfigError
+from lmforge.model import multimodal
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,8 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
     if reward_head:
         auto_class = AutoModelForSequenceClassification
         kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    elif multimodal.is_multimodal(args):
+        auto_class = AutoModelForImageTextToText
     if args.quantization_bit:
         kwargs["quantization_config"] = quantization_config(args.quantization_bit)
     if args.from_scratch:

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -17,6 +18,7 @@ from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint
 from lmforge.data.chat_templates import TemplateError, apply_template_choice
 from lmforge.data.pretrain import data_identity, load_documents
 from lmforge.errors import ConfigError
+from lmforge.model import multimodal
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +114,33 @@ def setup_tokenizer(cfg: RunConfig, resume: str | None = None) -> PreTrainedToke
     return load_tokenizer(path)
 
 
-def chat_tokenizer(cfg: RunConfig, resume: str | None = None) -> tuple[PreTrainedTokenizerBase, int]:
+def chat_tokenizer(cfg: RunConfig, resume: str | None = None, processor: Any = None
+                   ) -> tuple[PreTrainedTokenizerBase, int]:
     """The tokenizer with the chat template the run trains with (and a pad token: load_tokenizer sets one), and how
-    many tokens the template added."""
-    tokenizer = setup_tokenizer(cfg, resume)
-    return tokenizer, with_template(tokenizer, cfg.data.template, f" ({cfg.source})")
+    many tokens the template added. With a vision-language model's `processor`, its tokenizer (the processor's
+    template follows a `template` choice, so it is saved with the model)."""
+    tokenizer = processor.tokenizer if processor is not None else setup_tokenizer(cfg, resume)
+    added = with_template(tokenizer, cfg.data.template, f" ({cfg.source})")
+    if processor is not None:
+        processor.chat_template = tokenizer.chat_template
+    return tokenizer, added
+
+
+def chat_processor(cfg: RunConfig) -> Any:
+    """A vision-language model's processor (None for a text model); its stages are sft and dpo, unpacked."""
+    if not multimodal.is_multimodal(cfg.model):
+        return None
+    stage = cfg.finetuning.stage
+    if stage not in ("sft", "dpo"):
+        raise ConfigError(f"Config error ({cfg.source}): '{cfg.model.model_name_or_path}' is a vision-language "
+                          f"model; lmforge trains those with `stage: sft` or `stage: dpo`, not `{stage}`.")
+    if cfg.data.packing:
+        raise ConfigError(f"Config error ({cfg.source}): 'packing: true' with a vision-language model: multimodal "
+                          "examples are not packed (their image tokens and positions stay per example); set "
+                          "`packing: false`.")
+    processor = multimodal.load_processor(cfg.model)
+    logger.info("Vision-language model: takes %s", ", ".join(multimodal.modalities(processor)))
+    return processor
 
 
 def load_inference_tokenizer(args: ModelArguments, template: str | None = None) -> tuple[PreTrainedTokenizerBase, int]:

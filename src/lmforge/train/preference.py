@@ -18,6 +18,8 @@ import torch
 from lmforge.train.losses import REFERENCE_FREE, PairLogps, kto_loss, preference_loss, sequence_logps
 from lmforge.train.trainer import LoraPlusTrainer
 
+_TEXT_INPUTS = {"input_ids", "attention_mask", "labels", "desirable"}
+
 
 class ReferenceTrainer(LoraPlusTrainer):
     """Shared by the preference trainers: log-probabilities under the policy and the reference, and per-batch
@@ -46,8 +48,10 @@ class ReferenceTrainer(LoraPlusTrainer):
 
     def sequence_logps(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
                        prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        media = {} if prefix else {k: v for k, v in inputs.items() if k not in _TEXT_INPUTS and
+                                   not k.startswith("kl_")}  # a vision-language model's pixel inputs
         logits = model(input_ids=inputs[f"{prefix}input_ids"], attention_mask=inputs[f"{prefix}attention_mask"],
-                       use_cache=False).logits
+                       use_cache=False, **media).logits
         return sequence_logps(logits, inputs[f"{prefix}labels"])
 
     @torch.no_grad()

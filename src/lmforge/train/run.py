@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 
 
 
+def text_tokenizer(processing_class: Any) -> Any:
+    """The tokenizer of a Trainer's processing class (a vision-language model's processor holds one)."""
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
 def last_eval(trainer: LanguageModelTrainer) -> dict | None:
     """Metrics of an evaluation already run at the final step (eval_steps dividing max_steps): not run twice."""
     for record in reversed(trainer.state.log_history):
@@ -60,7 +65,7 @@ def run_training(cfg: RunConfig, trainer: LanguageModelTrainer, resume: str | No
         metrics.update(after_eval(trainer))
 
     if trainer.is_world_process_zero():
-        samples = report(cfg, trainer.model, trainer.processing_class, chat, stop_ids)
+        samples = report(cfg, trainer.model, text_tokenizer(trainer.processing_class), chat, stop_ids)
         if samples:
             log_samples(trainer, samples)
         finish_trackers(trainer)

@@ -19,7 +19,8 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> PreferenceTraine
     ref = None if f.pref_loss in REFERENCE_FREE else reference_model(cfg, model, stage.tokenizer)
     return PreferenceTrainer(
         model=model, ref_model=ref, train_dataset=stage.train_rows(),
-        data_collator=PairCollator(stage.tokenizer.pad_token_id), loss_type=f.pref_loss, beta=f.pref_beta,
+        data_collator=stage.collator(PairCollator(stage.tokenizer.pad_token_id)), loss_type=f.pref_loss,
+        beta=f.pref_beta,
         ftx=f.pref_ftx, label_smoothing=f.dpo_label_smoothing, simpo_gamma=f.simpo_gamma,
         loraplus_lr_ratio=f.loraplus_lr_ratio, **trainer_kwargs(cfg, stage))
 

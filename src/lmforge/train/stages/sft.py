@@ -13,7 +13,7 @@ from lmforge.data.collate import SftCollator
 from lmforge.data.examples import ExampleData, model_columns
 from lmforge.data.packing import pack_examples, uses_packing
 from lmforge.train.predict import predict
-from lmforge.train.run import run_training
+from lmforge.train.run import run_training, text_tokenizer
 from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
 from lmforge.train.trainer import LanguageModelTrainer
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def training_rows(examples: Dataset, args: DataArguments) -> Dataset:
     """What the Trainer iterates: the examples, or rows of packed examples."""
-    examples = examples.select_columns(model_columns("sft"))
+    examples = examples.select_columns(model_columns("sft", examples))
     if not uses_packing(args):
         return examples
     rows = pack_examples(examples, args.cutoff_len)
@@ -46,7 +46,8 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> SftSetup:
     stage = prepare_chat_stage(cfg, resume)
     trainer = LanguageModelTrainer(
         model=policy_model(cfg, stage), train_dataset=training_rows(stage.data.train, cfg.data),
-        data_collator=SftCollator(stage.tokenizer.pad_token_id), loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
+        data_collator=stage.collator(SftCollator(stage.tokenizer.pad_token_id)),
+        loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
         chunked_loss=cfg.finetuning.chunked_loss,
         **trainer_kwargs(cfg, stage))
     return SftSetup(trainer, stage.data, stage.stop_ids)
@@ -61,7 +62,7 @@ def run(cfg: RunConfig) -> dict:
             return {}
         if not trainer.is_world_process_zero():
             return {}
-        scores = predict(cfg, trainer.model, trainer.processing_class, setup.data.eval)
+        scores = predict(cfg, trainer.model, text_tokenizer(trainer.processing_class), setup.data.eval)
         trainer.log_metrics("predict", scores)
         return scores
 

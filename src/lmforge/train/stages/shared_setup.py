@@ -11,12 +11,13 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, set_seed
 
 from lmforge.config.schema import RunConfig
-from lmforge.data.examples import ExampleData, build_examples, model_columns, stage_kind
+from lmforge.data.examples import ExampleData, build_examples, media_options, model_columns, stage_kind
 from lmforge.data.formats import ExampleKind
+from lmforge.data.multimodal import MediaOptions, MultimodalCollator, per_token_outputs
 from lmforge.data.template import stop_token_ids
 from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import build_model
-from lmforge.model.tokenizer import chat_tokenizer
+from lmforge.model.tokenizer import chat_processor, chat_tokenizer
 from lmforge.train.runtime.log_callback import JsonlLogCallback
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
 from lmforge.train.setup import save_dtype, set_precision
@@ -29,12 +30,24 @@ class ChatStage:
     stop_ids: list[int]  # EOS and the template's end-of-turn token
     added_tokens: int  # tokens the template added to the vocabulary
     kind: ExampleKind
+    processor: Any = None  # a vision-language model's processor (its tokenizer is `tokenizer`)
+    media_options: MediaOptions | None = None
 
     def train_rows(self) -> Dataset:
-        return self.data.train.select_columns(model_columns(self.kind))
+        return self.data.train.select_columns(model_columns(self.kind, self.data.train))
 
     def eval_rows(self) -> Dataset | None:
-        return self.data.eval.select_columns(model_columns(self.kind)) if self.data.eval is not None else None
+        if self.data.eval is None:
+            return None
+        return self.data.eval.select_columns(model_columns(self.kind, self.data.eval))
+
+    def collator(self, text_collator: Any) -> Any:
+        """`text_collator` as is for a text model; for a vision-language model, wrapped to add the batch's pixel
+        inputs and the processor's per-token outputs."""
+        if self.processor is None:
+            return text_collator
+        return MultimodalCollator(text_collator, self.processor, self.media_options,
+                                  tuple(per_token_outputs(self.processor)))
 
 
 def prepare_chat_stage(cfg: RunConfig, resume: str | None = None) -> ChatStage:
@@ -43,10 +56,13 @@ def prepare_chat_stage(cfg: RunConfig, resume: str | None = None) -> ChatStage:
     check_trackers(args)
     set_seed(args.seed)
     kind = stage_kind(cfg.finetuning.stage)
+    processor = chat_processor(cfg)
     with args.main_process_first(desc=f"encoding {kind} data"):
-        tokenizer, added = chat_tokenizer(cfg, resume)
-        data = build_examples(cfg.data, tokenizer, args.seed, kind)
-    return ChatStage(tokenizer, data, stop_token_ids(tokenizer), added, kind)
+        tokenizer, added = chat_tokenizer(cfg, resume, processor)
+        data = build_examples(cfg.data, tokenizer, args.seed, kind, processor)
+    if processor is not None:
+        args.remove_unused_columns = False  # the collator reads the image references
+    return ChatStage(tokenizer, data, stop_token_ids(tokenizer), added, kind, processor, media_options(cfg.data))
 
 
 def policy_model(cfg: RunConfig, stage: ChatStage) -> torch.nn.Module:
@@ -62,7 +78,8 @@ def policy_model(cfg: RunConfig, stage: ChatStage) -> torch.nn.Module:
 
 def trainer_kwargs(cfg: RunConfig, stage: ChatStage) -> dict[str, Any]:
     """Arguments every stage's Trainer takes."""
-    return {"args": cfg.training, "processing_class": stage.tokenizer, "eval_dataset": stage.eval_rows(),
+    return {"args": cfg.training, "processing_class": stage.processor or stage.tokenizer,
+            "eval_dataset": stage.eval_rows(),
             "resilience": cfg.resilience, "save_dtype": save_dtype(cfg),
             "callbacks": [JsonlLogCallback(cfg.training.output_dir, perplexity=stage.kind == "sft"),
                           *tracking_callbacks(cfg.training, cfg.tracking)]}
