@@ -148,3 +148,19 @@ def greeter_adapter_dir(tmp_path_factory, greeter_base_dir) -> str:
     weights are far from zero, so merging it changes the model."""
     return _train_greeter(greeter_base_dir, tmp_path_factory.mktemp("greeter-lora"), finetuning_type="lora",
                           lora_rank=8, lora_target="all", max_steps=30)
+
+
+# ---- vision-language models (tests/multimodal_models.py) -----------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def llava_dir(tmp_path_factory, quickstart_texts) -> str:
+    from tests.multimodal_models import build_llava
+
+    return build_llava(str(tmp_path_factory.mktemp("tiny-llava")), quickstart_texts[:500])
+
+
+@pytest.fixture(scope="session")
+def gemma3_dir(tmp_path_factory, quickstart_texts) -> str:
+    from tests.multimodal_models import build_gemma3
+
+    return build_gemma3(str(tmp_path_factory.mktemp("tiny-gemma3")), quickstart_texts[:500])

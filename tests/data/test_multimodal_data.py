@@ -1,0 +1,172 @@
+"""Multimodal examples: ids equal the model's own processor, labels are exactly the assistant turns, image tokens are
+never trained, and bad records (placeholder count, missing or corrupt file) are counted skips naming record and
+file."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+
+import pytest
+from transformers import AutoProcessor
+
+from lmforge.data import media
+from lmforge.data.collate import IGNORE_INDEX
+from lmforge.data.examples import build_examples, source_conversations
+from lmforge.data.multimodal import as_parts, media_token_ids
+from lmforge.data.registry import resolve_sources
+from lmforge.errors import DataError
+from lmforge.model.multimodal import load_processor
+from lmforge.config.model import ModelArguments
+from tests.conftest import LF_DEMO, write_jsonl
+from tests.data.conftest import data_args
+
+IMAGES = LF_DEMO / "mllm_demo_data"
+# the end-of-turn token each template writes after an assistant message (LLaVA-1.5 writes none)
+END_OF_TURN = {"llava_dir": "", "gemma3_dir": "<end_of_turn>"}
+
+
+@pytest.fixture(params=["llava_dir", "gemma3_dir"])
+def vlm(request):
+    return request.param, load_processor(ModelArguments(model_name_or_path=request.getfixturevalue(request.param)))
+
+
+def trained_runs(ids: list[int], labels: list[int]) -> list[list[int]]:
+    runs, current = [], []
+    for token, label in zip(ids, labels, strict=True):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    return runs + ([current] if current else [])
+
+
+def test_mllm_demo_ids_are_the_processors_and_labels_the_assistants(vlm):
+    name, processor = vlm
+    args = data_args(dataset="mllm_demo", cutoff_len=1024)
+    data = build_examples(args, processor.tokenizer, 0, "sft", processor)
+    assert len(data.train) == 6 and data.stats["mllm_demo"]["skipped"] == 0
+    _, conversations, _ = source_conversations(resolve_sources("mllm_demo", str(LF_DEMO))[0], args, 0)
+    never = media_token_ids(processor)
+    for row, (_, example) in zip(data.train, conversations, strict=True):
+        images = [media.load_image(ref, args.image_max_pixels, args.image_min_pixels) for ref in example["images"]]
+        assert row["images"] == [str(IMAGES / p.rsplit("/", 1)[1]) for p in example["images"]]
+        expected = processor.apply_chat_template(as_parts(example["messages"]), tokenize=True, return_dict=True,
+                                                 processor_kwargs={"images": images})
+        assert row["input_ids"] == list(expected["input_ids"][0])
+        # one run of image tokens per image, none of them trained
+        assert sum(1 for a, b in zip(row["input_ids"], row["input_ids"][1:]) if b in never and a not in never) \
+            >= len(images)
+        assert not any(label in never for label in row["labels"] if label != IGNORE_INDEX)
+        replies = [m["content"] for m in example["messages"] if m["role"] == "assistant"]
+        runs = trained_runs(row["input_ids"], row["labels"])
+        assert [processor.tokenizer.decode(run).strip() for run in runs] == \
+            [(reply + END_OF_TURN[name]).strip() for reply in replies]
+        if "token_type_ids" in row:  # Gemma 3: exactly the image tokens are marked
+            assert [t == processor.tokenizer.image_token_id for t in row["input_ids"]] == \
+                [bool(t) for t in row["token_type_ids"]]
+
+
+def test_mask_history_and_train_on_prompt_follow_the_text_rule(vlm):
+    _, processor = vlm
+    last = build_examples(data_args(dataset="mllm_demo", mask_history=True), processor.tokenizer, 0, "sft",
+                          processor).train[0]
+    assert len(trained_runs(last["input_ids"], last["labels"])) == 1
+    everything = build_examples(data_args(dataset="mllm_demo", train_on_prompt=True), processor.tokenizer, 0, "sft",
+                                processor).train[0]
+    never = media_token_ids(processor)
+    ids, labels = everything["input_ids"], everything["labels"]
+    assert not any(label in never for label in labels)
+    # untrained: media tokens, and only the framing the processor writes around them (Gemma 3's blank lines)
+    for i, (token, label) in enumerate(zip(ids, labels, strict=True)):
+        if label == IGNORE_INDEX and token not in never and i > 0:
+            assert any(t in never for t in ids[max(i - 3, 0): i + 4]), (i, processor.tokenizer.decode([token]))
+
+
+def _record(text: str, images: list[str], answer: str = "A picture.") -> dict:
+    return {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": answer}],
+            "images": images}
+
+
+def test_bad_multimodal_records_are_counted_skips_naming_record_and_file(tmp_path, vlm):
+    _, processor = vlm
+    shutil.copy(IMAGES / "1.jpg", tmp_path / "good.jpg")
+    (tmp_path / "corrupt.jpg").write_bytes(b"not a jpeg at all")
+    data = write_jsonl(tmp_path / "mm.jsonl", [
+        _record("<image>Who are they?", ["good.jpg"]),
+        _record("<image><image>Two?", ["good.jpg"]),
+        _record("<image>Where?", ["missing.jpg"]),
+        _record("<image>Broken?", ["corrupt.jpg"]),
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<image>"}],
+         "images": ["good.jpg"]},
+    ])
+    out = build_examples(data_args(dataset=str(data), dataset_dir=str(tmp_path)), processor.tokenizer, 0, "sft",
+                         processor)
+    stats, = out.stats.values()
+    assert (stats["records"], stats["examples"], stats["skipped"]) == (5, 1, 4)
+    reasons = " | ".join(stats["skip_reasons"])
+    assert "2 <image> placeholder(s) but 1 image file(s)" in reasons
+    assert "media file 'missing.jpg' not found" in reasons
+    assert "corrupt.jpg' cannot be read" in reasons
+    assert "an assistant message holds a <image>" in reasons
+
+
+def test_openai_image_parts_give_the_same_example_as_the_images_column(tmp_path, vlm):
+    _, processor = vlm
+    path = IMAGES / "2.jpg"
+    data_url = "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+    def parts(url):
+        return {"messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Who is he?"},
+                                         {"type": "image_url", "image_url": {"url": url}}]},
+            {"role": "assistant", "content": "Thomas Muller."}]}
+    column = _record("Who is he?<image>", [str(path)], "Thomas Muller.")
+    rows = {}
+    for name, record in {"column": column, "file_url": parts(f"file://{path}"), "data_url": parts(data_url)}.items():
+        file = write_jsonl(tmp_path / f"{name}.jsonl", [record])
+        ex = build_examples(data_args(dataset=str(file)), processor.tokenizer, 0, "sft", processor).train[0]
+        rows[name] = (ex["input_ids"], ex["labels"])
+    assert rows["column"] == rows["file_url"] == rows["data_url"]
+
+
+def test_truncation_drops_old_exchanges_with_their_images_and_never_cuts_an_image(tmp_path, vlm):
+    _, processor = vlm
+    long_answer = "They are celebrating on the soccer field after a goal. " * 3
+    record = {"messages": [{"role": "user", "content": "<image>Who are they?"},
+                           {"role": "assistant", "content": long_answer},
+                           {"role": "user", "content": "<image>And now?"},
+                           {"role": "assistant", "content": "Still celebrating."}],
+              "images": [str(IMAGES / "1.jpg"), str(IMAGES / "2.jpg")]}
+    file = write_jsonl(tmp_path / "long.jsonl", [record])
+    full = build_examples(data_args(dataset=str(file)), processor.tokenizer, 0, "sft", processor).train[0]
+    cut = build_examples(data_args(dataset=str(file), cutoff_len=len(full["input_ids"]) - 5), processor.tokenizer,
+                         0, "sft", processor)
+    assert cut.train[0]["images"] == [str(IMAGES / "2.jpg")] and cut.train[0]["truncated"]
+    first = [i for i, t in enumerate(full["input_ids"]) if t in media_token_ids(processor)][0]
+    with pytest.raises(DataError, match="image's tokens do not fit within cutoff_len"):
+        build_examples(data_args(dataset=str(file), cutoff_len=first + 1, mask_history=True), processor.tokenizer,
+                       0, "sft", processor)
+
+
+def test_a_text_model_skips_multimodal_records_by_name(chat_tok):
+    with pytest.raises(DataError, match="has images but the model takes text only"):
+        build_examples(data_args(dataset="mllm_demo"), chat_tok, 0, "sft")
+
+
+def test_preference_pairs_keep_their_images_on_both_sides(tmp_path, vlm):
+    _, processor = vlm
+    file = write_jsonl(tmp_path / "pairs.jsonl", [{
+        "messages": [{"role": "user", "content": "<image>Who are they?"}],
+        "chosen": {"role": "assistant", "content": "Kane and Gretzka."},
+        "rejected": {"role": "assistant", "content": "Nobody."}, "images": [str(IMAGES / "1.jpg")]}])
+    pair = build_examples(data_args(dataset=str(file)), processor.tokenizer, 0, "pair", processor).train[0]
+    never = media_token_ids(processor)
+    for side in ("chosen", "rejected"):
+        ids = pair[f"{side}_input_ids"]
+        assert any(t in never for t in ids)
+        assert len(trained_runs(ids, pair[f"{side}_labels"])) == 1
+    assert pair["images"] == [str(IMAGES / "1.jpg")]
+    json.dumps(pair["images"])
