@@ -9,8 +9,8 @@ import json
 import shutil
 
 import pytest
-from transformers import AutoProcessor
 
+from lmforge.config.model import ModelArguments
 from lmforge.data import media
 from lmforge.data.collate import IGNORE_INDEX
 from lmforge.data.examples import build_examples, source_conversations
@@ -18,7 +18,6 @@ from lmforge.data.multimodal import as_parts, media_token_ids
 from lmforge.data.registry import resolve_sources
 from lmforge.errors import DataError
 from lmforge.model.multimodal import load_processor
-from lmforge.config.model import ModelArguments
 from tests.conftest import LF_DEMO, write_jsonl
 from tests.data.conftest import data_args
 
@@ -58,8 +57,8 @@ def test_mllm_demo_ids_are_the_processors_and_labels_the_assistants(vlm):
                                                  processor_kwargs={"images": images})
         assert row["input_ids"] == list(expected["input_ids"][0])
         # one run of image tokens per image, none of them trained
-        assert sum(1 for a, b in zip(row["input_ids"], row["input_ids"][1:]) if b in never and a not in never) \
-            >= len(images)
+        ids = row["input_ids"]
+        assert sum(1 for a, b in zip(ids, ids[1:], strict=False) if b in never and a not in never) >= len(images)
         assert not any(label in never for label in row["labels"] if label != IGNORE_INDEX)
         replies = [m["content"] for m in example["messages"] if m["role"] == "assistant"]
         runs = trained_runs(row["input_ids"], row["labels"])
@@ -170,3 +169,20 @@ def test_preference_pairs_keep_their_images_on_both_sides(tmp_path, vlm):
         assert len(trained_runs(ids, pair[f"{side}_labels"])) == 1
     assert pair["images"] == [str(IMAGES / "1.jpg")]
     json.dumps(pair["images"])
+
+
+def test_data_dump_and_preview_show_one_mark_per_image(llava_dir, tmp_path, capsys):
+    from lmforge.cli import main
+
+    common = [f"model_name_or_path={llava_dir}", "stage=sft", "dataset=mllm_demo", f"dataset_dir={LF_DEMO}"]
+    assert main(["data", "dump", *common, "--output", str(tmp_path / "dump.jsonl")]) == 0
+    rows = [json.loads(line) for line in open(tmp_path / "dump.jsonl")]
+    processor = load_processor(ModelArguments(model_name_or_path=llava_dir))
+    direct = build_examples(data_args(dataset="mllm_demo"), processor.tokenizer, 0, "sft", processor).train
+    assert [(r["input_ids"], r["labels"], r["images"]) for r in rows] == \
+        [(d["input_ids"], d["labels"], d["images"]) for d in direct]
+    capsys.readouterr()
+    assert main(["data", "preview", *common]) == 0
+    shown = capsys.readouterr().out
+    first = shown.split("── example 1")[0]
+    assert first.count("⟪<image> ×4⟫") == 2 and "<image><image>" not in shown  # record 0 has two images

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+from collections import Counter
 from dataclasses import dataclass
 
 from datasets import Dataset
@@ -23,6 +24,7 @@ class ProcessedData:
     train: Dataset  # input_ids, labels; or chosen_/rejected_ ids and labels (+ source, record after pt)
     eval: Dataset | None
     stats: dict
+    media_ids: frozenset[int] = frozenset()  # a vision-language model's image/video tokens
 
 
 def sequences(row: dict) -> list[tuple[str, list[int], list[int]]]:
@@ -37,11 +39,14 @@ def processed_data(cfg: RunConfig) -> ProcessedData:
     """The examples of a run exactly as its stage builds them (from the cache when it holds them)."""
     if STAGES[cfg.finetuning.stage].kind != "pt":
         from lmforge.data.examples import build_examples, stage_kind
-        from lmforge.model.tokenizer import chat_tokenizer
+        from lmforge.data.multimodal import media_token_ids
+        from lmforge.model.tokenizer import chat_processor, chat_tokenizer
 
-        tokenizer, _ = chat_tokenizer(cfg)
-        data = build_examples(cfg.data, tokenizer, cfg.training.seed, stage_kind(cfg.finetuning.stage))
-        return ProcessedData(tokenizer, data.train, data.eval, data.stats)
+        processor = chat_processor(cfg)
+        tokenizer, _ = chat_tokenizer(cfg, processor=processor)
+        data = build_examples(cfg.data, tokenizer, cfg.training.seed, stage_kind(cfg.finetuning.stage), processor)
+        media_ids = frozenset(media_token_ids(processor)) if processor is not None else frozenset()
+        return ProcessedData(tokenizer, data.train, data.eval, data.stats, media_ids)
     if cfg.data.streaming:
         raise ConfigError("Config error: `lmforge data` reads the whole dataset; it does not support streaming.")
     from lmforge.data.pretrain import build_pretrain_data
@@ -58,11 +63,12 @@ def processed_data(cfg: RunConfig) -> ProcessedData:
                          data.stats)
 
 
-def trained_runs(ids: list[int], labels: list[int]) -> list[tuple[bool, list[int]]]:
-    """Consecutive tokens grouped by whether they are trained."""
-    runs: list[tuple[bool, list[int]]] = []
+def trained_runs(ids: list[int], labels: list[int], media_ids: frozenset[int] = frozenset()
+                 ) -> list[tuple[bool | None, list[int]]]:
+    """Consecutive tokens grouped by whether they are trained (None: a run of image/video tokens)."""
+    runs: list[tuple[bool | None, list[int]]] = []
     for token, label in zip(ids, labels, strict=True):
-        trained = label != IGNORE_INDEX
+        trained = None if token in media_ids else label != IGNORE_INDEX
         if runs and runs[-1][0] == trained:
             runs[-1][1].append(token)
         else:
@@ -70,11 +76,20 @@ def trained_runs(ids: list[int], labels: list[int]) -> list[tuple[bool, list[int
     return runs
 
 
-def render_example(tokenizer: PreTrainedTokenizerBase, ids: list[int], labels: list[int], styled: bool) -> str:
-    """The example's text with trained tokens green (terminal) or in ⟦ ⟧ brackets (plain text)."""
+def _media_run(tokenizer: PreTrainedTokenizerBase, run: list[int]) -> str:
+    """One image's (video's) tokens as one mark: its placeholder token and count, plus its delimiters."""
+    token, count = Counter(run).most_common(1)[0]
+    others = len(run) - count
+    return f"⟪{tokenizer.convert_ids_to_tokens(token)} ×{count}{f' +{others}' if others else ''}⟫"
+
+
+def render_example(tokenizer: PreTrainedTokenizerBase, ids: list[int], labels: list[int], styled: bool,
+                   media_ids: frozenset[int] = frozenset()) -> str:
+    """The example's text with trained tokens green (terminal) or in ⟦ ⟧ brackets (plain text), and each image's
+    tokens as one ⟪token ×count⟫ mark."""
     parts = []
-    for trained, run in trained_runs(ids, labels):
-        text = tokenizer.decode(run, skip_special_tokens=False)
+    for trained, run in trained_runs(ids, labels, media_ids):
+        text = _media_run(tokenizer, run) if trained is None else tokenizer.decode(run, skip_special_tokens=False)
         if styled:
             from rich.markup import escape
 
@@ -121,7 +136,7 @@ def preview(cfg: RunConfig, num: int = 3) -> dict:
             title = f"── example {i}{' ' + name if name else ''}{where}: {len(ids)} tokens, " \
                     f"{sum(label != IGNORE_INDEX for label in labels)} trained "
             console.print(title + "─" * max(0, 100 - len(title)), markup=False)
-            console.print(render_example(data.tokenizer, ids, labels, styled), markup=styled)
+            console.print(render_example(data.tokenizer, ids, labels, styled, data.media_ids), markup=styled)
     stats = length_stats(data.train, cfg.data.cutoff_len, packable=cfg.finetuning.stage in ("pt", "sft"))
     stats["skipped"] = sum(s.get("skipped", s.get("empty_documents", 0)) for s in data.stats.values()
                            if isinstance(s, dict))
@@ -151,7 +166,9 @@ def dump(cfg: RunConfig, output: str) -> int:
         for split, examples in (("train", data.train), ("eval", data.eval)):
             if examples is None:
                 continue
-            columns = [k for k in keys if k in examples.column_names]
+            # and a vision-language model's: the image/video files and the processor's per-token outputs
+            columns = [k for k in keys if k in examples.column_names] + \
+                [c for c in examples.column_names if c not in keys and c != "conversation"]
             # whole batches out of Arrow (row-by-row access converts one row at a time, far slower)
             for batch in examples.select_columns(columns).iter(batch_size=1000):
                 for values in zip(*(batch[k] for k in columns), strict=True):

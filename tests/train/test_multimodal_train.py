@@ -1,0 +1,110 @@
+"""Vision-language training end to end on tiny random LLaVA- and Gemma-3-style models: LoRA SFT lowers the loss and
+its adapter loads with PEFT on AutoModelForImageTextToText, the vision tower stays frozen by default, DPO with images
+raises the held-out margin."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from lmforge.cli import main
+from lmforge.config.model import ModelArguments
+from lmforge.data.collate import PairCollator
+from lmforge.data.examples import build_examples
+from lmforge.data.multimodal import MediaOptions, MultimodalCollator, per_token_outputs
+from lmforge.model.multimodal import load_processor
+from lmforge.train.losses import sequence_logps
+from tests.conftest import LF_DEMO, write_jsonl
+from tests.data.conftest import data_args
+
+pytestmark = pytest.mark.slow  # training runs
+
+IMAGES = LF_DEMO / "mllm_demo_data"
+
+
+def train_args(model_dir: str, out, **extra) -> list[str]:
+    args = {"stage": "sft", "model_name_or_path": model_dir, "dataset": "mllm_demo", "dataset_dir": str(LF_DEMO),
+            "cutoff_len": 512, "output_dir": str(out), "per_device_train_batch_size": 2, "learning_rate": 1e-2,
+            "max_steps": 20, "logging_steps": 5, "save_strategy": "no", "report_to": "none", "disable_tqdm": True,
+            "seed": 0}
+    args.update(extra)
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in args.items()]
+
+
+def losses(out) -> list[float]:
+    return [r["loss"] for r in map(json.loads, open(out / "trainer_log.jsonl")) if "loss" in r]
+
+
+def test_lora_sft_lowers_the_loss_and_the_adapter_loads_with_peft(llava_dir, tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "lora"
+    assert main(["train", *train_args(llava_dir, out, finetuning_type="lora", lora_rank=8)]) == 0
+    curve = losses(out)
+    assert curve[-1] < curve[0] - 0.5, curve
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert adapter and all(".language_model." in key for key in adapter), sorted(adapter)[:3]
+    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(llava_dir), str(out)).eval()
+    processor = AutoProcessor.from_pretrained(out)  # saved beside the adapter
+    examples = build_examples(data_args(dataset="mllm_demo", cutoff_len=512), processor.tokenizer, 0, "sft",
+                              load_processor(ModelArguments(model_name_or_path=str(out)))).train
+    collate = MultimodalCollator(lambda f: _sft_batch(f, processor), processor, MediaOptions())
+    with torch.no_grad():
+        loss = model(**collate([examples[i] for i in range(4)])).loss.item()
+    assert loss < curve[0] - 0.5
+
+
+def _sft_batch(features, processor):
+    from lmforge.data.collate import SftCollator
+
+    return SftCollator(processor.tokenizer.pad_token_id)(features)
+
+
+def test_full_sft_keeps_the_vision_tower_frozen_by_default(gemma3_dir, tmp_path):
+    out = tmp_path / "full"
+    assert main(["train", *train_args(gemma3_dir, out, max_steps=5, freeze_multi_modal_projector=False)]) == 0
+    before = AutoModelForImageTextToText.from_pretrained(gemma3_dir).state_dict()
+    after = AutoModelForImageTextToText.from_pretrained(out).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert not any(".vision_tower." in k for k in changed)
+    assert any(".multi_modal_projector." in k for k in changed)
+    assert any(".language_model." in k for k in changed)
+    assert AutoProcessor.from_pretrained(out).image_seq_length == 4
+
+
+def _pairs(questions: list[str]) -> list[dict]:
+    images = sorted(str(p) for p in IMAGES.glob("*.jpg"))
+    return [{"messages": [{"role": "user", "content": f"<image>{q}"}],
+             "chosen": {"role": "assistant", "content": "Football players celebrating."},
+             "rejected": {"role": "assistant", "content": "A bowl of soup."},
+             "images": [images[i % len(images)]]} for i, q in enumerate(questions)]
+
+
+@torch.no_grad()
+def mean_margin(model_dir: str, processor, rows) -> float:
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    collate = MultimodalCollator(PairCollator(processor.tokenizer.pad_token_id), processor, MediaOptions(),
+                                 tuple(per_token_outputs(processor)))
+    batch = collate(list(rows))
+    labels = batch.pop("labels")
+    sums, _ = sequence_logps(model(**batch).logits, labels)
+    chosen, rejected = sums.chunk(2)
+    return (chosen - rejected).mean().item()
+
+
+def test_dpo_with_images_raises_the_held_out_margin(llava_dir, tmp_path):
+    train = write_jsonl(tmp_path / "pairs.jsonl", _pairs([f"What do you see? ({i})" for i in range(24)]))
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", _pairs(["Describe the picture.", "What is happening here?",
+                                                                  "Tell me about this image."]))
+    out = tmp_path / "dpo"
+    assert main(["train", *train_args(llava_dir, out, stage="dpo", dataset=str(train), max_steps=15,
+                                      learning_rate=5e-3, pref_beta=0.1)]) == 0
+    processor = load_processor(ModelArguments(model_name_or_path=llava_dir))
+    rows = build_examples(data_args(dataset=str(held_out), cutoff_len=512), processor.tokenizer, 0, "pair",
+                          processor).train
+    before, after = mean_margin(llava_dir, processor, rows), mean_margin(str(out), processor, rows)
+    assert after > before + 1.0, (before, after)
