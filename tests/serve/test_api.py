@@ -285,3 +285,10 @@ def test_bench_serve_compares_batching_behind_the_endpoint(chat_model_dir, tmp_p
     assert result["ratio"] == round(result["continuous batching"]["tokens_per_second"]
                                     / result["static batching"]["tokens_per_second"], 2)
     assert "continuous / static throughput" in capsys.readouterr().out
+
+
+def test_a_text_model_refuses_image_parts(server, client):
+    with pytest.raises(openai.BadRequestError, match="takes text only"):
+        client.chat.completions.create(model="tiny", max_tokens=4, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "What?"},
+                                         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}])

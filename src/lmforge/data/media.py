@@ -37,6 +37,27 @@ def part_reference(part: dict[str, Any], what: str) -> str:
     return value
 
 
+def from_openai_messages(messages: list[dict]) -> tuple[list[dict], list[str]]:
+    """Chat messages whose content may be OpenAI parts -> the same messages with string content (images as
+    placeholders) and the image references in order (requests to `lmforge api`, `lmforge chat`)."""
+    out, images = [], []
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if isinstance(content, list):
+            text = []
+            for part in content:
+                if part.get("type") in PART_TYPES:
+                    if PART_TYPES[part["type"]] != "images":
+                        raise SkipRecord(f"message {i}: only images are supported in requests, not {part['type']}")
+                    images.append(part_reference(part, f"message {i}"))
+                    text.append(PLACEHOLDERS["images"])
+                else:
+                    text.append(part.get("text") or "")
+            message = {**message, "content": "".join(text)}
+        out.append(message)
+    return out, images
+
+
 def reference(value: Any, what: str) -> str:
     """A media column entry as a reference string: a path or URL, or (a datasets Image cell) its bytes as a data
     URL."""

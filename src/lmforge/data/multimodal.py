@@ -206,6 +206,17 @@ class MultimodalEncoder:
             {k: [int(t) for t in out[k][0]] for k in self.extras}
 
 
+def prompt_inputs(processor: Any, messages: list[dict], images: list, tools: list | None = None,
+                  **template_kwargs: Any) -> tuple[list[int], dict[str, Any]]:
+    """A vision-language model's prompt (messages with placeholders, their loaded images): its ids with the
+    generation prompt, and the other model inputs the processor makes for it (pixel values, ...) as tensors."""
+    media.check_counts({"messages": messages, "images": images})
+    text = render(processor.tokenizer, as_parts(messages), tools, add_generation_prompt=True, **template_kwargs)
+    out = process(processor, text, images, return_tensors="pt")
+    ids = [int(t) for t in out["input_ids"][0]]
+    return ids, {k: v for k, v in out.items() if k not in _TEXT_OUTPUTS}
+
+
 def process(processor: Any, text: str, images: list, **kwargs: Any) -> Any:
     """The processor on one rendered conversation, with special tokens as `processor.apply_chat_template` adds them
     (none when the rendering starts with BOS, the processor's default otherwise)."""

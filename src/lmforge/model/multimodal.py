@@ -10,6 +10,7 @@ encoder (`vision_tower`, `visual`, `vision_model`), the projector into the langu
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -55,6 +56,9 @@ def load_processor(args: ModelArguments) -> Any:
     from transformers import AutoProcessor
 
     path = args.tokenizer_name_or_path or args.model_name_or_path
+    if not args.tokenizer_name_or_path and args.adapter_name_or_path and \
+            os.path.isfile(os.path.join(args.adapter_name_or_path, "processor_config.json")):
+        path = args.adapter_name_or_path  # lmforge saves the processor (and its template) with the adapter
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=args.trust_remote_code,
                                                   revision=args.model_revision, cache_dir=args.cache_dir)

@@ -24,6 +24,9 @@ from starlette.exceptions import HTTPException
 
 from lmforge.config.generation import GenerationArguments
 from lmforge.config.schema import ServeConfig
+from lmforge.data import media
+from lmforge.data.multimodal import MediaOptions, prompt_inputs
+from lmforge.data.skips import SkipRecord
 from lmforge.data.template import prompt_ids
 from lmforge.serve.engine import Event, RequestError
 from lmforge.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest, error_body
@@ -41,7 +44,9 @@ class ApiError(Exception):
 
 
 def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
-    first = err.errors()[0]
+    errors = err.errors()
+    # a union (content: text or parts) reports every member's failure: a validator's own message says most
+    first = next((e for e in errors if e.get("type") == "value_error"), errors[0])
     if first.get("type") == "json_invalid":
         return f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}.", None
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
@@ -55,14 +60,16 @@ def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
 class Session:
     """One request's bridge from the engine's worker thread to the event loop."""
 
-    def __init__(self, engine, prompts: list[list[int]], params: SamplingParams, n: int):
+    def __init__(self, engine, prompts: list[list[int]], params: SamplingParams, n: int,
+                 media: dict[str, Any] | None = None):
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         self.n, self.prompts = n, prompts
         self.handles = []
         try:
             for p, prompt in enumerate(prompts):
-                self.handles.append(engine.submit(prompt, params, self._sink(p), n))
+                self.handles.append(engine.submit(prompt, params, self._sink(p), n, **({"media": media}
+                                                                                       if media else {})))
         except BaseException:
             self.cancel()
             raise
@@ -125,8 +132,18 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def vision_prompt(processor: Any, messages: list[dict], tools: list | None, template_kwargs: dict[str, Any],
+                  media_options: MediaOptions) -> tuple[list[int], dict[str, Any]]:
+    """A vision-language model's prompt from OpenAI messages: ids and pixel inputs (images fetched and bounded)."""
+    messages, refs = media.from_openai_messages(messages)
+    images = [media.load_image(ref, media_options.image_max_pixels, media_options.image_min_pixels) for ref in refs]
+    return prompt_inputs(processor, [template_message(m) for m in messages], images, tools, **template_kwargs)
+
+
 def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str | None = None,
-               max_request_bytes: int = 8 * 1024 * 1024, max_prompts: int = 64) -> FastAPI:
+               max_request_bytes: int = 8 * 1024 * 1024, max_prompts: int = 64,
+               media_options: MediaOptions | None = None) -> FastAPI:
+    media_options = media_options or MediaOptions()
     # with an API key, the schema pages would tell anyone what the server is: they are off
     docs = {} if api_key is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="lmforge", description=f"OpenAI-compatible API serving {model_name}", **docs)
@@ -177,10 +194,10 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
             defaults.top_k = 0  # OpenAI clients know no top-k: a top_p they set is the only truncation
         return defaults
 
-    def start(prompts: list[list[int]], body: SamplingRequest) -> Session:
+    def start(prompts: list[list[int]], body: SamplingRequest, media: dict[str, Any] | None = None) -> Session:
         params = sampling(body, [len(p) for p in prompts])
         try:
-            return Session(engine, prompts, params, body.n)
+            return Session(engine, prompts, params, body.n, media)
         except RequestError as err:
             raise ApiError(400, str(err), param=err.param, code=err.code) from None
 
@@ -235,16 +252,28 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorised)])
     async def chat_completions(body: ChatCompletionRequest):
-        messages = [template_message(m.model_dump(exclude_none=True)) for m in body.messages]
+        raw = [m.model_dump(exclude_none=True) for m in body.messages]
         if not engine.tokenizer.chat_template:
             raise ApiError(400, "This model has no chat template: use /v1/completions, or restart the server with "
                            "`template` set.")
+        processor = getattr(engine, "processor", None)
+        inputs: dict[str, Any] | None = None
         try:  # rendering and tokenizing off the event loop: a slow one does not stall the other requests
-            prompt = await asyncio.to_thread(prompt_ids, engine.tokenizer, messages, body.tools,
-                                             **(body.chat_template_kwargs or {}))
+            if processor is not None:
+                prompt, inputs = await asyncio.to_thread(vision_prompt, processor, raw, body.tools,
+                                                         body.chat_template_kwargs or {}, media_options)
+            else:
+                if any(p.type == "image_url" for m in body.messages if isinstance(m.content, list)
+                       for p in m.content):
+                    raise ApiError(400, f"{model_name} takes text only: remove the image_url parts.",
+                                   param="messages")
+                prompt = await asyncio.to_thread(prompt_ids, engine.tokenizer, [template_message(m) for m in raw],
+                                                 body.tools, **(body.chat_template_kwargs or {}))
+        except SkipRecord as err:  # an image that cannot be read, or placeholders without images
+            raise ApiError(400, f"Bad image input: {err}", param="messages") from None
         except (TemplateError, TypeError, ValueError) as err:
             raise ApiError(400, f"The chat template cannot render these messages: {err}", param="messages") from None
-        session = start([prompt], body)
+        session = start([prompt], body, inputs)
         reply_id, stamp = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         with_tools = bool(body.tools) and body.tool_choice != "none"
 
@@ -351,7 +380,8 @@ def run_api(cfg: ServeConfig) -> None:
     engine = load_engine(cfg, need_chat_template=False)
     api_key = resolve_api_key(cfg)
     app = create_app(engine, served_name(cfg), cfg.generation, api_key, cfg.serve.max_request_bytes,
-                     cfg.serve.max_prompts_per_request)
+                     cfg.serve.max_prompts_per_request, MediaOptions(cfg.data.image_max_pixels,
+                                                                     cfg.data.image_min_pixels))
     port = cfg.serve.port if cfg.serve.port is not None else 8000
     logger.info("Serving %s at http://%s:%d/v1 (%s)", served_name(cfg), cfg.serve.host, port,
                 "API key required" if api_key else "no API key")

@@ -9,6 +9,10 @@ attends to its own tokens only and decodes as it would alone.
 Why not `model.generate`: it takes one set of sampling settings per call and streams one sequence; a server needs
 per-request temperature/top-p/stop strings/seeds and a separate stream per request inside one batch, and requests
 that join a running batch. The loop below is the plain KV-cache decode `generate` runs.
+
+A request with images (a vision-language model) is prefilled with its pixel inputs and decoded on its own, beside the
+batch, with the positions the model computes itself (Qwen2-VL's 3D rope, Gemma 3's image attention): one such
+request at a time, interleaved step by step with the text batch.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class _Sequence:
     stream: TextStream
     generator: torch.Generator
     generated: list[int] = field(default_factory=list)
+    media: dict[str, Any] | None = None  # a vision-language model's inputs besides the ids (pixel values, ...)
 
     def finish(self, reason: str, text: str = "", counted: int = 0) -> None:
         self.sink(Event(self.index, text + self.stream.flush(), reason, len(self.generated) + counted))
@@ -84,8 +89,10 @@ class _Sequence:
 
 class Engine:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, stop_ids: list[int],
-                 max_batch_size: int = 8, max_model_len: int | None = None, continuous: bool = True):
+                 max_batch_size: int = 8, max_model_len: int | None = None, continuous: bool = True,
+                 processor: Any = None):
         self.model, self.tokenizer = model, tokenizer
+        self.processor = processor  # a vision-language model's: requests may carry images
         self.continuous = continuous
         self.stop_ids = set(stop_ids)
         self.max_batch_size = max_batch_size
@@ -115,8 +122,10 @@ class Engine:
                                param, "context_length_exceeded")
         return max_tokens
 
-    def submit(self, prompt: list[int], params: SamplingParams, sink: Sink, n: int = 1) -> Handle:
-        """Queue `n` completions of `prompt`; events go to `sink` from the worker thread."""
+    def submit(self, prompt: list[int], params: SamplingParams, sink: Sink, n: int = 1,
+               media: dict[str, Any] | None = None) -> Handle:
+        """Queue `n` completions of `prompt` (with `media`: the processor's pixel inputs for it); events go to
+        `sink` from the worker thread."""
         if not prompt:
             raise RequestError("The prompt is empty.", "prompt")
         self.check_fits(len(prompt), params.max_tokens)
@@ -128,14 +137,15 @@ class Engine:
             for index in range(n):
                 self._waiting.append(_Sequence(prompt, params, index, sink, handle,
                                                TextStream(self.tokenizer, params.stop),
-                                               torch.Generator().manual_seed(seed + index)))
+                                               torch.Generator().manual_seed(seed + index), media=media))
             self._wake.notify()
         return handle
 
-    def stream(self, prompt: list[int], params: SamplingParams) -> Iterator[str]:
+    def stream(self, prompt: list[int], params: SamplingParams, media: dict[str, Any] | None = None
+               ) -> Iterator[str]:
         """One completion's text as it is generated (for callers that are not asyncio: chat, the web UI)."""
         events: queue.Queue[Event] = queue.Queue()
-        handle = self.submit(prompt, params, events.put)
+        handle = self.submit(prompt, params, events.put, media=media)
         try:
             while True:
                 event = events.get()
@@ -158,9 +168,12 @@ class Engine:
 
     def _run(self) -> None:
         batch: _Batch | None = None
+        solo: _Batch | None = None  # the request with images being decoded
+        media_waiting: deque[_Sequence] = deque()
         while True:
             with self._wake:
-                while not self._waiting and batch is None and not self._closed:
+                while not self._waiting and batch is None and solo is None and not media_waiting and \
+                        not self._closed:
                     self._wake.wait()
                 if self._closed:
                     return
@@ -169,6 +182,8 @@ class Engine:
                     room = 0  # static batching: newcomers wait for the running batch to finish
                 newcomers = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
             newcomers = [s for s in newcomers if not s.handle.cancelled.is_set()]
+            media_waiting.extend(s for s in newcomers if s.media is not None)
+            newcomers = [s for s in newcomers if s.media is None]
             try:
                 if newcomers:
                     joined = self._prefill(newcomers)
@@ -177,18 +192,43 @@ class Engine:
                 if batch is not None:
                     batch = self._decode_step(batch)
             except Exception as err:  # the server must outlive one failed batch (e.g. out of memory)
-                logger.exception("generation failed")
-                for seq in (batch.rows if batch else []) + newcomers:
-                    seq.sink(Event(seq.index, finish_reason="error", error=f"generation failed: {err}"))
+                self._failed((batch.rows if batch else []) + newcomers, err)
                 batch = None
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+            try:
+                if solo is None and media_waiting:
+                    solo = self._prefill_alone(media_waiting.popleft())
+                if solo is not None:
+                    solo = self._decode_step(solo)
+            except Exception as err:  # noqa: BLE001 - as above, for the request with images
+                self._failed(solo.rows if solo else [], err)
+                solo = None
 
-    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-                 cache=None):
+    def _failed(self, rows: list[_Sequence], err: Exception) -> None:
+        logger.exception("generation failed")
+        for seq in rows:
+            seq.sink(Event(seq.index, finish_reason="error", error=f"generation failed: {err}"))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None,
+                 cache=None, **media: Any):
         extra = {"logits_to_keep": 1} if self._last_logits_only else {}
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                          use_cache=True, **cache_kwargs(self.model, cache), **extra)
+        if positions is not None:  # None: the model numbers the positions itself (a request with images)
+            extra["position_ids"] = positions
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
+                          **cache_kwargs(self.model, cache), **extra, **media)
+
+    @torch.inference_mode()
+    def _prefill_alone(self, seq: _Sequence) -> _Batch:
+        """A request with images: its prompt and pixel inputs through the model on their own."""
+        device = self.model.device
+        media = {k: v.to(device) if hasattr(v, "to") else v for k, v in (seq.media or {}).items()}
+        if "pixel_values" in media and media["pixel_values"].is_floating_point():
+            media["pixel_values"] = media["pixel_values"].to(self.model.dtype)
+        input_ids = torch.tensor([seq.prompt], device=device)
+        mask = torch.ones_like(input_ids)
+        out = self._forward(input_ids, mask, None, **media)
+        return _Batch([seq], output_cache(out), mask, None, out.logits[:, -1])
 
     @torch.inference_mode()
     def _prefill(self, rows: list[_Sequence]) -> _Batch:
@@ -212,8 +252,9 @@ class Engine:
             batch.select(keep)
             tokens = [tokens[r] for r in keep]
         mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=1)
-        last = batch.last + 1
-        out = self._forward(torch.tensor(tokens, device=batch.mask.device)[:, None], mask, last[:, None], batch.cache)
+        last = batch.last + 1 if batch.last is not None else None
+        out = self._forward(torch.tensor(tokens, device=batch.mask.device)[:, None], mask,
+                            last[:, None] if last is not None else None, batch.cache)
         return _Batch(batch.rows, output_cache(out), mask, last, out.logits[:, -1])
 
     def _step(self, seq: _Sequence, token: int) -> bool:
@@ -244,7 +285,7 @@ class _Batch:
     rows: list[_Sequence]
     cache: Any
     mask: torch.Tensor
-    last: torch.Tensor
+    last: torch.Tensor | None  # None: a request with images, whose positions the model keeps itself
     logits: torch.Tensor
 
     @property

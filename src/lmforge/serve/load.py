@@ -8,8 +8,9 @@ import os
 from lmforge.config.schema import ServeConfig
 from lmforge.data.template import stop_token_ids
 from lmforge.errors import ConfigError
+from lmforge.model import multimodal
 from lmforge.model.inference import load_inference_model
-from lmforge.model.tokenizer import load_inference_tokenizer
+from lmforge.model.tokenizer import load_inference_tokenizer, with_template
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,12 @@ def served_name(cfg: ServeConfig) -> str:
 
 def load_engine(cfg: ServeConfig, need_chat_template: bool = True):
     """The tokenizer (with `template` applied where set) and model, inside the configured engine."""
-    tokenizer, _ = load_inference_tokenizer(cfg.model, cfg.data.template)
+    processor = multimodal.load_processor(cfg.model) if multimodal.is_multimodal(cfg.model) else None
+    if processor is not None:
+        tokenizer, _ = processor.tokenizer, with_template(processor.tokenizer, cfg.data.template)
+        logger.info("Vision-language model: takes %s", ", ".join(multimodal.modalities(processor)))
+    else:
+        tokenizer, _ = load_inference_tokenizer(cfg.model, cfg.data.template)
     if need_chat_template and not tokenizer.chat_template:
         raise ConfigError(f"Config error ({cfg.source}): the tokenizer of '{cfg.model.model_name_or_path}' has no "
                           "chat template: set `template` (chatml, llama3, alpaca, default or a .jinja file).")
@@ -38,4 +44,4 @@ def load_engine(cfg: ServeConfig, need_chat_template: bool = True):
 
     model = load_inference_model(cfg.model, tokenizer)
     return Engine(model, tokenizer, stop_ids, cfg.serve.max_batch_size, cfg.serve.max_model_len,
-                  continuous=cfg.serve.continuous_batching)
+                  continuous=cfg.serve.continuous_batching, processor=processor)

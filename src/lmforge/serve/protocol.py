@@ -15,9 +15,21 @@ MAX_STOP_STRINGS = 16
 
 
 class ContentPart(BaseModel):
+    """A text part, or (vision-language models) an image as `{"type": "image_url", "image_url": {"url": ...}}` with a
+    data: or http(s) URL."""
+
     model_config = ConfigDict(extra="allow")
-    type: Literal["text"]
-    text: str
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: dict[str, Any] | str | None = None
+
+    @field_validator("image_url")
+    @classmethod
+    def _remote_or_inline(cls, value: dict[str, Any] | str | None) -> dict[str, Any] | str | None:
+        url = value.get("url") if isinstance(value, dict) else value
+        if value is not None and not (isinstance(url, str) and url.startswith(("data:", "http://", "https://"))):
+            raise ValueError("image_url.url must be a data: URL or an http(s) URL")
+        return value
 
 
 class ChatMessage(BaseModel):
