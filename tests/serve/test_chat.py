@@ -55,7 +55,7 @@ def test_conversation_keeps_history_and_drops_the_oldest_exchanges_that_no_longe
         assert [m["role"] for m in chat.turns] == ["user", "assistant"]
         for _ in range(4):
             chat.reply(GREETING, SamplingParams(max_tokens=8, temperature=0))
-        ids, budget = chat.prompt()
+        ids, budget, _ = chat.prompt()
         assert len(ids) + budget <= 80 and chat.turns[0]["role"] == "user"
         assert len(chat.turns) < 10  # old exchanges were dropped to fit 80 tokens
         assert "oldest exchange was dropped" in capsys.readouterr().err
@@ -69,3 +69,29 @@ def test_chat_needs_a_chat_template(tiny_model_dir):
     cfg = load_command_config("serve", None, [f"model_name_or_path={tiny_model_dir}"])
     with pytest.raises(ConfigError, match="has no chat template: set `template`"):
         load_engine(cfg)
+
+
+def test_chat_image_command_with_a_vision_language_model(llava_dir):
+    """/image PATH attaches the picture to the next message: the reply is the one transformers' generate gives for
+    that image and question; a missing file is said at once and nothing is attached."""
+    from tests.serve.test_multimodal_serve import IMAGE, direct_answer
+
+    expected = direct_answer(llava_dir, "Who is he?", 6)
+    child = pexpect.spawn(sys.executable, ["-m", "lmforge", "chat", llava_dir, "do_sample=false",
+                                           "max_new_tokens=6"], encoding="utf-8", timeout=120)
+    try:
+        child.expect_exact("User: ")
+        child.sendline("/image no/such/picture.jpg")
+        child.expect_exact("(not attached: media file 'no/such/picture.jpg' not found")
+        child.expect_exact("User: ")
+        child.sendline(f"/image {IMAGE}")
+        child.expect_exact("(image attached to your next message")
+        child.expect_exact("User: ")
+        child.sendline("Who is he?")
+        child.expect_exact(f"Assistant: {expected}\r\n")
+        child.expect_exact("User: ")
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
