@@ -95,3 +95,29 @@ def test_chat_image_command_with_a_vision_language_model(llava_dir):
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+def test_web_chat_turns_send_an_uploaded_image_to_a_vision_language_model(llava_dir, chat_model_dir):
+    """The web chat's exchange: an uploaded image goes with the message (the reply is generate's for that image),
+    stays in the conversation for the next turn, and a text model refuses it with a message."""
+    from lmforge.errors import ConfigError
+    from lmforge.serve.webui import chat_turn
+    from tests.serve.test_multimodal_serve import IMAGE, direct_answer
+
+    cfg = load_command_config("serve", None, [f"model_name_or_path={llava_dir}"])
+    engine = load_engine(cfg)
+    try:
+        state = {"messages": [], "images": []}
+        *_, reply = chat_turn(engine, state, "Who is he?", str(IMAGE), "", 0.0, 6)
+        assert reply == direct_answer(llava_dir, "Who is he?", 6)
+        assert state["images"] == [str(IMAGE)] and state["messages"][0]["content"] == "<image>Who is he?"
+        *_, again = chat_turn(engine, state, "And now?", None, "", 0.0, 4)
+        assert len(state["messages"]) == 4 and state["images"] == [str(IMAGE)]
+    finally:
+        engine.close()
+    text_engine = load_engine(load_command_config("serve", None, [f"model_name_or_path={chat_model_dir}"]))
+    try:
+        with pytest.raises(ConfigError, match="takes text only"):
+            list(chat_turn(text_engine, {"messages": [], "images": []}, "Hi", str(IMAGE), "", 0.0, 4))
+    finally:
+        text_engine.close()

@@ -186,15 +186,50 @@ def _command_tab(jobs: dict[str, Job | None], name: str, command: str, form: dic
     timer.tick(tick, list(fields.values()), [status, output, timer])
 
 
+def chat_turn(engine, state: dict[str, list], text: str, image_path: str | None, system_prompt: str,
+              temperature: float, budget: float):
+    """One web-chat exchange: the user's message (with an uploaded image for a vision-language model) added to the
+    conversation in `state` (messages with image placeholders, and the images' paths), then the reply's text as it
+    grows. Raises LmforgeError/RequestError with what to tell the user."""
+    from lmforge.data import media
+    from lmforge.data.multimodal import prompt_inputs
+    from lmforge.data.template import prompt_ids
+    from lmforge.errors import ConfigError
+    from lmforge.serve.sampling import SamplingParams
+
+    processor = getattr(engine, "processor", None)
+    if image_path and processor is None:
+        raise ConfigError("This model takes text only: remove the image to send the message.")
+    images = state["images"] + ([image_path] if image_path else [])
+    user = {"role": "user", "content": media.PLACEHOLDERS["images"] * bool(image_path) + text}
+    conversation = ([{"role": "system", "content": system_prompt}] if system_prompt.strip() else []) + \
+        state["messages"] + [user]
+    inputs = None
+    if processor is not None:
+        ids, inputs = prompt_inputs(processor, conversation, [media.load_image(p, 768 * 768, 32 * 32)
+                                                              for p in images])
+        inputs = inputs if images else None
+    else:
+        ids = prompt_ids(engine.tokenizer, conversation)
+    limit = engine.check_fits(len(ids), min(int(budget or 512), engine.context_length - len(ids)))
+    reply = ""
+    for delta in engine.stream(ids, SamplingParams(max_tokens=limit, temperature=temperature), media=inputs):
+        reply += delta
+        yield reply
+    state["messages"] += [user, {"role": "assistant", "content": reply}]
+    state["images"] = images
+
+
 def _chat_tab(engines: dict[str, Any], preset: ServeConfig | None) -> None:
-    """Chat with a model loaded in this process (`preset`, or one named on the page)."""
+    """Chat with a model loaded in this process (`preset`, or one named on the page); an image can go with a
+    message to a vision-language model."""
     import gradio as gr
 
     from lmforge.config.parse import load_command_config, model_target_overrides
-    from lmforge.data.template import prompt_ids
+    from lmforge.data.skips import SkipRecord
     from lmforge.errors import LmforgeError
+    from lmforge.serve.engine import RequestError
     from lmforge.serve.load import load_engine
-    from lmforge.serve.sampling import SamplingParams
 
     with gr.Row():
         model = gr.Textbox(label="Model or adapter directory", elem_id="chat_model",
@@ -207,8 +242,12 @@ def _chat_tab(engines: dict[str, Any], preset: ServeConfig | None) -> None:
                                elem_id="chat_max_tokens")
     status = gr.Markdown(elem_id="chat_status")
     chatbot = gr.Chatbot(label="Chat", elem_id="chatbot", height=420)
-    message = gr.Textbox(label="Message", placeholder="Type and press Enter", elem_id="chat_message")
+    with gr.Row():
+        message = gr.Textbox(label="Message", placeholder="Type and press Enter", elem_id="chat_message", scale=4)
+        image = gr.Image(label="Image (vision-language models)", type="filepath", elem_id="chat_image", height=120,
+                         scale=1)
     clear = gr.Button("Clear", elem_id="chat_clear")
+    conversation = gr.State({"messages": [], "images": []})
 
     def engine_for(path: str):
         if path not in engines:
@@ -220,33 +259,28 @@ def _chat_tab(engines: dict[str, Any], preset: ServeConfig | None) -> None:
             engines[path] = load_engine(cfg)
         return engines[path]
 
-    def respond(text: str, history: list[dict], path: str, system_prompt: str, temp: float, budget: float):
+    def respond(text: str, history: list[dict], state: dict, image_path: str | None, path: str,
+                system_prompt: str, temp: float, budget: float):
         history = list(history or [])
         if not text.strip():
-            yield history, "", ""
+            yield history, state, "", image_path, ""
             return
+        shown = text + (f" [image: {os.path.basename(image_path)}]" if image_path else "")
+        before = list(history)
         try:
-            engine = engine_for(path.strip())
-        except LmforgeError as err:
-            yield history, text, str(err)
+            replies = chat_turn(engine_for(path.strip()), state, text, image_path, system_prompt, temp, budget)
+            history += [{"role": "user", "content": shown}, {"role": "assistant", "content": ""}]
+            for reply in replies:
+                history[-1]["content"] = reply
+                yield history, state, "", None, ""
+        except (LmforgeError, RequestError, SkipRecord) as err:  # bad model, image, or too long a conversation
+            yield before, state, text, image_path, f"{err} (Clear the chat to start over.)"
             return
-        turns = [{"role": m["role"], "content": m["content"]} for m in history if isinstance(m.get("content"), str)]
-        conversation = ([{"role": "system", "content": system_prompt}] if system_prompt.strip() else []) + turns
-        conversation.append({"role": "user", "content": text})
-        ids = prompt_ids(engine.tokenizer, conversation)
-        try:
-            limit = engine.check_fits(len(ids), min(int(budget or 512), engine.context_length - len(ids)))
-        except Exception as err:  # the conversation is longer than the context
-            yield history, text, f"{err} Clear the chat to start over."
-            return
-        history += [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
-        for delta in engine.stream(ids, SamplingParams(max_tokens=limit, temperature=temp)):
-            history[-1]["content"] += delta
-            yield history, "", ""
-        yield history, "", ""
+        yield history, state, "", None, ""
 
-    message.submit(respond, [message, chatbot, model, system, temperature, max_tokens], [chatbot, message, status])
-    clear.click(lambda: ([], ""), None, [chatbot, status])
+    message.submit(respond, [message, chatbot, conversation, image, model, system, temperature, max_tokens],
+                   [chatbot, conversation, message, image, status])
+    clear.click(lambda: ([], {"messages": [], "images": []}, ""), None, [chatbot, conversation, status])
 
 
 def build_webui(preset: ServeConfig | None = None):
