@@ -39,11 +39,17 @@ def losses(out) -> list[float]:
     return [r["loss"] for r in map(json.loads, open(out / "trainer_log.jsonl")) if "loss" in r]
 
 
-def test_lora_sft_lowers_the_loss_and_the_adapter_loads_with_peft(llava_dir, tmp_path):
+@pytest.fixture(scope="module")
+def lora_run(llava_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vlm-lora") / "lora"
+    assert main(["train", *train_args(llava_dir, out, finetuning_type="lora", lora_rank=8)]) == 0
+    return out
+
+
+def test_lora_sft_lowers_the_loss_and_the_adapter_loads_with_peft(llava_dir, lora_run):
     from peft import PeftModel
 
-    out = tmp_path / "lora"
-    assert main(["train", *train_args(llava_dir, out, finetuning_type="lora", lora_rank=8)]) == 0
+    out = lora_run
     curve = losses(out)
     assert curve[-1] < curve[0] - 0.5, curve
     adapter = load_file(out / "adapter_model.safetensors")
@@ -108,3 +114,24 @@ def test_dpo_with_images_raises_the_held_out_margin(llava_dir, tmp_path):
                           processor).train
     before, after = mean_margin(llava_dir, processor, rows), mean_margin(str(out), processor, rows)
     assert after > before + 1.0, (before, after)
+
+
+def test_export_merges_the_adapter_into_the_vlm_and_saves_the_processor(llava_dir, lora_run, tmp_path):
+    from peft import PeftModel
+
+    export = tmp_path / "export"
+    assert main(["export", f"model_name_or_path={llava_dir}", f"adapter_name_or_path={lora_run}",
+                 f"export_dir={export}"]) == 0
+    merged = AutoModelForImageTextToText.from_pretrained(export).eval()
+    reference = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(llava_dir), str(lora_run))
+    reference = reference.merge_and_unload().eval()
+    processor = AutoProcessor.from_pretrained(export)
+    assert type(processor).__name__ == "LlavaProcessor" and processor.chat_template
+    example = build_examples(data_args(dataset="mllm_demo", cutoff_len=512), processor.tokenizer, 0, "sft",
+                             load_processor(ModelArguments(model_name_or_path=str(export)))).train[0]
+    batch = MultimodalCollator(lambda f: _sft_batch(f, processor), processor, MediaOptions())([example])
+    with torch.no_grad():
+        assert torch.allclose(merged(**batch).logits, reference(**batch).logits, atol=1e-5)
+    assert main(["export", f"model_name_or_path={llava_dir}", f"adapter_name_or_path={lora_run}",
+                 f"export_dir={tmp_path / 'gguf'}", "export_gguf=true"]) == 2
+    assert not (tmp_path / "gguf").exists()

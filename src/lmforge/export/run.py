@@ -9,19 +9,30 @@ import os
 from lmforge.config.exporting import EXPORT_MARKER
 from lmforge.config.schema import ExportConfig
 from lmforge.data.template import stop_token_ids
+from lmforge.errors import ConfigError
 from lmforge.export.merge import merged_model
 from lmforge.export.modelfile import modelfile, role_pieces
 from lmforge.jsonl import atomic_dir
+from lmforge.model import multimodal
 
 logger = logging.getLogger(__name__)
 
 
 def run_export(cfg: ExportConfig) -> str:
     x = cfg.export
+    processor = multimodal.load_processor(cfg.model) if multimodal.is_multimodal(cfg.model) else None
+    if processor is not None and x.export_gguf:
+        raise ConfigError(f"Config error ({cfg.source}): 'export_gguf' with a vision-language model: lmforge writes "
+                          "GGUF for text models only (llama.cpp keeps a vision tower in a separate mmproj file). "
+                          "Export the safetensors (`export_gguf: false`) and convert them with llama.cpp's "
+                          "convert_hf_to_gguf.py, once with --mmproj.")
     model, tokenizer = merged_model(cfg.model, cfg.data.template)
     name = os.path.basename(os.path.normpath(x.export_dir))
     with atomic_dir(x.export_dir, replace=x.overwrite_export) as staging:
         model.save_pretrained(staging, max_shard_size=f"{max(1, int(x.export_size * 1e6))}KB")
+        if processor is not None:  # tokenizer, image processor and chat template, as AutoProcessor loads them
+            processor.chat_template = tokenizer.chat_template
+            processor.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         with open(os.path.join(staging, EXPORT_MARKER), "w", encoding="utf-8") as fh:
             fh.write("Written by lmforge export; `overwrite_export: true` may replace this directory.\n")
