@@ -135,3 +135,28 @@ def test_export_merges_the_adapter_into_the_vlm_and_saves_the_processor(llava_di
     assert main(["export", f"model_name_or_path={llava_dir}", f"adapter_name_or_path={lora_run}",
                  f"export_dir={tmp_path / 'gguf'}", "export_gguf=true"]) == 2
     assert not (tmp_path / "gguf").exists()
+
+
+def test_eval_generate_answers_image_prompts(llava_dir, tmp_path):
+    from lmforge.data import media
+    from lmforge.data.template import stop_token_ids
+
+    out = tmp_path / "eval"
+    assert main(["eval", f"model_name_or_path={llava_dir}", "task=generate", "dataset=mllm_demo",
+                 f"dataset_dir={LF_DEMO}", "max_new_tokens=6", "do_sample=false", f"output_dir={out}"]) == 0
+    predictions = [json.loads(line) for line in open(out / "predictions.jsonl")]
+    assert len(predictions) == 6 and predictions[1]["label"] == "Because he's sliding on his knees to celebrate."
+    # the answer to record 1 is transformers' own greedy answer for its prompt and picture
+    processor = AutoProcessor.from_pretrained(llava_dir)
+    model = AutoModelForImageTextToText.from_pretrained(llava_dir).eval()
+    image = media.load_image(str(IMAGES / "2.jpg"), 768 * 768, 32 * 32)
+    prompt = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Who is he?"}]},
+              {"role": "assistant", "content": [{"type": "text", "text": "He's Thomas Muller from Bayern Munich."}]},
+              {"role": "user", "content": [{"type": "text", "text": "Why is he on the ground?"}]}]
+    inputs = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=stop_token_ids(
+            processor.tokenizer))
+    assert predictions[1]["predict"] == processor.tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:],
+                                                                    skip_special_tokens=True)

@@ -106,7 +106,7 @@ class MultimodalEncoder:
     columns, the media columns, the processor's per-token outputs, and `skip`. Kinds: sft and pair."""
 
     def __init__(self, processor: Any, options: LabelOptions, media_options: MediaOptions, kind: str = "sft"):
-        if kind not in ("sft", "pair"):
+        if kind not in ("sft", "pair", "prompt"):
             raise ValueError(f"multimodal data is trained by the sft and dpo stages, not as '{kind}' examples")
         self.processor, self.tokenizer = processor, processor.tokenizer
         self.options, self.media_options, self.kind = options, media_options, kind
@@ -136,6 +136,8 @@ class MultimodalEncoder:
         if example.get("videos"):
             raise SkipRecord("videos are not supported yet (images are)")
         messages = self._messages(example["messages"])
+        if self.kind == "prompt":  # what the model answers (eval task=generate): ids with the generation prompt
+            return self._prompt(messages, list(example.get("images") or []), example.get("tools"))
         if self.kind == "pair":
             replies = [self._messages(example["chosen"]), self._messages(example["rejected"])]
         else:
@@ -153,6 +155,19 @@ class MultimodalEncoder:
                 "rejected_labels": r_labels, "truncated": truncated, "images": images, "videos": [],
                 **{f"chosen_{k}": v for k, v in c_extras.items()},
                 **{f"rejected_{k}": v for k, v in r_extras.items()}}
+
+    def _prompt(self, messages: list[dict], images: list[str], tools: list | None) -> dict[str, Any]:
+        loaded = [media.load_image(ref, self.media_options.image_max_pixels, self.media_options.image_min_pixels)
+                  for ref in images]
+        text = render(self.tokenizer, as_parts(messages), tools, add_generation_prompt=True,
+                      enable_thinking=self.options.enable_thinking)
+        out = process(self.processor, text, loaded)
+        ids = [int(t) for t in out["input_ids"][0]]
+        if len(ids) > self.options.cutoff_len:
+            raise SkipRecord(f"the prompt with its images is longer than cutoff_len={self.options.cutoff_len} "
+                             f"({len(ids)} tokens)")
+        return {"input_ids": ids, "truncated": False, "images": images, "videos": [],
+                **{k: [int(t) for t in out[k][0]] for k in self.extras}}
 
     def _messages(self, messages: list[dict]) -> list[dict]:
         return prepare_messages(messages, self.tokenizer.chat_template or "", self.options.enable_thinking)
