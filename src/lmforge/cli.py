@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 
 from lmforge import __version__
-from lmforge.errors import LmforgeError
+from lmforge.errors import ConfigError, LmforgeError
 
 USAGE = """lmforge {version}: one framework for the whole life of a language model.
 
@@ -26,7 +26,7 @@ Usage:
   lmforge webchat MODEL [key=value ...]       a chat-only web page
   lmforge export MODEL export_dir=OUT [...]   merge an adapter and save safetensors (+ GGUF, Ollama Modelfile)
   lmforge bench CONFIG.yaml [key=value ...]   measure training speed: tokens/s, FLOP/s, peak memory
-  lmforge env                                 versions of python, torch, transformers, ... and devices
+  lmforge env [MODEL]                         versions and devices; with MODEL, what it takes (text, image)
   lmforge version                             print the version
   lmforge help [train|eval|serve|export|config]
                                               this text, or every config key with its type, default and help
@@ -209,11 +209,31 @@ def cmd_bench(args: list[str]) -> int:
 
 
 def cmd_env(args: list[str]) -> int:
+    """Versions and devices; with a MODEL (directory or hub id), also its architecture and what it takes."""
     from lmforge.env_info import environment
 
     for key, value in environment().items():
         print(f"- {key}: {value}")
+    for target in args:
+        print(f"- model {target}: {_model_summary(target)}")
     return 0
+
+
+def _model_summary(target: str) -> str:
+    from lmforge.config.model import ModelArguments
+    from lmforge.model import multimodal
+
+    model = ModelArguments(model_name_or_path=target)
+    config = multimodal.model_config(model)
+    if config is None:
+        return "no model config found there"
+    if not multimodal.is_multimodal_config(config):
+        return f"{config.model_type}, takes text"
+    try:
+        takes = ", ".join(multimodal.modalities(multimodal.load_processor(model)))
+    except ConfigError as err:
+        takes = f"text (its processor could not be loaded: {err})"
+    return f"{config.model_type} (vision-language), takes {takes}"
 
 
 def cmd_version(args: list[str]) -> int:

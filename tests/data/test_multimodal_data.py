@@ -186,3 +186,12 @@ def test_data_dump_and_preview_show_one_mark_per_image(llava_dir, tmp_path, caps
     shown = capsys.readouterr().out
     first = shown.split("── example 1")[0]
     assert first.count("⟪<image> ×4⟫") == 2 and "<image><image>" not in shown  # record 0 has two images
+
+
+def test_env_says_what_a_model_takes(llava_dir, tiny_model_dir, capsys):
+    from lmforge.cli import main
+
+    assert main(["env", llava_dir, tiny_model_dir]) == 0
+    out = capsys.readouterr().out
+    assert f"- model {llava_dir}: llava (vision-language), takes text, image" in out
+    assert f"- model {tiny_model_dir}: qwen2, takes text" in out
