@@ -195,3 +195,15 @@ def test_env_says_what_a_model_takes(llava_dir, tiny_model_dir, capsys):
     out = capsys.readouterr().out
     assert f"- model {llava_dir}: llava (vision-language), takes text, image" in out
     assert f"- model {tiny_model_dir}: qwen2, takes text" in out
+
+
+@pytest.mark.parametrize("override, message", [
+    ("packing=true", "multimodal examples are not packed"),
+    ("stage=kto", "trains those with `stage: sft` or `stage: dpo`, not `kto`"),
+])
+def test_unsupported_multimodal_settings_exit_2_naming_the_key(llava_dir, override, message, capsys):
+    from lmforge.cli import main
+
+    args = [f"model_name_or_path={llava_dir}", "stage=sft", "dataset=mllm_demo", f"dataset_dir={LF_DEMO}", override]
+    assert main(["data", "preview", *args]) == 2
+    assert message in capsys.readouterr().err
