@@ -101,3 +101,27 @@ def build_gemma3(out: str, texts: list[str]) -> str:
     Gemma3ForConditionalGeneration(config).save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def build_qwen2_vl_image_only(out: str) -> str:
+    """The GPU check's tiny Qwen2-VL (3D rope) with Qwen2-VL's processor minus its video half: the shipped video
+    processor needs torchvision, which cannot load beside this machine's CPU torch; the image half has a PIL backend.
+    The processor class is registered for Qwen2-VL configs in this process (AutoProcessor loads it)."""
+    from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.processing_utils import ProcessorMixin
+
+    from lmforge.bench.vlm_check import TEMPLATE, qwen2_vl_tokenizer, save_qwen2_vl
+
+    class Qwen2VLImageProcessorOnly(Qwen2VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    AutoProcessor.register(Qwen2VLConfig, Qwen2VLImageProcessorOnly, exist_ok=True)
+    processor = Qwen2VLImageProcessorOnly(
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112),
+        tokenizer=qwen2_vl_tokenizer(), chat_template=TEMPLATE)
+    return save_qwen2_vl(out, processor)

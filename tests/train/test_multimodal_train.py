@@ -160,3 +160,15 @@ def test_eval_generate_answers_image_prompts(llava_dir, tmp_path):
             processor.tokenizer))
     assert predictions[1]["predict"] == processor.tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:],
                                                                     skip_special_tokens=True)
+
+
+def test_the_gpu_checks_qwen2_vl_part_runs_here_with_an_image_only_processor(tmp_path):
+    """Qwen2-VL (3D rope positions, mm_token_type_ids stored beside the ids): ids equal the processor's, LoRA SFT
+    lowers the loss, the engine's answer to an image request equals generate's: the `vlm` check of the GPU suite."""
+    from lmforge.bench.vlm_check import run_vlm_check
+    from tests.multimodal_models import build_qwen2_vl_image_only
+
+    model_dir = build_qwen2_vl_image_only(str(tmp_path / "qwen2vl"))
+    result = run_vlm_check(str(tmp_path / "work"), cuda=False, model_dir=model_dir)
+    assert result["ids_equal_processor"] and result["serve_equals_generate"]
+    assert result["losses"][-1] < result["losses"][0]

@@ -10,7 +10,11 @@ measures and checks, writing `gpu_check.json` and `gpu_check.md` into `--output`
 - `serve`: the serving engine's throughput at 1, 8 and 32 concurrent greedy requests, and 16 requests arriving at
   random with continuous vs static batching;
 - `fsdp2`, `deepspeed`: a short run through `lmforge train` and its resume (skipped, with the reason, where they
-  cannot run: no CUDA, package not installed).
+  cannot run: no CUDA, package not installed);
+- `vlm`: a tiny Qwen2-VL built from a config (3D rope positions; its processor needs torchvision, which the CPU
+  machines lack): lmforge's ids for image conversations equal `processor.apply_chat_template(tokenize=True)`, no
+  image token is trained, a LoRA SFT run lowers the loss, and the serving engine answers a request with an image
+  as transformers' `generate` does.
 
 Each check ends `pass`, `fail` (with the error) or `skip` (with the reason); one failing check does not stop the
 others. `bench/gpu_check.sh` installs what the GPU image lacks from wheels carried beside it and runs this."""
@@ -226,6 +230,13 @@ class Suite:
         return {"first_run_seconds": first, "resumed_run_seconds": resumed, "logged_steps": steps,
                 **({"status": "fail", "error": f"resume logged steps {steps}"} if steps != list(range(1, 7)) else {})}
 
+    def vlm(self) -> dict[str, Any]:
+        if importlib.util.find_spec("torchvision") is None:
+            raise _Skip("Qwen2-VL's processor needs torchvision (not installed here)")
+        from lmforge.bench.vlm_check import run_vlm_check
+
+        return run_vlm_check(tempfile.mkdtemp(prefix="gpu-vlm-"), self.cuda)
+
     def _train(self, overrides: list[str]) -> float:
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "lmforge", "train", *overrides], capture_output=True,
@@ -245,6 +256,7 @@ class Suite:
         self.check("serve", self.serve)
         self.check("fsdp2", lambda: self.distributed("fsdp2"))
         self.check("deepspeed", lambda: self.distributed("deepspeed"))
+        self.check("vlm", self.vlm)
         device = torch.cuda.get_device_name(0) if self.cuda else "cpu"
         report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "torch": torch.__version__,
                   "smoke": self.smoke, "checks": self.results,

@@ -212,11 +212,12 @@ class Engine:
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None,
                  cache=None, **media: Any):
-        extra = {"logits_to_keep": 1} if self._last_logits_only else {}
-        if positions is not None:  # None: the model numbers the positions itself (a request with images)
-            extra["position_ids"] = positions
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
-                          **cache_kwargs(self.model, cache), **extra, **media)
+        extra: dict[str, Any] = {"logits_to_keep": 1} if self._last_logits_only else {}
+        if positions is not None:
+            extra["position_ids"], extra["attention_mask"] = positions, attention_mask
+        # else a request with images, alone and unpadded: no mask, and the model numbers the positions itself from
+        # its cache (Qwen2-VL's 3D rope continues from the deltas it found in the prompt)
+        return self.model(input_ids=input_ids, use_cache=True, **cache_kwargs(self.model, cache), **extra, **media)
 
     @torch.inference_mode()
     def _prefill_alone(self, seq: _Sequence) -> _Batch:
