@@ -207,3 +207,21 @@ def test_unsupported_multimodal_settings_exit_2_naming_the_key(llava_dir, overri
     args = [f"model_name_or_path={llava_dir}", "stage=sft", "dataset=mllm_demo", f"dataset_dir={LF_DEMO}", override]
     assert main(["data", "preview", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_videos_are_read_at_video_fps_up_to_video_maxlen(tmp_path):
+    pytest.importorskip("av")
+    clip = str(IMAGES / "1.mp4")  # 9.72 s, 243 frames of 640x360
+    frames = media.load_video(clip, fps=1.0, maxlen=128, max_pixels=64 * 64, min_pixels=16)
+    assert len(frames) == 9 and all(f.size[0] * f.size[1] <= 64 * 64 and f.mode == "RGB" for f in frames)
+    assert len(media.load_video(clip, fps=2.0, maxlen=4, max_pixels=64 * 64, min_pixels=16)) == 4
+    assert len(media.load_video(str(IMAGES / "2.avi"), fps=2.0, maxlen=128, max_pixels=64 * 64, min_pixels=16)) > 1
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 64)
+    with pytest.raises(media.SkipRecord, match="video '.*broken.mp4' cannot be read"):
+        media.load_video(str(tmp_path / "broken.mp4"), fps=2.0, maxlen=4, max_pixels=64 * 64, min_pixels=16)
+
+
+def test_a_model_without_a_video_processor_skips_video_records_by_name(vlm):
+    _, processor = vlm
+    with pytest.raises(DataError, match="it has videos but the model takes no video"):
+        build_examples(data_args(dataset="mllm_video_demo"), processor.tokenizer, 0, "sft", processor)

@@ -10,6 +10,7 @@ the test suite runs on) and whose positions are 3D (rope over time, height and w
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from typing import Any
@@ -86,15 +87,34 @@ def _pictures(folder: str) -> list[str]:
     return paths
 
 
+def _clip(folder: str) -> str:
+    """A 2-second clip (8 fps) of a red circle moving right, written with PyAV."""
+    import av
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    path = os.path.join(folder, "clip.mp4")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(16):
+            image = Image.new("RGB", (96, 64), "white")
+            ImageDraw.Draw(image).ellipse([4 + 4 * i, 20, 24 + 4 * i, 40], fill="red")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(image), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def run_vlm_check(work: str, cuda: bool, model_dir: str | None = None) -> dict[str, Any]:
     """The checks of the module docstring on `model_dir` (default: `build_qwen2_vl`), files under `work`."""
     from lmforge.config import load_config
     from lmforge.config.data import DataArguments
     from lmforge.config.model import ModelArguments
-    from lmforge.data import media
     from lmforge.data.collate import IGNORE_INDEX
     from lmforge.data.examples import build_examples
-    from lmforge.data.multimodal import as_parts, media_token_ids
+    from lmforge.data.multimodal import MediaOptions, as_parts, media_token_ids
     from lmforge.model.multimodal import load_processor
     from lmforge.train import stage_runner
 
@@ -105,18 +125,26 @@ def run_vlm_check(work: str, cuda: bool, model_dir: str | None = None) -> dict[s
     records = [{"messages": [{"role": "user", "content": f"<image>What colour is the circle? ({i})"},
                              {"role": "assistant", "content": f"It is {colours[i % 3]}."}],
                 "images": [pictures[i % 3]]} for i in range(24)]
+    processor = load_processor(ModelArguments(model_name_or_path=model_dir))
+    with_video = getattr(processor, "video_processor", None) is not None and importlib.util.find_spec("av")
+    if with_video:  # a clip of the circle moving, asked about in a few records
+        clip = _clip(work)
+        records += [{"messages": [{"role": "user", "content": f"<video>Where does the circle go? ({i})"},
+                                  {"role": "assistant", "content": "To the right."}], "videos": [clip]}
+                    for i in range(8)]
     data = os.path.join(work, "vlm.jsonl")
     with open(data, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in records)
-    processor = load_processor(ModelArguments(model_name_or_path=model_dir))
+    options = MediaOptions()
     encoded = build_examples(DataArguments(dataset=data, cutoff_len=1024), processor.tokenizer, 0, "sft",
                              processor).train
     never = media_token_ids(processor)
     mismatched = 0
     for row, record in zip(encoded, records, strict=True):
-        images = [media.load_image(p, 768 * 768, 32 * 32) for p in record["images"]]
-        expected = processor.apply_chat_template(as_parts(record["messages"]), tokenize=True, return_dict=True,
-                                                 processor_kwargs={"images": images})
+        images = [options.image(p) for p in record.get("images", [])]
+        videos = [options.video(p) for p in record.get("videos", [])]
+        text = processor.apply_chat_template(as_parts(record["messages"]), tokenize=False)
+        expected = processor(text=[text], images=images or None, **({"videos": videos} if videos else {}))
         mismatched += list(expected["input_ids"][0]) != row["input_ids"]
         trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE_INDEX]
         if any(t in never for t in trained) or processor.tokenizer.decode(trained) != \
@@ -134,7 +162,8 @@ def run_vlm_check(work: str, cuda: bool, model_dir: str | None = None) -> dict[s
     losses = [r["loss"] for r in map(json.loads, open(os.path.join(out, "trainer_log.jsonl"))) if "loss" in r]
     if not losses[-1] < losses[0]:
         raise AssertionError(f"LoRA SFT did not lower the loss: {losses}")
-    return {"examples": len(encoded), "ids_equal_processor": True, "losses": [round(x, 3) for x in losses],
+    return {"examples": len(encoded), "videos": bool(with_video) or "skipped: no video processor or no PyAV",
+            "ids_equal_processor": True, "losses": [round(x, 3) for x in losses],
             "serve_equals_generate": _serve_equals_generate(model_dir, pictures[0], cuda)}
 
 

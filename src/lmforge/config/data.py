@@ -65,7 +65,14 @@ class DataArguments:
         768 * 768, "Vision-language models: images larger than this many pixels are scaled down (aspect kept) "
         "before the processor sees them, which bounds their tokens and memory.")
     image_min_pixels: int = option(
-        32 * 32, "Vision-language models: images smaller than this many pixels are scaled up (aspect kept).")
+        32 * 32, "Vision-language models: images (and video frames) smaller than this many pixels are scaled up "
+        "(aspect kept).")
+    video_fps: float = option(
+        2.0, "Vision-language models: frames taken per second of a video (evenly spaced; read with PyAV).")
+    video_maxlen: int = option(128, "Vision-language models: the most frames taken from one video.")
+    video_max_pixels: int = option(
+        256 * 256, "Vision-language models: video frames larger than this many pixels are scaled down (aspect "
+        "kept); a video costs its frames' tokens, so this bound is lower than `image_max_pixels`.")
     preprocessing_num_workers: int | None = option(
         None, "Processes used for tokenization. Unset: for conversation data one per CPU core (at most 8) from 4,000 "
         "records of a source (below that, starting workers costs more than it saves); for pretraining text one (the "

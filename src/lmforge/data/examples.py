@@ -63,7 +63,8 @@ def label_options(args: DataArguments) -> LabelOptions:
 
 
 def media_options(args: DataArguments) -> MediaOptions:
-    return MediaOptions(args.image_max_pixels, args.image_min_pixels)
+    return MediaOptions(args.image_max_pixels, args.image_min_pixels, args.video_fps, args.video_maxlen,
+                        args.video_max_pixels)
 
 
 def make_encoder(tokenizer: PreTrainedTokenizerBase, args: DataArguments, kind: ExampleKind,

@@ -134,24 +134,62 @@ def content_parts(text: str) -> list[dict[str, str]]:
     return parts
 
 
+def _source(ref: str) -> Any:
+    """A reference as something PIL or PyAV opens: a path, or the bytes of a data or http(s) URL."""
+    if ref.startswith("data:"):
+        return io.BytesIO(base64.b64decode(ref.split(",", 1)[1]))
+    if ref.startswith(("http://", "https://")):
+        from urllib.request import urlopen
+
+        with urlopen(ref, timeout=30) as response:  # noqa: S310 - the user's own data names it
+            return io.BytesIO(response.read())
+    return ref
+
+
 def load_image(ref: str, max_pixels: int, min_pixels: int) -> Any:
     """The image as an RGB PIL image, scaled (aspect kept) into [min_pixels, max_pixels] as LLaMA-Factory's
     `image_max_pixels`/`image_min_pixels` do. SkipRecord naming the file when it cannot be read."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        if ref.startswith("data:"):
-            image = Image.open(io.BytesIO(base64.b64decode(ref.split(",", 1)[1])))
-        elif ref.startswith(("http://", "https://")):
-            from urllib.request import urlopen
-
-            with urlopen(ref, timeout=30) as response:  # noqa: S310 - the user's own data names it
-                image = Image.open(io.BytesIO(response.read()))
-        else:
-            image = Image.open(ref)
+        image = Image.open(_source(ref))
         image.load()
     except (OSError, UnidentifiedImageError, ValueError, IndexError) as err:
         raise SkipRecord(f"image '{_short(ref)}' cannot be read ({type(err).__name__}: {str(err)[:80]})") from None
+    return _bounded(image, max_pixels, min_pixels)
+
+
+def load_video(ref: str, fps: float, maxlen: int, max_pixels: int, min_pixels: int) -> list:
+    """A video as RGB PIL frames: `fps` frames per second of its duration, evenly spaced, at most `maxlen` (at
+    least one), each scaled into [min_pixels, max_pixels] (LLaMA-Factory's `video_fps`, `video_maxlen`,
+    `video_max_pixels`). Decoded with PyAV (`pip install av`); SkipRecord naming the file when it cannot be."""
+    try:
+        import av
+    except ImportError:
+        raise SkipRecord("reading videos needs PyAV: pip install av (or lmforge[video])") from None
+    try:
+        with av.open(_source(ref)) as container:
+            stream = container.streams.video[0]
+            total = stream.frames or 0
+            frames = [frame.to_image() for frame in container.decode(stream)] if not total else None
+            total = total or len(frames or [])
+            seconds = float(stream.duration * stream.time_base) if stream.duration else \
+                (container.duration or 0) / 1_000_000
+            count = max(1, min(total, maxlen, int(seconds * fps) if seconds else total))
+            wanted = {round(i * (total - 1) / max(count - 1, 1)) for i in range(count)}
+            if frames is None:
+                frames = [frame.to_image() for i, frame in enumerate(container.decode(stream)) if i in wanted]
+            else:
+                frames = [frame for i, frame in enumerate(frames) if i in wanted]
+    except (OSError, ValueError, IndexError, av.error.FFmpegError) as err:
+        raise SkipRecord(f"video '{_short(ref)}' cannot be read ({type(err).__name__}: {str(err)[:80]})") from None
+    if not frames:
+        raise SkipRecord(f"video '{_short(ref)}' has no frames")
+    return [_bounded(frame, max_pixels, min_pixels) for frame in frames]
+
+
+def _bounded(image: Any, max_pixels: int, min_pixels: int) -> Any:
+    """`image` scaled (aspect kept) into [min_pixels, max_pixels], in RGB."""
     width, height = image.size
     if width * height > max_pixels:
         factor = math.sqrt(max_pixels / (width * height))

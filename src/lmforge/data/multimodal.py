@@ -48,8 +48,20 @@ _TEXT_OUTPUTS = {"input_ids", "attention_mask", "offset_mapping"}
 
 @dataclass(frozen=True)
 class MediaOptions:
+    """How images and videos are read (DataArguments' image_*/video_* keys)."""
+
     image_max_pixels: int = 768 * 768
     image_min_pixels: int = 32 * 32
+    video_fps: float = 2.0
+    video_maxlen: int = 128
+    video_max_pixels: int = 256 * 256
+
+    def image(self, ref: str) -> Any:
+        return media.load_image(ref, self.image_max_pixels, self.image_min_pixels)
+
+    def video(self, ref: str) -> list:
+        return media.load_video(ref, self.video_fps, self.video_maxlen, self.video_max_pixels,
+                                self.image_min_pixels)
 
 
 def media_token_ids(processor: Any) -> set[int]:
@@ -133,75 +145,76 @@ class MultimodalEncoder:
 
     def encode_one(self, example: dict[str, Any]) -> dict[str, Any]:
         media.check_counts(example)
-        if example.get("videos"):
-            raise SkipRecord("videos are not supported yet (images are)")
+        refs = {key: list(example.get(key) or []) for key in MEDIA_COLUMNS}
+        if refs["videos"] and getattr(self.processor, "video_processor", None) is None:
+            raise SkipRecord("it has videos but the model takes no video")
         messages = self._messages(example["messages"])
         if self.kind == "prompt":  # what the model answers (eval task=generate): ids with the generation prompt
-            return self._prompt(messages, list(example.get("images") or []), example.get("tools"))
+            return self._prompt(messages, refs, example.get("tools"))
         if self.kind == "pair":
             replies = [self._messages(example["chosen"]), self._messages(example["rejected"])]
         else:
             replies = [[]]
-        encoded, images, truncated = self._fit(messages, replies, list(example.get("images") or []),
-                                               example.get("tools"))
+        encoded, refs, truncated = self._fit(messages, replies, refs, example.get("tools"))
         if self.kind == "sft":
             (ids, labels, extras), = encoded
-            return {"input_ids": ids, "labels": labels, "truncated": truncated, "images": images, "videos": [],
-                    **extras}
+            return {"input_ids": ids, "labels": labels, "truncated": truncated, **refs, **extras}
         (c_ids, c_labels, c_extras), (r_ids, r_labels, r_extras) = encoded
         if c_ids == r_ids:
             raise SkipRecord("chosen and rejected are identical within cutoff_len")
         return {"chosen_input_ids": c_ids, "chosen_labels": c_labels, "rejected_input_ids": r_ids,
-                "rejected_labels": r_labels, "truncated": truncated, "images": images, "videos": [],
+                "rejected_labels": r_labels, "truncated": truncated, **refs,
                 **{f"chosen_{k}": v for k, v in c_extras.items()},
                 **{f"rejected_{k}": v for k, v in r_extras.items()}}
 
-    def _prompt(self, messages: list[dict], images: list[str], tools: list | None) -> dict[str, Any]:
-        loaded = [media.load_image(ref, self.media_options.image_max_pixels, self.media_options.image_min_pixels)
-                  for ref in images]
+    def _prompt(self, messages: list[dict], refs: dict[str, list[str]], tools: list | None) -> dict[str, Any]:
         text = render(self.tokenizer, as_parts(messages), tools, add_generation_prompt=True,
                       enable_thinking=self.options.enable_thinking)
-        out = process(self.processor, text, loaded)
+        out = process(self.processor, text, *self._load(refs))
         ids = [int(t) for t in out["input_ids"][0]]
         if len(ids) > self.options.cutoff_len:
             raise SkipRecord(f"the prompt with its images is longer than cutoff_len={self.options.cutoff_len} "
                              f"({len(ids)} tokens)")
-        return {"input_ids": ids, "truncated": False, "images": images, "videos": [],
-                **{k: [int(t) for t in out[k][0]] for k in self.extras}}
+        return {"input_ids": ids, "truncated": False, **refs, **{k: [int(t) for t in out[k][0]] for k in self.extras}}
+
+    def _load(self, refs: dict[str, list[str]]) -> tuple[list, list]:
+        return [self.media_options.image(r) for r in refs["images"]], [self.media_options.video(r)
+                                                                       for r in refs["videos"]]
 
     def _messages(self, messages: list[dict]) -> list[dict]:
         return prepare_messages(messages, self.tokenizer.chat_template or "", self.options.enable_thinking)
 
-    def _fit(self, history: list[dict], replies: list[list[dict]], images: list[str], tools: list | None
-             ) -> tuple[list[tuple[list[int], list[int], dict]], list[str], bool]:
-        """Encode history + each reply; too long: the oldest exchanges go (with their images), then a last exchange
-        still too long is cut at cutoff_len, unless the cut would go through or drop an image's tokens (skipped)."""
+    def _fit(self, history: list[dict], replies: list[list[dict]], refs: dict[str, list[str]], tools: list | None
+             ) -> tuple[list[tuple[list[int], list[int], dict]], dict[str, list[str]], bool]:
+        """Encode history + each reply; too long: the oldest exchanges go (with their images and videos), then a
+        last exchange still too long is cut at cutoff_len, unless the cut would go through or drop an image's
+        tokens (skipped)."""
         o = self.options
-        loaded = [media.load_image(ref, self.media_options.image_max_pixels, self.media_options.image_min_pixels)
-                  for ref in images]
-        encoded = [self._encode(history + reply, loaded, tools, len(reply) if any(replies) else None)
+        images, videos = self._load(refs)
+        encoded = [self._encode(history + reply, images, videos, tools, len(reply) if any(replies) else None)
                    for reply in replies]
         truncated = any(len(ids) > o.cutoff_len for ids, _, _ in encoded)
         if truncated:
-            for shorter in _exchange_cuts(history):
-                dropped = sum(media.content_count(m, "images") for m in history[: len(history) - len(shorter)])
-                images_left, loaded_left = images[dropped:], loaded[dropped:]
-                encoded = [self._encode(shorter + reply, loaded_left, tools, len(reply) if any(replies) else None)
-                           for reply in replies]
+            all_refs = refs
+            for shorter in _exchange_cuts(history):  # each drops one more of the oldest exchanges
+                system = 1 if history[0].get("role") == "system" else 0  # kept by every cut
+                gone = history[system: system + len(history) - len(shorter)]
+                drop = {key: sum(media.content_count(m, key) for m in gone) for key in MEDIA_COLUMNS}
+                refs = {key: all_refs[key][drop[key]:] for key in MEDIA_COLUMNS}
+                encoded = [self._encode(shorter + reply, images[drop["images"]:], videos[drop["videos"]:], tools,
+                                        len(reply) if any(replies) else None) for reply in replies]
                 if all(len(ids) <= o.cutoff_len for ids, _, _ in encoded):
-                    images = images_left
                     break
-                images = images_left
             if any(any(t in self.never for t in ids[o.cutoff_len:]) for ids, _, _ in encoded):
                 raise SkipRecord(f"an image's tokens do not fit within cutoff_len={o.cutoff_len}")
             encoded = [(ids[: o.cutoff_len], labels[: o.cutoff_len], {k: v[: o.cutoff_len] for k, v in ex.items()})
                        for ids, labels, ex in encoded]
         if any(all(label == IGNORE_INDEX for label in labels) for _, labels, _ in encoded):
             raise SkipRecord(_nothing_trained(truncated, o.cutoff_len))
-        return encoded, images, truncated
+        return encoded, refs, truncated
 
-    def _encode(self, messages: list[dict], images: list, tools: list | None, reply_messages: int | None
-                ) -> tuple[list[int], list[int], dict[str, list[int]]]:
+    def _encode(self, messages: list[dict], images: list, videos: list, tools: list | None,
+                reply_messages: int | None) -> tuple[list[int], list[int], dict[str, list[int]]]:
         o = self.options
         parts = as_parts(messages)
         if o.train_on_prompt:
@@ -215,7 +228,7 @@ class MultimodalEncoder:
             text_ids = encoding["input_ids"]
             text_labels = span_labels(text_ids, encoding["offset_mapping"],
                                       trained_spans(rendered, messages, o.mask_history, reply_messages))
-        out = process(self.processor, text, images)
+        out = process(self.processor, text, images, videos)
         ids = [int(t) for t in out["input_ids"][0]]
         return ids, carry_labels(text_ids, text_labels, ids, self.never), \
             {k: [int(t) for t in out[k][0]] for k in self.extras}
@@ -232,12 +245,15 @@ def prompt_inputs(processor: Any, messages: list[dict], images: list, tools: lis
     return ids, {k: v for k, v in out.items() if k not in _TEXT_OUTPUTS}
 
 
-def process(processor: Any, text: str, images: list, **kwargs: Any) -> Any:
-    """The processor on one rendered conversation, with special tokens as `processor.apply_chat_template` adds them
-    (none when the rendering starts with BOS, the processor's default otherwise)."""
+def process(processor: Any, text: str, images: list, videos: list | None = None, **kwargs: Any) -> Any:
+    """The processor on one rendered conversation (its images, and videos as lists of frames), with special tokens
+    as `processor.apply_chat_template` adds them (none when the rendering starts with BOS, the processor's default
+    otherwise)."""
     bos = processor.tokenizer.bos_token
     if bos is not None and text.startswith(bos):
         kwargs["add_special_tokens"] = False
+    if videos:
+        kwargs["videos"] = videos
     return processor(text=[text], images=images or None, **kwargs)
 
 
@@ -263,16 +279,23 @@ class MultimodalCollator:
         for key in self.extras:
             batch[key] = torch.as_tensor([list(f[side + key]) + [0] * (length - len(f[side + key]))
                                           for f, side in rows], dtype=torch.long)
-        images = [[media.load_image(ref, self.media_options.image_max_pixels, self.media_options.image_min_pixels)
-                   for ref in f["images"]] for f, _ in rows]
-        if any(images):
-            batch.update(self.pixel_inputs([row for row in images if row]))
+        images = [[self.media_options.image(ref) for ref in f["images"]] for f, _ in rows]
+        videos = [[self.media_options.video(ref) for ref in f.get("videos") or []] for f, _ in rows]
+        if any(images) or any(videos):
+            batch.update(self.pixel_inputs(images, videos))
         return batch
 
-    def pixel_inputs(self, images: list[list]) -> dict[str, Any]:
-        """The processor's image outputs for rows of images (its text outputs dropped): one placeholder per image
-        as the text, so the processor's own image path, defaults and batching apply."""
-        placeholder = self.processor.image_token
-        out = self.processor(text=[placeholder * len(row) for row in images], images=images, padding=True,
-                             return_tensors="pt")
+    def pixel_inputs(self, images: list[list], videos: list[list] | None = None) -> dict[str, Any]:
+        """The processor's outputs for rows of images and videos (its text outputs dropped): one placeholder per
+        image and video as each row's text, so the processor's own path, defaults and batching apply."""
+        videos = videos or [[] for _ in images]
+        rows = [i for i, (im, vi) in enumerate(zip(images, videos, strict=True)) if im or vi]
+        texts = [self.processor.image_token * len(images[i]) +
+                 (getattr(self.processor, "video_token", "") or "") * len(videos[i]) for i in rows]
+        kwargs: dict[str, Any] = {}
+        if any(images[i] for i in rows):
+            kwargs["images"] = [images[i] for i in rows if images[i]]
+        if any(videos[i] for i in rows):
+            kwargs["videos"] = [v for i in rows for v in videos[i]]
+        out = self.processor(text=texts, padding=True, return_tensors="pt", **kwargs)
         return {k: v for k, v in out.items() if k not in _TEXT_OUTPUTS and k not in self.extras}
