@@ -164,3 +164,10 @@ def gemma3_dir(tmp_path_factory, quickstart_texts) -> str:
     from tests.multimodal_models import build_gemma3
 
     return build_gemma3(str(tmp_path_factory.mktemp("tiny-gemma3")), quickstart_texts[:500])
+
+
+@pytest.fixture(scope="session")
+def llava_next_dir(tmp_path_factory, quickstart_texts) -> str:
+    from tests.multimodal_models import build_llava_next
+
+    return build_llava_next(str(tmp_path_factory.mktemp("tiny-llava-next")), quickstart_texts[:500])

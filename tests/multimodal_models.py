@@ -125,3 +125,37 @@ def build_qwen2_vl_image_only(out: str) -> str:
         image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112),
         tokenizer=qwen2_vl_tokenizer(), chat_template=TEMPLATE)
     return save_qwen2_vl(out, processor)
+
+
+def build_llava_next(out: str, texts: list[str]) -> str:
+    """LLaVA-NeXT-style: "anyres" images (a base view plus tiles on a grid of pinpoints, so the number of image
+    tokens depends on each image's shape, and the model needs `image_sizes`), CLIP tower, Llama language model."""
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextProcessor,
+    )
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    pinpoints = [[56, 56], [56, 112], [112, 56], [112, 112]]
+    tokenizer = train_bpe_tokenizer(texts, 600, ["</s>", "<s>", "<image>"])
+    tokenizer.bos_token = "<s>"
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
+                                                   image_grid_pinpoints=pinpoints),
+        tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=LLAVA_15_TEMPLATE)
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=56, patch_size=14, projection_dim=32),
+        text_config=_text_config(LlamaConfig, len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+        vision_feature_layer=-1, image_grid_pinpoints=pinpoints)
+    torch.manual_seed(0)
+    LlavaNextForConditionalGeneration(config).save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

@@ -23,10 +23,10 @@ from tests.data.conftest import data_args
 
 IMAGES = LF_DEMO / "mllm_demo_data"
 # the end-of-turn token each template writes after an assistant message (LLaVA-1.5 writes none)
-END_OF_TURN = {"llava_dir": "", "gemma3_dir": "<end_of_turn>"}
+END_OF_TURN = {"llava_dir": "", "llava_next_dir": "", "gemma3_dir": "<end_of_turn>"}
 
 
-@pytest.fixture(params=["llava_dir", "gemma3_dir"])
+@pytest.fixture(params=["llava_dir", "llava_next_dir", "gemma3_dir"])
 def vlm(request):
     return request.param, load_processor(ModelArguments(model_name_or_path=request.getfixturevalue(request.param)))
 

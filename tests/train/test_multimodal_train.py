@@ -172,3 +172,12 @@ def test_the_gpu_checks_qwen2_vl_part_runs_here_with_an_image_only_processor(tmp
     result = run_vlm_check(str(tmp_path / "work"), cuda=False, model_dir=model_dir)
     assert result["ids_equal_processor"] and result["serve_equals_generate"]
     assert result["losses"][-1] < result["losses"][0]
+
+
+def test_llava_next_anyres_images_train(llava_next_dir, tmp_path):
+    """Images of different shapes get different numbers of tokens and tiles; the collator hands the model each
+    image's size (`image_sizes`) the way the processor batches them."""
+    out = tmp_path / "next"
+    assert main(["train", *train_args(llava_next_dir, out, max_steps=10, freeze_vision_tower=False)]) == 0
+    curve = losses(out)
+    assert curve[-1] < curve[0] - 0.5, curve
