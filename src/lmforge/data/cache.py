@@ -32,7 +32,7 @@ def cache_root(configured: str | None = None) -> str:
 # (an upgrade, a local edit) misses entries written by the old code instead of serving stale encodings.
 ENCODING_MODULES = ("data.records", "data.formats", "data.registry", "data.loading", "data.template", "data.encode",
                     "data.chat_templates", "data.examples", "data.chunking", "data.pretrain", "data.packing",
-                    "data.stream", "model.tokenizer")
+                    "data.stream", "data.media", "data.multimodal", "data.skips", "model.tokenizer", "model.multimodal")
 
 
 @functools.lru_cache(maxsize=1)
