@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from lmforge.cli import main
 from lmforge.train.runtime.checkpoint import STAGING_DIR, list_checkpoints
 from tests.conftest import write_jsonl
 from tests.train.test_resume import start_training, wait_for_step
+
+TIMINGS = ("rollout_seconds", "update_seconds", "rollout_tokens_per_second")
 
 pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
 
@@ -48,16 +51,41 @@ def rewards(out) -> list[float]:
     return [json.loads(line)["reward"] for line in open(out / "trainer_log.jsonl")]
 
 
-def test_grpo_raises_the_mean_reward(tiny_model_dir, reward_file, tmp_path):
+@pytest.mark.parametrize("variant", [
+    {"loss_type": "dapo"},
+    {"loss_type": "grpo", "scale_rewards": "batch"},
+    # unscaled advantages and a constant normaliser make smaller steps: a larger learning rate
+    {"loss_type": "dr_grpo", "scale_rewards": "none", "advantage_estimator": "rloo", "learning_rate": 1.5e-2},
+    {"loss_type": "bnpo", "epsilon_high": 0.28, "filter_zero_variance_groups": True},
+], ids=lambda v: v["loss_type"])
+def test_grpo_raises_the_mean_reward(tiny_model_dir, reward_file, tmp_path, variant):
     out = tmp_path / "grpo"
-    assert main(["train", *rl_args("grpo", tiny_model_dir, out, reward_funcs=reward_file, learning_rate=5e-3,
-                                   rollout_batch_size=8, num_generations=4, plot_loss=True)]) == 0
+    settings = {"learning_rate": 5e-3, **variant}
+    assert main(["train", *rl_args("grpo", tiny_model_dir, out, reward_funcs=reward_file, rollout_batch_size=8,
+                                   num_generations=4, plot_loss=True, **settings)]) == 0
     curve = rewards(out)
     assert curve[-1] > curve[0] + 0.2, curve
     log = [json.loads(line) for line in open(out / "trainer_log.jsonl")]
-    assert {"kl", "entropy", "clip_fraction", "reward/vowel_share", "completion_length"} <= set(log[-1])
+    assert {"kl", "entropy", "clip_fraction", "clip_fraction_low", "clip_fraction_high", "reward/vowel_share",
+            "reward_std", "completion_length", "completion_length_max", "truncated_fraction", "rollout_seconds",
+            "update_seconds", "rollout_tokens_per_second"} <= set(log[-1])
+    if variant.get("filter_zero_variance_groups"):
+        assert all("zero_variance_groups" in r for r in log if "reward" in r)
     assert (out / "training_reward.png").exists() and (out / "training_kl.png").exists()
     assert (out / "model.safetensors").exists() and (out / "checkpoint-20").is_dir()
+
+
+def test_grpo_masks_truncated_completions(tiny_model_dir, reward_file, tmp_path):
+    """Every completion is cut at max_new_tokens=2 here: with mask_truncated_completions none carries loss, so the
+    policy does not move (and the log says so)."""
+    out = tmp_path / "masked"
+    assert main(["train", *rl_args("grpo", tiny_model_dir, out, reward_funcs=reward_file, rollout_batch_size=4,
+                                   num_generations=2, max_new_tokens=2, max_steps=2, logging_steps=1,
+                                   mask_truncated_completions=True, kl_coef=0.0, save_strategy="no")]) == 0
+    log = [json.loads(line) for line in open(out / "trainer_log.jsonl")]
+    assert all(r["truncated_fraction"] == 1.0 and r["skipped_updates"] == 1.0 for r in log), log
+    before, after = load_file(Path(tiny_model_dir) / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_ppo_raises_the_mean_reward(tiny_model_dir, reward_file, tmp_path):
@@ -84,8 +112,9 @@ def test_ppo_resumed_after_an_interruption_continues_the_same_run(tiny_model_dir
     a = [json.loads(line) for line in open(straight / "trainer_log.jsonl")]
     b = [json.loads(line) for line in open(resumed / "trainer_log.jsonl")]
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
-    for x, y in zip(a, b, strict=True):
-        assert x == pytest.approx(y, rel=1e-5), (x, y)
+    for x, y in zip(a, b, strict=True):  # everything but the wall-clock timings
+        assert {k: v for k, v in x.items() if k not in TIMINGS} == \
+            pytest.approx({k: v for k, v in y.items() if k not in TIMINGS}, rel=1e-5), (x, y)
     final_a, final_b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.allclose(final_a[k], final_b[k], atol=1e-6) for k in final_a)
 

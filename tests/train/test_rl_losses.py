@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from lmforge.train.rl_losses import gae, group_advantages, grpo_loss, ppo_loss, ppo_rewards, whiten
+from lmforge.train.rl_losses import (
+    aggregate,
+    gae,
+    group_advantages,
+    grpo_loss,
+    ppo_loss,
+    ppo_rewards,
+    whiten,
+    zero_variance_rows,
+)
 
 
 def test_ppo_rewards_penalise_kl_per_token_and_add_the_score_on_the_last_valid_token():
@@ -71,3 +80,53 @@ def test_grpo_loss_with_the_k3_kl_term_by_hand():
     kl = (math.exp(-0.5) + 0.5 - 1) / 3
     assert out.policy_loss.item() == pytest.approx(policy)
     assert out.loss.item() == pytest.approx(policy + 0.1 * kl)
+
+
+# ---- the GRPO family ------------------------------------------------------------------------------------------------
+
+PER_TOKEN = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("loss_type, extra, expected", [
+    ("grpo", {}, (6 / 3 + 4 / 1) / 2),  # per completion, then over completions
+    ("bnpo", {}, 10 / 4),  # over the mini-batch's tokens
+    ("dr_grpo", {"max_completion_length": 5}, 10 / (2 * 5)),  # completions x max_new_tokens
+    ("dapo", {"token_normalizer": 8.0}, 10 / 8),  # over the optimizer step's tokens
+])
+def test_each_loss_type_averages_tokens_as_published(loss_type, extra, expected):
+    assert aggregate(PER_TOKEN, MASK, loss_type, **extra).item() == pytest.approx(expected)
+
+
+def test_clip_higher_lets_positive_advantages_grow_further_and_counts_both_clips():
+    old = torch.zeros(1, 2)
+    new = torch.tensor([[math.log(1.3), math.log(0.7)]])
+    adv = torch.tensor([[1.0, -1.0]])  # one sequence advantage per row: use two rows of one token each
+    logps, old_logps = new.view(2, 1), old.view(2, 1)
+    mask = torch.ones(2, 1)
+    out = grpo_loss(logps, old_logps, None, adv.view(2), mask, cliprange=0.2, kl_coef=0.0, epsilon_high=0.28,
+                    loss_type="bnpo")
+    # row 0: A=1, ratio 1.3 -> min(1.3, 1.28) = 1.28 -> loss -1.28; row 1: A=-1, ratio 0.7 -> max(0.7, 0.8) = 0.8
+    assert out.loss.item() == pytest.approx((-1.28 + 0.8) / 2)
+    assert (out.clip_high.item(), out.clip_low.item()) == (0.5, 0.5)
+    symmetric = grpo_loss(logps, old_logps, None, adv.view(2), mask, cliprange=0.2, kl_coef=0.0, loss_type="bnpo")
+    assert symmetric.loss.item() == pytest.approx((-1.2 + 0.8) / 2)
+
+
+def test_reward_scaling_and_the_leave_one_out_baseline_by_hand():
+    scores = torch.tensor([1.0, 3.0, 2.0, 2.0, 0.0, 6.0])  # two groups of 3
+    g1, g2 = torch.tensor([1.0, 3.0, 2.0]), torch.tensor([2.0, 0.0, 6.0])
+    centred = torch.cat([g1 - 2.0, g2 - 8 / 3])
+    assert group_advantages(scores, 3, scale="none").tolist() == pytest.approx(centred.tolist())
+    by_group = torch.cat([(g1 - 2.0) / (g1.std() + 1e-4), (g2 - 8 / 3) / (g2.std() + 1e-4)])
+    assert group_advantages(scores, 3, scale="group").tolist() == pytest.approx(by_group.tolist())
+    assert group_advantages(scores, 3, scale="batch").tolist() == \
+        pytest.approx((centred / (scores.std() + 1e-4)).tolist())
+    # RLOO: each reward minus the mean of the other two of its group
+    rloo = [1 - (3 + 2) / 2, 3 - (1 + 2) / 2, 2 - (1 + 3) / 2, 2 - (0 + 6) / 2, 0 - (2 + 6) / 2, 6 - (2 + 0) / 2]
+    assert group_advantages(scores, 3, scale="none", estimator="rloo").tolist() == pytest.approx(rloo)
+
+
+def test_zero_variance_groups_are_found_row_by_row():
+    scores = torch.tensor([1.0, 1.0, 0.0, 2.0, 5.0, 5.0])
+    assert zero_variance_rows(scores, 2).tolist() == [True, True, False, False, True, True]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from lmforge.config.fields import option
 
@@ -28,7 +29,30 @@ class RLArguments:
     kl_coef: float = option(
         0.05, "Weight of the KL divergence from the reference model: a per-token reward penalty (ppo) or a loss "
         "term (grpo; 0 skips the reference model).", stages=("ppo", "grpo"))
-    cliprange: float = option(0.2, "Clip range of the policy probability ratio.", stages=("ppo", "grpo"))
+    cliprange: float = option(
+        0.2, "Clip range of the policy probability ratio (TRL's `epsilon`): [1 - cliprange, 1 + cliprange].",
+        stages=("ppo", "grpo"))
+    epsilon_high: float | None = option(
+        None, "With `grpo`: the upper clip range instead of `cliprange` (DAPO's clip-higher, e.g. 0.28), so "
+        "unlikely tokens with a positive advantage can gain more.", stages=("grpo",))
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = option(
+        "dapo", "With `grpo`: how per-token losses are averaged. `grpo`: over each completion's tokens, then over "
+        "completions (DeepSeekMath; favours short completions); `bnpo`: over the tokens of each mini-batch; `dapo`: "
+        "over the tokens of all the mini-batches of one optimizer step (DAPO; TRL's default); `dr_grpo`: summed and "
+        "divided by completions x `max_new_tokens` (Dr. GRPO: no length bias).", stages=("grpo",))
+    scale_rewards: Literal["group", "batch", "none"] = option(
+        "group", "With `grpo`: advantages are divided by the reward standard deviation of their group (`group`), of "
+        "the whole rollout (`batch`), or not at all (`none`, Dr. GRPO).", stages=("grpo",))
+    advantage_estimator: Literal["grpo", "rloo"] = option(
+        "grpo", "With `grpo`: the baseline subtracted from each reward: its group's mean (`grpo`) or the mean of the "
+        "other completions of its group (`rloo`, leave-one-out; unbiased).", stages=("grpo",))
+    mask_truncated_completions: bool = option(
+        False, "With `grpo`: completions cut at `max_new_tokens` (no end-of-turn token) carry no loss (DAPO's "
+        "overlong filtering).", stages=("grpo",))
+    filter_zero_variance_groups: bool = option(
+        False, "With `grpo`: groups whose completions all got the same reward (zero advantage: no signal) are left "
+        "out of the update; how many is logged as `zero_variance_groups` (DAPO's dynamic sampling, without "
+        "resampling).", stages=("grpo",))
     cliprange_value: float = option(0.2, "With `ppo`: clip range of the value update.", stages=("ppo",))
     vf_coef: float = option(0.1, "With `ppo`: weight of the value loss.", stages=("ppo",))
     gamma: float = option(1.0, "With `ppo`: discount factor.", stages=("ppo",))

@@ -2,7 +2,8 @@
 
 Pure functions, each tested against a hand computation. PPO follows the InstructGPT/TRL recipe (per-token KL penalty
 in the reward, the score on the last token, GAE, clipped policy and value losses); GRPO follows DeepSeekMath
-(group-normalised sequence advantages, clipped ratio, k3 KL estimator in the loss, averaged over tokens).
+(group-normalised sequence advantages, clipped ratio, k3 KL estimator in the loss) with the later variants' choices:
+how tokens are averaged (grpo, bnpo, dapo, dr_grpo), clip-higher, reward scaling, the leave-one-out baseline (RLOO).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class PolicyLoss:
     clip_fraction: torch.Tensor
     approx_kl: torch.Tensor
     value_loss: torch.Tensor | None = None
+    clip_low: torch.Tensor | None = None  # GRPO: ratio clipped below 1 - cliprange (negative advantages)
+    clip_high: torch.Tensor | None = None  # GRPO: ratio clipped above 1 + epsilon_high (positive advantages)
 
 
 def clipped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
@@ -75,22 +78,68 @@ def ppo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Ten
                       0.5 * masked_mean((logps - old_logps).detach() ** 2, mask), value_loss.detach())
 
 
-def group_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Each completion's score minus its group's mean, over the group's standard deviation (groups are consecutive)."""
+def group_advantages(scores: torch.Tensor, group_size: int, scale: str = "group",
+                     estimator: str = "grpo") -> torch.Tensor:
+    """Each completion's score minus its baseline: its group's mean (`grpo`) or the mean of the rest of its group
+    (`rloo`); divided by the standard deviation of its group (`scale="group"`), of all the scores (`"batch"`), or
+    not (`"none"`). Groups are consecutive; the std is the unbiased one, plus 1e-4 (as TRL)."""
     groups = scores.view(-1, group_size)
-    mean, std = groups.mean(-1, keepdim=True), groups.std(-1, keepdim=True)
-    return ((groups - mean) / (std + 1e-4)).view(-1)
+    if estimator == "rloo":
+        baseline = (groups.sum(-1, keepdim=True) - groups) / max(group_size - 1, 1)
+    else:
+        baseline = groups.mean(-1, keepdim=True)
+    advantages = groups - baseline
+    if scale == "group":
+        advantages = advantages / (groups.std(-1, keepdim=True) + 1e-4)
+    elif scale == "batch":
+        advantages = advantages / (scores.std() + 1e-4)
+    return advantages.reshape(-1)
+
+
+def zero_variance_rows(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """True for every completion of a group whose scores are all equal (its advantages are all zero)."""
+    groups = scores.view(-1, group_size)
+    return (groups == groups[:, :1]).all(-1).repeat_interleave(group_size)
+
+
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, max_completion_length: int | None = None,
+              token_normalizer: float | None = None) -> torch.Tensor:
+    """Per-token losses to one number, as each GRPO variant averages them (`loss_type` in RLArguments)."""
+    total = (per_token * mask).sum()
+    if loss_type == "grpo":  # per completion, then over completions
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    if loss_type == "bnpo":  # over this mini-batch's tokens
+        return total / mask.sum().clamp(min=1)
+    if loss_type == "dr_grpo":  # a constant normaliser: completions x the longest allowed completion
+        return total / (per_token.shape[0] * (max_completion_length or per_token.shape[1]))
+    if loss_type == "dapo":  # over the tokens of the whole optimizer step (the caller counts them)
+        return total / max(token_normalizer if token_normalizer is not None else float(mask.sum()), 1.0)
+    raise ValueError(f"unknown loss_type '{loss_type}' (one of {', '.join(GRPO_LOSS_TYPES)})")
 
 
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None,
-              advantages: torch.Tensor, mask: torch.Tensor, cliprange: float, kl_coef: float) -> PolicyLoss:
-    """Clipped surrogate with the sequence advantage on every token, plus kl_coef * k3 KL estimate
-    (exp(ref - pi) - (ref - pi) - 1), averaged over all valid tokens of the batch."""
-    per_token, clipped = clipped_surrogate(logps, old_logps, advantages.unsqueeze(-1), cliprange)
-    policy_loss = masked_mean(per_token, mask)
-    loss = policy_loss
+              advantages: torch.Tensor, mask: torch.Tensor, cliprange: float, kl_coef: float,
+              epsilon_high: float | None = None, loss_type: str = "bnpo", max_completion_length: int | None = None,
+              token_normalizer: float | None = None) -> PolicyLoss:
+    """Per token: the clipped surrogate with the sequence advantage, ratio clipped to [1 - cliprange,
+    1 + (epsilon_high or cliprange)], plus kl_coef * the k3 KL estimate exp(ref - pi) - (ref - pi) - 1; averaged
+    as `loss_type` says (`aggregate`). Clip fractions: tokens whose ratio was clipped below (negative advantage) and
+    above (positive advantage)."""
+    high = cliprange if epsilon_high is None else epsilon_high
+    adv = advantages.unsqueeze(-1)
+    ratio = torch.exp(logps - old_logps)
+    per_token = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - cliprange, 1 + high))
+    policy_per_token = per_token
     if ref_logps is not None and kl_coef:
         delta = ref_logps - logps
-        loss = loss + kl_coef * masked_mean(torch.exp(delta) - delta - 1, mask)
-    return PolicyLoss(loss, policy_loss.detach(), masked_mean(clipped, mask),
-                      0.5 * masked_mean((logps - old_logps).detach() ** 2, mask))
+        per_token = per_token + kl_coef * (torch.exp(delta) - delta - 1)
+    loss = aggregate(per_token, mask, loss_type, max_completion_length, token_normalizer)
+    policy_loss = aggregate(policy_per_token.detach(), mask, loss_type, max_completion_length, token_normalizer)
+    low_clipped = ((ratio < 1 - cliprange) & (adv < 0)).float()
+    high_clipped = ((ratio > 1 + high) & (adv > 0)).float()
+    return PolicyLoss(loss, policy_loss, masked_mean(low_clipped + high_clipped, mask),
+                      0.5 * masked_mean((logps - old_logps).detach() ** 2, mask),
+                      clip_low=masked_mean(low_clipped, mask), clip_high=masked_mean(high_clipped, mask))

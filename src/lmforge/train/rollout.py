@@ -19,9 +19,11 @@ class Rollout:
     attention_mask: torch.Tensor
     completion_mask: torch.Tensor  # [batch, completion tokens]: 1 up to and including the stop token
     prompt_width: int
+    truncated: torch.Tensor | None = None  # [batch] bool: cut at max_new_tokens without a stop token
 
     def select(self, rows: torch.Tensor) -> Rollout:
-        return Rollout(self.input_ids[rows], self.attention_mask[rows], self.completion_mask[rows], self.prompt_width)
+        return Rollout(self.input_ids[rows], self.attention_mask[rows], self.completion_mask[rows], self.prompt_width,
+                       self.truncated[rows] if self.truncated is not None else None)
 
 
 @torch.no_grad()
@@ -45,7 +47,8 @@ def sample_completions(model: torch.nn.Module, prompts: list[list[int]], gen: Ge
     # valid: every token up to and including the first stop token
     after_stop = (is_stop.cumsum(-1) - is_stop.long()) > 0
     completion_mask = (~after_stop).long()
-    return Rollout(output, torch.cat([prompt_mask, completion_mask], dim=1), completion_mask, width)
+    return Rollout(output, torch.cat([prompt_mask, completion_mask], dim=1), completion_mask, width,
+                   truncated=~is_stop.any(-1))
 
 
 def completion_logps(model: torch.nn.Module, rollout: Rollout, temperature: float = 1.0,

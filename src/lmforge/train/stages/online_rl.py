@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import shutil
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -40,6 +41,7 @@ from lmforge.train.rl_losses import (
     ppo_loss,
     ppo_rewards,
     whiten,
+    zero_variance_rows,
 )
 from lmforge.train.rl_optimization import Optimization
 from lmforge.train.rollout import Rollout, completion_logps, sample_completions
@@ -172,15 +174,28 @@ class OnlineRL:
             needs_ref = self.algorithm == "ppo" or self.rl.kl_coef > 0
             batch["ref_logps"] = self.reference_logps(rollout) if needs_ref else old_logps
         mask = rollout.completion_mask.float()
+        lengths = mask.sum(-1)
+        truncated = rollout.truncated.float() if rollout.truncated is not None else torch.zeros_like(lengths)
+        stats = {"reward": batch["scores"].mean().item(), "reward_std": batch["scores"].std().item()
+                 if len(batch["scores"]) > 1 else 0.0, **parts,
+                 "completion_length": lengths.mean().item(), "completion_length_max": lengths.max().item(),
+                 "truncated_fraction": truncated.mean().item()}
         if self.algorithm == "ppo":
             rewards = ppo_rewards(batch["scores"], old_logps, batch["ref_logps"], mask, self.rl.kl_coef)
             advantages, returns = gae(rewards, old_values, mask, self.rl.gamma, self.rl.lam)
             batch.update(advantages=whiten(advantages, mask), returns=returns, old_values=old_values)
         else:
-            batch["advantages"] = group_advantages(batch["scores"], group)
-        kl = ((old_logps - batch["ref_logps"]) * mask).sum(-1).mean().item()
-        stats = {"reward": batch["scores"].mean().item(), **parts, "kl": kl,
-                 "completion_length": mask.sum(-1).mean().item()}
+            batch["advantages"] = group_advantages(batch["scores"], group, self.rl.scale_rewards,
+                                                   self.rl.advantage_estimator)
+            trained = torch.ones_like(lengths)  # which completions carry loss
+            if self.rl.mask_truncated_completions:
+                trained = trained * (1 - truncated)
+            if self.rl.filter_zero_variance_groups:
+                flat = zero_variance_rows(batch["scores"], group)
+                trained = trained * (~flat).float()
+                stats["zero_variance_groups"] = float(flat.sum().item() / group)
+            batch["trained"] = trained
+        stats["kl"] = ((old_logps - batch["ref_logps"]) * mask).sum(-1).mean().item()
         return rollout, batch, stats
 
     def evaluate(self) -> dict[str, float]:
@@ -215,16 +230,22 @@ class OnlineRL:
         """`ppo_epochs` passes over the rollout in mini-batches of `per_device_train_batch_size`; an optimizer step
         every `gradient_accumulation_steps` mini-batches (and at the end of each pass)."""
         self.policy.train()
+        if "trained" in batch and not bool(batch["trained"].any()):  # every group filtered: nothing to learn
+            self.optim.scheduler.step()
+            return {"skipped_updates": 1.0}
         size = rollout.input_ids.shape[0]
         generator = torch.Generator().manual_seed(self.args.seed * 100_003 + step)
         stats: dict[str, list[float]] = defaultdict(list)
         for _ in range(self.rl.ppo_epochs):
             minibatches = torch.randperm(size, generator=generator).split(self.args.per_device_train_batch_size)
+            step_tokens = self.step_tokens(rollout, batch, minibatches)
             finite = True
             for position, rows in enumerate(minibatches):
                 rows = rows.to(self.device)
                 part = rollout.select(rows)
                 mask = part.completion_mask.float()
+                if "trained" in batch:
+                    mask = mask * batch["trained"][rows].unsqueeze(-1)
                 with self.optim.autocast():
                     logps, entropy, values = completion_logps(self.policy, part, self.cfg.generation.temperature,
                                                               self.value_head)
@@ -235,7 +256,9 @@ class OnlineRL:
                 else:
                     ref = batch["ref_logps"][rows] if self.rl.kl_coef > 0 else None
                     out = grpo_loss(logps, batch["old_logps"][rows], ref, batch["advantages"][rows], mask,
-                                    self.rl.cliprange, self.rl.kl_coef)
+                                    self.rl.cliprange, self.rl.kl_coef, self.rl.epsilon_high, self.rl.loss_type,
+                                    self.cfg.generation.max_new_tokens,
+                                    step_tokens[position] / self.optim.accumulation)
                 self.optim.backward(out.loss)
                 finite = finite and bool(torch.isfinite(out.loss.detach()))
                 if (position + 1) % self.optim.accumulation == 0 or position + 1 == len(minibatches):
@@ -248,8 +271,22 @@ class OnlineRL:
                 stats["entropy"].append(masked_mean(entropy, mask).item())
                 if out.value_loss is not None:
                     stats["value_loss"].append(out.value_loss.item())
+                if out.clip_low is not None:
+                    stats["clip_fraction_low"].append(out.clip_low.item())
+                    stats["clip_fraction_high"].append(out.clip_high.item())
         self.optim.scheduler.step()
         return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    def step_tokens(self, rollout: Rollout, batch: dict[str, torch.Tensor], minibatches: tuple) -> list[float]:
+        """For each mini-batch, the trained completion tokens of all the mini-batches of its optimizer step (what
+        `loss_type: dapo` divides by)."""
+        mask = rollout.completion_mask.float()
+        if "trained" in batch:
+            mask = mask * batch["trained"].unsqueeze(-1)
+        per_minibatch = [float(mask[rows].sum()) for rows in minibatches]
+        every = self.optim.accumulation
+        return [sum(per_minibatch[start - start % every: start - start % every + every])
+                for start in range(len(per_minibatch))]
 
     # ---- loop -------------------------------------------------------------------------------------------------
     def train(self, resume: str | None = None) -> dict[str, float]:
@@ -274,8 +311,13 @@ class OnlineRL:
         pending: dict[str, list[float]] = defaultdict(list)
         last: dict[str, float] = {}
         while self.step < self.args.max_steps:
+            started = time.perf_counter()
             rollout, batch, rollout_stats = self.make_rollout(self.step)
+            rolled = time.perf_counter()
             update_stats = self.update(rollout, batch, self.step)
+            tokens = float(rollout.completion_mask.sum())
+            update_stats.update(rollout_seconds=rolled - started, update_seconds=time.perf_counter() - rolled,
+                                rollout_tokens_per_second=tokens / max(rolled - started, 1e-9))
             self.step += 1
             for key, value in {**rollout_stats, **update_stats}.items():
                 pending[key].append(value)
