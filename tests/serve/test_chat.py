@@ -9,9 +9,9 @@ import pexpect
 import pytest
 
 from lmforge.config.parse import load_command_config
+from lmforge.model.sampling import SamplingParams
 from lmforge.serve.chat import Conversation
 from lmforge.serve.load import load_engine
-from lmforge.serve.sampling import SamplingParams
 from tests.conftest import GREETING, REPLY
 
 pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them

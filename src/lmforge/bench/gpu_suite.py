@@ -275,7 +275,7 @@ class _Skip(Exception):
 def _throughput(engine: Any, prompts: list[list[int]], new_tokens: int, mean_gap: float = 0.0) -> float:
     """Completion tokens per second of greedy requests submitted together, or `mean_gap` seconds apart on average
     (exponential gaps, fixed seed)."""
-    from lmforge.serve.sampling import SamplingParams
+    from lmforge.model.sampling import SamplingParams
 
     done = threading.Semaphore(0)
     tokens = [0] * len(prompts)

@@ -176,8 +176,8 @@ def _serve_equals_generate(model_dir: str, picture: str, cuda: bool) -> bool:
     from lmforge.data.multimodal import prompt_inputs
     from lmforge.data.template import stop_token_ids
     from lmforge.model.multimodal import load_processor
+    from lmforge.model.sampling import SamplingParams
     from lmforge.serve.engine import Engine
-    from lmforge.serve.sampling import SamplingParams
 
     device = torch.device("cuda" if cuda else "cpu")
     processor = load_processor(ModelArguments(model_name_or_path=model_dir))

@@ -11,9 +11,9 @@ from lmforge.data import media
 from lmforge.data.multimodal import MediaOptions, prompt_inputs
 from lmforge.data.skips import SkipRecord
 from lmforge.data.template import prompt_ids
+from lmforge.model.sampling import SamplingParams
 from lmforge.serve.engine import RequestError
 from lmforge.serve.load import load_engine, served_name
-from lmforge.serve.sampling import SamplingParams
 
 HELP = ("Commands: /image PATH attaches an image to your next message (vision-language models), /clear starts a new "
         "conversation, /exit quits (so does Ctrl-D); Ctrl-C stops a reply.")

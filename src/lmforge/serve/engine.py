@@ -33,8 +33,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from lmforge.model.kv_cache import cache_kwargs, output_cache
+from lmforge.model.sampling import SamplingParams, choose_next
 from lmforge.serve.detokenize import TextStream
-from lmforge.serve.sampling import SamplingParams, choose_next
 
 logger = logging.getLogger(__name__)
 

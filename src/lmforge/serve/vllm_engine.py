@@ -10,8 +10,8 @@ import uuid
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.config.schema import ServeConfig
+from lmforge.model.sampling import SamplingParams
 from lmforge.serve.engine import Engine, Event, Handle, RequestError, Sink
-from lmforge.serve.sampling import SamplingParams
 
 
 class VllmEngine:

@@ -195,7 +195,7 @@ def chat_turn(engine, state: dict[str, list], text: str, image_path: str | None,
     from lmforge.data.multimodal import prompt_inputs
     from lmforge.data.template import prompt_ids
     from lmforge.errors import ConfigError
-    from lmforge.serve.sampling import SamplingParams
+    from lmforge.model.sampling import SamplingParams
 
     processor = getattr(engine, "processor", None)
     if image_path and processor is None:

@@ -1,4 +1,5 @@
-"""Per-sequence sampling settings and the next-token choice for a batch whose rows each have their own.
+"""Per-sequence sampling settings and the next-token choice for a batch whose rows each have their own (the
+serving engine's requests, RL rollouts).
 
 `model.generate` takes one set of sampling settings per call; a server batches requests that each set their own
 temperature, top-p, top-k, penalties and seed, so the choice is made here, one row at a time where it must be.
