@@ -83,9 +83,12 @@ def test_grpo_masks_truncated_completions(tiny_model_dir, reward_file, tmp_path)
                                    num_generations=2, max_new_tokens=2, max_steps=2, logging_steps=1,
                                    mask_truncated_completions=True, kl_coef=0.0, save_strategy="no")]) == 0
     log = [json.loads(line) for line in open(out / "trainer_log.jsonl")]
-    assert all(r["truncated_fraction"] == 1.0 and r["skipped_updates"] == 1.0 for r in log), log
-    before, after = load_file(Path(tiny_model_dir) / "model.safetensors"), load_file(out / "model.safetensors")
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    # a step whose completions were all cut is skipped (a rare completion that ends within 2 tokens trains)
+    assert any(r["truncated_fraction"] == 1.0 for r in log), log
+    assert all(r.get("skipped_updates") == 1.0 and "loss" not in r for r in log if r["truncated_fraction"] == 1.0)
+    if all(r["truncated_fraction"] == 1.0 for r in log):
+        before, after = load_file(Path(tiny_model_dir) / "model.safetensors"), load_file(out / "model.safetensors")
+        assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_ppo_raises_the_mean_reward(tiny_model_dir, reward_file, tmp_path):
@@ -212,23 +215,25 @@ def test_grpo_honours_the_trainer_keys_it_accepts(tiny_model_dir, reward_file, t
                                                                            abs=1e-5)
 
 
-def test_rollouts_use_the_repetition_penalty(tiny_model_dir, monkeypatch):
+def test_rollouts_depend_on_prompt_and_seed_only_and_use_the_repetition_penalty(tiny_model_dir):
+    """A row's completion is the same whichever rows share its batch (what makes several processes sample what one
+    would); the repetition penalty applies to prompt and completion tokens."""
     from transformers import AutoModelForCausalLM
 
     from lmforge.config.generation import GenerationArguments
     from lmforge.train.rollout import sample_completions
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    seen = {}
-    original = model.generate
-
-    def generate(**kwargs):
-        seen.update(kwargs)
-        return original(**kwargs)
-
-    monkeypatch.setattr(model, "generate", generate)
-    sample_completions(model, [[5, 6, 7]], GenerationArguments(repetition_penalty=1.7, max_new_tokens=3), 0, [1])
-    assert seen["repetition_penalty"] == 1.7
+    gen = GenerationArguments(max_new_tokens=6, temperature=1.0, top_p=1.0, top_k=0)
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+    together = sample_completions(model, prompts, gen, 0, [1], seeds=[11, 22, 33])
+    alone = sample_completions(model, prompts[1:2], gen, 0, [1], seeds=[22])
+    row = together.input_ids[1, together.prompt_width:][together.completion_mask[1].bool()]
+    assert row.tolist() == alone.input_ids[0, alone.prompt_width:][alone.completion_mask[0].bool()].tolist()
+    penalised = sample_completions(model, prompts[:1], GenerationArguments(
+        max_new_tokens=6, temperature=0.0, repetition_penalty=1e6), 0, [1], seeds=[0])
+    completion = penalised.input_ids[0, penalised.prompt_width:].tolist()
+    assert len(set(completion)) == len(completion) and not set(completion) & set(prompts[0])
 
 
 def test_rl_rotation_never_deletes_the_checkpoint_it_just_wrote(tiny_model_dir, reward_file, tmp_path):

@@ -172,11 +172,11 @@ def _validate_rl(cfg: RunConfig) -> None:
             _fail(cfg, f"'{key}: epoch' has no meaning in 'stage: {cfg.finetuning.stage}' (a step is a rollout, "
                   "there are no epochs): use 'steps'.")
     launch = cfg.launch
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
-    if processes > 1 or (isinstance(launch.nproc_per_node, int) and launch.nproc_per_node > 1) or \
-            (launch.nnodes or 1) > 1:
-        _fail(cfg, f"'stage: {cfg.finetuning.stage}' runs on one process for now: drop 'nproc_per_node'/'nnodes' "
-              "and launch it without torchrun.")
+    per_node = launch.nproc_per_node if isinstance(launch.nproc_per_node, int) else 1
+    processes = int(os.environ.get("WORLD_SIZE", "0")) or per_node * (launch.nnodes or 1)
+    if r.rollout_batch_size % processes:
+        _fail(cfg, f"'rollout_batch_size' ({r.rollout_batch_size}) must be a multiple of the number of processes "
+              f"({processes}): each process samples an equal share of a step's prompts.")
 
 
 def _check_paths_exist(cfg: RunConfig | CommandConfig, keys: tuple[str, ...]) -> None:

@@ -69,11 +69,14 @@ def clipped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: 
 
 def ppo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, values: torch.Tensor,
              old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange: float,
-             cliprange_value: float, vf_coef: float) -> PolicyLoss:
+             cliprange_value: float, vf_coef: float, token_normalizer: float | None = None) -> PolicyLoss:
+    """Clipped policy and value losses, each averaged over the valid tokens (of the whole mini-batch across
+    processes when the loop gives `token_normalizer`)."""
+    tokens = max(token_normalizer if token_normalizer is not None else float(mask.sum()), 1.0)
     per_token, clipped = clipped_surrogate(logps, old_logps, advantages, cliprange)
-    policy_loss = masked_mean(per_token, mask)
+    policy_loss = (per_token * mask).sum() / tokens
     values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
-    value_loss = 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (values_clipped - returns) ** 2), mask)
+    value_loss = 0.5 * (torch.maximum((values - returns) ** 2, (values_clipped - returns) ** 2) * mask).sum() / tokens
     return PolicyLoss(policy_loss + vf_coef * value_loss, policy_loss.detach(), masked_mean(clipped, mask),
                       0.5 * masked_mean((logps - old_logps).detach() ** 2, mask), value_loss.detach())
 
@@ -106,24 +109,25 @@ GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, max_completion_length: int | None = None,
-              token_normalizer: float | None = None) -> torch.Tensor:
-    """Per-token losses to one number, as each GRPO variant averages them (`loss_type` in RLArguments)."""
+              token_normalizer: float | None = None, row_normalizer: float | None = None) -> torch.Tensor:
+    """Per-token losses to one number, as each GRPO variant averages them (`loss_type` in RLArguments). The
+    normalisers default to this batch's tokens and rows; the loop passes the counts of the whole mini-batch (bnpo) or
+    optimizer step (dapo) over all processes, divided by the process count (`rl_distributed`)."""
     total = (per_token * mask).sum()
+    rows = float(row_normalizer if row_normalizer is not None else per_token.shape[0])
     if loss_type == "grpo":  # per completion, then over completions
-        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
-    if loss_type == "bnpo":  # over this mini-batch's tokens
-        return total / mask.sum().clamp(min=1)
-    if loss_type == "dr_grpo":  # a constant normaliser: completions x the longest allowed completion
-        return total / (per_token.shape[0] * (max_completion_length or per_token.shape[1]))
-    if loss_type == "dapo":  # over the tokens of the whole optimizer step (the caller counts them)
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / max(rows, 1.0)
+    if loss_type in ("bnpo", "dapo"):  # over the tokens of the mini-batch (bnpo) or of the optimizer step (dapo)
         return total / max(token_normalizer if token_normalizer is not None else float(mask.sum()), 1.0)
+    if loss_type == "dr_grpo":  # a constant normaliser: completions x the longest allowed completion
+        return total / (max(rows, 1.0) * (max_completion_length or per_token.shape[1]))
     raise ValueError(f"unknown loss_type '{loss_type}' (one of {', '.join(GRPO_LOSS_TYPES)})")
 
 
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, cliprange: float, kl_coef: float,
               epsilon_high: float | None = None, loss_type: str = "bnpo", max_completion_length: int | None = None,
-              token_normalizer: float | None = None) -> PolicyLoss:
+              token_normalizer: float | None = None, row_normalizer: float | None = None) -> PolicyLoss:
     """Per token: the clipped surrogate with the sequence advantage, ratio clipped to [1 - cliprange,
     1 + (epsilon_high or cliprange)], plus kl_coef * the k3 KL estimate exp(ref - pi) - (ref - pi) - 1; averaged
     as `loss_type` says (`aggregate`). Clip fractions: tokens whose ratio was clipped below (negative advantage) and
@@ -136,8 +140,9 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
     if ref_logps is not None and kl_coef:
         delta = ref_logps - logps
         per_token = per_token + kl_coef * (torch.exp(delta) - delta - 1)
-    loss = aggregate(per_token, mask, loss_type, max_completion_length, token_normalizer)
-    policy_loss = aggregate(policy_per_token.detach(), mask, loss_type, max_completion_length, token_normalizer)
+    loss = aggregate(per_token, mask, loss_type, max_completion_length, token_normalizer, row_normalizer)
+    policy_loss = aggregate(policy_per_token.detach(), mask, loss_type, max_completion_length, token_normalizer,
+                            row_normalizer)
     low_clipped = ((ratio < 1 - cliprange) & (adv < 0)).float()
     high_clipped = ((ratio > 1 + high) & (adv > 0)).float()
     return PolicyLoss(loss, policy_loss, masked_mean(low_clipped + high_clipped, mask),

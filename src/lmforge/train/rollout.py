@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.config.generation import GenerationArguments
+from lmforge.model.kv_cache import cache_kwargs, output_cache
+from lmforge.model.sampling import SamplingParams, choose_next
 
 
 @dataclass
@@ -28,27 +30,55 @@ class Rollout:
 
 @torch.no_grad()
 def sample_completions(model: torch.nn.Module, prompts: list[list[int]], gen: GenerationArguments, pad_id: int,
-                       stop_ids: list[int]) -> Rollout:
+                       stop_ids: list[int], seeds: list[int]) -> Rollout:
     """One sampled completion per prompt (temperature/top-p/top-k/repetition_penalty from `gen`), ending at a stop
-    token or at `max_new_tokens`."""
+    token or at `max_new_tokens`.
+
+    Each row draws from its own generator (`seeds[i]`), so a completion depends on its prompt and seed only, not on
+    which other prompts share its batch or process: a run on several processes samples exactly what one process
+    sampling the whole rollout would (and a resumed run what the uninterrupted one did). The decoding is the KV-cache
+    loop `generate` runs; the choice of each token is `model.sampling.choose_next`, as in the serving engine."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
-    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    params = SamplingParams(max_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
+                            top_k=gen.top_k, repetition_penalty=gen.repetition_penalty)
+    rows = [(params, list(p), [], torch.Generator().manual_seed(seed)) for p, seed in zip(prompts, seeds,
+                                                                                          strict=True)]
+    stops = set(stop_ids)
     was_training = model.training
     model.eval()
-    output = model.generate(input_ids=input_ids, attention_mask=prompt_mask, max_new_tokens=gen.max_new_tokens,
-                            do_sample=True, temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k,
-                            repetition_penalty=gen.repetition_penalty, pad_token_id=pad_id, eos_token_id=stop_ids,
-                            use_cache=True)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    done = [False] * len(prompts)
+    last = positions[:, -1]
+    for step in range(gen.max_new_tokens):
+        tokens = choose_next(out.logits[:, -1], rows)
+        for i, token in enumerate(tokens):
+            if done[i]:
+                tokens[i] = pad_id
+                continue
+            rows[i][2].append(token)
+            done[i] = token in stops
+        if all(done) or step == gen.max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
+        last = last + 1
+        out = model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=mask,
+                    position_ids=last[:, None], use_cache=True, **cache_kwargs(model, output_cache(out)))
     model.train(was_training)
-    completion = output[:, width:]
+    length = max(len(r[2]) for r in rows)
+    completion = torch.tensor([r[2] + [pad_id] * (length - len(r[2])) for r in rows], device=device,
+                              dtype=torch.long).reshape(len(rows), length)
     is_stop = torch.isin(completion, torch.tensor(stop_ids, device=device))
     # valid: every token up to and including the first stop token
     after_stop = (is_stop.cumsum(-1) - is_stop.long()) > 0
-    completion_mask = (~after_stop).long()
-    return Rollout(output, torch.cat([prompt_mask, completion_mask], dim=1), completion_mask, width,
-                   truncated=~is_stop.any(-1))
+    completion_mask = (~after_stop).long() * torch.tensor(
+        [[1] * len(r[2]) + [0] * (length - len(r[2])) for r in rows], device=device).reshape(len(rows), length)
+    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return Rollout(torch.cat([input_ids, completion], dim=1), torch.cat([prompt_mask, completion_mask], dim=1),
+                   completion_mask, width, truncated=~is_stop.any(-1))
 
 
 def completion_logps(model: torch.nn.Module, rollout: Rollout, temperature: float = 1.0,

@@ -32,6 +32,15 @@ from lmforge.jsonl import atomic_open
 from lmforge.model.precision import cast_state_dict, config_dtype, record_saved_dtype
 from lmforge.rewards import Rewarder
 from lmforge.runlog import append_record, cut_log
+from lmforge.train.rl_distributed import (
+    any_process,
+    average_gradients,
+    barrier,
+    gather,
+    mean_over_processes,
+    merge_rollouts,
+    world,
+)
 from lmforge.train.rl_losses import (
     PolicyLoss,
     gae,
@@ -144,13 +153,18 @@ class OnlineRL:
         with self.policy.disable_adapter():
             return completion_logps(self.policy, rollout, temperature)[0]
 
-    def sample_and_score(self, dataset: Any, examples: list[dict], indices: list[int]
+    def row_seed(self, step: int, row: int, purpose: int = 0) -> int:
+        """The seed of one completion: a function of the run's seed, the step and the row's place in the step's
+        global rollout only (see `rollout.sample_completions`)."""
+        return (self.args.seed * 1_000_003 + step * 65_537 + row * 257 + purpose) % (2**63)
+
+    def sample_and_score(self, dataset: Any, examples: list[dict], indices: list[int], seeds: list[int]
                          ) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
-        """Completions of the prompts at `indices` (sampled with the KV cache) and their rewards."""
+        """Completions of the prompts at `indices` (row i drawn with `seeds[i]`) and their rewards."""
         prompts = [dataset[i]["input_ids"] for i in indices]
         with self.optim.autocast():
             rollout = sample_completions(self.policy, prompts, self.cfg.generation,
-                                         self.stage.tokenizer.pad_token_id, list(self.stage.stop_ids))
+                                         self.stage.tokenizer.pad_token_id, list(self.stage.stop_ids), seeds)
         tokenizer = self.stage.tokenizer
         completions = tokenizer.batch_decode(
             [row[mask.bool()] for row, mask in zip(rollout.input_ids[:, rollout.prompt_width:],
@@ -162,17 +176,36 @@ class OnlineRL:
         return rollout, torch.tensor(scores, device=self.device, dtype=torch.float32), parts
 
     def make_rollout(self, step: int) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
+        """This process's share of the step's prompts (whole groups) sampled, scored and given their old/reference
+        log-probabilities (and values); then, on several processes, everything gathered (`rl_distributed`), so the
+        advantages below are computed on the whole rollout everywhere."""
         group = self.rl.num_generations if self.algorithm == "grpo" else 1
-        indices = [i for i in self.batch_indices(step) for _ in range(group)]
-        rollout, scores, parts = self.sample_and_score(self.prompts, self.examples, indices)
-        batch: dict[str, torch.Tensor] = {"scores": scores}
+        slots = self.batch_indices(step)
+        rank, size = world()
+        share = len(slots) // size
+        first = rank * share
+        indices = [i for i in slots[first: first + share] for _ in range(group)]
+        seeds = [self.row_seed(step, first * group + j) for j in range(len(indices))]
+        rollout, scores, parts = self.sample_and_score(self.prompts, self.examples, indices, seeds)
         with torch.no_grad(), self.optim.autocast():
             self.policy.eval()
             old_logps, _, old_values = completion_logps(self.policy, rollout, self.cfg.generation.temperature,
                                                         self.value_head)
-            batch["old_logps"] = old_logps
             needs_ref = self.algorithm == "ppo" or self.rl.kl_coef > 0
-            batch["ref_logps"] = self.reference_logps(rollout) if needs_ref else old_logps
+            ref_logps = self.reference_logps(rollout) if needs_ref else old_logps
+        piece = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
+                 "completion_mask": rollout.completion_mask, "prompt_width": rollout.prompt_width,
+                 "truncated": rollout.truncated, "scores": scores, "parts": parts, "old_logps": old_logps,
+                 "ref_logps": ref_logps, **({"old_values": old_values} if old_values is not None else {})}
+        if size > 1:
+            cpu = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in piece.items()}
+            merged = merge_rollouts(gather(cpu), self.stage.tokenizer.pad_token_id)
+            piece = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in merged.items()}
+        rollout = Rollout(piece["input_ids"], piece["attention_mask"], piece["completion_mask"],
+                          piece["prompt_width"], piece["truncated"].bool())
+        scores, parts, old_logps = piece["scores"], piece["parts"], piece["old_logps"]
+        old_values = piece.get("old_values")
+        batch: dict[str, torch.Tensor] = {"scores": scores, "old_logps": old_logps, "ref_logps": piece["ref_logps"]}
         mask = rollout.completion_mask.float()
         lengths = mask.sum(-1)
         truncated = rollout.truncated.float() if rollout.truncated is not None else torch.zeros_like(lengths)
@@ -207,7 +240,8 @@ class OnlineRL:
         try:
             for start in range(0, len(examples), size):
                 indices = list(range(start, min(start + size, len(examples))))
-                _, scores, parts = self.sample_and_score(self.eval_prompts, examples, indices)
+                seeds = [self.row_seed(self.step, i, purpose=1) for i in indices]
+                _, scores, parts = self.sample_and_score(self.eval_prompts, examples, indices, seeds)
                 for key, value in {"reward": scores.mean().item(), **parts}.items():
                     totals[key] += value * len(indices)
                 count += len(indices)
@@ -227,80 +261,103 @@ class OnlineRL:
         return strategy == "steps" and every > 0 and self.step % every == 0
 
     def update(self, rollout: Rollout, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        """`ppo_epochs` passes over the rollout in mini-batches of `per_device_train_batch_size`; an optimizer step
-        every `gradient_accumulation_steps` mini-batches (and at the end of each pass)."""
+        """`ppo_epochs` passes over the rollout in global mini-batches of `per_device_train_batch_size` x processes
+        completions (each process trains its slice); an optimizer step every `gradient_accumulation_steps`
+        mini-batches (and at the end of each pass), after the gradients are averaged over the processes."""
         self.policy.train()
         if "trained" in batch and not bool(batch["trained"].any()):  # every group filtered: nothing to learn
             self.optim.scheduler.step()
             return {"skipped_updates": 1.0}
-        size = rollout.input_ids.shape[0]
+        rank, processes = world()
+        per_process, every = self.args.per_device_train_batch_size, self.optim.accumulation
+        trained = rollout.completion_mask.float()
+        if "trained" in batch:
+            trained = trained * batch["trained"].unsqueeze(-1)
         generator = torch.Generator().manual_seed(self.args.seed * 100_003 + step)
         stats: dict[str, list[float]] = defaultdict(list)
         for _ in range(self.rl.ppo_epochs):
-            minibatches = torch.randperm(size, generator=generator).split(self.args.per_device_train_batch_size)
-            step_tokens = self.step_tokens(rollout, batch, minibatches)
+            minibatches = torch.randperm(rollout.input_ids.shape[0], generator=generator).split(
+                per_process * processes)
+            tokens = [float(trained[rows].sum()) for rows in minibatches]
             finite = True
-            for position, rows in enumerate(minibatches):
-                rows = rows.to(self.device)
-                part = rollout.select(rows)
-                mask = part.completion_mask.float()
-                if "trained" in batch:
-                    mask = mask * batch["trained"][rows].unsqueeze(-1)
-                with self.optim.autocast():
-                    logps, entropy, values = completion_logps(self.policy, part, self.cfg.generation.temperature,
-                                                              self.value_head)
-                if self.algorithm == "ppo":
-                    out: PolicyLoss = ppo_loss(logps, batch["old_logps"][rows], batch["advantages"][rows], values,
-                                               batch["old_values"][rows], batch["returns"][rows], mask,
-                                               self.rl.cliprange, self.rl.cliprange_value, self.rl.vf_coef)
-                else:
-                    ref = batch["ref_logps"][rows] if self.rl.kl_coef > 0 else None
-                    out = grpo_loss(logps, batch["old_logps"][rows], ref, batch["advantages"][rows], mask,
-                                    self.rl.cliprange, self.rl.kl_coef, self.rl.epsilon_high, self.rl.loss_type,
-                                    self.cfg.generation.max_new_tokens,
-                                    step_tokens[position] / self.optim.accumulation)
-                self.optim.backward(out.loss)
-                finite = finite and bool(torch.isfinite(out.loss.detach()))
-                if (position + 1) % self.optim.accumulation == 0 or position + 1 == len(minibatches):
-                    stats["grad_norm"].append(self.optim.step(step + 1, finite))
+            for position, global_rows in enumerate(minibatches):
+                start = position - position % every  # the optimizer step this mini-batch belongs to
+                normalisers = {"tokens": tokens[position] / processes, "rows": len(global_rows) / processes,
+                               "step_tokens": sum(tokens[start: start + every]) / (every * processes)}
+                rows = global_rows[rank * per_process: (rank + 1) * per_process].to(self.device)
+                result = self.minibatch_loss(rollout, batch, rows, trained[rows], normalisers) if len(rows) else None
+                if result is not None:
+                    self.optim.backward(result[0].loss)
+                    finite = finite and bool(torch.isfinite(result[0].loss.detach()))
+                self.record(stats, result)
+                if (position + 1) % every == 0 or position + 1 == len(minibatches):
+                    average_gradients(self.optim.params)
+                    stats["grad_norm"].append(self.optim.step(step + 1, not any_process(not finite)))
                     finite = True
-                stats["loss"].append(out.loss.item())
-                stats["policy_loss"].append(out.policy_loss.item())
-                stats["clip_fraction"].append(out.clip_fraction.item())
-                stats["approx_kl"].append(out.approx_kl.item())
-                stats["entropy"].append(masked_mean(entropy, mask).item())
-                if out.value_loss is not None:
-                    stats["value_loss"].append(out.value_loss.item())
-                if out.clip_low is not None:
-                    stats["clip_fraction_low"].append(out.clip_low.item())
-                    stats["clip_fraction_high"].append(out.clip_high.item())
         self.optim.scheduler.step()
-        return {k: sum(v) / len(v) for k, v in stats.items()}
+        return mean_over_processes({k: sum(v) / len(v) for k, v in stats.items()})
 
-    def step_tokens(self, rollout: Rollout, batch: dict[str, torch.Tensor], minibatches: tuple) -> list[float]:
-        """For each mini-batch, the trained completion tokens of all the mini-batches of its optimizer step (what
-        `loss_type: dapo` divides by)."""
-        mask = rollout.completion_mask.float()
-        if "trained" in batch:
-            mask = mask * batch["trained"].unsqueeze(-1)
-        per_minibatch = [float(mask[rows].sum()) for rows in minibatches]
-        every = self.optim.accumulation
-        return [sum(per_minibatch[start - start % every: start - start % every + every])
-                for start in range(len(per_minibatch))]
+    def minibatch_loss(self, rollout: Rollout, batch: dict[str, torch.Tensor], rows: torch.Tensor,
+                       mask: torch.Tensor, normalisers: dict[str, float]) -> tuple[PolicyLoss, torch.Tensor]:
+        """This process's rows of a mini-batch: their loss, normalised for the whole mini-batch (see
+        `rl_distributed`), and their entropy."""
+        part = rollout.select(rows)
+        with self.optim.autocast():
+            logps, entropy, values = completion_logps(self.policy, part, self.cfg.generation.temperature,
+                                                      self.value_head)
+        if self.algorithm == "ppo":
+            out: PolicyLoss = ppo_loss(logps, batch["old_logps"][rows], batch["advantages"][rows], values,
+                                       batch["old_values"][rows], batch["returns"][rows], mask,
+                                       self.rl.cliprange, self.rl.cliprange_value, self.rl.vf_coef,
+                                       token_normalizer=normalisers["tokens"])
+        else:
+            ref = batch["ref_logps"][rows] if self.rl.kl_coef > 0 else None
+            dapo = self.rl.loss_type == "dapo"
+            out = grpo_loss(logps, batch["old_logps"][rows], ref, batch["advantages"][rows], mask,
+                            self.rl.cliprange, self.rl.kl_coef, self.rl.epsilon_high, self.rl.loss_type,
+                            self.cfg.generation.max_new_tokens,
+                            token_normalizer=normalisers["step_tokens" if dapo else "tokens"],
+                            row_normalizer=normalisers["rows"])
+        return out, masked_mean(entropy, mask)
+
+    def record(self, stats: dict[str, list[float]], result: tuple[PolicyLoss, torch.Tensor] | None) -> None:
+        """A mini-batch's statistics (zeros for a process whose share of it was empty, so that the averages over
+        processes stay those of the whole mini-batch)."""
+        names = ["loss", "policy_loss", "clip_fraction", "approx_kl", "entropy"] + \
+            (["value_loss"] if self.algorithm == "ppo" else ["clip_fraction_low", "clip_fraction_high"])
+        if result is None:
+            for name in names:
+                stats[name].append(0.0)
+            return
+        out, entropy = result
+        values = {"loss": out.loss, "policy_loss": out.policy_loss, "clip_fraction": out.clip_fraction,
+                  "approx_kl": out.approx_kl, "entropy": entropy, "value_loss": out.value_loss,
+                  "clip_fraction_low": out.clip_low, "clip_fraction_high": out.clip_high}
+        for name in names:
+            stats[name].append(float(values[name].detach()))
 
     # ---- loop -------------------------------------------------------------------------------------------------
+    @property
+    def main_process(self) -> bool:
+        """The process that writes logs, checkpoints and the final model (the others wait for it)."""
+        return world()[0] == 0
+
     def train(self, resume: str | None = None) -> dict[str, float]:
         self.resumed_from = resume
-        clear_leftovers(self.args.output_dir)
+        if self.main_process:
+            clear_leftovers(self.args.output_dir)
         if resume:
             self.load_checkpoint(resume)
-        self.rewrite_log()
-        self.trackers.begin(self.step)
+        if self.main_process:
+            self.rewrite_log()
+            self.trackers.begin(self.step)
+        barrier()
         try:
             with self.stop_request.installed():
                 last = self.loop()
         finally:
-            self.trackers.end()
+            if self.main_process:
+                self.trackers.end()
         if self.stopped_by:
             return last
         self.save_final()
@@ -332,8 +389,8 @@ class OnlineRL:
             save_every = int(self.args.save_steps) if strategy != "no" else 0
             if self.guard is not None and self.guard.exhausted:
                 raise TrainingError(self.guard.message(self.save_checkpoint()))
-            if self.stop_request.requested:
-                self.stopped_by = self.stop_request.signal_name
+            if any_process(self.stop_request.requested):  # every process stops at the same step
+                self.stopped_by = self.stop_request.signal_name or "a signal to another process"
                 checkpoint = self.save_checkpoint()
                 logger.warning(stopped_message(self.stopped_by, self.step, self.args.max_steps, checkpoint))
                 return last
@@ -347,8 +404,9 @@ class OnlineRL:
         logger.info("step %d/%d: %s", self.step, self.args.max_steps,
                     ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k in ("reward", "kl", "loss",
                                                                                   "clip_fraction", "eval_reward")))
-        append_record(self.args.output_dir, record)
-        self.trackers.log(self.step, values)
+        if self.main_process:
+            append_record(self.args.output_dir, record)
+            self.trackers.log(self.step, values)
 
     def rewrite_log(self) -> None:
         """The log file as the run stands at its (resumed) step: later lines of an interrupted run are dropped."""
@@ -367,8 +425,13 @@ class OnlineRL:
                       os.path.join(directory, VALUE_HEAD_FILE))
 
     def save_checkpoint(self) -> str:
-        """`checkpoint-<step>` appears complete or not at all: written to a staging directory, then renamed."""
+        """`checkpoint-<step>` appears complete or not at all: written to a staging directory, then renamed (by the
+        main process; the others wait until it is there)."""
         name = f"checkpoint-{self.step}"
+        final = os.path.join(self.args.output_dir, name)
+        if not self.main_process:
+            barrier()
+            return final
         tmp = os.path.join(staging_root(self.args.output_dir), name)
         shutil.rmtree(tmp, ignore_errors=True)
         self.save_model(tmp)
@@ -376,10 +439,10 @@ class OnlineRL:
                     "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                             "numpy": np.random.get_state()}}, os.path.join(tmp, RL_STATE_FILE))
         self.write_state(tmp)
-        final = os.path.join(self.args.output_dir, name)
         publish(tmp, final)
         rotate(self.args.output_dir, self.args.save_total_limit, [self.resumed_from, final])
         logger.info("Saved %s", final)
+        barrier()
         return final
 
     def load_checkpoint(self, path: str) -> None:
@@ -400,8 +463,10 @@ class OnlineRL:
         logger.info("Resumed from %s at step %d", path, self.step)
 
     def save_final(self) -> None:
-        self.save_model(self.args.output_dir, self.save_dtype)
-        self.write_state(self.args.output_dir)
+        if self.main_process:
+            self.save_model(self.args.output_dir, self.save_dtype)
+            self.write_state(self.args.output_dir)
+        barrier()
 
     def write_state(self, directory: str) -> None:
         """trainer_state.json, as the Trainer writes it (last: it marks a checkpoint complete)."""
@@ -443,12 +508,14 @@ def run_online_rl(cfg: RunConfig, algorithm: str) -> dict:
     ref = reference_model(cfg, policy, stage.tokenizer) if needs_ref else None
     rewarder = Rewarder(cfg.rl.reward_funcs, cfg.rl.reward_model, device=cfg.training.device)
     set_seed(cfg.training.seed)
-    save_run_config(cfg)
     loop = OnlineRL(cfg, stage, policy, ref, rewarder, algorithm)
+    if loop.main_process:
+        save_run_config(cfg)
     metrics = loop.train(resume)
-    if not loop.stopped_by:
-        samples = report(cfg, policy, stage.tokenizer, chat=True, stop_ids=stage.stop_ids)
-        if samples:
-            log_samples(loop, samples)
-    finish_trackers(loop)
+    if loop.main_process:
+        if not loop.stopped_by:
+            samples = report(cfg, policy, stage.tokenizer, chat=True, stop_ids=stage.stop_ids)
+            if samples:
+                log_samples(loop, samples)
+        finish_trackers(loop)
     return metrics
