@@ -155,3 +155,78 @@ def test_the_local_rank_argument_of_the_deepspeed_launcher_is_accepted(capsys):
     assert main(["--local_rank=0", "version"]) == 0
     assert capsys.readouterr().out.strip()[0].isdigit()  # the version, not "unknown command"
     assert main(["train", "--local-rank", "1", "--help"]) == 0
+
+
+RL_VOWELS = '''
+def vowel_share(prompts, completions, **columns):
+    return [sum(ch in "aeiou" for ch in c) / max(len(c), 1) for c in completions]
+'''
+
+
+def _rl_args(stage: str, model_dir: str, out, reward_funcs: str = "", batch: int = 2, **extra) -> list[str]:
+    args = {"stage": stage, "model_name_or_path": model_dir, "template": "chatml", "dataset": "lmforge_sft_quickstart",
+            "max_samples": 64, "cutoff_len": 64, "output_dir": str(out), "per_device_train_batch_size": batch,
+            "rollout_batch_size": 4, "learning_rate": 5e-3, "max_steps": 3, "logging_steps": 1,
+            "save_steps": 2, "report_to": "none", "disable_tqdm": True, "seed": 3, "max_new_tokens": 6,
+            "temperature": 1.0, "top_p": 1.0, "top_k": 0, "reward_funcs": reward_funcs, "kl_coef": 0.05,
+            **({"num_generations": 2} if stage == "grpo" else {}), **extra}
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in args.items()]
+
+
+@pytest.mark.parametrize("stage, extra", [("grpo", {"loss_type": "dapo"}), ("grpo", {"loss_type": "bnpo"}),
+                                          ("ppo", {})], ids=["grpo-dapo", "grpo-bnpo", "ppo"])
+def test_two_process_rl_matches_one_process_with_twice_the_batch(stage, extra, tiny_model_dir, tmp_path):
+    """Same seeds: the same completions (rewards), per-step losses within 1e-4, the same weights after 3 steps."""
+    from safetensors.torch import load_file
+
+    reward = tmp_path / "vowels.py"
+    reward.write_text(RL_VOWELS)
+    reward_func = f"{reward}:vowel_share"
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert main(["train", *_rl_args(stage, tiny_model_dir, single, reward_func, 4, **extra)]) == 0
+    proc = run_lmforge_train([*_rl_args(stage, tiny_model_dir, ddp, reward_func, 2, **extra), "nproc_per_node=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = [json.loads(line) for line in open(single / "trainer_log.jsonl")]
+    two = [json.loads(line) for line in open(ddp / "trainer_log.jsonl")]
+    assert [r["step"] for r in two] == [1, 2, 3]
+    for a, b in zip(one, two, strict=True):
+        assert b["reward"] == pytest.approx(a["reward"], abs=1e-6)  # the same completions
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-4), (a, b)
+    w1, w2 = load_file(single / "model.safetensors"), load_file(ddp / "model.safetensors")
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+
+
+def test_two_process_grpo_stopped_by_sigterm_and_resumed_equals_the_uninterrupted_run(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    reward = tmp_path / "vowels.py"
+    reward.write_text(RL_VOWELS)
+    settings = {"max_steps": 8, "save_steps": 100, "reward_funcs": f"{reward}:vowel_share"}
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run_lmforge_train([*_rl_args("grpo", tiny_model_dir, straight, batch=2, **settings),
+                              "nproc_per_node=2"]).returncode == 0
+    proc = start_training([*_rl_args("grpo", tiny_model_dir, stopped, batch=2, **settings), "nproc_per_node=2"])
+    wait_for_step(stopped, proc, 2)
+    proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers; they stop at the same step
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    complete, incomplete = list_checkpoints(str(stopped))
+    assert len(complete) == 1 and not incomplete
+    resumed = run_lmforge_train([*_rl_args("grpo", tiny_model_dir, stopped, batch=2, resume_from_checkpoint="true",
+                                           **settings), "nproc_per_node=2"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _log_without_timings(straight), _log_without_timings(stopped)
+    assert [r["step"] for r in b] == list(range(1, 9))
+    for x, y in zip(a, b, strict=True):
+        assert x == pytest.approx(y, rel=1e-5, abs=1e-6), (x, y)
+    w1, w2 = load_file(straight / "model.safetensors"), load_file(stopped / "model.safetensors")
+    assert all(torch_equal(w1[k], w2[k]) for k in w1)
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a - b).abs().max() <= 1e-6)
+
+
+def _log_without_timings(out) -> list[dict]:
+    timings = ("rollout_seconds", "update_seconds", "rollout_tokens_per_second")
+    return [{k: v for k, v in json.loads(line).items() if k not in timings} for line in open(out / "trainer_log.jsonl")]
