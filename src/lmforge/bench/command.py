@@ -21,7 +21,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", dest="json_path", help="also write the figures to this JSON file")
     parser.add_argument("--compare", action="store_true",
                         help="also run the common way (transformers' Trainer, per-batch padding, the model's own "
-                        "loss over full logits) on the same config in this process, and print lmforge / baseline")
+                        "loss over full logits) on the same config in this process, and print lmforge / baseline; "
+                        "with a grpo config: a step of TRL's GRPOTrainer at equal settings")
     parser.add_argument("--preprocess", action="store_true",
                         help="sft: examples/s of lmforge's encoding (workers: preprocessing_num_workers) against a "
                         "per-example datasets.map + apply_chat_template, and of a cache hit")
@@ -79,6 +80,12 @@ def main(argv: list[str]) -> int:
 
         result = prep_bench.compare_preprocessing(bench_config(config, overrides, 1, 0), ns.repeats)
         print(prep_bench.report(result))
+    elif ns.compare and _stage_of(config, overrides) == "grpo":
+        from lmforge.bench.rl import compare_grpo
+        from lmforge.bench.rl import report as rl_report
+
+        result = compare_grpo(config, overrides, ns.steps, ns.warmup)
+        print(rl_report(result))
     elif ns.compare:
         result = compare_baseline(config, overrides, ns.steps, ns.warmup, ns.repeats)
     elif ns.packing_compare:
@@ -91,3 +98,10 @@ def main(argv: list[str]) -> int:
             json.dump(result, fh, indent=2)
     sys.stdout.flush()
     return 0
+
+
+def _stage_of(config: str | None, overrides: list[str]) -> str:
+    """The config's stage, from the file and the overrides (without building the whole config)."""
+    from lmforge.config import load_config
+
+    return load_config(config, [*overrides, "output_dir=unused", "max_steps=1"]).finetuning.stage
