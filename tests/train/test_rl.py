@@ -248,3 +248,16 @@ def test_rl_rotation_never_deletes_the_checkpoint_it_just_wrote(tiny_model_dir, 
                                    resume_from_checkpoint=str(out / "checkpoint-1"))]) == 0
     kept = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
     assert "checkpoint-2" in kept and "checkpoint-1" in kept
+
+
+def test_bench_compares_a_grpo_step_with_trls_grpo_trainer(tiny_model_dir, reward_file, tmp_path):
+    from lmforge.bench.rl import compare_grpo, report
+
+    overrides = rl_args("grpo", tiny_model_dir, tmp_path / "unused", reward_funcs=reward_file, rollout_batch_size=4,
+                        num_generations=2, per_device_train_batch_size=4, max_new_tokens=6, ppo_epochs=1)
+    result = compare_grpo(None, overrides, steps=2, warmup=1)
+    assert result["lmforge"]["steps"] == result["trl"]["steps"] == 2
+    for side in ("lmforge", "trl"):
+        assert result[side]["seconds_per_step"] > 0 and 1 <= result[side]["completion_length"] <= 6
+    assert result["speedup"] == pytest.approx(result["trl"]["seconds_per_step"] / result["lmforge"]["seconds_per_step"])
+    assert "TRL GRPOTrainer" in report(result)

@@ -66,9 +66,11 @@ def _trl_steps(cfg: Any, warmup: int, steps: int) -> dict[str, float]:
     r, t, g = cfg.rl, cfg.training, cfg.generation
     tokenizer, _ = chat_tokenizer(cfg)
     prompts = build_examples(cfg.data, tokenizer, t.seed, "prompt").train
-    references = [json.loads(c).get("reference") for c in prompts["conversation"]]
+    examples = [json.loads(c) for c in prompts["conversation"]]
     texts = tokenizer.batch_decode([list(ids) for ids in prompts["input_ids"]], skip_special_tokens=False)
-    dataset = Dataset.from_dict({"prompt": texts, "reference": references})
+    # the columns lmforge's reward functions get (`reference`, `messages`), passed by TRL as keyword arguments
+    dataset = Dataset.from_dict({"prompt": texts, "reference": [e.get("reference") for e in examples],
+                                 "messages": [e["messages"] for e in examples]})
     completions = r.rollout_batch_size * r.num_generations
     if completions % t.per_device_train_batch_size:
         raise ConfigError("Config error: for the comparison, rollout_batch_size x num_generations must be a multiple "
