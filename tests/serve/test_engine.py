@@ -11,10 +11,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmforge.data.template import prompt_ids, stop_token_ids
+from lmforge.data.tool_calls import parse_tool_calls
 from lmforge.model.sampling import SamplingParams, choose_next
 from lmforge.serve.detokenize import TextStream
 from lmforge.serve.engine import Engine, RequestError
-from lmforge.serve.tools import parse_tool_calls, template_message
+from lmforge.serve.tools import template_message
 
 pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
 

@@ -28,10 +28,11 @@ from lmforge.data import media
 from lmforge.data.multimodal import MediaOptions, prompt_inputs
 from lmforge.data.skips import SkipRecord
 from lmforge.data.template import prompt_ids
+from lmforge.data.tool_calls import parse_tool_calls
 from lmforge.model.sampling import SamplingParams
 from lmforge.serve.engine import Event, RequestError
 from lmforge.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest, error_body
-from lmforge.serve.tools import parse_tool_calls, template_message
+from lmforge.serve.tools import template_message
 
 logger = logging.getLogger(__name__)
 
