@@ -77,17 +77,24 @@ class Rewarder:
             self.scorer = RewardScorer(reward_model, device=device)
 
     def __call__(self, prompts: list[str], completions: list[str], messages: list[list[dict]],
-                 reference: list[str | None]) -> tuple[list[float], dict[str, float]]:
-        """(total reward per completion, mean of each part: `reward/<name>`)."""
+                 reference: list[str | None], conversation: list[list[dict]] | None = None
+                 ) -> tuple[list[float], dict[str, float]]:
+        """(total reward per completion, mean of each part: `reward/<name>`). With tools, `conversation` is each
+        completion's exchange after the prompt (model turns and tool results; the completion is its last turn)."""
         total = [0.0] * len(completions)
         parts: dict[str, float] = {}
+        extra = {"conversation": conversation} if conversation is not None else {}
         for name, function in self.functions:
-            scores = function(prompts=prompts, completions=completions, reference=reference, messages=messages)
+            scores = function(prompts=prompts, completions=completions, reference=reference, messages=messages,
+                              **extra)
             if len(scores) != len(completions):
                 raise ConfigError(f"Config error: reward function '{name}' returned {len(scores)} scores for "
                                   f"{len(completions)} completions.")
             total = [t + float(s) for t, s in zip(total, scores, strict=True)]
-            parts[f"reward/{name.rpartition(':')[2]}"] = sum(scores) / len(scores)
+            mean = sum(scores) / len(scores)
+            parts[f"reward/{name.rpartition(':')[2]}"] = mean
+            parts[f"reward/{name.rpartition(':')[2]}_std"] = (
+                sum((float(s) - mean) ** 2 for s in scores) / max(len(scores) - 1, 1)) ** 0.5
         if self.scorer is not None:
             texts = [self.scorer.text_of({"messages": m + [{"role": "assistant", "content": c}]})
                      for m, c in zip(messages, completions, strict=True)]

@@ -67,6 +67,7 @@ def test_grpo_raises_the_mean_reward(tiny_model_dir, reward_file, tmp_path, vari
     assert curve[-1] > curve[0] + 0.2, curve
     log = [json.loads(line) for line in open(out / "trainer_log.jsonl")]
     assert {"kl", "entropy", "clip_fraction", "clip_fraction_low", "clip_fraction_high", "reward/vowel_share",
+            "reward/vowel_share_std",
             "reward_std", "completion_length", "completion_length_max", "truncated_fraction", "rollout_seconds",
             "update_seconds", "rollout_tokens_per_second"} <= set(log[-1])
     if variant.get("filter_zero_variance_groups"):

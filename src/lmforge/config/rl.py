@@ -10,6 +10,14 @@ from lmforge.config.fields import option
 
 @dataclass
 class RLArguments:
+    env_funcs: str | None = option(
+        None, "With `grpo`: multi-turn tool use. A Python function `module:function` (or `path/to/file.py:function`) "
+        "called as `f(tool_calls, messages, **columns) -> list of tool messages` (or strings) with the calls a model "
+        "turn wrote (`<tool_call>` JSON, OpenAI's format) and the conversation so far; its results are rendered "
+        "with the chat template and the model continues, until it answers without a call or `max_turns`. Only the "
+        "model's tokens carry loss; reward functions also get `conversation` (the exchange after the prompt). "
+        "Prompts may carry `tools`.", stages=("grpo",))
+    max_turns: int = option(3, "With `env_funcs`: the most model turns per completion.", stages=("grpo",))
     reward_model: str | None = option(
         None, "With `ppo`/`grpo`: a reward model directory saved by `stage: rm` (or any one-output "
         "sequence-classification model). Each prompt + completion is rendered with its chat template and scored.",

@@ -165,6 +165,8 @@ def _validate_rl(cfg: RunConfig) -> None:
         _fail(cfg, "'num_generations' must be at least 2: GRPO compares completions of the same prompt.")
     if r.kl_coef < 0 or not 0 < r.cliprange < 1:
         _fail(cfg, "'kl_coef' must not be negative and 'cliprange' must be in (0, 1).")
+    if r.env_funcs and r.max_turns < 1:
+        _fail(cfg, f"'max_turns' must be at least 1, got {r.max_turns}.")
     if r.epsilon_high is not None and r.epsilon_high <= 0:
         _fail(cfg, f"'epsilon_high' must be positive (the upper clip range, e.g. 0.28), got {r.epsilon_high}.")
     for key in ("eval_strategy", "save_strategy", "logging_strategy"):

@@ -22,10 +22,18 @@ class Rollout:
     completion_mask: torch.Tensor  # [batch, completion tokens]: 1 up to and including the stop token
     prompt_width: int
     truncated: torch.Tensor | None = None  # [batch] bool: cut at max_new_tokens without a stop token
+    # [batch, completion tokens]: the tokens that carry loss when not all of the completion is the model's (tool
+    # results in a multi-turn rollout); None: all of completion_mask
+    trained_mask: torch.Tensor | None = None
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        return self.trained_mask if self.trained_mask is not None else self.completion_mask
 
     def select(self, rows: torch.Tensor) -> Rollout:
         return Rollout(self.input_ids[rows], self.attention_mask[rows], self.completion_mask[rows], self.prompt_width,
-                       self.truncated[rows] if self.truncated is not None else None)
+                       self.truncated[rows] if self.truncated is not None else None,
+                       self.trained_mask[rows] if self.trained_mask is not None else None)
 
 
 @torch.no_grad()

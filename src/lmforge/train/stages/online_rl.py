@@ -30,7 +30,7 @@ from lmforge.config.schema import RunConfig
 from lmforge.errors import TrainingError
 from lmforge.jsonl import atomic_open
 from lmforge.model.precision import cast_state_dict, config_dtype, record_saved_dtype
-from lmforge.rewards import Rewarder
+from lmforge.rewards import Rewarder, load_function
 from lmforge.runlog import append_record, cut_log
 from lmforge.train.rl_distributed import (
     any_process,
@@ -69,6 +69,7 @@ from lmforge.train.runtime.signals import StopRequest, stopped_message
 from lmforge.train.runtime.tracking import LoopTrackers, finish_trackers, log_samples
 from lmforge.train.setup import enable_gradient_checkpointing, save_dtype
 from lmforge.train.stages.shared_setup import ChatStage
+from lmforge.train.tool_rollout import sample_with_tools
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class OnlineRL:
         self.eval_prompts = stage.data.eval
         self.eval_examples = ([json.loads(c) for c in self.eval_prompts["conversation"]]
                               if self.eval_prompts is not None else [])
+        self.env = load_function(self.rl.env_funcs) if self.rl.env_funcs else None  # multi-turn tool use
         self.optim = Optimization(self.args, policy, self.value_head, self.guard, self.device)
         self.trackers = LoopTrackers(self.args, cfg.tracking, policy, stage.tokenizer, self.optim.optimizer,
                                      self.optim.scheduler)
@@ -162,18 +164,30 @@ class OnlineRL:
                          ) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
         """Completions of the prompts at `indices` (row i drawn with `seeds[i]`) and their rewards."""
         prompts = [dataset[i]["input_ids"] for i in indices]
-        with self.optim.autocast():
-            rollout = sample_completions(self.policy, prompts, self.cfg.generation,
-                                         self.stage.tokenizer.pad_token_id, list(self.stage.stop_ids), seeds)
         tokenizer = self.stage.tokenizer
-        completions = tokenizer.batch_decode(
-            [row[mask.bool()] for row, mask in zip(rollout.input_ids[:, rollout.prompt_width:],
-                                                   rollout.completion_mask, strict=True)], skip_special_tokens=True)
-        prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=False)
         chosen = [examples[i] for i in indices]
+        turns: list[list[dict]] | None = None
+        counts: dict[str, float] = {}
+        with self.optim.autocast():
+            if self.env is not None:  # multi-turn: the model's turns and the environment's tool results
+                rollout, turns, counts = sample_with_tools(
+                    self.policy, tokenizer, prompts, [e["messages"] for e in chosen], [e.get("tools") for e in chosen],
+                    [{"reference": e.get("reference")} for e in chosen], self.env, self.rl.max_turns,
+                    self.cfg.generation, list(self.stage.stop_ids), seeds)
+            else:
+                rollout = sample_completions(self.policy, prompts, self.cfg.generation, tokenizer.pad_token_id,
+                                             list(self.stage.stop_ids), seeds)
+        if turns is not None:  # what the model finally answered; the rewards also see the whole exchange
+            completions = [t[-1]["content"] if t else "" for t in turns]
+        else:
+            completions = tokenizer.batch_decode(
+                [row[mask.bool()] for row, mask in zip(rollout.input_ids[:, rollout.prompt_width:],
+                                                       rollout.completion_mask, strict=True)],
+                skip_special_tokens=True)
+        prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=False)
         scores, parts = self.rewarder(prompt_texts, completions, [e["messages"] for e in chosen],
-                                      [e.get("reference") for e in chosen])
-        return rollout, torch.tensor(scores, device=self.device, dtype=torch.float32), parts
+                                      [e.get("reference") for e in chosen], turns)
+        return rollout, torch.tensor(scores, device=self.device, dtype=torch.float32), {**parts, **counts}
 
     def make_rollout(self, step: int) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
         """This process's share of the step's prompts (whole groups) sampled, scored and given their old/reference
@@ -195,6 +209,7 @@ class OnlineRL:
             ref_logps = self.reference_logps(rollout) if needs_ref else old_logps
         piece = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
                  "completion_mask": rollout.completion_mask, "prompt_width": rollout.prompt_width,
+                 **({"trained_mask": rollout.trained_mask} if rollout.trained_mask is not None else {}),
                  "truncated": rollout.truncated, "scores": scores, "parts": parts, "old_logps": old_logps,
                  "ref_logps": ref_logps, **({"old_values": old_values} if old_values is not None else {})}
         if size > 1:
@@ -202,11 +217,11 @@ class OnlineRL:
             merged = merge_rollouts(gather(cpu), self.stage.tokenizer.pad_token_id)
             piece = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in merged.items()}
         rollout = Rollout(piece["input_ids"], piece["attention_mask"], piece["completion_mask"],
-                          piece["prompt_width"], piece["truncated"].bool())
+                          piece["prompt_width"], piece["truncated"].bool(), piece.get("trained_mask"))
         scores, parts, old_logps = piece["scores"], piece["parts"], piece["old_logps"]
         old_values = piece.get("old_values")
         batch: dict[str, torch.Tensor] = {"scores": scores, "old_logps": old_logps, "ref_logps": piece["ref_logps"]}
-        mask = rollout.completion_mask.float()
+        mask = rollout.loss_mask.float()
         lengths = mask.sum(-1)
         truncated = rollout.truncated.float() if rollout.truncated is not None else torch.zeros_like(lengths)
         stats = {"reward": batch["scores"].mean().item(), "reward_std": batch["scores"].std().item()
@@ -270,7 +285,7 @@ class OnlineRL:
             return {"skipped_updates": 1.0}
         rank, processes = world()
         per_process, every = self.args.per_device_train_batch_size, self.optim.accumulation
-        trained = rollout.completion_mask.float()
+        trained = rollout.loss_mask.float()
         if "trained" in batch:
             trained = trained * batch["trained"].unsqueeze(-1)
         generator = torch.Generator().manual_seed(self.args.seed * 100_003 + step)
