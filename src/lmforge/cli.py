@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ Usage:
                                               layout), perplexity or generation; writes results.json
   lmforge eval ... --harness TASKS            run lm-evaluation-harness tasks with the model (`harness` extra)
   lmforge score RM_DIR INPUT.jsonl [--output F] [--batch-size N]
+  lmforge predict CLASSIFIER INPUT [--output F]  labels and probabilities of a `stage: cls` model for each row
                                               score lines ({{"messages": [...]}} or {{"text": ...}}) with a reward model
   lmforge chat MODEL [key=value ...]          chat in the terminal (MODEL: a config, a model or adapter dir)
   lmforge api MODEL [key=value ...]           OpenAI-compatible server: /v1/chat/completions, /v1/completions
@@ -202,6 +204,31 @@ def cmd_score(args: list[str]) -> int:
     return 0
 
 
+def cmd_predict(args: list[str]) -> int:
+    output, args = _take_option(args, "output")
+    batch_size, args = _take_option(args, "batch-size")
+    text_column, args = _take_option(args, "text-column")
+    pair_column, args = _take_option(args, "text-pair-column")
+    if len(args) != 2 or args[0] in ("-h", "--help"):
+        print("Usage: lmforge predict CLASSIFIER_DIR INPUT [--output PREDICTIONS.jsonl] [--batch-size N] "
+              "[--text-column text] [--text-pair-column COLUMN]\nINPUT: any file lmforge reads (jsonl, json, csv, "
+              "parquet); each row gets its predicted label(s) (or value) and the probabilities by class.")
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    from lmforge.logs import setup_logging
+    from lmforge.train.stages.cls import predict_file
+
+    setup_logging()
+    if batch_size is not None and not (batch_size.isdigit() and int(batch_size) > 0):
+        raise ConfigError(f"Config error (command line): --batch-size must be a positive whole number, got "
+                          f"'{batch_size}'.")
+    rows = predict_file(args[0], args[1], output, int(batch_size or 32), text_column or "text", pair_column)
+    if output is None:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+    print(f"Predicted {len(rows):,} rows" + (f"; written to {output}" if output else ""), file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args: list[str]) -> int:
     from lmforge.bench import main as bench_main
 
@@ -269,6 +296,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
                                "lmforge export CONFIG.yaml|MODEL_DIR [key=value ...] (export_dir=OUT required)",
                                schema="export"),
     "score": cmd_score,
+    "predict": cmd_predict,
     "bench": cmd_bench,
     "env": cmd_env,
     "version": cmd_version,

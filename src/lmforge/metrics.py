@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 
 def words(text: str) -> list[str]:
@@ -72,3 +73,34 @@ def text_scores(predictions: Iterable[str], references: Iterable[str]) -> dict[s
         count += 1
     return {k: round(100 * totals[k] / max(count, 1), 4)
             for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "exact_match")}
+
+
+def classification_metrics(problem_type: str, logits: Any, labels: Any, threshold: float = 0.5) -> dict[str, float]:
+    """scikit-learn's scores of a classifier's outputs: accuracy and precision/recall/F1 (macro, micro, weighted)
+    for single-label; micro/macro F1 and exact-match ratio for multi-label; MSE/MAE/Pearson/Spearman for
+    regression."""
+    import numpy as np
+    from sklearn import metrics
+
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if problem_type == "regression":
+        from scipy import stats
+
+        predicted, target = logits.reshape(-1), labels.reshape(-1)
+        constant = np.std(predicted) == 0 or np.std(target) == 0
+        return {"mse": float(metrics.mean_squared_error(target, predicted)),
+                "mae": float(metrics.mean_absolute_error(target, predicted)),
+                "pearson": float("nan") if constant else float(stats.pearsonr(predicted, target)[0]),
+                "spearman": float("nan") if constant else float(stats.spearmanr(predicted, target)[0])}
+    if problem_type == "multi_label_classification":
+        predicted = (1 / (1 + np.exp(-logits)) >= threshold).astype(int)
+        target = labels.astype(int)
+        return {"exact_match": float(metrics.accuracy_score(target, predicted)),
+                "f1_micro": float(metrics.f1_score(target, predicted, average="micro", zero_division=0)),
+                "f1_macro": float(metrics.f1_score(target, predicted, average="macro", zero_division=0))}
+    predicted = logits.argmax(-1)
+    out = {"accuracy": float(metrics.accuracy_score(labels, predicted))}
+    for average in ("macro", "micro", "weighted"):
+        p, r, f, _ = metrics.precision_recall_fscore_support(labels, predicted, average=average, zero_division=0)
+        out.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
+    return out

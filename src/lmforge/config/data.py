@@ -19,6 +19,10 @@ class DataArguments:
     eval_dataset: str | None = option(None, "Sources for evaluation, same syntax as `dataset` (instead of `val_size`).")
     dataset_dir: str = option("data", "Folder holding dataset_info.json and the files it names.")
     text_column: str = option("text", "Column holding the text, for sources that do not name one in dataset_info.json.")
+    text_pair_column: str | None = option(
+        None, "cls: the column of each row's second text (sentence-pair classification, reranking).",
+        stages=("cls",))
+    label_column: str = option("label", "cls: the column holding each row's label.", stages=("cls",))
     cutoff_len: int = option(
         1024, "pt: tokens per training block. sft: the longest example (longer ones lose their oldest turns).")
     max_samples: int | None = option(

@@ -21,6 +21,16 @@ class FinetuningArguments:
         "or `all`.")
     freeze_extra_modules: str | None = option(
         None, "With `freeze`: comma-separated modules outside the layers to train too (e.g. `embed_tokens,norm`).")
+    problem_type: Literal["single_label_classification", "multi_label_classification", "regression"] | None = \
+        option(None, "With `cls`: one label per text, any number of labels (sigmoid + BCE), or one number (MSE). "
+               "Unset: multi-label when the label cells are lists, regression when they are non-integer numbers, "
+               "single-label otherwise.", stages=("cls",))
+    class_weights: list[float] | str | None = option(
+        None, "With `cls` (single-label): a weight per class in the cross-entropy, e.g. `[1, 2, 6]`, or `balanced` "
+        "(n_samples / (n_classes * count), from the training split; logged).", stages=("cls",))
+    threshold: float = option(
+        0.5, "With `cls` and multi-label: a label is predicted when its sigmoid probability reaches this.",
+        stages=("cls",))
     freeze_vision_tower: bool = option(
         True, "Vision-language models: keep the vision encoder's weights fixed (LoRA's `all` then leaves it out too).")
     freeze_multi_modal_projector: bool = option(

@@ -61,5 +61,7 @@ for _spec in (
               ignores=ONLINE_RL_IGNORES),
     StageSpec("grpo", "online RL on prompts, group-relative advantages", "prompt", "lmforge.train.stages.grpo",
               ("reward", "kl", "entropy", "clip_fraction"), trainer=False, ignores=ONLINE_RL_IGNORES),
+    StageSpec("cls", "sequence classification (single-label, multi-label, regression; texts or text pairs)", "cls",
+              "lmforge.train.stages.cls", ("accuracy", "f1_weighted")),
 ):
     register_stage(_spec)

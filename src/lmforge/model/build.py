@@ -101,21 +101,25 @@ def quantization_config(bits: int) -> Any:
 
 
 def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward_head: bool = False,
-                dtype: Any = "auto") -> PreTrainedModel:
+                dtype: Any = "auto", classifier: dict[str, Any] | None = None) -> PreTrainedModel:
     """The causal LM to train, or with `reward_head` the same backbone with a one-output sequence-classification head
-    (a reward model: `AutoModelForSequenceClassification`, score read at the last non-pad token). A pretrained
-    model loads in `dtype` (`auto`: as saved)."""
+    (a reward model: `AutoModelForSequenceClassification`, score read at the last non-pad token), or with
+    `classifier` (num_labels, id2label, label2id, problem_type) a classifier. A pretrained model loads in `dtype`
+    (`auto`: as saved)."""
     kwargs: dict[str, Any] = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
     auto_class: Any = AutoModelForCausalLM
-    if reward_head:
+    if reward_head or classifier:
         auto_class = AutoModelForSequenceClassification
-        kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
+        kwargs.update(classifier or {"num_labels": 1}, pad_token_id=tokenizer.pad_token_id)
     elif multimodal.is_multimodal(args):
         auto_class = AutoModelForImageTextToText
     if args.quantization_bit:
         kwargs["quantization_config"] = quantization_config(args.quantization_bit)
     if args.from_scratch:
         config = scratch_config(args, tokenizer)
+        for key in ("num_labels", "id2label", "label2id", "problem_type", "pad_token_id"):  # the head's, on the config
+            if key in kwargs:
+                setattr(config, key, kwargs.pop(key))
         model = auto_class.from_config(config, trust_remote_code=args.trust_remote_code, **kwargs)
         origin = f"new {config.model_type} model (random init)"
     else:

@@ -37,6 +37,9 @@ def sequences(row: dict) -> list[tuple[str, list[int], list[int]]]:
 
 def processed_data(cfg: RunConfig) -> ProcessedData:
     """The examples of a run exactly as its stage builds them (from the cache when it holds them)."""
+    if STAGES[cfg.finetuning.stage].kind == "cls":
+        raise ConfigError("Config error: `lmforge data preview|dump` shows which tokens a run trains on; "
+                          "'stage: cls' trains a label per row (its skipped rows are in the training log).")
     if STAGES[cfg.finetuning.stage].kind != "pt":
         from lmforge.data.examples import build_examples, stage_kind
         from lmforge.data.multimodal import media_token_ids
