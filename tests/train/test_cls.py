@@ -135,3 +135,26 @@ def test_decoder_with_lora_on_text_pairs_trains_and_predicts(tiny_model_dir, tmp
     preds = [json.loads(line) for line in open(tmp_path / "preds.jsonl")]
     assert len(preds) == 10 and all(p["predicted"] in ("0", "1") for p in preds)
     assert all(sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-4) for p in preds)
+
+
+def test_a_lora_classifier_exports_merged_and_loads_as_a_classifier(tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lmforge.train.stages.cls import load_classifier
+
+    rows = [{"text": f"it is {w} today", "label": label} for label, ws in WORDS.items() for w in ws] * 4
+    data = write_jsonl(tmp_path / "rows.jsonl", rows)
+    out = tmp_path / "lora"
+    args = {"stage": "cls", "model_name_or_path": tiny_model_dir, "dataset": str(data), "finetuning_type": "lora",
+            "cutoff_len": 16, "per_device_train_batch_size": 8, "learning_rate": 1e-2, "max_steps": 6,
+            "save_strategy": "no", "output_dir": str(out), "report_to": "none", "disable_tqdm": True}
+    assert main(["train", *(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in args.items())]) == 0
+    assert main(["export", f"model_name_or_path={tiny_model_dir}", f"adapter_name_or_path={out}",
+                 f"export_dir={tmp_path / 'export'}"]) == 0
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").eval()
+    merged, tokenizer = load_classifier(str(out))
+    batch = AutoTokenizer.from_pretrained(tmp_path / "export")(["it is rain today"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(exported(**batch).logits, merged(**batch).logits, atol=1e-5)
+    assert sorted(exported.config.id2label.values()) == ["food", "sports", "weather"]

@@ -35,7 +35,7 @@ def merged_model(args: ModelArguments, template: str | None) -> tuple[PreTrained
     model = load_inference_model(args, tokenizer, device=torch.device("cpu"),
                                  dtype=torch.float32 if args.adapter_name_or_path else target)
     model = model.to(target)
-    if tokenizer.chat_template:
+    if tokenizer.chat_template and model.can_generate():
         # plain `generate` (and vLLM, llama.cpp) stop where the chat template ends a turn, not only at EOS
         stops = stop_token_ids(tokenizer)
         model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from typing import Any
 
 import torch
@@ -72,6 +74,33 @@ def scratch_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> 
     return config
 
 
+def is_sequence_classifier(args: ModelArguments) -> bool:
+    """A checkpoint saved with a sequence-classification head, or a base whose adapter was trained with one (an
+    adapter directory holding `cls_head.json`)."""
+    if args.from_scratch or not args.model_name_or_path:
+        return False
+    adapter = args.adapter_name_or_path
+    if adapter and os.path.isfile(os.path.join(adapter, CLS_HEAD_FILE)):
+        return True
+    config = multimodal.model_config(args)
+    return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
+
+
+CLS_HEAD_FILE = "cls_head.json"  # the classification head an adapter was trained with (num_labels, id2label, ...)
+
+
+def classifier_head_of(adapter: str | None) -> dict[str, Any]:
+    """The head settings saved beside a classifier's adapter (`CLS_HEAD_FILE`), as from_pretrained takes them."""
+    path = os.path.join(adapter or "", CLS_HEAD_FILE)
+    if not adapter or not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        head = {k: v for k, v in json.load(fh).items() if k != "threshold"}
+    if "id2label" in head:
+        head["id2label"] = {int(k): v for k, v in head["id2label"].items()}
+    return head
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(all, trainable) parameters; tied weights counted once."""
     seen, total, trainable = set(), 0, 0
@@ -111,8 +140,13 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
     if reward_head or classifier:
         auto_class = AutoModelForSequenceClassification
         kwargs.update(classifier or {"num_labels": 1}, pad_token_id=tokenizer.pad_token_id)
+    elif classifier_head_of(args.adapter_name_or_path):  # a base for its classifier adapter: the adapter's head
+        auto_class = AutoModelForSequenceClassification
+        kwargs.update(classifier_head_of(args.adapter_name_or_path), pad_token_id=tokenizer.pad_token_id)
     elif multimodal.is_multimodal(args):
         auto_class = AutoModelForImageTextToText
+    elif is_sequence_classifier(args):  # a saved `stage: cls` (or reward) model loads as what it is
+        auto_class = AutoModelForSequenceClassification
     if args.quantization_bit:
         kwargs["quantization_config"] = quantization_config(args.quantization_bit)
     if args.from_scratch:

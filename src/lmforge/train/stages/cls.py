@@ -28,7 +28,7 @@ from lmforge.data.classification import (
 from lmforge.jsonl import write_json, write_jsonl
 from lmforge.metrics import classification_metrics
 from lmforge.model.adapters import apply_finetuning_type
-from lmforge.model.build import build_model
+from lmforge.model.build import CLS_HEAD_FILE, build_model, classifier_head_of
 from lmforge.model.tokenizer import setup_tokenizer
 from lmforge.train.run import run_training
 from lmforge.train.runtime.checkpoint import resolve_resume
@@ -199,7 +199,7 @@ def run(cfg: RunConfig) -> dict:
     trainer = build_trainer(cfg, resume)
     if trainer.is_world_process_zero():  # the head's settings beside the weights (an adapter's base lacks them)
         os.makedirs(cfg.training.output_dir, exist_ok=True)
-        write_json(os.path.join(cfg.training.output_dir, "cls_head.json"),
+        write_json(os.path.join(cfg.training.output_dir, CLS_HEAD_FILE),
                    {**classifier_head(trainer.cls_data), "threshold": cfg.finetuning.threshold})
     return run_training(cfg, trainer, resume, after_eval=lambda t: write_predictions(t, cfg))
 
@@ -214,8 +214,7 @@ def load_classifier(path: str) -> tuple[Any, PreTrainedTokenizerBase]:
         from peft import PeftModel
 
         base = json.load(open(config_path, encoding="utf-8"))["base_model_name_or_path"]
-        head = {k: v for k, v in _head_of(path).items() if k != "threshold"}
-        model = AutoModelForSequenceClassification.from_pretrained(base, **head)
+        model = AutoModelForSequenceClassification.from_pretrained(base, **classifier_head_of(path))
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
     else:
         model = AutoModelForSequenceClassification.from_pretrained(path)
@@ -224,15 +223,13 @@ def load_classifier(path: str) -> tuple[Any, PreTrainedTokenizerBase]:
     return model.eval(), tokenizer
 
 
-def _head_of(adapter: str) -> dict[str, Any]:
-    """The classification head an adapter was trained with (`cls_head.json`, written beside it)."""
-    path = os.path.join(adapter, "cls_head.json")
+def _threshold(model_dir: str) -> float:
+    """The multi-label decision threshold the classifier was trained with (0.5 where not recorded)."""
+    path = os.path.join(model_dir, CLS_HEAD_FILE)
     if not os.path.isfile(path):
-        return {}
-    head = json.load(open(path, encoding="utf-8"))
-    if "id2label" in head:
-        head["id2label"] = {int(k): v for k, v in head["id2label"].items()}
-    return head
+        return 0.5
+    with open(path, encoding="utf-8") as fh:
+        return float(json.load(fh).get("threshold", 0.5))
 
 
 @torch.no_grad()
@@ -253,7 +250,7 @@ def predict_file(model_dir: str, path: str, output: str | None, batch_size: int 
     problem_type = config.problem_type or ("regression" if config.num_labels == 1 else
                                            "single_label_classification")
     names = [config.id2label[i] for i in range(config.num_labels)] if problem_type != REGRESSION else []
-    threshold = float(_head_of(model_dir).get("threshold", 0.5))
+    threshold = _threshold(model_dir)
     records = [r for spec in resolve_sources(path, os.path.dirname(path) or ".") for r in read_records(spec)]
     encoded = []
     for i, record in enumerate(records):
