@@ -104,3 +104,20 @@ def classification_metrics(problem_type: str, logits: Any, labels: Any, threshol
         p, r, f, _ = metrics.precision_recall_fscore_support(labels, predicted, average=average, zero_division=0)
         out.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
     return out
+
+
+def classifier_predictions(logits: Any, problem_type: str, names: list[str], threshold: float) -> list[dict[str, Any]]:
+    """Each row's prediction: the label (or labels, or value) and the probabilities by class name."""
+    import numpy as np
+
+    logits = np.asarray(logits, dtype=np.float64)
+    if problem_type == "regression":
+        return [{"predicted": float(v)} for v in logits.reshape(-1)]
+    if problem_type == "multi_label_classification":
+        probs = 1 / (1 + np.exp(-logits))
+        return [{"predicted": [n for n, p in zip(names, row, strict=True) if p >= threshold],
+                 "probabilities": {n: round(float(p), 6) for n, p in zip(names, row, strict=True)}} for row in probs]
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = shifted / shifted.sum(-1, keepdims=True)
+    return [{"predicted": names[int(row.argmax())],
+             "probabilities": {n: round(float(p), 6) for n, p in zip(names, row, strict=True)}} for row in probs]

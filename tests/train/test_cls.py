@@ -158,3 +158,17 @@ def test_a_lora_classifier_exports_merged_and_loads_as_a_classifier(tiny_model_d
     with torch.no_grad():
         assert torch.allclose(exported(**batch).logits, merged(**batch).logits, atol=1e-5)
     assert sorted(exported.config.id2label.values()) == ["food", "sports", "weather"]
+
+
+def test_eval_task_cls_scores_a_labelled_file_like_the_training_run(news_csv, tmp_path):
+    out = tmp_path / "model"
+    assert main(["train", *bert_args(news_csv, out, class_weights="balanced", num_train_epochs=2)]) == 0
+    assert main(["eval", f"model_name_or_path={out}", "task=cls", f"dataset={news_csv}",
+                 f"output_dir={tmp_path / 'eval'}", "cutoff_len=32"]) == 0
+    results = json.load(open(tmp_path / "eval" / "results.json"))
+    rows = [json.loads(line) for line in open(tmp_path / "eval" / "predictions.jsonl")]
+    from sklearn.metrics import accuracy_score, f1_score
+
+    truth, predicted = [r["label"] for r in rows], [r["predicted"] for r in rows]
+    assert results["rows"] == 540 and results["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+    assert results["f1_weighted"] == pytest.approx(f1_score(truth, predicted, average="weighted"))

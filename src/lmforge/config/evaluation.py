@@ -10,6 +10,7 @@ from lmforge.config.fields import option
 # Tasks that are not a multiple-choice benchmark folder.
 PERPLEXITY_TASK = "perplexity"
 GENERATE_TASK = "generate"
+CLS_TASK = "cls"
 
 
 @dataclass
@@ -17,8 +18,9 @@ class EvalArguments:
     task: str = option(
         "cmmlu",
         "A multiple-choice benchmark in the MMLU / CMMLU / C-Eval file layout (`mmlu`, `cmmlu`, `ceval` or any "
-        "folder name under `task_dir`); `perplexity` (of the `dataset` texts); or `generate` (answers to the "
-        "`dataset` prompts, scored against their references).")
+        "folder name under `task_dir`); `perplexity` (of the `dataset` texts); `generate` (answers to the "
+        "`dataset` prompts, scored against their references); or `cls` (a classifier on the labelled `dataset` rows: "
+        "`text_column`, `text_pair_column`, `label_column`; scikit-learn's metrics).")
     task_dir: str = option(
         "evaluation",
         "Folder holding the benchmark: `task_dir/task/` or `task_dir` itself, with `dev/` and `test/` (or `val/`) "

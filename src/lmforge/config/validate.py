@@ -246,7 +246,7 @@ def validate_export(cfg: ExportConfig) -> None:
 
 def validate_eval(cfg: EvalConfig) -> None:
     """`lmforge eval`: a model to load, somewhere to write, and the inputs the task needs."""
-    from lmforge.config.evaluation import GENERATE_TASK, PERPLEXITY_TASK
+    from lmforge.config.evaluation import CLS_TASK, GENERATE_TASK, PERPLEXITY_TASK
 
     d, e = cfg.data, cfg.eval
     _validate_saved_model(cfg, "eval", "evaluate")
@@ -260,8 +260,8 @@ def validate_eval(cfg: EvalConfig) -> None:
         _fail(cfg, f"'max_samples' must be at least 1, got {d.max_samples}.")
     if e.harness_tasks:
         return
-    if e.task in (PERPLEXITY_TASK, GENERATE_TASK) and not d.dataset:
-        _fail(cfg, f"'task: {e.task}' needs 'dataset': the texts or prompts to evaluate on.")
+    if e.task in (PERPLEXITY_TASK, GENERATE_TASK, CLS_TASK) and not d.dataset:
+        _fail(cfg, f"'task: {e.task}' needs 'dataset': the texts, prompts or labelled rows to evaluate on.")
     if e.task == PERPLEXITY_TASK:
         if d.cutoff_len < 2:
             _fail(cfg, f"'cutoff_len' (the perplexity window) must be at least 2, got {d.cutoff_len}.")

@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any
 
-from lmforge.config.evaluation import GENERATE_TASK, PERPLEXITY_TASK
+from lmforge.config.evaluation import CLS_TASK, GENERATE_TASK, PERPLEXITY_TASK
 from lmforge.config.schema import EvalConfig
 from lmforge.errors import ConfigError
 from lmforge.eval.benchmarks import Benchmark, load_benchmark
@@ -41,6 +41,10 @@ def run_task(cfg: EvalConfig, model: Any, tokenizer: Any) -> tuple[dict[str, Any
         stride = min(e.stride or max(window // 2, 1), window)
         results = perplexity(model, stream, window, stride, e.batch_size)
         return {**results, "documents": len(texts), "window": window, "stride": stride}, []
+    if e.task == CLS_TASK:
+        from lmforge.eval.classify import evaluate_classifier
+
+        return evaluate_classifier(model, tokenizer, cfg)
     if e.task == GENERATE_TASK:
         from lmforge.eval.generate import evaluate_generation
 

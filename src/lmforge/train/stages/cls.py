@@ -26,7 +26,7 @@ from lmforge.data.classification import (
     build_classification_data,
 )
 from lmforge.jsonl import write_json, write_jsonl
-from lmforge.metrics import classification_metrics
+from lmforge.metrics import classification_metrics, classifier_predictions
 from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import CLS_HEAD_FILE, build_model, classifier_head_of
 from lmforge.model.tokenizer import setup_tokenizer
@@ -130,7 +130,7 @@ def write_predictions(trainer: ClassificationTrainer, cfg: RunConfig) -> dict:
         return {}
     output = trainer.predict(trainer.eval_dataset)
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    rows = predictions_of(logits, data.problem_type, data.label_names, cfg.finetuning.threshold)
+    rows = classifier_predictions(logits, data.problem_type, data.label_names, cfg.finetuning.threshold)
     for row, label in zip(rows, output.label_ids.tolist(), strict=True):
         row["label"] = _named(label, data.problem_type, data.label_names)
     write_jsonl(os.path.join(cfg.training.output_dir, PREDICTIONS_FILE), rows)
@@ -155,21 +155,6 @@ def _named(label: Any, problem_type: str, names: list[str]) -> Any:
     if problem_type == MULTI:
         return [names[i] for i, v in enumerate(label) if v >= 0.5]
     return names[int(label)]
-
-
-def predictions_of(logits: Any, problem_type: str, names: list[str], threshold: float) -> list[dict[str, Any]]:
-    """Each row's prediction: the label (or labels, or value) and the probabilities by class name."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if problem_type == REGRESSION:
-        return [{"predicted": float(v)} for v in logits.reshape(-1)]
-    if problem_type == MULTI:
-        probs = 1 / (1 + np.exp(-logits))
-        return [{"predicted": [n for n, p in zip(names, row, strict=True) if p >= threshold],
-                 "probabilities": {n: round(float(p), 6) for n, p in zip(names, row, strict=True)}} for row in probs]
-    shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    probs = shifted / shifted.sum(-1, keepdims=True)
-    return [{"predicted": names[int(row.argmax())],
-             "probabilities": {n: round(float(p), 6) for n, p in zip(names, row, strict=True)}} for row in probs]
 
 
 def plot_confusion(matrix: Any, names: list[str], path: str) -> None:
@@ -266,7 +251,7 @@ def predict_file(model_dir: str, path: str, output: str | None, batch_size: int 
     for start in tqdm(range(0, len(encoded), batch_size), desc="predict", unit="batch"):
         batch = collate(encoded[start: start + batch_size])
         logits = model(**{k: v.to(model.device) for k, v in batch.items()}).logits.float().cpu().numpy()
-        rows += predictions_of(logits, problem_type, names, threshold)
+        rows += classifier_predictions(logits, problem_type, names, threshold)
     for row, record in zip(rows, records, strict=True):
         row["text"] = record[text_column]
     if output:
