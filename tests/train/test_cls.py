@@ -172,3 +172,31 @@ def test_eval_task_cls_scores_a_labelled_file_like_the_training_run(news_csv, tm
     truth, predicted = [r["label"] for r in rows], [r["predicted"] for r in rows]
     assert results["rows"] == 540 and results["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
     assert results["f1_weighted"] == pytest.approx(f1_score(truth, predicted, average="weighted"))
+
+
+def test_the_api_serves_a_classifier_on_v1_classify(news_csv, tmp_path):
+    import httpx
+
+    from lmforge.train.stages.cls import predict_file
+    from tests.serve.test_api import start_server
+
+    out = tmp_path / "model"
+    assert main(["train", *bert_args(news_csv, out, num_train_epochs=1, plot_loss=False)]) == 0
+    texts = ["we saw the team score a goal", "rain and storm today", "very good cheese and bread"]
+    data = write_jsonl(tmp_path / "texts.jsonl", [{"text": t} for t in texts])
+    expected = predict_file(str(out), str(data), None)
+    proc, base = start_server(str(out), "api_key=k", "served_model_name=news")
+    try:
+        assert httpx.post(f"{base}/v1/classify", json={"input": texts}).status_code == 401
+        reply = httpx.post(f"{base}/v1/classify", json={"input": texts}, headers={"Authorization": "Bearer k"})
+        assert reply.status_code == 200, reply.text
+        data = reply.json()["data"]
+        assert [d["label"] for d in data] == [e["predicted"] for e in expected]
+        for d, e in zip(data, expected, strict=True):
+            assert d["probabilities"] == pytest.approx(e["probabilities"], abs=1e-5)
+        bad = httpx.post(f"{base}/v1/classify", json={"input": texts, "input_pair": ["x"]},
+                         headers={"Authorization": "Bearer k"})
+        assert bad.status_code == 400 and "input_pair" in bad.json()["error"]["message"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
