@@ -17,6 +17,9 @@ def environment() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             if name in ("lmforge", "torch", "transformers", "datasets", "peft", "trl", "accelerate"):
                 info[name] = "not installed"
+    from lmforge.config.hub import hub_summary
+
+    info["hub"] = hub_summary()
     import torch
 
     info["cpu threads"] = str(torch.get_num_threads())

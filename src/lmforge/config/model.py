@@ -54,4 +54,11 @@ class ModelArguments:
         None, "Load the base model quantized to 4 or 8 bits with bitsandbytes (QLoRA; needs `finetuning_type: lora` "
         "and a CUDA GPU).")
     cache_dir: str | None = option(None, "Where downloaded hub models are stored.")
+    hub: Literal["huggingface", "modelscope"] = option(
+        "huggingface", "Where hub ids are fetched from: the Hugging Face hub (or the mirror `hf_endpoint`), or "
+        "ModelScope (also `$USE_MODELSCOPE_HUB=1`; `pip install modelscope`): model, tokenizer, adapter, `ref_model`, "
+        "`reward_model` and registry entries with `ms_hub_url`; ModelScope's local cache is used when it holds them.")
+    hf_endpoint: str | None = option(
+        None, "A Hugging Face hub mirror for every hub call, models and datasets (e.g. https://hf-mirror.com; "
+        "default `$HF_ENDPOINT`).")
     model_revision: str = option("main", "Hub branch, tag or commit of the model.")

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from lmforge.config.coerce import coerce
+from lmforge.config.hub import resolve_hubs
 from lmforge.config.schema import COMMAND_CONFIGS, DEFAULTS, GROUPS, SCHEMAS, EvalConfig, RunConfig, key_index
 from lmforge.config.secrets import drop_masked, environment_secrets
 from lmforge.config.suggest import suggest
@@ -141,6 +142,7 @@ def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: 
                 raise
             raise ConfigError(f"Config error ({source}): invalid training settings: {err}") from None
     cfg = RunConfig(**groups, source=source, raw=dict(raw))
+    resolve_hubs(cfg, cfg.model.hub, cfg.model.hf_endpoint)
     validate(cfg)
     return cfg
 
@@ -167,6 +169,9 @@ def load_command_config(schema: str, path: str | None, overrides: list[str] | No
     values = typed_values(raw, schema, source, set(cli))
     cfg = COMMAND_CONFIGS[schema](**{group: cls(**values[group]) for group, cls in SCHEMAS[schema].items()},
                                   source=source, raw=raw)
+    model = getattr(cfg, "model", None)
+    if model is not None:
+        resolve_hubs(cfg, model.hub, model.hf_endpoint)
     VALIDATORS[schema](cfg, **checks)
     return cfg
 

@@ -77,7 +77,8 @@ def hub_revision(repo_id: str, revision: str = "main") -> str | None:
 
 def source_identity(spec: SourceSpec) -> dict[str, Any]:
     """What identifies a source's content: files by path, size and modification time; hub ids by name/split."""
-    ident: dict[str, Any] = {"kind": spec.kind, "path": os.path.abspath(spec.path) if spec.kind != "hub" else spec.path,
+    remote = spec.kind in ("hub", "modelscope")
+    ident: dict[str, Any] = {"kind": spec.kind, "path": spec.path if remote else os.path.abspath(spec.path),
                              "column": spec.text_column, "split": spec.split, "subset": spec.subset,
                              "num_samples": spec.num_samples, "entry": spec.entry}
     if spec.kind == "hub":

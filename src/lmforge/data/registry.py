@@ -20,7 +20,7 @@ class SourceSpec:
     """One data source, fully resolved: what to load, from where, and which column holds the text."""
 
     name: str
-    kind: Literal["file", "disk", "hub"]
+    kind: Literal["file", "disk", "hub", "modelscope"]
     path: str
     text_column: str = "text"
     split: str = "train"
@@ -86,6 +86,8 @@ def _spec_from_entry(name: str, entry: Any, dataset_dir: str, text_column: str) 
     column = columns.get("prompt") or columns.get("text") or text_column
     extra = {"split": entry.get("split", "train"), "subset": entry.get("subset"),
              "num_samples": entry.get("num_samples"), "entry": entry}
+    if entry.get("ms_hub_url") and os.environ.get("USE_MODELSCOPE_HUB", "").lower() in ("1", "true", "yes"):
+        return SourceSpec(name, "modelscope", entry["ms_hub_url"], column, **extra)  # hub: modelscope
     if entry.get("hf_hub_url"):
         return SourceSpec(name, "hub", entry["hf_hub_url"], column, **extra)
     if entry.get("file_name"):
@@ -94,7 +96,10 @@ def _spec_from_entry(name: str, entry: Any, dataset_dir: str, text_column: str) 
             raise DataError(f"Data error: '{where}': entry '{name}' names file_name '{entry['file_name']}', but "
                             f"'{path}' does not exist.")
         return spec_for_path(name, path, column, **extra)
-    unsupported = [k for k in ("ms_hub_url", "om_hub_url", "script_url", "cloud_file_name") if entry.get(k)]
+    if entry.get("ms_hub_url"):
+        raise DataError(f"Data error: '{where}': entry '{name}' only has ms_hub_url: set `hub: modelscope` (or "
+                        "$USE_MODELSCOPE_HUB=1) to load it from ModelScope, or give it a file_name or hf_hub_url.")
+    unsupported = [k for k in ("om_hub_url", "script_url", "cloud_file_name") if entry.get(k)]
     if unsupported:
         raise DataError(f"Data error: '{where}': entry '{name}' only has {unsupported[0]}, which lmforge does not "
                         "load; give it a file_name or hf_hub_url.")
