@@ -66,7 +66,8 @@ def test_balanced_class_weights_raise_minority_recall_and_metrics_match_sklearn(
 
     plain, weighted = tmp_path / "plain", tmp_path / "weighted"
     assert main(["train", *bert_args(news_csv, plain)]) == 0
-    assert main(["train", *bert_args(news_csv, weighted, class_weights="balanced")]) == 0
+    assert main(["train", *bert_args(news_csv, weighted, class_weights="balanced", save_strategy="epoch",
+                                     load_best_model_at_end=True, metric_for_best_model="f1_weighted")]) == 0
     assert recall(weighted, "sports") > recall(plain, "sports") + 0.3
     for out in (plain, weighted):
         results = json.load(open(out / "eval_results.json"))
@@ -79,6 +80,9 @@ def test_balanced_class_weights_raise_minority_recall_and_metrics_match_sklearn(
     model = AutoModelForSequenceClassification.from_pretrained(weighted)
     assert sorted(model.config.id2label.values()) == ["food", "sports", "weather"]
     assert (weighted / "confusion_matrix.png").exists() and (weighted / "training_loss.png").exists()
+    state = json.load(open(weighted / "trainer_state.json"))  # the best epoch by weighted F1 is the one kept
+    assert state["best_metric"] == pytest.approx(max(r["eval_f1_weighted"] for r in state["log_history"]
+                                                     if "eval_f1_weighted" in r))
 
 
 def test_bad_rows_are_counted_with_file_and_row(tiny_model_dir, tmp_path, capsys, caplog):
