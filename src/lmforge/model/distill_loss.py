@@ -1,0 +1,82 @@
+"""Knowledge-distillation losses on a student's and a teacher's token distributions, computed in chunks of labelled
+positions so that neither model's full-vocabulary logits for the whole batch ever exist.
+
+Per trained position (the same positions SFT trains: the assistant's tokens), with temperature T:
+- `forward_kl`: KL(teacher || student) (classic distillation, mode-covering);
+- `reverse_kl`: KL(student || teacher) (mode-seeking);
+- `jsd`: the generalised Jensen-Shannon divergence of GKD with `kd_beta`: beta * KL(teacher || m) +
+  (1 - beta) * KL(student || m), m = beta * teacher + (1 - beta) * student (beta 0 is forward KL, 1 reverse KL), as
+  TRL's `generalized_jsd_loss`.
+The divergence is averaged over the trained positions (not scaled by T^2, as TRL's GKD), and mixed with the SFT
+cross-entropy (at T = 1) as `alpha * KD + (1 - alpha) * CE`.
+
+Why our own: TRL's GKDTrainer computes both models' full logits for the whole batch; at a 151k vocabulary that is the
+largest memory of the step twice over. Each chunk here is recomputed in the backward pass (activation checkpointing)
+instead of keeping its logits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
+LOGITS_PER_CHUNK = 1 << 25  # float32 logits of one model held at once, whatever the vocabulary
+
+
+def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, beta: float = 0.5,
+               temperature: float = 1.0) -> torch.Tensor:
+    """Per-row divergence between the two models' distributions at `temperature` ([rows, vocab] -> [rows])."""
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    if kind == "jsd" and beta == 0:
+        kind = "forward_kl"
+    if kind == "jsd" and beta == 1:
+        kind = "reverse_kl"
+    if kind == "forward_kl":
+        return (t.exp() * (t - s)).sum(-1)
+    if kind == "reverse_kl":
+        return (s.exp() * (s - t)).sum(-1)
+    if kind == "jsd":
+        m = torch.logsumexp(torch.stack([s + math.log(1 - beta), t + math.log(beta)]), dim=0)
+        return beta * (t.exp() * (t - m)).sum(-1) + (1 - beta) * (s.exp() * (s - m)).sum(-1)
+    raise ValueError(f"unknown kd_loss '{kind}' (one of {', '.join(KD_LOSSES)})")
+
+
+def _chunk_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor, teacher_hidden: torch.Tensor,
+                teacher_weight: torch.Tensor, targets: torch.Tensor, kind: str, beta: float, temperature: float,
+                alpha: float) -> torch.Tensor:
+    """Summed (over the chunk's rows) alpha * KD + (1 - alpha) * CE."""
+    student_logits = student_hidden.to(student_weight.dtype) @ student_weight.t()
+    with torch.no_grad():
+        teacher_logits = teacher_hidden.to(teacher_weight.dtype) @ teacher_weight.t()
+    loss = alpha * divergence(student_logits, teacher_logits, kind, beta, temperature).sum()
+    if alpha < 1:
+        loss = loss + (1 - alpha) * F.cross_entropy(student_logits.float(), targets, reduction="sum")
+    return loss
+
+
+def distillation_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor, teacher_hidden: torch.Tensor,
+                      teacher_weight: torch.Tensor, labels: torch.Tensor, kind: str = "forward_kl", beta: float = 0.5,
+                      temperature: float = 1.0, alpha: float = 1.0,
+                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """The loss at the positions `labels` trains (labels shifted by one inside, like a causal LM's loss), averaged over
+    them (or divided by `num_items_in_batch`); both models' hidden states are [batch, seq, hidden]."""
+    shift = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1).to(student_hidden.device)
+    keep = shift != IGNORE_INDEX
+    rows_s = student_hidden.reshape(-1, student_hidden.shape[-1])[keep]
+    rows_t = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).to(student_hidden.device)[keep]
+    targets = shift[keep]
+    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    count = torch.as_tensor(count, dtype=torch.float32, device=student_hidden.device).clamp(min=1)
+    chunk = max(1, LOGITS_PER_CHUNK // max(student_weight.shape[0], teacher_weight.shape[0]))
+    total = student_hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(targets), chunk):
+        part = slice(start, start + chunk)
+        total = total + checkpoint(_chunk_loss, rows_s[part], student_weight, rows_t[part], teacher_weight,
+                                   targets[part], kind, beta, temperature, alpha, use_reentrant=False)
+    return total / count
