@@ -11,7 +11,7 @@ from lmforge.cli import main
 from lmforge.config.stages import STAGES, StageSpec, register_stage
 from tests.train.test_sft import sft_args
 
-BUILT_IN = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo", "cls")
+BUILT_IN = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo", "kd", "cls")
 
 
 @pytest.fixture()

@@ -21,6 +21,21 @@ class FinetuningArguments:
         "or `all`.")
     freeze_extra_modules: str | None = option(
         None, "With `freeze`: comma-separated modules outside the layers to train too (e.g. `embed_tokens,norm`).")
+    teacher_model: str | None = option(
+        None, "With `kd`: the teacher's directory or hub id (it must share the student's tokenizer).", stages=("kd",))
+    teacher_adapter: str | None = option(
+        None, "With `kd`: a LoRA adapter merged into the teacher.", stages=("kd",))
+    kd_loss: Literal["forward_kl", "reverse_kl", "jsd"] = option(
+        "forward_kl", "With `kd`: KL(teacher || student), KL(student || teacher), or GKD's generalised JSD "
+        "(`kd_beta`).", stages=("kd",))
+    kd_beta: float = option(
+        0.5, "With `kd_loss: jsd`: the teacher's weight in the mixture (0: forward KL, 1: reverse KL).",
+        stages=("kd",))
+    kd_temperature: float = option(1.0, "With `kd`: both distributions are softened by this temperature.",
+                                   stages=("kd",))
+    kd_alpha: float = option(
+        1.0, "With `kd`: the loss is kd_alpha x distillation + (1 - kd_alpha) x the SFT cross-entropy.",
+        stages=("kd",))
     problem_type: Literal["single_label_classification", "multi_label_classification", "regression"] | None = \
         option(None, "With `cls`: one label per text, any number of labels (sigmoid + BCE), or one number (MSE). "
                "Unset: multi-label when the label cells are lists, regression when they are non-integer numbers, "

@@ -61,6 +61,8 @@ for _spec in (
               ignores=ONLINE_RL_IGNORES),
     StageSpec("grpo", "online RL on prompts, group-relative advantages", "prompt", "lmforge.train.stages.grpo",
               ("reward", "kl", "entropy", "clip_fraction"), trainer=False, ignores=ONLINE_RL_IGNORES),
+    StageSpec("kd", "knowledge distillation: a student learns a teacher's token distributions on SFT data", "sft",
+              "lmforge.train.stages.kd", ("kd_loss",)),
     StageSpec("cls", "sequence classification (single-label, multi-label, regression; texts or text pairs)", "cls",
               "lmforge.train.stages.cls", ("accuracy", "f1_weighted")),
 ):

@@ -95,6 +95,11 @@ def _validate_stage(cfg: RunConfig) -> None:
             hint = " (pretraining blocks are already packed; 'neat_packing' masks across documents)" \
                 if sft_only[0] == "packing" else ""
             _fail(cfg, f"'{sft_only[0]}' applies to 'stage: sft', not 'stage: pt'{hint}.")
+    if f.stage == "kd":
+        if not 0 <= f.kd_alpha <= 1 or not 0 <= f.kd_beta <= 1 or f.kd_temperature <= 0:
+            _fail(cfg, "'kd_alpha' and 'kd_beta' must be in [0, 1] and 'kd_temperature' positive.")
+        if not f.teacher_model:
+            _fail(cfg, "'stage: kd' needs 'teacher_model': the directory (or hub id) of the model to learn from.")
     if f.stage == "sft":
         if d.streaming:
             _fail(cfg, "'streaming: true' is supported for 'stage: pt' only; SFT datasets are read whole.")

@@ -1,0 +1,87 @@
+"""Stage `kd`: knowledge distillation on SFT data. The student learns the teacher's token distributions at the
+positions SFT trains (the assistant's tokens, labels derived by rendering as for `sft`), mixed with the SFT loss by
+`kd_alpha`; `model/distill_loss.py` computes the loss in chunks of positions, never either model's full logits for
+the whole batch. The teacher runs frozen, in inference mode, in bf16 where the device has it; it must share the
+student's tokenizer. Works with LoRA and packing (position ids pass to both models); the Trainer resumes exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lmforge.config.model import ModelArguments
+from lmforge.config.schema import RunConfig
+from lmforge.data.collate import SftCollator
+from lmforge.errors import ConfigError
+from lmforge.model.distill_loss import distillation_loss
+from lmforge.model.inference import load_inference_model
+from lmforge.model.tokenizer import load_tokenizer
+from lmforge.train.run import run_training
+from lmforge.train.runtime.checkpoint import resolve_resume
+from lmforge.train.stages.sft import training_rows
+from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
+from lmforge.train.trainer import LoraPlusTrainer
+
+
+def _causal_lm(model: Any) -> Any:
+    get_base = getattr(model, "get_base_model", None)  # a peft model: its adapters are inside the base's modules
+    return get_base() if callable(get_base) else model
+
+
+class DistillationTrainer(LoraPlusTrainer):
+    def __init__(self, *args: Any, teacher: torch.nn.Module, kd_loss: str, kd_beta: float, kd_temperature: float,
+                 kd_alpha: float, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher
+        self.kd = {"kind": kd_loss, "beta": kd_beta, "temperature": kd_temperature, "alpha": kd_alpha}
+        self.model_accepts_loss_kwargs = False  # a per-batch mean: the Trainer scales for accumulation itself
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        passed = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        student = _causal_lm(self.accelerator.unwrap_model(model))
+        hidden = student.get_decoder()(**passed, use_cache=False).last_hidden_state
+        with torch.inference_mode():
+            teacher_hidden = self.teacher.get_decoder()(**{k: v.to(self.teacher.device) for k, v in passed.items()},
+                                                        use_cache=False).last_hidden_state
+        loss = distillation_loss(hidden, student.get_output_embeddings().weight, teacher_hidden.clone(),
+                                 self.teacher.get_output_embeddings().weight.detach(), labels, **self.kd)
+        return (loss, {}) if return_outputs else loss
+
+
+def load_teacher(cfg: RunConfig, student_tokenizer: Any) -> torch.nn.Module:
+    """The frozen teacher (adapter merged), on the training device, bf16 where it is supported; its tokenizer must
+    be the student's."""
+    f, m = cfg.finetuning, cfg.model
+    if not f.teacher_model:
+        raise ConfigError(f"Config error ({cfg.source}): 'stage: kd' needs 'teacher_model' (a directory or hub id).")
+    args = ModelArguments(model_name_or_path=f.teacher_model, adapter_name_or_path=f.teacher_adapter,
+                          trust_remote_code=m.trust_remote_code, cache_dir=m.cache_dir)
+    tokenizer = load_tokenizer(f.teacher_model, m.trust_remote_code, cache_dir=m.cache_dir)
+    if tokenizer.get_vocab() != student_tokenizer.get_vocab():
+        raise ConfigError(f"Config error ({cfg.source}): the teacher '{f.teacher_model}' and the student do not share "
+                          f"a tokenizer ({len(tokenizer):,} vs {len(student_tokenizer):,} tokens, or other ids): "
+                          "distillation compares their distributions token by token.")
+    device = cfg.training.device
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    teacher = load_inference_model(args, tokenizer, device=device, dtype=dtype)
+    return teacher.eval().requires_grad_(False)
+
+
+def build_trainer(cfg: RunConfig, resume: str | None = None) -> DistillationTrainer:
+    stage = prepare_chat_stage(cfg, resume)
+    teacher = load_teacher(cfg, stage.tokenizer)
+    f = cfg.finetuning
+    return DistillationTrainer(
+        model=policy_model(cfg, stage), train_dataset=training_rows(stage.data.train, cfg.data),
+        data_collator=SftCollator(stage.tokenizer.pad_token_id), teacher=teacher, kd_loss=f.kd_loss,
+        kd_beta=f.kd_beta, kd_temperature=f.kd_temperature, kd_alpha=f.kd_alpha,
+        loraplus_lr_ratio=f.loraplus_lr_ratio, **trainer_kwargs(cfg, stage))
+
+
+def run(cfg: RunConfig) -> dict:
+    resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
+    trainer = build_trainer(cfg, resume)
+    return run_training(cfg, trainer, resume, chat=True, stop_ids=trainer.model.generation_config.eos_token_id)
