@@ -21,6 +21,7 @@ Usage:
   lmforge eval ... --harness TASKS            run lm-evaluation-harness tasks with the model (`harness` extra)
   lmforge score RM_DIR INPUT.jsonl [--output F] [--batch-size N]
   lmforge predict CLASSIFIER INPUT [--output F]  labels and probabilities of a `stage: cls` model for each row
+  lmforge synth CONFIG.yaml [key=value ...]   data from a teacher's OpenAI-compatible endpoint (answer, judge, rewrite)
                                               score lines ({{"messages": [...]}} or {{"text": ...}}) with a reward model
   lmforge chat MODEL [key=value ...]          chat in the terminal (MODEL: a config, a model or adapter dir)
   lmforge api MODEL [key=value ...]           OpenAI-compatible server: /v1/chat/completions, /v1/completions
@@ -229,6 +230,25 @@ def cmd_predict(args: list[str]) -> int:
     return 0
 
 
+def cmd_synth(args: list[str]) -> int:
+    if args and args[0] in ("-h", "--help"):
+        print(_reference(False, "synth"))
+        return 0
+    from lmforge.config.parse import load_command_config
+    from lmforge.logs import setup_logging
+    from lmforge.synth.run import check_endpoint, run_synth
+
+    setup_logging()
+    config_path, overrides = _split_config_path(args)
+    cfg = load_command_config("synth", config_path, overrides)
+    check_endpoint(cfg)
+    stats = run_synth(cfg)
+    print(f"synth {cfg.synth.synth_task}: kept {stats['kept']:,} now ({stats['kept_total']:,} in "
+          f"{cfg.synth.output_dir}), filtered {sum(stats['filtered'].values()):,}, failed requests "
+          f"{sum(stats['failed_requests'].values()):,}")
+    return 0
+
+
 def cmd_bench(args: list[str]) -> int:
     from lmforge.bench import main as bench_main
 
@@ -275,7 +295,7 @@ def _reference(markdown: bool, schema: str = "all") -> str:
 
 
 def cmd_help(args: list[str]) -> int:
-    if args and args[0] in ("train", "eval", "serve", "export", "config"):
+    if args and args[0] in ("train", "eval", "serve", "export", "synth", "config"):
         print(_reference(markdown="--markdown" in args, schema={"config": "all"}.get(args[0], args[0])))
     else:
         print(_usage())
@@ -297,6 +317,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
                                schema="export"),
     "score": cmd_score,
     "predict": cmd_predict,
+    "synth": cmd_synth,
     "bench": cmd_bench,
     "env": cmd_env,
     "version": cmd_version,

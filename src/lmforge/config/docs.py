@@ -20,6 +20,8 @@ TITLES = {
     "serve": "Serving (`lmforge chat`, `api`, `webui`, `webchat`; the model, data (`template`) and generation keys "
     "apply too: generation keys are the defaults a request does not set)",
     "export": "Export (`lmforge export`; the model and data (`template`) keys apply too)",
+    "synth": "Data synthesis (`lmforge synth`; the data keys apply too: `dataset`, `dataset_dir`, `max_samples`, "
+    "`text_column`)",
     "training": "Trainer (every `transformers.TrainingArguments` field, passed through; `bf16`/`fp16` also take "
     "`auto`: on where the GPU supports it)",
 }

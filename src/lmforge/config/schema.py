@@ -20,6 +20,7 @@ from lmforge.config.model import ModelArguments
 from lmforge.config.resilience import ResilienceArguments
 from lmforge.config.rl import RLArguments
 from lmforge.config.serving import ServeArguments
+from lmforge.config.synth import SynthArguments
 from lmforge.config.tracking import TrackingArguments
 
 # Group name -> dataclass. Order is the order of `lmforge help train` and docs/config.md.
@@ -54,8 +55,11 @@ SERVE_GROUPS: dict[str, type] = {
 # `lmforge export`: the model (+ adapter), its template, where and how to write it.
 EXPORT_GROUPS: dict[str, type] = {"model": ModelArguments, "data": DataArguments, "export": ExportArguments}
 
+# `lmforge synth`: the data to start from and the teacher endpoint.
+SYNTH_GROUPS: dict[str, type] = {"data": DataArguments, "synth": SynthArguments}
+
 SCHEMAS: dict[str, dict[str, type]] = {
-    "train": GROUPS, "eval": EVAL_GROUPS, "serve": SERVE_GROUPS, "export": EXPORT_GROUPS}
+    "train": GROUPS, "eval": EVAL_GROUPS, "serve": SERVE_GROUPS, "export": EXPORT_GROUPS, "synth": SYNTH_GROUPS}
 
 # Where lmforge's default differs from transformers', and why.
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -69,7 +73,7 @@ EVAL_DEFAULTS: dict[str, Any] = {"do_sample": False}
 # A chat reply or API completion is longer than a training-time sample; requests set their own `max_tokens`.
 SERVE_DEFAULTS: dict[str, Any] = {"max_new_tokens": 512}
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "train": TRAINING_DEFAULTS, "eval": EVAL_DEFAULTS, "serve": SERVE_DEFAULTS, "export": {}}
+    "train": TRAINING_DEFAULTS, "eval": EVAL_DEFAULTS, "serve": SERVE_DEFAULTS, "export": {}, "synth": {}}
 
 
 @dataclass
@@ -124,7 +128,18 @@ class ExportConfig:
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-COMMAND_CONFIGS: dict[str, type] = {"eval": EvalConfig, "serve": ServeConfig, "export": ExportConfig}
+@dataclass
+class SynthConfig:
+    """One `lmforge synth` run, fully resolved."""
+
+    data: DataArguments
+    synth: SynthArguments
+    source: str = "<command line>"
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+COMMAND_CONFIGS: dict[str, type] = {"eval": EvalConfig, "serve": ServeConfig, "export": ExportConfig,
+                                    "synth": SynthConfig}
 
 
 def group_fields(cls: type) -> list[dataclasses.Field]:

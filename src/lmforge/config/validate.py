@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lmforge.config.architecture import check_architecture
 from lmforge.config.exporting import EXPORT_MARKER
@@ -274,7 +274,22 @@ def validate_eval(cfg: EvalConfig) -> None:
             _fail(cfg, f"'stride' must be between 1 and cutoff_len ({d.cutoff_len}), got {e.stride}.")
 
 
-VALIDATORS = {"eval": validate_eval, "serve": validate_serve, "export": validate_export}
+def validate_synth(cfg: Any) -> None:
+    """`lmforge synth`: an endpoint, a model name, data, an output folder, sane limits."""
+    s = cfg.synth
+    for key in ("teacher_base_url", "teacher_model", "output_dir"):
+        if not getattr(s, key):
+            _fail(cfg, f"'{key}' is required.")
+    if not cfg.data.dataset:
+        _fail(cfg, "'dataset' is required: the records the teacher works on.")
+    for key in ("num_samples", "concurrency", "max_tokens"):
+        if getattr(s, key) < 1:
+            _fail(cfg, f"'{key}' must be at least 1, got {getattr(s, key)}.")
+    if s.max_retries < 0 or s.request_timeout <= 0:
+        _fail(cfg, "'max_retries' must not be negative and 'request_timeout' must be positive.")
+
+
+VALIDATORS = {"eval": validate_eval, "serve": validate_serve, "export": validate_export, "synth": validate_synth}
 
 
 def check_engine_configs(training: dict, source: str) -> None:

@@ -1,0 +1,1 @@
+"""`lmforge synth`: data from a stronger model (see `run.py`)."""
