@@ -53,3 +53,34 @@ def test_distillation_brings_the_student_closer_to_the_teacher_than_sft(greeter_
 def test_a_teacher_with_another_tokenizer_exits_2(greeter_base_dir, llava_dir, tmp_path, capsys):
     assert main(["train", *run_args("kd", greeter_base_dir, tmp_path / "kd", teacher_model=llava_dir)]) == 2
     assert "do not share a tokenizer" in capsys.readouterr().err
+
+
+def test_on_policy_distillation_trains_on_the_students_samples_reproducibly(greeter_base_dir, chat_model_dir,
+                                                                           tmp_path, monkeypatch):
+    from lmforge.train.stages import kd as kd_stage
+
+    drawn = []
+    original = kd_stage.OnPolicy.student_batch
+
+    def spy(self, model, inputs, step):
+        batch = original(self, model, inputs, step)
+        drawn.append((step, batch["input_ids"].shape, int((batch["labels"] != -100).sum())))
+        return batch
+
+    monkeypatch.setattr(kd_stage.OnPolicy, "student_batch", spy)
+    extra = dict(teacher_model=chat_model_dir, kd_on_policy=True, lmbda=0.5, max_new_tokens=6, max_steps=8,
+                 logging_steps=1)
+    assert main(["train", *run_args("kd", greeter_base_dir, tmp_path / "a", **extra)]) == 0
+    first = list(drawn)
+    drawn.clear()
+    assert main(["train", *run_args("kd", greeter_base_dir, tmp_path / "b", **extra)]) == 0
+    assert first == drawn and 0 < len(first) < 8  # about half the steps, the same ones, the same samples
+    assert all(0 < trained <= 8 * 6 for _, _, trained in first)  # only the student's completions are trained
+    loss = lambda out: [r["loss"] for r in map(json.loads, open(out / "trainer_log.jsonl")) if "loss" in r]  # noqa: E731
+    assert loss(tmp_path / "a") == loss(tmp_path / "b")
+
+
+def test_on_policy_with_packing_exits_2(greeter_base_dir, chat_model_dir, tmp_path, capsys):
+    assert main(["train", *run_args("kd", greeter_base_dir, tmp_path / "kd", teacher_model=chat_model_dir,
+                                    kd_on_policy=True, packing=True)]) == 2
+    assert "does not work with 'packing'" in capsys.readouterr().err

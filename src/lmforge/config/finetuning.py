@@ -36,6 +36,12 @@ class FinetuningArguments:
     kd_alpha: float = option(
         1.0, "With `kd`: the loss is kd_alpha x distillation + (1 - kd_alpha) x the SFT cross-entropy.",
         stages=("kd",))
+    kd_on_policy: bool = option(
+        False, "With `kd`: GKD. For a `lmbda` share of the batches the student first writes its own completions of "
+        "the batch's prompts (sampled with the `generation` settings), and the distillation loss is taken on those "
+        "tokens (the teacher's distribution at the student's own samples). Not with `packing`.", stages=("kd",))
+    lmbda: float = option(0.5, "With `kd_on_policy`: the share of batches trained on the student's samples.",
+                          stages=("kd",))
     problem_type: Literal["single_label_classification", "multi_label_classification", "regression"] | None = \
         option(None, "With `cls`: one label per text, any number of labels (sigmoid + BCE), or one number (MSE). "
                "Unset: multi-label when the label cells are lists, regression when they are non-integer numbers, "

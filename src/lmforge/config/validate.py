@@ -100,6 +100,11 @@ def _validate_stage(cfg: RunConfig) -> None:
             _fail(cfg, "'kd_alpha' and 'kd_beta' must be in [0, 1] and 'kd_temperature' positive.")
         if not f.teacher_model:
             _fail(cfg, "'stage: kd' needs 'teacher_model': the directory (or hub id) of the model to learn from.")
+        if f.kd_on_policy and (d.packing or d.neat_packing):
+            _fail(cfg, "'kd_on_policy' samples completions of each example's prompt: it does not work with "
+                  "'packing' (rows of several examples); set `packing: false`.")
+        if not 0 <= f.lmbda <= 1:
+            _fail(cfg, f"'lmbda' must be in [0, 1], got {f.lmbda}.")
     if f.stage == "sft":
         if d.streaming:
             _fail(cfg, "'streaming: true' is supported for 'stage: pt' only; SFT datasets are read whole.")

@@ -3,6 +3,7 @@ positions SFT trains (the assistant's tokens, labels derived by rendering as for
 `kd_alpha`; `model/distill_loss.py` computes the loss in chunks of positions, never either model's full logits for
 the whole batch. The teacher runs frozen, in inference mode, in bf16 where the device has it; it must share the
 student's tokenizer. Works with LoRA and packing (position ids pass to both models); the Trainer resumes exactly.
+`kd_on_policy` (GKD) trains a `lmbda` share of the batches on the student's own completions of the prompts.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from typing import Any
 
 import torch
 
+from lmforge.config.generation import GenerationArguments
 from lmforge.config.model import ModelArguments
 from lmforge.config.schema import RunConfig
-from lmforge.data.collate import SftCollator
+from lmforge.data.collate import IGNORE_INDEX, SftCollator
 from lmforge.errors import ConfigError
 from lmforge.model.distill_loss import distillation_loss
 from lmforge.model.inference import load_inference_model
 from lmforge.model.tokenizer import load_tokenizer
+from lmforge.train.rollout import sample_completions
 from lmforge.train.run import run_training
 from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.stages.sft import training_rows
@@ -32,13 +35,16 @@ def _causal_lm(model: Any) -> Any:
 
 class DistillationTrainer(LoraPlusTrainer):
     def __init__(self, *args: Any, teacher: torch.nn.Module, kd_loss: str, kd_beta: float, kd_temperature: float,
-                 kd_alpha: float, **kwargs: Any):
+                 kd_alpha: float, on_policy: OnPolicy | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.teacher = teacher
+        self.teacher, self.on_policy = teacher, on_policy
         self.kd = {"kind": kd_loss, "beta": kd_beta, "temperature": kd_temperature, "alpha": kd_alpha}
         self.model_accepts_loss_kwargs = False  # a per-batch mean: the Trainer scales for accumulation itself
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.on_policy is not None and model.training and self.on_policy.draw(self.state.global_step):
+            inputs = self.on_policy.student_batch(self.accelerator.unwrap_model(model), inputs,
+                                                  self.state.global_step)
         labels = inputs["labels"]
         passed = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
         student = _causal_lm(self.accelerator.unwrap_model(model))
@@ -49,6 +55,36 @@ class DistillationTrainer(LoraPlusTrainer):
         loss = distillation_loss(hidden, student.get_output_embeddings().weight, teacher_hidden.clone(),
                                  self.teacher.get_output_embeddings().weight.detach(), labels, **self.kd)
         return (loss, {}) if return_outputs else loss
+
+
+class OnPolicy:
+    """GKD's on-policy batches: for a `lmbda` share of the steps (a coin seeded by the step, so a resumed run draws
+    the same), each example's prompt (its tokens before the first trained one) is completed by the student, sampled
+    with one generator per row (`rollout.sample_completions`), and the completion becomes the trained tokens."""
+
+    def __init__(self, lmbda: float, seed: int, gen: GenerationArguments, pad_id: int, stop_ids: list[int]):
+        self.lmbda, self.seed, self.gen, self.pad_id, self.stop_ids = lmbda, seed, gen, pad_id, stop_ids
+
+    def draw(self, step: int) -> bool:
+        return bool(torch.rand((), generator=torch.Generator().manual_seed(self.seed * 7919 + step)) < self.lmbda)
+
+    @torch.no_grad()
+    def student_batch(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], step: int
+                      ) -> dict[str, torch.Tensor]:
+        ids, labels, mask = inputs["input_ids"], inputs["labels"], inputs["attention_mask"]
+        prompts = []
+        for row in range(len(ids)):
+            trained = (labels[row] != IGNORE_INDEX).nonzero()
+            start = int(trained[0]) if len(trained) else int(mask[row].sum())
+            prompts.append(ids[row, :start].tolist())
+        seeds = [self.seed * 1_000_003 + step * 257 + row for row in range(len(prompts))]
+        rollout = sample_completions(model, prompts, self.gen, self.pad_id, self.stop_ids, seeds)
+        rows = []
+        for row, prompt in enumerate(prompts):
+            completion = rollout.input_ids[row, rollout.prompt_width:][rollout.completion_mask[row].bool()].tolist()
+            rows.append({"input_ids": prompt + completion, "labels": [IGNORE_INDEX] * len(prompt) + completion})
+        batch = SftCollator(self.pad_id)(rows)
+        return {k: v.to(ids.device) for k, v in batch.items()}
 
 
 def load_teacher(cfg: RunConfig, student_tokenizer: Any) -> torch.nn.Module:
@@ -78,6 +114,8 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> DistillationTrai
         model=policy_model(cfg, stage), train_dataset=training_rows(stage.data.train, cfg.data),
         data_collator=SftCollator(stage.tokenizer.pad_token_id), teacher=teacher, kd_loss=f.kd_loss,
         kd_beta=f.kd_beta, kd_temperature=f.kd_temperature, kd_alpha=f.kd_alpha,
+        on_policy=OnPolicy(f.lmbda, cfg.training.seed, cfg.generation, stage.tokenizer.pad_token_id,
+                           list(stage.stop_ids)) if f.kd_on_policy else None,
         loraplus_lr_ratio=f.loraplus_lr_ratio, **trainer_kwargs(cfg, stage))
 
 
