@@ -58,11 +58,18 @@ def test_answer_writes_one_record_per_prompt_and_sample_and_resumes_without_repe
     assert entry["file_name"] == "data.jsonl"
 
 
+NEW_INSTRUCTIONS = ["Explain how volcanoes form beneath the ocean.", "List three uses of baking soda at home.",
+                    "Write a haiku about autumn rain in the city.", "Compare trains and planes for a short trip.",
+                    "Summarise the rules of chess for a child.", "Translate a friendly greeting into French.",
+                    "Give advice for a first job interview today.", "Describe the water cycle in simple words."]
+
+
 class _Teacher(BaseHTTPRequestHandler):
     """A stand-in endpoint: fails with 429 or 500 at random (seeded), else answers; judges pick the longer answer."""
 
     rng = random.Random(0)
     failures = 0
+    rounds = 0
     lock = threading.Lock()
 
     def do_POST(self):  # noqa: N802 - the http.server API
@@ -77,7 +84,15 @@ class _Teacher(BaseHTTPRequestHandler):
             self.wfile.write(b'{"error": {"message": "busy"}}')
             return
         prompt = body["messages"][-1]["content"]
-        if "Answer A:" in prompt:
+        if "new, different task instructions" in prompt:  # self-instruct: new ones, a near-copy of a seed, junk
+            with self.lock:
+                type(self).rounds += 1
+                n = type(self).rounds
+            count = len(NEW_INSTRUCTIONS)
+            fresh = NEW_INSTRUCTIONS[(2 * n) % count], NEW_INSTRUCTIONS[(2 * n + 1) % count]
+            text = "\n".join([f"1. {fresh[0]}", "2. Say 0 please now",  # a near-duplicate of a seed
+                              "3. Hi", f"4. {fresh[1]}"])
+        elif "Answer A:" in prompt:
             a = prompt.split("Answer A:\n", 1)[1].split("\n\nAnswer B:", 1)[0]
             b = prompt.split("Answer B:\n", 1)[1].split("\n\nReply", 1)[0]
             text = "A" if len(a) >= len(b) else "B"
@@ -97,7 +112,7 @@ class _Teacher(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def flaky_teacher():
-    _Teacher.failures = 0
+    _Teacher.failures, _Teacher.rounds = 0, 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Teacher)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -134,3 +149,20 @@ def test_a_bad_endpoint_is_a_config_error(tmp_path, capsys):
     data = write_jsonl(tmp_path / "p.jsonl", [{"instruction": "x"}])
     assert synth(tmp_path / "o", data, "ftp://nowhere") == 2
     assert "must be an http(s) URL" in capsys.readouterr().err
+
+
+def test_self_instruct_drops_near_duplicates_and_malformed_lines_then_answers(flaky_teacher, tmp_path):
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": f"Say {i}"} for i in range(3)] +
+                        [{"instruction": "Say 0 please now and here"}])
+    out = tmp_path / "self"
+    assert synth(out, seeds, flaky_teacher, synth_task="self_instruct", num_instructions=6, max_retries=8,
+                 similarity_threshold=0.6) == 0
+    stats = json.load(open(out / "stats.json"))
+    assert stats["instructions_kept"] == 6
+    assert stats["instructions_dropped"]["near-duplicate"] >= 1 and stats["instructions_dropped"][
+        "malformed: too short"] >= 1
+    kept = [json.loads(line)["instruction"] for line in open(out / "instructions.jsonl")]
+    assert len(set(kept)) == 6 and not any(k.startswith("Say 0") or k == "Hi" for k in kept)
+    records = lines(out / "data.jsonl")
+    assert sorted(r["messages"][0]["content"] for r in records) == sorted(kept)
+    assert all(r["messages"][1]["content"] == f"echo: {r['messages'][0]['content']}" for r in records)

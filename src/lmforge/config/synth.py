@@ -15,8 +15,11 @@ class SynthArguments:
     teacher_model: str | None = option(None, "The model name sent with each request.")
     teacher_api_key_env: str = option(
         "OPENAI_API_KEY", "The environment variable holding the endpoint's API key (none needed when it is unset).")
-    synth_task: Literal["answer", "judge", "rewrite"] = option(
+    synth_task: Literal["answer", "self_instruct", "judge", "rewrite"] = option(
         "answer", "`answer`: the teacher answers each prompt of `dataset` (`num_samples` times) -> sft records; "
+        "`self_instruct`: from the instructions of `dataset` (the seeds), the teacher writes new ones "
+        "(`num_instructions`), near-duplicates (ROUGE-L >= `similarity_threshold` with the pool) and malformed ones "
+        "are dropped and counted, then it answers them -> sft records; "
         "`judge`: it compares a record's two `responses` by `judge_rubric` -> dpo pairs (chosen/rejected); `rewrite`: "
         "`rewrite_template` applied to each record's text -> records with the rewritten text.")
     num_samples: int = option(1, "answer: answers per prompt (use temperature > 0 for different ones).")
@@ -29,6 +32,13 @@ class SynthArguments:
         None, "Stop sending requests once the answered ones used this many tokens (prompt + completion).")
     price_per_million_input: float | None = option(None, "Cost of a million prompt tokens (shown as spent).")
     price_per_million_output: float | None = option(None, "Cost of a million completion tokens.")
+    num_instructions: int = option(50, "self_instruct: new instructions to write.")
+    similarity_threshold: float = option(
+        0.7, "self_instruct: a new instruction whose ROUGE-L with any instruction of the pool (seeds and those kept) "
+        "reaches this is a near-duplicate.")
+    self_instruct_template: str = option(
+        "Here are some task instructions:\n{examples}\n\nWrite {count} new, different task instructions in the same "
+        "style, one per line, numbered 1., 2., ...", "self_instruct: the request (fields: examples, count).")
     judge_rubric: str = option(
         "Which answer is more helpful, correct and clear?", "judge: the criterion the teacher compares by.")
     judge_template: str = option(

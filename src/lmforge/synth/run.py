@@ -23,69 +23,19 @@ import os
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from lmforge.config.schema import SynthConfig
-from lmforge.data.examples import source_format
 from lmforge.data.formats import SkipRecord
-from lmforge.data.records import read_records
-from lmforge.data.registry import resolve_sources
 from lmforge.errors import ConfigError
 from lmforge.jsonl import write_json
 from lmforge.synth.client import ChatClient, RequestFailed
+from lmforge.synth.work import WorkItem, work_items
 
 logger = logging.getLogger(__name__)
 
 DATA_FILE, FILTERED_FILE, STATS_FILE = "data.jsonl", "filtered.jsonl", "stats.json"
 _VERDICT = re.compile(r"\b([AB])\b")
-
-
-@dataclass
-class WorkItem:
-    id: str
-    source: str
-    record: int
-    messages: list[dict]  # the request
-    extra: dict[str, Any]  # what the output record needs besides the answer
-
-
-def work_items(cfg: SynthConfig) -> tuple[list[WorkItem], Counter]:
-    """Every request of the run, in data order; records that cannot be one are counted by reason."""
-    s, d = cfg.synth, cfg.data
-    items, skipped = [], Counter()
-    for spec in resolve_sources(d.dataset, d.dataset_dir):
-        records = read_records(spec)[: d.max_samples] if d.max_samples else read_records(spec)
-        fmt = source_format(spec, records) if s.synth_task != "rewrite" else None
-        for index, record in enumerate(records):
-            try:
-                items += _items(cfg, spec.name, index, record, fmt)
-            except (SkipRecord, TypeError, KeyError, ValueError) as err:
-                skipped[str(err)[:120]] += 1
-    return items, skipped
-
-
-def _items(cfg: SynthConfig, source: str, index: int, record: dict, fmt: Any) -> list[WorkItem]:
-    s = cfg.synth
-    if not isinstance(record, dict):
-        raise SkipRecord("record is not an object")
-    if s.synth_task == "rewrite":
-        text = record.get(cfg.data.text_column)
-        if not isinstance(text, str) or not text.strip():
-            raise SkipRecord(f"no text in '{cfg.data.text_column}'")
-        request = [{"role": "user", "content": s.rewrite_template.format(text=text)}]
-        return [WorkItem(f"{source}:{index}", source, index, request, {"original": text})]
-    prompt = fmt.to_example(record, "prompt")["messages"]
-    if s.synth_task == "answer":
-        return [WorkItem(f"{source}:{index}:{n}", source, index, prompt, {"prompt": prompt})
-                for n in range(s.num_samples)]
-    responses = record.get(s.responses_column)
-    if not (isinstance(responses, list) and len(responses) == 2 and all(isinstance(r, str) and r for r in responses)):
-        raise SkipRecord(f"'{s.responses_column}' must hold two answers")
-    question = "\n".join(m["content"] for m in prompt if m["role"] != "system")
-    request = [{"role": "user", "content": s.judge_template.format(rubric=s.judge_rubric, prompt=question,
-                                                                      a=responses[0], b=responses[1])}]
-    return [WorkItem(f"{source}:{index}", source, index, request, {"prompt": prompt, "responses": responses})]
 
 
 def output_record(task: str, item: WorkItem, reply: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +77,7 @@ def _done_ids(path: str) -> set[str]:
 
 
 REGISTRY = {"answer": {"file_name": DATA_FILE, "formatting": "openai", "columns": {"messages": "messages"}},
+            "self_instruct": {"file_name": DATA_FILE, "formatting": "openai", "columns": {"messages": "messages"}},
             "judge": {"file_name": DATA_FILE, "formatting": "openai",
                       "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected"}},
             "rewrite": {"file_name": DATA_FILE, "columns": {"prompt": "text"}}}
@@ -137,19 +88,29 @@ def run_synth(cfg: SynthConfig) -> dict[str, Any]:
     os.makedirs(s.output_dir, exist_ok=True)
     data_path, filtered_path = os.path.join(s.output_dir, DATA_FILE), os.path.join(s.output_dir, FILTERED_FILE)
     done = _done_ids(data_path) | _done_ids(filtered_path)
-    items, skipped = work_items(cfg)
+    written: dict[str, Any] = {}
+    if s.synth_task == "self_instruct":
+        from lmforge.synth.self_instruct import grow_instructions
+
+        written = asyncio.run(grow_instructions(cfg))
+        items, skipped = written.pop("items"), Counter()
+    else:
+        items, skipped = work_items(cfg)
     todo = [item for item in items if item.id not in done]
     logger.info("synth %s: %d work items, %d done before, %d to ask (%d records unusable)", s.synth_task,
                 len(items), len(items) - len(todo), len(todo), sum(skipped.values()))
     write_json(os.path.join(s.output_dir, "dataset_info.json"), {"synth": REGISTRY[s.synth_task]})
-    stats = asyncio.run(_ask_all(cfg, todo, data_path, filtered_path))
-    stats.update(work_items=len(items), done_before=len(items) - len(todo), unusable_records=dict(skipped))
+    stats = asyncio.run(_ask_all(cfg, todo, data_path, filtered_path, "answer" if s.synth_task == "self_instruct"
+                                 else s.synth_task))
+    stats.update(work_items=len(items), done_before=len(items) - len(todo), unusable_records=dict(skipped),
+                 **written)
     stats["kept_total"] = len(_done_ids(data_path))
     write_json(os.path.join(s.output_dir, STATS_FILE), stats)
     return stats
 
 
-async def _ask_all(cfg: SynthConfig, todo: list[WorkItem], data_path: str, filtered_path: str) -> dict[str, Any]:
+async def _ask_all(cfg: SynthConfig, todo: list[WorkItem], data_path: str, filtered_path: str, task: str
+                   ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     s = cfg.synth
@@ -177,7 +138,7 @@ async def _ask_all(cfg: SynthConfig, todo: list[WorkItem], data_path: str, filte
                     bar.update()
                     continue
                 try:
-                    record = output_record(s.synth_task, item, reply)
+                    record = output_record(task, item, reply)
                 except SkipRecord as err:
                     filtered[str(err)] += 1
                     rejects.write(json.dumps({"id": item.id, "reason": str(err)}, ensure_ascii=False) + "\n")
