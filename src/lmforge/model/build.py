@@ -74,15 +74,15 @@ def scratch_config(args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> 
     return config
 
 
-def is_sequence_classifier(args: ModelArguments) -> bool:
+def is_sequence_classifier(args: ModelArguments, config: Any = None) -> bool:
     """A checkpoint saved with a sequence-classification head, or a base whose adapter was trained with one (an
-    adapter directory holding `cls_head.json`)."""
+    adapter directory holding `cls_head.json`). `config`: the model's, when the caller has read it already."""
     if args.from_scratch or not args.model_name_or_path:
         return False
     adapter = args.adapter_name_or_path
     if adapter and os.path.isfile(os.path.join(adapter, CLS_HEAD_FILE)):
         return True
-    config = multimodal.model_config(args)
+    config = config if config is not None else multimodal.model_config(args)
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
 
 
@@ -137,16 +137,16 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
     (`auto`: as saved)."""
     kwargs: dict[str, Any] = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
     auto_class: Any = AutoModelForCausalLM
-    if reward_head or classifier:
+    adapter_head = classifier_head_of(args.adapter_name_or_path)  # a base for its classifier adapter: that head
+    if reward_head or classifier or adapter_head:
         auto_class = AutoModelForSequenceClassification
-        kwargs.update(classifier or {"num_labels": 1}, pad_token_id=tokenizer.pad_token_id)
-    elif classifier_head_of(args.adapter_name_or_path):  # a base for its classifier adapter: the adapter's head
-        auto_class = AutoModelForSequenceClassification
-        kwargs.update(classifier_head_of(args.adapter_name_or_path), pad_token_id=tokenizer.pad_token_id)
-    elif multimodal.is_multimodal(args):
-        auto_class = AutoModelForImageTextToText
-    elif is_sequence_classifier(args):  # a saved `stage: cls` (or reward) model loads as what it is
-        auto_class = AutoModelForSequenceClassification
+        kwargs.update(classifier or adapter_head or {"num_labels": 1}, pad_token_id=tokenizer.pad_token_id)
+    elif not args.from_scratch:  # what the checkpoint is, from its config (read once)
+        config = multimodal.model_config(args)
+        if multimodal.is_multimodal_config(config):
+            auto_class = AutoModelForImageTextToText
+        elif is_sequence_classifier(args, config):  # a saved `stage: cls` (or reward) model loads as what it is
+            auto_class = AutoModelForSequenceClassification
     if args.quantization_bit:
         kwargs["quantization_config"] = quantization_config(args.quantization_bit)
     if args.from_scratch:

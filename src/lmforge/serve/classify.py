@@ -11,14 +11,13 @@ import asyncio
 import threading
 from typing import Any
 
-import torch
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel, Field
-from transformers import DataCollatorWithPadding
 
 from lmforge.config.schema import ServeConfig
-from lmforge.data.classification import REGRESSION, encode_pair
+from lmforge.data.classification import encode_pair
 from lmforge.metrics import classifier_predictions
+from lmforge.model.classifier import classifier_logits, head_of, threshold_of
 from lmforge.model.inference import load_inference_model
 from lmforge.model.tokenizer import load_inference_tokenizer
 from lmforge.serve.http_app import ApiError, base_app
@@ -33,23 +32,18 @@ class ClassifyRequest(BaseModel):
 def create_classify_app(cfg: ServeConfig, model_name: str, api_key: str | None) -> FastAPI:
     tokenizer, _ = load_inference_tokenizer(cfg.model)
     model = load_inference_model(cfg.model, tokenizer)
-    config = model.config
-    if config.pad_token_id is None:
-        config.pad_token_id = tokenizer.pad_token_id
-    problem_type = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
-    names = [] if problem_type == REGRESSION else [config.id2label[i] for i in range(config.num_labels)]
-    limit = cfg.serve.max_prompts_per_request
-    collate, lock = DataCollatorWithPadding(tokenizer), threading.Lock()
+    problem_type, names = head_of(model, tokenizer)
+    threshold = threshold_of(cfg.model.adapter_name_or_path or cfg.model.model_name_or_path)
+    limit, lock = cfg.serve.max_prompts_per_request, threading.Lock()
     app, authorised = base_app(model_name, api_key, cfg.serve.max_request_bytes)
 
-    @torch.no_grad()
     def classify(texts: list[str], pairs: list[str] | None) -> list[dict[str, Any]]:
         length = min(tokenizer.model_max_length, 4096)
-        batch = collate([encode_pair(tokenizer, t, p, length)[0]
-                         for t, p in zip(texts, pairs or [None] * len(texts), strict=True)])
+        rows = [encode_pair(tokenizer, t, p, length)[0] for t, p in zip(texts, pairs or [None] * len(texts),
+                                                                        strict=True)]
         with lock:  # one forward pass at a time on the model
-            logits = model(**{k: v.to(model.device) for k, v in batch.items()}).logits.float().cpu().numpy()
-        return classifier_predictions(logits, problem_type, names, 0.5)
+            logits = classifier_logits(model, tokenizer, rows, len(rows))
+        return classifier_predictions(logits, problem_type, names, threshold)
 
     @app.get("/v1/models", dependencies=[Depends(authorised)])
     async def models() -> dict[str, Any]:

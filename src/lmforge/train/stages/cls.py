@@ -8,7 +8,6 @@ and a confusion-matrix PNG beside the loss plot. The output loads with `AutoMode
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -28,7 +27,8 @@ from lmforge.data.classification import (
 from lmforge.jsonl import write_json, write_jsonl
 from lmforge.metrics import classification_metrics, classifier_predictions
 from lmforge.model.adapters import apply_finetuning_type
-from lmforge.model.build import CLS_HEAD_FILE, build_model, classifier_head_of
+from lmforge.model.build import CLS_HEAD_FILE, build_model
+from lmforge.model.classifier import classifier_arguments, classifier_logits, head_of, threshold_of
 from lmforge.model.tokenizer import setup_tokenizer
 from lmforge.train.run import run_training
 from lmforge.train.runtime.checkpoint import resolve_resume
@@ -190,53 +190,29 @@ def run(cfg: RunConfig) -> dict:
 
 
 def load_classifier(path: str) -> tuple[Any, PreTrainedTokenizerBase]:
-    """A saved classifier (or one a LoRA adapter sits on, merged) and its tokenizer, for `lmforge predict`."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """A `stage: cls` output (a LoRA one merged onto its base) and its tokenizer, on the inference device."""
+    from lmforge.model.inference import load_inference_model
+    from lmforge.model.tokenizer import load_inference_tokenizer
 
-    config_path = os.path.join(path, "adapter_config.json")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if os.path.isfile(config_path):
-        from peft import PeftModel
-
-        base = json.load(open(config_path, encoding="utf-8"))["base_model_name_or_path"]
-        model = AutoModelForSequenceClassification.from_pretrained(base, **classifier_head_of(path))
-        model = PeftModel.from_pretrained(model, path).merge_and_unload()
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model.eval(), tokenizer
+    args = classifier_arguments(path)
+    tokenizer, _ = load_inference_tokenizer(args)
+    return load_inference_model(args, tokenizer), tokenizer
 
 
-def _threshold(model_dir: str) -> float:
-    """The multi-label decision threshold the classifier was trained with (0.5 where not recorded)."""
-    path = os.path.join(model_dir, CLS_HEAD_FILE)
-    if not os.path.isfile(path):
-        return 0.5
-    with open(path, encoding="utf-8") as fh:
-        return float(json.load(fh).get("threshold", 0.5))
-
-
-@torch.no_grad()
 def predict_file(model_dir: str, path: str, output: str | None, batch_size: int = 32, text_column: str = "text",
                  pair_column: str | None = None) -> list[dict[str, Any]]:
     """Each row of `path` classified (batched, with a progress bar): its predicted label(s) or value and the
     probabilities by class; written to `output` (JSON lines, atomically) when given. Rows without a text are
     errors naming the row."""
-    from tqdm.auto import tqdm
-
     from lmforge.data.classification import encode_pair
     from lmforge.data.records import read_records
     from lmforge.data.registry import resolve_sources
     from lmforge.errors import DataError
 
     model, tokenizer = load_classifier(model_dir)
-    config = model.config
-    problem_type = config.problem_type or ("regression" if config.num_labels == 1 else
-                                           "single_label_classification")
-    names = [config.id2label[i] for i in range(config.num_labels)] if problem_type != REGRESSION else []
-    threshold = _threshold(model_dir)
+    problem_type, names = head_of(model, tokenizer)
     records = [r for spec in resolve_sources(path, os.path.dirname(path) or ".") for r in read_records(spec)]
+    length = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else 512
     encoded = []
     for i, record in enumerate(records):
         text = record.get(text_column) if isinstance(record, dict) else None
@@ -244,14 +220,9 @@ def predict_file(model_dir: str, path: str, output: str | None, batch_size: int 
         if not isinstance(text, str) or (pair_column and not isinstance(pair, str)):
             raise DataError(f"Data error: '{path}' row {i}: needs text in '{text_column}'"
                             + (f" and '{pair_column}'" if pair_column else "") + ".")
-        encoded.append(encode_pair(tokenizer, text, pair, tokenizer.model_max_length
-                                   if tokenizer.model_max_length < 1_000_000 else 512)[0])
-    collate = DataCollatorWithPadding(tokenizer)
-    rows: list[dict[str, Any]] = []
-    for start in tqdm(range(0, len(encoded), batch_size), desc="predict", unit="batch"):
-        batch = collate(encoded[start: start + batch_size])
-        logits = model(**{k: v.to(model.device) for k, v in batch.items()}).logits.float().cpu().numpy()
-        rows += classifier_predictions(logits, problem_type, names, threshold)
+        encoded.append(encode_pair(tokenizer, text, pair, length)[0])
+    logits = classifier_logits(model, tokenizer, encoded, batch_size, progress=True)
+    rows = classifier_predictions(logits, problem_type, names, threshold_of(model_dir))
     for row, record in zip(rows, records, strict=True):
         row["text"] = record[text_column]
     if output:
