@@ -172,8 +172,7 @@ def _serve_equals_generate(model_dir: str, picture: str, cuda: bool) -> bool:
     from transformers import AutoModelForImageTextToText
 
     from lmforge.config.model import ModelArguments
-    from lmforge.data import media
-    from lmforge.data.multimodal import prompt_inputs
+    from lmforge.data.multimodal import MediaOptions, prompt_inputs
     from lmforge.data.template import stop_token_ids
     from lmforge.model.multimodal import load_processor
     from lmforge.model.sampling import SamplingParams
@@ -182,7 +181,7 @@ def _serve_equals_generate(model_dir: str, picture: str, cuda: bool) -> bool:
     device = torch.device("cuda" if cuda else "cpu")
     processor = load_processor(ModelArguments(model_name_or_path=model_dir))
     model = AutoModelForImageTextToText.from_pretrained(model_dir).to(device).eval()
-    image = media.load_image(picture, 768 * 768, 32 * 32)
+    image = MediaOptions().image(picture)
     messages = [{"role": "user", "content": "<image>What colour is the circle?"}]
     ids, inputs = prompt_inputs(processor, messages, [image])
     stops = stop_token_ids(processor.tokenizer)

@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.config.schema import EvalConfig
-from lmforge.data import media
 from lmforge.data.examples import build_examples
 from lmforge.data.multimodal import MultimodalCollator, per_token_outputs
 from lmforge.data.template import stop_token_ids
@@ -70,9 +69,7 @@ def predict_with_images(model: PreTrainedModel, processor: Any, rows: Any, refer
         inputs = {"input_ids": torch.tensor([row["input_ids"]], device=model.device)}
         inputs.update({k: torch.tensor([row[k]], device=model.device) for k in extras})
         if row["images"]:
-            pixels = collate.pixel_inputs([[media.load_image(ref, collate.media_options.image_max_pixels,
-                                                             collate.media_options.image_min_pixels)
-                                            for ref in row["images"]]])
+            pixels = collate.pixel_inputs([[collate.media_options.image(ref) for ref in row["images"]]])
             inputs.update({k: v.to(model.device, model.dtype) if v.is_floating_point() else v.to(model.device)
                            for k, v in pixels.items()})
         out = model.generate(**inputs, max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample,

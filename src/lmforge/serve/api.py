@@ -78,7 +78,7 @@ def vision_prompt(processor: Any, messages: list[dict], tools: list | None, temp
                   media_options: MediaOptions) -> tuple[list[int], dict[str, Any]]:
     """A vision-language model's prompt from OpenAI messages: ids and pixel inputs (images fetched and bounded)."""
     messages, refs = media.from_openai_messages(messages)
-    images = [media.load_image(ref, media_options.image_max_pixels, media_options.image_min_pixels) for ref in refs]
+    images = [media_options.image(ref) for ref in refs]
     return prompt_inputs(processor, [template_message(m) for m in messages], images, tools, **template_kwargs)
 
 

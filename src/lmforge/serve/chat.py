@@ -36,8 +36,7 @@ class Conversation:
 
     def load_image(self, path: str):
         """An image for the next message (SkipRecord naming the file when it cannot be read)."""
-        return media.load_image(media.resolve(path, [os.getcwd()]), self.media_options.image_max_pixels,
-                                self.media_options.image_min_pixels)
+        return self.media_options.image(media.resolve(path, [os.getcwd()]))
 
     def _inputs(self) -> tuple[list[int], dict | None]:
         messages = self.system + self.turns

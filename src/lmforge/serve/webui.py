@@ -192,7 +192,7 @@ def chat_turn(engine, state: dict[str, list], text: str, image_path: str | None,
     conversation in `state` (messages with image placeholders, and the images' paths), then the reply's text as it
     grows. Raises LmforgeError/RequestError with what to tell the user."""
     from lmforge.data import media
-    from lmforge.data.multimodal import prompt_inputs
+    from lmforge.data.multimodal import MediaOptions, prompt_inputs
     from lmforge.data.template import prompt_ids
     from lmforge.errors import ConfigError
     from lmforge.model.sampling import SamplingParams
@@ -206,8 +206,7 @@ def chat_turn(engine, state: dict[str, list], text: str, image_path: str | None,
         state["messages"] + [user]
     inputs = None
     if processor is not None:
-        ids, inputs = prompt_inputs(processor, conversation, [media.load_image(p, 768 * 768, 32 * 32)
-                                                              for p in images])
+        ids, inputs = prompt_inputs(processor, conversation, [MediaOptions().image(p) for p in images])
         inputs = inputs if images else None
     else:
         ids = prompt_ids(engine.tokenizer, conversation)
