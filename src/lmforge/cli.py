@@ -188,21 +188,27 @@ def cmd_score(args: list[str]) -> int:
               "Each input line holds {\"messages\": [...]} (rendered with the reward model's chat template) or "
               "{\"text\": \"...\"} (scored as is).")
         return 0 if args and args[0] in ("-h", "--help") else 2
-    from lmforge.errors import ConfigError
     from lmforge.logs import setup_logging
     from lmforge.model.reward import score_file
 
     setup_logging()
-    if batch_size is not None and not (batch_size.isdigit() and int(batch_size) > 0):
-        raise ConfigError(f"Config error (command line): --batch-size must be a positive whole number, got "
-                          f"'{batch_size}'.")
-    scores = score_file(args[0], args[1], output, int(batch_size or 16))
+    scores = score_file(args[0], args[1], output, _batch_size(batch_size, 16))
     if output is None:
         for score in scores:
             print(f"{score:.6f}")
     print(f"Scored {len(scores):,} lines: mean {sum(scores) / len(scores):.4f}"
           + (f"; written to {output}" if output else ""), file=sys.stderr)
     return 0
+
+
+def _batch_size(value: str | None, default: int) -> int:
+    """`--batch-size`: a positive whole number (a config error otherwise)."""
+    if value is None:
+        return default
+    if not (value.isdigit() and int(value) > 0):
+        raise ConfigError(f"Config error (command line): --batch-size must be a positive whole number, got "
+                          f"'{value}'.")
+    return int(value)
 
 
 def cmd_predict(args: list[str]) -> int:
@@ -219,10 +225,7 @@ def cmd_predict(args: list[str]) -> int:
     from lmforge.train.stages.cls import predict_file
 
     setup_logging()
-    if batch_size is not None and not (batch_size.isdigit() and int(batch_size) > 0):
-        raise ConfigError(f"Config error (command line): --batch-size must be a positive whole number, got "
-                          f"'{batch_size}'.")
-    rows = predict_file(args[0], args[1], output, int(batch_size or 32), text_column or "text", pair_column)
+    rows = predict_file(args[0], args[1], output, _batch_size(batch_size, 32), text_column or "text", pair_column)
     if output is None:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))

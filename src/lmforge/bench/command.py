@@ -101,7 +101,8 @@ def main(argv: list[str]) -> int:
 
 
 def _stage_of(config: str | None, overrides: list[str]) -> str:
-    """The config's stage, from the file and the overrides (without building the whole config)."""
-    from lmforge.config import load_config
+    """The config's stage as the file and overrides set it (the benchmark it picks builds and checks the config)."""
+    from lmforge.config.parse import merge, parse_overrides, read_yaml
 
-    return load_config(config, [*overrides, "output_dir=unused", "max_steps=1"]).finetuning.stage
+    raw = merge(read_yaml(config) if config else {}, parse_overrides(overrides))
+    return str(raw.get("stage", "pt"))

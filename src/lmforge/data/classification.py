@@ -40,7 +40,7 @@ class ClassificationData:
     stats: dict[str, dict] = field(default_factory=dict)
 
 
-def _rows(args: DataArguments, names: str, seed: int) -> list[tuple[str, int, dict]]:
+def _rows(args: DataArguments, names: str) -> list[tuple[str, int, dict]]:
     out = []
     for spec in resolve_sources(names, args.dataset_dir):
         records = read_records(spec)
@@ -136,8 +136,8 @@ def build_classification_data(args: DataArguments, tokenizer: PreTrainedTokenize
                               problem_type: str | None = None, label_names: list[str] | None = None
                               ) -> ClassificationData:
     """The labelled rows of `dataset` (and `eval_dataset`, or `val_size` of them held out), encoded."""
-    train_rows = _rows(args, args.dataset, seed)
-    eval_rows = _rows(args, args.eval_dataset, seed) if args.eval_dataset else []
+    train_rows = _rows(args, args.dataset)
+    eval_rows = _rows(args, args.eval_dataset) if args.eval_dataset else []
     cells = [r.get(args.label_column) for _, _, r in train_rows if isinstance(r, dict)]
     problem_type = problem_type or infer_problem_type(cells)
     names = [] if problem_type == REGRESSION else (list(label_names) if label_names else infer_label_names(cells))
