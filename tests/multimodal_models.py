@@ -43,29 +43,40 @@ def _text_config(cls, vocab: int, **extra):
                **extra)
 
 
-def build_llava(out: str, texts: list[str]) -> str:
-    """LLaVA-1.5-style: CLIP vision tower (28 px, 14 px patches: 4 tokens per image), Llama language model."""
+def _build_llava_family(out: str, texts: list[str], crop: int, processor_cls, image_processor, config_cls, model_cls,
+                        **config_extra) -> str:
+    """A LLaVA-family model: CLIP tower with `crop`-pixel images in 14 px patches, Llama language model, the
+    LLaVA-1.5 template; its processor counts the CLS token the "default" feature strategy drops."""
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+    from transformers import CLIPVisionConfig, LlamaConfig
 
     tokenizer = train_bpe_tokenizer(texts, 600, ["</s>", "<s>", "<image>"])
     tokenizer.bos_token = "<s>"
-    processor = LlavaProcessor(
-        image_processor=LlavaImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
-        tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=LLAVA_15_TEMPLATE)
-    config = LlavaConfig(
+    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                              vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                              chat_template=LLAVA_15_TEMPLATE)
+    config = config_cls(
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=2, image_size=28, patch_size=14, projection_dim=32),
+                                       num_attention_heads=2, image_size=crop, patch_size=14, projection_dim=32),
         text_config=_text_config(LlamaConfig, len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
-        vision_feature_layer=-1)
+        vision_feature_layer=-1, **config_extra)
     torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(out)
+    model_cls(config).save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def build_llava(out: str, texts: list[str]) -> str:
+    """LLaVA-1.5-style: 28 px images, 4 tokens per image."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    return _build_llava_family(
+        out, texts, 28, LlavaProcessor,
+        LlavaImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
+        LlavaConfig, LlavaForConditionalGeneration)
 
 
 def build_gemma3(out: str, texts: list[str]) -> str:
@@ -129,33 +140,13 @@ def build_qwen2_vl_image_only(out: str) -> str:
 
 def build_llava_next(out: str, texts: list[str]) -> str:
     """LLaVA-NeXT-style: "anyres" images (a base view plus tiles on a grid of pinpoints, so the number of image
-    tokens depends on each image's shape, and the model needs `image_sizes`), CLIP tower, Llama language model."""
-    import torch
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-        LlavaNextProcessor,
-    )
+    tokens depends on each image's shape, and the model needs `image_sizes`)."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
     pinpoints = [[56, 56], [56, 112], [112, 56], [112, 112]]
-    tokenizer = train_bpe_tokenizer(texts, 600, ["</s>", "<s>", "<image>"])
-    tokenizer.bos_token = "<s>"
-    processor = LlavaNextProcessor(
-        image_processor=LlavaNextImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
-                                                   image_grid_pinpoints=pinpoints),
-        tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=LLAVA_15_TEMPLATE)
-    config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=2, image_size=56, patch_size=14, projection_dim=32),
-        text_config=_text_config(LlamaConfig, len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
-        vision_feature_layer=-1, image_grid_pinpoints=pinpoints)
-    torch.manual_seed(0)
-    LlavaNextForConditionalGeneration(config).save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return _build_llava_family(
+        out, texts, 56, LlavaNextProcessor,
+        LlavaNextImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
+                                   image_grid_pinpoints=pinpoints),
+        LlavaNextConfig, LlavaNextForConditionalGeneration, image_grid_pinpoints=pinpoints)

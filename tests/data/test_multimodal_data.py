@@ -20,6 +20,7 @@ from lmforge.errors import DataError
 from lmforge.model.multimodal import load_processor
 from tests.conftest import LF_DEMO, write_jsonl
 from tests.data.conftest import data_args
+from tests.data.test_template import trained_runs
 
 IMAGES = LF_DEMO / "mllm_demo_data"
 # the end-of-turn token each template writes after an assistant message (LLaVA-1.5 writes none)
@@ -29,18 +30,6 @@ END_OF_TURN = {"llava_dir": "", "llava_next_dir": "", "gemma3_dir": "<end_of_tur
 @pytest.fixture(params=["llava_dir", "llava_next_dir", "gemma3_dir"])
 def vlm(request):
     return request.param, load_processor(ModelArguments(model_name_or_path=request.getfixturevalue(request.param)))
-
-
-def trained_runs(ids: list[int], labels: list[int]) -> list[list[int]]:
-    runs, current = [], []
-    for token, label in zip(ids, labels, strict=True):
-        if label != IGNORE_INDEX:
-            assert label == token
-            current.append(token)
-        elif current:
-            runs.append(current)
-            current = []
-    return runs + ([current] if current else [])
 
 
 def test_mllm_demo_ids_are_the_processors_and_labels_the_assistants(vlm):
@@ -168,7 +157,6 @@ def test_preference_pairs_keep_their_images_on_both_sides(tmp_path, vlm):
         assert any(t in never for t in ids)
         assert len(trained_runs(ids, pair[f"{side}_labels"])) == 1
     assert pair["images"] == [str(IMAGES / "1.jpg")]
-    json.dumps(pair["images"])
 
 
 def test_data_dump_and_preview_show_one_mark_per_image(llava_dir, tmp_path, capsys):
