@@ -105,15 +105,16 @@ def _chunked_forward(self, input_ids=None, attention_mask=None, position_ids=Non
     return CausalLMOutputWithPast(loss=loss, logits=None)
 
 
-def _causal_lm(model: Any) -> Any:
-    get_base = getattr(model, "get_base_model", None)  # a peft model: the transformers model inside
+def causal_lm(model: Any) -> Any:
+    """The transformers model inside a peft model (its adapters live in that model's modules), or the model."""
+    get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 
 
 def use_chunked_loss(model: Any) -> bool:
     """Route the training loss of `model` through `linear_cross_entropy`. Returns False (and keeps the standard
     loss) for architectures whose loss tail is not plain `lm_head` + cross-entropy."""
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     model_type = getattr(getattr(lm, "config", None), "model_type", None)
     head = getattr(lm, "lm_head", None)
     if (model_type not in SUPPORTED_MODEL_TYPES or type(head) is not torch.nn.Linear or head.bias is not None

@@ -9,6 +9,7 @@ is a near-duplicate; the rest join the pool until `num_instructions` are kept. K
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -28,17 +29,12 @@ MAX_ROUNDS_PER_INSTRUCTION = 3  # rounds allowed per wanted instruction before g
 
 def seed_instructions(cfg: SynthConfig) -> list[str]:
     seeds = []
-    for item in work_items(cfg.__class__(data=cfg.data, synth=_as_answer(cfg.synth), source=cfg.source))[0]:
+    answer = dataclasses.replace(cfg, synth=dataclasses.replace(cfg.synth, synth_task="answer", num_samples=1))
+    for item in work_items(answer)[0]:
         text = "\n".join(m["content"] for m in item.messages if m["role"] == "user")
         if text and text not in seeds:
             seeds.append(text)
     return seeds
-
-
-def _as_answer(synth: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(synth, synth_task="answer", num_samples=1)
 
 
 def check(candidate: str, pool_words: list[list[str]], threshold: float) -> str | None:

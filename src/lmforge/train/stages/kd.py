@@ -17,6 +17,7 @@ from lmforge.config.model import ModelArguments
 from lmforge.config.schema import RunConfig
 from lmforge.data.collate import IGNORE_INDEX, SftCollator
 from lmforge.errors import ConfigError
+from lmforge.model.chunked_loss import causal_lm
 from lmforge.model.distill_loss import distillation_loss
 from lmforge.model.inference import load_inference_model
 from lmforge.model.tokenizer import load_tokenizer
@@ -26,11 +27,6 @@ from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.stages.sft import training_rows
 from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
 from lmforge.train.trainer import LoraPlusTrainer
-
-
-def _causal_lm(model: Any) -> Any:
-    get_base = getattr(model, "get_base_model", None)  # a peft model: its adapters are inside the base's modules
-    return get_base() if callable(get_base) else model
 
 
 class DistillationTrainer(LoraPlusTrainer):
@@ -47,7 +43,7 @@ class DistillationTrainer(LoraPlusTrainer):
                                                   self.state.global_step)
         labels = inputs["labels"]
         passed = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-        student = _causal_lm(self.accelerator.unwrap_model(model))
+        student = causal_lm(self.accelerator.unwrap_model(model))
         hidden = student.get_decoder()(**passed, use_cache=False).last_hidden_state
         with torch.inference_mode():
             teacher_hidden = self.teacher.get_decoder()(**{k: v.to(self.teacher.device) for k, v in passed.items()},
