@@ -25,6 +25,8 @@ Usage:
                                               score lines ({{"messages": [...]}} or {{"text": ...}}) with a reward model
   lmforge chat MODEL [key=value ...]          chat in the terminal (MODEL: a config, a model or adapter dir)
   lmforge api MODEL [key=value ...]           OpenAI-compatible server: /v1/chat/completions, /v1/completions
+  lmforge rollout-server MODEL [key=value ...]
+                                              vLLM server for `vllm_mode: server` ppo/grpo rollouts (host, port)
   lmforge webui [key=value ...]               web UI: build and run training, watch the loss, eval, chat, export
   lmforge webchat MODEL [key=value ...]       a chat-only web page
   lmforge export MODEL export_dir=OUT [...]   merge an adapter and save safetensors (+ GGUF, Ollama Modelfile)
@@ -311,6 +313,8 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "eval": cmd_eval,
     "chat": _serving_command("lmforge.serve.chat.run_chat", "lmforge chat CONFIG.yaml|MODEL_DIR [key=value ...]"),
     "api": _serving_command("lmforge.serve.api.run_api", "lmforge api CONFIG.yaml|MODEL_DIR [key=value ...]"),
+    "rollout-server": _serving_command("lmforge.serve.rollout_server.run_rollout_server",
+                                       "lmforge rollout-server MODEL_DIR [key=value ...]"),
     "webui": _serving_command("lmforge.serve.webui.run_webui", "lmforge webui [CONFIG.yaml|MODEL_DIR] [key=value ...]",
                               need_model=False),
     "webchat": _serving_command("lmforge.serve.webui.run_webchat",

@@ -12,6 +12,12 @@ def accelerator_available() -> bool:
             or bool(xpu and hasattr(xpu, "is_available") and xpu.is_available()))
 
 
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def auto_precision(key: str) -> bool:
     """`bf16: auto` is true on a GPU that supports bfloat16; `fp16: auto` on a GPU that does not."""
     import torch

@@ -11,6 +11,8 @@ measures and checks, writing `gpu_check.json` and `gpu_check.md` into `--output`
   random with continuous vs static batching;
 - `fsdp2`, `deepspeed`: a short run through `lmforge train` and its resume (skipped, with the reason, where they
   cannot run: no CUDA, package not installed);
+- `vllm_rollouts`: three GRPO steps sampling with a colocated vLLM (sleep mode) and with the training model:
+  rollout tokens/s of each (skipped without vLLM, which is too large to carry as a wheel);
 - `vlm`: a tiny Qwen2-VL built from a config (3D rope positions; its processor needs torchvision, which the CPU
   machines lack): lmforge's ids for image conversations equal `processor.apply_chat_template(tokenize=True)`, no
   image token is trained, a LoRA SFT run lowers the loss, and the serving engine answers a request with an image
@@ -230,6 +232,28 @@ class Suite:
         return {"first_run_seconds": first, "resumed_run_seconds": resumed, "logged_steps": steps,
                 **({"status": "fail", "error": f"resume logged steps {steps}"} if steps != list(range(1, 7)) else {})}
 
+    def vllm_rollouts(self) -> dict[str, Any]:
+        """GRPO steps sampling with a colocated vLLM (sleep mode on) against the same steps sampling with the
+        training model: rollout tokens/s of each, and the vLLM run's rewards are logged."""
+        if not self.cuda:
+            raise _Skip("vLLM rollouts need a CUDA GPU")
+        if importlib.util.find_spec("vllm") is None:
+            raise _Skip("vllm is not installed (too large to carry as a wheel)")
+        out: dict[str, Any] = {}
+        for backend, extra in (("hf", {}), ("vllm", {"rollout_backend": "vllm", "vllm_enable_sleep_mode": True,
+                                                   "vllm_gpu_memory_utilization": 0.3})):
+            out_dir = tempfile.mkdtemp(prefix=f"gpu-grpo-{backend}-")
+            overrides = self.sft_overrides(
+                out_dir, stage="grpo", packing=False, cutoff_len=256, reward_funcs="lmforge.rewards:token_f1",
+                rollout_batch_size=8, num_generations=4, per_device_train_batch_size=8, max_new_tokens=64,
+                max_steps=3, logging_steps=1, save_strategy="no", **extra)
+            out[f"{backend}_seconds"] = self._train(overrides)
+            log = [json.loads(line) for line in open(os.path.join(out_dir, "trainer_log.jsonl"), encoding="utf-8")]
+            out[f"{backend}_rollout_tokens_per_second"] = round(
+                sum(r["rollout_tokens_per_second"] for r in log) / len(log), 1)
+        out["vllm_over_hf"] = round(out["vllm_rollout_tokens_per_second"] / out["hf_rollout_tokens_per_second"], 2)
+        return out
+
     def vlm(self) -> dict[str, Any]:
         if importlib.util.find_spec("torchvision") is None:
             raise _Skip("Qwen2-VL's processor needs torchvision (not installed here)")
@@ -257,6 +281,7 @@ class Suite:
         self.check("fsdp2", lambda: self.distributed("fsdp2"))
         self.check("deepspeed", lambda: self.distributed("deepspeed"))
         self.check("vlm", self.vlm)
+        self.check("vllm_rollouts", self.vllm_rollouts)
         device = torch.cuda.get_device_name(0) if self.cuda else "cpu"
         report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "torch": torch.__version__,
                   "smoke": self.smoke, "checks": self.results,

@@ -61,6 +61,36 @@ class RLArguments:
         False, "With `grpo`: groups whose completions all got the same reward (zero advantage: no signal) are left "
         "out of the update; how many is logged as `zero_variance_groups` (DAPO's dynamic sampling, without "
         "resampling).", stages=("grpo",))
+    rollout_backend: Literal["hf", "vllm"] = option(
+        "hf", "What samples the completions: `hf`, the training model itself with the KV cache (any device, one seeded "
+        "generator per completion: the same completions on any number of processes); `vllm`, a vLLM engine (CUDA; "
+        "`pip install vllm`) holding a copy of the policy that gets its weights after every update (a LoRA adapter "
+        "merged into them). See `vllm_mode`.", stages=("ppo", "grpo"))
+    vllm_mode: Literal["colocate", "server"] = option(
+        "colocate", "With `rollout_backend: vllm`: `colocate` runs vLLM inside each training process on its GPU "
+        "(share the memory with `vllm_gpu_memory_utilization`, free it during the update with "
+        "`vllm_enable_sleep_mode`); `server` sends the prompts over HTTP to `lmforge rollout-server MODEL` running "
+        "on other GPUs (`vllm_server_base_url`), the first process pushing the weights to it over NCCL.",
+        stages=("ppo", "grpo"))
+    vllm_gpu_memory_utilization: float = option(
+        0.3, "With `vllm_mode: colocate`: the fraction of each GPU's memory vLLM takes for its copy of the weights "
+        "and its KV cache (the rest is the training's).", stages=("ppo", "grpo"))
+    vllm_enable_sleep_mode: bool = option(
+        False, "With `vllm_mode: colocate`: vLLM releases its weights and KV cache while the policy is updated and "
+        "takes them back for the next rollout (the common answer to out-of-memory with vLLM on the training GPU).",
+        stages=("ppo", "grpo"))
+    vllm_max_model_len: int | None = option(
+        None, "With `vllm_mode: colocate`: vLLM's context length (default `cutoff_len` + `max_new_tokens`; a smaller "
+        "one leaves more memory for the KV cache).", stages=("ppo", "grpo"))
+    vllm_server_base_url: str = option(
+        "http://127.0.0.1:8000", "With `vllm_mode: server`: the address of `lmforge rollout-server`.",
+        stages=("ppo", "grpo"))
+    vllm_server_timeout: float = option(
+        240.0, "With `vllm_mode: server`: seconds to wait for the rollout server to answer at the start.",
+        stages=("ppo", "grpo"))
+    vllm_group_port: int = option(
+        51216, "With `vllm_mode: server`: the port of the NCCL group the weights are pushed over.",
+        stages=("ppo", "grpo"))
     cliprange_value: float = option(0.2, "With `ppo`: clip range of the value update.", stages=("ppo",))
     vf_coef: float = option(0.1, "With `ppo`: weight of the value loss.", stages=("ppo",))
     gamma: float = option(1.0, "With `ppo`: discount factor.", stages=("ppo",))

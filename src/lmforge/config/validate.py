@@ -183,12 +183,42 @@ def _validate_rl(cfg: RunConfig) -> None:
         if getattr(getattr(t, key), "value", getattr(t, key)) == "epoch":
             _fail(cfg, f"'{key}: epoch' has no meaning in 'stage: {cfg.finetuning.stage}' (a step is a rollout, "
                   "there are no epochs): use 'steps'.")
+    if r.rollout_backend == "vllm":
+        _validate_vllm_rollouts(cfg)
     launch = cfg.launch
     per_node = launch.nproc_per_node if isinstance(launch.nproc_per_node, int) else 1
     processes = int(os.environ.get("WORLD_SIZE", "0")) or per_node * (launch.nnodes or 1)
     if r.rollout_batch_size % processes:
         _fail(cfg, f"'rollout_batch_size' ({r.rollout_batch_size}) must be a multiple of the number of processes "
               f"({processes}): each process samples an equal share of a step's prompts.")
+
+
+def _validate_vllm_rollouts(cfg: RunConfig) -> None:
+    """`rollout_backend: vllm`: vLLM installed, a CUDA GPU where it runs in the training processes (and for the NCCL
+    weight push to a server), and the features its rollouts do not cover refused by name."""
+    import importlib.util
+
+    r = cfg.rl
+    if importlib.util.find_spec("vllm") is None:
+        _fail(cfg, "'rollout_backend: vllm' needs vLLM installed (`pip install vllm`, CUDA GPUs only); "
+              "'rollout_backend: hf' samples with the training model on any device.")
+    from lmforge.device import cuda_available
+
+    if not cuda_available():
+        where = ("runs vLLM inside the training processes" if r.vllm_mode == "colocate"
+                 else "pushes the weights to the rollout server over NCCL")
+        _fail(cfg, f"'vllm_mode: {r.vllm_mode}' {where} and needs CUDA GPUs, and this machine has none; "
+              "use 'rollout_backend: hf'.")
+    if r.env_funcs:
+        _fail(cfg, "'env_funcs' (multi-turn tool use) rolls out with 'rollout_backend: hf' only: each turn is "
+              "rendered with the chat template between model turns.")
+    if cfg.finetuning.use_dora:
+        _fail(cfg, "'use_dora' with 'rollout_backend: vllm': a DoRA adapter's merged weights are not the base plus "
+              "its update, so they are not synced to vLLM; use plain LoRA or 'rollout_backend: hf'.")
+    if not 0 < r.vllm_gpu_memory_utilization <= 1:
+        _fail(cfg, f"'vllm_gpu_memory_utilization' must be in (0, 1], got {r.vllm_gpu_memory_utilization}.")
+    if not r.vllm_server_base_url.startswith(("http://", "https://")):
+        _fail(cfg, f"'vllm_server_base_url' must be an http(s) URL, got '{r.vllm_server_base_url}'.")
 
 
 def _check_paths_exist(cfg: RunConfig | CommandConfig, keys: tuple[str, ...]) -> None:

@@ -76,17 +76,27 @@ def sample_completions(model: torch.nn.Module, prompts: list[list[int]], gen: Ge
         out = model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=mask,
                     position_ids=last[:, None], use_cache=True, **cache_kwargs(model, output_cache(out)))
     model.train(was_training)
-    length = max(len(r[2]) for r in rows)
-    completion = torch.tensor([r[2] + [pad_id] * (length - len(r[2])) for r in rows], device=device,
-                              dtype=torch.long).reshape(len(rows), length)
+    return rollout_from_tokens(prompts, [r[2] for r in rows], pad_id, stop_ids, device)
+
+
+def rollout_from_tokens(prompts: list[list[int]], completions: list[list[int]], pad_id: int, stop_ids: list[int],
+                        device: torch.device | str = "cpu") -> Rollout:
+    """Prompts and their sampled completions (token lists, by whatever engine) laid out as a Rollout: each
+    completion is valid up to and including its first stop token; one without a stop token was truncated."""
+    width = max(len(p) for p in prompts)
+    length = max(1, max(len(c) for c in completions))
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
+    completion = torch.tensor([list(c) + [pad_id] * (length - len(c)) for c in completions], device=device,
+                              dtype=torch.long).reshape(len(completions), length)
     is_stop = torch.isin(completion, torch.tensor(stop_ids, device=device))
     # valid: every token up to and including the first stop token
     after_stop = (is_stop.cumsum(-1) - is_stop.long()) > 0
     completion_mask = (~after_stop).long() * torch.tensor(
-        [[1] * len(r[2]) + [0] * (length - len(r[2])) for r in rows], device=device).reshape(len(rows), length)
+        [[1] * len(c) + [0] * (length - len(c)) for c in completions], device=device).reshape(len(completions),
+                                                                                              length)
     prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     return Rollout(torch.cat([input_ids, completion], dim=1), torch.cat([prompt_mask, completion_mask], dim=1),
-                   completion_mask, width, truncated=~is_stop.any(-1))
+                   completion_mask, width, truncated=~(is_stop & completion_mask.bool()).any(-1))
 
 
 def completion_logps(model: torch.nn.Module, rollout: Rollout, temperature: float = 1.0,

@@ -53,7 +53,7 @@ from lmforge.train.rl_losses import (
     zero_variance_rows,
 )
 from lmforge.train.rl_optimization import Optimization
-from lmforge.train.rollout import Rollout, completion_logps, sample_completions
+from lmforge.train.rollout import Rollout, completion_logps, rollout_from_tokens, sample_completions
 from lmforge.train.runtime.checkpoint import (
     COMPLETE_MARKER,
     RL_STATE_FILE,
@@ -117,6 +117,11 @@ class OnlineRL:
         self.eval_examples = ([json.loads(c) for c in self.eval_prompts["conversation"]]
                               if self.eval_prompts is not None else [])
         self.env = load_function(self.rl.env_funcs) if self.rl.env_funcs else None  # multi-turn tool use
+        self.vllm = None
+        if self.rl.rollout_backend == "vllm":
+            from lmforge.train.vllm_rollout import VLLMRollouts
+
+            self.vllm = VLLMRollouts(cfg, policy, cfg.model.model_name_or_path, *world())
         self.optim = Optimization(self.args, policy, self.value_head, self.guard, self.device)
         self.trackers = LoopTrackers(self.args, cfg.tracking, policy, stage.tokenizer, self.optim.optimizer,
                                      self.optim.scheduler)
@@ -160,16 +165,21 @@ class OnlineRL:
         global rollout only (see `rollout.sample_completions`)."""
         return (self.args.seed * 1_000_003 + step * 65_537 + row * 257 + purpose) % (2**63)
 
-    def sample_and_score(self, dataset: Any, examples: list[dict], indices: list[int], seeds: list[int]
-                         ) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
-        """Completions of the prompts at `indices` (row i drawn with `seeds[i]`) and their rewards."""
+    def sample_and_score(self, dataset: Any, examples: list[dict], indices: list[int], seeds: list[int],
+                         group: int = 1) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
+        """Completions of the prompts at `indices` (row i drawn with `seeds[i]`; rows in runs of `group` copies of
+        a prompt) and their rewards."""
         prompts = [dataset[i]["input_ids"] for i in indices]
         tokenizer = self.stage.tokenizer
         chosen = [examples[i] for i in indices]
         turns: list[list[dict]] | None = None
         counts: dict[str, float] = {}
         with self.optim.autocast():
-            if self.env is not None:  # multi-turn: the model's turns and the environment's tool results
+            if self.vllm is not None:
+                completions_ids = self.vllm.generate(prompts, group, list(self.stage.stop_ids), seeds)
+                rollout = rollout_from_tokens(prompts, completions_ids, tokenizer.pad_token_id,
+                                              list(self.stage.stop_ids), self.device)
+            elif self.env is not None:  # multi-turn: the model's turns and the environment's tool results
                 rollout, turns, counts = sample_with_tools(
                     self.policy, tokenizer, prompts, [e["messages"] for e in chosen], [e.get("tools") for e in chosen],
                     [{"reference": e.get("reference")} for e in chosen], self.env, self.rl.max_turns,
@@ -200,7 +210,7 @@ class OnlineRL:
         first = rank * share
         indices = [i for i in slots[first: first + share] for _ in range(group)]
         seeds = [self.row_seed(step, first * group + j) for j in range(len(indices))]
-        rollout, scores, parts = self.sample_and_score(self.prompts, self.examples, indices, seeds)
+        rollout, scores, parts = self.sample_and_score(self.prompts, self.examples, indices, seeds, group)
         with torch.no_grad(), self.optim.autocast():
             self.policy.eval()
             old_logps, _, old_values = completion_logps(self.policy, rollout, self.cfg.generation.temperature,
@@ -310,6 +320,8 @@ class OnlineRL:
                     stats["grad_norm"].append(self.optim.step(step + 1, not any_process(not finite)))
                     finite = True
         self.optim.scheduler.step()
+        if self.vllm is not None:
+            self.vllm.updated()
         return mean_over_processes({k: sum(v) / len(v) for k, v in stats.items()})
 
     def minibatch_loss(self, rollout: Rollout, batch: dict[str, torch.Tensor], rows: torch.Tensor,
