@@ -16,6 +16,8 @@ TITLES = {
     "tracking": "Experiment tracking",
     "resilience": "Numerical guard (NaN/inf steps)",
     "launch": "Processes and machines (`lmforge train` launches itself under torchrun)",
+    "parallelism": "Model parallelism (tensor, context, sequence; FSDP2 sharding): how one model copy is split over "
+    "processes",
     "eval": "Evaluation (`lmforge eval`; the model, data and generation keys above apply too, except where noted)",
     "serve": "Serving (`lmforge chat`, `api`, `webui`, `webchat`; the model, data (`template`) and generation keys "
     "apply too: generation keys are the defaults a request does not set)",

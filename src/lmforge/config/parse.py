@@ -127,6 +127,10 @@ def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: 
     if values["finetuning"].get("finetuning_type") == "lora":
         # every adapter takes part in every forward: DDP's search for unused parameters is a wasted graph traversal
         values["training"].setdefault("ddp_find_unused_parameters", False)
+    if values["parallelism"].get("context_parallel_size", 1) > 1 and accelerator_available():
+        # accelerate runs torch's context parallelism inside FSDP2 (its mesh joins the shard and context dimensions)
+        values["training"].setdefault("fsdp", "full_shard")
+        values["training"].setdefault("fsdp_config", {"fsdp_version": 2})
     if values["training"].get("fsdp") and values["training"].get("use_cpu"):
         logger.warning("fsdp needs GPUs: on the CPU the Trainer runs plain DDP (gloo) instead.")
     check_engine_configs(values["training"], source)

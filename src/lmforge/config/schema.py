@@ -17,6 +17,7 @@ from lmforge.config.finetuning import FinetuningArguments
 from lmforge.config.generation import GenerationArguments
 from lmforge.config.launch import LaunchArguments
 from lmforge.config.model import ModelArguments
+from lmforge.config.parallelism import ParallelismArguments
 from lmforge.config.resilience import ResilienceArguments
 from lmforge.config.rl import RLArguments
 from lmforge.config.serving import ServeArguments
@@ -33,6 +34,7 @@ GROUPS: dict[str, type] = {
     "tracking": TrackingArguments,
     "resilience": ResilienceArguments,
     "launch": LaunchArguments,
+    "parallelism": ParallelismArguments,
     "training": TrainingArguments,
 }
 
@@ -88,6 +90,7 @@ class RunConfig:
     tracking: TrackingArguments
     resilience: ResilienceArguments
     launch: LaunchArguments
+    parallelism: ParallelismArguments
     training: TrainingArguments
     source: str = "<command line>"
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -122,6 +122,7 @@ def _validate_stage(cfg: RunConfig) -> None:
         _validate_preference(cfg)
     if kind == "prompt":
         _validate_rl(cfg)
+    _validate_parallelism(cfg)
     if g.predict_with_generate and not cfg.training.do_predict:
         _fail(cfg, "'predict_with_generate' needs 'do_predict: true'.")
     if f.finetuning_type != "lora":
@@ -185,12 +186,102 @@ def _validate_rl(cfg: RunConfig) -> None:
                   "there are no epochs): use 'steps'.")
     if r.rollout_backend == "vllm":
         _validate_vllm_rollouts(cfg)
-    launch = cfg.launch
-    per_node = launch.nproc_per_node if isinstance(launch.nproc_per_node, int) else 1
-    processes = int(os.environ.get("WORLD_SIZE", "0")) or per_node * (launch.nnodes or 1)
+    processes = process_count(cfg)
     if r.rollout_batch_size % processes:
         _fail(cfg, f"'rollout_batch_size' ({r.rollout_batch_size}) must be a multiple of the number of processes "
               f"({processes}): each process samples an equal share of a step's prompts.")
+
+
+def process_count(cfg: RunConfig) -> int:
+    """The processes of the run: torchrun's WORLD_SIZE when started by a launcher, else what the launch keys ask
+    (`nproc_per_node: auto` counts as 1 here: the GPUs are counted at launch)."""
+    launch = cfg.launch
+    per_node = launch.nproc_per_node if isinstance(launch.nproc_per_node, int) else 1
+    return int(os.environ.get("WORLD_SIZE", "0")) or per_node * (launch.nnodes or 1)
+
+
+def _validate_parallelism(cfg: RunConfig) -> None:
+    """tensor/context/sequence parallelism and FSDP2 sharding: sizes that fit the processes, the model and the
+    sequence length, on an engine that can run them here."""
+    import importlib.util
+
+    from lmforge.config.parallelism import parallel_layout
+    from lmforge.device import cuda_available
+
+    p, m, d, f, t = cfg.parallelism, cfg.model, cfg.data, cfg.finetuning, cfg.training
+    try:
+        layout = parallel_layout(p, process_count(cfg))
+    except ValueError as err:
+        _fail(cfg, str(err))
+    if not layout.model_parallel:
+        return
+    if layout.context > 1 and layout.sequence > 1:
+        _fail(cfg, "'context_parallel_size' (torch ring attention) and 'sequence_parallel_size' (DeepSpeed "
+              "Ulysses) both split the sequence: choose one.")
+    if layout.tensor > 1 and (layout.context > 1 or layout.sequence > 1):
+        _fail(cfg, "'tensor_parallel_size' combines with 'data_shard_size' (2D: TP inside a node, FSDP2 across); "
+              "with context or sequence parallelism it is not supported yet: split the sequence or the layers.")
+    if t.deepspeed and (layout.tensor > 1 or layout.shard > 1 or layout.context > 1):
+        _fail(cfg, "'deepspeed' shards with ZeRO itself: drop it with 'tensor_parallel_size', "
+              "'context_parallel_size' or 'data_shard_size' (FSDP2), or use 'sequence_parallel_size' (Ulysses runs "
+              "on DeepSpeed).")
+    if t.fsdp and (layout.tensor > 1 or layout.shard > 1):
+        _fail(cfg, "'fsdp' and 'data_shard_size' both ask for FSDP: with 'tensor_parallel_size' or "
+              "'data_shard_size', drop 'fsdp'/'fsdp_config' (the model is sharded as it loads).")
+    if layout.tensor > 1 and layout.replicate > 1 and layout.shard == 1:
+        _fail(cfg, f"'tensor_parallel_size: {layout.tensor}' leaves {layout.replicate} model copies, which must "
+              f"shard with FSDP2 (plain data parallelism does not compose with tensor parallelism): set "
+              f"'data_shard_size: {layout.replicate}'.")
+    if (layout.tensor > 1 or layout.shard > 1) and m.from_scratch:
+        _fail(cfg, "'tensor_parallel_size'/'data_shard_size' split a model as it loads from a saved directory: "
+              "save the new model once (e.g. a short single-process run) and start from it.")
+    if m.quantization_bit and (layout.tensor > 1 or layout.shard > 1):
+        _fail(cfg, "'quantization_bit' does not combine with 'tensor_parallel_size'/'data_shard_size'.")
+    if layout.tensor > 1 and f.finetuning_type != "full":
+        _fail(cfg, f"'tensor_parallel_size' trains with 'finetuning_type: full' ('{f.finetuning_type}' is not "
+              "supported with tensor parallelism yet).")
+    if layout.context > 1 or layout.sequence > 1:
+        split = layout.context * layout.sequence
+        key = "context_parallel_size" if layout.context > 1 else "sequence_parallel_size"
+        if not cuda_available():
+            engine = "torch's context parallelism" if layout.context > 1 else "DeepSpeed Ulysses"
+            _fail(cfg, f"'{key}: {split}' runs {engine}, which needs CUDA GPUs (NCCL); this machine has none. On "
+                  "the CPU, 'tensor_parallel_size' (gloo) is the model parallelism that runs.")
+        multiple = 2 * split if layout.context > 1 else split
+        if d.cutoff_len % multiple:
+            _fail(cfg, f"'cutoff_len' ({d.cutoff_len}) must be a multiple of {multiple} with '{key}: {split}' "
+                  "(each process holds an equal slice of every row).")
+        if layout.context > 1 and (d.packing or d.neat_packing):
+            _fail(cfg, "'context_parallel_size' (torch ring attention over SDPA) cannot keep packed examples apart; "
+                  "use 'sequence_parallel_size' (Ulysses with flash-attention keeps per-document positions) or "
+                  "turn packing off.")
+        if layout.sequence > 1:
+            if importlib.util.find_spec("deepspeed") is None:
+                _fail(cfg, "'sequence_parallel_size' runs DeepSpeed Ulysses: `pip install deepspeed`.")
+            if not t.deepspeed:
+                _fail(cfg, "'sequence_parallel_size' runs on DeepSpeed: set 'deepspeed' to a ZeRO config (e.g. "
+                      "examples/deepspeed/ds_z3_config.json).")
+    if layout.tensor > 1 or layout.sequence > 1:
+        _check_head_split(cfg, layout.tensor * layout.sequence)
+
+
+def _check_head_split(cfg: RunConfig, split: int) -> None:
+    """Every process holds whole attention heads: the heads (and key-value heads) must divide evenly; tensor
+    parallelism needs the model's plan."""
+    from lmforge.config.architecture import base_config
+
+    config = base_config(cfg.model)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    key = "tensor_parallel_size" if cfg.parallelism.tensor_parallel_size > 1 else "sequence_parallel_size"
+    for field in ("num_attention_heads", "num_key_value_heads"):
+        heads = getattr(text, field, None)
+        if heads and heads % split:
+            _fail(cfg, f"'{key}' ({split}) must divide the model's {field} ({heads}): each process holds whole "
+                  "heads.")
+    if cfg.parallelism.tensor_parallel_size > 1 and not getattr(text, "base_model_tp_plan", None):
+        _fail(cfg, f"'tensor_parallel_size': the '{config.model_type}' architecture ships no tensor-parallel plan "
+              "in transformers (Llama, Qwen2/3, Mistral, Gemma and others do); use 'data_shard_size' (FSDP2) to "
+              "split it instead.")
 
 
 def _validate_vllm_rollouts(cfg: RunConfig) -> None:

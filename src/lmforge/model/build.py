@@ -130,12 +130,14 @@ def quantization_config(bits: int) -> Any:
 
 
 def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward_head: bool = False,
-                dtype: Any = "auto", classifier: dict[str, Any] | None = None) -> PreTrainedModel:
+                dtype: Any = "auto", classifier: dict[str, Any] | None = None,
+                split: dict[str, Any] | None = None) -> PreTrainedModel:
     """The causal LM to train, or with `reward_head` the same backbone with a one-output sequence-classification head
     (a reward model: `AutoModelForSequenceClassification`, score read at the last non-pad token), or with
     `classifier` (num_labels, id2label, label2id, problem_type) a classifier. A pretrained model loads in `dtype`
-    (`auto`: as saved)."""
+    (`auto`: as saved), split over the processes as it loads with `split` (`model.parallel.load_kwargs`)."""
     kwargs: dict[str, Any] = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    kwargs.update(split or {})
     auto_class: Any = AutoModelForCausalLM
     adapter_head = classifier_head_of(args.adapter_name_or_path)  # a base for its classifier adapter: that head
     if reward_head or classifier or adapter_head:

@@ -122,6 +122,10 @@ def use_chunked_loss(model: Any) -> bool:
         logger.info("chunked_loss: not available for %s (%s); using the standard loss.", type(lm).__name__,
                     model_type)
         return False
+    if getattr(lm, "tp_size", None) and lm.tp_size > 1:
+        # the output layer is split over the processes by the tensor-parallel plan, which gathers its logits
+        logger.info("chunked_loss: the output layer is split by tensor parallelism; using the model's own loss.")
+        return False
     if not hasattr(lm, "_lmforge_original_forward"):
         lm._lmforge_original_forward = lm.forward
         lm.forward = types.MethodType(_chunked_forward, lm)

@@ -17,6 +17,7 @@ from lmforge.runlog import read_log
 from lmforge.train.runtime.output_dir import CONFIG_FILE
 from lmforge.train.runtime.plots import plot_curves, stage_curves
 from lmforge.train.runtime.signals import stopped_message
+from lmforge.train.runtime.split_checkpoint import is_split_model
 from lmforge.train.runtime.tracking import finish_trackers, log_samples
 from lmforge.train.samples import generate_samples, write_samples
 from lmforge.train.trainer import LanguageModelTrainer
@@ -69,6 +70,10 @@ def run_training(cfg: RunConfig, trainer: LanguageModelTrainer, resume: str | No
         if samples:
             log_samples(trainer, samples)
         finish_trackers(trainer)
+    elif is_split_model(trainer.model) and cfg.generation.sample_prompts:
+        # a model split over the processes generates with all of them (each holds a part of every layer)
+        generate_samples(trainer.model, text_tokenizer(trainer.processing_class), cfg.generation, cfg.training.seed,
+                         chat, stop_ids)
     return metrics
 
 

@@ -8,6 +8,7 @@ import logging
 import torch
 
 from lmforge.config.schema import RunConfig
+from lmforge.model.parallel import describe, load_kwargs, run_layout, trainer_parallelism
 from lmforge.model.precision import DTYPES, set_master_weights
 
 logger = logging.getLogger(__name__)
@@ -17,6 +18,16 @@ def set_precision(model: torch.nn.Module, cfg: RunConfig) -> None:
     f, t = cfg.finetuning, cfg.training
     set_master_weights(model, f.finetuning_type, autocast=bool(t.bf16 or t.fp16), pure_bf16=f.pure_bf16,
                        engine_keeps_masters=bool(t.deepspeed or t.fsdp))
+
+
+def parallel_split(cfg: RunConfig) -> dict:
+    """How the model loads for this run's layout (tensor parallel, FSDP2 shards); the Trainer gets its context or
+    sequence parallelism, and the log says what one step really takes."""
+    layout = run_layout(cfg)
+    if layout.model_parallel:
+        cfg.training.parallelism_config = trainer_parallelism(cfg, layout) or cfg.training.parallelism_config
+        logger.info(describe(cfg, layout))
+    return load_kwargs(layout)
 
 
 def save_dtype(cfg: RunConfig) -> torch.dtype | None:

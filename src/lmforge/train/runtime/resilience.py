@@ -31,6 +31,12 @@ from lmforge.train.runtime.checkpoint import (
 )
 from lmforge.train.runtime.guard import NonfiniteGuard
 from lmforge.train.runtime.signals import StopRequest, stop_agreed
+from lmforge.train.runtime.split_checkpoint import (
+    is_split_model,
+    load_split_state,
+    load_split_weights,
+    save_split_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +85,8 @@ class _GuardBeforeStep(TrainerCallback):
 # The Trainer's private methods this mixin overrides, because no public hook can make a checkpoint atomic (the
 # Trainer writes `checkpoint-N` in place) or save the final model in another dtype. A test pins them, so a
 # transformers release that renames one fails loudly instead of silently skipping our code.
-PRIVATE_TRAINER_METHODS = ("_save_checkpoint", "_get_output_dir", "_save")
+PRIVATE_TRAINER_METHODS = ("_save_checkpoint", "_get_output_dir", "_save", "_load_from_checkpoint",
+                           "_load_optimizer_and_scheduler", "_save_rng_state")
 
 
 class SafeTrainingMixin:
@@ -90,6 +97,11 @@ class SafeTrainingMixin:
 
     def __init__(self, *args: Any, resilience: ResilienceArguments | None = None,
                  save_dtype: torch.dtype | None = None, **kwargs: Any) -> None:
+        # A model split as it loaded: the Trainer would refuse to checkpoint its optimizer, so it saves the model and
+        # trainer state only and `split_checkpoint` adds the optimizer, scheduler and RNG (see there).
+        self._split_model = is_split_model(kwargs.get("model"))
+        if self._split_model and kwargs.get("args") is not None:
+            kwargs["args"].save_only_model = True
         super().__init__(*args, **kwargs)
         # The final model's dtype: float32 master weights are saved as the checkpoint was (read now: every save
         # rewrites the config's dtype). A LoRA adapter is saved as it trained.
@@ -172,6 +184,9 @@ class SafeTrainingMixin:
             super()._save_checkpoint(model, trial)
         finally:
             self._writing_checkpoint = False
+        if self._split_model:
+            self.accelerator.wait_for_everyone()
+            save_split_state(self, staged)
         self.accelerator.wait_for_everyone()  # every rank's shards are written
         if self.args.should_save:
             best = self.state.best_model_checkpoint
@@ -184,6 +199,16 @@ class SafeTrainingMixin:
             publish(staged, final)
             rotate(run_dir, self.args.save_total_limit, [self.resumed_from, self.state.best_model_checkpoint, final])
         self.accelerator.wait_for_everyone()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        if not self._split_model:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_split_weights(self.model, resume_from_checkpoint)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if not (self._split_model and checkpoint):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        load_split_state(self, checkpoint)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The final model: written beside output_dir, then moved in file by file (each file whole)."""

@@ -15,7 +15,7 @@ from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.runtime.log_callback import JsonlLogCallback
 from lmforge.train.runtime.resilience import blocks_per_step
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
-from lmforge.train.setup import save_dtype, set_precision
+from lmforge.train.setup import parallel_split, save_dtype, set_precision
 from lmforge.train.trainer import LanguageModelTrainer
 
 
@@ -28,7 +28,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTra
     with args.main_process_first(desc="preparing tokenizer and pretraining data"):
         tokenizer = setup_tokenizer(cfg, resume)
         data = build_pretrain_data(cfg.data, tokenizer, args.seed, blocks_per_step=blocks_per_step(args))
-    model = apply_finetuning_type(build_model(cfg.model, tokenizer), cfg.finetuning,
+    model = apply_finetuning_type(build_model(cfg.model, tokenizer, split=parallel_split(cfg)), cfg.finetuning,
                                   adapter=cfg.model.adapter_name_or_path)
     set_precision(model, cfg)
     return LanguageModelTrainer(

@@ -20,7 +20,7 @@ from lmforge.model.build import build_model
 from lmforge.model.tokenizer import chat_processor, chat_tokenizer
 from lmforge.train.runtime.log_callback import JsonlLogCallback
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
-from lmforge.train.setup import save_dtype, set_precision
+from lmforge.train.setup import parallel_split, save_dtype, set_precision
 
 
 @dataclass
@@ -68,7 +68,7 @@ def prepare_chat_stage(cfg: RunConfig, resume: str | None = None) -> ChatStage:
 def policy_model(cfg: RunConfig, stage: ChatStage) -> torch.nn.Module:
     """The model to train, with the trainable parameters `finetuning_type` selects; generation stops where training
     taught the model to end its turn (in samples, chat, api and evaluation)."""
-    model = build_model(cfg.model, stage.tokenizer)
+    model = build_model(cfg.model, stage.tokenizer, split=parallel_split(cfg))
     model.generation_config.eos_token_id = stage.stop_ids
     model.generation_config.pad_token_id = stage.tokenizer.pad_token_id
     model = apply_finetuning_type(model, cfg.finetuning, stage.added_tokens, cfg.model.adapter_name_or_path)

@@ -1,0 +1,63 @@
+"""Checkpoints of a model split over the processes as it loaded (tensor parallel, FSDP2 by transformers).
+
+Why our own: transformers' Trainer refuses to checkpoint the optimizer of such a model ("Resuming is not supported
+for models sharded at load time"), so a run could not resume. torch's distributed state-dict API gathers the
+sharded (DTensor) optimizer state into ordinary full tensors and scatters them back into any layout: a checkpoint
+holds one plain `optimizer.pt` beside the full model weights the Trainer already saves, the scheduler and each
+process's RNG state, and resuming continues the same run exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+
+
+def is_split_model(model: Any) -> bool:
+    return bool(getattr(model, "is_distributed_loading_by_transformers", False))
+
+
+def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer
+
+
+def save_split_state(trainer: Any, output_dir: str) -> None:
+    """Every process takes part in the gather; the first writes the files (RNG: one file per process)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(trainer.model, _torch_optimizer(trainer.optimizer),
+                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if trainer.args.should_save:
+        torch.save(state, os.path.join(output_dir, OPTIMIZER_FILE))
+        torch.save(trainer.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_FILE))
+    trainer._save_rng_state(output_dir)
+
+
+def load_split_weights(model: torch.nn.Module, checkpoint: str) -> None:
+    """The checkpoint's full weights scattered into the split model (a tied output layer is not in the file)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    files = sorted(f for f in os.listdir(checkpoint) if f.startswith("model") and f.endswith(".safetensors"))
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(os.path.join(checkpoint, name)))
+    result = set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    missing = [k for k in result.missing_keys if not k.endswith("lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"checkpoint {checkpoint} does not match the model: missing {missing[:3]}, unexpected "
+                           f"{list(result.unexpected_keys)[:3]}")
+
+
+def load_split_state(trainer: Any, checkpoint: str) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    state = torch.load(os.path.join(checkpoint, OPTIMIZER_FILE), map_location="cpu", weights_only=False)
+    set_optimizer_state_dict(trainer.model, _torch_optimizer(trainer.optimizer), state,
+                             options=StateDictOptions(full_state_dict=True))
+    trainer.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER_FILE), weights_only=False))

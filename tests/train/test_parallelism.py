@@ -1,0 +1,123 @@
+"""Model parallelism: tensor parallel (alone and with FSDP2 sharding) over gloo on CPUs trains like one process,
+checkpoints resume exactly and the saved model is plain; sizes and engines that cannot work are config errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmforge.cli import main
+from lmforge.config.parallelism import ParallelismArguments, parallel_layout
+from tests.train.test_distributed import run_lmforge_train
+from tests.train.test_resume import losses, sft_args
+
+
+def test_layout_gives_the_replicas_what_the_sizes_leave():
+    layout = parallel_layout(ParallelismArguments(tensor_parallel_size=2, data_shard_size=2), 8)
+    assert (layout.tensor, layout.shard, layout.replicate, layout.data_parallel) == (2, 2, 2, 4)
+    assert layout.describe() == "tensor 2 x FSDP2 shard 2 x data replicas 2"
+    with pytest.raises(ValueError, match="tensor_parallel_size 2 x context_parallel_size 3 = 6 processes per model "
+                                         "copy, which does not divide the 8 processes"):
+        parallel_layout(ParallelismArguments(tensor_parallel_size=2, context_parallel_size=3), 8)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"nproc_per_node": 3, "tensor_parallel_size": 2}, "tensor_parallel_size 2 = 2 processes per model copy, which "
+     "does not divide the 3 processes"),
+    ({"nproc_per_node": 4, "tensor_parallel_size": 2}, "leaves 2 model copies, which must shard with FSDP2 (plain "
+     "data parallelism does not compose with tensor parallelism): set 'data_shard_size: 2'"),
+    ({"nproc_per_node": 2, "tensor_parallel_size": 2, "finetuning_type": "lora"}, "'tensor_parallel_size' trains "
+     "with 'finetuning_type: full'"),
+    ({"nproc_per_node": 4, "tensor_parallel_size": 4}, "'tensor_parallel_size' (4) must divide the model's "
+     "num_key_value_heads (2)"),
+    ({"nproc_per_node": 2, "context_parallel_size": 2}, "'context_parallel_size: 2' runs torch's context "
+     "parallelism, which needs CUDA GPUs"),
+    ({"nproc_per_node": 2, "sequence_parallel_size": 2}, "'sequence_parallel_size: 2' runs DeepSpeed Ulysses, which "
+     "needs CUDA GPUs"),
+    ({"nproc_per_node": 4, "tensor_parallel_size": 2, "context_parallel_size": 2}, "with context or sequence "
+     "parallelism it is not supported yet"),
+    ({"nproc_per_node": 4, "sequence_parallel_size": 2, "context_parallel_size": 2}, "both split the sequence: "
+     "choose one"),
+    ({"nproc_per_node": 2, "tensor_parallel_size": 2, "fsdp": "full_shard"}, "'fsdp' and 'data_shard_size' both ask "
+     "for FSDP"),
+    ({"nproc_per_node": 2, "tensor_parallel_size": 2, "stage": "dpo", "dataset": "dpo_en_demo"},
+     "'tensor_parallel_size' does not apply to 'stage: dpo' (it applies to pt, sft)"),
+])
+def test_parallel_sizes_that_cannot_work_are_clear_errors(tiny_model_dir, tmp_path, capsys, extra, message):
+    assert main(["train", *sft_args(tiny_model_dir, tmp_path / "x", **extra)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_tensor_parallel_needs_a_model_with_a_plan(tmp_path, capsys):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_head=2, n_embd=16).save_pretrained(tmp_path / "gpt2")
+    assert main(["train", *sft_args(str(tmp_path / "gpt2"), tmp_path / "x", nproc_per_node=2,
+                                    tensor_parallel_size=2)]) == 2
+    assert "the 'gpt2' architecture ships no tensor-parallel plan" in capsys.readouterr().err
+
+
+def test_context_parallel_rows_must_split_evenly(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("lmforge.device.cuda_available", lambda: True)  # as on a GPU machine
+    assert main(["train", *sft_args(tiny_model_dir, tmp_path / "x", nproc_per_node=2, context_parallel_size=2,
+                                    cutoff_len=90)]) == 2
+    assert "'cutoff_len' (90) must be a multiple of 4 with 'context_parallel_size: 2'" in capsys.readouterr().err
+
+
+def _weights(out) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_two_process_tensor_parallel_trains_resumes_and_saves_like_one_process(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run = {"max_steps": 10, "save_steps": 5, "chunked_loss": True}
+    single, tp, resumed = tmp_path / "single", tmp_path / "tp", tmp_path / "resumed"
+    assert main(["train", *sft_args(tiny_model_dir, single, **run)]) == 0
+    proc = run_lmforge_train([*sft_args(tiny_model_dir, tp, **run), "nproc_per_node=2", "tensor_parallel_size=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Parallelism: tensor 2; global batch 4 sequences of up to 96 tokens = 384 tokens per step" in proc.stderr
+    one, two = losses(single), losses(tp)
+    assert sorted(two) == list(range(1, 11))
+    for step in range(1, 11):
+        assert two[step] == pytest.approx(one[step], abs=1e-4), step
+    # the saved model is the single-process one, as plain full tensors
+    reference, saved = _weights(single), _weights(tp)
+    assert set(saved) == set(reference)
+    for name, tensor in reference.items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-4, msg=name)
+    AutoModelForCausalLM.from_pretrained(tp)  # loads with plain transformers
+    # a checkpoint resumed in a fresh directory continues the same run exactly
+    assert {"optimizer.pt", "scheduler.pt", "rng_state_0.pth", "rng_state_1.pth"} <= {
+        p.name for p in (tp / "checkpoint-5").iterdir()}
+    resumed.mkdir()
+    shutil.copytree(tp / "checkpoint-5", resumed / "checkpoint-5")
+    proc = run_lmforge_train([*sft_args(tiny_model_dir, resumed, **run), "nproc_per_node=2",
+                              "tensor_parallel_size=2", "resume_from_checkpoint=true"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = losses(resumed)
+    assert sorted(after) == list(range(6, 11)) and all(after[s] == two[s] for s in after)
+    assert all(torch.equal(_weights(resumed)[k], v) for k, v in saved.items())
+
+
+@pytest.mark.slow
+def test_tensor_parallel_with_fsdp2_shards_trains_like_one_process(tiny_model_dir, tmp_path):
+    """2D: 4 processes, tensor 2 x FSDP2 shard 2 (per-device batch 2: the same global batch of 4)."""
+    single, two_d = tmp_path / "single", tmp_path / "2d"
+    assert main(["train", *sft_args(tiny_model_dir, single, max_steps=6, save_strategy="no")]) == 0
+    proc = run_lmforge_train([*sft_args(tiny_model_dir, two_d, max_steps=6, save_strategy="no",
+                                        per_device_train_batch_size=2), "nproc_per_node=4", "tensor_parallel_size=2",
+                              "data_shard_size=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Parallelism: tensor 2 x FSDP2 shard 2; global batch 4 sequences" in proc.stderr
+    one, four = losses(single), losses(two_d)
+    for step in range(1, 7):
+        assert four[step] == pytest.approx(one[step], abs=1e-4), step
+    reference, saved = _weights(single), _weights(two_d)
+    for name, tensor in reference.items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-4, msg=name)
