@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from lmforge.cli import main
 from lmforge.config.parallelism import ParallelismArguments, parallel_layout
+from lmforge.errors import ConfigError
 from tests.train.test_distributed import run_lmforge_train
 from tests.train.test_resume import losses, sft_args
 
@@ -66,6 +67,49 @@ def test_context_parallel_rows_must_split_evenly(tiny_model_dir, tmp_path, capsy
     assert main(["train", *sft_args(tiny_model_dir, tmp_path / "x", nproc_per_node=2, context_parallel_size=2,
                                     cutoff_len=90)]) == 2
     assert "'cutoff_len' (90) must be a multiple of 4 with 'context_parallel_size: 2'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, layout", [
+    ("sft_tp.yaml", "tensor 4"),
+    ("sft_tp_fsdp2.yaml", "tensor 2 x FSDP2 shard 4"),
+    ("sft_sp_32k.yaml", "sequence 4 x data replicas 2"),
+    ("pt_cp_32k.yaml", "context 8"),
+])
+def test_shipped_parallel_examples_validate(name, layout, tmp_path, monkeypatch):
+    """On a GPU machine with DeepSpeed (patched in: neither is here), with a local config of the example's model
+    shape (no network)."""
+    import importlib.util
+
+    from transformers import Qwen2Config
+
+    from lmforge.config import load_config
+    from lmforge.model.parallel import describe, run_layout
+    from tests.conftest import REPO
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "deepspeed"
+                        else real_find_spec(n, *a))
+    monkeypatch.setattr("lmforge.device.cuda_available", lambda: True)
+    monkeypatch.setattr("lmforge.config.parse.accelerator_available", lambda: True)
+    heads = (40, 8) if "fsdp2" in name else (28, 4)
+    Qwen2Config(num_attention_heads=heads[0], num_key_value_heads=heads[1], hidden_size=heads[0] * 8,
+                num_hidden_layers=1).save_pretrained(tmp_path / "model")
+    monkeypatch.chdir(REPO)
+    path, overrides = str(REPO / "examples" / "distributed" / name), [f"model_name_or_path={tmp_path / 'model'}"]
+    if name == "sft_sp_32k.yaml" and real_find_spec("deepspeed") is None:
+        # transformers reads a DeepSpeed config only with DeepSpeed installed: here the example says what it needs
+        monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+        with pytest.raises(ConfigError, match="'deepspeed' needs the DeepSpeed package"):
+            load_config(path, overrides)
+        overrides.append("deepspeed=null")
+        cfg = load_config(path, [*overrides, "sequence_parallel_size=1"])  # the rest of the example holds
+        assert describe(cfg, parallel_layout(ParallelismArguments(sequence_parallel_size=4), 8)).startswith(
+            f"Parallelism: {layout};")
+        return
+    cfg = load_config(path, overrides)
+    assert describe(cfg, run_layout(cfg)).startswith(f"Parallelism: {layout};")
+    if name == "pt_cp_32k.yaml":  # accelerate's torch context parallelism runs inside FSDP2
+        assert cfg.training.fsdp and cfg.training.fsdp_config["version"] == 2
 
 
 def _weights(out) -> dict[str, torch.Tensor]:

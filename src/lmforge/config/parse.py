@@ -129,7 +129,7 @@ def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: 
         values["training"].setdefault("ddp_find_unused_parameters", False)
     if values["parallelism"].get("context_parallel_size", 1) > 1 and accelerator_available():
         # accelerate runs torch's context parallelism inside FSDP2 (its mesh joins the shard and context dimensions)
-        values["training"].setdefault("fsdp", "full_shard")
+        values["training"].setdefault("fsdp", True)
         values["training"].setdefault("fsdp_config", {"fsdp_version": 2})
     if values["training"].get("fsdp") and values["training"].get("use_cpu"):
         logger.warning("fsdp needs GPUs: on the CPU the Trainer runs plain DDP (gloo) instead.")
