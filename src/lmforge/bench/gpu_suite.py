@@ -13,6 +13,9 @@ measures and checks, writing `gpu_check.json` and `gpu_check.md` into `--output`
   cannot run: no CUDA, package not installed);
 - `vllm_rollouts`: three GRPO steps sampling with a colocated vLLM (sleep mode) and with the training model:
   rollout tokens/s of each (skipped without vLLM, which is too large to carry as a wheel);
+- `tensor_parallel`, `context_parallel`, `sequence_parallel`: 2-way against one process (16k-token rows for the
+  sequence splits): per-step losses within bf16 tolerance (skipped on a machine with one GPU; the CPU smoke run
+  checks tensor parallelism over gloo);
 - `vlm`: a tiny Qwen2-VL built from a config (3D rope positions; its processor needs torchvision, which the CPU
   machines lack): lmforge's ids for image conversations equal `processor.apply_chat_template(tokenize=True)`, no
   image token is trained, a LoRA SFT run lowers the loss, and the serving engine answers a request with an image
@@ -83,7 +86,8 @@ class Suite:
                   "per_device_train_batch_size": 1 if self.smoke else 4, "learning_rate": 1e-5,
                   "bf16": self.cuda, "report_to": "none", "disable_tqdm": True, "seed": 0,
                   "dataloader_num_workers": 0, **extra}
-        return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()]
+        return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()
+                if v is not None]  # None: the key is left out (e.g. no template for pretraining)
 
     # ---- the checks -------------------------------------------------------------------------------------------
     def check(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
@@ -254,6 +258,42 @@ class Suite:
         out["vllm_over_hf"] = round(out["vllm_rollout_tokens_per_second"] / out["hf_rollout_tokens_per_second"], 2)
         return out
 
+    def model_parallel(self, key: str) -> dict[str, Any]:
+        """2-way tensor/context/sequence parallelism against one process on the same rows (pretraining blocks of
+        16k tokens for the sequence splits): per-step losses within bf16 tolerance, and the peak memory of each."""
+        gpus = torch.cuda.device_count() if self.cuda else 0
+        if not self.cuda and key != "tensor_parallel_size":
+            raise _Skip(f"{key} needs CUDA GPUs")
+        if self.cuda and gpus < 2:  # (tensor parallelism on the CPU runs over gloo: the smoke run checks it)
+            raise _Skip(f"{key} = 2 needs 2 GPUs; this machine has {gpus}")
+        if key == "sequence_parallel_size" and importlib.util.find_spec("deepspeed") is None:
+            raise _Skip("sequence parallelism runs DeepSpeed Ulysses: deepspeed is not installed")
+        long = key != "tensor_parallel_size"
+        base = {"stage": "pt", "dataset": "lmforge_quickstart", "packing": False, "template": None,
+                "cutoff_len": 16384 if long and not self.smoke else self.cutoff_len, "max_steps": 4,
+                "save_strategy": "no", "logging_steps": 1, "per_device_train_batch_size": 1,
+                "gradient_checkpointing": True, "attn_implementation": "sdpa"}
+        if key == "sequence_parallel_size":
+            base.update(attn_implementation="flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa",
+                        deepspeed=os.path.join(os.path.dirname(__file__), "..", "..", "..", "examples",
+                                               "deepspeed", "ds_z3_config.json"))
+        out: dict[str, Any] = {}
+        runs = {"one": {**base, "nproc_per_node": 1}, "two": {**base, "nproc_per_node": 2, key: 2}}
+        if key == "sequence_parallel_size":
+            runs["one"]["deepspeed"] = base["deepspeed"]
+        logs = {}
+        for name, values in runs.items():
+            out_dir = tempfile.mkdtemp(prefix=f"gpu-{key}-{name}-")
+            out[f"{name}_seconds"] = self._train(self.sft_overrides(out_dir, **values))
+            logs[name] = {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(
+                out_dir, "trainer_log.jsonl"), encoding="utf-8")) if "loss" in r}
+        out["losses_one_process"], out["losses_two_way"] = logs["one"], logs["two"]
+        worst = max(abs(logs["one"][s] - logs["two"][s]) / abs(logs["one"][s]) for s in logs["one"])
+        out["max_relative_loss_difference"] = round(worst, 5)
+        if worst > 0.02:
+            out.update(status="fail", error=f"2-way losses differ from one process by {worst:.2%} (bf16: < 2 %)")
+        return out
+
     def vlm(self) -> dict[str, Any]:
         if importlib.util.find_spec("torchvision") is None:
             raise _Skip("Qwen2-VL's processor needs torchvision (not installed here)")
@@ -282,6 +322,8 @@ class Suite:
         self.check("deepspeed", lambda: self.distributed("deepspeed"))
         self.check("vlm", self.vlm)
         self.check("vllm_rollouts", self.vllm_rollouts)
+        for key in ("tensor_parallel_size", "context_parallel_size", "sequence_parallel_size"):
+            self.check(key.removesuffix("_size"), functools.partial(self.model_parallel, key))
         device = torch.cuda.get_device_name(0) if self.cuda else "cpu"
         report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "torch": torch.__version__,
                   "smoke": self.smoke, "checks": self.results,
