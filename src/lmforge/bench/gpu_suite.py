@@ -272,7 +272,7 @@ class Suite:
         base = {"stage": "pt", "dataset": "lmforge_quickstart", "packing": False, "template": None,
                 "cutoff_len": 16384 if long and not self.smoke else self.cutoff_len, "max_steps": 4,
                 "save_strategy": "no", "logging_steps": 1, "per_device_train_batch_size": 1,
-                "gradient_checkpointing": True, "attn_implementation": "sdpa"}
+                "gradient_checkpointing": True, "attn_implementation": "sdpa", "skip_memory_metrics": False}
         if key == "sequence_parallel_size":
             base.update(attn_implementation="flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa",
                         deepspeed=os.path.join(os.path.dirname(__file__), "..", "..", "..", "examples",
@@ -287,6 +287,10 @@ class Suite:
             out[f"{name}_seconds"] = self._train(self.sft_overrides(out_dir, **values))
             logs[name] = {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(
                 out_dir, "trainer_log.jsonl"), encoding="utf-8")) if "loss" in r}
+            with open(os.path.join(out_dir, "all_results.json"), encoding="utf-8") as fh:
+                results = json.load(fh)  # transformers' memory metrics of the first process
+            peak = results.get("train_mem_gpu_alloc_delta", 0) + results.get("train_mem_gpu_peaked_delta", 0)
+            out[f"{name}_peak_memory_gib"] = round(peak / 2**30, 2)
         out["losses_one_process"], out["losses_two_way"] = logs["one"], logs["two"]
         worst = max(abs(logs["one"][s] - logs["two"][s]) / abs(logs["one"][s]) for s in logs["one"])
         out["max_relative_loss_difference"] = round(worst, 5)
