@@ -150,13 +150,13 @@ def test_two_process_tensor_parallel_trains_resumes_and_saves_like_one_process(t
 
 
 @pytest.mark.slow
-def test_tensor_parallel_with_fsdp2_shards_trains_like_one_process(tiny_model_dir, tmp_path):
+def test_tensor_parallel_with_fsdp2_shards_trains_and_resumes_like_one_process(tiny_model_dir, tmp_path):
     """2D: 4 processes, tensor 2 x FSDP2 shard 2 (per-device batch 2: the same global batch of 4)."""
-    single, two_d = tmp_path / "single", tmp_path / "2d"
+    single, two_d, resumed = tmp_path / "single", tmp_path / "2d", tmp_path / "resumed"
     assert main(["train", *sft_args(tiny_model_dir, single, max_steps=6, save_strategy="no")]) == 0
-    proc = run_lmforge_train([*sft_args(tiny_model_dir, two_d, max_steps=6, save_strategy="no",
-                                        per_device_train_batch_size=2), "nproc_per_node=4", "tensor_parallel_size=2",
-                              "data_shard_size=2"])
+    run = [*sft_args(tiny_model_dir, two_d, max_steps=6, save_steps=3, per_device_train_batch_size=2),
+           "nproc_per_node=4", "tensor_parallel_size=2", "data_shard_size=2"]
+    proc = run_lmforge_train(run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Parallelism: tensor 2 x FSDP2 shard 2; global batch 4 sequences" in proc.stderr
     one, four = losses(single), losses(two_d)
@@ -165,3 +165,10 @@ def test_tensor_parallel_with_fsdp2_shards_trains_like_one_process(tiny_model_di
     reference, saved = _weights(single), _weights(two_d)
     for name, tensor in reference.items():
         torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-4, msg=name)
+    resumed.mkdir()
+    shutil.copytree(two_d / "checkpoint-3", resumed / "checkpoint-3")
+    proc = run_lmforge_train([*[a.replace(str(two_d), str(resumed)) for a in run], "resume_from_checkpoint=true"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = losses(resumed)
+    assert sorted(after) == [4, 5, 6] and all(after[s] == four[s] for s in after)
+    assert all(torch.equal(_weights(resumed)[k], v) for k, v in saved.items())
