@@ -196,6 +196,44 @@ def test_two_process_rl_matches_one_process_with_twice_the_batch(stage, extra, t
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
 
 
+@pytest.mark.parametrize("stage, extra", [("grpo", {}), ("ppo", {}),
+                                          ("grpo", {"finetuning_type": "lora", "lora_target": "all"})],
+                         ids=["grpo", "ppo", "grpo-lora"])
+def test_fsdp2_sharded_rl_matches_one_process_and_resumes_exactly(stage, extra, tiny_model_dir, tmp_path):
+    """`data_shard_size: 2`: policy and reference sharded by FSDP2 over 2 processes; the same completions, losses
+    and weights as one process with twice the batch; a checkpoint resumed in a fresh directory continues exactly."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    reward = tmp_path / "vowels.py"
+    reward.write_text(RL_VOWELS)
+    reward_func = f"{reward}:vowel_share"
+    single, sharded, resumed = tmp_path / "single", tmp_path / "sharded", tmp_path / "resumed"
+    assert main(["train", *_rl_args(stage, tiny_model_dir, single, reward_func, 4, **extra)]) == 0
+    run = [*_rl_args(stage, tiny_model_dir, sharded, reward_func, 2, **extra), "nproc_per_node=2",
+           "data_shard_size=2"]
+    proc = run_lmforge_train(run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Parallelism: FSDP2 shard 2; each step samples 4 prompts" in proc.stderr
+    one = [json.loads(line) for line in open(single / "trainer_log.jsonl")]
+    two = [json.loads(line) for line in open(sharded / "trainer_log.jsonl")]
+    for a, b in zip(one, two, strict=True):
+        assert b["reward"] == pytest.approx(a["reward"], abs=1e-6)
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-4), (a, b)
+    weights = "adapter_model.safetensors" if extra else "model.safetensors"
+    w1, w2 = load_file(single / weights), load_file(sharded / weights)
+    assert set(w1) == set(w2) and max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+    resumed.mkdir()
+    shutil.copytree(sharded / "checkpoint-2", resumed / "checkpoint-2")
+    proc = run_lmforge_train([*[a.replace(str(sharded), str(resumed)) for a in run], "resume_from_checkpoint=true"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [last] = [json.loads(line) for line in open(resumed / "trainer_log.jsonl")]
+    assert last["step"] == 3 and last["loss"] == two[-1]["loss"]
+    w3 = load_file(resumed / weights)
+    assert all(torch_equal(w2[k], w3[k]) for k in w2)
+
+
 def test_two_process_grpo_stopped_by_sigterm_and_resumed_equals_the_uninterrupted_run(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 

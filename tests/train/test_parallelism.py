@@ -53,6 +53,22 @@ def test_parallel_sizes_that_cannot_work_are_clear_errors(tiny_model_dir, tmp_pa
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("extra, message", [
+    ({"fsdp": True}, "'fsdp' has no effect in 'stage: grpo' (its own loop does not use it): shard the policy with "
+     "'data_shard_size: N' (FSDP2) instead"),
+    ({"nproc_per_node": 2, "data_shard_size": 2, "rollout_batch_size": 6, "num_generations": 3,
+      "per_device_train_batch_size": 4},
+     "the 18 completions of a step must be a multiple of 'per_device_train_batch_size' x processes (8)"),
+    ({"nproc_per_node": 2, "tensor_parallel_size": 2}, "'tensor_parallel_size' does not apply to 'stage: grpo'"),
+])
+def test_rl_sharding_settings_that_cannot_work_are_clear_errors(tiny_model_dir, tmp_path, capsys, extra, message):
+    from tests.train.test_rl import rl_args
+
+    args = rl_args("grpo", tiny_model_dir, tmp_path / "x", reward_funcs="lmforge.rewards:exact_match", **extra)
+    assert main(["train", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_tensor_parallel_needs_a_model_with_a_plan(tmp_path, capsys):
     from transformers import GPT2Config
 

@@ -30,8 +30,9 @@ class ParallelismArguments:
     data_shard_size: int = option(
         1, "Processes that shard parameters, gradients and optimizer state with FSDP2 (ZeRO-3 style) inside each "
         "data-parallel replica; with `tensor_parallel_size` this is 2D parallelism. The processes left over "
-        "(processes / (tensor x context x sequence x shard)) are plain data-parallel replicas.",
-        stages=("pt", "sft"))
+        "(processes / (tensor x context x sequence x shard)) are plain data-parallel replicas. With `ppo`/`grpo` "
+        "the policy (and a reference copy) are sharded this way.",
+        stages=("pt", "sft", "ppo", "grpo"))
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,9 @@ def _validate_stage(cfg: RunConfig) -> None:
             _fail(cfg, f"'{key}' does not apply to 'stage: {f.stage}' (it applies to {', '.join(spec.stages)}).")
     ignored = [k for k in STAGES[f.stage].ignores if k in cfg.raw]
     if ignored:
-        _fail(cfg, f"'{ignored[0]}' has no effect in 'stage: {f.stage}' (its own loop does not use it): remove it.")
+        hint = ("shard the policy with 'data_shard_size: N' (FSDP2) instead" if ignored[0] in
+                ("deepspeed", "fsdp", "fsdp_config") else "remove it")
+        _fail(cfg, f"'{ignored[0]}' has no effect in 'stage: {f.stage}' (its own loop does not use it): {hint}.")
     kind = STAGES[f.stage].kind
     if kind in ("pair", "kto", "prompt"):
         _validate_preference(cfg)
@@ -186,6 +188,16 @@ def _validate_rl(cfg: RunConfig) -> None:
                   "there are no epochs): use 'steps'.")
     if r.rollout_backend == "vllm":
         _validate_vllm_rollouts(cfg)
+    if cfg.parallelism.data_shard_size > 1:
+        rows = r.rollout_batch_size * (r.num_generations if cfg.finetuning.stage == "grpo" else 1)
+        minibatch = cfg.training.per_device_train_batch_size * process_count(cfg)
+        if rows % minibatch:
+            _fail(cfg, f"with 'data_shard_size', every process must take part in every mini-batch (FSDP2 gathers "
+                  f"the weights collectively): the {rows} completions of a step must be a multiple of "
+                  f"'per_device_train_batch_size' x processes ({minibatch}).")
+        if r.env_funcs:
+            _fail(cfg, "'env_funcs' (multi-turn tool use) does not run with 'data_shard_size' yet: the processes' "
+                  "conversations end after different numbers of turns.")
     processes = process_count(cfg)
     if r.rollout_batch_size % processes:
         _fail(cfg, f"'rollout_batch_size' ({r.rollout_batch_size}) must be a multiple of the number of processes "

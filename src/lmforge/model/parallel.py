@@ -71,6 +71,11 @@ def allow_cpu_tensor_parallel() -> None:
 def describe(cfg: RunConfig, layout: ParallelLayout) -> str:
     """What one optimizer step really takes: the layout, sequences and tokens per step."""
     t = cfg.training
+    if cfg.finetuning.stage in ("ppo", "grpo"):
+        group = cfg.rl.num_generations if cfg.finetuning.stage == "grpo" else 1
+        return (f"Parallelism: {layout.describe()}; each step samples {cfg.rl.rollout_batch_size:,} prompts x "
+                f"{group} and updates in mini-batches of {t.per_device_train_batch_size * layout.data_parallel:,} "
+                "completions")
     sequences = t.per_device_train_batch_size * t.gradient_accumulation_steps * layout.data_parallel
     split = layout.context * layout.sequence
     text = (f"Parallelism: {layout.describe()}; global batch {sequences:,} sequences of up to "

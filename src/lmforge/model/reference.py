@@ -14,14 +14,16 @@ from lmforge.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def reference_model(cfg: RunConfig, policy: torch.nn.Module,
-                    tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module | None:
+def reference_model(cfg: RunConfig, policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                    split: dict | None = None) -> torch.nn.Module | None:
     """`ref_model` when set; None under LoRA (the trainer switches the adapters off: no second copy); otherwise a
-    frozen copy of the policy as the run starts (with a starting adapter merged into it)."""
+    frozen copy of the policy as the run starts (with a starting adapter merged into it). With `split` (a policy
+    sharded as it loaded: `model.parallel.load_kwargs`) the reference loads sharded the same way."""
     f, m = cfg.finetuning, cfg.model
     if f.ref_model:
         try:
-            ref = AutoModelForCausalLM.from_pretrained(f.ref_model, dtype="auto", trust_remote_code=m.trust_remote_code)
+            ref = AutoModelForCausalLM.from_pretrained(f.ref_model, dtype="auto", trust_remote_code=m.trust_remote_code,
+                                                       **(split or {}))
         except (OSError, ValueError) as err:
             raise ConfigError(f"Config error: could not load 'ref_model' from '{f.ref_model}': "
                               f"{str(err).splitlines()[0]}") from None
@@ -34,6 +36,11 @@ def reference_model(cfg: RunConfig, policy: torch.nn.Module,
     elif f.finetuning_type == "lora":
         ref = copy.deepcopy(policy).merge_and_unload()
         logger.info("Reference model: the base with the starting adapter %s merged in", m.adapter_name_or_path)
+    elif split:  # a sharded model is loaded again, sharded, rather than copied
+        from lmforge.model.build import build_model
+
+        ref = build_model(m, tokenizer, split=split)
+        logger.info("Reference model: the starting model, sharded as the policy is")
     else:
         ref = copy.deepcopy(policy)
         logger.info("Reference model: a frozen copy of the starting model")

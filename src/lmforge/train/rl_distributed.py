@@ -11,6 +11,11 @@
   therefore the same everywhere, and the same as one process training the whole mini-batch.
 - Logs and checkpoints are written by the first process; the others wait for it.
 
+With `data_shard_size`, transformers loads the policy (and reference) sharded with FSDP2: its parameters are
+DTensors whose gradients FSDP2 reduce-scatters and averages itself; only the rest (PPO's value head, LoRA adapters
+added after sharding) is averaged here. Every process then runs every forward pass in step (sampling continues
+until all processes' rows are done), and saving gathers the full weights and optimizer state collectively.
+
 Why not accelerate's DDP wrapper: the loop already computes the exact global normalisers, and averaging the
 gradients of every trainable parameter (policy, LoRA adapters, PPO's value head) once per optimizer step is the whole
 of what DDP adds here; with gloo on CPUs and NCCL on GPUs alike.
@@ -38,12 +43,22 @@ def gather(obj: Any) -> list[Any]:
     return out
 
 
+def is_sharded(tensor: torch.Tensor | None) -> bool:
+    """A DTensor: a parameter (or gradient) FSDP2 shards, whose gradients it reduces itself."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Gradients averaged over the processes (a process whose share of a mini-batch was empty adds zeros)."""
+    """Gradients averaged over the processes (a process whose share of a mini-batch was empty adds zeros); those of
+    parameters FSDP2 shards (`data_shard_size`) are already averaged by its reduce-scatter."""
     _, size = world()
     if size == 1:
         return
     for p in params:
+        if is_sharded(p):
+            continue
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad)

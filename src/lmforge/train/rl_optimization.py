@@ -16,6 +16,27 @@ from transformers import Trainer, TrainingArguments, get_scheduler
 from lmforge.train.runtime.guard import NonfiniteGuard
 
 
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """`clip_grad_norm_`, also over a mix of FSDP2-sharded (DTensor) and plain gradients, which torch's one norm
+    cannot stack: each kind's norm is taken apart (the sharded one reduced over its mesh) and combined."""
+    from lmforge.train.rl_distributed import is_sharded
+
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g for g in grads if is_sharded(g)]
+    if not sharded:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    plain = [g for g in grads if not is_sharded(g)]
+    norms = [torch.nn.utils.get_total_norm(sharded).full_tensor()]
+    if plain:
+        norms.append(torch.nn.utils.get_total_norm(plain).to(norms[0].device))
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    coefficient = min(1.0, max_norm / (float(total) + 1e-6))
+    if coefficient < 1.0:
+        for g in grads:
+            g.mul_(coefficient)
+    return total
+
+
 class Optimization:
     def __init__(self, args: TrainingArguments, model: torch.nn.Module, extra: torch.nn.Module | None,
                  guard: NonfiniteGuard | None, device: torch.device):
@@ -24,8 +45,10 @@ class Optimization:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         groups = [{"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
                   {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
-        if extra is not None:  # PPO's value head learns with the policy
-            groups[0]["params"] += [p for p in extra.parameters() if p.requires_grad]
+        if extra is not None:  # PPO's value head learns with the policy (a group of its own: with a sharded
+            # policy its plain tensors cannot share a fused optimizer kernel with the policy's DTensors)
+            groups.append({"params": [p for p in extra.parameters() if p.requires_grad],
+                           "weight_decay": args.weight_decay})
         self.params = [p for group in groups for p in group["params"]]
         optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
         self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
@@ -58,7 +81,7 @@ class Optimization:
         were (counted by the guard). Returns the gradient norm before clipping."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm or float("inf"))
+        grad_norm = clip_gradients(self.params, self.args.max_grad_norm or float("inf"))
         finite = loss_finite and bool(torch.isfinite(grad_norm))
         if self.guard is not None:
             self.guard.record(finite, step_number)
@@ -70,14 +93,29 @@ class Optimization:
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
-    def state_dict(self) -> dict:
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+    def state_dict(self, sharded_modules: torch.nn.Module | None = None) -> dict:
+        """The optimizer, scheduler (and scaler) state. With `sharded_modules` (the trained modules, FSDP2-sharded)
+        the optimizer state is gathered collectively as full tensors (on the first process; every process calls)."""
+        if sharded_modules is not None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            optimizer = get_optimizer_state_dict(sharded_modules, self.optimizer,
+                                                 options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            optimizer = self.optimizer.state_dict()
+        state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load_state_dict(self, state: dict, sharded_modules: torch.nn.Module | None = None) -> None:
+        if sharded_modules is not None:  # full tensors scattered into the shards
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(sharded_modules, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])

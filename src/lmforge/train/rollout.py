@@ -13,6 +13,7 @@ import torch
 from lmforge.config.generation import GenerationArguments
 from lmforge.model.kv_cache import cache_kwargs, output_cache
 from lmforge.model.sampling import SamplingParams, choose_next
+from lmforge.train.rl_distributed import any_process
 
 
 @dataclass
@@ -38,14 +39,16 @@ class Rollout:
 
 @torch.no_grad()
 def sample_completions(model: torch.nn.Module, prompts: list[list[int]], gen: GenerationArguments, pad_id: int,
-                       stop_ids: list[int], seeds: list[int]) -> Rollout:
+                       stop_ids: list[int], seeds: list[int], lockstep: bool = False) -> Rollout:
     """One sampled completion per prompt (temperature/top-p/top-k/repetition_penalty from `gen`), ending at a stop
     token or at `max_new_tokens`.
 
     Each row draws from its own generator (`seeds[i]`), so a completion depends on its prompt and seed only, not on
     which other prompts share its batch or process: a run on several processes samples exactly what one process
     sampling the whole rollout would (and a resumed run what the uninterrupted one did). The decoding is the KV-cache
-    loop `generate` runs; the choice of each token is `model.sampling.choose_next`, as in the serving engine."""
+    loop `generate` runs; the choice of each token is `model.sampling.choose_next`, as in the serving engine.
+    `lockstep`: the processes decode until all of them are done (a model FSDP2 shards runs its forward passes
+    together)."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
@@ -69,7 +72,8 @@ def sample_completions(model: torch.nn.Module, prompts: list[list[int]], gen: Ge
                 continue
             rows[i][2].append(token)
             done[i] = token in stops
-        if all(done) or step == gen.max_new_tokens - 1:
+        finished = all(done) if not lockstep else not any_process(not all(done))
+        if finished or step == gen.max_new_tokens - 1:
             break
         mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
         last = last + 1

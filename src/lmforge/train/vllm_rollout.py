@@ -31,12 +31,17 @@ logger = logging.getLogger(__name__)
 _MODULES_TO_SAVE = re.compile(r"\.modules_to_save\.[^.]+\.")
 
 
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A parameter FSDP2 shards (`data_shard_size`), gathered whole (every process takes part)."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's weights under the plain model's parameter names (what vLLM's `load_weights` takes); for a LoRA
     model, each adapted weight with the adapter's update added, the model itself left as it is."""
     if not hasattr(model, "peft_config"):
         for name, param in model.named_parameters():
-            yield name, param.detach()
+            yield name, _full(param.detach())
         return
     from peft.tuners.lora import LoraLayer
 
@@ -50,14 +55,14 @@ def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
         if owner.endswith("base_layer") and owner.removesuffix(".base_layer") in lora_layers:
             layer_name = owner.removesuffix(".base_layer")
             layer = lora_layers[layer_name]
-            tensor = param.detach()
+            tensor = _full(param.detach())
             if leaf == "weight" and not layer.merged:
                 for adapter in layer.active_adapters:
                     if adapter in layer.lora_A or adapter in getattr(layer, "lora_embedding_A", {}):
                         tensor = tensor + layer.get_delta_weight(adapter).to(tensor.dtype)
             yield f"{layer_name}.{leaf}", tensor
         else:
-            yield _MODULES_TO_SAVE.sub(".", name), param.detach()
+            yield _MODULES_TO_SAVE.sub(".", name), _full(param.detach())
 
 
 def _default_max_model_len(cfg: RunConfig) -> int:

@@ -44,6 +44,8 @@ def load_split_weights(model: torch.nn.Module, checkpoint: str) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     files = sorted(f for f in os.listdir(checkpoint) if f.startswith("model") and f.endswith(".safetensors"))
+    if not files:
+        raise RuntimeError(f"checkpoint {checkpoint} holds no model weights (model*.safetensors)")
     state: dict[str, torch.Tensor] = {}
     for name in files:
         state.update(load_file(os.path.join(checkpoint, name)))

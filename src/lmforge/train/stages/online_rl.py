@@ -66,6 +66,7 @@ from lmforge.train.runtime.checkpoint import (
 )
 from lmforge.train.runtime.guard import NonfiniteGuard
 from lmforge.train.runtime.signals import StopRequest, stopped_message
+from lmforge.train.runtime.split_checkpoint import is_split_model, load_split_weights
 from lmforge.train.runtime.tracking import LoopTrackers, finish_trackers, log_samples
 from lmforge.train.setup import enable_gradient_checkpointing, save_dtype
 from lmforge.train.stages.shared_setup import ChatStage
@@ -123,6 +124,10 @@ class OnlineRL:
 
             self.vllm = VLLMRollouts(cfg, policy, cfg.model.model_name_or_path, *world())
         self.optim = Optimization(self.args, policy, self.value_head, self.guard, self.device)
+        # `data_shard_size`: the policy was sharded with FSDP2 as it loaded; saving and sampling are collective
+        self.sharded = is_split_model(policy)
+        self.trained_modules = torch.nn.ModuleDict(
+            {"policy": policy, **({"value_head": self.value_head} if self.value_head is not None else {})})
         self.trackers = LoopTrackers(self.args, cfg.tracking, policy, stage.tokenizer, self.optim.optimizer,
                                      self.optim.scheduler)
         # the final model is saved in the checkpoint's dtype (float32 masters of a bf16 model saved as bf16)
@@ -186,7 +191,7 @@ class OnlineRL:
                     self.cfg.generation, list(self.stage.stop_ids), seeds)
             else:
                 rollout = sample_completions(self.policy, prompts, self.cfg.generation, tokenizer.pad_token_id,
-                                             list(self.stage.stop_ids), seeds)
+                                             list(self.stage.stop_ids), seeds, lockstep=self.sharded)
         if turns is not None:  # what the model finally answered; the rewards also see the whole exchange
             completions = [t[-1]["content"] if t else "" for t in turns]
         else:
@@ -441,11 +446,18 @@ class OnlineRL:
 
     # ---- saving -----------------------------------------------------------------------------------------------
     def save_model(self, directory: str, dtype: torch.dtype | None = None) -> None:
+        """The policy (and value head, tokenizer) into `directory`: by the first process, or with a sharded policy by
+        every process (they gather the weights together; the first writes)."""
+        main = self.main_process
         if dtype is None or all(p.dtype == dtype for p in self.policy.parameters() if p.is_floating_point()):
-            self.policy.save_pretrained(directory)
+            self.policy.save_pretrained(directory, is_main_process=main)
         else:
-            self.policy.save_pretrained(directory, state_dict=cast_state_dict(self.policy.state_dict(), dtype))
-            record_saved_dtype(self.policy, directory, dtype)
+            self.policy.save_pretrained(directory, state_dict=cast_state_dict(self.policy.state_dict(), dtype),
+                                        is_main_process=main)
+            if main:
+                record_saved_dtype(self.policy, directory, dtype)
+        if not main:
+            return
         self.stage.tokenizer.save_pretrained(directory)
         if self.value_head is not None:
             save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()},
@@ -456,13 +468,21 @@ class OnlineRL:
         main process; the others wait until it is there)."""
         name = f"checkpoint-{self.step}"
         final = os.path.join(self.args.output_dir, name)
+        tmp = os.path.join(staging_root(self.args.output_dir), name)
+        optimization = self.optim.state_dict(self.trained_modules if self.sharded else None)  # collective if sharded
+        if self.sharded:
+            barrier()
+            if self.main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            barrier()
+            self.save_model(tmp)
         if not self.main_process:
             barrier()
             return final
-        tmp = os.path.join(staging_root(self.args.output_dir), name)
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.save_model(tmp)
-        torch.save({"step": self.step, **self.optim.state_dict(), "log_history": self.log_history,
+        if not self.sharded:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.save_model(tmp)
+        torch.save({"step": self.step, **optimization, "log_history": self.log_history,
                     "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                             "numpy": np.random.get_state()}}, os.path.join(tmp, RL_STATE_FILE))
         self.write_state(tmp)
@@ -479,10 +499,13 @@ class OnlineRL:
 
             raise ConfigError(f"Config error: '{path}' is not a {self.algorithm} checkpoint (no {RL_STATE_FILE}).")
         state = torch.load(state_path, weights_only=False)
-        load_policy_weights(self.policy, path)
+        if self.sharded and not hasattr(self.policy, "peft_config"):  # (adapters are plain tensors: loaded below)
+            load_split_weights(self.policy, path)
+        else:
+            load_policy_weights(self.policy, path)
         if self.value_head is not None:
             self.value_head.load_state_dict(load_file(os.path.join(path, VALUE_HEAD_FILE)))
-        self.optim.load_state_dict(state)
+        self.optim.load_state_dict(state, self.trained_modules if self.sharded else None)
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
@@ -490,8 +513,9 @@ class OnlineRL:
         logger.info("Resumed from %s at step %d", path, self.step)
 
     def save_final(self) -> None:
-        if self.main_process:
+        if self.main_process or self.sharded:
             self.save_model(self.args.output_dir, self.save_dtype)
+        if self.main_process:
             self.write_state(self.args.output_dir)
         barrier()
 
@@ -524,6 +548,7 @@ def run_online_rl(cfg: RunConfig, algorithm: str) -> dict:
     """The recipe of `ppo` and `grpo`: prompts, policy (+ reference), rewards, the loop, the final report."""
     from transformers import set_seed
 
+    from lmforge.model.parallel import load_kwargs, run_layout
     from lmforge.model.reference import reference_model
     from lmforge.train.run import report, save_run_config
     from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage
@@ -532,7 +557,8 @@ def run_online_rl(cfg: RunConfig, algorithm: str) -> dict:
     stage = prepare_chat_stage(cfg, resume)
     policy = policy_model(cfg, stage)
     needs_ref = algorithm == "ppo" or cfg.rl.kl_coef > 0
-    ref = reference_model(cfg, policy, stage.tokenizer) if needs_ref else None
+    split = load_kwargs(run_layout(cfg)) if is_split_model(policy) else None
+    ref = reference_model(cfg, policy, stage.tokenizer, split) if needs_ref else None
     rewarder = Rewarder(cfg.rl.reward_funcs, cfg.rl.reward_model, device=cfg.training.device)
     set_seed(cfg.training.seed)
     loop = OnlineRL(cfg, stage, policy, ref, rewarder, algorithm)
