@@ -188,3 +188,23 @@ def test_tensor_parallel_with_fsdp2_shards_trains_and_resumes_like_one_process(t
     after = losses(resumed)
     assert sorted(after) == [4, 5, 6] and all(after[s] == four[s] for s in after)
     assert all(torch.equal(_weights(resumed)[k], v) for k, v in saved.items())
+
+
+@pytest.mark.slow
+def test_tensor_parallel_bf16_checkpoint_trains_float32_masters_like_one_process(tiny_model_dir, tmp_path):
+    """A bf16 checkpoint under bf16 autocast: the split weights become float32 masters (DTensors change dtype only
+    through the module conversion) and are saved back in bf16, as on one process."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(model_dir)
+    run = {"max_steps": 4, "save_strategy": "no", "bf16": True}
+    single, tp = tmp_path / "single", tmp_path / "tp"
+    assert main(["train", *sft_args(str(model_dir), single, **run)]) == 0
+    proc = run_lmforge_train([*sft_args(str(model_dir), tp, **run), "nproc_per_node=2", "tensor_parallel_size=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = losses(single), losses(tp)
+    for step in range(1, 5):
+        assert two[step] == pytest.approx(one[step], rel=1e-3), step
+    assert {t.dtype for t in _weights(tp).values()} == {torch.bfloat16}

@@ -40,6 +40,10 @@ def set_master_weights(model: torch.nn.Module, finetuning_type: str, autocast: b
         logger.info("Master weights: %d %s parameter tensors trained in float32%s", len(cast),
                     str(cast[0].dtype).removeprefix("torch."),
                     " under autocast" if autocast else " (no bf16/fp16 autocast: the whole model)")
+    if any(hasattr(p, "full_tensor") for p in cast):
+        # split over processes (DTensor): `.data` cannot change a DTensor's dtype; the module conversion swaps them
+        model.to(torch.float32)
+        return
     for param in cast:
         param.data = param.data.float()
 
