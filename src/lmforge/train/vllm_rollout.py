@@ -140,6 +140,7 @@ class VLLMRollouts:
             barrier()  # no process samples from a server before the weights are there
         gen = self.cfg.generation
         temperature = gen.temperature if gen.do_sample else 0.0
+        # top_k -1 is "no limit" in every vLLM release (some refuse lmforge's and transformers' 0)
         if self.mode == "colocate":
             from vllm import SamplingParams
 
@@ -156,7 +157,7 @@ class VLLMRollouts:
             return [list(o.outputs[0].token_ids) for o in outputs]
         # server: each process asks for its own rows; a prompt's group is one request of n completions
         out = self.client.generate(prompts=[list(p) for p in prompts[::group]], n=group, temperature=temperature,
-                              top_p=gen.top_p, top_k=gen.top_k, repetition_penalty=gen.repetition_penalty,
+                              top_p=gen.top_p, top_k=gen.top_k or -1, repetition_penalty=gen.repetition_penalty,
                               max_tokens=gen.max_new_tokens, logprobs=None,
                               generation_kwargs={"stop_token_ids": list(stop_ids)})
         return [list(ids) for ids in out["completion_ids"]]
