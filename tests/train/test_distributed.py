@@ -212,7 +212,7 @@ def test_fsdp2_sharded_rl_matches_one_process_and_resumes_exactly(stage, extra, 
     single, sharded, resumed = tmp_path / "single", tmp_path / "sharded", tmp_path / "resumed"
     assert main(["train", *_rl_args(stage, tiny_model_dir, single, reward_func, 4, **extra)]) == 0
     run = [*_rl_args(stage, tiny_model_dir, sharded, reward_func, 2, **extra), "nproc_per_node=2",
-           "data_shard_size=2"]
+           "data_shard_size=2", 'sample_prompts=["Hi"]']  # (the samples at the end: every process generates)
     proc = run_lmforge_train(run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Parallelism: FSDP2 shard 2; each step samples 4 prompts" in proc.stderr

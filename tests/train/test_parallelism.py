@@ -136,7 +136,7 @@ def _weights(out) -> dict[str, torch.Tensor]:
 def test_two_process_tensor_parallel_trains_resumes_and_saves_like_one_process(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    run = {"max_steps": 10, "save_steps": 5, "chunked_loss": True}
+    run = {"max_steps": 10, "save_steps": 5, "chunked_loss": True, "sample_prompts": ["Hi"]}
     single, tp, resumed = tmp_path / "single", tmp_path / "tp", tmp_path / "resumed"
     assert main(["train", *sft_args(tiny_model_dir, single, **run)]) == 0
     proc = run_lmforge_train([*sft_args(tiny_model_dir, tp, **run), "nproc_per_node=2", "tensor_parallel_size=2"])

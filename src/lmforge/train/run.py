@@ -70,11 +70,17 @@ def run_training(cfg: RunConfig, trainer: LanguageModelTrainer, resume: str | No
         if samples:
             log_samples(trainer, samples)
         finish_trackers(trainer)
-    elif is_split_model(trainer.model) and cfg.generation.sample_prompts:
-        # a model split over the processes generates with all of them (each holds a part of every layer)
-        generate_samples(trainer.model, text_tokenizer(trainer.processing_class), cfg.generation, cfg.training.seed,
-                         chat, stop_ids)
+    else:
+        join_sample_generation(cfg, trainer.model, text_tokenizer(trainer.processing_class), chat, stop_ids)
     return metrics
+
+
+def join_sample_generation(cfg: RunConfig, model: Any, tokenizer: Any, chat: bool,
+                           stop_ids: list[int] | None) -> None:
+    """On the other processes while the first writes its report: a model split over the processes generates the
+    samples with all of them (each holds a part of every layer), the same seeds giving the same tokens."""
+    if is_split_model(model) and cfg.generation.sample_prompts:
+        generate_samples(model, tokenizer, cfg.generation, cfg.training.seed, chat, stop_ids)
 
 
 def stopped_early(trainer: LanguageModelTrainer) -> dict:

@@ -550,7 +550,7 @@ def run_online_rl(cfg: RunConfig, algorithm: str) -> dict:
 
     from lmforge.model.parallel import load_kwargs, run_layout
     from lmforge.model.reference import reference_model
-    from lmforge.train.run import report, save_run_config
+    from lmforge.train.run import join_sample_generation, report, save_run_config
     from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage
 
     resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
@@ -571,4 +571,6 @@ def run_online_rl(cfg: RunConfig, algorithm: str) -> dict:
             if samples:
                 log_samples(loop, samples)
         finish_trackers(loop)
+    elif not loop.stopped_by:
+        join_sample_generation(cfg, policy, stage.tokenizer, True, stage.stop_ids)
     return metrics
