@@ -33,14 +33,17 @@ def prediction_prompts(examples: Dataset, tokenizer: PreTrainedTokenizerBase,
     return ids, references
 
 
-def predict(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Dataset) -> dict:
-    """Generate for every example; write generated_predictions.jsonl and predict_results.json to output_dir."""
+def predict(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Dataset,
+            write: bool = True) -> dict:
+    """Generate for every example; write generated_predictions.jsonl and predict_results.json to output_dir (unless
+    `write` is false: a process that only takes part in a split model's generation)."""
     ids, references = prediction_prompts(examples, tokenizer, cfg.data.enable_thinking)
     predictions, scores = predict_and_score(model, tokenizer, ids, references, cfg.generation,
                                             stop_token_ids(tokenizer), cfg.training.per_device_eval_batch_size,
                                             cfg.training.seed)
     out = cfg.training.output_dir
-    write_jsonl(os.path.join(out, PREDICTIONS_FILE), predictions)
     scores = {f"predict_{k}": v for k, v in scores.items()}
-    write_json(os.path.join(out, RESULTS_FILE), scores)
+    if write:
+        write_jsonl(os.path.join(out, PREDICTIONS_FILE), predictions)
+        write_json(os.path.join(out, RESULTS_FILE), scores)
     return scores

@@ -15,6 +15,7 @@ from lmforge.data.packing import pack_examples, uses_packing
 from lmforge.train.predict import predict
 from lmforge.train.run import run_training, text_tokenizer
 from lmforge.train.runtime.checkpoint import resolve_resume
+from lmforge.train.runtime.split_checkpoint import is_split_model
 from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
 from lmforge.train.trainer import LanguageModelTrainer
 
@@ -60,9 +61,12 @@ def run(cfg: RunConfig) -> dict:
     def predict_step(trainer: LanguageModelTrainer) -> dict:
         if not (cfg.training.do_predict and cfg.generation.predict_with_generate):
             return {}
-        if not trainer.is_world_process_zero():
+        if not trainer.is_world_process_zero() and not is_split_model(trainer.model):
+            return {}  # (a model split over the processes generates with all of them)
+        main = trainer.is_world_process_zero()
+        scores = predict(cfg, trainer.model, text_tokenizer(trainer.processing_class), setup.data.eval, write=main)
+        if not main:
             return {}
-        scores = predict(cfg, trainer.model, text_tokenizer(trainer.processing_class), setup.data.eval)
         trainer.log_metrics("predict", scores)
         return scores
 
