@@ -12,6 +12,12 @@ def accelerator_available() -> bool:
             or bool(xpu and hasattr(xpu, "is_available") and xpu.is_available()))
 
 
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def cuda_available() -> bool:
     import torch
 

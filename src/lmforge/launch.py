@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 
-from lmforge.config.launch import LaunchArguments
+from lmforge.config.launch import LaunchArguments, from_env, planned_processes
 from lmforge.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -27,38 +27,15 @@ def launched() -> bool:
     return "LOCAL_RANK" in os.environ or "RANK" in os.environ
 
 
-def _from_env(value, name: str, kind: type, default):
-    if value is not None:
-        return value
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    if kind is int and raw != "auto":
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(f"Config error (environment): ${name} must be a whole number, got '{raw}'.") from None
-    return raw
-
-
-def _gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def torchrun_command(args: LaunchArguments, argv: list[str]) -> list[str] | None:
     """The torchrun command line that runs `lmforge train argv` on the processes asked for, or None to run in this
     process (one process, or already launched)."""
     if launched():
         return None
-    nproc = _from_env(args.nproc_per_node, "NPROC_PER_NODE", int, 1)
-    if nproc == "auto":
-        nproc = max(_gpu_count(), 1)
-    nnodes = _from_env(args.nnodes, "NNODES", int, 1)
-    node_rank = _from_env(args.node_rank, "NODE_RANK", int, 0)
-    master_addr = _from_env(args.master_addr, "MASTER_ADDR", str, None)
-    master_port = _from_env(args.master_port, "MASTER_PORT", int, None)
+    nproc, nnodes = planned_processes(args)
+    node_rank = from_env(args.node_rank, "NODE_RANK", int, 0)
+    master_addr = from_env(args.master_addr, "MASTER_ADDR", str, None)
+    master_port = from_env(args.master_port, "MASTER_PORT", int, None)
     if nproc < 1 or nnodes < 1:
         raise ConfigError(f"Config error: 'nproc_per_node' and 'nnodes' must be at least 1, got {nproc} and {nnodes}.")
     if not 0 <= node_rank < nnodes:

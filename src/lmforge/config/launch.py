@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from lmforge.config.fields import option
+from lmforge.errors import ConfigError
 
 
 @dataclass
@@ -22,3 +24,28 @@ class LaunchArguments:
     master_port: int | None = option(
         None, "Free port on machine 0 for the rendezvous. Unset: $MASTER_PORT, else 29500 (multi-node) or a free "
         "port chosen by torchrun (one machine).")
+
+
+def from_env(value: Any, name: str, kind: type, default: Any) -> Any:
+    """A launch key's value, else its environment variable ($NPROC_PER_NODE, $NNODES, ...), else `default`."""
+    if value is not None:
+        return value
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    if kind is int and raw != "auto":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"Config error (environment): ${name} must be a whole number, got '{raw}'.") from None
+    return raw
+
+
+def planned_processes(args: LaunchArguments) -> tuple[int, int]:
+    """(processes per machine, machines) the launch keys ask for (`auto`: one per visible GPU)."""
+    nproc = from_env(args.nproc_per_node, "NPROC_PER_NODE", int, 1)
+    if nproc == "auto":
+        from lmforge.device import gpu_count
+
+        nproc = max(gpu_count(), 1)
+    return nproc, from_env(args.nnodes, "NNODES", int, 1)

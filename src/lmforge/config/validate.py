@@ -205,11 +205,14 @@ def _validate_rl(cfg: RunConfig) -> None:
 
 
 def process_count(cfg: RunConfig) -> int:
-    """The processes of the run: torchrun's WORLD_SIZE when started by a launcher, else what the launch keys ask
-    (`nproc_per_node: auto` counts as 1 here: the GPUs are counted at launch)."""
-    launch = cfg.launch
-    per_node = launch.nproc_per_node if isinstance(launch.nproc_per_node, int) else 1
-    return int(os.environ.get("WORLD_SIZE", "0")) or per_node * (launch.nnodes or 1)
+    """The processes of the run: the launcher's WORLD_SIZE inside a launched process, else what the launch keys (or
+    their environment variables) ask for, counted as `lmforge train` will launch them."""
+    from lmforge.config.launch import planned_processes
+
+    if os.environ.get("WORLD_SIZE"):
+        return int(os.environ["WORLD_SIZE"])
+    per_node, nodes = planned_processes(cfg.launch)
+    return per_node * nodes
 
 
 def _validate_parallelism(cfg: RunConfig) -> None:
