@@ -121,12 +121,17 @@ class VLLMRollouts:
             runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
             runner.model.load_weights(merged_weights(self.policy))
             self.llm.reset_prefix_cache()
-        elif self.rank == 0:
+        elif self.rank == 0 or any(hasattr(p, "full_tensor") for p in self.policy.parameters()):
+            # the first process pushes; a sharded policy is gathered by every process, so all walk the weights
             if self._metadata is None:
                 self._metadata = [(n, str(t.dtype).removeprefix("torch."), list(t.shape))
                                   for n, t in merged_weights(self.policy)]
-            self.client.update_named_params(self._metadata, merged_weights(self.policy))
-            self.client.reset_prefix_cache()
+            if self.rank == 0:
+                self.client.update_named_params(self._metadata, merged_weights(self.policy))
+                self.client.reset_prefix_cache()
+            else:
+                for _ in merged_weights(self.policy):
+                    pass
         self.stale = False
 
     # ---- sampling ---------------------------------------------------------------------------------------------
@@ -157,9 +162,9 @@ class VLLMRollouts:
             return [list(o.outputs[0].token_ids) for o in outputs]
         # server: each process asks for its own rows; a prompt's group is one request of n completions
         out = self.client.generate(prompts=[list(p) for p in prompts[::group]], n=group, temperature=temperature,
-                              top_p=gen.top_p, top_k=gen.top_k or -1, repetition_penalty=gen.repetition_penalty,
-                              max_tokens=gen.max_new_tokens, logprobs=None,
-                              generation_kwargs={"stop_token_ids": list(stop_ids)})
+                                   top_p=gen.top_p, top_k=gen.top_k or -1, repetition_penalty=gen.repetition_penalty,
+                                   max_tokens=gen.max_new_tokens, logprobs=None,
+                                   generation_kwargs={"stop_token_ids": list(stop_ids)})
         return [list(ids) for ids in out["completion_ids"]]
 
     def updated(self) -> None:
