@@ -144,6 +144,26 @@ def test_shipped_parallel_examples_validate(name, layout, tmp_path, monkeypatch)
         assert cfg.training.fsdp and cfg.training.fsdp_config["version"] == 2
 
 
+def test_context_parallel_shards_through_accelerate_not_as_the_model_loads(tiny_model_dir, tmp_path, monkeypatch,
+                                                                           capsys):
+    """With context parallelism the FSDP2 shards are accelerate's (its mesh joins shard and context), so the model
+    loads whole and the Trainer gets the sizes; Ulysses shards with ZeRO, so `data_shard_size` is refused there."""
+    from lmforge.config import load_config
+    from lmforge.model.parallel import load_kwargs, run_layout, trainer_parallelism
+
+    monkeypatch.setattr("lmforge.device.cuda_available", lambda: True)
+    monkeypatch.setattr("lmforge.config.parse.accelerator_available", lambda: True)
+    cfg = load_config(None, sft_args(tiny_model_dir, tmp_path / "x", nproc_per_node=4, context_parallel_size=2,
+                                     data_shard_size=2))
+    layout = run_layout(cfg)
+    assert not layout.splits_at_load and load_kwargs(layout) == {} and cfg.training.fsdp
+    mesh = trainer_parallelism(cfg, layout)
+    assert (mesh.cp_size, mesh.dp_shard_size, mesh.dp_replicate_size) == (2, 2, 1)
+    assert main(["train", *sft_args(tiny_model_dir, tmp_path / "x", nproc_per_node=4, sequence_parallel_size=2,
+                                    data_shard_size=2)]) == 2
+    assert "'data_shard_size' with 'sequence_parallel_size'" in capsys.readouterr().err
+
+
 def _weights(out) -> dict[str, torch.Tensor]:
     return load_file(str(out / "model.safetensors"))
 

@@ -50,6 +50,12 @@ class ParallelLayout:
         return self.tensor * self.context * self.sequence * self.shard > 1
 
     @property
+    def splits_at_load(self) -> bool:
+        """Tensor parallelism and FSDP2 shards are applied by transformers as the weights load; with context or
+        sequence parallelism the shards are accelerate's (FSDP2 around torch's context parallelism, or ZeRO)."""
+        return self.tensor > 1 or (self.shard > 1 and self.context == 1 and self.sequence == 1)
+
+    @property
     def data_parallel(self) -> int:
         """How many different batches one step sees: the ranks inside a tensor/context/sequence group share one."""
         return self.shard * self.replicate

@@ -240,17 +240,17 @@ def _validate_parallelism(cfg: RunConfig) -> None:
         _fail(cfg, "'deepspeed' shards with ZeRO itself: drop it with 'tensor_parallel_size', "
               "'context_parallel_size' or 'data_shard_size' (FSDP2), or use 'sequence_parallel_size' (Ulysses runs "
               "on DeepSpeed).")
-    if t.fsdp and (layout.tensor > 1 or layout.shard > 1):
+    if t.fsdp and layout.splits_at_load:
         _fail(cfg, "'fsdp' and 'data_shard_size' both ask for FSDP: with 'tensor_parallel_size' or "
               "'data_shard_size', drop 'fsdp'/'fsdp_config' (the model is sharded as it loads).")
     if layout.tensor > 1 and layout.replicate > 1 and layout.shard == 1:
         _fail(cfg, f"'tensor_parallel_size: {layout.tensor}' leaves {layout.replicate} model copies, which must "
               f"shard with FSDP2 (plain data parallelism does not compose with tensor parallelism): set "
               f"'data_shard_size: {layout.replicate}'.")
-    if (layout.tensor > 1 or layout.shard > 1) and m.from_scratch:
+    if layout.splits_at_load and m.from_scratch:
         _fail(cfg, "'tensor_parallel_size'/'data_shard_size' split a model as it loads from a saved directory: "
               "save the new model once (e.g. a short single-process run) and start from it.")
-    if m.quantization_bit and (layout.tensor > 1 or layout.shard > 1):
+    if m.quantization_bit and layout.splits_at_load:
         _fail(cfg, "'quantization_bit' does not combine with 'tensor_parallel_size'/'data_shard_size'.")
     if layout.tensor > 1 and f.finetuning_type != "full":
         _fail(cfg, f"'tensor_parallel_size' trains with 'finetuning_type: full' ('{f.finetuning_type}' is not "
@@ -271,6 +271,9 @@ def _validate_parallelism(cfg: RunConfig) -> None:
                   "use 'sequence_parallel_size' (Ulysses with flash-attention keeps per-document positions) or "
                   "turn packing off.")
         if layout.sequence > 1:
+            if layout.shard > 1:
+                _fail(cfg, "'data_shard_size' with 'sequence_parallel_size': Ulysses runs on DeepSpeed, whose ZeRO "
+                      "stage shards the model; drop 'data_shard_size' (use a ZeRO-3 'deepspeed' config).")
             if importlib.util.find_spec("deepspeed") is None:
                 _fail(cfg, "'sequence_parallel_size' runs DeepSpeed Ulysses: `pip install deepspeed`.")
             if not t.deepspeed:

@@ -20,14 +20,9 @@ def run_layout(cfg: RunConfig) -> ParallelLayout:
     return parallel_layout(cfg.parallelism, process_count(cfg))
 
 
-def split_at_load(layout: ParallelLayout) -> bool:
-    """Tensor parallelism and FSDP2 sharding are applied by transformers as the weights load."""
-    return layout.tensor > 1 or layout.shard > 1
-
-
 def load_kwargs(layout: ParallelLayout) -> dict[str, Any]:
     """`from_pretrained` arguments that split the model over the processes as it loads (none without a split)."""
-    if not split_at_load(layout):
+    if not layout.splits_at_load:
         return {}
     from transformers.distributed import DistributedConfig
 
