@@ -72,17 +72,17 @@ def test_rl_sharding_settings_that_cannot_work_are_clear_errors(tiny_model_dir, 
 def test_processes_are_counted_as_the_launcher_will_start_them(tiny_model_dir, tmp_path, monkeypatch):
     """`nproc_per_node: auto` (one per GPU) and $NPROC_PER_NODE/$NNODES count before the launch as they do at it."""
     from lmforge.config import load_config
-    from lmforge.config.validate import process_count
+    from lmforge.config.launch import process_count
 
     for name in ("WORLD_SIZE", "NPROC_PER_NODE", "NNODES", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr("lmforge.device.gpu_count", lambda: 2)
     cfg = load_config(None, sft_args(tiny_model_dir, tmp_path / "x", nproc_per_node="auto", tensor_parallel_size=2))
-    assert process_count(cfg) == 2
+    assert process_count(cfg.launch) == 2
     monkeypatch.setenv("NPROC_PER_NODE", "4")
     monkeypatch.setenv("NNODES", "2")
     cfg = load_config(None, sft_args(tiny_model_dir, tmp_path / "x", tensor_parallel_size=2, data_shard_size=4))
-    assert process_count(cfg) == 8
+    assert process_count(cfg.launch) == 8
 
 
 def test_tensor_parallel_needs_a_model_with_a_plan(tmp_path, capsys):

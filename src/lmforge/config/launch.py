@@ -49,3 +49,12 @@ def planned_processes(args: LaunchArguments) -> tuple[int, int]:
 
         nproc = max(gpu_count(), 1)
     return nproc, from_env(args.nnodes, "NNODES", int, 1)
+
+
+def process_count(args: LaunchArguments) -> int:
+    """The processes of the run: the launcher's WORLD_SIZE inside a launched process, else what the launch keys (or
+    their environment variables) ask for, counted as `lmforge train` will launch them."""
+    if os.environ.get("WORLD_SIZE"):
+        return int(os.environ["WORLD_SIZE"])
+    per_node, nodes = planned_processes(args)
+    return per_node * nodes

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmforge.config.architecture import check_architecture
 from lmforge.config.exporting import EXPORT_MARKER
+from lmforge.config.launch import process_count
 from lmforge.config.schema import key_index
 from lmforge.config.stages import STAGES
 from lmforge.errors import ConfigError
@@ -190,7 +191,7 @@ def _validate_rl(cfg: RunConfig) -> None:
         _validate_vllm_rollouts(cfg)
     if cfg.parallelism.data_shard_size > 1:
         rows = r.rollout_batch_size * (r.num_generations if cfg.finetuning.stage == "grpo" else 1)
-        minibatch = cfg.training.per_device_train_batch_size * process_count(cfg)
+        minibatch = cfg.training.per_device_train_batch_size * process_count(cfg.launch)
         if rows % minibatch:
             _fail(cfg, f"with 'data_shard_size', every process must take part in every mini-batch (FSDP2 gathers "
                   f"the weights collectively): the {rows} completions of a step must be a multiple of "
@@ -198,21 +199,10 @@ def _validate_rl(cfg: RunConfig) -> None:
         if r.env_funcs:
             _fail(cfg, "'env_funcs' (multi-turn tool use) does not run with 'data_shard_size' yet: the processes' "
                   "conversations end after different numbers of turns.")
-    processes = process_count(cfg)
+    processes = process_count(cfg.launch)
     if r.rollout_batch_size % processes:
         _fail(cfg, f"'rollout_batch_size' ({r.rollout_batch_size}) must be a multiple of the number of processes "
               f"({processes}): each process samples an equal share of a step's prompts.")
-
-
-def process_count(cfg: RunConfig) -> int:
-    """The processes of the run: the launcher's WORLD_SIZE inside a launched process, else what the launch keys (or
-    their environment variables) ask for, counted as `lmforge train` will launch them."""
-    from lmforge.config.launch import planned_processes
-
-    if os.environ.get("WORLD_SIZE"):
-        return int(os.environ["WORLD_SIZE"])
-    per_node, nodes = planned_processes(cfg.launch)
-    return per_node * nodes
 
 
 def _validate_parallelism(cfg: RunConfig) -> None:
@@ -225,7 +215,7 @@ def _validate_parallelism(cfg: RunConfig) -> None:
 
     p, m, d, f, t = cfg.parallelism, cfg.model, cfg.data, cfg.finetuning, cfg.training
     try:
-        layout = parallel_layout(p, process_count(cfg))
+        layout = parallel_layout(p, process_count(cfg.launch))
     except ValueError as err:
         _fail(cfg, str(err))
     if not layout.model_parallel:

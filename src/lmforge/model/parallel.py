@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from lmforge.config.launch import process_count
 from lmforge.config.parallelism import ParallelLayout, parallel_layout
 from lmforge.config.schema import RunConfig
 
@@ -15,9 +16,7 @@ logger = logging.getLogger(__name__)
 
 def run_layout(cfg: RunConfig) -> ParallelLayout:
     """This run's layout over the processes it runs on."""
-    from lmforge.config.validate import process_count
-
-    return parallel_layout(cfg.parallelism, process_count(cfg))
+    return parallel_layout(cfg.parallelism, process_count(cfg.launch))
 
 
 def load_kwargs(layout: ParallelLayout) -> dict[str, Any]:
