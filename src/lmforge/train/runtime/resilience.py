@@ -33,8 +33,8 @@ from lmforge.train.runtime.guard import NonfiniteGuard
 from lmforge.train.runtime.signals import StopRequest, stop_agreed
 from lmforge.train.runtime.split_checkpoint import (
     is_split_model,
+    load_saved_weights,
     load_split_state,
-    load_split_weights,
     save_split_state,
 )
 
@@ -203,7 +203,7 @@ class SafeTrainingMixin:
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         if not self._split_model:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        load_split_weights(self.model, resume_from_checkpoint)
+        load_saved_weights(self.model, resume_from_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         if not (self._split_model and checkpoint):

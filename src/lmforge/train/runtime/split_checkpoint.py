@@ -1,4 +1,5 @@
-"""Checkpoints of a model split over the processes as it loaded (tensor parallel, FSDP2 by transformers).
+"""Checkpoints of a model split over the processes as it loaded (tensor parallel, FSDP2 by transformers), and the
+loading of saved weights into any model, split or not.
 
 Why our own: transformers' Trainer refuses to checkpoint the optimizer of such a model ("Resuming is not supported
 for models sharded at load time"), so a run could not resume. torch's distributed state-dict API gathers the
@@ -39,21 +40,33 @@ def save_split_state(trainer: Any, output_dir: str) -> None:
     trainer._save_rng_state(output_dir)
 
 
-def load_split_weights(model: torch.nn.Module, checkpoint: str) -> None:
-    """The checkpoint's full weights scattered into the split model (a tied output layer is not in the file)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+def load_saved_weights(model: torch.nn.Module, directory: str) -> None:
+    """The weights `save_pretrained` wrote into `directory`, into `model`: a LoRA adapter, or the full model (one or
+    several safetensors files), scattered into the shards of a model split over the processes. A tied output layer
+    is not in the files."""
+    adapter = os.path.join(directory, "adapter_model.safetensors")
+    if os.path.isfile(adapter):
+        from peft import set_peft_model_state_dict
 
-    files = sorted(f for f in os.listdir(checkpoint) if f.startswith("model") and f.endswith(".safetensors"))
+        set_peft_model_state_dict(model, load_file(adapter))
+        return
+    files = sorted(f for f in os.listdir(directory) if f.startswith("model") and f.endswith(".safetensors"))
     if not files:
-        raise RuntimeError(f"checkpoint {checkpoint} holds no model weights (model*.safetensors)")
+        raise RuntimeError(f"checkpoint {directory} holds no model weights (model*.safetensors)")
     state: dict[str, torch.Tensor] = {}
     for name in files:
-        state.update(load_file(os.path.join(checkpoint, name)))
-    result = set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
-    missing = [k for k in result.missing_keys if not k.endswith("lm_head.weight")]
-    if missing or result.unexpected_keys:
-        raise RuntimeError(f"checkpoint {checkpoint} does not match the model: missing {missing[:3]}, unexpected "
-                           f"{list(result.unexpected_keys)[:3]}")
+        state.update(load_file(os.path.join(directory, name)))
+    if is_split_model(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        result = set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+    else:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = sorted(k for k in missing if "lm_head" not in k)
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {directory} does not match the model: missing {missing[:3]}, unexpected "
+                           f"{sorted(unexpected)[:3]}")
 
 
 def load_split_state(trainer: Any, checkpoint: str) -> None:

@@ -66,7 +66,7 @@ from lmforge.train.runtime.checkpoint import (
 )
 from lmforge.train.runtime.guard import NonfiniteGuard
 from lmforge.train.runtime.signals import StopRequest, stopped_message
-from lmforge.train.runtime.split_checkpoint import is_split_model, load_split_weights
+from lmforge.train.runtime.split_checkpoint import is_split_model, load_saved_weights
 from lmforge.train.runtime.tracking import LoopTrackers, finish_trackers, log_samples
 from lmforge.train.setup import enable_gradient_checkpointing, save_dtype
 from lmforge.train.stages.shared_setup import ChatStage
@@ -126,8 +126,10 @@ class OnlineRL:
         self.optim = Optimization(self.args, policy, self.value_head, self.guard, self.device)
         # `data_shard_size`: the policy was sharded with FSDP2 as it loaded; saving and sampling are collective
         self.sharded = is_split_model(policy)
-        self.trained_modules = torch.nn.ModuleDict(
-            {"policy": policy, **({"value_head": self.value_head} if self.value_head is not None else {})})
+        # what the optimizer trains, by parameter name: its sharded state is gathered and scattered through it
+        self.sharded_modules = torch.nn.ModuleDict(
+            {"policy": policy, **({"value_head": self.value_head} if self.value_head is not None else {})}
+        ) if self.sharded else None
         self.trackers = LoopTrackers(self.args, cfg.tracking, policy, stage.tokenizer, self.optim.optimizer,
                                      self.optim.scheduler)
         # the final model is saved in the checkpoint's dtype (float32 masters of a bf16 model saved as bf16)
@@ -469,7 +471,7 @@ class OnlineRL:
         name = f"checkpoint-{self.step}"
         final = os.path.join(self.args.output_dir, name)
         tmp = os.path.join(staging_root(self.args.output_dir), name)
-        optimization = self.optim.state_dict(self.trained_modules if self.sharded else None)  # collective if sharded
+        optimization = self.optim.state_dict(self.sharded_modules)  # collective if sharded
         if self.sharded:
             barrier()
             if self.main_process:
@@ -499,13 +501,10 @@ class OnlineRL:
 
             raise ConfigError(f"Config error: '{path}' is not a {self.algorithm} checkpoint (no {RL_STATE_FILE}).")
         state = torch.load(state_path, weights_only=False)
-        if self.sharded and not hasattr(self.policy, "peft_config"):  # (adapters are plain tensors: loaded below)
-            load_split_weights(self.policy, path)
-        else:
-            load_policy_weights(self.policy, path)
+        load_saved_weights(self.policy, path)
         if self.value_head is not None:
             self.value_head.load_state_dict(load_file(os.path.join(path, VALUE_HEAD_FILE)))
-        self.optim.load_state_dict(state, self.trained_modules if self.sharded else None)
+        self.optim.load_state_dict(state, self.sharded_modules)
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
@@ -523,25 +522,6 @@ class OnlineRL:
         """trainer_state.json, as the Trainer writes it (last: it marks a checkpoint complete)."""
         with atomic_open(os.path.join(directory, COMPLETE_MARKER)) as fh:
             json.dump({"global_step": self.step, "log_history": self.log_history}, fh, indent=1)
-
-
-def load_policy_weights(policy: torch.nn.Module, directory: str) -> None:
-    """The weights a checkpoint saved with `save_pretrained`: a LoRA adapter, or the full (possibly sharded) model."""
-    adapter = os.path.join(directory, "adapter_model.safetensors")
-    if os.path.isfile(adapter):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(policy, load_file(adapter))
-        return
-    files = sorted(f for f in os.listdir(directory) if f.startswith("model") and f.endswith(".safetensors"))
-    state: dict[str, Any] = {}
-    for name in files:
-        state.update(load_file(os.path.join(directory, name)))
-    missing, unexpected = policy.load_state_dict(state, strict=False)
-    tied = {k for k in missing if "lm_head" in k}  # tied to the embeddings, not saved separately
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"checkpoint {directory} does not match the model: missing {sorted(set(missing) - tied)[:3]}"
-                           f", unexpected {sorted(unexpected)[:3]}")
 
 
 def run_online_rl(cfg: RunConfig, algorithm: str) -> dict:
