@@ -279,8 +279,6 @@ class Suite:
                                                "deepspeed", "ds_z3_config.json"))
         out: dict[str, Any] = {}
         runs = {"one": {**base, "nproc_per_node": 1}, "two": {**base, "nproc_per_node": 2, key: 2}}
-        if key == "sequence_parallel_size":
-            runs["one"]["deepspeed"] = base["deepspeed"]
         logs = {}
         for name, values in runs.items():
             out_dir = tempfile.mkdtemp(prefix=f"gpu-{key}-{name}-")

@@ -92,7 +92,7 @@ def rollout_from_tokens(prompts: list[list[int]], completions: list[list[int]], 
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
     completion = torch.tensor([list(c) + [pad_id] * (length - len(c)) for c in completions], device=device,
                               dtype=torch.long).reshape(len(completions), length)
-    is_stop = torch.isin(completion, torch.tensor(stop_ids, device=device))
+    is_stop = torch.isin(completion, torch.tensor(stop_ids, device=device, dtype=torch.long))
     # valid: every token up to and including the first stop token
     after_stop = (is_stop.cumsum(-1) - is_stop.long()) > 0
     completion_mask = (~after_stop).long() * torch.tensor(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from lmforge.config.generation import GenerationArguments
 from lmforge.data.template import render
 from lmforge.data.tool_calls import parse_tool_calls
-from lmforge.train.rollout import Rollout, sample_completions
+from lmforge.train.rollout import Rollout, rollout_from_tokens, sample_completions
 
 EnvFunction = Callable[..., list[dict]]
 
@@ -103,18 +103,14 @@ def sample_with_tools(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
 
 
 def _as_rollout(rows: list[_Row], prompts: list[list[int]], pad: int, model: torch.nn.Module) -> Rollout:
-    """[left-padded prompt | model and tool tokens, right-padded]; attention on every real token, loss on the
-    model's."""
+    """[left-padded prompt | model and tool tokens, right-padded]: the tokens are all part of the completion (no
+    stop token ends it: tool results are rendered with end-of-turn tokens), loss only on the model's own, truncated
+    when the last model turn hit `max_new_tokens`."""
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
     tails = [[t for tokens, _ in r.segments for t in tokens] for r in rows]
-    trained = [[float(own) for tokens, own in r.segments for _ in tokens] for r in rows]
-    length = max(max((len(t) for t in tails), default=0), 1)
-    input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) + t + [pad] * (length - len(t))
-                              for p, t in zip(prompts, tails, strict=True)], device=device)
-    present = torch.tensor([[1] * len(t) + [0] * (length - len(t)) for t in tails], device=device)
-    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    trained_mask = torch.tensor([m + [0.0] * (length - len(m)) for m in trained], device=device)
-    truncated = torch.tensor([r.truncated for r in rows], device=device)
-    return Rollout(input_ids, torch.cat([prompt_mask, present], dim=1), present, width, truncated,
-                   trained_mask=trained_mask.long())
+    rollout = rollout_from_tokens(prompts, tails, pad, stop_ids=[], device=device)
+    width = rollout.completion_mask.shape[1]
+    trained = [[int(own) for tokens, own in r.segments for _ in tokens] for r in rows]
+    trained_mask = torch.tensor([m + [0] * (width - len(m)) for m in trained], device=device)
+    return replace(rollout, truncated=torch.tensor([r.truncated for r in rows], device=device),
+                   trained_mask=trained_mask)

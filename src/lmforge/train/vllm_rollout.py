@@ -18,6 +18,7 @@ the push leaves them changed by rounding at every step; the merged tensors are c
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -91,8 +92,6 @@ class VLLMRollouts:
         self._metadata: list[tuple[str, str, list[int]]] | None = None
 
     def _start_colocated(self, model_path: str, world_size: int) -> None:
-        import os
-
         from vllm import LLM
 
         # vLLM's external launcher reads the torchrun environment; a single process has none
