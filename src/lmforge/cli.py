@@ -182,24 +182,39 @@ def _serving_command(run_name: str, usage: str, schema: str = "serve", need_mode
     return command
 
 
+def _paths_or_usage(args: list[str], usage: str) -> int | None:
+    """None when `args` are the two paths a file command takes; otherwise its usage is printed and the exit code
+    returned (0 for --help)."""
+    asked = bool(args) and args[0] in ("-h", "--help")
+    if len(args) == 2 and not asked:
+        return None
+    print(usage)
+    return 0 if asked else 2
+
+
+def _emit(lines: list[str], summary: str, output: str | None) -> None:
+    """A file command's results on stdout (unless written to `output`) and its summary on stderr."""
+    if output is None:
+        for line in lines:
+            print(line)
+    print(summary + (f"; written to {output}" if output else ""), file=sys.stderr)
+
+
 def cmd_score(args: list[str]) -> int:
     output, args = _take_option(args, "output")
     batch_size, args = _take_option(args, "batch-size")
-    if len(args) != 2 or args[0] in ("-h", "--help"):
-        print("Usage: lmforge score RM_DIR INPUT.jsonl [--output SCORED.jsonl] [--batch-size N]\n"
-              "Each input line holds {\"messages\": [...]} (rendered with the reward model's chat template) or "
-              "{\"text\": \"...\"} (scored as is).")
-        return 0 if args and args[0] in ("-h", "--help") else 2
+    usage = _paths_or_usage(args, "Usage: lmforge score RM_DIR INPUT.jsonl [--output SCORED.jsonl] [--batch-size N]\n"
+                            "Each input line holds {\"messages\": [...]} (rendered with the reward model's chat "
+                            "template) or {\"text\": \"...\"} (scored as is).")
+    if usage is not None:
+        return usage
     from lmforge.logs import setup_logging
     from lmforge.model.reward import score_file
 
     setup_logging()
     scores = score_file(args[0], args[1], output, _batch_size(batch_size, 16))
-    if output is None:
-        for score in scores:
-            print(f"{score:.6f}")
-    print(f"Scored {len(scores):,} lines: mean {sum(scores) / len(scores):.4f}"
-          + (f"; written to {output}" if output else ""), file=sys.stderr)
+    _emit([f"{score:.6f}" for score in scores], f"Scored {len(scores):,} lines: mean {sum(scores) / len(scores):.4f}",
+          output)
     return 0
 
 
@@ -218,20 +233,18 @@ def cmd_predict(args: list[str]) -> int:
     batch_size, args = _take_option(args, "batch-size")
     text_column, args = _take_option(args, "text-column")
     pair_column, args = _take_option(args, "text-pair-column")
-    if len(args) != 2 or args[0] in ("-h", "--help"):
-        print("Usage: lmforge predict CLASSIFIER_DIR INPUT [--output PREDICTIONS.jsonl] [--batch-size N] "
-              "[--text-column text] [--text-pair-column COLUMN]\nINPUT: any file lmforge reads (jsonl, json, csv, "
-              "parquet); each row gets its predicted label(s) (or value) and the probabilities by class.")
-        return 0 if args and args[0] in ("-h", "--help") else 2
+    usage = _paths_or_usage(args, "Usage: lmforge predict CLASSIFIER_DIR INPUT [--output PREDICTIONS.jsonl] "
+                            "[--batch-size N] [--text-column text] [--text-pair-column COLUMN]\nINPUT: any file "
+                            "lmforge reads (jsonl, json, csv, parquet); each row gets its predicted label(s) (or "
+                            "value) and the probabilities by class.")
+    if usage is not None:
+        return usage
     from lmforge.logs import setup_logging
     from lmforge.train.stages.cls import predict_file
 
     setup_logging()
     rows = predict_file(args[0], args[1], output, _batch_size(batch_size, 32), text_column or "text", pair_column)
-    if output is None:
-        for row in rows:
-            print(json.dumps(row, ensure_ascii=False))
-    print(f"Predicted {len(rows):,} rows" + (f"; written to {output}" if output else ""), file=sys.stderr)
+    _emit([json.dumps(row, ensure_ascii=False) for row in rows], f"Predicted {len(rows):,} rows", output)
     return 0
 
 
