@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 
 def world() -> tuple[int, int]:
@@ -45,8 +46,6 @@ def gather(obj: Any) -> list[Any]:
 
 def is_sharded(tensor: torch.Tensor | None) -> bool:
     """A DTensor: a parameter (or gradient) FSDP2 shards, whose gradients it reduces itself."""
-    from torch.distributed.tensor import DTensor
-
     return isinstance(tensor, DTensor)
 
 

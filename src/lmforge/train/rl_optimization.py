@@ -13,14 +13,13 @@ from collections.abc import Iterator
 import torch
 from transformers import Trainer, TrainingArguments, get_scheduler
 
+from lmforge.train.rl_distributed import is_sharded
 from lmforge.train.runtime.guard import NonfiniteGuard
 
 
 def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
     """`clip_grad_norm_`, also over a mix of FSDP2-sharded (DTensor) and plain gradients, which torch's one norm
     cannot stack: each kind's norm is taken apart (the sharded one reduced over its mesh) and combined."""
-    from lmforge.train.rl_distributed import is_sharded
-
     grads = [p.grad for p in params if p.grad is not None]
     sharded = [g for g in grads if is_sharded(g)]
     if not sharded:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from lmforge.config.schema import RunConfig
+from lmforge.train.rl_distributed import barrier, is_sharded
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ _MODULES_TO_SAVE = re.compile(r"\.modules_to_save\.[^.]+\.")
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
     """A parameter FSDP2 shards (`data_shard_size`), gathered whole (every process takes part)."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
 
 
 def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
@@ -120,7 +121,7 @@ class VLLMRollouts:
             runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
             runner.model.load_weights(merged_weights(self.policy))
             self.llm.reset_prefix_cache()
-        elif self.rank == 0 or any(hasattr(p, "full_tensor") for p in self.policy.parameters()):
+        elif self.rank == 0 or any(is_sharded(p) for p in self.policy.parameters()):
             # the first process pushes; a sharded policy is gathered by every process, so all walk the weights
             if self._metadata is None:
                 self._metadata = [(n, str(t.dtype).removeprefix("torch."), list(t.shape))
@@ -137,8 +138,6 @@ class VLLMRollouts:
     def generate(self, prompts: list[list[int]], group: int, stop_ids: list[int], seeds: list[int]
                  ) -> list[list[int]]:
         """One completion per row of `prompts` (rows come in runs of `group` copies of a prompt)."""
-        from lmforge.train.rl_distributed import barrier
-
         if self.stale:
             self.sync()
             barrier()  # no process samples from a server before the weights are there
