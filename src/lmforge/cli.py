@@ -58,18 +58,19 @@ def cmd_train(args: list[str]) -> int:
     setup_logging()
     config_path, overrides = _split_config_path(args)
     cfg = load_config(config_path, overrides)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun the first process speaks for the run
-        from lmforge.train.runtime.output_dir import claim_output_dir
+    from lmforge.train.runtime.output_dir import RunLock, claim_output_dir
 
-        claim_output_dir(cfg.training.output_dir, cfg.training.resume_from_checkpoint is not None,
-                         cfg.resilience.overwrite_output_dir)
-    command = torchrun_command(cfg.launch, args)
-    if command:
-        return run_launcher(command)
-    from lmforge.config.secrets import masked_argv
+    with RunLock(cfg.training.output_dir):  # before anything is written: one run per output_dir
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun the first process speaks for the run
+            claim_output_dir(cfg.training.output_dir, cfg.training.resume_from_checkpoint is not None,
+                             cfg.resilience.overwrite_output_dir)
+        command = torchrun_command(cfg.launch, args)
+        if command:
+            return run_launcher(command)
+        from lmforge.config.secrets import masked_argv
 
-    sys.argv[:] = masked_argv(sys.argv)  # trackers record the command line
-    stage_runner(cfg.finetuning.stage)(cfg)
+        sys.argv[:] = masked_argv(sys.argv)  # trackers record the command line
+        stage_runner(cfg.finetuning.stage)(cfg)
     return 0
 
 
@@ -384,3 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmforge: interrupted.", file=sys.stderr)
         return 130
+    except Exception as err:  # a full disk anywhere (a log line, the lock file) is one readable line, not a traceback
+        from lmforge.errors import disk_full_message, is_disk_full
+
+        if not is_disk_full(err):
+            raise
+        print(disk_full_message(getattr(err, "filename", None) or os.getcwd()), file=sys.stderr)
+        return 2

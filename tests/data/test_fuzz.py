@@ -113,10 +113,10 @@ def test_deeply_nested_json_is_a_clear_error_or_a_skip(chat_tok, tmp_path):
     deep = "[" * 100_000 + "]" * 100_000
     path = tmp_path / "deep.jsonl"
     path.write_text('{"instruction": "Hi", "output": "Hello"}\n{"instruction": ' + deep + ', "output": "x"}\n')
-    with pytest.raises(DataError, match=r"deep.jsonl' line 2: JSON nested too deeply"):
+    with pytest.raises(DataError, match=r"deep.jsonl' line 2: JSON nested deeper than 256 levels"):
         build_examples(data_args(dataset=str(path), dataset_dir=str(tmp_path)), chat_tok, seed=0)
     nested: list = []
-    for _ in range(200):  # deep enough to trouble a template, shallow enough for json
+    for _ in range(250):  # deep enough to trouble a template, within the reader's bound
         nested = [nested]
     path = write_jsonl(tmp_path / "nested.jsonl", [ANCHORS["alpaca"], {"instruction": nested, "output": "x"}])
     data = build_examples(data_args(dataset=str(path), dataset_dir=str(tmp_path)), chat_tok, seed=0)

@@ -143,5 +143,5 @@ def test_malformed_csv_and_non_utf8_text_are_named(tmp_path):
     assert "rows.csv' line 3: 4 fields, but the header has 2" in str(err.value)
     latin = tmp_path / "latin.txt"
     latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
-    with pytest.raises(DataError, match="latin.txt' is not UTF-8 text"):
+    with pytest.raises(DataError, match=r"latin.txt' line 1: not UTF-8 text \(byte 3 of it"):
         load_texts(str(latin), str(tmp_path))

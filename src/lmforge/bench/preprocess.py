@@ -25,8 +25,10 @@ from lmforge.model.tokenizer import chat_tokenizer
 
 def conversations(cfg: RunConfig) -> list[str]:
     """Every training source's records, normalised to conversations (JSON), as the encoder receives them."""
-    return [json.dumps(c, ensure_ascii=False) for spec in resolve_sources(cfg.data.dataset, cfg.data.dataset_dir)
-            for _, c in source_conversations(spec, cfg.data, cfg.training.seed)[1]]
+    d = cfg.data
+    specs = resolve_sources(d.dataset, d.dataset_dir, allow_absolute=d.allow_absolute_file_name)
+    return [json.dumps(c, ensure_ascii=False)
+            for spec in specs for _, c in source_conversations(spec, d, cfg.training.seed)[1]]
 
 
 def _timed(fn) -> float:

@@ -18,6 +18,10 @@ class DataArguments:
     )
     eval_dataset: str | None = option(None, "Sources for evaluation, same syntax as `dataset` (instead of `val_size`).")
     dataset_dir: str = option("data", "Folder holding dataset_info.json and the files it names.")
+    allow_absolute_file_name: bool = option(
+        False, "dataset_info.json entries may name an absolute `file_name` outside `dataset_dir`. Without it an entry "
+        "whose file resolves outside `dataset_dir` (`../`, an absolute path, a symbolic link out) is refused: a "
+        "registry from elsewhere cannot make a run read any file on this machine.")
     text_column: str = option("text", "Column holding the text, for sources that do not name one in dataset_info.json.")
     text_pair_column: str | None = option(
         None, "cls: the column of each row's second text (sentence-pair classification, reranking).",

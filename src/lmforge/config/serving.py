@@ -7,6 +7,13 @@ from typing import Literal
 
 from lmforge.config.fields import option
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address to listen on, or a Host header's name) is this machine only."""
+    return host in LOOPBACK or host.startswith("127.")
+
 
 @dataclass
 class ServeArguments:
@@ -15,7 +22,14 @@ class ServeArguments:
     port: int | None = option(None, "api/webui: the port (api 8000, webui/webchat 7860 when unset).")
     api_key: str | None = option(
         None, "api: requests must send `Authorization: Bearer KEY` (others get 401). Unset: $LMFORGE_API_KEY, or no "
-        "key at all.")
+        "key at all (allowed on a loopback `host` only, unless `allow_unauthenticated`).")
+    allow_unauthenticated: bool = option(
+        False, "api: serve a `host` other than loopback without an API key (anyone who reaches the port can use the "
+        "model). Without it, such a setup is a config error.")
+    allowed_hosts: list[str] = option(
+        default_factory=list, help="api/webui: extra host names browsers may reach the server by (a reverse "
+        "proxy's name). On a loopback `host`, requests whose Host or Origin header names anything else get 403, "
+        "so a web page cannot reach the server through DNS rebinding.")
     served_model_name: str | None = option(
         None, "api: the model id listed by /v1/models (default: the model directory's name).")
     infer_backend: Literal["huggingface", "vllm"] = option(

@@ -42,7 +42,7 @@ class ClassificationData:
 
 def _rows(args: DataArguments, names: str) -> list[tuple[str, int, dict]]:
     out = []
-    for spec in resolve_sources(names, args.dataset_dir):
+    for spec in resolve_sources(names, args.dataset_dir, allow_absolute=args.allow_absolute_file_name):
         records = read_records(spec)
         if args.max_samples is not None:
             records = records[: args.max_samples]

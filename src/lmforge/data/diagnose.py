@@ -5,9 +5,88 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+from typing import IO
 
 from lmforge.errors import DataError
 from lmforge.jsonl import json_lines
+
+# The deepest JSON nesting a record may have. Real records nest a handful of levels (a tool call's arguments inside a
+# message inside a conversation); pyarrow's JSON reader overflows its stack (the process dies) on records nested
+# about 100k deep, and Python's json raises RecursionError near 1000.
+MAX_JSON_DEPTH = 256
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # a string (skipped whole), or a bracket
+
+
+def open_data_file(path: str, mode: str = "rb", **kwargs) -> IO:
+    """`open`, with a file that cannot be opened (a symbolic link loop, no permission, a folder) a DataError naming
+    it and the reason."""
+    try:
+        return open(path, mode, **kwargs)
+    except OSError as err:
+        raise DataError(f"Data error: '{path}' cannot be read: {err.strerror or err}.") from None
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest bracket nesting of JSON text (brackets inside strings do not count)."""
+    depth = deepest = 0
+    for token in _JSON_TOKEN.finditer(data):
+        char = token.group()
+        if char in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def _too_deep(data: bytes) -> bool:
+    return data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH and json_depth(data) > MAX_JSON_DEPTH
+
+
+def _utf8_error(path: str, where: str, err: UnicodeDecodeError) -> DataError:
+    return DataError(f"Data error: '{path}' {where}: not UTF-8 text (byte {err.start} of it: {err.reason}).")
+
+
+def check_data_file(path: str, builder: str | None) -> None:
+    """Before a data file reaches `datasets`/pyarrow (which crash or raise without a line number on these): a file
+    that cannot be opened, text that is not UTF-8, JSON nested too deep are DataErrors naming file and line."""
+    if builder == "json":
+        return check_json_file(path)
+    with open_data_file(path) as fh:
+        if builder not in ("text", "csv"):
+            return
+        for lineno, line in enumerate(fh, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _utf8_error(path, f"line {lineno}", err) from None
+
+
+def check_json_file(path: str) -> None:
+    """Raise a DataError naming the line of the first record that must not reach a JSON reader: bytes that are not
+    UTF-8, or nesting deeper than MAX_JSON_DEPTH. One pass over the file; a line with few brackets is only counted."""
+    with open_data_file(path) as fh:
+        head = fh.read(4096).lstrip()
+        fh.seek(0)
+        if head.startswith(b"["):  # one JSON document (an array of records): checked whole
+            data = fh.read()
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                line = data.count(b"\n", 0, err.start) + 1
+                raise _utf8_error(path, f"line {line}", err) from None
+            if _too_deep(data):
+                raise DataError(f"Data error: '{path}': JSON nested deeper than {MAX_JSON_DEPTH} levels.")
+            return
+        for lineno, line in enumerate(fh, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _utf8_error(path, f"line {lineno}", err) from None
+            if _too_deep(line):
+                raise DataError(f"Data error: '{path}' line {lineno}: JSON nested deeper than {MAX_JSON_DEPTH} "
+                                f"levels.")
 
 
 def _check_record(path: str, where: str, record: object, column: str) -> None:

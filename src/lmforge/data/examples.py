@@ -183,7 +183,8 @@ def examples_identity(args: DataArguments, tokenizer: PreTrainedTokenizerBase, s
                       processor: Any = None) -> dict:
     """Everything that changes the encoded examples."""
     def sources(names: str | None) -> list[dict]:
-        return [source_identity(s) for s in resolve_sources(names, args.dataset_dir)] if names else []
+        specs = resolve_sources(names, args.dataset_dir, allow_absolute=args.allow_absolute_file_name) if names else []
+        return [source_identity(s) for s in specs]
 
     return {"format": CACHE_FORMAT, "kind": kind, "sources": sources(args.dataset),
             "eval_sources": sources(args.eval_dataset), "max_samples": args.max_samples, "val_size": args.val_size,
@@ -208,7 +209,7 @@ def build_examples(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed
     vision-language model's, whose encoder also keeps the examples' images)."""
     def encode_all(names: str, workdir: str, stats: dict) -> Dataset:
         parts = []
-        for spec in resolve_sources(names, args.dataset_dir):
+        for spec in resolve_sources(names, args.dataset_dir, allow_absolute=args.allow_absolute_file_name):
             part, stats[spec.name] = encode_source(spec, tokenizer, args, seed, workdir, kind, processor)
             parts.append(part)
         return mix(parts, args.mix_strategy, args.interleave_probs, seed)

@@ -9,7 +9,7 @@ import datasets
 import pyarrow as pa
 from datasets import Dataset, IterableDataset
 
-from lmforge.data.diagnose import diagnose_file
+from lmforge.data.diagnose import check_data_file, diagnose_file
 from lmforge.data.registry import SourceSpec, resolve_sources
 from lmforge.errors import DataError
 
@@ -34,6 +34,8 @@ def load_raw(spec: SourceSpec, streaming: bool) -> AnyDataset:
             loaded = loaded[spec.split]
         return loaded.to_iterable_dataset() if streaming else loaded
     if spec.kind == "file":
+        for path in spec.files:
+            check_data_file(path, spec.builder)
         try:
             return datasets.load_dataset(spec.builder, data_files=list(spec.files), split="train", streaming=streaming)
         except Exception as err:  # datasets/pyarrow errors do not say which line: find it ourselves
@@ -123,9 +125,10 @@ def load_source(spec: SourceSpec, streaming: bool = False, max_samples: int | No
 
 def load_texts(dataset: str, dataset_dir: str, *, text_column: str = "text", streaming: bool = False,
                max_samples: int | None = None, mix_strategy: str = "concat",
-               interleave_probs: list[float] | None = None, seed: int = 42) -> AnyDataset:
+               interleave_probs: list[float] | None = None, seed: int = 42,
+               allow_absolute: bool = False) -> AnyDataset:
     """Every source in `dataset`, each capped at `max_samples`, combined by `mix_strategy`."""
-    specs = resolve_sources(dataset, dataset_dir, text_column)
+    specs = resolve_sources(dataset, dataset_dir, text_column, allow_absolute)
     parts = [load_source(s, streaming, max_samples, seed) for s in specs]
     for spec, part in zip(specs, parts, strict=True):
         size = f"{len(part):,} documents" if isinstance(part, Dataset) else "streaming"

@@ -34,7 +34,8 @@ def load_documents(args: DataArguments, seed: int) -> TextSplits:
     def load(names: str) -> AnyDataset:
         return load_texts(names, args.dataset_dir, text_column=args.text_column, streaming=args.streaming,
                           max_samples=args.max_samples, mix_strategy=args.mix_strategy,
-                          interleave_probs=args.interleave_probs, seed=seed)
+                          interleave_probs=args.interleave_probs, seed=seed,
+                          allow_absolute=args.allow_absolute_file_name)
 
     docs = load(args.dataset)
     splits = TextSplits(docs, load(args.eval_dataset)) if args.eval_dataset else split_validation(
@@ -44,8 +45,9 @@ def load_documents(args: DataArguments, seed: int) -> TextSplits:
 
 def data_identity(args: DataArguments, seed: int) -> dict:
     """Everything about the sources and document selection that changes which documents a run sees."""
-    specs = resolve_sources(args.dataset, args.dataset_dir, args.text_column)
-    eval_specs = resolve_sources(args.eval_dataset, args.dataset_dir, args.text_column) if args.eval_dataset else []
+    specs = resolve_sources(args.dataset, args.dataset_dir, args.text_column, args.allow_absolute_file_name)
+    eval_specs = resolve_sources(args.eval_dataset, args.dataset_dir, args.text_column,
+                                 args.allow_absolute_file_name) if args.eval_dataset else []
     return {
         "sources": [source_identity(s) for s in specs],
         "eval_sources": [source_identity(s) for s in eval_specs],

@@ -13,6 +13,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from lmforge.data.diagnose import check_json_file, open_data_file
 from lmforge.data.loading import load_raw
 from lmforge.data.registry import SourceSpec
 from lmforge.errors import DataError
@@ -34,8 +35,9 @@ def _json_lines(path: str, text: str) -> list[Any]:
 
 
 def _read_json_file(path: str) -> list[Any]:
+    check_json_file(path)  # bytes that are not UTF-8 and deep nesting: named by line before any parsing
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open_data_file(path, "r", encoding="utf-8") as fh:
             text = fh.read()
     except UnicodeDecodeError as err:
         raise DataError(f"Data error: '{path}' is not UTF-8 text (byte {err.start}).") from None

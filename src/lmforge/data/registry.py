@@ -57,11 +57,22 @@ def _files_in_folder(folder: str, name: str) -> tuple[str, ...]:
     if not files:
         raise DataError(f"Data error: source '{name}': folder '{folder}' holds no data files "
                         f"({', '.join(sorted(FILE_BUILDERS))}).")
+    for path in files:
+        _check_reachable(path, name)
     kinds = {FILE_BUILDERS[os.path.splitext(f)[1].lower()] for f in files}
     if len(kinds) > 1:
         raise DataError(f"Data error: source '{name}': folder '{folder}' mixes file types "
                         f"({', '.join(sorted(kinds))}); name the files separately.")
     return tuple(files)
+
+
+def _check_reachable(path: str, name: str) -> None:
+    """A file a folder lists that cannot be followed (a symbolic link loop, a dangling link) is a DataError naming it,
+    not an OSError deep in the loader."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        raise DataError(f"Data error: source '{name}': '{path}' cannot be read: {err.strerror or err}.") from None
 
 
 def spec_for_path(name: str, path: str, text_column: str, **extra: Any) -> SourceSpec:
@@ -77,7 +88,13 @@ def spec_for_path(name: str, path: str, text_column: str, **extra: Any) -> Sourc
     return SourceSpec(name, "file", path, text_column, files=(path,), **extra)
 
 
-def _spec_from_entry(name: str, entry: Any, dataset_dir: str, text_column: str) -> SourceSpec:
+def _inside(path: str, folder: str) -> bool:
+    real, base = os.path.realpath(path), os.path.realpath(folder)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _spec_from_entry(name: str, entry: Any, dataset_dir: str, text_column: str,
+                     allow_absolute: bool = False) -> SourceSpec:
     where = os.path.join(dataset_dir, REGISTRY_FILE)
     if not isinstance(entry, dict):
         raise DataError(f"Data error: '{where}': entry '{name}' must be a mapping, not {type(entry).__name__}.")
@@ -91,7 +108,13 @@ def _spec_from_entry(name: str, entry: Any, dataset_dir: str, text_column: str) 
     if entry.get("hf_hub_url"):
         return SourceSpec(name, "hub", entry["hf_hub_url"], column, **extra)
     if entry.get("file_name"):
-        path = os.path.join(dataset_dir, entry["file_name"])
+        file_name = str(entry["file_name"])
+        path = os.path.join(dataset_dir, file_name)
+        if not _inside(path, dataset_dir) and not (allow_absolute and os.path.isabs(file_name)):
+            raise DataError(f"Data error: '{where}': entry '{name}' names file_name '{file_name}', which resolves to "
+                            f"'{os.path.realpath(path)}', outside dataset_dir '{dataset_dir}'. A registry may name "
+                            f"files inside its folder only; for an absolute path you trust, set "
+                            f"`allow_absolute_file_name: true`.")
         if not os.path.exists(path):
             raise DataError(f"Data error: '{where}': entry '{name}' names file_name '{entry['file_name']}', but "
                             f"'{path}' does not exist.")
@@ -106,9 +129,11 @@ def _spec_from_entry(name: str, entry: Any, dataset_dir: str, text_column: str) 
     raise DataError(f"Data error: '{where}': entry '{name}' has neither 'file_name' nor 'hf_hub_url'.")
 
 
-def resolve_sources(dataset: str, dataset_dir: str, text_column: str = "text") -> list[SourceSpec]:
+def resolve_sources(dataset: str, dataset_dir: str, text_column: str = "text",
+                    allow_absolute: bool = False) -> list[SourceSpec]:
     """`dataset` (comma-separated) -> one SourceSpec per name, looked up in this order: the registry in
-    `dataset_dir`, lmforge's built-in registry, a local path, and finally a hub dataset id."""
+    `dataset_dir`, lmforge's built-in registry, a local path, and finally a hub dataset id. `allow_absolute`: the
+    registry may name absolute file paths outside `dataset_dir`."""
     names = [n.strip() for n in dataset.split(",") if n.strip()]
     user_registry = read_registry(dataset_dir)
     builtin_dir = builtin_dataset_dir()
@@ -116,13 +141,16 @@ def resolve_sources(dataset: str, dataset_dir: str, text_column: str = "text") -
     specs = []
     for name in names:
         if name in user_registry:
-            specs.append(_spec_from_entry(name, user_registry[name], dataset_dir, text_column))
+            specs.append(_spec_from_entry(name, user_registry[name], dataset_dir, text_column, allow_absolute))
         elif name in builtin_registry:
             specs.append(_spec_from_entry(name, builtin_registry[name], builtin_dir, text_column))
         elif os.path.exists(name):
             specs.append(spec_for_path(name, name, text_column))
         elif os.path.exists(os.path.join(dataset_dir, name)):
             specs.append(spec_for_path(name, os.path.join(dataset_dir, name), text_column))
+        elif os.path.islink(name):
+            raise DataError(f"Data error: source '{name}' is a symbolic link that leads nowhere (a loop, or a "
+                            f"missing target).")
         elif os.path.splitext(name)[1].lower() in FILE_BUILDERS or name.startswith((".", os.sep)):
             raise DataError(f"Data error: source '{name}' looks like a file but does not exist (also looked in "
                             f"dataset_dir '{dataset_dir}').")

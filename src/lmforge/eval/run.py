@@ -35,7 +35,8 @@ def run_task(cfg: EvalConfig, model: Any, tokenizer: Any) -> tuple[dict[str, Any
         from lmforge.eval.ppl import perplexity, token_stream
 
         d = cfg.data
-        texts = load_texts(d.dataset, d.dataset_dir, text_column=d.text_column, max_samples=d.max_samples)
+        texts = load_texts(d.dataset, d.dataset_dir, text_column=d.text_column, max_samples=d.max_samples,
+                           allow_absolute=d.allow_absolute_file_name)
         stream = token_stream(tokenizer, [t for t in texts["text"] if t])
         window = min(d.cutoff_len, getattr(model.config, "max_position_embeddings", None) or d.cutoff_len)
         stride = min(e.stride or max(window // 2, 1), window)

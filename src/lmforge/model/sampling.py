@@ -13,6 +13,15 @@ import torch
 
 from lmforge.config.generation import GenerationArguments
 
+# Below this temperature a row is decoded greedily (vLLM's floor): dividing logits by less overflows float32 and the
+# softmax of the result is nan, which `torch.multinomial` refuses for the whole batch.
+MIN_TEMPERATURE = 1e-5
+
+
+class SamplingError(ValueError):
+    """One row's scores are no distribution to sample from (nan from the model, every token filtered out): that row's
+    request ends with this message, the others in the batch go on."""
+
 
 @dataclass
 class SamplingParams:
@@ -35,7 +44,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return self.temperature < MIN_TEMPERATURE
 
 
 def _penalised(logits: torch.Tensor, params: SamplingParams, generated: list[int], prompt: list[int]) -> torch.Tensor:
@@ -60,10 +69,29 @@ def _filtered(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     if params.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = sorted_logits.softmax(-1)
-        # drop a token when the tokens before it already hold top_p of the mass (the first one always stays)
+        # drop a token when the tokens before it already hold top_p of the mass; the first one always stays, even
+        # for a top_p that rounds to 0 in float32
         drop = (probs.cumsum(-1) - probs) >= params.top_p
+        drop[0] = False
         logits = logits.scatter(0, order[drop], float("-inf"))
     return logits
+
+
+def choose_one(logits: torch.Tensor, params: SamplingParams, prompt: list[int], generated: list[int],
+               generator: torch.Generator) -> int:
+    """The next token of one row: `logits` [vocab] (float32, last position), the row's settings, prompt ids,
+    completion ids so far and random generator. Raises `SamplingError` when there is nothing to choose from."""
+    row = _penalised(logits.clone(), params, generated, prompt)
+    if torch.isnan(row).any():
+        raise SamplingError("the model's next-token scores for this sequence are not numbers (nan)")
+    if params.greedy:
+        return int(row.argmax())
+    # an overflow to +inf (huge logits over a small temperature) stays the most likely token instead of a nan
+    scores = _filtered(row, params).clamp(max=torch.finfo(row.dtype).max)
+    probs = scores.softmax(-1)
+    if not torch.isfinite(probs).all() or not probs.sum() > 0:
+        raise SamplingError("no token is left to sample from (every score is -inf after the penalties and filters)")
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
 def choose_next(logits: torch.Tensor, rows: list[tuple[SamplingParams, list[int], list[int], torch.Generator]]
@@ -71,12 +99,4 @@ def choose_next(logits: torch.Tensor, rows: list[tuple[SamplingParams, list[int]
     """The next token of each row: `logits` [rows, vocab] (last position), `rows` = (params, prompt ids,
     completion ids so far, the row's random generator)."""
     logits = logits.float()
-    chosen: list[int] = []
-    for i, (params, prompt, generated, generator) in enumerate(rows):
-        row = _penalised(logits[i].clone(), params, generated, prompt)
-        if params.greedy:
-            chosen.append(int(row.argmax()))
-            continue
-        probs = _filtered(row, params).softmax(-1)
-        chosen.append(int(torch.multinomial(probs.cpu(), 1, generator=generator)))
-    return chosen
+    return [choose_one(logits[i], *row) for i, row in enumerate(rows)]

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from jinja2 import TemplateError
 
@@ -28,8 +28,8 @@ from lmforge.data.template import prompt_ids
 from lmforge.data.tool_calls import parse_tool_calls
 from lmforge.model.sampling import SamplingParams
 from lmforge.serve.engine import Event, RequestError
-from lmforge.serve.http_app import ApiError, base_app, internal_error
-from lmforge.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest, error_body
+from lmforge.serve.http_app import ApiError, answered_names, base_app, internal_error
+from lmforge.serve.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingRequest, error_body
 from lmforge.serve.tools import template_message
 
 logger = logging.getLogger(__name__)
@@ -61,10 +61,12 @@ class Session:
         return put
 
     async def events(self) -> AsyncIterator[tuple[int, Event]]:
-        """(choice index, event) until every choice has finished."""
+        """(choice index, event) until every choice has finished, or the session is aborted."""
         open_choices = len(self.prompts) * self.n
         while open_choices:
             choice, event = await self.queue.get()
+            if choice == _ABORTED:
+                return
             if event.finish_reason:
                 open_choices -= 1
             yield choice, event
@@ -72,6 +74,42 @@ class Session:
     def cancel(self) -> None:
         for handle in self.handles:
             handle.cancel()
+
+    def abort(self) -> None:
+        """Stop generating and end `events()` (the client has gone: nobody waits for the rest)."""
+        self.cancel()
+        self.queue.put_nowait((_ABORTED, Event(_ABORTED)))
+
+
+_ABORTED = -1
+
+
+async def _cancel_when_disconnected(request: Request, session: Session, every: float = 0.2) -> None:
+    """Abort `session` once the client of `request` has disconnected (a plain JSON answer has no stream whose
+    failed write would tell)."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(every)
+    logger.info("client gone: its request's generation is cancelled")
+    session.abort()
+
+
+def longest_token_chars(tokenizer: Any) -> int:
+    """The most characters one token of `tokenizer` spells (byte-level, SentencePiece and byte-fallback spellings are
+    at least as long as the text they decode to)."""
+    return max(map(len, tokenizer.get_vocab()), default=1)
+
+
+def message_chars(message: ChatMessage) -> int:
+    """The characters of a message's text (its parts' text, its tool calls' JSON)."""
+    content = message.content
+    parts = [content] if isinstance(content, str) else [p.text or "" for p in content or []]
+    return sum(map(len, parts)) + len(json.dumps(message.tool_calls or []))
+
+
+def failure_message(event: Event) -> str:
+    """What a client is told of a failed generation: its own request's problem as it is, the server's own by a
+    request id only (the detail goes to the log)."""
+    return internal_error(event.error or "") if event.internal else f"The request failed: {event.error}."
 
 
 def vision_prompt(processor: Any, messages: list[dict], tools: list | None, template_kwargs: dict[str, Any],
@@ -84,10 +122,24 @@ def vision_prompt(processor: Any, messages: list[dict], tools: list | None, temp
 
 def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str | None = None,
                max_request_bytes: int = 8 * 1024 * 1024, max_prompts: int = 64,
-               media_options: MediaOptions | None = None) -> FastAPI:
+               media_options: MediaOptions | None = None, loopback_names: list[str] | None = None) -> FastAPI:
     media_options = media_options or MediaOptions()
-    app, authorised = base_app(model_name, api_key, max_request_bytes)
+    app, authorised = base_app(model_name, api_key, max_request_bytes, loopback_names)
     created = int(time.time())
+    longest_token: list[int] = []  # the tokenizer's longest token in characters, found at the first request
+
+    async def refuse_unfittable(chars: int, param: str) -> None:
+        """A 400 for text that cannot fit the context whatever it tokenizes to, before it is tokenized: no token
+        stands for more characters than the longest in the vocabulary (doubled, for normalizers that shorten text),
+        so a prompt longer than context x that cannot fit. A megabyte prompt costs a length check, not seconds of
+        tokenizing and gigabytes of ids."""
+        if not longest_token:
+            longest_token.append(await asyncio.to_thread(longest_token_chars, engine.tokenizer))
+        limit = engine.context_length * longest_token[0] * 2
+        if chars > limit:
+            raise ApiError(400, f"The prompt is {chars} characters long; this model's context is "
+                           f"{engine.context_length} tokens, which no text over {limit} characters fits.",
+                           param=param, code="context_length_exceeded")
 
     def sampling(body: SamplingRequest, prompt_tokens: list[int]) -> SamplingParams:
         requested, param = body.requested_tokens
@@ -120,16 +172,22 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
     def sse(value: dict[str, Any]) -> str:
         return f"data: {json.dumps(value, ensure_ascii=False)}\n\n"
 
-    async def collect(session: Session) -> tuple[list[str], list[str], int]:
-        """Texts and finish reasons per choice, and the completion tokens of all."""
+    async def collect(session: Session, request: Request) -> tuple[list[str], list[str], int]:
+        """Texts and finish reasons per choice, and the completion tokens of all. The request's generation stops
+        when it fails, when it returns, and when its client goes away before the answer (as a stream's does)."""
         count = len(session.prompts) * session.n
         texts, reasons, tokens = [""] * count, ["stop"] * count, 0
-        async for choice, event in session.events():
-            if event.error:
-                raise ApiError(500, internal_error(event.error), "server_error")
-            texts[choice] += event.text
-            if event.finish_reason:
-                reasons[choice], tokens = event.finish_reason, tokens + event.completion_tokens
+        watcher = asyncio.create_task(_cancel_when_disconnected(request, session))
+        try:
+            async for choice, event in session.events():
+                if event.error:
+                    raise ApiError(500, failure_message(event), "server_error")
+                texts[choice] += event.text
+                if event.finish_reason:
+                    reasons[choice], tokens = event.finish_reason, tokens + event.completion_tokens
+        finally:
+            watcher.cancel()
+            session.cancel()
         return texts, reasons, tokens
 
     async def stream(session: Session, chunk, final_usage: int | None) -> AsyncIterator[str]:
@@ -138,7 +196,7 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
         try:
             async for choice, event in session.events():
                 if event.error:
-                    yield sse(error_body(internal_error(event.error), "server_error"))
+                    yield sse(error_body(failure_message(event), "server_error"))
                     break
                 if event.text or event.finish_reason:
                     yield sse(chunk(choice, event.text, event.finish_reason))
@@ -159,8 +217,10 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
                                             "owned_by": "lmforge", "max_model_len": engine.context_length}]}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorised)])
-    async def chat_completions(body: ChatCompletionRequest):
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
         raw = [m.model_dump(exclude_none=True) for m in body.messages]
+        await refuse_unfittable(sum(map(message_chars, body.messages)) + len(json.dumps(body.tools or [])),
+                                "messages")
         if not engine.tokenizer.chat_template:
             raise ApiError(400, "This model has no chat template: use /v1/completions, or restart the server with "
                            "`template` set.")
@@ -193,7 +253,7 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
             return out, ("tool_calls" if calls else reason)
 
         if not body.stream:
-            texts, reasons, tokens = await collect(session)
+            texts, reasons, tokens = await collect(session, request)
             choices = []
             for i, (text, reason) in enumerate(zip(texts, reasons, strict=True)):
                 reply, finish = message(text, reason)
@@ -226,11 +286,17 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
         return streaming(stream(session, chunk, len(prompt) if body.include_usage else None))
 
     @app.post("/v1/completions", dependencies=[Depends(authorised)])
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         texts_in = body.prompts()
         if len(texts_in) > max_prompts:
             raise ApiError(400, f"At most {max_prompts} prompts per request (max_prompts_per_request), got "
                            f"{len(texts_in)}.", param="prompt")
+        for text in texts_in:
+            if isinstance(text, str):
+                await refuse_unfittable(len(text), "prompt")
+            elif len(text) >= engine.context_length:  # ids that leave no room: refused before they are checked
+                raise ApiError(400, f"The prompt is {len(text)} tokens long; this model's context is "
+                               f"{engine.context_length} tokens.", param="prompt", code="context_length_exceeded")
         prompts = await asyncio.to_thread(
             lambda: [engine.tokenizer(p)["input_ids"] if isinstance(p, str) else p for p in texts_in])
         vocab = len(engine.tokenizer)
@@ -245,7 +311,7 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
             return source if isinstance(source, str) else engine.tokenizer.decode(source)
 
         if not body.stream:
-            texts, reasons, tokens = await collect(session)
+            texts, reasons, tokens = await collect(session, request)
             choices = [{"index": i, "text": (echoed(i) if body.echo else "") + text, "finish_reason": reason,
                         "logprobs": None} for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))]
             return {"id": reply_id, "object": "text_completion", "created": stamp, "model": model_name,
@@ -279,10 +345,11 @@ def run_api(cfg: ServeConfig) -> None:
     from lmforge.serve.load import load_engine, served_name
 
     api_key = resolve_api_key(cfg)
+    names = answered_names(cfg.serve, api_key)  # before anything loads: an exposed server needs a key
     if is_sequence_classifier(cfg.model):  # a `stage: cls` model: POST /v1/classify
         from lmforge.serve.classify import create_classify_app
 
-        app = create_classify_app(cfg, served_name(cfg), api_key)
+        app = create_classify_app(cfg, served_name(cfg), api_key, names)
         port = cfg.serve.port if cfg.serve.port is not None else 8000
         logger.info("Serving the classifier %s at http://%s:%d/v1/classify", served_name(cfg), cfg.serve.host, port)
         uvicorn.run(app, host=cfg.serve.host, port=port, log_level="info")
@@ -290,7 +357,7 @@ def run_api(cfg: ServeConfig) -> None:
     engine = load_engine(cfg, need_chat_template=False)
     app = create_app(engine, served_name(cfg), cfg.generation, api_key, cfg.serve.max_request_bytes,
                      cfg.serve.max_prompts_per_request, MediaOptions(cfg.data.image_max_pixels,
-                                                                     cfg.data.image_min_pixels))
+                                                                     cfg.data.image_min_pixels), names)
     port = cfg.serve.port if cfg.serve.port is not None else 8000
     logger.info("Serving %s at http://%s:%d/v1 (%s)", served_name(cfg), cfg.serve.host, port,
                 "API key required" if api_key else "no API key")

@@ -29,13 +29,14 @@ class ClassifyRequest(BaseModel):
     input_pair: str | list[str] | None = None
 
 
-def create_classify_app(cfg: ServeConfig, model_name: str, api_key: str | None) -> FastAPI:
+def create_classify_app(cfg: ServeConfig, model_name: str, api_key: str | None,
+                        loopback_names: list[str] | None = None) -> FastAPI:
     tokenizer, _ = load_inference_tokenizer(cfg.model)
     model = load_inference_model(cfg.model, tokenizer)
     problem_type, names = head_of(model, tokenizer)
     threshold = threshold_of(cfg.model.adapter_name_or_path or cfg.model.model_name_or_path)
     limit, lock = cfg.serve.max_prompts_per_request, threading.Lock()
-    app, authorised = base_app(model_name, api_key, cfg.serve.max_request_bytes)
+    app, authorised = base_app(model_name, api_key, cfg.serve.max_request_bytes, loopback_names)
 
     def classify(texts: list[str], pairs: list[str] | None) -> list[dict[str, Any]]:
         length = min(tokenizer.model_max_length, 4096)

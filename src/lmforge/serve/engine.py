@@ -33,7 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from lmforge.model.kv_cache import cache_kwargs, output_cache
-from lmforge.model.sampling import SamplingParams, choose_next
+from lmforge.model.sampling import SamplingError, SamplingParams, choose_one
 from lmforge.serve.detokenize import TextStream
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class Event:
     finish_reason: str | None = None  # "stop" (stop token or string), "length" (max_tokens), "error"
     completion_tokens: int = 0
     error: str | None = None
+    internal: bool = True  # the error is the server's (its detail stays in the log), not the request's own
 
 
 Sink = Callable[[Event], None]
@@ -131,13 +132,15 @@ class Engine:
         self.check_fits(len(prompt), params.max_tokens)
         handle = Handle()
         seed = params.seed if params.seed is not None else random.randrange(2**62)
+        # every choice is built before any is queued: a request is queued whole or not at all; the seeds wrap into
+        # the generator's 64 bits (manual_seed maps negative seeds the same way)
+        sequences = [_Sequence(prompt, params, index, sink, handle, TextStream(self.tokenizer, params.stop),
+                               torch.Generator().manual_seed((seed + index) % 2**64), media=media)
+                     for index in range(n)]
         with self._wake:
             if self._closed:
                 raise RuntimeError("the engine is closed")
-            for index in range(n):
-                self._waiting.append(_Sequence(prompt, params, index, sink, handle,
-                                               TextStream(self.tokenizer, params.stop),
-                                               torch.Generator().manual_seed(seed + index), media=media))
+            self._waiting.extend(sequences)
             self._wake.notify()
         return handle
 
@@ -204,11 +207,23 @@ class Engine:
                 solo = None
 
     def _failed(self, rows: list[_Sequence], err: Exception) -> None:
-        logger.exception("generation failed")
+        own = isinstance(err, SamplingError)  # this request's numbers, not the server's state
+        if not own:
+            logger.exception("generation failed")
         for seq in rows:
-            seq.sink(Event(seq.index, finish_reason="error", error=f"generation failed: {err}"))
-        if torch.cuda.is_available():
+            seq.handle.cancel()  # the request's other choices stop too: it has failed as a whole
+            seq.sink(Event(seq.index, finish_reason="error", error=f"generation failed: {err}", internal=not own))
+        if torch.cuda.is_available() and not own:
             torch.cuda.empty_cache()
+
+    def _choose(self, seq: _Sequence, logits: torch.Tensor) -> int | None:
+        """The next token of one sequence; None when choosing it failed, which ends that sequence's request alone
+        (the rest of the batch goes on)."""
+        try:
+            return choose_one(logits, seq.params, seq.prompt, seq.generated, seq.generator)
+        except Exception as err:  # noqa: BLE001 - one request's failure must not fail the batch
+            self._failed([seq], err)
+            return None
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None,
                  cache=None, **media: Any):
@@ -245,13 +260,17 @@ class Engine:
     @torch.inference_mode()
     def _decode_step(self, batch: _Batch) -> _Batch | None:
         """Sample each row's next token from its pending logits; finished rows leave; the rest run one step."""
-        tokens = choose_next(batch.logits, [(s.params, s.prompt, s.generated, s.generator) for s in batch.rows])
-        keep = [row for row, (seq, token) in enumerate(zip(batch.rows, tokens, strict=True)) if self._step(seq, token)]
+        logits = batch.logits.float()
+        keep, tokens = [], []
+        for row, seq in enumerate(batch.rows):
+            token = self._choose(seq, logits[row])
+            if token is not None and self._step(seq, token):
+                keep.append(row)
+                tokens.append(token)
         if not keep:
             return None
         if len(keep) < len(batch.rows):
             batch.select(keep)
-            tokens = [tokens[r] for r in keep]
         mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=1)
         last = batch.last + 1 if batch.last is not None else None
         out = self._forward(torch.tensor(tokens, device=batch.mask.device)[:, None], mask,

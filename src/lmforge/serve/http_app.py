@@ -8,13 +8,17 @@ import json
 import logging
 import secrets
 import uuid
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from lmforge.config.serving import ServeArguments, is_loopback
+from lmforge.errors import ConfigError
 from lmforge.serve.protocol import error_body
 
 logger = logging.getLogger(__name__)
@@ -77,13 +81,59 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def base_app(model_name: str, api_key: str | None, max_request_bytes: int) -> tuple[FastAPI, Any]:
+class LoopbackNames:
+    """ASGI middleware of a server listening on loopback: a request whose Host header, or whose Origin header, names
+    anything but this machine (or one of `allowed`) gets 403. Without it a web page the user opens could point its
+    own host name at 127.0.0.1 (DNS rebinding) and drive the server as a same-origin page."""
+
+    def __init__(self, app: Any, allowed: Iterable[str] = ()) -> None:
+        self.app, self.allowed = app, {name.lower() for name in allowed}
+
+    def accepts(self, name: str | None) -> bool:
+        return name is not None and (is_loopback(name) or name == "0.0.0.0" or name.lower() in self.allowed)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        origin = headers.get(b"origin")
+        refused = (f"Host {host!r}" if not self.accepts(_hostname(host)) else
+                   f"Origin {origin.decode('latin-1')!r}" if origin is not None
+                   and not self.accepts(_hostname(origin.decode("latin-1"), url=True)) else None)
+        if refused is None:
+            return await self.app(scope, receive, send)
+        logger.warning("refused a request naming %s: this server answers loopback names only (allowed_hosts)",
+                       refused)
+        if scope["type"] == "websocket":
+            await receive()
+            return await send({"type": "websocket.close", "code": 1008})
+        body = json.dumps(error_body(f"{refused} is not this server's: it answers loopback names only (add the "
+                                     f"name to allowed_hosts).", "permission_error", code="host_not_allowed")).encode()
+        await send({"type": "http.response.start", "status": 403,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _hostname(value: str, url: bool = False) -> str | None:
+    """The host name of a Host header (`name:port`, `[::1]:port`) or of an Origin (`scheme://name:port`)."""
+    try:
+        return urlsplit(value if url else f"//{value}").hostname
+    except ValueError:
+        return None
+
+
+def base_app(model_name: str, api_key: str | None, max_request_bytes: int,
+             loopback_names: Iterable[str] | None = None) -> tuple[FastAPI, Any]:
     """The FastAPI app every lmforge server starts from: OpenAI's error bodies for every failure, the request size
-    limit, schema pages off behind an API key; and the dependency that checks the key."""
+    limit, schema pages off behind an API key; and the dependency that checks the key. `loopback_names` (a server on
+    loopback): only requests naming this machine, or one of these names, are answered."""
     # with an API key, the schema pages would tell anyone what the server is: they are off
     docs = {} if api_key is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="lmforge", description=f"OpenAI-compatible API serving {model_name}", **docs)
     app.add_middleware(BodyLimit, limit=max_request_bytes)
+    if loopback_names is not None:
+        app.add_middleware(LoopbackNames, allowed=loopback_names)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:
@@ -117,6 +167,22 @@ def base_app(model_name: str, api_key: str | None, max_request_bytes: int) -> tu
         return {"status": "ok"}
 
     return app, authorised
+
+
+def answered_names(serve: ServeArguments, api_key: str | None) -> list[str] | None:
+    """The host names a server on loopback answers besides this machine's (None: one listening for other machines,
+    which answers any name). A server other machines reach without an API key is a config error, unless the config
+    says `allow_unauthenticated: true`."""
+    if is_loopback(serve.host):
+        return list(serve.allowed_hosts)
+    if api_key is None:
+        if not serve.allow_unauthenticated:
+            raise ConfigError(f"Config error: `host: {serve.host}` serves other machines, and there is no API key: "
+                              f"anyone who reaches the port could use the model. Set `api_key` (or $LMFORGE_API_KEY), "
+                              f"keep `host: 127.0.0.1`, or set `allow_unauthenticated: true` to serve it openly.")
+        logger.warning("Serving %s without an API key (allow_unauthenticated): anyone who reaches the port can use "
+                       "the model.", serve.host)
+    return None
 
 
 def internal_error(detail: str, err: BaseException | None = None) -> str:

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_CHOICES = 16
 MAX_STOP_STRINGS = 16
+INT64 = (-(2**63), 2**63 - 1)  # the range of a seed (OpenAI's and torch's)
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound
 
 
 class ContentPart(BaseModel):
@@ -51,18 +53,21 @@ class SamplingRequest(BaseModel):
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    # numbers are bounded where sampling stays numerically safe; NaN and Infinity (which Python's JSON parser
+    # accepts) are refused
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0.0)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, ge=0.01, le=100.0, allow_inf_nan=False)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, allow_inf_nan=False)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, allow_inf_nan=False)
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stop: str | list[str] | None = Field(None, validate_default=True)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64[0], le=INT64[1])
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: Any = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     user: str | None = None
 
     @field_validator("stop")
@@ -73,7 +78,7 @@ class SamplingRequest(BaseModel):
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are supported")
         return [s for s in stops if s]
 
-    @field_validator("logprobs")
+    @field_validator("logprobs", "top_logprobs")
     @classmethod
     def _no_logprobs(cls, value: Any) -> Any:
         if value:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lmforge.config.schema import ServeConfig
-from lmforge.config.serving import ServeArguments
+from lmforge.config.serving import ServeArguments, is_loopback
 from lmforge.errors import ConfigError
 from lmforge.serve.webui_jobs import Job, config_values, preview, read_progress, start_training
 
@@ -318,13 +318,6 @@ def build_webchat(cfg: ServeConfig):
     return demo
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
-
-
-def is_loopback(host: str) -> bool:
-    return host in LOOPBACK or host.startswith("127.")
-
-
 def page_credentials(host: str, share: bool, webui_auth: str | None) -> tuple[str, str] | None:
     """Gradio's `auth` for a page: required (exit 2 without it) when anyone but this machine can reach the page,
     since the web UI starts training runs and reads local files. `webui_auth` or $LMFORGE_WEBUI_AUTH: user:password."""
@@ -348,9 +341,16 @@ def page_credentials(host: str, share: bool, webui_auth: str | None) -> tuple[st
 
 
 def _launch(build: Callable[[], Any], serve: ServeArguments) -> None:
+    from starlette.middleware import Middleware
+
+    from lmforge.serve.http_app import LoopbackNames
+
     auth = page_credentials(serve.host, serve.share, serve.webui_auth)  # before anything is built or bound
+    # a page on loopback answers loopback names only: a web page elsewhere cannot start runs through DNS rebinding
+    local = is_loopback(serve.host) and not serve.share
+    middleware = [Middleware(LoopbackNames, allowed=serve.allowed_hosts)] if local else []
     build().queue().launch(server_name=serve.host, server_port=serve.port if serve.port is not None else 7860,
-                           share=serve.share, auth=auth, show_error=True)
+                           share=serve.share, auth=auth, show_error=True, app_kwargs={"middleware": middleware})
 
 
 def run_webui(cfg: ServeConfig | None) -> None:

@@ -26,7 +26,7 @@ def work_items(cfg: SynthConfig) -> tuple[list[WorkItem], Counter]:
     """Every request of the run, in data order; records that cannot be one are counted by reason."""
     s, d = cfg.synth, cfg.data
     items, skipped = [], Counter()
-    for spec in resolve_sources(d.dataset, d.dataset_dir):
+    for spec in resolve_sources(d.dataset, d.dataset_dir, allow_absolute=d.allow_absolute_file_name):
         records = read_records(spec)[: d.max_samples] if d.max_samples else read_records(spec)
         fmt = source_format(spec, records) if s.synth_task != "rewrite" else None
         for index, record in enumerate(records):

@@ -12,10 +12,12 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from lmforge.errors import ConfigError
+from lmforge.errors import ConfigError, DiskFullError, disk_full_message, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,33 @@ def clear_leftovers(output_dir: str) -> None:
     for name in os.listdir(output_dir):
         if name in (STAGING_DIR, FINAL_STAGING_DIR) or name.startswith(TRASH_PREFIX):
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+def tree_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, files in os.walk(path) for name in files)
+
+
+@contextmanager
+def staged_write(staged: str, output_dir: str) -> Iterator[None]:
+    """Writing `staged` (a checkpoint or final model on its way into output_dir): if the disk fills, the partial
+    directory goes (what is published stays as it was) and the run ends with a DiskFullError that says where, how
+    much is free and about how much the write needs (the newest complete checkpoint's size, or what was written)."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        written = tree_bytes(staged) if os.path.isdir(staged) else 0
+        shutil.rmtree(staged, ignore_errors=True)
+        parent = os.path.dirname(staged)
+        if os.path.basename(parent) == STAGING_DIR and os.path.isdir(parent) and not os.listdir(parent):
+            os.rmdir(parent)
+        complete, _ = list_checkpoints(output_dir)
+        needed = max(tree_bytes(complete[-1]) if complete else 0, written) or None
+        kept = (f" The previous checkpoint {complete[-1]} is kept: free some space, then resume with "
+                f"`resume_from_checkpoint: true`." if complete else " Nothing was published: free some space and "
+                "start again.")
+        raise DiskFullError(disk_full_message(staged, needed) + kept) from None
 
 
 def _fsync_tree(path: str) -> None:

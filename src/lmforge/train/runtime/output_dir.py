@@ -7,10 +7,12 @@ pick a checkpoint of the wrong run)."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
 import shutil
+import socket
 
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -32,6 +34,8 @@ from lmforge.train.samples import SAMPLES_FILE
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "lmforge_config.yaml"  # the run's config, as it was given (secrets masked)
+LOCK_FILE = ".lmforge-run.lock"  # held (flock) by the run writing to output_dir
+LOCK_ENV = "LMFORGE_RUN_LOCK"  # set for the processes a launcher starts: their run's lock is held by it
 
 # What shows that an lmforge run was in output_dir, and what such a run writes there besides (run files by lmforge,
 # model and tokenizer files by transformers/peft/tokenizers, tracker folders).
@@ -76,3 +80,65 @@ def claim_output_dir(output_dir: str, resuming: bool, overwrite: bool) -> None:
     kept = len(os.listdir(output_dir))
     logger.warning("overwrite_output_dir: removed %d entries of the previous run from %s%s", len(removed), output_dir,
                    f" ({kept} other entries left as they were)" if kept else "")
+
+
+class RunLock:
+    """An exclusive lock on an output_dir for one run's life: `flock` on a lock file, so the kernel releases it when
+    the holder exits in any way (a killed run leaves no stale lock, only the file, which the next run re-locks).
+
+    Who holds it: the process that speaks for the run (the launcher of a multi-process run, or the first process
+    under a bare torchrun). The launcher's workers find the path in $LMFORGE_RUN_LOCK and take nothing: they are its
+    children and die with it."""
+
+    def __init__(self, output_dir: str) -> None:
+        os.makedirs(output_dir, exist_ok=True)
+        self.path = os.path.join(output_dir, LOCK_FILE)
+        self.fd: int | None = None
+        if os.environ.get(LOCK_ENV) == os.path.realpath(self.path) or int(os.environ.get("RANK", "0")) != 0:
+            return
+        while self.fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise ConfigError(f"Config error: output_dir '{output_dir}' is in use by another run ({holder}). "
+                                  f"Wait for it to finish, stop it, or choose another output_dir.") from None
+            if _same_file(fd, self.path):
+                self.fd = fd
+            else:  # the holder removed the file as we opened it: lock the one now there
+                os.close(fd)
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        os.environ[LOCK_ENV] = os.path.realpath(self.path)  # for the workers a launcher starts
+
+    def release(self) -> None:
+        """Remove the lock file and let go (removed first, while still held: a run that opens the old file finds it
+        gone from the directory and takes the new one)."""
+        if self.fd is None:
+            return
+        if _same_file(self.fd, self.path):
+            os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = None
+        os.environ.pop(LOCK_ENV, None)
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _read_holder(fd: int) -> str:
+    text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+    return text or "a process that has not yet written its PID"

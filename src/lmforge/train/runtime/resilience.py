@@ -11,9 +11,9 @@ import shutil
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerState
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from lmforge.config.resilience import ResilienceArguments
 from lmforge.config.secrets import MASK, is_secret
@@ -27,6 +27,7 @@ from lmforge.train.runtime.checkpoint import (
     publish,
     replace_files,
     rotate,
+    staged_write,
     staging_root,
 )
 from lmforge.train.runtime.guard import NonfiniteGuard
@@ -125,10 +126,27 @@ class SafeTrainingMixin:
         self.resumed_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
         if self.args.should_save:
             clear_leftovers(self.args.output_dir)
+        if self.resumed_from and self._nothing_left(self.resumed_from):
+            return self._finish_without_training(self.resumed_from)
         if self.resumed_from and isinstance(self.train_dataset, BlockStream):
             self._resume_stream(self.resumed_from)
         with self.stop_request.installed():
             return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _nothing_left(self, checkpoint: str) -> bool:
+        """Whether `checkpoint` is already at max_steps (a run killed while saving its final model). The Trainer
+        would train one more step before it checks max_steps; the epoch loop has no such gap."""
+        saved = TrainerState.load_from_json(os.path.join(checkpoint, COMPLETE_MARKER))
+        return self.args.max_steps > 0 and saved.global_step >= self.args.max_steps
+
+    def _finish_without_training(self, checkpoint: str) -> TrainOutput:
+        """The checkpoint's weights and state as the finished run's, so the final save and report follow."""
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, COMPLETE_MARKER))
+        self._load_from_checkpoint(checkpoint)
+        logger.warning("%s is at step %d of max_steps=%d: nothing is left to train; the final model is saved from it.",
+                       checkpoint, self.state.global_step, self.args.max_steps)
+        return TrainOutput(self.state.global_step, 0.0, {"train_runtime": 0.0, "trained_steps": 0,
+                                                        "epoch": self.state.epoch})
 
     def _resume_stream(self, checkpoint: str) -> None:
         position = load_position(checkpoint)
@@ -179,6 +197,17 @@ class SafeTrainingMixin:
         if self.args.should_save:
             shutil.rmtree(staged, ignore_errors=True)
         self.accelerator.wait_for_everyone()
+        with staged_write(staged, run_dir):  # a full disk: the partial checkpoint goes, the previous ones stay
+            self._write_checkpoint(model, trial, staged)
+            if self.args.should_save:
+                self._complete_checkpoint(run_dir, staged)
+                publish(staged, final)
+        if self.args.should_save:
+            rotate(run_dir, self.args.save_total_limit, [self.resumed_from, self.state.best_model_checkpoint, final])
+        self.accelerator.wait_for_everyone()
+
+    def _write_checkpoint(self, model: Any, trial: Any, staged: str) -> None:
+        """The Trainer's own checkpoint files into `staged` (and a split model's optimizer state)."""
         self._writing_checkpoint = True
         try:
             super()._save_checkpoint(model, trial)
@@ -188,17 +217,16 @@ class SafeTrainingMixin:
             self.accelerator.wait_for_everyone()
             save_split_state(self, staged)
         self.accelerator.wait_for_everyone()  # every rank's shards are written
-        if self.args.should_save:
-            best = self.state.best_model_checkpoint
-            if best and os.path.dirname(os.path.normpath(best)) == staging_root(run_dir):
-                # the Trainer looked for the best checkpoint inside the staging dir: it lives beside it
-                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
-                self.state.save_to_json(os.path.join(staged, COMPLETE_MARKER))
-            if isinstance(self.train_dataset, BlockStream):
-                save_position(self.train_dataset, self.state.global_step * blocks_per_step(self.args), staged)
-            publish(staged, final)
-            rotate(run_dir, self.args.save_total_limit, [self.resumed_from, self.state.best_model_checkpoint, final])
-        self.accelerator.wait_for_everyone()
+
+    def _complete_checkpoint(self, run_dir: str, staged: str) -> None:
+        """What lmforge adds to a staged checkpoint before it is published."""
+        best = self.state.best_model_checkpoint
+        if best and os.path.dirname(os.path.normpath(best)) == staging_root(run_dir):
+            # the Trainer looked for the best checkpoint inside the staging dir: it lives beside it
+            self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            self.state.save_to_json(os.path.join(staged, COMPLETE_MARKER))
+        if isinstance(self.train_dataset, BlockStream):
+            save_position(self.train_dataset, self.state.global_step * blocks_per_step(self.args), staged)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         if not self._split_model:
@@ -219,10 +247,11 @@ class SafeTrainingMixin:
         if self.args.should_save:
             shutil.rmtree(staged, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-        super().save_model(staged, _internal_call)
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            replace_files(staged, target)
+        with staged_write(staged, target):
+            super().save_model(staged, _internal_call)
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                replace_files(staged, target)
         self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

@@ -59,9 +59,12 @@ from lmforge.train.runtime.checkpoint import (
     RL_STATE_FILE,
     VALUE_HEAD_FILE,
     clear_leftovers,
+    final_staging,
     publish,
+    replace_files,
     resolve_resume,
     rotate,
+    staged_write,
     staging_root,
 )
 from lmforge.train.runtime.guard import NonfiniteGuard
@@ -481,14 +484,15 @@ class OnlineRL:
         if not self.main_process:
             barrier()
             return final
-        if not self.sharded:
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.save_model(tmp)
-        torch.save({"step": self.step, **optimization, "log_history": self.log_history,
-                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                            "numpy": np.random.get_state()}}, os.path.join(tmp, RL_STATE_FILE))
-        self.write_state(tmp)
-        publish(tmp, final)
+        with staged_write(tmp, self.args.output_dir):  # a full disk: the partial checkpoint goes, the others stay
+            if not self.sharded:
+                shutil.rmtree(tmp, ignore_errors=True)
+                self.save_model(tmp)
+            torch.save({"step": self.step, **optimization, "log_history": self.log_history,
+                        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                "numpy": np.random.get_state()}}, os.path.join(tmp, RL_STATE_FILE))
+            self.write_state(tmp)
+            publish(tmp, final)
         rotate(self.args.output_dir, self.args.save_total_limit, [self.resumed_from, final])
         logger.info("Saved %s", final)
         barrier()
@@ -512,10 +516,18 @@ class OnlineRL:
         logger.info("Resumed from %s at step %d", path, self.step)
 
     def save_final(self) -> None:
-        if self.main_process or self.sharded:
-            self.save_model(self.args.output_dir, self.save_dtype)
+        """The final model, written beside output_dir and moved in file by file (each whole), as the Trainer
+        stages save theirs."""
+        staged = final_staging(self.args.output_dir)
         if self.main_process:
-            self.write_state(self.args.output_dir)
+            shutil.rmtree(staged, ignore_errors=True)
+        barrier()
+        with staged_write(staged, self.args.output_dir):
+            if self.main_process or self.sharded:
+                self.save_model(staged, self.save_dtype)
+            if self.main_process:
+                self.write_state(staged)
+                replace_files(staged, self.args.output_dir)
         barrier()
 
     def write_state(self, directory: str) -> None:
