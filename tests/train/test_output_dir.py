@@ -54,3 +54,62 @@ def test_resuming_continues_the_run_in_place(tmp_path):
     assert main(["train", *scratch_args(out, max_steps=2, save_steps=2)]) == 0
     assert main(["train", *scratch_args(out, max_steps=4, save_steps=2, resume_from_checkpoint=True)]) == 0
     assert sorted(p for p in os.listdir(out) if p.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-4"]
+
+
+# ---- one run per output_dir: the lock ---------------------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from lmforge.train.runtime.output_dir import RunLock
+lock = RunLock(sys.argv[1])
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_run_started_while_another_holds_the_output_dir_exits_2_naming_its_pid(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["train", *scratch_args(out, max_steps=2)]) == 2
+        err = capsys.readouterr().err
+        assert f"output_dir '{out}' is in use by another run (pid {holder.pid} on " in err and "Traceback" not in err
+        assert sorted(os.listdir(out)) == [".lmforge-run.lock"]  # the second run wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without releasing: the kernel dropped its lock, the stale file is taken over
+    assert main(["train", *scratch_args(out, max_steps=2, save_steps=2)]) == 0
+    assert not (out / ".lmforge-run.lock").exists()  # released and removed at the end of the run
+
+
+def test_two_runs_started_at_once_into_one_output_dir_one_trains(tmp_path):
+    from tests.train.test_resume import start_training
+
+    out = tmp_path / "run"
+    procs = [start_training(scratch_args(out, max_steps=3, save_steps=3, logging_steps=1)) for _ in range(3)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2, 2], [e[-1500:] for _, e in results]
+    for code, err in results:
+        if code == 2:
+            assert "is in use by another run" in err or "already holds a run" in err, err[-1500:]
+    assert [json.loads(line)["step"] for line in open(out / "trainer_log.jsonl")][:3] == [1, 2, 3]
+
+
+def test_the_lock_is_exclusive_and_released():
+    import tempfile
+
+    from lmforge.errors import ConfigError
+    from lmforge.train.runtime.output_dir import RunLock
+
+    with tempfile.TemporaryDirectory() as out:
+        with RunLock(out):
+            with pytest.raises(ConfigError, match=rf"pid {os.getpid()} on "):
+                RunLock(out)
+        with RunLock(out):  # free again
+            pass
+        assert os.listdir(out) == []

@@ -216,3 +216,66 @@ def test_a_resumed_run_with_save_total_limit_keeps_its_starting_checkpoint(tmp_p
     assert main(["train", *scratch_args(out, max_steps=12, save_steps=2, save_total_limit=1),
                  "resume_from_checkpoint=checkpoint-4"]) == 0
     assert [os.path.basename(p) for p in list_checkpoints(str(out))[0]] == ["checkpoint-4", "checkpoint-12"]
+
+
+def test_resuming_from_the_checkpoint_at_max_steps_trains_nothing(tmp_path, capsys):
+    """Killed while writing its final model, a run holds checkpoint-6 of max_steps=6: resuming saves the final model
+    from it and trains no step 7 (the Trainer would train one more step before checking max_steps)."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["train", *scratch_args(full, max_steps=6, save_steps=3, logging_steps=1)]) == 0
+    os.makedirs(part)
+    shutil.copytree(full / "checkpoint-6", part / "checkpoint-6")
+    (part / "trainer_log.jsonl").write_text("".join(line for line in open(full / "trainer_log.jsonl")
+                                                    if "loss" in json.loads(line)))
+    capsys.readouterr()
+    assert main(["train", *scratch_args(part, max_steps=6, save_steps=3, logging_steps=1),
+                 "resume_from_checkpoint=true"]) == 0
+    assert "nothing is left to train" in capsys.readouterr().err
+    assert [r["step"] for r in read_log(str(part))] == [1, 2, 3, 4, 5, 6]
+    assert [os.path.basename(p) for p in list_checkpoints(str(part))[0]] == ["checkpoint-6"]
+    final, straight = load_file(part / "model.safetensors"), load_file(full / "model.safetensors")
+    assert final.keys() == straight.keys() and all((final[k] == straight[k]).all() for k in final)
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_says_so(tmp_path, capsys, monkeypatch):
+    """torch.save fails as it does on a full disk at the second checkpoint: the run exits 2 with the path and the
+    space, the half-written checkpoint is gone, checkpoint-3 stays and the run resumes from it."""
+    import torch
+
+    out = tmp_path / "run"
+    real_save = torch.save
+
+    def full_disk_at_step_6(obj, f, *args, **kwargs):
+        if "checkpoint-6" in str(f):
+            with open(f, "wb") as fh:
+                fh.write(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk_at_step_6)
+    args = scratch_args(out, max_steps=9, save_steps=3, logging_steps=1)
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"No space left on device writing {out / STAGING_DIR / 'checkpoint-6'}: " in err
+    assert "MiB free there; about" in err and f"The previous checkpoint {out / 'checkpoint-3'} is kept" in err
+    assert "Traceback" not in err
+    assert not (out / STAGING_DIR).exists()
+    assert [os.path.basename(p) for p in list_checkpoints(str(out))[0]] == ["checkpoint-3"]
+    assert_checkpoints_load(out)
+    monkeypatch.setattr(torch, "save", real_save)  # space freed
+    assert main(["train", *args, "resume_from_checkpoint=true"]) == 0
+    assert [r["step"] for r in read_log(str(out)) if "loss" in r] == list(range(1, 10))
+
+
+def test_a_full_disk_anywhere_is_one_line_and_exit_2(monkeypatch, capsys):
+    import errno
+
+    import lmforge.cli as cli
+
+    def fails(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/run/trainer_log.jsonl")
+
+    monkeypatch.setitem(cli.COMMANDS, "train", fails)
+    assert main(["train", "x=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("No space left on device writing /data/run/trainer_log.jsonl: ") and "Traceback" not in err

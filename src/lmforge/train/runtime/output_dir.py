@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "lmforge_config.yaml"  # the run's config, as it was given (secrets masked)
 LOCK_FILE = ".lmforge-run.lock"  # held (flock) by the run writing to output_dir
-LOCK_ENV = "LMFORGE_RUN_LOCK"  # set for the processes a launcher starts: their run's lock is held by it
+LOCK_ENV = "LMFORGE_RUN_LOCK"  # PID:lock file, for the processes a launcher starts: their run's lock is held by it
 
 # What shows that an lmforge run was in output_dir, and what such a run writes there besides (run files by lmforge,
 # model and tokenizer files by transformers/peft/tokenizers, tracker folders).
@@ -87,14 +87,16 @@ class RunLock:
     the holder exits in any way (a killed run leaves no stale lock, only the file, which the next run re-locks).
 
     Who holds it: the process that speaks for the run (the launcher of a multi-process run, or the first process
-    under a bare torchrun). The launcher's workers find the path in $LMFORGE_RUN_LOCK and take nothing: they are its
-    children and die with it."""
+    under a bare torchrun). The launcher's workers find its PID and the path in $LMFORGE_RUN_LOCK and take nothing:
+    they are its descendants and die with it."""
 
     def __init__(self, output_dir: str) -> None:
         os.makedirs(output_dir, exist_ok=True)
         self.path = os.path.join(output_dir, LOCK_FILE)
         self.fd: int | None = None
-        if os.environ.get(LOCK_ENV) == os.path.realpath(self.path) or int(os.environ.get("RANK", "0")) != 0:
+        held_by, _, path = os.environ.get(LOCK_ENV, "").partition(":")
+        launched_by_holder = path == os.path.realpath(self.path) and held_by != str(os.getpid())
+        if launched_by_holder or int(os.environ.get("RANK", "0")) != 0:
             return
         while self.fd is None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -111,7 +113,7 @@ class RunLock:
                 os.close(fd)
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-        os.environ[LOCK_ENV] = os.path.realpath(self.path)  # for the workers a launcher starts
+        os.environ[LOCK_ENV] = f"{os.getpid()}:{os.path.realpath(self.path)}"  # for the workers a launcher starts
 
     def release(self) -> None:
         """Remove the lock file and let go (removed first, while still held: a run that opens the old file finds it
