@@ -292,3 +292,141 @@ def test_a_text_model_refuses_image_parts(server, client):
         client.chat.completions.create(model="tiny", max_tokens=4, messages=[
             {"role": "user", "content": [{"type": "text", "text": "What?"},
                                          {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}])
+
+
+# ---- one client never breaks the others ----------------------------------------------------------------------------
+
+POISONED = [{"temperature": 1e-40}, {"top_p": 1e-300, "temperature": 1.0}, {"temperature": 1e-38, "top_p": 5e-324}]
+
+
+def test_poisoned_sampling_values_among_concurrent_clients_fail_nobody(server, client):
+    """32 concurrent clients, 8 of them with temperatures and top-p values that underflow float32: every request gets
+    200 and its full output; the valid greedy ones are what they get alone."""
+    questions = [f"Tell me about the number {i}." for i in range(32)]
+    expected = {i: client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": q}],
+                                                  temperature=0, max_tokens=16).choices[0].message.content
+                for i, q in enumerate(questions) if i % 4}
+
+    async def one(http: httpx.AsyncClient, i: int) -> httpx.Response:
+        settings = POISONED[i // 4 % len(POISONED)] if i % 4 == 0 else {"temperature": 0}
+        return await http.post("/v1/chat/completions", timeout=120, headers={"Authorization": f"Bearer {KEY}"},
+                               json={"messages": [{"role": "user", "content": questions[i]}], "max_tokens": 16,
+                                     **settings})
+
+    async def all_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server) as http:
+            return await asyncio.gather(*(one(http, i) for i in range(32)))
+
+    responses = asyncio.run(all_at_once())
+    assert [r.status_code for r in responses] == [200] * 32, [r.text for r in responses if r.status_code != 200]
+    for i, response in enumerate(responses):
+        choice = response.json()["choices"][0]
+        assert choice["finish_reason"] in ("length", "stop") and response.json()["usage"]["completion_tokens"] > 0
+        if i in expected:
+            assert choice["message"]["content"] == expected[i]
+
+
+@pytest.mark.parametrize(("path", "field", "value"), [
+    ("/v1/chat/completions", "seed", 2**70), ("/v1/completions", "seed", -(2**63) - 1),
+    ("/v1/chat/completions", "n", 2**70), ("/v1/completions", "max_tokens", 2**70),
+    ("/v1/chat/completions", "top_logprobs", 99), ("/v1/chat/completions", "max_completion_tokens", -(2**64)),
+])
+def test_integer_overflows_get_a_400_and_queue_nothing(server, path, field, value):
+    body = {"prompt": "Once"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]}
+    response = _post(server, path, {**body, field: value, "n": 4} if field != "n" else {**body, field: value})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == field
+
+
+def test_nan_and_infinity_in_the_body_get_a_400(server):
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        response = _post(server, "/v1/chat/completions",
+                         b'{"messages": [{"role": "user", "content": "hi"}], "temperature": ' + literal.encode() + b"}")
+        assert response.status_code == 400 and response.json()["error"]["param"] == "temperature", response.text
+
+
+@pytest.fixture(scope="module")
+def engine(chat_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.data.template import stop_token_ids
+    from lmforge.serve.engine import Engine
+
+    tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(chat_model_dir).eval()
+    engine = Engine(model, tokenizer, stop_token_ids(tokenizer), max_batch_size=2)
+    yield engine
+    engine.close()
+
+
+def test_a_huge_prompt_is_refused_before_it_is_tokenized(engine, monkeypatch):
+    """7 MB of text against a 256-token context: a 400 from its length alone (no tokenizer call, no ids)."""
+    from fastapi.testclient import TestClient
+
+    import lmforge.serve.api as api
+    from lmforge.config.generation import GenerationArguments
+
+    rendered: list[int] = []
+    monkeypatch.setattr(api, "prompt_ids", lambda tok, messages, *a, **k: rendered.append(1) or [1, 2])
+    monkeypatch.setattr(engine.tokenizer, "__call__", lambda *a, **k: pytest.fail("tokenized"), raising=False)
+    app = api.create_app(engine, "tiny", GenerationArguments())
+    huge = "word " * (7 * 1024 * 1024 // 5)
+    with TestClient(app) as http:
+        for path, body in (("/v1/chat/completions", {"messages": [{"role": "user", "content": huge}]}),
+                           ("/v1/completions", {"prompt": huge})):
+            response = http.post(path, json=body)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert error["code"] == "context_length_exceeded" and "characters long" in error["message"]
+    assert rendered == []
+
+
+def test_a_non_streamed_request_stops_generating_when_its_client_goes(engine):
+    """n=16 long completions, and the client gives up after a second: every choice is cancelled (it would run for
+    many seconds more), none runs to its end."""
+    import threading
+
+    import uvicorn
+
+    from lmforge.config.generation import GenerationArguments
+    from lmforge.serve.api import create_app
+
+    handles, finished = [], []
+    submit = engine.submit
+
+    def recording_submit(prompt, params, sink, n=1, **kw):
+        def counted(event):
+            if event.finish_reason:
+                finished.append(event)
+            sink(event)
+        handles.append(submit(prompt, params, counted, n, **kw))
+        return handles[-1]
+
+    engine.submit = recording_submit
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, "tiny", GenerationArguments()), port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=1.0,
+                       json={"prompt": "Once upon a time", "n": 16, "max_tokens": 240, "temperature": 1.0})
+        deadline = time.monotonic() + 10
+        while not all(h.cancelled.is_set() for h in handles) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert handles and all(h.cancelled.is_set() for h in handles)
+        time.sleep(1.0)
+        assert len(finished) < 16
+    finally:
+        del engine.submit
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_a_loopback_server_refuses_other_host_names(server):
+    assert httpx.get(f"{server}/health").status_code == 200
+    assert httpx.get(f"{server}/health", headers={"Host": "rebound.attacker.example"}).status_code == 403
+    assert httpx.get(f"{server}/health", headers={"Origin": "http://attacker.example"}).status_code == 403

@@ -232,3 +232,30 @@ def test_an_adapter_directory_loads_its_base_with_the_adapter_merged(greeter_ada
         assert base_text != [text]  # the adapter changes what the model says
     finally:
         engine.close()
+
+
+def test_a_sequence_whose_sampling_fails_ends_its_request_alone(engine):
+    """A row whose scores turn to nan (an infinite penalty, as a caller other than the validated API could set)
+    ends its own request with a clear error; the greedy requests decoded in the same batch finish as they would
+    alone."""
+    prompts = [prompt_ids(engine.tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS[:4]]
+    alone = [run(engine, p, SamplingParams(max_tokens=10, temperature=0))[0][0] for p in prompts]
+    events: dict[str, queue.Queue] = {name: queue.Queue() for name in ("bad", *map(str, range(4)))}
+    engine.submit(prompts[0], SamplingParams(max_tokens=10, temperature=1.0, presence_penalty=float("inf")),
+                  events["bad"].put, n=3)
+    for i, prompt in enumerate(prompts):
+        engine.submit(prompt, SamplingParams(max_tokens=10, temperature=0), events[str(i)].put)
+    texts = []
+    for i in range(4):
+        text, event = "", None
+        while event is None or not event.finish_reason:
+            event = events[str(i)].get(timeout=60)
+            text += event.text
+        assert event.error is None
+        texts.append(text)
+    assert texts == alone
+    failure = events["bad"].get(timeout=60)
+    while not failure.finish_reason:
+        failure = events["bad"].get(timeout=60)
+    assert failure.finish_reason == "error" and not failure.internal
+    assert "not numbers (nan)" in failure.error

@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 
+import httpx
 import pytest
 
 from lmforge.serve.webui_jobs import config_values, preview, read_progress, start_training
@@ -167,3 +168,12 @@ def test_build_a_config_run_it_and_watch_the_loss_plot(webui, tmp_path, chat_mod
         message.press("Enter")
         expect(page.locator("#chatbot")).to_contain_text(REPLY, timeout=60_000)
         browser.close()
+
+
+def test_the_loopback_page_refuses_other_host_names(webui):
+    """A page elsewhere that points its own name at 127.0.0.1 (DNS rebinding) cannot reach the web UI, which starts
+    training runs: only loopback names are answered."""
+    assert httpx.get(webui).status_code == 200
+    assert httpx.get(webui, headers={"Host": "rebound.attacker.example:7860"}).status_code == 403
+    assert httpx.post(webui.rstrip("/") + "/gradio_api/queue/join", json={},
+                      headers={"Origin": "http://attacker.example"}).status_code == 403

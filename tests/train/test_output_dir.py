@@ -56,7 +56,7 @@ def test_resuming_continues_the_run_in_place(tmp_path):
     assert sorted(p for p in os.listdir(out) if p.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-4"]
 
 
-# ---- one run per output_dir: the lock ---------------------------------------------------------------------------------
+# ---- one run per output_dir: the lock --------------------------------------------------------------------------------
 
 HOLD_LOCK = """
 import sys, time

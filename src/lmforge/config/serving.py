@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
 from lmforge.config.fields import option
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
-
 
 def is_loopback(host: str) -> bool:
-    """Whether `host` (an address to listen on, or a Host header's name) is this machine only."""
-    return host in LOOPBACK or host.startswith("127.")
+    """Whether `host` (an address to listen on, or a Host header's name) is this machine only: `localhost`, or a
+    loopback address (127.0.0.0/8, ::1); a name that merely starts with "127." is not."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
