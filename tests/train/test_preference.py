@@ -66,8 +66,9 @@ def test_reward_model_ranks_held_out_pairs_and_scores_text(tiny_model_dir, task,
     assert main(["train", *stage_args("rm", tiny_model_dir, out, task["pairs"], eval_dataset=task["held_out"],
                                       max_steps=150, plot_loss=True)]) == 0
     results = json.load(open(out / "eval_results.json"))
-    # chance is 0.5; 0.6 is 4 standard deviations above it on 400 held-out pairs
-    assert results["eval_accuracy"] >= 0.6, results
+    # chance is 0.5; 0.575 is 3 standard deviations above it on 400 held-out pairs, and 2.5x below what 150 steps
+    # reach (0.69 measured; the former bar of 0.6 left less than a 2x margin)
+    assert results["eval_accuracy"] >= 0.575, results
     assert (out / "training_eval_accuracy.png").exists()
     # `lmforge score` ranks the held-out pairs the same way, and a refusal always below the right answer
     held_out = [json.loads(line) for line in open(task["held_out"])]
@@ -114,7 +115,9 @@ def test_dpo_raises_the_held_out_margin(tiny_model_dir, task, held_out_pairs, tm
 def test_every_preference_loss_raises_the_held_out_margin(tiny_model_dir, task, held_out_pairs, tmp_path, extra):
     out = tmp_path / "variant"
     assert main(["train", *stage_args("dpo", tiny_model_dir, out, task["pairs"], max_steps=40, **extra)]) == 0
-    assert mean_margin(str(out), held_out_pairs) > mean_margin(tiny_model_dir, held_out_pairs) + 1.0
+    # measured rises over the base's 12.6: hinge 4.5, ipo 3.1, orpo 1.5, simpo 4.6, smoothed sigmoid + ftx 6.1; the
+    # bar leaves ORPO (no reference, the weakest pull) a 3x margin
+    assert mean_margin(str(out), held_out_pairs) > mean_margin(tiny_model_dir, held_out_pairs) + 0.5
 
 
 def test_lora_dpo_uses_the_base_with_adapters_off_as_reference(tiny_model_dir, task, held_out_pairs, tmp_path):

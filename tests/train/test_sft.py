@@ -193,8 +193,10 @@ def test_sft_quickstart_data_is_learned(tiny_model_dir, tmp_path):
     log = read_log(str(out))
     losses = [r["loss"] for r in log if "loss" in r]
     evals = [r["eval_loss"] for r in log if "eval_loss" in r]
-    assert losses[-1] < losses[0] - 2.0  # from ~ln(384) = 5.95 for a random model
-    assert evals[-1] < 3.0
+    # measured: the mean loss of steps 1-10 is 4.85 and of steps 51-60 2.22 (a 2.6 drop); the held-out loss ends at
+    # 2.03, from ln(384) = 5.95 for the random model. Both bars are half of that
+    assert losses[-1] < losses[0] - 1.3
+    assert evals[-1] < 4.0
 
 
 @pytest.fixture(scope="module")
@@ -208,13 +210,13 @@ def bf16_model_dir(tiny_model_dir, tmp_path_factory):
 
 
 def _changed_large_weights(before_dir, after_dir) -> float:
-    """Of the matrix weights of magnitude >= 2^-6 (where one Adam step at lr 5e-5 is below half a bf16 step), the
-    fraction the run changed."""
+    """Of the decoder layers' matrix weights of magnitude >= 2^-6 (where one Adam step at lr 5e-5 is below half a bf16
+    step), the fraction the run changed (the layers: what both full and freeze fine-tuning train)."""
     before = load_file(os.path.join(before_dir, "model.safetensors"))
     after = load_file(os.path.join(after_dir, "model.safetensors"))
     changed = total = 0
     for name, weight in before.items():
-        if weight.dim() == 2 and "embed" not in name:
+        if weight.dim() == 2 and ".layers." in name:
             large = weight.float().abs() >= 2 ** -6
             changed += int((weight.float() != after[name].float())[large].sum())
             total += int(large.sum())
@@ -234,7 +236,7 @@ def test_a_bf16_checkpoint_trains_float32_master_weights_and_saves_bf16(bf16_mod
     assert {t.dtype for t in saved.values()} == {torch.bfloat16}
     assert json.load(open(out / "config.json"))["dtype"] == "bfloat16"
     masters = _changed_large_weights(bf16_model_dir, out)
-    assert masters > 0.5
+    assert masters > 0.45  # measured 0.95 for both (counted over every matrix, freeze's frozen head gave 0.57)
     pure = tmp_path / "pure"
     assert main(["train", *sft_args(bf16_model_dir, pure, pure_bf16=True, **common)]) == 0
     assert _changed_large_weights(bf16_model_dir, pure) < masters / 5

@@ -10,6 +10,7 @@ import pytest
 
 from lmforge.cli import main
 from tests.conftest import write_jsonl
+from tests.train.test_rl import rise
 
 pytestmark = pytest.mark.slow  # training runs
 
@@ -75,7 +76,7 @@ def grpo_args(task: dict, out, **extra) -> list[str]:
     args = {"stage": "grpo", "model_name_or_path": task["model"], "dataset": task["prompts"], "cutoff_len": 256,
             "output_dir": str(out), "reward_funcs": task["reward"], "env_funcs": task["env"],
             "max_turns": 2, "rollout_batch_size": 8, "num_generations": 4, "per_device_train_batch_size": 16,
-            "learning_rate": 3e-3, "max_steps": 16, "logging_steps": 4, "save_strategy": "no", "report_to": "none",
+            "learning_rate": 3e-3, "max_steps": 24, "logging_steps": 4, "save_strategy": "no", "report_to": "none",
             "disable_tqdm": True, "seed": 0, "max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
             "kl_coef": 0.0, **extra}
     return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in args.items()]
@@ -86,7 +87,9 @@ def test_grpo_with_a_calculator_learns_to_call_it(tool_task, tmp_path):
     assert main(["train", *grpo_args(tool_task, out)]) == 0
     log = [json.loads(line) for line in open(out / "trainer_log.jsonl")]
     rate, reward = [r["tool_calls"] for r in log], [r["reward"] for r in log]
-    assert rate[-1] > rate[0] + 0.15 and reward[-1] > reward[0] + 0.15, (rate, reward)
+    # measured: over 24 steps the last eight steps call the calculator 0.37 more often than the first four (0.28
+    # after the former 16 steps, under a 2x margin over this bar); the mean of two logged values, as in test_rl
+    assert rise(rate) > 0.15 and rise(reward) > 0.15, (rate, reward)
     assert all(r["tool_turns_cut"] == 0 for r in log)
 
 
