@@ -257,8 +257,12 @@ def test_a_crash_answers_internal_error_with_a_request_id_and_logs_the_detail(ca
         def __call__(self, text):
             raise RuntimeError("secret path /srv/models/x")
 
+        def get_vocab(self):
+            return {"hi": 0}
+
     class Engine:
         tokenizer = BrokenTokenizer()
+        context_length = 256
 
     app = create_app(Engine(), "m", GenerationArguments())
     with TestClient(app, raise_server_exceptions=False) as http:
