@@ -195,7 +195,7 @@ def test_rl_settings_that_cannot_work_are_clear_errors(tiny_model_dir, tmp_path,
 
 
 def test_builtin_rewards_compare_with_the_reference():
-    from lmforge.rewards import contains_reference, exact_match, token_f1
+    from lmforge.train.rl.rewards import contains_reference, exact_match, token_f1
 
     completions, reference = [" three ", "red fox", "a b", "x"], ["three", "red fox kite", "b a", None]
     assert exact_match([], completions, reference) == [1.0, 0.0, 0.0, 0.0]
@@ -238,7 +238,7 @@ def test_rollouts_depend_on_prompt_and_seed_only_and_use_the_repetition_penalty(
     from transformers import AutoModelForCausalLM
 
     from lmforge.config.generation import GenerationArguments
-    from lmforge.train.rollout import sample_completions
+    from lmforge.train.rl.rollout import sample_completions
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     gen = GenerationArguments(max_new_tokens=6, temperature=1.0, top_p=1.0, top_k=0)

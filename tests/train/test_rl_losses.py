@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lmforge.train.rl_losses import (
+from lmforge.train.rl.losses import (
     aggregate,
     gae,
     group_advantages,

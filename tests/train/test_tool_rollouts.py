@@ -98,8 +98,8 @@ def test_tool_results_are_in_the_sequence_but_carry_no_loss(tool_task):
 
     from lmforge.config.generation import GenerationArguments
     from lmforge.data.template import prompt_ids, stop_token_ids
-    from lmforge.rewards import load_function
-    from lmforge.train.tool_rollout import sample_with_tools
+    from lmforge.train.rl.rewards import load_function
+    from lmforge.train.rl.tool_rollout import sample_with_tools
 
     tokenizer = AutoTokenizer.from_pretrained(tool_task["model"])
     model = AutoModelForCausalLM.from_pretrained(tool_task["model"])

@@ -52,7 +52,7 @@ def test_merged_weights_are_the_merged_model_under_its_plain_names(tiny_model_di
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from lmforge.train.vllm_rollout import merged_weights
+    from lmforge.train.rl.vllm_rollout import merged_weights
 
     torch.manual_seed(0)
     policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
@@ -82,7 +82,7 @@ def test_completions_from_an_engine_are_laid_out_as_the_kv_cache_sampler_lays_th
     from transformers import AutoModelForCausalLM
 
     from lmforge.config.generation import GenerationArguments
-    from lmforge.train.rollout import rollout_from_tokens, sample_completions
+    from lmforge.train.rl.rollout import rollout_from_tokens, sample_completions
 
     rollout = rollout_from_tokens([[5, 6, 7], [8]], [[9, 2, 4], [10, 11]], pad_id=2, stop_ids=[2, 3])
     assert rollout.prompt_width == 3

@@ -41,9 +41,9 @@ def _config(config: str | None, overrides: list[str], steps: int, warmup: int) -
 
 
 def _lmforge_steps(cfg: Any, warmup: int) -> dict[str, float]:
-    from lmforge.train.stages.online_rl import run_online_rl
+    from lmforge.train.rl.recipe import run
 
-    run_online_rl(cfg, "grpo")
+    run(cfg)
     log = [json.loads(line) for line in open(os.path.join(cfg.training.output_dir, "trainer_log.jsonl"))]
     timed = [r for r in log if "rollout_seconds" in r][warmup:]
     return {"seconds_per_step": statistics.fmean(r["rollout_seconds"] + r["update_seconds"] for r in timed),
@@ -61,7 +61,7 @@ def _trl_steps(cfg: Any, warmup: int, steps: int) -> dict[str, float]:
     from lmforge.data.examples import build_examples
     from lmforge.data.template import stop_token_ids
     from lmforge.model.tokenizer import chat_tokenizer
-    from lmforge.rewards import load_function
+    from lmforge.train.rl.rewards import load_function
 
     r, t, g = cfg.rl, cfg.training, cfg.generation
     tokenizer, _ = chat_tokenizer(cfg)

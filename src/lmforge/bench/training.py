@@ -165,7 +165,7 @@ def build_baseline(cfg):
                           f"'stage: {cfg.finetuning.stage}'.")
 
     if cfg.finetuning.stage == "sft":
-        from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage
+        from lmforge.train.shared_setup import policy_model, prepare_chat_stage
 
         stage = prepare_chat_stage(cfg)
         rows = stage.data.train.select_columns(["input_ids", "labels"])

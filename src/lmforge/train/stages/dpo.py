@@ -9,7 +9,7 @@ from lmforge.train.losses import REFERENCE_FREE
 from lmforge.train.preference import PreferenceTrainer
 from lmforge.train.run import run_training
 from lmforge.train.runtime.checkpoint import resolve_resume
-from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
+from lmforge.train.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
 
 
 def build_trainer(cfg: RunConfig, resume: str | None = None) -> PreferenceTrainer:

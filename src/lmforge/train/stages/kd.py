@@ -21,11 +21,11 @@ from lmforge.model.chunked_loss import causal_lm
 from lmforge.model.distill_loss import distillation_loss
 from lmforge.model.inference import load_inference_model
 from lmforge.model.tokenizer import load_tokenizer
-from lmforge.train.rollout import sample_completions
+from lmforge.train.rl.rollout import sample_completions
 from lmforge.train.run import run_training
 from lmforge.train.runtime.checkpoint import resolve_resume
+from lmforge.train.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
 from lmforge.train.stages.sft import training_rows
-from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
 from lmforge.train.trainer import LoraPlusTrainer
 
 

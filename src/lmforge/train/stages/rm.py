@@ -19,7 +19,7 @@ from lmforge.model.build import build_model
 from lmforge.train.run import run_training
 from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.setup import set_precision
-from lmforge.train.stages.shared_setup import prepare_chat_stage, trainer_kwargs
+from lmforge.train.shared_setup import prepare_chat_stage, trainer_kwargs
 from lmforge.train.trainer import RewardModelTrainer
 
 

@@ -16,7 +16,7 @@ from lmforge.train.predict import predict
 from lmforge.train.run import run_training, text_tokenizer
 from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.runtime.split_checkpoint import is_split_model
-from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
+from lmforge.train.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
 from lmforge.train.trainer import LanguageModelTrainer
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import torch
 from lmforge.config.generation import GenerationArguments
 from lmforge.model.kv_cache import cache_kwargs, output_cache
 from lmforge.model.sampling import SamplingParams, choose_next
-from lmforge.train.rl_distributed import any_process
+from lmforge.train.rl.distributed import any_process
 
 
 @dataclass

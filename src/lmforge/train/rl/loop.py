@@ -30,9 +30,9 @@ from lmforge.config.schema import RunConfig
 from lmforge.errors import TrainingError
 from lmforge.jsonl import atomic_open
 from lmforge.model.precision import cast_state_dict, config_dtype, record_saved_dtype
-from lmforge.rewards import Rewarder, load_function
 from lmforge.runlog import append_record, cut_log
-from lmforge.train.rl_distributed import (
+from lmforge.train.rl.algorithms import Algorithm
+from lmforge.train.rl.distributed import (
     any_process,
     average_gradients,
     barrier,
@@ -41,19 +41,11 @@ from lmforge.train.rl_distributed import (
     merge_rollouts,
     world,
 )
-from lmforge.train.rl_losses import (
-    PolicyLoss,
-    gae,
-    group_advantages,
-    grpo_loss,
-    masked_mean,
-    ppo_loss,
-    ppo_rewards,
-    whiten,
-    zero_variance_rows,
-)
-from lmforge.train.rl_optimization import Optimization
-from lmforge.train.rollout import Rollout, completion_logps, rollout_from_tokens, sample_completions
+from lmforge.train.rl.losses import PolicyLoss, masked_mean
+from lmforge.train.rl.optimization import Optimization
+from lmforge.train.rl.rewards import Rewarder, load_function
+from lmforge.train.rl.rollout import Rollout, completion_logps, rollout_from_tokens, sample_completions
+from lmforge.train.rl.tool_rollout import sample_with_tools
 from lmforge.train.runtime.checkpoint import (
     COMPLETE_MARKER,
     RL_STATE_FILE,
@@ -62,7 +54,6 @@ from lmforge.train.runtime.checkpoint import (
     final_staging,
     publish,
     replace_files,
-    resolve_resume,
     rotate,
     staged_write,
     staging_root,
@@ -70,35 +61,17 @@ from lmforge.train.runtime.checkpoint import (
 from lmforge.train.runtime.guard import NonfiniteGuard
 from lmforge.train.runtime.signals import StopRequest, stopped_message
 from lmforge.train.runtime.split_checkpoint import is_split_model, load_saved_weights
-from lmforge.train.runtime.tracking import LoopTrackers, finish_trackers, log_samples
+from lmforge.train.runtime.tracking import LoopTrackers
 from lmforge.train.setup import enable_gradient_checkpointing, save_dtype
-from lmforge.train.stages.shared_setup import ChatStage
-from lmforge.train.tool_rollout import sample_with_tools
+from lmforge.train.shared_setup import ChatStage
 
 logger = logging.getLogger(__name__)
 
 
 
-class ValueHead(torch.nn.Module):
-    """PPO's critic: a linear layer on the policy's last hidden states (the value of the state before each token)."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.summary = torch.nn.Linear(hidden_size, 1)
-        torch.nn.init.normal_(self.summary.weight, std=1 / (hidden_size + 1))
-        torch.nn.init.zeros_(self.summary.bias)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.summary.weight
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.summary(hidden)
-
-
 class OnlineRL:
     def __init__(self, cfg: RunConfig, stage: ChatStage, policy: torch.nn.Module, ref: torch.nn.Module | None,
-                 rewarder: Rewarder, algorithm: str):
+                 rewarder: Rewarder, algorithm: Algorithm):
         self.cfg, self.args, self.rl = cfg, cfg.training, cfg.rl
         self.stage, self.policy, self.ref, self.rewarder, self.algorithm = stage, policy, ref, rewarder, algorithm
         self.device = self.args.device
@@ -109,10 +82,9 @@ class OnlineRL:
         self.policy.to(self.device)
         if self.ref is not None:
             self.ref.to(self.device)
-        self.value_head = None
-        if algorithm == "ppo":
-            hidden = policy.config.get_text_config().hidden_size
-            self.value_head = ValueHead(hidden).to(self.device)
+        self.value_head = algorithm.value_head(policy)
+        if self.value_head is not None:
+            self.value_head.to(self.device)
         if self.args.gradient_checkpointing:
             enable_gradient_checkpointing(policy, self.args.gradient_checkpointing_kwargs)
         self.prompts = stage.data.train
@@ -123,7 +95,7 @@ class OnlineRL:
         self.env = load_function(self.rl.env_funcs) if self.rl.env_funcs else None  # multi-turn tool use
         self.vllm = None
         if self.rl.rollout_backend == "vllm":
-            from lmforge.train.vllm_rollout import VLLMRollouts
+            from lmforge.train.rl.vllm_rollout import VLLMRollouts
 
             self.vllm = VLLMRollouts(cfg, policy, cfg.model.model_name_or_path, *world())
         self.optim = Optimization(self.args, policy, self.value_head, self.guard, self.device)
@@ -213,7 +185,7 @@ class OnlineRL:
         """This process's share of the step's prompts (whole groups) sampled, scored and given their old/reference
         log-probabilities (and values); then, on several processes, everything gathered (`rl_distributed`), so the
         advantages below are computed on the whole rollout everywhere."""
-        group = self.rl.num_generations if self.algorithm == "grpo" else 1
+        group = self.algorithm.group_size
         slots = self.batch_indices(step)
         rank, size = world()
         share = len(slots) // size
@@ -225,8 +197,7 @@ class OnlineRL:
             self.policy.eval()
             old_logps, _, old_values = completion_logps(self.policy, rollout, self.cfg.generation.temperature,
                                                         self.value_head)
-            needs_ref = self.algorithm == "ppo" or self.rl.kl_coef > 0
-            ref_logps = self.reference_logps(rollout) if needs_ref else old_logps
+            ref_logps = self.reference_logps(rollout) if self.algorithm.needs_reference else old_logps
         piece = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
                  "completion_mask": rollout.completion_mask, "prompt_width": rollout.prompt_width,
                  **({"trained_mask": rollout.trained_mask} if rollout.trained_mask is not None else {}),
@@ -240,7 +211,8 @@ class OnlineRL:
                           piece["prompt_width"], piece["truncated"].bool(), piece.get("trained_mask"))
         scores, parts, old_logps = piece["scores"], piece["parts"], piece["old_logps"]
         old_values = piece.get("old_values")
-        batch: dict[str, torch.Tensor] = {"scores": scores, "old_logps": old_logps, "ref_logps": piece["ref_logps"]}
+        batch: dict[str, torch.Tensor] = {"scores": scores, "old_logps": old_logps, "ref_logps": piece["ref_logps"],
+                                          **({"old_values": old_values} if old_values is not None else {})}
         mask = rollout.loss_mask.float()
         lengths = mask.sum(-1)
         truncated = rollout.truncated.float() if rollout.truncated is not None else torch.zeros_like(lengths)
@@ -248,21 +220,7 @@ class OnlineRL:
                  if len(batch["scores"]) > 1 else 0.0, **parts,
                  "completion_length": lengths.mean().item(), "completion_length_max": lengths.max().item(),
                  "truncated_fraction": truncated.mean().item()}
-        if self.algorithm == "ppo":
-            rewards = ppo_rewards(batch["scores"], old_logps, batch["ref_logps"], mask, self.rl.kl_coef)
-            advantages, returns = gae(rewards, old_values, mask, self.rl.gamma, self.rl.lam)
-            batch.update(advantages=whiten(advantages, mask), returns=returns, old_values=old_values)
-        else:
-            batch["advantages"] = group_advantages(batch["scores"], group, self.rl.scale_rewards,
-                                                   self.rl.advantage_estimator)
-            trained = torch.ones_like(lengths)  # which completions carry loss
-            if self.rl.mask_truncated_completions:
-                trained = trained * (1 - truncated)
-            if self.rl.filter_zero_variance_groups:
-                flat = zero_variance_rows(batch["scores"], group)
-                trained = trained * (~flat).float()
-                stats["zero_variance_groups"] = float(flat.sum().item() / group)
-            batch["trained"] = trained
+        self.algorithm.advantages(batch, mask, truncated, stats)
         stats["kl"] = ((old_logps - batch["ref_logps"]) * mask).sum(-1).mean().item()
         return rollout, batch, stats
 
@@ -342,26 +300,12 @@ class OnlineRL:
         with self.optim.autocast():
             logps, entropy, values = completion_logps(self.policy, part, self.cfg.generation.temperature,
                                                       self.value_head)
-        if self.algorithm == "ppo":
-            out: PolicyLoss = ppo_loss(logps, batch["old_logps"][rows], batch["advantages"][rows], values,
-                                       batch["old_values"][rows], batch["returns"][rows], mask,
-                                       self.rl.cliprange, self.rl.cliprange_value, self.rl.vf_coef,
-                                       token_normalizer=normalisers["tokens"])
-        else:
-            ref = batch["ref_logps"][rows] if self.rl.kl_coef > 0 else None
-            dapo = self.rl.loss_type == "dapo"
-            out = grpo_loss(logps, batch["old_logps"][rows], ref, batch["advantages"][rows], mask,
-                            self.rl.cliprange, self.rl.kl_coef, self.rl.epsilon_high, self.rl.loss_type,
-                            self.cfg.generation.max_new_tokens,
-                            token_normalizer=normalisers["step_tokens" if dapo else "tokens"],
-                            row_normalizer=normalisers["rows"])
-        return out, masked_mean(entropy, mask)
+        return self.algorithm.loss(logps, values, batch, rows, mask, normalisers), masked_mean(entropy, mask)
 
     def record(self, stats: dict[str, list[float]], result: tuple[PolicyLoss, torch.Tensor] | None) -> None:
         """A mini-batch's statistics (zeros for a process whose share of it was empty, so that the averages over
         processes stay those of the whole mini-batch)."""
-        names = ["loss", "policy_loss", "clip_fraction", "approx_kl", "entropy"] + \
-            (["value_loss"] if self.algorithm == "ppo" else ["clip_fraction_low", "clip_fraction_high"])
+        names = ["loss", "policy_loss", "clip_fraction", "approx_kl", "entropy", *self.algorithm.stats]
         if result is None:
             for name in names:
                 stats[name].append(0.0)
@@ -503,7 +447,8 @@ class OnlineRL:
         if not os.path.isfile(state_path):
             from lmforge.errors import ConfigError
 
-            raise ConfigError(f"Config error: '{path}' is not a {self.algorithm} checkpoint (no {RL_STATE_FILE}).")
+            raise ConfigError(f"Config error: '{path}' is not a {self.cfg.finetuning.stage} checkpoint (no "
+                              f"{RL_STATE_FILE}).")
         state = torch.load(state_path, weights_only=False)
         load_saved_weights(self.policy, path)
         if self.value_head is not None:
@@ -534,35 +479,3 @@ class OnlineRL:
         """trainer_state.json, as the Trainer writes it (last: it marks a checkpoint complete)."""
         with atomic_open(os.path.join(directory, COMPLETE_MARKER)) as fh:
             json.dump({"global_step": self.step, "log_history": self.log_history}, fh, indent=1)
-
-
-def run_online_rl(cfg: RunConfig, algorithm: str) -> dict:
-    """The recipe of `ppo` and `grpo`: prompts, policy (+ reference), rewards, the loop, the final report."""
-    from transformers import set_seed
-
-    from lmforge.model.parallel import load_kwargs, run_layout
-    from lmforge.model.reference import reference_model
-    from lmforge.train.run import join_sample_generation, report, save_run_config
-    from lmforge.train.stages.shared_setup import policy_model, prepare_chat_stage
-
-    resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
-    stage = prepare_chat_stage(cfg, resume)
-    policy = policy_model(cfg, stage)
-    needs_ref = algorithm == "ppo" or cfg.rl.kl_coef > 0
-    split = load_kwargs(run_layout(cfg)) if is_split_model(policy) else None
-    ref = reference_model(cfg, policy, stage.tokenizer, split) if needs_ref else None
-    rewarder = Rewarder(cfg.rl.reward_funcs, cfg.rl.reward_model, device=cfg.training.device)
-    set_seed(cfg.training.seed)
-    loop = OnlineRL(cfg, stage, policy, ref, rewarder, algorithm)
-    if loop.main_process:
-        save_run_config(cfg)
-    metrics = loop.train(resume)
-    if loop.main_process:
-        if not loop.stopped_by:
-            samples = report(cfg, policy, stage.tokenizer, chat=True, stop_ids=stage.stop_ids)
-            if samples:
-                log_samples(loop, samples)
-        finish_trackers(loop)
-    elif not loop.stopped_by:
-        join_sample_generation(cfg, policy, stage.tokenizer, True, stage.stop_ids)
-    return metrics

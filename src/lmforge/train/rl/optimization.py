@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from transformers import Trainer, TrainingArguments, get_scheduler
 
-from lmforge.train.rl_distributed import is_sharded
+from lmforge.train.rl.distributed import is_sharded
 from lmforge.train.runtime.guard import NonfiniteGuard
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from lmforge.config.schema import RunConfig
-from lmforge.train.rl_distributed import barrier, is_sharded
+from lmforge.train.rl.distributed import barrier, is_sharded
 
 logger = logging.getLogger(__name__)
 

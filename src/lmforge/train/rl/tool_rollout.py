@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from lmforge.config.generation import GenerationArguments
 from lmforge.data.template import render
 from lmforge.data.tool_calls import parse_tool_calls
-from lmforge.train.rollout import Rollout, rollout_from_tokens, sample_completions
+from lmforge.train.rl.rollout import Rollout, rollout_from_tokens, sample_completions
 
 EnvFunction = Callable[..., list[dict]]
 

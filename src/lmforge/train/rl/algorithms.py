@@ -1,0 +1,119 @@
+"""What PPO and GRPO do differently, each as one small object chosen once per run; the loop (`loop.py`) is theirs
+in common.
+
+- PPO: one completion per prompt, a value head (the critic), a per-token KL penalty folded into the rewards, GAE
+  advantages (whitened), clipped policy and value losses.
+- GRPO: `num_generations` completions per prompt, advantages against the group's reward (`scale_rewards`,
+  `advantage_estimator`), the family's token averaging (`loss_type`), clip-higher, a k3 KL term, and completions left
+  out of the loss (`mask_truncated_completions`, `filter_zero_variance_groups`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmforge.config.schema import RunConfig
+from lmforge.train.rl.losses import (
+    PolicyLoss,
+    gae,
+    group_advantages,
+    grpo_loss,
+    ppo_loss,
+    ppo_rewards,
+    whiten,
+    zero_variance_rows,
+)
+
+Batch = dict[str, torch.Tensor]
+
+
+class ValueHead(torch.nn.Module):
+    """PPO's critic: a linear layer on the policy's last hidden states (the value of the state before each token)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.normal_(self.summary.weight, std=1 / (hidden_size + 1))
+        torch.nn.init.zeros_(self.summary.bias)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.summary.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden)
+
+
+class PPO:
+    group_size = 1
+    # the statistics each mini-batch records (besides loss, policy_loss, clip_fraction, approx_kl, entropy)
+    stats = ("value_loss",)
+
+    def __init__(self, cfg: RunConfig):
+        self.rl = cfg.rl
+
+    @property
+    def needs_reference(self) -> bool:
+        return True  # the KL penalty is part of the reward
+
+    def value_head(self, policy: torch.nn.Module) -> ValueHead | None:
+        return ValueHead(policy.config.get_text_config().hidden_size)
+
+    def advantages(self, batch: Batch, mask: torch.Tensor, truncated: torch.Tensor, stats: dict[str, float]) -> None:
+        """Per-token rewards (score at the end, KL penalty on every token), then GAE over the critic's values."""
+        rewards = ppo_rewards(batch["scores"], batch["old_logps"], batch["ref_logps"], mask, self.rl.kl_coef)
+        advantages, returns = gae(rewards, batch["old_values"], mask, self.rl.gamma, self.rl.lam)
+        batch.update(advantages=whiten(advantages, mask), returns=returns)
+
+    def loss(self, logps: torch.Tensor, values: torch.Tensor | None, batch: Batch, rows: torch.Tensor,
+             mask: torch.Tensor, normalisers: dict[str, float]) -> PolicyLoss:
+        return ppo_loss(logps, batch["old_logps"][rows], batch["advantages"][rows], values, batch["old_values"][rows],
+                        batch["returns"][rows], mask, self.rl.cliprange, self.rl.cliprange_value, self.rl.vf_coef,
+                        token_normalizer=normalisers["tokens"])
+
+
+class GRPO:
+    stats = ("clip_fraction_low", "clip_fraction_high")
+
+    def __init__(self, cfg: RunConfig):
+        self.rl, self.max_new_tokens = cfg.rl, cfg.generation.max_new_tokens
+        self.group_size = cfg.rl.num_generations
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.rl.kl_coef > 0  # `kl_coef: 0` drops the reference model
+
+    def value_head(self, policy: torch.nn.Module) -> None:
+        return None
+
+    def advantages(self, batch: Batch, mask: torch.Tensor, truncated: torch.Tensor, stats: dict[str, float]) -> None:
+        """Each completion against its group; `trained` marks the completions that carry loss."""
+        group = self.group_size
+        batch["advantages"] = group_advantages(batch["scores"], group, self.rl.scale_rewards,
+                                               self.rl.advantage_estimator)
+        trained = torch.ones_like(truncated)
+        if self.rl.mask_truncated_completions:
+            trained = trained * (1 - truncated)
+        if self.rl.filter_zero_variance_groups:
+            flat = zero_variance_rows(batch["scores"], group)
+            trained = trained * (~flat).float()
+            stats["zero_variance_groups"] = float(flat.sum().item() / group)
+        batch["trained"] = trained
+
+    def loss(self, logps: torch.Tensor, values: torch.Tensor | None, batch: Batch, rows: torch.Tensor,
+             mask: torch.Tensor, normalisers: dict[str, float]) -> PolicyLoss:
+        ref = batch["ref_logps"][rows] if self.rl.kl_coef > 0 else None
+        dapo = self.rl.loss_type == "dapo"  # averaged over the tokens of the whole optimizer step
+        return grpo_loss(logps, batch["old_logps"][rows], ref, batch["advantages"][rows], mask, self.rl.cliprange,
+                         self.rl.kl_coef, self.rl.epsilon_high, self.rl.loss_type, self.max_new_tokens,
+                         token_normalizer=normalisers["step_tokens" if dapo else "tokens"],
+                         row_normalizer=normalisers["rows"])
+
+
+Algorithm = PPO | GRPO
+ALGORITHMS: dict[str, type[PPO] | type[GRPO]] = {"ppo": PPO, "grpo": GRPO}
+
+
+def algorithm_of(cfg: RunConfig) -> Algorithm:
+    """The algorithm of the run's stage (`ppo` or `grpo`)."""
+    return ALGORITHMS[cfg.finetuning.stage](cfg)
