@@ -7,23 +7,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import yaml
-
 from lmforge.config.schema import RunConfig
-from lmforge.config.secrets import masked
 from lmforge.errors import TrainingError
-from lmforge.jsonl import atomic_open
-from lmforge.runlog import read_log
-from lmforge.train.runtime.output_dir import CONFIG_FILE
-from lmforge.train.runtime.plots import plot_curves, stage_curves
+from lmforge.train.runtime.session import join_sample_generation, report, save_run_config
 from lmforge.train.runtime.signals import stopped_message
-from lmforge.train.runtime.split_checkpoint import is_split_model
 from lmforge.train.runtime.tracking import finish_trackers, log_samples
-from lmforge.train.samples import generate_samples, write_samples
 from lmforge.train.trainer import LanguageModelTrainer
 
 logger = logging.getLogger(__name__)
-
 
 
 def text_tokenizer(processing_class: Any) -> Any:
@@ -75,14 +66,6 @@ def run_training(cfg: RunConfig, trainer: LanguageModelTrainer, resume: str | No
     return metrics
 
 
-def join_sample_generation(cfg: RunConfig, model: Any, tokenizer: Any, chat: bool,
-                           stop_ids: list[int] | None) -> None:
-    """On the other processes while the first writes its report: a model split over the processes generates the
-    samples with all of them (each holds a part of every layer), the same seeds giving the same tokens."""
-    if is_split_model(model) and cfg.generation.sample_prompts:
-        generate_samples(model, tokenizer, cfg.generation, cfg.training.seed, chat, stop_ids)
-
-
 def stopped_early(trainer: LanguageModelTrainer) -> dict:
     """After a stop at a step end: the checkpoint just saved is the run's state; say how to go on."""
     checkpoint = os.path.join(trainer.args.output_dir, f"checkpoint-{trainer.state.global_step}")
@@ -92,25 +75,3 @@ def stopped_early(trainer: LanguageModelTrainer) -> dict:
         logger.warning(stopped_message(trainer.stopped_by, trainer.state.global_step, trainer.state.max_steps,
                                        checkpoint))
     return {"stopped_at_step": trainer.state.global_step}
-
-
-def save_run_config(cfg: RunConfig) -> None:
-    with atomic_open(os.path.join(cfg.training.output_dir, CONFIG_FILE)) as fh:
-        yaml.safe_dump(masked(cfg.raw), fh, sort_keys=False, allow_unicode=True)
-
-
-def report(cfg: RunConfig, model: Any, tokenizer: Any, chat: bool = False,
-           stop_ids: list[int] | None = None) -> list[dict]:
-    """After training (first process): plot the stage's curves, generate the sample prompts; returns the samples."""
-    args = cfg.training
-    if cfg.finetuning.plot_loss:
-        plot_curves(args.output_dir, read_log(args.output_dir), stage_curves(cfg.finetuning.stage))
-    samples = []
-    if cfg.generation.sample_prompts:
-        samples = generate_samples(model, tokenizer, cfg.generation, args.seed, chat, stop_ids)
-        path = write_samples(args.output_dir, samples)
-        for s in samples:
-            logger.info("Sample ▸ %s ▸ %s", s["prompt"], s["completion"])
-        logger.info("Samples written to %s", path)
-    logger.info("Model and tokenizer saved to %s", args.output_dir)
-    return samples

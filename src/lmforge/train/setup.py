@@ -1,5 +1,5 @@
 """What every training stage sets on its model before training: the trained parameters' precision (float32
-master weights) and the saved dtype, gradient checkpointing for a loop of our own."""
+master weights), the parallel layout, gradient checkpointing for a loop of our own."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from lmforge.config.schema import RunConfig
 from lmforge.model.parallel import describe, load_kwargs, run_layout, trainer_parallelism
-from lmforge.model.precision import DTYPES, set_master_weights
+from lmforge.model.precision import set_master_weights
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +28,6 @@ def parallel_split(cfg: RunConfig) -> dict:
         cfg.training.parallelism_config = trainer_parallelism(cfg, layout) or cfg.training.parallelism_config
         logger.info(describe(cfg, layout))
     return load_kwargs(layout)
-
-
-def save_dtype(cfg: RunConfig) -> torch.dtype | None:
-    """The dtype `save_dtype` asks the final model in (None for `auto`: the checkpoint's own)."""
-    return DTYPES.get(cfg.finetuning.save_dtype)
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module, kwargs: dict | None = None) -> None:

@@ -20,7 +20,7 @@ from lmforge.model.build import build_model
 from lmforge.model.tokenizer import chat_processor, chat_tokenizer
 from lmforge.train.runtime.log_callback import JsonlLogCallback
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
-from lmforge.train.setup import parallel_split, save_dtype, set_precision
+from lmforge.train.setup import parallel_split, set_precision
 
 
 @dataclass
@@ -80,6 +80,6 @@ def trainer_kwargs(cfg: RunConfig, stage: ChatStage) -> dict[str, Any]:
     """Arguments every stage's Trainer takes."""
     return {"args": cfg.training, "processing_class": stage.processor or stage.tokenizer,
             "eval_dataset": stage.eval_rows(),
-            "resilience": cfg.resilience, "save_dtype": save_dtype(cfg),
+            "resilience": cfg.resilience, "save_dtype": cfg.finetuning.save_dtype,
             "callbacks": [JsonlLogCallback(cfg.training.output_dir, perplexity=stage.kind == "sft"),
                           *tracking_callbacks(cfg.training, cfg.tracking)]}

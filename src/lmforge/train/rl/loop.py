@@ -29,7 +29,6 @@ from safetensors.torch import load_file, save_file
 from lmforge.config.schema import RunConfig
 from lmforge.errors import TrainingError
 from lmforge.jsonl import atomic_open
-from lmforge.model.precision import cast_state_dict, config_dtype, record_saved_dtype
 from lmforge.runlog import append_record, cut_log
 from lmforge.train.rl.algorithms import Algorithm
 from lmforge.train.rl.distributed import (
@@ -46,27 +45,15 @@ from lmforge.train.rl.optimization import Optimization
 from lmforge.train.rl.rewards import Rewarder, load_function
 from lmforge.train.rl.rollout import Rollout, completion_logps, rollout_from_tokens, sample_completions
 from lmforge.train.rl.tool_rollout import sample_with_tools
-from lmforge.train.runtime.checkpoint import (
-    COMPLETE_MARKER,
-    RL_STATE_FILE,
-    VALUE_HEAD_FILE,
-    clear_leftovers,
-    final_staging,
-    publish,
-    replace_files,
-    rotate,
-    staged_write,
-    staging_root,
-)
-from lmforge.train.runtime.guard import NonfiniteGuard
-from lmforge.train.runtime.signals import StopRequest, stopped_message
+from lmforge.train.runtime.checkpoint import COMPLETE_MARKER, RL_STATE_FILE, VALUE_HEAD_FILE
+from lmforge.train.runtime.session import RunSession, record_dtype, saved_state_dict
+from lmforge.train.runtime.signals import stopped_message
 from lmforge.train.runtime.split_checkpoint import is_split_model, load_saved_weights
 from lmforge.train.runtime.tracking import LoopTrackers
-from lmforge.train.setup import enable_gradient_checkpointing, save_dtype
+from lmforge.train.setup import enable_gradient_checkpointing
 from lmforge.train.shared_setup import ChatStage
 
 logger = logging.getLogger(__name__)
-
 
 
 class OnlineRL:
@@ -75,10 +62,11 @@ class OnlineRL:
         self.cfg, self.args, self.rl = cfg, cfg.training, cfg.rl
         self.stage, self.policy, self.ref, self.rewarder, self.algorithm = stage, policy, ref, rewarder, algorithm
         self.device = self.args.device
-        self.stop_request = StopRequest()
+        # resume, checkpoints, the final model and its dtype, the guard and the stop: the services every run shares
+        self.session = RunSession(self.args.output_dir, policy, self.main_process, cfg.resilience,
+                                  cfg.finetuning.save_dtype, self.args.save_total_limit)
+        self.guard, self.stop_request = self.session.guard, self.session.stop_request
         self.stopped_by: str | None = None
-        resilience = cfg.resilience
-        self.guard = NonfiniteGuard(resilience.max_nonfinite_steps) if resilience.skip_nonfinite_steps else None
         self.policy.to(self.device)
         if self.ref is not None:
             self.ref.to(self.device)
@@ -107,8 +95,6 @@ class OnlineRL:
         ) if self.sharded else None
         self.trackers = LoopTrackers(self.args, cfg.tracking, policy, stage.tokenizer, self.optim.optimizer,
                                      self.optim.scheduler)
-        # the final model is saved in the checkpoint's dtype (float32 masters of a bf16 model saved as bf16)
-        self.save_dtype = None if hasattr(policy, "peft_config") else save_dtype(cfg) or config_dtype(policy)
         self.step = 0
         self.log_history: list[dict] = []
 
@@ -324,9 +310,7 @@ class OnlineRL:
         return world()[0] == 0
 
     def train(self, resume: str | None = None) -> dict[str, float]:
-        self.resumed_from = resume
-        if self.main_process:
-            clear_leftovers(self.args.output_dir)
+        self.session.begin(resume)
         if resume:
             self.load_checkpoint(resume)
         if self.main_process:
@@ -398,15 +382,10 @@ class OnlineRL:
         """The policy (and value head, tokenizer) into `directory`: by the first process, or with a sharded policy by
         every process (they gather the weights together; the first writes)."""
         main = self.main_process
-        if dtype is None or all(p.dtype == dtype for p in self.policy.parameters() if p.is_floating_point()):
-            self.policy.save_pretrained(directory, is_main_process=main)
-        else:
-            self.policy.save_pretrained(directory, state_dict=cast_state_dict(self.policy.state_dict(), dtype),
-                                        is_main_process=main)
-            if main:
-                record_saved_dtype(self.policy, directory, dtype)
+        self.policy.save_pretrained(directory, state_dict=saved_state_dict(self.policy, dtype), is_main_process=main)
         if not main:
             return
+        record_dtype(self.policy, directory, dtype)
         self.stage.tokenizer.save_pretrained(directory)
         if self.value_head is not None:
             save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()},
@@ -415,9 +394,7 @@ class OnlineRL:
     def save_checkpoint(self) -> str:
         """`checkpoint-<step>` appears complete or not at all: written to a staging directory, then renamed (by the
         main process; the others wait until it is there)."""
-        name = f"checkpoint-{self.step}"
-        final = os.path.join(self.args.output_dir, name)
-        tmp = os.path.join(staging_root(self.args.output_dir), name)
+        tmp, final = self.session.checkpoint_paths(f"checkpoint-{self.step}")
         optimization = self.optim.state_dict(self.sharded_modules)  # collective if sharded
         if self.sharded:
             barrier()
@@ -428,7 +405,7 @@ class OnlineRL:
         if not self.main_process:
             barrier()
             return final
-        with staged_write(tmp, self.args.output_dir):  # a full disk: the partial checkpoint goes, the others stay
+        with self.session.writing(tmp):
             if not self.sharded:
                 shutil.rmtree(tmp, ignore_errors=True)
                 self.save_model(tmp)
@@ -436,8 +413,7 @@ class OnlineRL:
                         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                                 "numpy": np.random.get_state()}}, os.path.join(tmp, RL_STATE_FILE))
             self.write_state(tmp)
-            publish(tmp, final)
-        rotate(self.args.output_dir, self.args.save_total_limit, [self.resumed_from, final])
+        self.session.publish_checkpoint(tmp, final)
         logger.info("Saved %s", final)
         barrier()
         return final
@@ -463,16 +439,15 @@ class OnlineRL:
     def save_final(self) -> None:
         """The final model, written beside output_dir and moved in file by file (each whole), as the Trainer
         stages save theirs."""
-        staged = final_staging(self.args.output_dir)
-        if self.main_process:
-            shutil.rmtree(staged, ignore_errors=True)
+        staged = self.session.final_staging()
         barrier()
-        with staged_write(staged, self.args.output_dir):
+        with self.session.writing(staged):
             if self.main_process or self.sharded:
-                self.save_model(staged, self.save_dtype)
+                self.save_model(staged, self.session.save_dtype)
             if self.main_process:
                 self.write_state(staged)
-                replace_files(staged, self.args.output_dir)
+        if self.main_process:
+            self.session.publish_final(staged)
         barrier()
 
     def write_state(self, directory: str) -> None:

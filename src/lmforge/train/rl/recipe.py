@@ -8,6 +8,7 @@ from lmforge.train.rl.algorithms import algorithm_of
 from lmforge.train.rl.loop import OnlineRL
 from lmforge.train.rl.rewards import Rewarder
 from lmforge.train.runtime.checkpoint import resolve_resume
+from lmforge.train.runtime.session import join_sample_generation, report, save_run_config
 from lmforge.train.runtime.split_checkpoint import is_split_model
 from lmforge.train.runtime.tracking import finish_trackers, log_samples
 
@@ -17,7 +18,6 @@ def run(cfg: RunConfig) -> dict:
 
     from lmforge.model.parallel import load_kwargs, run_layout
     from lmforge.model.reference import reference_model
-    from lmforge.train.run import join_sample_generation, report, save_run_config
     from lmforge.train.shared_setup import policy_model, prepare_chat_stage
 
     algorithm = algorithm_of(cfg)

@@ -19,18 +19,9 @@ from lmforge.config.resilience import ResilienceArguments
 from lmforge.config.secrets import MASK, is_secret
 from lmforge.data.stream import STATE_FILE as STREAM_STATE_FILE
 from lmforge.data.stream import BlockStream, load_position, save_position
-from lmforge.model.precision import cast_state_dict, config_dtype, record_saved_dtype
-from lmforge.train.runtime.checkpoint import (
-    COMPLETE_MARKER,
-    clear_leftovers,
-    final_staging,
-    publish,
-    replace_files,
-    rotate,
-    staged_write,
-    staging_root,
-)
+from lmforge.train.runtime.checkpoint import COMPLETE_MARKER, staging_root
 from lmforge.train.runtime.guard import NonfiniteGuard
+from lmforge.train.runtime.session import RunSession, record_dtype, saved_state_dict
 from lmforge.train.runtime.signals import StopRequest, stop_agreed
 from lmforge.train.runtime.split_checkpoint import (
     is_split_model,
@@ -97,35 +88,47 @@ class SafeTrainingMixin:
     needs the private methods of `PRIVATE_TRAINER_METHODS`."""
 
     def __init__(self, *args: Any, resilience: ResilienceArguments | None = None,
-                 save_dtype: torch.dtype | None = None, **kwargs: Any) -> None:
+                 save_dtype: str | None = None, **kwargs: Any) -> None:
         # A model split as it loaded: the Trainer would refuse to checkpoint its optimizer, so it saves the model and
         # trainer state only and `split_checkpoint` adds the optimizer, scheduler and RNG (see there).
         self._split_model = is_split_model(kwargs.get("model"))
         if self._split_model and kwargs.get("args") is not None:
             kwargs["args"].save_only_model = True
         super().__init__(*args, **kwargs)
-        # The final model's dtype: float32 master weights are saved as the checkpoint was (read now: every save
-        # rewrites the config's dtype). A LoRA adapter is saved as it trained.
-        model = self.accelerator.unwrap_model(self.model)
-        self.save_dtype = None if hasattr(model, "peft_config") else save_dtype or config_dtype(model)
-        resilience = resilience or ResilienceArguments()
         # fp16 loss scaling and DeepSpeed skip overflowing steps themselves (and hide the gradients from us).
-        guarded = resilience.skip_nonfinite_steps and not self.args.fp16 and not self.is_deepspeed_enabled
-        self.guard = NonfiniteGuard(resilience.max_nonfinite_steps) if guarded else None
-        self.stop_request = StopRequest()
-        self.stopped_by: str | None = None
-        self.resumed_from: str | None = None
+        self.session = RunSession(self.args.output_dir, self.accelerator.unwrap_model(self.model),
+                                  self.args.should_save, resilience, save_dtype, self.args.save_total_limit,
+                                  guarded=not self.args.fp16 and not self.is_deepspeed_enabled)
         self._loss_finite: torch.Tensor | None = None
         self._writing_checkpoint = False
         self.add_callback(_StopAtStepEnd(self))
         if self.guard is not None:
             self.add_callback(_GuardBeforeStep(self))
 
+    # the session's services, as the callbacks and the run's end read them
+    @property
+    def guard(self) -> NonfiniteGuard | None:
+        return self.session.guard
+
+    @property
+    def stop_request(self) -> StopRequest:
+        return self.session.stop_request
+
+    @property
+    def stopped_by(self) -> str | None:
+        return self.session.stopped_by
+
+    @stopped_by.setter
+    def stopped_by(self, reason: str | None) -> None:
+        self.session.stopped_by = reason
+
+    @property
+    def resumed_from(self) -> str | None:
+        return self.session.resumed_from
+
     # ---- the run ------------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | None = None, *args: Any, **kwargs: Any):
-        self.resumed_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
-        if self.args.should_save:
-            clear_leftovers(self.args.output_dir)
+        self.session.begin(resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None)
         if self.resumed_from and self._nothing_left(self.resumed_from):
             return self._finish_without_training(self.resumed_from)
         if self.resumed_from and isinstance(self.train_dataset, BlockStream):
@@ -192,18 +195,16 @@ class SafeTrainingMixin:
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """The Trainer's checkpoint, written under the staging directory, then renamed into place."""
         run_dir = super()._get_output_dir(trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staged, final = os.path.join(staging_root(run_dir), name), os.path.join(run_dir, name)
+        staged, final = self.session.checkpoint_paths(f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save:
             shutil.rmtree(staged, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-        with staged_write(staged, run_dir):  # a full disk: the partial checkpoint goes, the previous ones stay
+        with self.session.writing(staged):
             self._write_checkpoint(model, trial, staged)
             if self.args.should_save:
                 self._complete_checkpoint(run_dir, staged)
-                publish(staged, final)
         if self.args.should_save:
-            rotate(run_dir, self.args.save_total_limit, [self.resumed_from, self.state.best_model_checkpoint, final])
+            self.session.publish_checkpoint(staged, final, [self.state.best_model_checkpoint])
         self.accelerator.wait_for_everyone()
 
     def _write_checkpoint(self, model: Any, trial: Any, staged: str) -> None:
@@ -243,31 +244,24 @@ class SafeTrainingMixin:
         target = output_dir or self.args.output_dir
         if _internal_call or os.path.abspath(target) != os.path.abspath(self.args.output_dir):
             return super().save_model(output_dir, _internal_call)
-        staged = final_staging(target)
-        if self.args.should_save:
-            shutil.rmtree(staged, ignore_errors=True)
+        staged = self.session.final_staging()
         self.accelerator.wait_for_everyone()
-        with staged_write(staged, target):
+        with self.session.writing(staged):
             super().save_model(staged, _internal_call)
-            self.accelerator.wait_for_everyone()
-            if self.args.should_save:
-                replace_files(staged, target)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            self.session.publish_final(staged)
         self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """The final model in `save_dtype` (its config saying so); checkpoints keep the training precision. The
         saved training arguments never hold a secret (hub_token)."""
         output_dir = output_dir or self.args.output_dir
-        final = os.path.abspath(output_dir) == os.path.abspath(final_staging(self.args.output_dir))
-        dtype = self.save_dtype if final else None
+        dtype = self.session.save_dtype if self.session.is_final(output_dir) else None
         model = self.accelerator.unwrap_model(self.model)
-        if dtype is None or all(p.dtype == dtype for p in model.parameters() if p.is_floating_point()):
-            super()._save(output_dir, state_dict)
-        else:
-            super()._save(output_dir, cast_state_dict(state_dict if state_dict is not None else model.state_dict(),
-                                                      dtype))
-            if self.args.should_save:
-                record_saved_dtype(model, output_dir, dtype)
+        super()._save(output_dir, saved_state_dict(model, dtype, state_dict))
+        if self.args.should_save:
+            record_dtype(model, output_dir, dtype)
         self._mask_saved_arguments(output_dir)
 
     def _mask_saved_arguments(self, output_dir: str) -> None:

@@ -34,7 +34,7 @@ from lmforge.train.run import run_training
 from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.runtime.log_callback import JsonlLogCallback
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
-from lmforge.train.setup import save_dtype, set_precision
+from lmforge.train.setup import set_precision
 from lmforge.train.trainer import LoraPlusTrainer
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> ClassificationTr
         eval_dataset=data.eval.select_columns(model_columns) if data.eval is not None else None,
         processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=metrics, class_weights=_weights(cfg, data), loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
-        resilience=cfg.resilience, save_dtype=save_dtype(cfg),
+        resilience=cfg.resilience, save_dtype=cfg.finetuning.save_dtype,
         callbacks=[JsonlLogCallback(args.output_dir), *tracking_callbacks(args, cfg.tracking)])
     trainer.cls_data = data
     return trainer

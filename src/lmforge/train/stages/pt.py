@@ -15,7 +15,7 @@ from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.runtime.log_callback import JsonlLogCallback
 from lmforge.train.runtime.resilience import blocks_per_step
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
-from lmforge.train.setup import parallel_split, save_dtype, set_precision
+from lmforge.train.setup import parallel_split, set_precision
 from lmforge.train.trainer import LanguageModelTrainer
 
 
@@ -34,7 +34,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTra
     return LanguageModelTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, data_collator=PretrainCollator(),
         processing_class=tokenizer, loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio, resilience=cfg.resilience,
-        save_dtype=save_dtype(cfg),
+        save_dtype=cfg.finetuning.save_dtype,
         chunked_loss=cfg.finetuning.chunked_loss,
         callbacks=[JsonlLogCallback(args.output_dir), *tracking_callbacks(args, cfg.tracking)])
 
