@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lmforge.config import stage_checks as rules
+from lmforge.config.stage_checks import Check
+
 
 @dataclass(frozen=True)
 class StageSpec:
@@ -20,6 +23,7 @@ class StageSpec:
     curves: tuple[str, ...] = ()  # log keys plotted besides loss/eval_loss (train and eval_ versions)
     trainer: bool = True  # built on a transformers Trainer (what `lmforge bench` times)
     ignores: tuple[str, ...] = ()  # accepted keys the stage's own loop does not use: setting one is a config error
+    checks: tuple[Check, ...] = ()  # the rules this stage owns (config/stage_checks.py), run by validation
 
 
 STAGES: dict[str, StageSpec] = {}
@@ -47,22 +51,28 @@ ONLINE_RL_IGNORES = (
     "eval_accumulation_steps", "dataloader_num_workers", "data_seed", "do_predict", "predict_with_generate",
     "save_only_model", "push_to_hub")
 
+PAIRS = (rules.whole_examples,)
 for _spec in (
-    StageSpec("pt", "pretraining / continued pretraining on raw text", "pt", "lmforge.train.stages.pt"),
-    StageSpec("sft", "supervised fine-tuning on conversations", "sft", "lmforge.train.stages.sft"),
-    StageSpec("rm", "reward model on chosen/rejected pairs", "pair", "lmforge.train.stages.rm", ("accuracy", "margin")),
+    StageSpec("pt", "pretraining / continued pretraining on raw text", "pt", "lmforge.train.stages.pt",
+              checks=(rules.raw_text_only,)),
+    StageSpec("sft", "supervised fine-tuning on conversations", "sft", "lmforge.train.stages.sft",
+              checks=(rules.conversations_read_whole,)),
+    StageSpec("rm", "reward model on chosen/rejected pairs", "pair", "lmforge.train.stages.rm", ("accuracy", "margin"),
+              checks=PAIRS),
     StageSpec("dpo", "preference optimisation on pairs: DPO and its variants, see `pref_loss`", "pair",
               "lmforge.train.stages.dpo",
-              ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")),
+              ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"),
+              checks=(rules.whole_examples, rules.reference_free_losses)),
     StageSpec("kto", "preference optimisation on replies labelled desirable or not", "kto", "lmforge.train.stages.kto",
-              ("rewards/chosen", "rewards/rejected", "kl")),
+              ("rewards/chosen", "rewards/rejected", "kl"), checks=PAIRS),
     StageSpec("ppo", "online RL on prompts with a value head, rewarded by a reward model or functions", "prompt",
               "lmforge.train.rl.recipe", ("reward", "kl", "entropy", "clip_fraction", "value_loss"), trainer=False,
-              ignores=ONLINE_RL_IGNORES),
+              ignores=ONLINE_RL_IGNORES, checks=(rules.whole_examples, rules.ppo_rollouts)),
     StageSpec("grpo", "online RL on prompts, group-relative advantages", "prompt", "lmforge.train.rl.recipe",
-              ("reward", "kl", "entropy", "clip_fraction"), trainer=False, ignores=ONLINE_RL_IGNORES),
+              ("reward", "kl", "entropy", "clip_fraction"), trainer=False, ignores=ONLINE_RL_IGNORES,
+              checks=(rules.whole_examples, rules.grpo_rollouts)),
     StageSpec("kd", "knowledge distillation: a student learns a teacher's token distributions on SFT data", "sft",
-              "lmforge.train.stages.kd", ("kd_loss",)),
+              "lmforge.train.stages.kd", ("kd_loss",), checks=(rules.distillation,)),
     StageSpec("cls", "sequence classification (single-label, multi-label, regression; texts or text pairs)", "cls",
               "lmforge.train.stages.cls", ("accuracy", "f1_weighted")),
 ):

@@ -9,6 +9,7 @@ from lmforge.config.architecture import check_architecture
 from lmforge.config.exporting import EXPORT_MARKER
 from lmforge.config.launch import process_count
 from lmforge.config.schema import key_index
+from lmforge.config.stage_checks import fail
 from lmforge.config.stages import STAGES
 from lmforge.errors import ConfigError
 
@@ -18,8 +19,7 @@ if TYPE_CHECKING:
     CommandConfig = EvalConfig | ServeConfig | ExportConfig
 
 
-def _fail(cfg: RunConfig | CommandConfig, message: str) -> None:
-    raise ConfigError(f"Config error ({cfg.source}): {message}")
+_fail = fail
 
 
 def validate(cfg: RunConfig) -> None:
@@ -89,28 +89,9 @@ def validate(cfg: RunConfig) -> None:
 
 
 def _validate_stage(cfg: RunConfig) -> None:
-    m, d, f, g = cfg.model, cfg.data, cfg.finetuning, cfg.generation
-    if f.stage == "pt":
-        sft_only = [k for k in ("template", "packing", "mask_history", "train_on_prompt") if getattr(d, k)]
-        if sft_only:
-            hint = " (pretraining blocks are already packed; 'neat_packing' masks across documents)" \
-                if sft_only[0] == "packing" else ""
-            _fail(cfg, f"'{sft_only[0]}' applies to 'stage: sft', not 'stage: pt'{hint}.")
-    if f.stage == "kd":
-        if not 0 <= f.kd_alpha <= 1 or not 0 <= f.kd_beta <= 1 or f.kd_temperature <= 0:
-            _fail(cfg, "'kd_alpha' and 'kd_beta' must be in [0, 1] and 'kd_temperature' positive.")
-        if not f.teacher_model:
-            _fail(cfg, "'stage: kd' needs 'teacher_model': the directory (or hub id) of the model to learn from.")
-        if f.kd_on_policy and (d.packing or d.neat_packing):
-            _fail(cfg, "'kd_on_policy' samples completions of each example's prompt: it does not work with "
-                  "'packing' (rows of several examples); set `packing: false`.")
-        if not 0 <= f.lmbda <= 1:
-            _fail(cfg, f"'lmbda' must be in [0, 1], got {f.lmbda}.")
-    if f.stage == "sft":
-        if d.streaming:
-            _fail(cfg, "'streaming: true' is supported for 'stage: pt' only; SFT datasets are read whole.")
-        if m.from_scratch and m.train_tokenizer:
-            _fail(cfg, "'stage: sft' starts from a trained model; train a tokenizer with 'stage: pt' first.")
+    m, f, g = cfg.model, cfg.finetuning, cfg.generation
+    for check in STAGES[f.stage].checks:  # the rules a stage owns (config/stage_checks.py)
+        check(cfg)
     for key in sorted(cfg.raw):  # keys that say which stages they are for (`option(..., stages=...)`)
         spec = key_index("train").get(key)
         if spec is not None and spec.stages is not None and f.stage not in spec.stages:
@@ -120,11 +101,6 @@ def _validate_stage(cfg: RunConfig) -> None:
         hint = ("shard the policy with 'data_shard_size: N' (FSDP2) instead" if ignored[0] in
                 ("deepspeed", "fsdp", "fsdp_config") else "remove it")
         _fail(cfg, f"'{ignored[0]}' has no effect in 'stage: {f.stage}' (its own loop does not use it): {hint}.")
-    kind = STAGES[f.stage].kind
-    if kind in ("pair", "kto", "prompt"):
-        _validate_preference(cfg)
-    if kind == "prompt":
-        _validate_rl(cfg)
     _validate_parallelism(cfg)
     if g.predict_with_generate and not cfg.training.do_predict:
         _fail(cfg, "'predict_with_generate' needs 'do_predict: true'.")
@@ -142,67 +118,6 @@ def _validate_stage(cfg: RunConfig) -> None:
         _fail(cfg, f"'lora_rank' must be at least 1, got {f.lora_rank}.")
     if f.loraplus_lr_ratio is not None and f.loraplus_lr_ratio <= 0:
         _fail(cfg, f"'loraplus_lr_ratio' must be positive, got {f.loraplus_lr_ratio}.")
-
-
-def _validate_preference(cfg: RunConfig) -> None:
-    d, f = cfg.data, cfg.finetuning
-    for key in ("packing", "neat_packing", "mask_history", "train_on_prompt", "streaming"):
-        if getattr(d, key, False):
-            _fail(cfg, f"'{key}' applies to 'stage: sft' (or pt), not 'stage: {f.stage}': this stage trains "
-                  "whole examples, one per row.")
-    if cfg.model.from_scratch:
-        _fail(cfg, f"'stage: {f.stage}' starts from a trained model (usually the output of 'stage: sft'), not "
-              "'from_scratch'.")
-    if f.stage == "dpo" and f.pref_loss in ("orpo", "simpo") and f.ref_model:
-        _fail(cfg, f"'pref_loss: {f.pref_loss}' uses no reference model; drop 'ref_model'.")
-    if not 0 <= f.dpo_label_smoothing < 0.5:
-        _fail(cfg, f"'dpo_label_smoothing' must be in [0, 0.5), got {f.dpo_label_smoothing}.")
-    if f.dpo_label_smoothing and f.pref_loss != "sigmoid":
-        _fail(cfg, "'dpo_label_smoothing' applies to 'pref_loss: sigmoid' only.")
-    if f.pref_beta <= 0:
-        _fail(cfg, f"'pref_beta' must be positive, got {f.pref_beta}.")
-    if min(f.kto_chosen_weight, f.kto_rejected_weight) < 0 or f.pref_ftx < 0:
-        _fail(cfg, "'kto_chosen_weight', 'kto_rejected_weight' and 'pref_ftx' must not be negative.")
-
-
-def _validate_rl(cfg: RunConfig) -> None:
-    r, t = cfg.rl, cfg.training
-    if not (r.reward_model or r.reward_funcs):
-        _fail(cfg, f"'stage: {cfg.finetuning.stage}' needs a reward: set 'reward_model' (a 'stage: rm' output "
-              "directory) and/or 'reward_funcs' (module:function).")
-    if t.max_steps is None or t.max_steps <= 0:
-        _fail(cfg, f"'stage: {cfg.finetuning.stage}' needs 'max_steps' (each step is one rollout and its update).")
-    for key in ("rollout_batch_size", "num_generations", "ppo_epochs"):
-        if getattr(r, key) < 1:
-            _fail(cfg, f"'{key}' must be at least 1, got {getattr(r, key)}.")
-    if cfg.finetuning.stage == "grpo" and r.num_generations < 2:
-        _fail(cfg, "'num_generations' must be at least 2: GRPO compares completions of the same prompt.")
-    if r.kl_coef < 0 or not 0 < r.cliprange < 1:
-        _fail(cfg, "'kl_coef' must not be negative and 'cliprange' must be in (0, 1).")
-    if r.env_funcs and r.max_turns < 1:
-        _fail(cfg, f"'max_turns' must be at least 1, got {r.max_turns}.")
-    if r.epsilon_high is not None and r.epsilon_high <= 0:
-        _fail(cfg, f"'epsilon_high' must be positive (the upper clip range, e.g. 0.28), got {r.epsilon_high}.")
-    for key in ("eval_strategy", "save_strategy", "logging_strategy"):
-        if getattr(getattr(t, key), "value", getattr(t, key)) == "epoch":
-            _fail(cfg, f"'{key}: epoch' has no meaning in 'stage: {cfg.finetuning.stage}' (a step is a rollout, "
-                  "there are no epochs): use 'steps'.")
-    if r.rollout_backend == "vllm":
-        _validate_vllm_rollouts(cfg)
-    if cfg.parallelism.data_shard_size > 1:
-        rows = r.rollout_batch_size * (r.num_generations if cfg.finetuning.stage == "grpo" else 1)
-        minibatch = cfg.training.per_device_train_batch_size * process_count(cfg.launch)
-        if rows % minibatch:
-            _fail(cfg, f"with 'data_shard_size', every process must take part in every mini-batch (FSDP2 gathers "
-                  f"the weights collectively): the {rows} completions of a step must be a multiple of "
-                  f"'per_device_train_batch_size' x processes ({minibatch}).")
-        if r.env_funcs:
-            _fail(cfg, "'env_funcs' (multi-turn tool use) does not run with 'data_shard_size' yet: the processes' "
-                  "conversations end after different numbers of turns.")
-    processes = process_count(cfg.launch)
-    if r.rollout_batch_size % processes:
-        _fail(cfg, f"'rollout_batch_size' ({r.rollout_batch_size}) must be a multiple of the number of processes "
-              f"({processes}): each process samples an equal share of a step's prompts.")
 
 
 def _validate_parallelism(cfg: RunConfig) -> None:
@@ -290,34 +205,6 @@ def _check_head_split(cfg: RunConfig, split: int) -> None:
         _fail(cfg, f"'tensor_parallel_size': the '{config.model_type}' architecture ships no tensor-parallel plan "
               "in transformers (Llama, Qwen2/3, Mistral, Gemma and others do); use 'data_shard_size' (FSDP2) to "
               "split it instead.")
-
-
-def _validate_vllm_rollouts(cfg: RunConfig) -> None:
-    """`rollout_backend: vllm`: vLLM installed, a CUDA GPU where it runs in the training processes (and for the NCCL
-    weight push to a server), and the features its rollouts do not cover refused by name."""
-    import importlib.util
-
-    r = cfg.rl
-    if importlib.util.find_spec("vllm") is None:
-        _fail(cfg, "'rollout_backend: vllm' needs vLLM installed (`pip install vllm`, CUDA GPUs only); "
-              "'rollout_backend: hf' samples with the training model on any device.")
-    from lmforge.device import cuda_available
-
-    if not cuda_available():
-        where = ("runs vLLM inside the training processes" if r.vllm_mode == "colocate"
-                 else "pushes the weights to the rollout server over NCCL")
-        _fail(cfg, f"'vllm_mode: {r.vllm_mode}' {where} and needs CUDA GPUs, and this machine has none; "
-              "use 'rollout_backend: hf'.")
-    if r.env_funcs:
-        _fail(cfg, "'env_funcs' (multi-turn tool use) rolls out with 'rollout_backend: hf' only: each turn is "
-              "rendered with the chat template between model turns.")
-    if cfg.finetuning.use_dora:
-        _fail(cfg, "'use_dora' with 'rollout_backend: vllm': a DoRA adapter's merged weights are not the base plus "
-              "its update, so they are not synced to vLLM; use plain LoRA or 'rollout_backend: hf'.")
-    if not 0 < r.vllm_gpu_memory_utilization <= 1:
-        _fail(cfg, f"'vllm_gpu_memory_utilization' must be in (0, 1], got {r.vllm_gpu_memory_utilization}.")
-    if not r.vllm_server_base_url.startswith(("http://", "https://")):
-        _fail(cfg, f"'vllm_server_base_url' must be an http(s) URL, got '{r.vllm_server_base_url}'.")
 
 
 def _check_paths_exist(cfg: RunConfig | CommandConfig, keys: tuple[str, ...]) -> None:
