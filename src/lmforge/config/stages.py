@@ -1,10 +1,12 @@
 """The stage registry: one `StageSpec` per training stage, read by every surface that depends on the stage
 (validation, `lmforge help` and usage, `data preview/dump`, `lmforge bench`, the web UI, plots, the runner).
 
-Adding a stage is one recipe module (with `run(cfg)`, and `build_trainer(cfg, resume)` when it is built on a
-transformers Trainer) plus one `register_stage(...)`. The keys a stage owns say so at their definition
-(`option(..., stages=(...))`), so "key X is for stage Y" errors and the docs come from the same place.
-The recipe is named as a module path, so this config-layer registry imports nothing of the training code."""
+Adding a stage is one recipe module plus one `register_stage(...)`: a stage built on a transformers Trainer gives
+`build_trainer(cfg, resume)` and the runner all Trainer stages share runs it (train/run.py); a loop of its own gives
+`run(cfg)`. Its own config rules are listed in its entry (`checks`, config/stage_checks.py). The keys a stage owns
+say so at their definition (`option(..., stages=(...))`), so "key X is for stage Y" errors and the docs come from
+the same place. The recipe is named as a module path, so this config-layer registry imports nothing of the training
+code."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ class StageSpec:
     name: str
     summary: str  # one line for help, usage and the web UI
     kind: str  # what it trains on: "pt" (raw text blocks) or an example kind ("sft", "pair", "kto", "prompt")
-    recipe: str  # module with `run(cfg) -> dict`, and `build_trainer(cfg, resume)` for Trainer stages
+    recipe: str  # module with `build_trainer(cfg, resume)` (Trainer stages) or `run(cfg) -> dict` (a loop of its own)
     curves: tuple[str, ...] = ()  # log keys plotted besides loss/eval_loss (train and eval_ versions)
     trainer: bool = True  # built on a transformers Trainer (what `lmforge bench` times)
     ignores: tuple[str, ...] = ()  # accepted keys the stage's own loop does not use: setting one is a config error

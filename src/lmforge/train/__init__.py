@@ -7,10 +7,17 @@ from lmforge.config.stages import STAGES
 
 
 def stage_runner(stage: str) -> Callable[[RunConfig], dict]:
-    """The recipe of a registered stage (imported lazily: stages pull in heavy libraries)."""
+    """How a registered stage runs (imported lazily: stages pull in heavy libraries): its recipe's own `run(cfg)`
+    (a loop of its own), or for a stage built on a Trainer the one runner they share (train/run.py)."""
+    import functools
     import importlib
 
-    return importlib.import_module(STAGES[stage].recipe).run
+    recipe = importlib.import_module(STAGES[stage].recipe)
+    if hasattr(recipe, "run"):
+        return recipe.run
+    from lmforge.train.run import run_trainer_stage
+
+    return functools.partial(run_trainer_stage, recipe=recipe)
 
 
 def stage_trainer_builder(stage: str) -> Callable | None:

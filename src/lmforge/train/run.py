@@ -9,6 +9,7 @@ from typing import Any
 
 from lmforge.config.schema import RunConfig
 from lmforge.errors import TrainingError
+from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.runtime.session import join_sample_generation, report, save_run_config
 from lmforge.train.runtime.signals import stopped_message
 from lmforge.train.runtime.tracking import finish_trackers, log_samples
@@ -28,6 +29,24 @@ def last_eval(trainer: LanguageModelTrainer) -> dict | None:
         if "eval_loss" in record and record.get("step") == trainer.state.global_step:
             return {k: v for k, v in record.items() if k.startswith("eval_") or k == "epoch"}
     return None
+
+
+def run_trainer_stage(cfg: RunConfig, recipe: Any) -> dict:
+    """The run of every stage built on a transformers Trainer, from its recipe module: the resume point, the
+    stage's `build_trainer(cfg, resume)` (a Trainer, or a setup holding one as `.trainer`, with `stop_ids`), then
+    train/save/evaluate/report. A recipe may add `before_training(cfg, built)`, `after_evaluation(cfg, built,
+    trainer) -> metrics` and `CHAT_SAMPLES = True` (sample prompts rendered as chat turns, stopped at the end of
+    turn)."""
+    resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
+    built = recipe.build_trainer(cfg, resume)
+    trainer = getattr(built, "trainer", built)
+    if hasattr(recipe, "before_training"):
+        recipe.before_training(cfg, built)
+    chat = getattr(recipe, "CHAT_SAMPLES", False)
+    stop_ids = getattr(built, "stop_ids", None) or (trainer.model.generation_config.eos_token_id if chat else None)
+    after = getattr(recipe, "after_evaluation", None)
+    return run_training(cfg, trainer, resume, chat, stop_ids,
+                        after_eval=(lambda t: after(cfg, built, t)) if after is not None else None)
 
 
 def run_training(cfg: RunConfig, trainer: LanguageModelTrainer, resume: str | None, chat: bool = False,

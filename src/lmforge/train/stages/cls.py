@@ -30,8 +30,6 @@ from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import CLS_HEAD_FILE, build_model
 from lmforge.model.classifier import classifier_arguments, classifier_logits, head_of, threshold_of
 from lmforge.model.tokenizer import setup_tokenizer
-from lmforge.train.run import run_training
-from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.runtime.log_callback import JsonlLogCallback
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
 from lmforge.train.setup import set_precision
@@ -179,14 +177,16 @@ def plot_confusion(matrix: Any, names: list[str], path: str) -> None:
     plt.close(fig)
 
 
-def run(cfg: RunConfig) -> dict:
-    resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
-    trainer = build_trainer(cfg, resume)
-    if trainer.is_world_process_zero():  # the head's settings beside the weights (an adapter's base lacks them)
+def before_training(cfg: RunConfig, trainer: Any) -> None:
+    """The head's settings beside the weights (an adapter's base lacks them)."""
+    if trainer.is_world_process_zero():
         os.makedirs(cfg.training.output_dir, exist_ok=True)
         write_json(os.path.join(cfg.training.output_dir, CLS_HEAD_FILE),
                    {**classifier_head(trainer.cls_data), "threshold": cfg.finetuning.threshold})
-    return run_training(cfg, trainer, resume, after_eval=lambda t: write_predictions(t, cfg))
+
+
+def after_evaluation(cfg: RunConfig, built: Any, trainer: Any) -> dict:
+    return write_predictions(trainer, cfg)
 
 
 def load_classifier(path: str) -> tuple[Any, PreTrainedTokenizerBase]:

@@ -22,11 +22,11 @@ from lmforge.model.distill_loss import distillation_loss
 from lmforge.model.inference import load_inference_model
 from lmforge.model.tokenizer import load_tokenizer
 from lmforge.train.rl.rollout import sample_completions
-from lmforge.train.run import run_training
-from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
 from lmforge.train.stages.sft import training_rows
 from lmforge.train.trainer import LoraPlusTrainer
+
+CHAT_SAMPLES = True  # the sample prompts are chat turns, stopped at the end of turn
 
 
 class DistillationTrainer(LoraPlusTrainer):
@@ -113,9 +113,3 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> DistillationTrai
         on_policy=OnPolicy(f.lmbda, cfg.training.seed, cfg.generation, stage.tokenizer.pad_token_id,
                            list(stage.stop_ids)) if f.kd_on_policy else None,
         loraplus_lr_ratio=f.loraplus_lr_ratio, **trainer_kwargs(cfg, stage))
-
-
-def run(cfg: RunConfig) -> dict:
-    resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
-    trainer = build_trainer(cfg, resume)
-    return run_training(cfg, trainer, resume, chat=True, stop_ids=trainer.model.generation_config.eos_token_id)

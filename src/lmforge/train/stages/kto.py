@@ -6,9 +6,9 @@ from lmforge.config.schema import RunConfig
 from lmforge.data.collate import KtoCollator
 from lmforge.model.reference import reference_model
 from lmforge.train.preference import KtoTrainer
-from lmforge.train.run import run_training
-from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
+
+CHAT_SAMPLES = True  # the sample prompts are chat turns, stopped at the end of turn
 
 
 def build_trainer(cfg: RunConfig, resume: str | None = None) -> KtoTrainer:
@@ -20,9 +20,3 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> KtoTrainer:
         data_collator=KtoCollator(stage.tokenizer.pad_token_id), beta=f.pref_beta, ftx=f.pref_ftx,
         desirable_weight=f.kto_chosen_weight, undesirable_weight=f.kto_rejected_weight,
         loraplus_lr_ratio=f.loraplus_lr_ratio, **trainer_kwargs(cfg, stage))
-
-
-def run(cfg: RunConfig) -> dict:
-    resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
-    trainer = build_trainer(cfg, resume)
-    return run_training(cfg, trainer, resume, chat=True, stop_ids=trainer.model.generation_config.eos_token_id)

@@ -10,8 +10,6 @@ from lmforge.data.pretrain import build_pretrain_data
 from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import build_model
 from lmforge.model.tokenizer import setup_tokenizer
-from lmforge.train.run import run_training
-from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.runtime.log_callback import JsonlLogCallback
 from lmforge.train.runtime.resilience import blocks_per_step
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
@@ -37,8 +35,3 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTra
         save_dtype=cfg.finetuning.save_dtype,
         chunked_loss=cfg.finetuning.chunked_loss,
         callbacks=[JsonlLogCallback(args.output_dir), *tracking_callbacks(args, cfg.tracking)])
-
-
-def run(cfg: RunConfig) -> dict:
-    resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
-    return run_training(cfg, build_trainer(cfg, resume), resume)

@@ -16,8 +16,6 @@ from trl import RewardConfig
 from lmforge.config.schema import RunConfig
 from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import build_model
-from lmforge.train.run import run_training
-from lmforge.train.runtime.checkpoint import resolve_resume
 from lmforge.train.setup import set_precision
 from lmforge.train.shared_setup import prepare_chat_stage, trainer_kwargs
 from lmforge.train.trainer import RewardModelTrainer
@@ -47,8 +45,3 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> RewardModelTrain
     kwargs = trainer_kwargs(cfg, stage)
     kwargs.update(args=reward_config(cfg.training), eval_dataset=reward_rows(stage.data.eval))
     return RewardModelTrainer(model=model, train_dataset=reward_rows(stage.data.train), **kwargs)
-
-
-def run(cfg: RunConfig) -> dict:
-    resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
-    return run_training(cfg, build_trainer(cfg, resume), resume)

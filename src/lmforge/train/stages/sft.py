@@ -13,13 +13,15 @@ from lmforge.data.collate import SftCollator
 from lmforge.data.examples import ExampleData, model_columns
 from lmforge.data.packing import pack_examples, uses_packing
 from lmforge.train.predict import predict
-from lmforge.train.run import run_training, text_tokenizer
-from lmforge.train.runtime.checkpoint import resolve_resume
+from lmforge.train.run import text_tokenizer
 from lmforge.train.runtime.split_checkpoint import is_split_model
 from lmforge.train.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
 from lmforge.train.trainer import LanguageModelTrainer
 
 logger = logging.getLogger(__name__)
+
+
+CHAT_SAMPLES = True  # the sample prompts are chat turns, stopped at the end of turn
 
 
 def training_rows(examples: Dataset, args: DataArguments) -> Dataset:
@@ -54,20 +56,15 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> SftSetup:
     return SftSetup(trainer, stage.data, stage.stop_ids)
 
 
-def run(cfg: RunConfig) -> dict:
-    resume = resolve_resume(cfg.training.output_dir, cfg.training.resume_from_checkpoint)
-    setup = build_trainer(cfg, resume)
-
-    def predict_step(trainer: LanguageModelTrainer) -> dict:
-        if not (cfg.training.do_predict and cfg.generation.predict_with_generate):
-            return {}
-        if not trainer.is_world_process_zero() and not is_split_model(trainer.model):
-            return {}  # (a model split over the processes generates with all of them)
-        main = trainer.is_world_process_zero()
-        scores = predict(cfg, trainer.model, text_tokenizer(trainer.processing_class), setup.data.eval, write=main)
-        if not main:
-            return {}
-        trainer.log_metrics("predict", scores)
-        return scores
-
-    return run_training(cfg, setup.trainer, resume, chat=True, stop_ids=setup.stop_ids, after_eval=predict_step)
+def after_evaluation(cfg: RunConfig, setup: SftSetup, trainer: LanguageModelTrainer) -> dict:
+    """`do_predict` + `predict_with_generate`: generate for the held-out prompts and score them."""
+    if not (cfg.training.do_predict and cfg.generation.predict_with_generate):
+        return {}
+    if not trainer.is_world_process_zero() and not is_split_model(trainer.model):
+        return {}  # (a model split over the processes generates with all of them)
+    main = trainer.is_world_process_zero()
+    scores = predict(cfg, trainer.model, text_tokenizer(trainer.processing_class), setup.data.eval, write=main)
+    if not main:
+        return {}
+    trainer.log_metrics("predict", scores)
+    return scores
