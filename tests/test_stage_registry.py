@@ -60,3 +60,37 @@ def test_unknown_stages_and_keys_of_other_stages_are_errors_from_the_registry(ti
     assert "'stage' must be one of pt, sft, rm, dpo, kto, ppo, grpo" in err and "Did you mean 'sft'?" in err
     assert main(["train", *sft_args(tiny_model_dir, tmp_path / "y", pref_beta=0.2)]) == 2
     assert "'pref_beta' does not apply to 'stage: sft' (it applies to dpo, kto)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_building_a_trainer_leaves_the_validated_config_as_it_was(tiny_model_dir, tmp_path):
+    """What a run derives for its Trainer (SwanLab taken out of transformers' report_to, the class names of `cls`
+    replaced by the labels' key) goes to the Trainer's own copy of the arguments; the validated config stays the one
+    the run checked and saves."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from lmforge.config import load_config
+    from lmforge.train.stages import cls, sft
+
+    def fields(args) -> dict:
+        return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments)}
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"text": f"row {i}", "label": ["a", "b"][i % 2], "instruction": f"Say {i}",
+                                        "output": str(i)}) + "\n" for i in range(8)))
+    common = [f"model_name_or_path={tiny_model_dir}", "max_steps=1", "report_to=none", "cutoff_len=32"]
+    runs = {sft: ["stage=sft", "template=chatml", f"dataset={data}", f"output_dir={tmp_path / 'sft'}",
+                  "report_to=[tensorboard,swanlab]", "swanlab_mode=disabled"],
+            cls: ["stage=cls", f"dataset={data}", "label_names=[b,a]", f"output_dir={tmp_path / 'cls'}"]}
+    for recipe, extra in runs.items():
+        cfg = load_config(None, common + extra)
+        before = fields(cfg.training)
+        built = recipe.build_trainer(cfg, None)
+        trainer = getattr(built, "trainer", built)
+        assert fields(cfg.training) == before and trainer.args is not cfg.training
+        if recipe is cls:
+            assert cfg.training.label_names == ["b", "a"] and trainer.args.label_names == ["labels"]
+        else:
+            assert "swanlab" in cfg.training.report_to and "swanlab" not in trainer.args.report_to

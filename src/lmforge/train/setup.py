@@ -3,13 +3,17 @@ master weights), the parallel layout, gradient checkpointing for a loop of our o
 
 from __future__ import annotations
 
+import copy
 import logging
+from typing import Any
 
 import torch
+from transformers import TrainingArguments
 
 from lmforge.config.schema import RunConfig
 from lmforge.model.parallel import describe, load_kwargs, run_layout, trainer_parallelism
 from lmforge.model.precision import set_master_weights
+from lmforge.train.runtime.tracking import requested_trackers, transformers_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -21,13 +25,27 @@ def set_precision(model: torch.nn.Module, cfg: RunConfig) -> None:
 
 
 def parallel_split(cfg: RunConfig) -> dict:
-    """How the model loads for this run's layout (tensor parallel, FSDP2 shards); the Trainer gets its context or
-    sequence parallelism, and the log says what one step really takes."""
+    """How the model loads for this run's layout (tensor parallel, FSDP2 shards); the log says what one step really
+    takes."""
     layout = run_layout(cfg)
     if layout.model_parallel:
-        cfg.training.parallelism_config = trainer_parallelism(cfg, layout) or cfg.training.parallelism_config
         logger.info(describe(cfg, layout))
     return load_kwargs(layout)
+
+
+def trainer_arguments(cfg: RunConfig, **changes: Any) -> TrainingArguments:
+    """The arguments a Trainer gets: a copy of the validated `training` group with what the run derives from it (the
+    layout's context/sequence parallelism, the trackers transformers feeds) and a stage's `changes`. The validated
+    config is never written: the config a run saves and reports is the one it checked."""
+    args = copy.copy(cfg.training)
+    layout = run_layout(cfg)
+    if layout.model_parallel:
+        args.parallelism_config = trainer_parallelism(cfg, layout) or args.parallelism_config
+    if "swanlab" in requested_trackers(cfg.training):  # SwanLab runs through its own callback
+        args.report_to = transformers_trackers(cfg.training)
+    for key, value in changes.items():
+        setattr(args, key, value)
+    return args
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module, kwargs: dict | None = None) -> None:

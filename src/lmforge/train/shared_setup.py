@@ -20,7 +20,7 @@ from lmforge.model.build import build_model
 from lmforge.model.tokenizer import chat_processor, chat_tokenizer
 from lmforge.train.runtime.log_callback import JsonlLogCallback
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
-from lmforge.train.setup import parallel_split, set_precision
+from lmforge.train.setup import parallel_split, set_precision, trainer_arguments
 
 
 @dataclass
@@ -60,8 +60,6 @@ def prepare_chat_stage(cfg: RunConfig, resume: str | None = None) -> ChatStage:
     with args.main_process_first(desc=f"encoding {kind} data"):
         tokenizer, added = chat_tokenizer(cfg, resume, processor)
         data = build_examples(cfg.data, tokenizer, args.seed, kind, processor)
-    if processor is not None:
-        args.remove_unused_columns = False  # the collator reads the image references
     return ChatStage(tokenizer, data, stop_token_ids(tokenizer), added, kind, processor, media_options(cfg.data))
 
 
@@ -78,7 +76,9 @@ def policy_model(cfg: RunConfig, stage: ChatStage) -> torch.nn.Module:
 
 def trainer_kwargs(cfg: RunConfig, stage: ChatStage) -> dict[str, Any]:
     """Arguments every stage's Trainer takes."""
-    return {"args": cfg.training, "processing_class": stage.processor or stage.tokenizer,
+    # a vision-language collator reads the image references: the Trainer must keep the columns it does not know
+    keep_columns = {"remove_unused_columns": False} if stage.processor is not None else {}
+    return {"args": trainer_arguments(cfg, **keep_columns), "processing_class": stage.processor or stage.tokenizer,
             "eval_dataset": stage.eval_rows(),
             "resilience": cfg.resilience, "save_dtype": cfg.finetuning.save_dtype,
             "callbacks": [JsonlLogCallback(cfg.training.output_dir, perplexity=stage.kind == "sft"),

@@ -93,6 +93,7 @@ class SafeTrainingMixin:
         # trainer state only and `split_checkpoint` adds the optimizer, scheduler and RNG (see there).
         self._split_model = is_split_model(kwargs.get("model"))
         if self._split_model and kwargs.get("args") is not None:
+            kwargs["args"] = copy.copy(kwargs["args"])  # the Trainer's own arguments, not the validated config
             kwargs["args"].save_only_model = True
         super().__init__(*args, **kwargs)
         # fp16 loss scaling and DeepSpeed skip overflowing steps themselves (and hide the gradients from us).
@@ -158,7 +159,9 @@ class SafeTrainingMixin:
                            "already trained on are skipped.", checkpoint, STREAM_STATE_FILE)
             return
         self.train_dataset.restore(position)
-        self.args.ignore_data_skip = True  # the stream continues where the checkpoint was: nothing to skip
+        # the stream continues where the checkpoint was: nothing to skip (the Trainer's own arguments, a copy of the
+        # validated config: train/setup.trainer_arguments)
+        self.args.ignore_data_skip = True
 
     # ---- the non-finite guard ----------------------------------------------------------------------------------
     def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:

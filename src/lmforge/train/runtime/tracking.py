@@ -33,6 +33,11 @@ def requested_trackers(args: TrainingArguments) -> list[str]:
     return [r for name in report_to for r in str(name).split(",") if r.strip() and r != "none"]
 
 
+def transformers_trackers(args: TrainingArguments) -> list[str]:
+    """The trackers transformers' own integrations feed (SwanLab goes through its own callback instead)."""
+    return [t for t in requested_trackers(args) if t != "swanlab"]
+
+
 def check_trackers(args: TrainingArguments) -> None:
     """A tracker named in report_to whose package is missing is a config error with an install hint."""
     for name in requested_trackers(args):
@@ -47,10 +52,8 @@ def check_trackers(args: TrainingArguments) -> None:
 
 def tracking_callbacks(args: TrainingArguments, tracking: TrackingArguments) -> list[TrainerCallback]:
     """SwanLab goes through its own SwanLabCallback (with mode/logdir honoured), not transformers' copy of it."""
-    trackers = requested_trackers(args)
-    if "swanlab" not in trackers:
+    if "swanlab" not in requested_trackers(args):
         return []
-    args.report_to = [t for t in trackers if t != "swanlab"]
     try:
         from swanlab.integration.transformers import SwanLabCallback
     except ImportError:  # swanlab < 0.6 named the module after the hub
@@ -99,8 +102,8 @@ class LoopTrackers:
 
     def __init__(self, args: TrainingArguments, tracking: TrackingArguments, model: Any, tokenizer: Any,
                  optimizer: Any, scheduler: Any):
-        swanlab = tracking_callbacks(args, tracking)  # takes swanlab out of report_to
-        callbacks = [cls() for cls in get_reporting_integration_callbacks(requested_trackers(args))] + swanlab
+        swanlab = tracking_callbacks(args, tracking)
+        callbacks = [cls() for cls in get_reporting_integration_callbacks(transformers_trackers(args))] + swanlab
         self.args = args
         self.callback_handler = CallbackHandler(callbacks, model, tokenizer, optimizer, scheduler)
         self.state = TrainerState(max_steps=args.max_steps, logging_steps=args.logging_steps)

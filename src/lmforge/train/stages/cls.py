@@ -32,7 +32,7 @@ from lmforge.model.classifier import classifier_arguments, classifier_logits, he
 from lmforge.model.tokenizer import setup_tokenizer
 from lmforge.train.runtime.log_callback import JsonlLogCallback
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
-from lmforge.train.setup import set_precision
+from lmforge.train.setup import set_precision, trainer_arguments
 from lmforge.train.trainer import LoraPlusTrainer
 
 logger = logging.getLogger(__name__)
@@ -88,15 +88,15 @@ def classifier_head(data: ClassificationData) -> dict[str, Any]:
 
 
 def build_trainer(cfg: RunConfig, resume: str | None = None) -> ClassificationTrainer:
-    args = cfg.training
-    check_trackers(args)
+    # `label_names` (a TrainingArguments key) names the classes in id order for this stage; the Trainer itself must
+    # then look for the labels under their usual key
+    class_names = cfg.training.label_names
+    args = trainer_arguments(cfg, label_names=["labels"])
+    check_trackers(cfg.training)
     from transformers import set_seed
 
     set_seed(args.seed)
     tokenizer = setup_tokenizer(cfg, resume)
-    # `label_names` (a TrainingArguments key) names the classes in id order for this stage; the Trainer itself must
-    # then look for the labels under their usual key
-    class_names, args.label_names = args.label_names, ["labels"]
     with args.main_process_first(desc="encoding cls data"):
         data = build_classification_data(cfg.data, tokenizer, args.seed, cfg.finetuning.problem_type, class_names)
     model = build_model(cfg.model, tokenizer, classifier=classifier_head(data))
@@ -115,7 +115,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> ClassificationTr
         processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=metrics, class_weights=_weights(cfg, data), loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
         resilience=cfg.resilience, save_dtype=cfg.finetuning.save_dtype,
-        callbacks=[JsonlLogCallback(args.output_dir), *tracking_callbacks(args, cfg.tracking)])
+        callbacks=[JsonlLogCallback(args.output_dir), *tracking_callbacks(cfg.training, cfg.tracking)])
     trainer.cls_data = data
     return trainer
 

@@ -13,14 +13,14 @@ from lmforge.model.tokenizer import setup_tokenizer
 from lmforge.train.runtime.log_callback import JsonlLogCallback
 from lmforge.train.runtime.resilience import blocks_per_step
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
-from lmforge.train.setup import parallel_split, set_precision
+from lmforge.train.setup import parallel_split, set_precision, trainer_arguments
 from lmforge.train.trainer import LanguageModelTrainer
 
 
 def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTrainer:
     """Tokenizer, data, model and Trainer for a pt run (shared with `lmforge bench`)."""
-    args = cfg.training
-    check_trackers(args)
+    args = trainer_arguments(cfg)
+    check_trackers(cfg.training)
     set_seed(args.seed)
     # Under torchrun the first process trains the tokenizer and fills the cache; the others then read it.
     with args.main_process_first(desc="preparing tokenizer and pretraining data"):
@@ -34,4 +34,4 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTra
         processing_class=tokenizer, loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio, resilience=cfg.resilience,
         save_dtype=cfg.finetuning.save_dtype,
         chunked_loss=cfg.finetuning.chunked_loss,
-        callbacks=[JsonlLogCallback(args.output_dir), *tracking_callbacks(args, cfg.tracking)])
+        callbacks=[JsonlLogCallback(args.output_dir), *tracking_callbacks(cfg.training, cfg.tracking)])

@@ -43,5 +43,5 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> RewardModelTrain
     model = apply_finetuning_type(model, cfg.finetuning, stage.added_tokens, cfg.model.adapter_name_or_path)
     set_precision(model, cfg)
     kwargs = trainer_kwargs(cfg, stage)
-    kwargs.update(args=reward_config(cfg.training), eval_dataset=reward_rows(stage.data.eval))
+    kwargs.update(args=reward_config(kwargs["args"]), eval_dataset=reward_rows(stage.data.eval))
     return RewardModelTrainer(model=model, train_dataset=reward_rows(stage.data.train), **kwargs)
