@@ -240,8 +240,8 @@ def cmd_predict(args: list[str]) -> int:
                             "value) and the probabilities by class.")
     if usage is not None:
         return usage
+    from lmforge.eval.classify import predict_file
     from lmforge.logs import setup_logging
-    from lmforge.train.stages.cls import predict_file
 
     setup_logging()
     rows = predict_file(args[0], args[1], output, _batch_size(batch_size, 32), text_column or "text", pair_column)

@@ -145,7 +145,7 @@ def test_a_lora_classifier_exports_merged_and_loads_as_a_classifier(tiny_model_d
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lmforge.train.stages.cls import load_classifier
+    from lmforge.model.classifier import load_classifier
 
     rows = [{"text": f"it is {w} today", "label": label} for label, ws in WORDS.items() for w in ws] * 4
     data = write_jsonl(tmp_path / "rows.jsonl", rows)
@@ -181,7 +181,7 @@ def test_eval_task_cls_scores_a_labelled_file_like_the_training_run(news_csv, tm
 def test_the_api_serves_a_classifier_on_v1_classify(news_csv, tmp_path):
     import httpx
 
-    from lmforge.train.stages.cls import predict_file
+    from lmforge.eval.classify import predict_file
     from tests.serve.test_api import start_server
 
     out = tmp_path / "model"

@@ -55,3 +55,13 @@ def classifier_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         batch = collate(rows[start: start + batch_size])
         out.append(model(**{k: v.to(model.device) for k, v in batch.items()}).logits.float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.config.num_labels), dtype=np.float32)
+
+
+def load_classifier(path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A `stage: cls` output (a LoRA one merged onto its base) and its tokenizer, on the inference device."""
+    from lmforge.model.inference import load_inference_model
+    from lmforge.model.tokenizer import load_inference_tokenizer
+
+    args = classifier_arguments(path)
+    tokenizer, _ = load_inference_tokenizer(args)
+    return load_inference_model(args, tokenizer), tokenizer

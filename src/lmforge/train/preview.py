@@ -40,23 +40,18 @@ def processed_data(cfg: RunConfig) -> ProcessedData:
     if STAGES[cfg.finetuning.stage].kind == "cls":
         raise ConfigError("Config error: `lmforge data preview|dump` shows which tokens a run trains on; "
                           "'stage: cls' trains a label per row (its skipped rows are in the training log).")
-    if STAGES[cfg.finetuning.stage].kind != "pt":
-        from lmforge.data.examples import build_examples, stage_kind
-        from lmforge.data.multimodal import media_token_ids
-        from lmforge.model.tokenizer import chat_processor, chat_tokenizer
+    from lmforge.train.shared_setup import chat_examples, pretrain_inputs
 
-        processor = chat_processor(cfg)
-        tokenizer, _ = chat_tokenizer(cfg, processor=processor)
-        data = build_examples(cfg.data, tokenizer, cfg.training.seed, stage_kind(cfg.finetuning.stage), processor)
+    if STAGES[cfg.finetuning.stage].kind != "pt":  # the examples exactly as the stage builds them
+        from lmforge.data.multimodal import media_token_ids
+
+        stage = chat_examples(cfg)
+        processor = stage.processor
         media_ids = frozenset(media_token_ids(processor)) if processor is not None else frozenset()
-        return ProcessedData(tokenizer, data.train, data.eval, data.stats, media_ids)
+        return ProcessedData(stage.tokenizer, stage.data.train, stage.data.eval, stage.data.stats, media_ids)
     if cfg.data.streaming:
         raise ConfigError("Config error: `lmforge data` reads the whole dataset; it does not support streaming.")
-    from lmforge.data.pretrain import build_pretrain_data
-    from lmforge.model.tokenizer import setup_tokenizer
-
-    tokenizer = setup_tokenizer(cfg)
-    data = build_pretrain_data(cfg.data, tokenizer, cfg.training.seed)
+    tokenizer, data = pretrain_inputs(cfg)
 
     def with_labels(blocks: Dataset) -> Dataset:  # the labels PretrainCollator gives each block
         collate = PretrainCollator()

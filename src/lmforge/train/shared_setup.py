@@ -14,11 +14,13 @@ from lmforge.config.schema import RunConfig
 from lmforge.data.examples import ExampleData, build_examples, media_options, model_columns, stage_kind
 from lmforge.data.formats import ExampleKind
 from lmforge.data.multimodal import MediaOptions, MultimodalCollator, per_token_outputs
+from lmforge.data.pretrain import PretrainData, build_pretrain_data
 from lmforge.data.template import stop_token_ids
 from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import build_model
-from lmforge.model.tokenizer import chat_processor, chat_tokenizer
+from lmforge.model.tokenizer import chat_processor, chat_tokenizer, setup_tokenizer
 from lmforge.train.runtime.log_callback import JsonlLogCallback
+from lmforge.train.runtime.resilience import blocks_per_step
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
 from lmforge.train.setup import parallel_split, set_precision, trainer_arguments
 
@@ -52,15 +54,30 @@ class ChatStage:
 
 def prepare_chat_stage(cfg: RunConfig, resume: str | None = None) -> ChatStage:
     """Trackers checked, seed set, tokenizer and the stage's examples built (by the first process under torchrun)."""
+    check_trackers(cfg.training)
+    set_seed(cfg.training.seed)
+    return chat_examples(cfg, resume)
+
+
+def chat_examples(cfg: RunConfig, resume: str | None = None) -> ChatStage:
+    """The chat tokenizer (its template applied) and the stage's encoded examples: what a stage after pt trains on
+    and what `lmforge data preview|dump` shows (the first process builds them, the others read the cache)."""
     args = cfg.training
-    check_trackers(args)
-    set_seed(args.seed)
     kind = stage_kind(cfg.finetuning.stage)
     processor = chat_processor(cfg)
     with args.main_process_first(desc=f"encoding {kind} data"):
         tokenizer, added = chat_tokenizer(cfg, resume, processor)
         data = build_examples(cfg.data, tokenizer, args.seed, kind, processor)
     return ChatStage(tokenizer, data, stop_token_ids(tokenizer), added, kind, processor, media_options(cfg.data))
+
+
+def pretrain_inputs(cfg: RunConfig, resume: str | None = None) -> tuple[PreTrainedTokenizerBase, PretrainData]:
+    """The tokenizer (loaded or trained) and the pretraining blocks: what `stage: pt` trains on and what `lmforge
+    data preview|dump` shows. Under torchrun the first process trains the tokenizer and fills the cache."""
+    args = cfg.training
+    with args.main_process_first(desc="preparing tokenizer and pretraining data"):
+        tokenizer = setup_tokenizer(cfg, resume)
+        return tokenizer, build_pretrain_data(cfg.data, tokenizer, args.seed, blocks_per_step=blocks_per_step(args))
 
 
 def policy_model(cfg: RunConfig, stage: ChatStage) -> torch.nn.Module:

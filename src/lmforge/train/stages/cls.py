@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers import DataCollatorWithPadding
 
 from lmforge.config.schema import RunConfig
 from lmforge.data.classification import (
@@ -28,7 +28,6 @@ from lmforge.jsonl import write_json, write_jsonl
 from lmforge.metrics import classification_metrics, classifier_predictions
 from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import CLS_HEAD_FILE, build_model
-from lmforge.model.classifier import classifier_arguments, classifier_logits, head_of, threshold_of
 from lmforge.model.tokenizer import setup_tokenizer
 from lmforge.train.runtime.log_callback import JsonlLogCallback
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
@@ -187,44 +186,3 @@ def before_training(cfg: RunConfig, trainer: Any) -> None:
 
 def after_evaluation(cfg: RunConfig, built: Any, trainer: Any) -> dict:
     return write_predictions(trainer, cfg)
-
-
-def load_classifier(path: str) -> tuple[Any, PreTrainedTokenizerBase]:
-    """A `stage: cls` output (a LoRA one merged onto its base) and its tokenizer, on the inference device."""
-    from lmforge.model.inference import load_inference_model
-    from lmforge.model.tokenizer import load_inference_tokenizer
-
-    args = classifier_arguments(path)
-    tokenizer, _ = load_inference_tokenizer(args)
-    return load_inference_model(args, tokenizer), tokenizer
-
-
-def predict_file(model_dir: str, path: str, output: str | None, batch_size: int = 32, text_column: str = "text",
-                 pair_column: str | None = None) -> list[dict[str, Any]]:
-    """Each row of `path` classified (batched, with a progress bar): its predicted label(s) or value and the
-    probabilities by class; written to `output` (JSON lines, atomically) when given. Rows without a text are
-    errors naming the row."""
-    from lmforge.data.classification import encode_pair
-    from lmforge.data.records import read_records
-    from lmforge.data.registry import resolve_sources
-    from lmforge.errors import DataError
-
-    model, tokenizer = load_classifier(model_dir)
-    problem_type, names = head_of(model, tokenizer)
-    records = [r for spec in resolve_sources(path, os.path.dirname(path) or ".") for r in read_records(spec)]
-    length = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else 512
-    encoded = []
-    for i, record in enumerate(records):
-        text = record.get(text_column) if isinstance(record, dict) else None
-        pair = record.get(pair_column) if pair_column and isinstance(record, dict) else None
-        if not isinstance(text, str) or (pair_column and not isinstance(pair, str)):
-            raise DataError(f"Data error: '{path}' row {i}: needs text in '{text_column}'"
-                            + (f" and '{pair_column}'" if pair_column else "") + ".")
-        encoded.append(encode_pair(tokenizer, text, pair, length)[0])
-    logits = classifier_logits(model, tokenizer, encoded, batch_size, progress=True)
-    rows = classifier_predictions(logits, problem_type, names, threshold_of(model_dir))
-    for row, record in zip(rows, records, strict=True):
-        row["text"] = record[text_column]
-    if output:
-        write_jsonl(output, rows)
-    return rows

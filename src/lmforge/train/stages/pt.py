@@ -6,14 +6,12 @@ from transformers import set_seed
 
 from lmforge.config.schema import RunConfig
 from lmforge.data.collate import PretrainCollator
-from lmforge.data.pretrain import build_pretrain_data
 from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import build_model
-from lmforge.model.tokenizer import setup_tokenizer
 from lmforge.train.runtime.log_callback import JsonlLogCallback
-from lmforge.train.runtime.resilience import blocks_per_step
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
 from lmforge.train.setup import parallel_split, set_precision, trainer_arguments
+from lmforge.train.shared_setup import pretrain_inputs
 from lmforge.train.trainer import LanguageModelTrainer
 
 
@@ -22,10 +20,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTra
     args = trainer_arguments(cfg)
     check_trackers(cfg.training)
     set_seed(args.seed)
-    # Under torchrun the first process trains the tokenizer and fills the cache; the others then read it.
-    with args.main_process_first(desc="preparing tokenizer and pretraining data"):
-        tokenizer = setup_tokenizer(cfg, resume)
-        data = build_pretrain_data(cfg.data, tokenizer, args.seed, blocks_per_step=blocks_per_step(args))
+    tokenizer, data = pretrain_inputs(cfg, resume)
     model = apply_finetuning_type(build_model(cfg.model, tokenizer, split=parallel_split(cfg)), cfg.finetuning,
                                   adapter=cfg.model.adapter_name_or_path)
     set_precision(model, cfg)
