@@ -351,14 +351,10 @@ def test_nan_and_infinity_in_the_body_get_a_400(server):
 
 @pytest.fixture(scope="module")
 def engine(chat_model_dir):
-    from transformers import AutoModelForCausalLM
+    """Two rows at a time: sixteen long completions take many seconds."""
+    from tests.serve.test_engine import make_engine
 
-    from lmforge.data.template import stop_token_ids
-    from lmforge.serve.engine import Engine
-
-    tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(chat_model_dir).eval()
-    engine = Engine(model, tokenizer, stop_token_ids(tokenizer), max_batch_size=2)
+    engine = make_engine(chat_model_dir, 2)
     yield engine
     engine.close()
 

@@ -23,11 +23,15 @@ QUESTIONS = ["What is the capital of France?", "Name three colours.", "hello", "
              "2+2=?", "Tell me a story about a dragon who liked tea.", "Why?", "List the planets."]
 
 
+def make_engine(model_dir: str, max_batch_size: int) -> Engine:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    return Engine(model, tokenizer, stop_token_ids(tokenizer), max_batch_size=max_batch_size)
+
+
 @pytest.fixture(scope="module")
 def engine(chat_model_dir):
-    tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(chat_model_dir).eval()
-    engine = Engine(model, tokenizer, stop_token_ids(tokenizer), max_batch_size=8)
+    engine = make_engine(chat_model_dir, 8)
     yield engine
     engine.close()
 

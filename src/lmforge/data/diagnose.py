@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+from collections.abc import Iterator
 from typing import IO
 
 from lmforge.errors import DataError
@@ -54,13 +55,19 @@ def check_data_file(path: str, builder: str | None) -> None:
     if builder == "json":
         return check_json_file(path)
     with open_data_file(path) as fh:
-        if builder not in ("text", "csv"):
-            return
-        for lineno, line in enumerate(fh, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise _utf8_error(path, f"line {lineno}", err) from None
+        if builder in ("text", "csv"):
+            for _ in _utf8_lines(path, fh):
+                pass
+
+
+def _utf8_lines(path: str, fh: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a file opened in binary, each checked to be UTF-8."""
+    for lineno, line in enumerate(fh, start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise _utf8_error(path, f"line {lineno}", err) from None
+        yield lineno, line
 
 
 def check_json_file(path: str) -> None:
@@ -79,11 +86,7 @@ def check_json_file(path: str) -> None:
             if _too_deep(data):
                 raise DataError(f"Data error: '{path}': JSON nested deeper than {MAX_JSON_DEPTH} levels.")
             return
-        for lineno, line in enumerate(fh, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise _utf8_error(path, f"line {lineno}", err) from None
+        for lineno, line in _utf8_lines(path, fh):
             if _too_deep(line):
                 raise DataError(f"Data error: '{path}' line {lineno}: JSON nested deeper than {MAX_JSON_DEPTH} "
                                 f"levels.")
