@@ -78,8 +78,8 @@ def run_training(cfg: RunConfig, trainer: LanguageModelTrainer, resume: str | No
     if trainer.is_world_process_zero():
         samples = report(cfg, trainer.model, text_tokenizer(trainer.processing_class), chat, stop_ids)
         if samples:
-            log_samples(trainer, samples)
-        finish_trackers(trainer)
+            log_samples(trainer.callback_handler.callbacks, trainer.state.global_step, samples)
+        finish_trackers(trainer.callback_handler.callbacks)
     else:
         join_sample_generation(cfg, trainer.model, text_tokenizer(trainer.processing_class), chat, stop_ids)
     return metrics

@@ -98,15 +98,6 @@ class OnlineRL:
         self.step = 0
         self.log_history: list[dict] = []
 
-    # the tracker interface of a Trainer, for `log_samples` and `finish_trackers`
-    @property
-    def callback_handler(self):
-        return self.trackers.callback_handler
-
-    @property
-    def state(self):
-        return self.trackers.state
-
     # ---- data -------------------------------------------------------------------------------------------------
     def batch_indices(self, step: int) -> list[int]:
         """The prompts of `step`: consecutive slices of per-epoch permutations seeded by the epoch (so the order

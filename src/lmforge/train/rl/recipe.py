@@ -36,8 +36,8 @@ def run(cfg: RunConfig) -> dict:
         if not loop.stopped_by:
             samples = report(cfg, policy, stage.tokenizer, chat=True, stop_ids=stage.stop_ids)
             if samples:
-                log_samples(loop, samples)
-        finish_trackers(loop)
+                log_samples(loop.trackers.callbacks, loop.step, samples)
+        finish_trackers(loop.trackers.callbacks)
     elif not loop.stopped_by:
         join_sample_generation(cfg, policy, stage.tokenizer, True, stage.stop_ids)
     return metrics

@@ -64,14 +64,14 @@ def tracking_callbacks(args: TrainingArguments, tracking: TrackingArguments) -> 
                             logdir=logdir)]
 
 
-def log_samples(trainer, samples: list[dict]) -> None:
-    """Send generated samples to every active tracker as text/table."""
+def log_samples(callbacks: list[TrainerCallback], step: int, samples: list[dict]) -> None:
+    """Send generated samples to every active tracker (the run's tracker callbacks) as text/table."""
     text = "\n\n".join(f"**{s['prompt']}**{s['completion']}" for s in samples)
-    for callback in trainer.callback_handler.callbacks:
+    for callback in callbacks:
         name = type(callback).__name__
         try:
             if name == "TensorBoardCallback" and getattr(callback, "tb_writer", None) is not None:
-                callback.tb_writer.add_text("samples", text, trainer.state.global_step)
+                callback.tb_writer.add_text("samples", text, step)
                 callback.tb_writer.flush()
             elif name == "WandbCallback" and getattr(callback, "_wandb", None) is not None and callback._wandb.run:
                 table = callback._wandb.Table(columns=["prompt", "completion"],
@@ -87,10 +87,10 @@ def log_samples(trainer, samples: list[dict]) -> None:
             logger.warning("Could not log samples to %s: %s", name, err)
 
 
-def finish_trackers(trainer) -> None:
+def finish_trackers(callbacks: list[TrainerCallback]) -> None:
     """End SwanLab's run once samples are logged: it writes its records in the background and would otherwise only
     flush them when the process exits (an in-process caller, such as a notebook, would read an empty log)."""
-    if any(type(c).__name__ == "SwanLabCallback" for c in trainer.callback_handler.callbacks):
+    if any(type(c).__name__ == "SwanLabCallback" for c in callbacks):
         import swanlab
 
         swanlab.finish()
@@ -108,6 +108,10 @@ class LoopTrackers:
         self.callback_handler = CallbackHandler(callbacks, model, tokenizer, optimizer, scheduler)
         self.state = TrainerState(max_steps=args.max_steps, logging_steps=args.logging_steps)
         self.control = TrainerControl()
+
+    @property
+    def callbacks(self) -> list[TrainerCallback]:
+        return self.callback_handler.callbacks
 
     def begin(self, step: int) -> None:
         self.state.global_step = step
