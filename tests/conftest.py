@@ -171,3 +171,6 @@ def llava_next_dir(tmp_path_factory, quickstart_texts) -> str:
     from tests.multimodal_models import build_llava_next
 
     return build_llava_next(str(tmp_path_factory.mktemp("tiny-llava-next")), quickstart_texts[:500])
+
+
+from tests.real_models import real_model  # noqa: E402, F401 - the fixture of tiny real-family models

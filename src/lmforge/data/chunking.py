@@ -17,6 +17,10 @@ from lmforge.errors import DataError
 
 def document_affixes(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     """Ids to put before and after every document: the tokenizer's own BOS (if it adds one) and exactly one EOS."""
+    if tokenizer.eos_token_id is None:
+        raise DataError(f"Data error: the tokenizer '{tokenizer.name_or_path}' has no EOS token; pretraining needs one "
+                        "to separate documents (set `tokenizer_name_or_path` to one that has, or train one with "
+                        "`train_tokenizer: true`).")
     probe = "lmforge"
     plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
     special = tokenizer(probe, add_special_tokens=True)["input_ids"]

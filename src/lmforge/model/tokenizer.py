@@ -17,6 +17,7 @@ from lmforge.config.schema import RunConfig
 from lmforge.data.cache import CACHE_FORMAT, cache_root, cached, fingerprint
 from lmforge.data.chat_templates import TemplateError, apply_template_choice
 from lmforge.data.pretrain import data_identity, load_documents
+from lmforge.data.template import stop_token_ids
 from lmforge.errors import ConfigError
 from lmforge.model import multimodal
 
@@ -56,10 +57,9 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision:
     except (OSError, ValueError) as err:
         raise ConfigError(f"Config error: could not load a tokenizer from '{name_or_path}': "
                           f"{str(err).splitlines()[0]}") from None
-    if tokenizer.eos_token_id is None:
-        raise ConfigError(f"Config error: the tokenizer at '{name_or_path}' has no EOS token; pretraining needs one "
-                          "to separate documents.")
-    if tokenizer.pad_token_id is None:
+    # Encoders (BERT's WordPiece) ship no EOS: that is fine for classification; pretraining and chat generation say
+    # what they need where they need it (data/chunking.py, `chat_tokenizer`).
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -121,6 +121,13 @@ def chat_tokenizer(cfg: RunConfig, resume: str | None = None, processor: Any = N
     template follows a `template` choice, so it is saved with the model)."""
     tokenizer = processor.tokenizer if processor is not None else setup_tokenizer(cfg, resume)
     added = with_template(tokenizer, cfg.data.template, f" ({cfg.source})")
+    if not stop_token_ids(tokenizer):
+        raise ConfigError(f"Config error ({cfg.source}): the tokenizer of '{tokenizer.name_or_path}' has no EOS token "
+                          f"and its chat template ends no turn with a special token, so a reply would never end. "
+                          f"Train a model with a generative tokenizer, or 'stage: cls' for an encoder.")
+    if tokenizer.pad_token_id is None:
+        raise ConfigError(f"Config error ({cfg.source}): the tokenizer of '{tokenizer.name_or_path}' has neither a pad "
+                          f"nor an EOS token to pad batches with.")
     if processor is not None:
         processor.chat_template = tokenizer.chat_template
     return tokenizer, added
