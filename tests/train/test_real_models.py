@@ -56,6 +56,7 @@ def test_the_trained_tokens_are_the_reply_as_the_family_template_renders_it(real
 @pytest.mark.parametrize("finetuning_type", ["full", "lora"])
 @pytest.mark.parametrize("family", CAUSAL)
 def test_sft_trains_each_family_and_the_output_loads(real_model, family, finetuning_type, tmp_path):
+    from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in EXCHANGES] * 4)
@@ -73,7 +74,10 @@ def test_sft_trains_each_family_and_the_output_loads(real_model, family, finetun
 
         AutoPeftModelForCausalLM.from_pretrained(out)
         return
-    AutoModelForCausalLM.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    if model.config.get_text_config().tie_word_embeddings:  # Llama-3.2: the output layer is the embedding, saved once
+        assert "lm_head.weight" not in safe_open(out / "model.safetensors", "pt").keys()
+        assert model.lm_head.weight is model.get_input_embeddings().weight
     eos = GenerationConfig.from_pretrained(out).eos_token_id  # generation stops at the family's end of turn
     tokenizer = AutoTokenizer.from_pretrained(out)
     end_of_turn = {"<|im_end|>", "<|eot_id|>", "<|return|>", "<|end|>"}
@@ -128,3 +132,23 @@ def test_pretraining_a_tokenizer_without_eos_says_what_it_needs(real_model, tmp_
                                  report_to="none")]) == 2
     err = capsys.readouterr().err
     assert "has no EOS token; pretraining needs one to separate documents" in err and "Traceback" not in err
+
+
+def test_tensor_parallel_saves_a_tied_model_with_the_names_of_one_process(real_model, tmp_path):
+    """Llama-3.2 ties its output layer to the embedding: 2-way tensor parallelism saves it once, as one process
+    does (the tensor names are the same; the file no larger)."""
+    from safetensors import safe_open
+
+    from tests.train.test_distributed import run_lmforge_train
+
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in EXCHANGES] * 2)
+    run = _args(stage="sft", model_name_or_path=real_model("llama-3.2-instruct"), dataset=str(data), cutoff_len=64,
+                per_device_train_batch_size=4, learning_rate=1e-2, max_steps=2, save_strategy="no", report_to="none",
+                disable_tqdm=True, seed=0)
+    single, split = tmp_path / "single", tmp_path / "tp"
+    assert main(["train", *run, f"output_dir={single}"]) == 0
+    proc = run_lmforge_train([*run, f"output_dir={split}", "nproc_per_node=2", "tensor_parallel_size=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = [set(safe_open(d / "model.safetensors", "pt").keys()) for d in (single, split)]
+    assert names[0] == names[1] and "lm_head.weight" not in names[1]
+    assert (split / "model.safetensors").stat().st_size == (single / "model.safetensors").stat().st_size

@@ -59,12 +59,31 @@ def needs_cast(model: torch.nn.Module, dtype: torch.dtype | None) -> bool:
     return dtype is not None and any(p.dtype != dtype for p in model.parameters() if p.is_floating_point())
 
 
+def tied_duplicates(model: torch.nn.Module) -> set[str]:
+    """Names under which a parameter appears a second time (a tied output layer: `lm_head.weight` is the input
+    embedding). transformers saves such a weight once; a state dict passed to it explicitly (a cast, the gathered
+    weights of a model split over processes) must leave them out itself."""
+    first: dict[int, str] = {}
+    duplicates = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            duplicates.add(name)
+        else:
+            first[id(param)] = name
+    return duplicates
+
+
 def saved_state_dict(model: torch.nn.Module, dtype: torch.dtype | None,
                      state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
-    """What to save of `model` in `dtype`: its (or the given) state dict cast, or None where nothing needs a cast."""
-    if not needs_cast(model, dtype):
-        return state_dict
-    return cast_state_dict(state_dict if state_dict is not None else model.state_dict(), dtype)
+    """What to save of `model` in `dtype`: its (or the given) state dict, cast where needed and with each tied weight
+    once; None where the model saves itself as it is."""
+    if not needs_cast(model, dtype) and state_dict is None:
+        return None
+    state = state_dict if state_dict is not None else model.state_dict()
+    if needs_cast(model, dtype):
+        state = cast_state_dict(state, dtype)
+    duplicates = tied_duplicates(model)
+    return {name: tensor for name, tensor in state.items() if name not in duplicates}
 
 
 def record_dtype(model: torch.nn.Module, directory: str, dtype: torch.dtype | None) -> None:
