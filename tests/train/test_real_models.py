@@ -188,3 +188,31 @@ def test_preference_and_rl_stages_run_on_each_family(real_model, family, tmp_pat
         values = [r.get("loss", r.get("reward")) for r in read_log(str(out)) if "loss" in r or "reward" in r]
         assert values and all(math.isfinite(v) for v in values), (stage, values)
         AutoModelForCausalLM.from_pretrained(out)
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+def test_pt_rm_and_kd_run_on_each_family(real_model, family, tmp_path):
+    """Continued pretraining on raw text (the family's EOS between documents), a reward model on pairs (its score
+    head loads as a sequence classifier), and distillation with the family as its own teacher."""
+    import math
+
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    model_dir = real_model(family)
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"text": f"Document {i}: the sum of {a} and {b} is {a + b}."}
+                                                 for i, (a, b) in enumerate(SUMS * 4)])
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"messages": m[:1], "chosen": m[1], "rejected": {"role": "assistant", "content": "I do not know."}}
+        for m in EXCHANGES])
+    chats = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in EXCHANGES])
+    common = dict(model_name_or_path=model_dir, per_device_train_batch_size=4, learning_rate=1e-3, max_steps=2,
+                  logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=0)
+    runs = {"pt": (dict(dataset=str(docs), cutoff_len=32), AutoModelForCausalLM),
+            "rm": (dict(dataset=str(pairs), cutoff_len=128), AutoModelForSequenceClassification),
+            "kd": (dict(dataset=str(chats), cutoff_len=128, teacher_model=model_dir), AutoModelForCausalLM)}
+    for stage, (extra, loader) in runs.items():
+        out = tmp_path / stage
+        assert main(["train", *_args(stage=stage, output_dir=str(out), **common, **extra)]) == 0, stage
+        losses = [r["loss"] for r in read_log(str(out)) if "loss" in r]
+        assert losses and all(math.isfinite(v) for v in losses), (stage, losses)
+        loader.from_pretrained(out)
