@@ -160,7 +160,7 @@ class OnlineRL:
 
     def make_rollout(self, step: int) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
         """This process's share of the step's prompts (whole groups) sampled, scored and given their old/reference
-        log-probabilities (and values); then, on several processes, everything gathered (`rl_distributed`), so the
+        log-probabilities (and values); then, on several processes, everything gathered (`distributed.py`), so the
         advantages below are computed on the whole rollout everywhere."""
         group = self.algorithm.group_size
         slots = self.batch_indices(step)

@@ -112,7 +112,7 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, max_c
               token_normalizer: float | None = None, row_normalizer: float | None = None) -> torch.Tensor:
     """Per-token losses to one number, as each GRPO variant averages them (`loss_type` in RLArguments). The
     normalisers default to this batch's tokens and rows; the loop passes the counts of the whole mini-batch (bnpo) or
-    optimizer step (dapo) over all processes, divided by the process count (`rl_distributed`)."""
+    optimizer step (dapo) over all processes, divided by the process count (`distributed.py`)."""
     total = (per_token * mask).sum()
     rows = float(row_normalizer if row_normalizer is not None else per_token.shape[0])
     if loss_type == "grpo":  # per completion, then over completions
