@@ -272,7 +272,7 @@ class OnlineRL:
     def minibatch_loss(self, rollout: Rollout, batch: dict[str, torch.Tensor], rows: torch.Tensor,
                        mask: torch.Tensor, normalisers: dict[str, float]) -> tuple[PolicyLoss, torch.Tensor]:
         """This process's rows of a mini-batch: their loss, normalised for the whole mini-batch (see
-        `rl_distributed`), and their entropy."""
+        `distributed.py`), and their entropy."""
         part = rollout.select(rows)
         with self.optim.autocast():
             logps, entropy, values = completion_logps(self.policy, part, self.cfg.generation.temperature,
