@@ -70,22 +70,37 @@ def _utf8_lines(path: str, fh: IO[bytes]) -> Iterator[tuple[int, bytes]]:
         yield lineno, line
 
 
+def _line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def checked_json_text(path: str) -> str:
+    """The text of a .json/.jsonl file, read once, after the checks of `check_json_file` (for readers that parse
+    the whole file themselves)."""
+    with open_data_file(path) as fh:
+        data = fh.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _utf8_error(path, f"line {_line_of(data, err.start)}", err) from None
+    if data.lstrip().startswith(b"["):
+        if _too_deep(data):
+            raise DataError(f"Data error: '{path}': JSON nested deeper than {MAX_JSON_DEPTH} levels.")
+        return text
+    for lineno, line in enumerate(data.split(b"\n"), start=1):
+        if _too_deep(line):
+            raise DataError(f"Data error: '{path}' line {lineno}: JSON nested deeper than {MAX_JSON_DEPTH} levels.")
+    return text
+
+
 def check_json_file(path: str) -> None:
     """Raise a DataError naming the line of the first record that must not reach a JSON reader: bytes that are not
     UTF-8, or nesting deeper than MAX_JSON_DEPTH. One pass over the file; a line with few brackets is only counted."""
     with open_data_file(path) as fh:
-        head = fh.read(4096).lstrip()
-        fh.seek(0)
-        if head.startswith(b"["):  # one JSON document (an array of records): checked whole
-            data = fh.read()
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError as err:
-                line = data.count(b"\n", 0, err.start) + 1
-                raise _utf8_error(path, f"line {line}", err) from None
-            if _too_deep(data):
-                raise DataError(f"Data error: '{path}': JSON nested deeper than {MAX_JSON_DEPTH} levels.")
+        if fh.read(4096).lstrip().startswith(b"["):  # one JSON document (an array of records): checked whole
+            checked_json_text(path)
             return
+        fh.seek(0)
         for lineno, line in _utf8_lines(path, fh):
             if _too_deep(line):
                 raise DataError(f"Data error: '{path}' line {lineno}: JSON nested deeper than {MAX_JSON_DEPTH} "

@@ -13,7 +13,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from lmforge.data.diagnose import check_json_file, open_data_file
+from lmforge.data.diagnose import checked_json_text
 from lmforge.data.loading import load_raw
 from lmforge.data.registry import SourceSpec
 from lmforge.errors import DataError
@@ -35,12 +35,7 @@ def _json_lines(path: str, text: str) -> list[Any]:
 
 
 def _read_json_file(path: str) -> list[Any]:
-    check_json_file(path)  # bytes that are not UTF-8 and deep nesting: named by line before any parsing
-    try:
-        with open_data_file(path, "r", encoding="utf-8") as fh:
-            text = fh.read()
-    except UnicodeDecodeError as err:
-        raise DataError(f"Data error: '{path}' is not UTF-8 text (byte {err.start}).") from None
+    text = checked_json_text(path)  # bytes that are not UTF-8 and deep nesting: named by line before any parsing
     if path.lower().endswith(".jsonl"):
         return _json_lines(path, text)
     try:
