@@ -173,4 +173,4 @@ def llava_next_dir(tmp_path_factory, quickstart_texts) -> str:
     return build_llava_next(str(tmp_path_factory.mktemp("tiny-llava-next")), quickstart_texts[:500])
 
 
-from tests.real_models import real_model  # noqa: E402, F401 - the fixture of tiny real-family models
+from tests.real_models import family_run, real_model  # noqa: E402, F401 - the tiny real-family models

@@ -1,100 +1,45 @@
-"""Tiny random-weight models of real families, built from what users bring: the family's own tokenizer files, chat
-template, generation config and config.json (../shared/data/real_models, see its MANIFEST.md), with only the sizes
-shrunk (2 layers, hidden size 32, 4 experts) through transformers' own classes. The vocabulary, special tokens,
-template, EOS ids and config quirks (tied embeddings, rope scaling, layer types, MoE routing) stay the family's.
-
-A family that cannot be built here is skipped with the reason (the installed transformers lacks its architecture,
-its tokenizer files are not in the folder)."""
+"""The real families as fixtures: tiny random-weight models built from the families' own tokenizer files, chat
+templates, generation configs and config.json (../shared/data/real_models, see its MANIFEST.md; another folder of
+family folders with $LMFORGE_REAL_MODELS), through `lmforge.bench.families`, the builder `lmforge bench --suite
+models` uses. A family that cannot be built here is skipped with the reason."""
 
 from __future__ import annotations
 
-import json
-import shutil
+import os
 from pathlib import Path
 
 import pytest
 
-REAL_MODELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_models"  # (conftest imports this file)
-CAUSAL = ("qwen2.5-instruct", "qwen3", "qwen3-moe", "llama-3.2-instruct", "gpt-oss-20b")
-ENCODERS = ("bert-base-uncased", "roberta-base")
+from lmforge.bench.families import FamilyUnavailable, discover
+from lmforge.bench.model_matrix import FamilyRun
 
-# the sizes every family shrinks to (keys a family's config lacks are not added)
-SHRUNK = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-          "head_dim": 8, "intermediate_size": 64, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 16,
-          "num_experts": 4, "num_local_experts": 4, "num_experts_per_tok": 2, "max_window_layers": 2,
-          "n_routed_experts": 4, "first_k_dense_replace": 1}
-
-
-def _tokenizer(family: str):
-    from transformers import AutoTokenizer, RobertaTokenizer
-
-    source = REAL_MODELS / family
-    try:
-        return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as err:
-        if (source / "vocab.json").is_file() and (source / "merges.txt").is_file():  # a 2019 RoBERTa folder
-            return RobertaTokenizer.from_pretrained(source)
-        pytest.skip(f"{family}: its tokenizer does not load here ({str(err).splitlines()[0][:120]})")
-
-
-def _config(family: str):
-    from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    source = REAL_MODELS / family
-    raw = json.loads((source / "config.json").read_text())
-    if "model_type" not in raw:  # a config from before `model_type`: named by its folder, as transformers once did
-        known = [name for name in CONFIG_MAPPING if name in family]
-        config = CONFIG_MAPPING[max(known, key=len)].from_pretrained(source)
-    else:
-        try:
-            config = AutoConfig.from_pretrained(source)
-        except (KeyError, ValueError) as err:
-            pytest.skip(f"{family}: transformers {_version()} cannot read its config ({err})")
-    text = config.get_text_config()
-    text.update({k: v for k, v in SHRUNK.items() if hasattr(text, k)})
-    if getattr(text, "layer_types", None):
-        text.layer_types = list(text.layer_types)[: text.num_hidden_layers]
-    if getattr(text, "mlp_only_layers", None):
-        text.mlp_only_layers = []
-    return config
-
-
-def _version() -> str:
-    import transformers
-
-    return transformers.__version__
-
-
-def build_tiny(family: str, dest: Path, head: str = "causal") -> str:
-    """`dest` holds a tiny `family` model with the family's real tokenizer (and template, generation config):
-    `head` "causal" (AutoModelForCausalLM) or "cls" (AutoModelForSequenceClassification, 2 labels)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    tokenizer, config = _tokenizer(family), _config(family)
-    torch.manual_seed(0)
-    if head == "cls":
-        config.num_labels = 2
-        model = AutoModelForSequenceClassification.from_config(config)
-    else:
-        model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
-    for name in ("generation_config.json", "chat_template.jinja"):
-        if (REAL_MODELS / family / name).is_file():
-            shutil.copy(REAL_MODELS / family / name, dest / name)
-    return str(dest)
+REAL_MODELS = Path(os.environ.get("LMFORGE_REAL_MODELS")
+                   or Path(__file__).resolve().parents[2] / "shared" / "data" / "real_models")
+FAMILIES = {f.name: f for f in discover(REAL_MODELS)} if REAL_MODELS.is_dir() else {}
 
 
 @pytest.fixture(scope="session")
-def real_model(tmp_path_factory):
-    """`real_model(family, head="causal")`: the directory of a tiny model of that family (built once per session)."""
-    built: dict[tuple[str, str], str] = {}
+def family_run(tmp_path_factory):
+    """`family_run(name)`: the family's FamilyRun (its tiny models built once per session)."""
+    runs: dict[str, FamilyRun] = {}
 
-    def get(family: str, head: str = "causal") -> str:
-        if (family, head) not in built:
-            built[family, head] = build_tiny(family, tmp_path_factory.mktemp(f"real-{family}-{head}"), head)
-        return built[family, head]
+    def get(name: str) -> FamilyRun:
+        if name not in runs:
+            runs[name] = FamilyRun(FAMILIES[name], tmp_path_factory.mktemp(f"real-{name}"))
+        return runs[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def real_model(family_run):
+    """`real_model(name, head=None)`: the directory of a tiny model of that family (as published, or `head`)."""
+    def get(name: str, head: str | None = None) -> str:
+        if name not in FAMILIES:
+            pytest.skip(f"{name} is not in {REAL_MODELS}")
+        try:
+            return family_run(name).model(head)
+        except FamilyUnavailable as err:
+            pytest.skip(f"{name}: {err}")
 
     return get

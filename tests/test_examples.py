@@ -25,7 +25,7 @@ def test_example_configs_validate():
             continue
         stages[path.name] = load_config(str(path)).finetuning.stage
     assert stages["pretrain_quickstart.yaml"] == "pt" and stages["sft_quickstart.yaml"] == "sft"
-    for stage in ("rm", "dpo", "kto", "ppo", "grpo"):
+    for stage in ("rm", "dpo", "kto", "ppo", "grpo", "cls"):
         assert stages[f"{stage}_quickstart.yaml"] == stage
 
 
@@ -83,3 +83,13 @@ def test_tutorial_scale_example_is_about_120m_parameters(tiny_tokenizer):
         model = AutoModelForCausalLM.from_config(config)
     total, _ = count_parameters(model)
     assert 100e6 < total < 140e6
+
+
+def test_cls_quickstart_data_is_generated_by_the_project_and_held_out_lines_are_unseen():
+    from lmforge.resources.cls_quickstart import generate, heldout
+
+    train, held = _shipped("cls_quickstart.jsonl"), _shipped("cls_quickstart_heldout.jsonl")
+    assert train == generate() and held == heldout()
+    counts = {label: sum(r["label"] == label for r in train) for label in ("sports", "weather", "food")}
+    assert counts == {"sports": 100, "weather": 200, "food": 600}
+    assert not {r["text"] for r in held} & {r["text"] for r in train}

@@ -209,3 +209,21 @@ def test_the_modelfile_on_disk_renders_every_turn_like_the_chat_template(tmp_pat
         assert execute(template, messages) == render(tok, messages, add_generation_prompt=True), messages
     stops = [line.split('"')[1] for line in text.splitlines() if line.startswith("PARAMETER stop ")]
     assert stops == ([tok.eos_token, "<|im_end|>"] if tok.eos_token != "<|im_end|>" else ["<|im_end|>"])
+
+
+def test_llama3_rope_scaling_is_written_as_the_factors_transformers_applies():
+    """Llama 3.1+/3.2 scale rope by frequency: the GGUF's rope_freqs divisors turn the plain frequencies into exactly
+    those transformers computes from the real Llama-3.2 config."""
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from lmforge.export.gguf_writer import _rope_theta, llama3_rope_factors
+    from tests.real_models import REAL_MODELS
+
+    config = AutoConfig.from_pretrained(REAL_MODELS / "llama-3.2-instruct")
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    head_dim = config.head_dim
+    plain = 1.0 / _rope_theta(config) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    factors = llama3_rope_factors(config, head_dim)
+    np.testing.assert_allclose(factors, plain / scaled.double().numpy(), rtol=1e-5)
+    assert factors.min() == 1.0 and factors.max() == 32.0  # short wavelengths kept, long ones divided by `factor`

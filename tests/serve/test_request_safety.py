@@ -47,6 +47,20 @@ def test_overflowing_scores_and_nan_rows():
     assert choose_next(row[None], [(params, [], [], torch.Generator().manual_seed(3))]) == [expected]
 
 
+def test_logit_bias_moves_a_token_as_openai_defines_it():
+    """+100 makes a token the choice whatever else scores, -100 rules the top one out, greedy or sampled."""
+    torch.manual_seed(0)
+    logits = torch.randn(50) * 3
+    top, low = int(logits.argmax()), int(logits.argmin())
+    for temperature in (0.0, 0.8):
+        forced = SamplingParams(max_tokens=1, temperature=temperature, logit_bias={low: 100.0})
+        banned = SamplingParams(max_tokens=1, temperature=0.0, logit_bias={top: -100.0})
+        generator = torch.Generator().manual_seed(1)
+        assert choose_one(logits, forced, [], [], generator) == low
+        assert choose_one(logits, banned, [], [], generator) == int(logits.topk(2).indices[1])
+    assert float(logits[low]) == float(logits.min())  # the caller's scores are not changed
+
+
 @pytest.mark.parametrize(("field", "value", "fragment"), [
     ("seed", 2**70, "less than or equal to 9223372036854775807"),
     ("seed", -(2**63) - 1, "greater than or equal to -9223372036854775808"),
@@ -60,6 +74,10 @@ def test_overflowing_scores_and_nan_rows():
     ("repetition_penalty", 1e-300, "greater than or equal to 0.01"),
     ("presence_penalty", float("-inf"), "finite number"),
     ("frequency_penalty", 1e308, "less than or equal to 2"),
+    ("logit_bias", {"12": 100.5}, "biases go from -100 to 100"),
+    ("logit_bias", {"12": float("nan")}, "biases go from -100 to 100"),
+    ("logit_bias", {"<|im_end|>": 5}, "keys are token ids"),
+    ("logit_bias", {str(i): 1 for i in range(301)}, "at most 300 tokens"),
 ])
 def test_every_numeric_field_is_range_checked(field, value, fragment):
     with pytest.raises(ValidationError, match=fragment):

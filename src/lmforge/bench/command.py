@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from lmforge.bench.training import __doc__ as TRAINING_DOC
@@ -43,11 +44,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="with --compare, --packing-compare, --eval-prefix-compare or --preprocess: runs per "
                         "path (best kept)")
-    parser.add_argument("--suite", choices=["gpu"],
+    parser.add_argument("--suite", choices=["gpu", "models"],
                         help="gpu: the GPU check (bench/gpu_check.sh): a 0.5B model built from a config; SFT MFU and "
-                        "memory, losses, packing, serving, FSDP2/DeepSpeed; writes gpu_check.json/.md to --output")
-    parser.add_argument("--smoke", action="store_true", help="with --suite: a tiny model, so the suite runs on a CPU")
-    parser.add_argument("--output", default="gpu_check", help="with --suite: where its files go")
+                        "memory, losses, packing, serving, FSDP2/DeepSpeed; writes gpu_check.json/.md to --output. "
+                        "models: every stage on a tiny model of every family in --families (real tokenizer files, "
+                        "templates and configs); writes the support table to --output (docs/models.md)")
+    parser.add_argument("--smoke", action="store_true", help="with --suite gpu: a tiny model, so it runs on a CPU")
+    parser.add_argument("--output", help="with --suite: where its files go (gpu_check; docs/models.md)")
+    parser.add_argument("--families", help="with --suite models: a folder of family folders (config.json, tokenizer "
+                        "files, chat template; no weights); default $LMFORGE_REAL_MODELS or ../shared/data/real_models")
+    parser.add_argument("--family", action="append", help="with --suite models: only this family (repeatable)")
     ns = parser.parse_args(argv)
     from lmforge.logs import setup_logging
 
@@ -55,10 +61,12 @@ def main(argv: list[str]) -> int:
     config, overrides = ns.config, list(ns.overrides)
     if config and "=" in config:
         config, overrides = None, [config, *overrides]
+    if ns.suite == "models":
+        return _model_suite(ns.families, ns.family, ns.output or "docs/models.md")
     if ns.suite:
         from lmforge.bench.gpu_suite import run_suite, table
 
-        result = run_suite(ns.output, smoke=ns.smoke, steps=ns.steps if ns.steps != 20 else 10)
+        result = run_suite(ns.output or "gpu_check", smoke=ns.smoke, steps=ns.steps if ns.steps != 20 else 10)
         print(table(result))
         if result["failed"]:
             print(f"failed checks: {', '.join(result['failed'])}", file=sys.stderr)
@@ -106,3 +114,27 @@ def _stage_of(config: str | None, overrides: list[str]) -> str:
 
     raw = merge(read_yaml(config) if config else {}, parse_overrides(overrides))
     return str(raw.get("stage", "pt"))
+
+
+def _model_suite(families: str | None, only: list[str] | None, output: str) -> int:
+    """`--suite models`: the real-family matrix, written as a table; 1 when a cell failed."""
+    import tempfile
+
+    from lmforge.bench.model_matrix import default_families_dir, run_matrix, table
+    from lmforge.errors import ConfigError
+    from lmforge.jsonl import atomic_open
+
+    families = families or default_families_dir()
+    if not families or not os.path.isdir(families):
+        raise ConfigError("Config error (command line): `lmforge bench --suite models` needs --families DIR, a "
+                          f"folder of family folders (each a config.json and tokenizer files); got {families!r}.")
+    with tempfile.TemporaryDirectory(prefix="lmforge-models-") as work:
+        matrix = run_matrix(families, work, only)
+    text = table(matrix)
+    with atomic_open(output) as fh:
+        fh.write(text)
+    failed = [f"{family} / {stage}" for family, cells in matrix["results"].items()
+              for stage, (status, _) in cells.items() if status == "failed"]
+    print(f"Wrote {output}: {len(matrix['results'])} families in {matrix['seconds']} s"
+          + (f"; failed: {', '.join(failed)}" if failed else "; every applicable cell passed"))
+    return 1 if failed else 0

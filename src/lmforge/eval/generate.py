@@ -19,9 +19,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lmforge.config.schema import EvalConfig
 from lmforge.data.examples import build_examples
 from lmforge.data.multimodal import MultimodalCollator, per_token_outputs
-from lmforge.data.template import stop_token_ids
 from lmforge.model import multimodal
-from lmforge.model.inference import predict_and_score
+from lmforge.model.inference import generation_stop_ids, predict_and_score
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +39,8 @@ def evaluate_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
         predictions, scores = predict_with_images(model, processor, rows, references, cfg)
     else:
         predictions, scores = predict_and_score(model, tokenizer, prompts, references, cfg.generation,
-                                                stop_token_ids(tokenizer), cfg.eval.batch_size, cfg.eval.seed,
-                                                progress=True)
+                                                generation_stop_ids(tokenizer, model), cfg.eval.batch_size,
+                                                cfg.eval.seed, progress=True)
     scored = sum(r is not None for r in references)
     if not scored:
         logger.warning("No prompt has a reference answer: nothing to score, only the predictions are written")
@@ -61,7 +60,7 @@ def predict_with_images(model: PreTrainedModel, processor: Any, rows: Any, refer
     tokenizer = processor.tokenizer
     extras = tuple(per_token_outputs(processor))
     collate = MultimodalCollator(lambda f: {}, processor, media_options(cfg.data), ())
-    gen, stops = cfg.generation, stop_token_ids(tokenizer)
+    gen, stops = cfg.generation, generation_stop_ids(tokenizer, model)
     sampling = {"temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k} if gen.do_sample else {}
     torch.manual_seed(cfg.eval.seed)
     predictions = []

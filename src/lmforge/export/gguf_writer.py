@@ -1,8 +1,10 @@
-"""A GGUF file (llama.cpp, Ollama) from a merged Llama- or Qwen2-family model, through the `gguf` package.
+"""A GGUF file (llama.cpp, Ollama) from a merged Llama-, Mistral-, Qwen2- or Qwen3-family model, through the `gguf`
+package.
 
 Follows llama.cpp's convert_hf_to_gguf.py for these architectures: its tensor names (gguf's TensorNameMap), its
-metadata keys, Llama's q/k rows permuted for GGML's rotary layout, the vocabulary padded to the embedding rows, and
-norms and biases kept in f32. Only byte-level BPE tokenizers (GPT-2, Llama 3, Qwen2 style) are written.
+metadata keys, Llama's q/k rows permuted for GGML's rotary layout, Llama 3's rope scaling as a `rope_freqs` tensor,
+the vocabulary padded to the embedding rows, and norms and biases kept in f32. Only byte-level BPE tokenizers
+(GPT-2, Llama 3, Qwen2 style) are written.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from lmforge.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA, "mistral": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
+ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA, "mistral": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
+                 "qwen3": gguf.MODEL_ARCH.QWEN3}
 TENSOR_TYPES = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
                 "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
 FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -36,10 +39,27 @@ def _rope_theta(config) -> float:
 def _rope_scaling(config) -> dict:
     scaling = dict(getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {})
     kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind not in ("default", "linear"):
+    if kind not in ("default", "linear", "llama3"):
         raise ConfigError(f"Config error: GGUF export does not write rope scaling of type '{kind}'; export the "
                           "safetensors and convert them with llama.cpp's convert_hf_to_gguf.py.")
-    return scaling if kind == "linear" else {}
+    return scaling if kind != "default" else {}
+
+
+def llama3_rope_factors(config, head_dim: int) -> np.ndarray:
+    """Llama 3.1+'s rope scaling as llama.cpp takes it: a divisor per rotary frequency (the `rope_freqs` tensor):
+    1 for short wavelengths, `factor` for long ones, and a smooth blend between `original_max_position_embeddings`
+    / high_freq_factor and / low_freq_factor (transformers' `_compute_llama3_parameters`)."""
+    scaling = _rope_scaling(config)
+    base, factor = _rope_theta(config), float(scaling.get("factor", 8.0))
+    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+    old_context = float(scaling.get("original_max_position_embeddings", 8192))
+    freqs = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelengths = 2 * np.pi / freqs
+    smooth = (old_context / wavelengths - low) / (high - low)
+    blended = 1 / ((1 - smooth) / factor + smooth)
+    factors = np.where(wavelengths < old_context / high, 1.0, np.where(wavelengths > old_context / low, factor,
+                                                                            blended))
+    return factors.astype(np.float32)
 
 
 # The split patterns of the pre-tokenizers llama.cpp knows by name (it identifies the rest by a hash of their output).
@@ -131,7 +151,7 @@ def write_gguf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, token
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     scaling = _rope_scaling(config)
-    if scaling:
+    if scaling.get("rope_type", scaling.get("type")) == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
     writer.add_file_type(FILE_TYPES[outtype])
@@ -148,6 +168,10 @@ def write_gguf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, token
 
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     count = 0
+    if scaling.get("rope_type") == "llama3":  # llama.cpp reads Llama 3's rope scaling from this tensor
+        writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                          llama3_rope_factors(config, head_dim))
+        count += 1
     for hf_name, tensor in model.state_dict().items():
         if hf_name == "lm_head.weight" and config.tie_word_embeddings:
             continue  # llama.cpp reuses token_embd for the output when `output` is absent

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.config.generation import GenerationArguments
 from lmforge.config.model import ModelArguments
+from lmforge.data.template import stop_token_ids
 from lmforge.errors import ConfigError
 from lmforge.model.build import build_model
 
@@ -21,6 +22,18 @@ DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, 
 
 def inference_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def generation_stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> list[int]:
+    """Where a reply ends: EOS and the template's end of turn (`stop_token_ids`), then every EOS id of the
+    checkpoint's generation config (Llama 3 lists <|end_of_text|>, <|eom_id|> and <|eot_id|>; GPT-OSS <|return|>,
+    <|endoftext|> and <|call|>), as `model.generate` and vLLM stop at them."""
+    ids = stop_token_ids(tokenizer)
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for token_id in configured if isinstance(configured, list) else [configured]:
+        if isinstance(token_id, int) and 0 <= token_id < len(tokenizer) and token_id not in ids:
+            ids.append(token_id)
+    return ids
 
 
 def load_inference_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase,

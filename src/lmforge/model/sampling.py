@@ -34,6 +34,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (OpenAI's)
 
     @classmethod
     def from_generation(cls, gen: GenerationArguments, **changes) -> SamplingParams:
@@ -48,8 +49,11 @@ class SamplingParams:
 
 
 def _penalised(logits: torch.Tensor, params: SamplingParams, generated: list[int], prompt: list[int]) -> torch.Tensor:
-    """OpenAI's presence/frequency penalties over the completion so far, and the multiplicative repetition penalty
-    of transformers (over prompt and completion)."""
+    """OpenAI's logit bias and presence/frequency penalties over the completion so far, and the multiplicative
+    repetition penalty of transformers (over prompt and completion)."""
+    if params.logit_bias:
+        ids = torch.tensor(list(params.logit_bias), device=logits.device, dtype=torch.long)
+        logits[ids] += torch.tensor(list(params.logit_bias.values()), device=logits.device, dtype=logits.dtype)
     if params.repetition_penalty != 1.0:
         seen = torch.tensor(sorted(set(prompt) | set(generated)), device=logits.device, dtype=torch.long)
         scores = logits[seen]

@@ -154,6 +154,12 @@ def create_app(engine, model_name: str, gen: GenerationArguments, api_key: str |
         for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
             if getattr(body, name) is not None:
                 setattr(defaults, name, getattr(body, name))
+        if body.logit_bias:
+            defaults.logit_bias = {int(token): bias for token, bias in body.logit_bias.items()}
+            unknown = [t for t in defaults.logit_bias if t >= len(engine.tokenizer)]
+            if unknown:
+                raise ApiError(400, f"logit_bias names token {unknown[0]}, beyond this model's vocabulary of "
+                               f"{len(engine.tokenizer)} tokens.", param="logit_bias")
         if body.top_p is not None and body.top_k is None:
             defaults.top_k = 0  # OpenAI clients know no top-k: a top_p they set is the only truncation
         return defaults

@@ -9,7 +9,7 @@ from lmforge.config.schema import ServeConfig
 from lmforge.data.template import stop_token_ids
 from lmforge.errors import ConfigError
 from lmforge.model import multimodal
-from lmforge.model.inference import load_inference_model
+from lmforge.model.inference import generation_stop_ids, load_inference_model
 from lmforge.model.tokenizer import load_inference_tokenizer, with_template
 
 logger = logging.getLogger(__name__)
@@ -34,14 +34,20 @@ def load_engine(cfg: ServeConfig, need_chat_template: bool = True):
     if need_chat_template and not tokenizer.chat_template:
         raise ConfigError(f"Config error ({cfg.source}): the tokenizer of '{cfg.model.model_name_or_path}' has no "
                           "chat template: set `template` (chatml, llama3, alpaca, default or a .jinja file).")
-    stop_ids = stop_token_ids(tokenizer)
-    logger.info("Generation stops at %s", ", ".join(repr(tokenizer.convert_ids_to_tokens(i)) for i in stop_ids))
-    if cfg.serve.infer_backend == "vllm":
+    if cfg.serve.infer_backend == "vllm":  # vLLM adds the generation config's EOS ids itself
         from lmforge.serve.vllm_engine import VllmEngine
 
+        stop_ids = stop_token_ids(tokenizer)
+        _log_stops(tokenizer, stop_ids)
         return VllmEngine(cfg, tokenizer, stop_ids)
     from lmforge.serve.engine import Engine
 
     model = load_inference_model(cfg.model, tokenizer)
+    stop_ids = generation_stop_ids(tokenizer, model)
+    _log_stops(tokenizer, stop_ids)
     return Engine(model, tokenizer, stop_ids, cfg.serve.max_batch_size, cfg.serve.max_model_len,
                   continuous=cfg.serve.continuous_batching, processor=processor)
+
+
+def _log_stops(tokenizer, stop_ids: list[int]) -> None:
+    logger.info("Generation stops at %s", ", ".join(repr(tokenizer.convert_ids_to_tokens(i)) for i in stop_ids))

@@ -14,6 +14,7 @@ MAX_CHOICES = 16
 MAX_STOP_STRINGS = 16
 INT64 = (-(2**63), 2**63 - 1)  # the range of a seed (OpenAI's and torch's)
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound
+MAX_LOGIT_BIAS = 300  # OpenAI's bound on the entries of logit_bias
 
 
 class ContentPart(BaseModel):
@@ -68,6 +69,8 @@ class SamplingRequest(BaseModel):
     stream_options: StreamOptions | None = None
     logprobs: Any = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    # token id (as a string, OpenAI's JSON form) -> a bias from -100 (never) to 100 (always) added to its logit
+    logit_bias: dict[str, float] | None = None
     user: str | None = None
 
     @field_validator("stop")
@@ -77,6 +80,18 @@ class SamplingRequest(BaseModel):
         if len(stops) > MAX_STOP_STRINGS:
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are supported")
         return [s for s in stops if s]
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if len(value or {}) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} tokens can be biased")
+        for token, bias in (value or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"keys are token ids (whole numbers as strings), got '{token[:40]}'")
+            if not -100.0 <= bias <= 100.0:  # also refuses NaN
+                raise ValueError(f"the bias of token {token} is {bias}; biases go from -100 to 100")
+        return value
 
     @field_validator("logprobs", "top_logprobs")
     @classmethod

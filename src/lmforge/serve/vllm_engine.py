@@ -54,7 +54,8 @@ class VllmEngine:
             n=n, max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
             top_k=params.top_k if params.top_k > 0 else -1, repetition_penalty=params.repetition_penalty,
             presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
-            stop=params.stop or None, stop_token_ids=self.stop_ids, seed=params.seed)
+            stop=params.stop or None, stop_token_ids=self.stop_ids, seed=params.seed,
+            logit_bias=params.logit_bias or None)
         handle, request_id = Handle(), uuid.uuid4().hex
         asyncio.run_coroutine_threadsafe(self._generate(prompt, sampling, request_id, sink, handle), self.loop)
         return handle

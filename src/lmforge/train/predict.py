@@ -11,9 +11,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lmforge.config.schema import RunConfig
 from lmforge.data.encode import prepare_messages
-from lmforge.data.template import prompt_ids, stop_token_ids
+from lmforge.data.template import prompt_ids
 from lmforge.jsonl import write_json, write_jsonl
-from lmforge.model.inference import predict_and_score
+from lmforge.model.inference import generation_stop_ids, predict_and_score
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ def predict(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTokeniz
     `write` is false: a process that only takes part in a split model's generation)."""
     ids, references = prediction_prompts(examples, tokenizer, cfg.data.enable_thinking)
     predictions, scores = predict_and_score(model, tokenizer, ids, references, cfg.generation,
-                                            stop_token_ids(tokenizer), cfg.training.per_device_eval_batch_size,
-                                            cfg.training.seed)
+                                            generation_stop_ids(tokenizer, model),
+                                            cfg.training.per_device_eval_batch_size, cfg.training.seed)
     out = cfg.training.output_dir
     scores = {f"predict_{k}": v for k, v in scores.items()}
     if write:
