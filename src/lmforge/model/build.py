@@ -129,6 +129,19 @@ def quantization_config(bits: int) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def with_head(config: PretrainedConfig, head: dict[str, Any]) -> PretrainedConfig:
+    """`config` with a classification head's settings (num_labels first: it resets the label names), and the pad
+    id on the text config too, where a vision-language model's classifier reads it."""
+    if "num_labels" in head:
+        config.num_labels = head["num_labels"]
+    for key, value in head.items():
+        if key != "num_labels":
+            setattr(config, key, value)
+    if "pad_token_id" in head:
+        config.get_text_config().pad_token_id = head["pad_token_id"]
+    return config
+
+
 def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward_head: bool = False,
                 dtype: Any = "auto", classifier: dict[str, Any] | None = None,
                 split: dict[str, Any] | None = None) -> PreTrainedModel:
@@ -140,25 +153,28 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
     kwargs.update(split or {})
     auto_class: Any = AutoModelForCausalLM
     adapter_head = classifier_head_of(args.adapter_name_or_path)  # a base for its classifier adapter: that head
+    head: dict[str, Any] = {}
     if reward_head or classifier or adapter_head:
         auto_class = AutoModelForSequenceClassification
-        kwargs.update(classifier or adapter_head or {"num_labels": 1}, pad_token_id=tokenizer.pad_token_id)
+        head = {**(classifier or adapter_head or {"num_labels": 1}), "pad_token_id": tokenizer.pad_token_id}
     elif not args.from_scratch:  # what the checkpoint is, from its config (read once)
         config = multimodal.model_config(args)
-        if multimodal.is_multimodal_config(config):
-            auto_class = AutoModelForImageTextToText
-        elif is_sequence_classifier(args, config):  # a saved `stage: cls` (or reward) model loads as what it is
+        if is_sequence_classifier(args, config):  # a saved `stage: cls` (or reward) model loads as what it is
             auto_class = AutoModelForSequenceClassification
+        elif multimodal.is_multimodal_config(config):
+            auto_class = AutoModelForImageTextToText
     if args.quantization_bit:
         kwargs["quantization_config"] = quantization_config(args.quantization_bit)
     if args.from_scratch:
-        config = scratch_config(args, tokenizer)
-        for key in ("num_labels", "id2label", "label2id", "problem_type", "pad_token_id"):  # the head's, on the config
-            if key in kwargs:
-                setattr(config, key, kwargs.pop(key))
+        config = with_head(scratch_config(args, tokenizer), head)
         model = auto_class.from_config(config, trust_remote_code=args.trust_remote_code, **kwargs)
         origin = f"new {config.model_type} model (random init)"
     else:
+        config = multimodal.model_config(args) if head else None
+        if config is not None:  # on the config: a composite one (Gemma 3) passes unknown keywords to the model class
+            kwargs["config"] = with_head(config, head)
+        else:
+            kwargs.update(head)
         try:
             model = auto_class.from_pretrained(
                 args.model_name_or_path, trust_remote_code=args.trust_remote_code, revision=args.model_revision,

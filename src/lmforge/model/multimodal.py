@@ -46,8 +46,27 @@ def is_multimodal_config(config: Any) -> bool:
     return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or hasattr(config, "vision_config")
 
 
+# the files a saved processor is made of; a local checkpoint with none of them has no way to read images
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json")
+
+
 def is_multimodal(args: ModelArguments) -> bool:
-    return not args.from_scratch and is_multimodal_config(model_config(args))
+    """A vision-language checkpoint that comes with its processor. One saved without any processor file (its
+    language model fine-tuned on text, a config-and-tokenizer copy) trains and serves as a text model."""
+    if args.from_scratch or not is_multimodal_config(model_config(args)):
+        return False
+    folders = [p for p in (args.tokenizer_name_or_path, args.adapter_name_or_path, args.model_name_or_path) if p]
+    if not os.path.isdir(args.model_name_or_path) or any(
+            os.path.isfile(os.path.join(folder, name)) for folder in folders for name in PROCESSOR_FILES):
+        return True  # a hub id, or a folder with its processor
+    if args.model_name_or_path not in _TEXT_ONLY_NOTED:
+        _TEXT_ONLY_NOTED.add(args.model_name_or_path)
+        logger.warning("'%s' is a vision-language model saved without its processor (no %s): it is used as a "
+                       "text model", args.model_name_or_path, " or ".join(PROCESSOR_FILES))
+    return False
+
+
+_TEXT_ONLY_NOTED: set[str] = set()
 
 
 def load_processor(args: ModelArguments) -> Any:
