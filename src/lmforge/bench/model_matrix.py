@@ -190,8 +190,13 @@ def cell_labels(run: FamilyRun) -> str:
     from lmforge.config.data import DataArguments
     from lmforge.data.examples import build_examples
 
+    from datasets import Dataset
+
+    from lmforge.data.packing import pack_examples
+
     tokenizer = AutoTokenizer.from_pretrained(run.model())
     cases = _label_cases(tokenizer)
+    rows, replies = [], []
     for name, messages, tools in cases:
         record = {"messages": messages, **({"tools": tools} if tools else {})}
         path = run.data(f"labels-{name.replace(' ', '-')}.jsonl", [record])
@@ -201,7 +206,16 @@ def cell_labels(run: FamilyRun) -> str:
         expected = expected_reply(tokenizer, messages, tools)
         check(trained == expected, f"{name}: trained {tokenizer.decode(trained)!r}, the template's reply is "
                                    f"{tokenizer.decode(expected)!r}")
-    return "exact: " + ", ".join(name for name, _, _ in cases)
+        rows.append({"input_ids": row["input_ids"], "labels": row["labels"]})
+        replies.append(expected)
+    # packed into one row: the same trained tokens, example after example, positions restarting at each
+    packed = pack_examples(Dataset.from_list(rows), sum(len(r["input_ids"]) for r in rows))[0]
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))  # best-fit-decreasing's order
+    trained = [t for t, label in zip(packed["input_ids"], packed["labels"], strict=True) if label != -100]
+    check(trained == [t for i in order for t in replies[i]], "packing changed which tokens are trained")
+    starts = [i for i, position in enumerate(packed["position_ids"]) if position == 0]
+    check(len(starts) == len(rows), f"packed positions restart {len(starts)} times for {len(rows)} examples")
+    return "exact: " + ", ".join(name for name, _, _ in cases) + "; packed alike"
 
 
 # ---- training stages -------------------------------------------------------------------------------------------
