@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from lmforge.config.data import DataArguments
 from lmforge.config.stages import STAGES
 from lmforge.data import media
-from lmforge.data.cache import CACHE_FORMAT, cached_splits, source_identity
+from lmforge.data.cache import CACHE_FORMAT, cached_splits, fresh_fingerprint, source_identity
 from lmforge.data.encode import KIND_COLUMNS, ConversationEncoder, LabelOptions
 from lmforge.data.formats import ConversationFormat, ExampleKind, SkipRecord, SkipReport, normalise_records
 from lmforge.data.loading import mix, split_validation
@@ -139,7 +139,7 @@ def encode_source(spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, args: Da
     workers = preprocessing_workers(args.preprocessing_num_workers, len(table))
     encoded = table.map(make_encoder(tokenizer, args, kind, processor), batched=True,
                         batch_size=min(args.preprocessing_batch_size, 256), num_proc=workers,
-                        desc=f"Encoding {spec.name}", **files)
+                        desc=f"Encoding {spec.name}", new_fingerprint=fresh_fingerprint(), **files)
     rate = len(table) / max(time.perf_counter() - started, 1e-9)
     skips = _column(encoded, "skip")
     for record, reason in zip(_column(encoded, "record"), skips, strict=True):

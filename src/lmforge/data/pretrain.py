@@ -11,7 +11,7 @@ from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.config.data import DataArguments
-from lmforge.data.cache import CACHE_FORMAT, cached_splits, fingerprint, source_identity
+from lmforge.data.cache import CACHE_FORMAT, cached_splits, fingerprint, fresh_fingerprint, source_identity
 from lmforge.data.chunking import BlockChunker, DocumentTokenizer
 from lmforge.data.loading import AnyDataset, TextSplits, load_texts, split_validation
 from lmforge.data.registry import resolve_sources
@@ -73,7 +73,7 @@ def tokenize_to_blocks(docs: AnyDataset, tokenizer: PreTrainedTokenizerBase, arg
         if streaming:
             return {}
         files = {"cache_file_name": os.path.join(workdir, f"{name}-{step}.arrow")} if workdir else {}
-        return {"desc": desc, **files, **extra}
+        return {"desc": desc, "new_fingerprint": fresh_fingerprint(), **files, **extra}
 
     tokenized = docs.map(DocumentTokenizer(tokenizer, f"{name} split"), batched=True, with_indices=True,
                          batch_size=args.preprocessing_batch_size, remove_columns=["text"],
