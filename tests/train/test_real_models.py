@@ -13,7 +13,7 @@ import os
 import pytest
 
 from lmforge.bench.families import FamilyUnavailable
-from lmforge.bench.model_matrix import EXCHANGES, STAGES, applies
+from lmforge.bench.model_matrix import EXCHANGES, STAGES, Limited, NotApplicable, applies
 from lmforge.cli import main
 from lmforge.runlog import read_log
 from tests.conftest import REPO, write_jsonl
@@ -39,9 +39,12 @@ def test_the_matrix_has_the_families_the_issue_names():
 
 @pytest.mark.parametrize("family, stage", CELLS)
 def test_every_stage_on_every_real_family(family_run, family, stage):
+    """The cell's own checks pass (a `Limited` cell passed them too: its message is the limit the table notes)."""
     try:
         stage.run(family_run(family))
-    except FamilyUnavailable as err:
+    except Limited:
+        pass
+    except (FamilyUnavailable, NotApplicable) as err:
         pytest.skip(f"{family}: {err}")
 
 

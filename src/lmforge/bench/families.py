@@ -80,6 +80,9 @@ def load_tokenizer(source: Path):
     config) loads with its class, as transformers' own examples did."""
     from transformers import AutoTokenizer, RobertaTokenizer
 
+    files = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spm.model", "tiktoken.model")
+    if not any((source / name).is_file() for name in files):
+        raise FamilyUnavailable(f"the folder has no tokenizer vocabulary ({', '.join(files)})")
     try:
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError) as err:

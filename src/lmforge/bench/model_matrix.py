@@ -56,6 +56,10 @@ class NotApplicable(Exception):
     """This stage does not apply to this family; the message says why."""
 
 
+class Limited(Exception):
+    """The stage passed its checks, with a limit the message names (it is part of the table's notes)."""
+
+
 class CellFailed(AssertionError):
     """The stage ran but did not do what it must; the message is the one-line reason."""
 
@@ -441,7 +445,8 @@ def cell_export(run: FamilyRun) -> str:
     gap = (merged - expected).abs().max().item()
     check(gap < 1e-4, f"the merged model's logits differ from base + adapter by {gap:.2e}")
     if not gguf:
-        return f"merged (logits within {gap:.0e}); GGUF: lmforge writes {', '.join(ARCHITECTURES)} only"
+        raise Limited(f"merged (logits within {gap:.0e}); no GGUF: lmforge writes {', '.join(ARCHITECTURES)} "
+                      "(llama.cpp's convert_hf_to_gguf.py converts the merged safetensors)")
     from gguf import GGUFReader
 
     reader = GGUFReader(next(out.glob("*.gguf")))
@@ -468,7 +473,7 @@ def _topics(run: FamilyRun) -> str:
 
 def _cls_values(run: FamilyRun, dataset: str, **extra: Any) -> dict[str, Any]:
     return {"stage": "cls", "model_name_or_path": run.model(), "dataset": dataset, "cutoff_len": 32,
-            "per_device_train_batch_size": 16, "learning_rate": 3e-3, "num_train_epochs": 4, "logging_steps": 5,
+            "per_device_train_batch_size": 16, "learning_rate": 3e-3, "num_train_epochs": 8, "logging_steps": 5,
             **extra}
 
 
@@ -480,8 +485,7 @@ def cell_cls(run: FamilyRun) -> str:
 
     from lmforge.eval.classify import predict_file
 
-    log = run.train("cls", **_cls_values(run, _topics(run), class_weights="balanced", val_size=0.25,
-                                         num_train_epochs=8))
+    log = run.train("cls", **_cls_values(run, _topics(run), class_weights="balanced", val_size=0.25))
     values = losses(log)
     detail = falling(values)
     check(values[-1] < values[0] - 0.2, f"the loss barely fell: {values[0]:.3f} -> {values[-1]:.3f}")
@@ -609,6 +613,8 @@ def run_cell(run: FamilyRun, stage: Stage) -> tuple[str, str]:
         return "n/a", f"{stage.name} applies to {' and '.join(stage.kinds)} families"
     try:
         return "ok", stage.run(run)
+    except Limited as err:
+        return "limited", str(err)
     except NotApplicable as err:
         return "n/a", str(err)
     except FamilyUnavailable as err:
@@ -638,7 +644,7 @@ def run_matrix(families_dir: str, work: str, only: list[str] | None = None) -> d
             "transformers": transformers.__version__, "seconds": round(time.time() - started)}
 
 
-MARKS = {"ok": "ok", "failed": "**failed**", "n/a": "–", "skipped": "skipped"}
+MARKS = {"ok": "ok", "limited": "ok*", "failed": "**failed**", "n/a": "–", "skipped": "skipped"}
 
 
 def table(matrix: dict[str, Any]) -> str:
@@ -660,14 +666,16 @@ def table(matrix: dict[str, Any]) -> str:
     for name, cells in results.items():
         family = families[name]
         kind = family.kind + (", MoE" if family.moe else "")
-        marks = []
-        for stage in STAGES:
-            status, detail = cells[stage.name]
-            marks.append(MARKS[status])
-            if status in ("failed", "skipped") or (status == "n/a" and applies(stage, family)):
-                notes.append(f"- **{name} / {stage.name}** ({status}): {detail}")
-        lines.append(f"| {name} | {kind} | " + " | ".join(marks) + " |")
-    lines += ["", "## Notes", ""] + (sorted(set(notes)) or ["Every applicable cell passed."])
+        lines.append(f"| {name} | {kind} | " + " | ".join(MARKS[cells[s.name][0]] for s in STAGES) + " |")
+        noted = {stage.name: cells[stage.name] for stage in STAGES if cells[stage.name][0] in
+                 ("failed", "skipped", "limited") or (cells[stage.name][0] == "n/a" and applies(stage, family))}
+        if noted and len({v for v in noted.values()}) == 1 and len(noted) > 1:  # one reason for the whole family
+            status, detail = next(iter(noted.values()))
+            notes.append(f"- **{name}** ({status}, every stage): {detail}")
+        else:
+            notes += [f"- **{name} / {stage}** ({status}): {detail}" for stage, (status, detail) in noted.items()]
+    lines += ["", "## Notes", "", "`ok*`: passed, with the limit its note names.", ""]
+    lines += notes or ["Every applicable cell passed."]
     details = [f"- {name} / {stage}: {detail}" for name, cells in results.items()
                for stage, (status, detail) in cells.items() if status == "ok"]
     lines += ["", "## What each passing cell measured", "", *details, ""]
