@@ -17,7 +17,7 @@ from lmforge.bench.model_matrix import EXCHANGES, STAGES, Limited, NotApplicable
 from lmforge.cli import main
 from lmforge.runlog import read_log
 from tests.conftest import REPO, write_jsonl
-from tests.real_models import FAMILIES
+from tests.real_models import FAMILIES, REAL_MODELS
 
 pytestmark = pytest.mark.slow  # training runs
 
@@ -97,3 +97,19 @@ def test_tensor_parallel_saves_a_tied_model_with_the_names_of_one_process(real_m
     assert (split / "model.safetensors").stat().st_size == (single / "model.safetensors").stat().st_size
 
 
+
+
+def test_bench_suite_models_writes_the_support_table(tmp_path, capsys):
+    """`lmforge bench --suite models` on one family: the table's row says what ran, and a folder that is not one
+    of families is a config error."""
+    table = tmp_path / "models.md"
+    assert main(["bench", "--suite", "models", "--families", str(REAL_MODELS), "--family", "roberta-base",
+                 "--output", str(table)]) == 0
+    row = next(line for line in table.read_text().splitlines() if line.startswith("| roberta-base |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:2] == ["roberta-base", "encoder"] and cells[-5:] == ["ok"] * 5 and set(cells[2:-5]) == {"–"}
+    assert "transformers " in table.read_text()
+    capsys.readouterr()
+    assert main(["bench", "--suite", "models", "--families", str(tmp_path / "none"), "--output",
+                 str(tmp_path / "t.md")]) == 2
+    assert "needs --families DIR" in capsys.readouterr().err
