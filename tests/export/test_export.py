@@ -168,7 +168,8 @@ def test_gguf_refuses_architectures_it_cannot_write(tmp_path, tiny_tokenizer):
     model.save_pretrained(src)
     tiny_tokenizer.save_pretrained(src)
     result = run_lmforge("export", str(src), f"export_dir={tmp_path / 'out'}", "export_gguf=true")
-    assert result.returncode == 2 and "GGUF export supports llama, mistral, qwen2 models, not 'gpt2'" in result.stderr
+    assert result.returncode == 2
+    assert "GGUF export supports llama, mistral, qwen2, qwen3 models, not 'gpt2'" in result.stderr
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 

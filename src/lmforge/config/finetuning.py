@@ -21,6 +21,9 @@ class FinetuningArguments:
         "or `all`.")
     freeze_extra_modules: str | None = option(
         None, "With `freeze`: comma-separated modules outside the layers to train too (e.g. `embed_tokens,norm`).")
+    freeze_router: bool = option(
+        False, "Mixtures of experts: keep every router (the gate that picks each token's experts) fixed while the "
+        "rest trains, with any `finetuning_type`.")
     teacher_model: str | None = option(
         None, "With `kd`: the teacher's directory or hub id (it must share the student's tokenizer).", stages=("kd",))
     teacher_adapter: str | None = option(

@@ -53,6 +53,18 @@ class ModelArguments:
     quantization_bit: int | None = option(
         None, "Load the base model quantized to 4 or 8 bits with bitsandbytes (QLoRA; needs `finetuning_type: lora` "
         "and a CUDA GPU).")
+    rope_scaling: dict[str, Any] | None = option(
+        None, "Extend the context of a pretrained (or new) model by RoPE scaling, e.g. `{rope_type: yarn, factor: "
+        "4.0}`: linear, dynamic, yarn, longrope or llama3, as transformers implements them for the architecture. "
+        "`original_max_position_embeddings` defaults to the model's context and its rope base (`rope_theta`) is "
+        "kept. Saved with the model, so chat, api, eval and export use the longer context.")
+    max_position_embeddings: int | None = option(
+        None, "The context, in tokens, the model is trained and served for (default with `rope_scaling`: the "
+        "model's context x `factor`).")
+    router_aux_loss_coef: float | None = option(
+        None, "Mixtures of experts: the weight of the router's load-balancing loss (the model's own) added to the "
+        "training loss in every stage (pt, sft, dpo, kto, kd, ppo, grpo); 0 turns it off. Unset: as the checkpoint's "
+        "config says (`output_router_logits` and its coefficient). An error for a model without one.")
     cache_dir: str | None = option(None, "Where downloaded hub models are stored.")
     hub: Literal["huggingface", "modelscope"] = option(
         "huggingface", "Where hub ids are fetched from: the Hugging Face hub (or the mirror `hf_endpoint`), or "

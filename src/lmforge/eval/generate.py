@@ -21,6 +21,7 @@ from lmforge.data.examples import build_examples
 from lmforge.data.multimodal import MultimodalCollator, per_token_outputs
 from lmforge.model import multimodal
 from lmforge.model.inference import generation_stop_ids, predict_and_score
+from lmforge.model.moe import no_router_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def predict_with_images(model: PreTrainedModel, processor: Any, rows: Any, refer
             pixels = collate.pixel_inputs([[collate.media_options.image(ref) for ref in row["images"]]])
             inputs.update({k: v.to(model.device, model.dtype) if v.is_floating_point() else v.to(model.device)
                            for k, v in pixels.items()})
-        out = model.generate(**inputs, max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample,
+        out = model.generate(**inputs, **no_router_outputs(model), max_new_tokens=gen.max_new_tokens,
+                             do_sample=gen.do_sample,
                              repetition_penalty=gen.repetition_penalty, eos_token_id=stops,
                              pad_token_id=tokenizer.pad_token_id, **sampling)
         predictions.append({"prompt": tokenizer.decode(row["input_ids"], skip_special_tokens=False),

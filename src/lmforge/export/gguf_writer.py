@@ -39,7 +39,7 @@ def _rope_theta(config) -> float:
 def _rope_scaling(config) -> dict:
     scaling = dict(getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {})
     kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind not in ("default", "linear", "llama3"):
+    if kind not in ("default", "linear", "llama3", "yarn"):
         raise ConfigError(f"Config error: GGUF export does not write rope scaling of type '{kind}'; export the "
                           "safetensors and convert them with llama.cpp's convert_hf_to_gguf.py.")
     return scaling if kind != "default" else {}
@@ -151,9 +151,12 @@ def write_gguf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, token
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     scaling = _rope_scaling(config)
-    if scaling.get("rope_type", scaling.get("type")) == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind in ("linear", "yarn"):  # llama.cpp's keys for these (llama3 travels as the rope_freqs tensor)
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR if kind == "linear" else gguf.RopeScalingType.YARN)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
+        if kind == "yarn":
+            writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
     writer.add_file_type(FILE_TYPES[outtype])
 
     tokens, types = _vocabulary(tokenizer, config.vocab_size)

@@ -11,6 +11,7 @@ from lmforge.config.finetuning import FinetuningArguments
 from lmforge.errors import ConfigError
 from lmforge.model import multimodal
 from lmforge.model.build import count_parameters
+from lmforge.model.moe import freeze_router
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ def apply_finetuning_type(model: PreTrainedModel, args: FinetuningArguments, add
             logger.warning("The template added %d token(s) whose embeddings start random, and LoRA does not train "
                            "embeddings: set `additional_target: embed_tokens,lm_head` to learn them.", added_tokens)
         model = add_lora(model, args, adapter)
+    if args.freeze_router:
+        freeze_router(model)
     if args.finetuning_type != "full":
         total, trainable = count_parameters(model)
         logger.info("%s: training %s of %s parameters (%.2f%%)", args.finetuning_type, f"{trainable:,}",

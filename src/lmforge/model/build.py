@@ -21,6 +21,7 @@ from lmforge.config.architecture import base_config, check_architecture
 from lmforge.config.model import ModelArguments
 from lmforge.errors import ConfigError
 from lmforge.model import multimodal
+from lmforge.model.moe import with_router_loss
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,43 @@ def with_head(config: PretrainedConfig, head: dict[str, Any]) -> PretrainedConfi
     return config
 
 
+# rope types whose frequencies depend on the context they were trained for
+_ORIGINAL_CONTEXT_TYPES = ("yarn", "dynamic", "longrope", "llama3")
+
+
+def with_context(config: PretrainedConfig, args: ModelArguments) -> PretrainedConfig:
+    """`config` with the context `rope_scaling` / `max_position_embeddings` ask for: the scaling merged into the
+    model's rope parameters (its base kept; a new rope type starts from the base alone), the context the model's
+    times `factor` unless given, checked by transformers' own rope validation."""
+    if not args.rope_scaling and not args.max_position_embeddings:
+        return config
+    text = config.get_text_config()
+    before = text.max_position_embeddings
+    factor = None
+    if args.rope_scaling:
+        scaling = dict(args.rope_scaling)
+        kind = scaling.pop("rope_type", None) or scaling.pop("type", None)
+        if kind is None:
+            raise ConfigError("Config error: rope_scaling needs a `rope_type` (linear, dynamic, yarn, longrope, "
+                              f"llama3), got {args.rope_scaling}.")
+        if kind in _ORIGINAL_CONTEXT_TYPES:
+            scaling.setdefault("original_max_position_embeddings", before)
+        current = dict(getattr(text, "rope_parameters", None) or {})
+        base = current if current.get("rope_type") == kind else \
+            {k: v for k, v in current.items() if k in ("rope_theta", "partial_rotary_factor")}
+        text.rope_parameters = {**base, **scaling, "rope_type": kind}
+        factor = scaling.get("factor")
+    text.max_position_embeddings = args.max_position_embeddings or (int(before * factor) if factor else before)
+    try:
+        text.validate_rope()
+    except (KeyError, ValueError, TypeError) as err:
+        raise ConfigError(f"Config error: rope_scaling {args.rope_scaling} does not fit '{config.model_type}': "
+                          f"{str(err).strip(chr(34))}") from None
+    logger.info("Context: %d -> %d tokens (rope %s)", before, text.max_position_embeddings,
+                text.rope_parameters.get("rope_type") if args.rope_scaling else "unchanged")
+    return config
+
+
 def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward_head: bool = False,
                 dtype: Any = "auto", classifier: dict[str, Any] | None = None,
                 split: dict[str, Any] | None = None) -> PreTrainedModel:
@@ -166,13 +204,15 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
     if args.quantization_bit:
         kwargs["quantization_config"] = quantization_config(args.quantization_bit)
     if args.from_scratch:
-        config = with_head(scratch_config(args, tokenizer), head)
+        config = with_router_loss(with_context(with_head(scratch_config(args, tokenizer), head), args),
+                                  args.router_aux_loss_coef)
         model = auto_class.from_config(config, trust_remote_code=args.trust_remote_code, **kwargs)
         origin = f"new {config.model_type} model (random init)"
     else:
-        config = multimodal.model_config(args) if head else None
+        changed = head or args.rope_scaling or args.max_position_embeddings or args.router_aux_loss_coef is not None
+        config = multimodal.model_config(args) if changed else None
         if config is not None:  # on the config: a composite one (Gemma 3) passes unknown keywords to the model class
-            kwargs["config"] = with_head(config, head)
+            kwargs["config"] = with_router_loss(with_context(with_head(config, head), args), args.router_aux_loss_coef)
         else:
             kwargs.update(head)
         try:

@@ -14,6 +14,7 @@ from lmforge.config.model import ModelArguments
 from lmforge.data.template import stop_token_ids
 from lmforge.errors import ConfigError
 from lmforge.model.build import build_model
+from lmforge.model.moe import no_router_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         width = max(len(p) for p in batch)
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=model.device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
-        output = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **no_router_outputs(model),
                                 max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample,
                                 repetition_penalty=gen.repetition_penalty, pad_token_id=pad, eos_token_id=stop,
                                 **sampling)

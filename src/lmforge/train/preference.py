@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from lmforge.model.moe import router_loss_coef, with_router_loss_added
 from lmforge.train.losses import REFERENCE_FREE, PairLogps, kto_loss, preference_loss, sequence_logps
 from lmforge.train.trainer import LoraPlusTrainer
 
@@ -40,6 +41,8 @@ class ReferenceTrainer(LoraPlusTrainer):
                                                             evaluation_mode=True)
         # compute_loss returns a per-batch mean: the Trainer must scale it for gradient accumulation itself
         self.model_accepts_loss_kwargs = False
+        self.router_coef = router_loss_coef(self.model)  # a mixture of experts' load-balancing loss (0: off)
+        self.router_loss: torch.Tensor | None = None
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def _set_signature_columns_if_needed(self) -> None:
@@ -47,20 +50,30 @@ class ReferenceTrainer(LoraPlusTrainer):
             self._signature_columns = list(self.signature_columns)
 
     def sequence_logps(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
-                       prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+                       prefix: str = "", policy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probabilities and trained-token counts per row; the policy's pass on the batch itself keeps
+        the model's router loss (`router_loss`) for `with_router_loss`."""
         media = {} if prefix else {k: v for k, v in inputs.items() if k not in _TEXT_INPUTS and
                                    not k.startswith("kl_")}  # a vision-language model's pixel inputs
-        logits = model(input_ids=inputs[f"{prefix}input_ids"], attention_mask=inputs[f"{prefix}attention_mask"],
-                       use_cache=False, **media).logits
-        return sequence_logps(logits, inputs[f"{prefix}labels"])
+        outputs = model(input_ids=inputs[f"{prefix}input_ids"], attention_mask=inputs[f"{prefix}attention_mask"],
+                        use_cache=False, **media)
+        if policy and not prefix:
+            self.router_loss = getattr(outputs, "aux_loss", None)
+        return sequence_logps(outputs.logits, inputs[f"{prefix}labels"])
 
     @torch.no_grad()
     def reference_logps(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
                         prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         if self.ref_model is not None:
-            return self.sequence_logps(self.ref_model, inputs, prefix)
+            return self.sequence_logps(self.ref_model, inputs, prefix, policy=False)
         with self.accelerator.unwrap_model(model).disable_adapter():
-            return self.sequence_logps(model, inputs, prefix)
+            return self.sequence_logps(model, inputs, prefix, policy=False)
+
+    def with_router_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The preference loss plus the policy's router load-balancing loss, as a causal LM's own loss adds it."""
+        if self.router_coef and self.router_loss is not None:
+            self.record("router_loss", self.router_loss)
+        return with_router_loss_added(loss, self.router_loss, self.router_coef)
 
     def record(self, name: str, values: torch.Tensor) -> None:
         """Add a batch's values of a metric (averaged over all processes and the logging interval)."""
@@ -110,6 +123,7 @@ class PreferenceTrainer(ReferenceTrainer):
         self.record("rewards/margins", out.chosen_rewards - out.rejected_rewards)
         self.record("logps/chosen", policy.chosen.detach())
         self.record("logps/rejected", policy.rejected.detach())
+        loss = self.with_router_loss(loss)
         return (loss, {}) if return_outputs else loss
 
 
@@ -127,7 +141,7 @@ class KtoTrainer(ReferenceTrainer):
         logps, tokens = self.sequence_logps(model, inputs)
         reference, _ = self.reference_logps(model, inputs)
         with torch.no_grad():
-            kl_policy, _ = self.sequence_logps(model, inputs, "kl_")
+            kl_policy, _ = self.sequence_logps(model, inputs, "kl_", policy=False)
             kl_reference, _ = self.reference_logps(model, inputs, "kl_")
             kl = self.accelerator.gather((kl_policy - kl_reference).mean().unsqueeze(0)).mean()
         desirable = inputs["desirable"]
@@ -140,4 +154,5 @@ class KtoTrainer(ReferenceTrainer):
         self.record("kl", kl.clamp(min=0).reshape(1))
         self.record("logps/chosen", logps[desirable].detach())
         self.record("logps/rejected", logps[~desirable].detach())
+        loss = self.with_router_loss(loss)
         return (loss, {}) if return_outputs else loss

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from lmforge.config.schema import RunConfig
 from lmforge.errors import TrainingError
 from lmforge.jsonl import atomic_open
+from lmforge.model.moe import router_loss_coef, with_router_loss_added
 from lmforge.runlog import append_record, cut_log
 from lmforge.train.rl.algorithms import Algorithm
 from lmforge.train.rl.distributed import (
@@ -89,6 +90,7 @@ class OnlineRL:
         self.optim = Optimization(self.args, policy, self.value_head, self.guard, self.device)
         # `data_shard_size`: the policy was sharded with FSDP2 as it loaded; saving and sampling are collective
         self.sharded = is_split_model(policy)
+        self.router_coef = router_loss_coef(policy)  # a mixture of experts' load-balancing loss (0: off)
         # what the optimizer trains, by parameter name: its sharded state is gathered and scattered through it
         self.sharded_modules = torch.nn.ModuleDict(
             {"policy": policy, **({"value_head": self.value_head} if self.value_head is not None else {})}
@@ -172,8 +174,8 @@ class OnlineRL:
         rollout, scores, parts = self.sample_and_score(self.prompts, self.examples, indices, seeds, group)
         with torch.no_grad(), self.optim.autocast():
             self.policy.eval()
-            old_logps, _, old_values = completion_logps(self.policy, rollout, self.cfg.generation.temperature,
-                                                        self.value_head)
+            old_logps, _, old_values, _ = completion_logps(self.policy, rollout, self.cfg.generation.temperature,
+                                                           self.value_head)
             ref_logps = self.reference_logps(rollout) if self.algorithm.needs_reference else old_logps
         piece = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
                  "completion_mask": rollout.completion_mask, "prompt_width": rollout.prompt_width,
@@ -275,9 +277,12 @@ class OnlineRL:
         `distributed.py`), and their entropy."""
         part = rollout.select(rows)
         with self.optim.autocast():
-            logps, entropy, values = completion_logps(self.policy, part, self.cfg.generation.temperature,
-                                                      self.value_head)
-        return self.algorithm.loss(logps, values, batch, rows, mask, normalisers), masked_mean(entropy, mask)
+            logps, entropy, values, router = completion_logps(self.policy, part, self.cfg.generation.temperature,
+                                                              self.value_head)
+        out = self.algorithm.loss(logps, values, batch, rows, mask, normalisers)
+        # the model's own load-balancing loss, weighted by these rows' share of the mini-batch as the policy loss is
+        out.loss = with_router_loss_added(out.loss, router, self.router_coef, len(rows) / normalisers["rows"])
+        return out, masked_mean(entropy, mask)
 
     def record(self, stats: dict[str, list[float]], result: tuple[PolicyLoss, torch.Tensor] | None) -> None:
         """A mini-batch's statistics (zeros for a process whose share of it was empty, so that the averages over

@@ -12,6 +12,7 @@ import torch
 
 from lmforge.config.generation import GenerationArguments
 from lmforge.model.kv_cache import cache_kwargs, output_cache
+from lmforge.model.moe import no_router_outputs
 from lmforge.model.sampling import SamplingParams, choose_next
 from lmforge.train.rl.distributed import any_process
 
@@ -61,7 +62,8 @@ def sample_completions(model: torch.nn.Module, prompts: list[list[int]], gen: Ge
     stops = set(stop_ids)
     was_training = model.training
     model.eval()
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                **no_router_outputs(model))
     done = [False] * len(prompts)
     last = positions[:, -1]
     for step in range(gen.max_new_tokens):
@@ -78,7 +80,8 @@ def sample_completions(model: torch.nn.Module, prompts: list[list[int]], gen: Ge
         mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
         last = last + 1
         out = model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=mask,
-                    position_ids=last[:, None], use_cache=True, **cache_kwargs(model, output_cache(out)))
+                    position_ids=last[:, None], use_cache=True, **cache_kwargs(model, output_cache(out)),
+                    **no_router_outputs(model))
     model.train(was_training)
     return rollout_from_tokens(prompts, [r[2] for r in rows], pad_id, stop_ids, device)
 
@@ -105,9 +108,10 @@ def rollout_from_tokens(prompts: list[list[int]], completions: list[list[int]], 
 
 def completion_logps(model: torch.nn.Module, rollout: Rollout, temperature: float = 1.0,
                      value_head: torch.nn.Module | None = None,
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Per completion token: log-probability under `model` (logits / temperature, the distribution sampled from),
-    entropy, and the value head's estimate of the state before the token."""
+    entropy, and the value head's estimate of the state before the token; and the router's load-balancing loss of
+    a mixture of experts whose config asks for it (None otherwise)."""
     position_ids = (rollout.attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=position_ids,
                 use_cache=False, output_hidden_states=value_head is not None)
@@ -121,4 +125,4 @@ def completion_logps(model: torch.nn.Module, rollout: Rollout, temperature: floa
     if value_head is not None:
         hidden = out.hidden_states[-1][:, start:-1]
         values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
-    return logps, entropy.detach(), values
+    return logps, entropy.detach(), values, getattr(out, "aux_loss", None)

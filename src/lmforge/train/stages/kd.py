@@ -20,6 +20,7 @@ from lmforge.errors import ConfigError
 from lmforge.model.chunked_loss import causal_lm
 from lmforge.model.distill_loss import distillation_loss
 from lmforge.model.inference import load_inference_model
+from lmforge.model.moe import decoder_router_loss, router_loss_coef, with_router_loss_added
 from lmforge.model.tokenizer import load_tokenizer
 from lmforge.train.rl.rollout import sample_completions
 from lmforge.train.shared_setup import policy_model, prepare_chat_stage, trainer_kwargs
@@ -44,12 +45,17 @@ class DistillationTrainer(LoraPlusTrainer):
         labels = inputs["labels"]
         passed = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
         student = causal_lm(self.accelerator.unwrap_model(model))
-        hidden = student.get_decoder()(**passed, use_cache=False).last_hidden_state
+        decoded = student.get_decoder()(**passed, use_cache=False)
+        hidden = decoded.last_hidden_state
         with torch.inference_mode():
             teacher_hidden = self.teacher.get_decoder()(**{k: v.to(self.teacher.device) for k, v in passed.items()},
                                                         use_cache=False).last_hidden_state
         loss = distillation_loss(hidden, student.get_output_embeddings().weight, teacher_hidden.clone(),
                                  self.teacher.get_output_embeddings().weight.detach(), labels, **self.kd)
+        coef = router_loss_coef(student)  # a mixture of experts' own load-balancing loss, as its LM loss adds it
+        if coef:
+            loss = with_router_loss_added(loss, decoder_router_loss(student, decoded, passed.get("attention_mask")),
+                                          coef)
         return (loss, {}) if return_outputs else loss
 
 

@@ -1,0 +1,112 @@
+"""Mixtures of experts: the router's load-balancing loss and the router's parameters, found the way transformers
+lays them out across families (Qwen2/3-MoE, Mixtral, OLMoE, GPT-OSS, DeepSeek-V3, ...), with no per-family table.
+
+The loss is the model's own (`output_router_logits` makes its forward return `aux_loss`, which transformers adds to
+a causal LM's loss with `router_aux_loss_coef`); lmforge only decides whether it is on and with which weight, and
+adds it where lmforge computes a loss itself (RL, distillation)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import torch
+
+from lmforge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts")
+# a router is the gate inside a block of experts: `mlp.gate` (Qwen-MoE, DeepSeek), `block_sparse_moe.gate`
+# (Mixtral), `mlp.router` (GPT-OSS); its first dimension is the number of experts
+_ROUTER_NAME = re.compile(r"\.(gate|router)(\.|$)")
+
+
+def text_config(config: Any) -> Any:
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def num_experts(config: Any) -> int | None:
+    text = text_config(config)
+    return next((getattr(text, k) for k in EXPERT_COUNTS if getattr(text, k, None)), None)
+
+
+def has_router_loss(config: Any) -> bool:
+    """The architecture computes a load-balancing loss (DeepSeek-V3 balances by a bias instead and has none)."""
+    text = text_config(config)
+    return hasattr(text, "output_router_logits") and hasattr(text, "router_aux_loss_coef")
+
+
+def with_router_loss(config: Any, coef: float | None) -> Any:
+    """`config` with the router loss on at weight `coef` (off at 0); unchanged for None (the checkpoint decides)."""
+    if coef is None:
+        return config
+    if not has_router_loss(config):
+        raise ConfigError(f"Config error: router_aux_loss_coef is set ({coef}) but '{config.model_type}' has no "
+                          "router load-balancing loss (it is not a mixture of experts, or it balances its experts "
+                          "without one).")
+    text = text_config(config)
+    text.output_router_logits, text.router_aux_loss_coef = coef > 0, float(coef)
+    return config
+
+
+def router_loss_coef(model_or_config: Any) -> float:
+    """The weight the router loss is trained with: the config's coefficient where `output_router_logits` is on,
+    else 0."""
+    text = text_config(getattr(model_or_config, "config", model_or_config))
+    if not has_router_loss(text) or not getattr(text, "output_router_logits", False):
+        return 0.0
+    return float(text.router_aux_loss_coef or 0.0)
+
+
+def with_router_loss_added(loss: torch.Tensor, aux: torch.Tensor | None, coef: float,
+                           share: float = 1.0) -> torch.Tensor:
+    """`loss` + `coef` x the model's aux loss (x `share`: these rows' part of what `loss` is normalised over), where
+    the forward returned one: a loss lmforge computes itself adds it as a causal LM's own loss does."""
+    return loss + coef * share * aux.to(loss.device, loss.dtype) if coef and aux is not None else loss
+
+
+def decoder_router_loss(model: torch.nn.Module, outputs: Any, attention_mask: torch.Tensor | None
+                        ) -> torch.Tensor | None:
+    """The load-balancing loss of a pass through the decoder alone (distillation projects the hidden states
+    itself): transformers' own `load_balancing_loss_func` of the model's module, on the router logits the decoder
+    returned (None when it returned none)."""
+    router_logits = getattr(outputs, "router_logits", None)
+    loss_func = getattr(sys.modules.get(type(model).__module__), "load_balancing_loss_func", None)
+    if not router_logits or loss_func is None:
+        return None
+    return loss_func(router_logits, num_experts(model.config), text_config(model.config).num_experts_per_tok,
+                     attention_mask)
+
+
+def no_router_outputs(model: torch.nn.Module) -> dict[str, bool]:
+    """Keyword arguments for a forward that decodes with the KV cache: no router logits. Transformers computes the
+    router loss whenever they are on, over the whole attention mask, which fails for the one new token of a decoding
+    step (a model trained with the loss has them on in its config)."""
+    config = getattr(model, "config", None)
+    return {"output_router_logits": False} if config is not None and hasattr(text_config(config),
+                                                                              "output_router_logits") else {}
+
+
+def router_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The routers' parameters: those under a `gate`/`router` module of an MoE block whose first dimension is the
+    number of experts (a gated MLP's `gate_proj` is not one)."""
+    experts = num_experts(getattr(model, "config", None)) if hasattr(model, "config") else None
+    if not experts:
+        return []
+    return [(name, p) for name, p in model.named_parameters()
+            if _ROUTER_NAME.search(name) and p.dim() >= 1 and p.shape[0] == experts]
+
+
+def freeze_router(model: torch.nn.Module) -> int:
+    """Keep every router fixed; returns how many parameters that froze."""
+    params = router_parameters(model)
+    if not params:
+        raise ConfigError("Config error: freeze_router is set but the model has no mixture-of-experts router.")
+    for _, p in params:
+        p.requires_grad_(False)
+    frozen = sum(p.numel() for _, p in params)
+    logger.info("freeze_router: %d router tensors (%s parameters) stay fixed", len(params), f"{frozen:,}")
+    return frozen

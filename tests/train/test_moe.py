@@ -1,0 +1,115 @@
+"""Mixtures of experts on the real Qwen3-MoE config (tiny): `router_aux_loss_coef` adds the model's own
+load-balancing loss exactly as transformers computes it (sft), in the losses lmforge computes itself (dpo, grpo) too;
+`freeze_router` keeps every router fixed while the experts train; both are config errors on a dense model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lmforge.bench.model_matrix import EXCHANGES, REFUSAL
+from lmforge.cli import main
+from lmforge.runlog import read_log
+from tests.conftest import write_jsonl
+
+pytestmark = pytest.mark.slow  # training runs
+
+MOE = "qwen3-moe"
+
+
+def _train(tmp_path, name: str, **values) -> list[dict]:
+    out = tmp_path / name
+    values = {"output_dir": str(out), "cutoff_len": 64, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
+              "logging_steps": 1, "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "seed": 0,
+              **values}
+    assert main(["train", *(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items())]) == 0
+    return read_log(str(out))
+
+
+def test_router_aux_loss_coef_adds_the_models_own_load_balancing_loss(real_model, tmp_path):
+    """One batch of four chats, one step: the logged loss is what the Qwen3-MoE forward itself returns with its
+    router loss at that weight (cross-entropy + coef x aux), and without the key the checkpoint's choice (off)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmforge.config.data import DataArguments
+    from lmforge.data.collate import SftCollator
+    from lmforge.data.examples import build_examples
+
+    model_dir = real_model(MOE)
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in EXCHANGES[:4]])
+    first = {coef: _train(tmp_path, f"coef-{coef}", stage="sft", model_name_or_path=model_dir, dataset=str(data),
+                          max_steps=1, **({"router_aux_loss_coef": coef} if coef is not None else {}))[0]["loss"]
+             for coef in (None, 0.0, 0.05)}
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = build_examples(DataArguments(dataset=str(data), dataset_dir=str(tmp_path), cutoff_len=64), tokenizer, 0,
+                          "sft").train
+    batch = SftCollator(tokenizer.pad_token_id)([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, output_router_logits=True, router_aux_loss_coef=0.05)
+    with torch.no_grad():
+        own = model(**batch)
+    assert first[0.05] == pytest.approx(float(own.loss), abs=1e-4)
+    assert first[0.05] - first[0.0] == pytest.approx(0.05 * float(own.aux_loss), abs=1e-4)
+    assert first[None] == pytest.approx(first[0.0], abs=1e-6)  # the checkpoint's config leaves the loss off
+
+    # the trained model's config keeps the router loss on; serving it decodes with the KV cache all the same
+    from lmforge.config.parse import load_target_config
+    from lmforge.model.sampling import SamplingParams
+    from lmforge.serve.load import load_engine
+
+    trained = tmp_path / "coef-0.05"
+    assert AutoModelForCausalLM.from_pretrained(trained).config.output_router_logits
+    engine = load_engine(load_target_config("serve", str(trained), []))
+    try:
+        text = "".join(engine.stream(engine.tokenizer("What is 2 plus 2?")["input_ids"],
+                                     SamplingParams(max_tokens=6, temperature=0)))
+    finally:
+        engine.close()
+    assert isinstance(text, str)
+
+
+def test_the_router_loss_reaches_the_losses_lmforge_computes(real_model, tmp_path):
+    """dpo logs the policy's router loss and adds it; grpo's loss moves by about coef x aux."""
+    model_dir = real_model(MOE)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"messages": m[:1], "chosen": m[1], "rejected": REFUSAL}
+                                                   for m in EXCHANGES[:4]])
+    log = _train(tmp_path, "dpo", stage="dpo", model_name_or_path=model_dir, dataset=str(pairs), max_steps=1,
+                 router_aux_loss_coef=0.5)
+    assert log[0]["router_loss"] > 0 and math.isfinite(log[0]["loss"])
+    assert log[0]["loss"] > 0.5 * log[0]["router_loss"]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"messages": m[:1]} for m in EXCHANGES[:4]])
+    (tmp_path / "reward.py").write_text("def short(prompts, completions, **kw):\n"
+                                        "    return [1.0 / (1 + len(c)) for c in completions]\n")
+    rl = {"stage": "grpo", "model_name_or_path": model_dir, "dataset": str(prompts), "max_steps": 1,
+          "rollout_batch_size": 2, "num_generations": 2, "max_new_tokens": 4,
+          "reward_funcs": f"{tmp_path / 'reward.py'}:short"}
+    without = [r["loss"] for r in _train(tmp_path, "grpo-0", **rl, router_aux_loss_coef=0.0) if "loss" in r]
+    with_aux = [r["loss"] for r in _train(tmp_path, "grpo-1", **rl, router_aux_loss_coef=1.0) if "loss" in r]
+    # the aux loss of top-2 of 4 experts is about 2 (its value at an even routing); the policy loss is unchanged
+    assert 1.0 < with_aux[0] - without[0] < 4.0, (with_aux, without)
+
+
+def test_freeze_router_keeps_the_routers_and_trains_the_experts(real_model, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    model_dir = real_model(MOE)
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in EXCHANGES])
+    _train(tmp_path, "frozen", stage="sft", model_name_or_path=model_dir, dataset=str(data), max_steps=3,
+           learning_rate=1e-2, freeze_router=True)
+    before, after = load_file(f"{model_dir}/model.safetensors"), load_file(str(tmp_path / "frozen" /
+                                                                             "model.safetensors"))
+    routers = [name for name in before if name.endswith("mlp.gate.weight")]
+    experts = [name for name in before if ".mlp.experts." in name]
+    assert len(routers) == 2 and experts
+    assert all(torch.equal(before[n], after[n]) for n in routers)
+    assert all(not torch.equal(before[n], after[n]) for n in experts)
+
+    capsys.readouterr()
+    dense = real_model("qwen2.5-instruct")
+    for key in ("freeze_router=true", "router_aux_loss_coef=0.01"):
+        assert main(["train", "stage=sft", f"model_name_or_path={dense}", f"dataset={data}", key, "max_steps=1",
+                     f"output_dir={tmp_path / key.split('=')[0]}", "report_to=none"]) == 2
+        err = capsys.readouterr().err
+        assert ("no mixture-of-experts router" in err or "has no router load-balancing loss" in err), err
