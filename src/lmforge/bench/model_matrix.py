@@ -36,10 +36,11 @@ TOOLS = [{"type": "function", "function": {
     "name": "add", "description": "Add two numbers.",
     "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
                    "required": ["a", "b"]}}}]
+# the call id is 9 alphanumerics, as Mistral's templates demand (the others ignore it)
 TOOL_CALL = [{"role": "user", "content": "What is 2 plus 3?"},
              {"role": "assistant", "content": "", "tool_calls": [
-                 {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]},
-             {"role": "tool", "content": "5"},
+                 {"id": "call00001", "type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]},
+             {"role": "tool", "tool_call_id": "call00001", "name": "add", "content": "5"},
              {"role": "assistant", "content": "It is 5."}]
 REFUSAL = {"role": "assistant", "content": "I do not know."}
 TOPIC_WORDS = {"sports": ["goal", "match", "team", "score", "coach", "league"],
@@ -188,8 +189,9 @@ def _label_cases(tokenizer) -> list[tuple[str, list[dict], list | None]]:
 
 
 def cell_labels(run: FamilyRun) -> str:
-    """The trained tokens of each example are exactly what the family's template renders for its assistant turns
-    (reasoning and tool calls included where the template writes them)."""
+    """Each example's ids are the tokenization of the family's rendering (one BOS, whatever `add_bos_token` says),
+    and its trained tokens exactly what the template renders for its assistant turns (reasoning and tool calls
+    included where the template writes them)."""
     from datasets import Dataset
     from transformers import AutoTokenizer
 
@@ -205,6 +207,9 @@ def cell_labels(run: FamilyRun) -> str:
         path = run.data(f"labels-{name.replace(' ', '-')}.jsonl", [record])
         row = build_examples(DataArguments(dataset=path, dataset_dir=str(run.root), cutoff_len=1024), tokenizer, 0,
                              "sft").train[0]
+        rendering = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+        check(row["input_ids"] == tokenizer(rendering, add_special_tokens=False)["input_ids"],
+              f"{name}: the ids are not the tokenization of the rendering (a BOS added twice, or dropped?)")
         trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
         expected = expected_reply(tokenizer, messages, tools)
         check(trained == expected, f"{name}: trained {tokenizer.decode(trained)!r}, the template's reply is "
