@@ -1,6 +1,7 @@
 """Mixtures of experts on the real Qwen3-MoE config (tiny): `router_aux_loss_coef` adds the model's own
 load-balancing loss exactly as transformers computes it (sft), in the losses lmforge computes itself (dpo, grpo) too;
-`freeze_router` keeps every router fixed while the experts train; both are config errors on a dense model."""
+`freeze_router` keeps every router fixed while the experts train; both are config errors on a dense model; each
+logged step carries every layer's expert loads."""
 
 from __future__ import annotations
 
@@ -96,8 +97,17 @@ def test_freeze_router_keeps_the_routers_and_trains_the_experts(real_model, tmp_
 
     model_dir = real_model(MOE)
     data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in EXCHANGES])
-    _train(tmp_path, "frozen", stage="sft", model_name_or_path=model_dir, dataset=str(data), max_steps=3,
-           learning_rate=1e-2, freeze_router=True)
+    log = _train(tmp_path, "frozen", stage="sft", model_name_or_path=model_dir, dataset=str(data), max_steps=3,
+                 learning_rate=1e-2, freeze_router=True)
+    # every logged step says how the tokens spread over each layer's 4 experts (shares that sum to one)
+    steps = [r for r in log if "loss" in r]
+    assert len(steps) == 3 and all(sorted(r["expert_load"]) == ["0", "1"] for r in steps)
+    for record in steps:
+        for shares in record["expert_load"].values():
+            assert len(shares) == 4 and sum(shares) == pytest.approx(1.0, abs=1e-5)
+        peak = max(max(shares) for shares in record["expert_load"].values())
+        assert 1.0 <= record["expert_load_max_over_mean"] <= 4 * peak + 1e-3
+        assert 0 < record["expert_load_entropy"] <= 1.0
     before, after = load_file(f"{model_dir}/model.safetensors"), load_file(str(tmp_path / "frozen" /
                                                                              "model.safetensors"))
     routers = [name for name in before if name.endswith("mlp.gate.weight")]

@@ -8,6 +8,7 @@ adds it where lmforge computes a loss itself (RL, distillation)."""
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 from typing import Any
@@ -110,3 +111,78 @@ def freeze_router(model: torch.nn.Module) -> int:
     frozen = sum(p.numel() for _, p in params)
     logger.info("freeze_router: %d router tensors (%s parameters) stay fixed", len(params), f"{frozen:,}")
     return frozen
+
+
+_LAYER = re.compile(r"layers\.(\d+)\.")
+
+
+class ExpertLoads:
+    """How many tokens each expert of each layer received, counted by hooks on the routers (the modules whose class
+    name ends in `Router`: transformers' TopKRouter returns the chosen experts' indices; a router that returns
+    logits only has its top-k taken here) over every forward pass of the trained model since the last `read`."""
+
+    ATTRIBUTE = "lmforge_expert_loads"  # on the model, where the run log finds it
+
+    def __init__(self, routers: dict[int, torch.nn.Module], experts: int, top_k: int):
+        self.experts, self.top_k = experts, top_k
+        self.counts = {layer: torch.zeros(experts, dtype=torch.float64) for layer in routers}
+        self.last: dict[str, list[float]] = {}
+        self._hooks = [module.register_forward_hook(self._counter(layer)) for layer, module in routers.items()]
+
+    @classmethod
+    def attach(cls, model: torch.nn.Module) -> ExpertLoads | None:
+        """Count on `model`'s routers (None for a model without any)."""
+        config = getattr(model, "config", None)
+        experts = num_experts(config) if config is not None else None
+        if not experts:
+            return None
+        routers = {}
+        for name, module in model.named_modules():
+            found = _LAYER.search(name)
+            if found and type(module).__name__.lower().endswith("router") and int(found.group(1)) not in routers:
+                routers[int(found.group(1))] = module
+        if not routers:
+            return None
+        loads = cls(routers, experts, int(getattr(text_config(config), "num_experts_per_tok", 1) or 1))
+        object.__setattr__(model, cls.ATTRIBUTE, loads)  # not a submodule: outside the state dict
+        return loads
+
+    def _counter(self, layer: int):
+        def count(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+            if isinstance(output, tuple) and len(output) >= 3 and not output[-1].is_floating_point():
+                chosen = output[-1]
+            else:
+                logits = output[0] if isinstance(output, tuple) else output
+                chosen = logits.topk(self.top_k, dim=-1).indices
+            self.counts[layer] += torch.bincount(chosen.detach().reshape(-1).cpu(),
+                                                 minlength=self.experts).double()
+        return count
+
+    def read(self) -> dict[str, float]:
+        """The loads since the last read, as scalars for the log and trackers (each layer's busiest expert over the
+        mean, and the normalised entropy of its load, averaged over layers and per layer); the fractions of each
+        layer's tokens per expert (summing to one) are kept in `last` for the run log."""
+        fractions = {layer: c / c.sum() for layer, c in sorted(self.counts.items()) if c.sum() > 0}
+        for counts in self.counts.values():
+            counts.zero_()
+        if not fractions:
+            self.last = {}
+            return {}
+        self.last = {str(layer): [round(float(v), 6) for v in f] for layer, f in fractions.items()}
+        peak = {layer: float(f.max() * self.experts) for layer, f in fractions.items()}
+        entropy = {layer: float(-(f[f > 0] * f[f > 0].log()).sum() / math.log(self.experts))
+                   for layer, f in fractions.items()}
+        scalars = {"expert_load_max_over_mean": sum(peak.values()) / len(peak),
+                   "expert_load_entropy": sum(entropy.values()) / len(entropy)}
+        scalars.update({f"expert_load_max_over_mean/layer_{layer}": v for layer, v in peak.items()})
+        return {k: round(v, 4) for k, v in scalars.items()}
+
+    @classmethod
+    def of(cls, model: Any) -> ExpertLoads | None:
+        """The counter attached to `model` (or to the model inside a peft or accelerate wrapper)."""
+        for candidate in (model, getattr(model, "module", None), getattr(model, "base_model", None),
+                          getattr(getattr(model, "base_model", None), "model", None)):
+            loads = getattr(candidate, cls.ATTRIBUTE, None) if candidate is not None else None
+            if loads is not None:
+                return loads
+        return None

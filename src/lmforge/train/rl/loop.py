@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from lmforge.config.schema import RunConfig
 from lmforge.errors import TrainingError
 from lmforge.jsonl import atomic_open
-from lmforge.model.moe import router_loss_coef, with_router_loss_added
+from lmforge.model.moe import ExpertLoads, router_loss_coef, with_router_loss_added
 from lmforge.runlog import append_record, cut_log
 from lmforge.train.rl.algorithms import Algorithm
 from lmforge.train.rl.distributed import (
@@ -91,6 +91,7 @@ class OnlineRL:
         # `data_shard_size`: the policy was sharded with FSDP2 as it loaded; saving and sampling are collective
         self.sharded = is_split_model(policy)
         self.router_coef = router_loss_coef(policy)  # a mixture of experts' load-balancing loss (0: off)
+        self.expert_loads = ExpertLoads.attach(policy)
         # what the optimizer trains, by parameter name: its sharded state is gathered and scattered through it
         self.sharded_modules = torch.nn.ModuleDict(
             {"policy": policy, **({"value_head": self.value_head} if self.value_head is not None else {})}
@@ -360,7 +361,11 @@ class OnlineRL:
         return last
 
     def log(self, values: dict[str, float]) -> None:
+        if self.expert_loads is not None and "loss" in values:  # a mixture of experts: its routers' loads
+            values = {**values, **self.expert_loads.read()}
         record = {"step": self.step, **{k: round(v, 6) if isinstance(v, float) else v for k, v in values.items()}}
+        if self.expert_loads is not None and self.expert_loads.last and "loss" in values:
+            record["expert_load"] = self.expert_loads.last
         self.log_history.append(record)
         logger.info("step %d/%d: %s", self.step, self.args.max_steps,
                     ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k in ("reward", "kl", "loss",

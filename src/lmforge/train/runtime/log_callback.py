@@ -7,6 +7,7 @@ import time
 
 from transformers import TrainerCallback
 
+from lmforge.model.moe import ExpertLoads
 from lmforge.runlog import append_record, cut_log
 
 # Trainer log keys -> names in trainer_log.jsonl
@@ -45,6 +46,9 @@ class JsonlLogCallback(TrainerCallback):
             self._last_time, self._last_tokens = now, tokens
         if self.perplexity and "eval_loss" in logs and "eval_perplexity" not in logs:
             record["eval_perplexity"] = perplexity(logs["eval_loss"])
+        loads = ExpertLoads.of(kwargs.get("model"))
+        if loads is not None and loads.last and "loss" in logs:  # each layer's share of tokens per expert
+            record["expert_load"] = loads.last
         append_record(self.output_dir, record)
 
 

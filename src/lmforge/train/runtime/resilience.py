@@ -19,6 +19,7 @@ from lmforge.config.resilience import ResilienceArguments
 from lmforge.config.secrets import MASK, is_secret
 from lmforge.data.stream import STATE_FILE as STREAM_STATE_FILE
 from lmforge.data.stream import BlockStream, load_position, save_position
+from lmforge.model.moe import ExpertLoads
 from lmforge.train.runtime.checkpoint import COMPLETE_MARKER, staging_root
 from lmforge.train.runtime.guard import NonfiniteGuard
 from lmforge.train.runtime.session import RunSession, record_dtype, saved_state_dict
@@ -102,6 +103,8 @@ class SafeTrainingMixin:
                                   guarded=not self.args.fp16 and not self.is_deepspeed_enabled)
         self._loss_finite: torch.Tensor | None = None
         self._writing_checkpoint = False
+        # a mixture of experts: its routers' loads, logged with each training log (`log`, the run log callback)
+        self.expert_loads = ExpertLoads.attach(self.accelerator.unwrap_model(self.model))
         self.add_callback(_StopAtStepEnd(self))
         if self.guard is not None:
             self.add_callback(_GuardBeforeStep(self))
@@ -188,6 +191,8 @@ class SafeTrainingMixin:
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.guard is not None and self.guard.total and "loss" in logs:
             logs = {**logs, "nonfinite_steps": self.guard.total}
+        if self.expert_loads is not None and "loss" in logs:
+            logs = {**logs, **self.expert_loads.read()}
         super().log(logs, *args, **kwargs)
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
