@@ -164,19 +164,26 @@ def with_context(config: PretrainedConfig, args: ModelArguments) -> PretrainedCo
                               f"llama3), got {args.rope_scaling}.")
         if kind in _ORIGINAL_CONTEXT_TYPES:
             scaling.setdefault("original_max_position_embeddings", before)
-        current = dict(getattr(text, "rope_parameters", None) or {})
+        # transformers 5 keeps the base and the scaling in `rope_parameters`; 4.x in `rope_theta` + `rope_scaling`
+        field = "rope_parameters" if hasattr(text, "validate_rope") else "rope_scaling"
+        current = dict(getattr(text, field, None) or {})
         base = current if current.get("rope_type") == kind else \
             {k: v for k, v in current.items() if k in ("rope_theta", "partial_rotary_factor")}
-        text.rope_parameters = {**base, **scaling, "rope_type": kind}
+        setattr(text, field, {**base, **scaling, "rope_type": kind})
         factor = scaling.get("factor")
     text.max_position_embeddings = args.max_position_embeddings or (int(before * factor) if factor else before)
     try:
-        text.validate_rope()
+        if hasattr(text, "validate_rope"):
+            text.validate_rope()
+        else:
+            from transformers.modeling_rope_utils import rope_config_validation
+
+            rope_config_validation(text)
     except (KeyError, ValueError, TypeError) as err:
         raise ConfigError(f"Config error: rope_scaling {args.rope_scaling} does not fit '{config.model_type}': "
                           f"{str(err).strip(chr(34))}") from None
     logger.info("Context: %d -> %d tokens (rope %s)", before, text.max_position_embeddings,
-                text.rope_parameters.get("rope_type") if args.rope_scaling else "unchanged")
+                args.rope_scaling.get("rope_type", args.rope_scaling.get("type")) if args.rope_scaling else "unchanged")
     return config
 
 
