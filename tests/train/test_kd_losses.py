@@ -73,3 +73,29 @@ def test_the_chunked_loss_equals_the_full_logit_loss_and_its_gradients(monkeypat
     assert chunked.item() == pytest.approx(full.item(), rel=1e-6) == pytest.approx(plain.item(), rel=1e-5)
     for a, b, c in zip(g_chunked, g_full, g_plain, strict=True):
         assert torch.allclose(a, b, atol=1e-6) and torch.allclose(a, c, atol=1e-5)
+
+
+def test_the_teacher_and_student_logits_are_what_their_models_return():
+    """Gemma 2's final soft-capping and Cohere's logit scale apply as the models' own forwards apply them: the
+    distillation loss equals the divergence of `Gemma2ForCausalLM`'s returned logits (capped at 30)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from lmforge.model.distill_loss import LogitHead
+
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=8, final_logit_softcapping=3.0)
+    student, teacher = Gemma2ForCausalLM(config).eval(), Gemma2ForCausalLM(config).eval()
+    for model in (student, teacher):
+        torch.nn.init.normal_(model.lm_head.weight, std=2.0)  # logits far beyond the cap
+    ids = torch.randint(0, 64, (1, 6))
+    labels = ids.clone()
+    with torch.no_grad():
+        hs, ht = student.model(ids).last_hidden_state, teacher.model(ids).last_hidden_state
+        expected = divergence(student(ids).logits[0, :-1], teacher(ids).logits[0, :-1], "forward_kl").mean()
+        got = distillation_loss(hs, student.lm_head.weight, ht, teacher.lm_head.weight, labels,
+                                student_head=LogitHead.of(config), teacher_head=LogitHead.of(config))
+        uncapped = distillation_loss(hs, student.lm_head.weight, ht, teacher.lm_head.weight, labels)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(uncapped.item() - expected.item()) > 0.1
+    assert LogitHead.of(type("Cohere", (), {"logit_scale": 0.5})())(torch.tensor([4.0])).item() == 2.0

@@ -18,6 +18,8 @@ instead of keeping its logits.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,13 +49,35 @@ def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind:
     raise ValueError(f"unknown kd_loss '{kind}' (one of {', '.join(KD_LOSSES)})")
 
 
+@dataclass(frozen=True)
+class LogitHead:
+    """What a causal LM does to `hidden @ lm_head.T` before its loss (its own forward does the same): Gemma 2/3's
+    final soft-capping (tanh(x / cap) * cap), Cohere's `logit_scale` (x * s), Granite's `logits_scaling` (x / s)."""
+
+    softcap: float | None = None
+    scale: float = 1.0
+
+    @classmethod
+    def of(cls, config: Any) -> LogitHead:
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        scale = float(getattr(text, "logit_scale", None) or 1.0) / float(getattr(text, "logits_scaling", None) or 1.0)
+        return cls(getattr(text, "final_logit_softcapping", None) or None, scale)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
 def _chunk_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor, teacher_hidden: torch.Tensor,
                 teacher_weight: torch.Tensor, targets: torch.Tensor, kind: str, beta: float, temperature: float,
-                alpha: float) -> torch.Tensor:
+                alpha: float, student_head: LogitHead, teacher_head: LogitHead) -> torch.Tensor:
     """Summed (over the chunk's rows) alpha * KD + (1 - alpha) * CE."""
-    student_logits = student_hidden.to(student_weight.dtype) @ student_weight.t()
+    student_logits = student_head(student_hidden.to(student_weight.dtype) @ student_weight.t())
     with torch.no_grad():
-        teacher_logits = teacher_hidden.to(teacher_weight.dtype) @ teacher_weight.t()
+        teacher_logits = teacher_head(teacher_hidden.to(teacher_weight.dtype) @ teacher_weight.t())
     loss = alpha * divergence(student_logits, teacher_logits, kind, beta, temperature).sum()
     if alpha < 1:
         loss = loss + (1 - alpha) * F.cross_entropy(student_logits.float(), targets, reduction="sum")
@@ -63,9 +87,11 @@ def _chunk_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor, teac
 def distillation_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor, teacher_hidden: torch.Tensor,
                       teacher_weight: torch.Tensor, labels: torch.Tensor, kind: str = "forward_kl", beta: float = 0.5,
                       temperature: float = 1.0, alpha: float = 1.0,
-                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+                      num_items_in_batch: torch.Tensor | int | None = None, student_head: LogitHead = LogitHead(),
+                      teacher_head: LogitHead = LogitHead()) -> torch.Tensor:
     """The loss at the positions `labels` trains (labels shifted by one inside, like a causal LM's loss), averaged over
-    them (or divided by `num_items_in_batch`); both models' hidden states are [batch, seq, hidden]."""
+    them (or divided by `num_items_in_batch`); both models' hidden states are [batch, seq, hidden], and each side's
+    logits go through its model's `LogitHead`."""
     shift = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1).to(student_hidden.device)
     keep = shift != IGNORE_INDEX
     rows_s = student_hidden.reshape(-1, student_hidden.shape[-1])[keep]
@@ -78,5 +104,6 @@ def distillation_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor
     for start in range(0, len(targets), chunk):
         part = slice(start, start + chunk)
         total = total + checkpoint(_chunk_loss, rows_s[part], student_weight, rows_t[part], teacher_weight,
-                                   targets[part], kind, beta, temperature, alpha, use_reentrant=False)
+                                   targets[part], kind, beta, temperature, alpha, student_head, teacher_head,
+                                   use_reentrant=False)
     return total / count

@@ -18,7 +18,7 @@ from lmforge.config.schema import RunConfig
 from lmforge.data.collate import IGNORE_INDEX, SftCollator
 from lmforge.errors import ConfigError
 from lmforge.model.chunked_loss import causal_lm
-from lmforge.model.distill_loss import distillation_loss
+from lmforge.model.distill_loss import LogitHead, distillation_loss
 from lmforge.model.inference import load_inference_model
 from lmforge.model.moe import decoder_router_loss, router_loss_coef, with_router_loss_added
 from lmforge.model.tokenizer import load_tokenizer
@@ -51,7 +51,9 @@ class DistillationTrainer(LoraPlusTrainer):
             teacher_hidden = self.teacher.get_decoder()(**{k: v.to(self.teacher.device) for k, v in passed.items()},
                                                         use_cache=False).last_hidden_state
         loss = distillation_loss(hidden, student.get_output_embeddings().weight, teacher_hidden.clone(),
-                                 self.teacher.get_output_embeddings().weight.detach(), labels, **self.kd)
+                                 self.teacher.get_output_embeddings().weight.detach(), labels, **self.kd,
+                                 student_head=LogitHead.of(student.config),
+                                 teacher_head=LogitHead.of(self.teacher.config))
         coef = router_loss_coef(student)  # a mixture of experts' own load-balancing loss, as its LM loss adds it
         if coef:
             loss = with_router_loss_added(loss, decoder_router_loss(student, decoded, passed.get("attention_mask")),
