@@ -98,7 +98,8 @@ def test_freeze_router_keeps_the_routers_and_trains_the_experts(real_model, tmp_
     model_dir = real_model(MOE)
     data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in EXCHANGES])
     log = _train(tmp_path, "frozen", stage="sft", model_name_or_path=model_dir, dataset=str(data), max_steps=3,
-                 learning_rate=1e-2, freeze_router=True)
+                 learning_rate=1e-2, freeze_router=True, plot_loss=True)
+    assert (tmp_path / "frozen" / "training_expert_load_max_over_mean.png").is_file()  # the report plots them
     # every logged step says how the tokens spread over each layer's 4 experts (shares that sum to one)
     steps = [r for r in log if "loss" in r]
     assert len(steps) == 3 and all(sorted(r["expert_load"]) == ["0", "1"] for r in steps)
