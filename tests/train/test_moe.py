@@ -85,7 +85,7 @@ def test_the_router_loss_reaches_the_losses_lmforge_computes(real_model, tmp_pat
                                         "    return [1.0 / (1 + len(c)) for c in completions]\n")
     rl = {"stage": "grpo", "model_name_or_path": model_dir, "dataset": str(prompts), "max_steps": 1,
           "rollout_batch_size": 2, "num_generations": 2, "max_new_tokens": 4,
-          "reward_funcs": f"{tmp_path / 'reward.py'}:short"}
+          "reward_funcs": f"{tmp_path / 'reward.py'}:short", "importance_sampling_level": "sequence"}  # GSPO
     without = [r["loss"] for r in _train(tmp_path, "grpo-0", **rl, router_aux_loss_coef=0.0) if "loss" in r]
     with_aux = [r["loss"] for r in _train(tmp_path, "grpo-1", **rl, router_aux_loss_coef=1.0) if "loss" in r]
     # the aux loss of top-2 of 4 experts is about 2 (its value at an even routing); the policy loss is unchanged

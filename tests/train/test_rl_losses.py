@@ -130,3 +130,53 @@ def test_reward_scaling_and_the_leave_one_out_baseline_by_hand():
 def test_zero_variance_groups_are_found_row_by_row():
     scores = torch.tensor([1.0, 1.0, 0.0, 2.0, 5.0, 5.0])
     assert zero_variance_rows(scores, 2).tolist() == [True, True, False, False, True, True]
+
+
+def trl_grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor, advantages: torch.Tensor,
+                  mask: torch.Tensor, level: str, loss_type: str, epsilon: float, beta: float) -> float:
+    """TRL's own `GRPOTrainer._compute_loss` on these tensors: a trainer object without its __init__ (no model to
+    load), given the settings the loss reads, whose forward hands back `logps`."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from trl import GRPOTrainer
+
+    trainer = object.__new__(GRPOTrainer)
+    same = lambda x, **kw: x  # noqa: E731 - one process: gathering is the identity
+    trainer.__dict__.update(
+        importance_sampling_level=level, loss_type=loss_type, beta=beta, epsilon_low=epsilon, epsilon_high=epsilon,
+        args=SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=1),
+        off_policy_mask_threshold=None, top_entropy_quantile=1.0, use_vllm=False,
+        vllm_importance_sampling_correction=False, aux_loss_enabled=False, _entropy_bonus_enabled=False,
+        current_gradient_accumulation_steps=1, max_completion_length=logps.shape[1],
+        accelerator=SimpleNamespace(gather=same, gather_for_metrics=same, reduce=same, sync_gradients=True,
+                                    num_processes=1),
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, model=SimpleNamespace(training=True),
+        _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None))
+    rows, width = logps.shape
+    prompt = torch.zeros(rows, 1, dtype=torch.long)
+    inputs = {"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt),
+              "completion_ids": torch.zeros(rows, width, dtype=torch.long), "completion_mask": mask.long(),
+              "advantages": advantages, "old_per_token_logps": old_logps, "ref_per_token_logps": ref_logps,
+              "num_items_in_batch": mask.sum()}
+    return float(trainer._compute_loss(None, inputs))
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_grpo_and_gspo_losses_equal_trls_on_the_same_tensors(level, loss_type):
+    """GSPO (`importance_sampling_level: sequence`: one ratio per completion, the geometric mean of its tokens')
+    and token-level GRPO, with the KL term, clipped ratios on both sides and padded completions."""
+    torch.manual_seed(0)
+    logps = torch.randn(4, 6) * 0.1 - 1
+    # whole completions moved too, so that sequence-level ratios clip (rows 0 and 1) as token-level ones do
+    shift = torch.tensor([[-0.4], [0.3], [0.0], [0.05]])
+    old_logps, ref_logps = logps + torch.randn(4, 6) * 0.3 + shift, logps + torch.randn(4, 6) * 0.1
+    mask = torch.ones(4, 6)
+    mask[0, 3:], mask[2, 5:] = 0, 0
+    advantages = torch.tensor([1.0, -0.5, 0.3, -1.2])
+    ours = grpo_loss(logps, old_logps, ref_logps, advantages, mask, 0.2, 0.04, loss_type=loss_type,
+                     max_completion_length=6, importance_sampling_level=level)
+    assert float(ours.clip_fraction) > 0  # the comparison covers clipping
+    assert float(ours.loss) == pytest.approx(trl_grpo_loss(logps, old_logps, ref_logps, advantages, mask, level,
+                                                           loss_type, 0.2, 0.04), rel=1e-5)

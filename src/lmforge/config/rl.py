@@ -48,6 +48,10 @@ class RLArguments:
         "completions (DeepSeekMath; favours short completions); `bnpo`: over the tokens of each mini-batch; `dapo`: "
         "over the tokens of all the mini-batches of one optimizer step (DAPO; TRL's default); `dr_grpo`: summed and "
         "divided by completions x `max_new_tokens` (Dr. GRPO: no length bias).", stages=("grpo",))
+    importance_sampling_level: Literal["token", "sequence"] = option(
+        "token", "With `grpo`: the policy ratio per token (GRPO), or per completion (`sequence`: GSPO, the geometric "
+        "mean of its tokens' ratios, clipped as one; steadier for mixtures of experts, whose routing moves token "
+        "ratios; pair it with `loss_type: grpo` as the GSPO paper does).", stages=("grpo",))
     scale_rewards: Literal["group", "batch", "none"] = option(
         "group", "With `grpo`: advantages are divided by the reward standard deviation of their group (`group`), of "
         "the whole rollout (`batch`), or not at all (`none`, Dr. GRPO).", stages=("grpo",))

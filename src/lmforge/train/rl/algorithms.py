@@ -107,7 +107,8 @@ class GRPO:
         return grpo_loss(logps, batch["old_logps"][rows], ref, batch["advantages"][rows], mask, self.rl.cliprange,
                          self.rl.kl_coef, self.rl.epsilon_high, self.rl.loss_type, self.max_new_tokens,
                          token_normalizer=normalisers["step_tokens" if dapo else "tokens"],
-                         row_normalizer=normalisers["rows"])
+                         row_normalizer=normalisers["rows"],
+                         importance_sampling_level=self.rl.importance_sampling_level)
 
 
 Algorithm = PPO | GRPO

@@ -127,14 +127,21 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, max_c
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, cliprange: float, kl_coef: float,
               epsilon_high: float | None = None, loss_type: str = "bnpo", max_completion_length: int | None = None,
-              token_normalizer: float | None = None, row_normalizer: float | None = None) -> PolicyLoss:
+              token_normalizer: float | None = None, row_normalizer: float | None = None,
+              importance_sampling_level: str = "token") -> PolicyLoss:
     """Per token: the clipped surrogate with the sequence advantage, ratio clipped to [1 - cliprange,
     1 + (epsilon_high or cliprange)], plus kl_coef * the k3 KL estimate exp(ref - pi) - (ref - pi) - 1; averaged
-    as `loss_type` says (`aggregate`). Clip fractions: tokens whose ratio was clipped below (negative advantage) and
-    above (positive advantage)."""
+    as `loss_type` says (`aggregate`). With `importance_sampling_level` "sequence" (GSPO), every token of a
+    completion takes the completion's ratio: exp of the mean of its tokens' log-ratios (TRL's definition). Clip
+    fractions: tokens whose ratio was clipped below (negative advantage) and above (positive advantage)."""
     high = cliprange if epsilon_high is None else epsilon_high
     adv = advantages.unsqueeze(-1)
-    ratio = torch.exp(logps - old_logps)
+    log_ratio = logps - old_logps
+    if importance_sampling_level == "sequence":
+        log_ratio = ((log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1))
+    elif importance_sampling_level != "token":
+        raise ValueError(f"unknown importance_sampling_level '{importance_sampling_level}' (token or sequence)")
+    ratio = torch.exp(log_ratio)
     per_token = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - cliprange, 1 + high))
     policy_per_token = per_token
     if ref_logps is not None and kl_coef:
@@ -143,8 +150,8 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
     loss = aggregate(per_token, mask, loss_type, max_completion_length, token_normalizer, row_normalizer)
     policy_loss = aggregate(policy_per_token.detach(), mask, loss_type, max_completion_length, token_normalizer,
                             row_normalizer)
-    low_clipped = ((ratio < 1 - cliprange) & (adv < 0)).float()
-    high_clipped = ((ratio > 1 + high) & (adv > 0)).float()
+    low_clipped = ((ratio < 1 - cliprange) & (adv < 0)).float().expand_as(mask)
+    high_clipped = ((ratio > 1 + high) & (adv > 0)).float().expand_as(mask)
     return PolicyLoss(loss, policy_loss, masked_mean(low_clipped + high_clipped, mask),
                       0.5 * masked_mean((logps - old_logps).detach() ** 2, mask),
                       clip_low=masked_mean(low_clipped, mask), clip_high=masked_mean(high_clipped, mask))
