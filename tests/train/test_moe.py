@@ -124,3 +124,35 @@ def test_freeze_router_keeps_the_routers_and_trains_the_experts(real_model, tmp_
                      f"output_dir={tmp_path / key.split('=')[0]}", "report_to=none"]) == 2
         err = capsys.readouterr().err
         assert ("no mixture-of-experts router" in err or "has no router load-balancing loss" in err), err
+
+
+def test_lora_reaches_the_experts_and_merges_exactly(real_model, tmp_path, capsys):
+    """`lora_target: all` puts adapters on attention and on the fused 3-D expert weights (peft's target_parameters);
+    `experts` names those alone; the merged export gives the adapter's logits."""
+    from peft import AutoPeftModelForCausalLM
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    model_dir = real_model(MOE)
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in EXCHANGES])
+    for target in ("all", "experts"):
+        log = _train(tmp_path, target, stage="sft", model_name_or_path=model_dir, dataset=str(data), max_steps=4,
+                     learning_rate=1e-2, finetuning_type="lora", lora_target=target)
+        losses = [r["loss"] for r in log if "loss" in r]
+        assert losses[-1] < losses[0], losses
+        names = set(safe_open(str(tmp_path / target / "adapter_model.safetensors"), "pt").keys())
+        assert any("experts" in n for n in names)
+        assert any("q_proj" in n for n in names) == (target == "all"), sorted(names)[:6]
+    out = tmp_path / "merged"
+    assert main(["export", str(tmp_path / "all"), f"export_dir={out}", "infer_dtype=float32"]) == 0
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(out)(ids).logits
+        adapted = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "all", dtype=torch.float32)(ids).logits
+    assert (merged - adapted).abs().max().item() < 1e-4
+
+    capsys.readouterr()
+    assert main(["train", "stage=sft", f"model_name_or_path={real_model('qwen2.5-instruct')}", f"dataset={data}",
+                 "finetuning_type=lora", "lora_target=experts", "max_steps=1", f"output_dir={tmp_path / 'dense'}",
+                 "report_to=none"]) == 2
+    assert "no fused expert weights" in capsys.readouterr().err

@@ -67,8 +67,9 @@ class FinetuningArguments:
     lora_dropout: float = option(0.0, "Dropout on the LoRA input.")
     lora_target: str = option(
         "all", "Comma-separated module names that get adapters, or `all` (every linear layer except the output "
-        "head; in a vision-language model the language model's, and the vision tower's too with "
-        "`freeze_vision_tower: false`).")
+        "head, and a mixture of experts' fused expert weights; in a vision-language model the language model's, "
+        "and the vision tower's too with `freeze_vision_tower: false`). In a mixture of experts, `experts` names "
+        "the experts' weights and `router` the routers (e.g. `q_proj,v_proj,experts`).")
     additional_target: str | None = option(
         None, "Comma-separated modules trained fully and saved with the adapter (e.g. `embed_tokens,lm_head` when "
         "the template added tokens).")

@@ -11,7 +11,7 @@ from lmforge.config.finetuning import FinetuningArguments
 from lmforge.errors import ConfigError
 from lmforge.model import multimodal
 from lmforge.model.build import count_parameters
-from lmforge.model.moe import freeze_router
+from lmforge.model.moe import freeze_router, fused_expert_parameters, router_modules
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,20 @@ def reward_head_names(model: torch.nn.Module) -> list[str]:
     return [name for name in REWARD_HEADS if isinstance(getattr(model, name, None), torch.nn.Module)]
 
 
+def expert_targets(model: torch.nn.Module, targets: str | list[str]) -> list[str]:
+    """The fused expert weights that get adapters (peft's `target_parameters`): with `all` or `experts` in a
+    mixture of experts whose experts are 3-D tensors. `experts` in a model without such weights is an error."""
+    if targets != "all-linear" and "experts" not in targets:
+        return []
+    fused = fused_expert_parameters(model)
+    if "experts" in targets and not fused:
+        raise ConfigError("Config error: 'lora_target' names `experts`, but the model has no fused expert weights "
+                          "(a dense model, or experts that are linear layers: name those, e.g. `w1,w2,w3`).")
+    if fused:
+        logger.info("LoRA on the experts' weights too: %s", ", ".join(fused))
+    return fused
+
+
 def add_lora(model: PreTrainedModel, args: FinetuningArguments, adapter: str | None = None) -> torch.nn.Module:
     """New LoRA adapters, or (`adapter`) a saved one continued."""
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -81,6 +95,11 @@ def add_lora(model: PreTrainedModel, args: FinetuningArguments, adapter: str | N
         logger.info("LoRA: continuing from the adapter in %s", adapter)
         return PeftModel.from_pretrained(model, adapter, is_trainable=True)
     targets: str | list[str] = "all-linear" if args.lora_target.strip() == "all" else _names(args.lora_target)
+    parameters = expert_targets(model, targets)
+    if isinstance(targets, list):  # `experts` is parameters; `router` the routers' modules
+        targets = [t for t in targets if t != "experts"]
+        if "router" in targets:
+            targets = [t for t in targets if t != "router"] + (router_modules(model) or ["router"])
     to_save = _names(args.additional_target)
     if multimodal.is_multimodal_config(model.config):
         if targets == "all-linear":  # the language model's linears (and the vision tower's when it trains)
@@ -91,7 +110,8 @@ def add_lora(model: PreTrainedModel, args: FinetuningArguments, adapter: str | N
     task_type = "SEQ_CLS" if reward_head_names(model) else "CAUSAL_LM"
     config = LoraConfig(task_type=task_type, r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
                         lora_dropout=args.lora_dropout, target_modules=targets, use_rslora=args.use_rslora,
-                        use_dora=args.use_dora, modules_to_save=to_save or None)
+                        use_dora=args.use_dora, modules_to_save=to_save or None,
+                        **({"target_parameters": parameters} if parameters else {}))
     try:
         return get_peft_model(model, config)
     except ValueError as err:

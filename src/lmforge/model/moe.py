@@ -91,6 +91,28 @@ def no_router_outputs(model: torch.nn.Module) -> dict[str, bool]:
                                                                               "output_router_logits") else {}
 
 
+def _in_layer(name: str) -> str:
+    """`model.layers.3.mlp.experts.down_proj` -> `mlp.experts.down_proj` (the part every layer shares)."""
+    found = _LAYER.search(name)
+    return name[found.end():] if found else name
+
+
+def fused_expert_parameters(model: torch.nn.Module) -> list[str]:
+    """The experts' weights a mixture of experts keeps as 3-D tensors (one slice per expert, transformers 5's
+    layout: `mlp.experts.gate_up_proj`, `mlp.experts.down_proj`), as the name suffixes peft's `target_parameters`
+    takes; none where the experts are separate linear layers (all-linear covers those)."""
+    experts = num_experts(getattr(model, "config", None)) if hasattr(model, "config") else None
+    if not experts:
+        return []
+    return sorted({_in_layer(name) for name, p in model.named_parameters()
+                   if ".experts." in name and p.dim() == 3 and p.shape[0] == experts})
+
+
+def router_modules(model: torch.nn.Module) -> list[str]:
+    """The routers' module names, as suffixes peft's `target_modules` matches (`mlp.gate`, `mlp.router`)."""
+    return sorted({_in_layer(name.rsplit(".", 1)[0]) for name, _ in router_parameters(model)})
+
+
 def router_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     """The routers' parameters: those under a `gate`/`router` module of an MoE block whose first dimension is the
     number of experts (a gated MLP's `gate_proj` is not one)."""
