@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from lmforge.config.schema import RunConfig
+from lmforge.errors import ConfigError
 from lmforge.train.rl.distributed import barrier, is_sharded
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,11 @@ def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
 
     base = model.get_base_model()
     lora_layers = {name: module for name, module in base.named_modules() if isinstance(module, LoraLayer)}
+    if any(type(module).__name__ == "ParamWrapper" for module in lora_layers.values()):
+        raise ConfigError("Config error: vLLM rollouts take merged linear weights; LoRA on a mixture of experts' "
+                          "fused expert weights (`lora_target: all` or `experts`) is not merged for them. Name the "
+                          "linear layers in `lora_target` (e.g. `q_proj,k_proj,v_proj,o_proj`), or roll out with "
+                          "`infer_backend: hf`.")
     for name, param in base.named_parameters():
         parts = name.split(".")
         if any(part.startswith("lora_") for part in parts) or "original_module" in parts:
