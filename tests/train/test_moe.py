@@ -156,3 +156,21 @@ def test_lora_reaches_the_experts_and_merges_exactly(real_model, tmp_path, capsy
                  "finetuning_type=lora", "lora_target=experts", "max_steps=1", f"output_dir={tmp_path / 'dense'}",
                  "report_to=none"]) == 2
     assert "no fused expert weights" in capsys.readouterr().err
+
+
+def test_the_router_loss_reaches_reward_models_and_classifiers(real_model, tmp_path):
+    """Transformers' classification heads drop their decoder's router loss: rm and cls add it (one step's loss
+    rises by about coef x 2, the loss at an even routing of top-2 of 4 experts)."""
+    from lmforge.bench.model_matrix import FILLER, TOPIC_WORDS
+
+    model_dir = real_model(MOE)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"messages": m[:1], "chosen": m[1], "rejected": REFUSAL}
+                                                   for m in EXCHANGES[:4]])
+    texts = write_jsonl(tmp_path / "cls.jsonl", [{"text": f"{FILLER[i]} {w}", "label": topic} for i, (topic, words)
+                                                 in enumerate(TOPIC_WORDS.items()) for w in words[:2]])
+    for stage, data, extra in (("rm", pairs, {}), ("cls", texts, {"class_weights": "balanced"}),
+                               ("cls", texts, {})):
+        first = {coef: _train(tmp_path, f"{stage}-{coef}-{len(extra)}", stage=stage, model_name_or_path=model_dir,
+                              dataset=str(data), max_steps=1, router_aux_loss_coef=coef, **extra)[0]["loss"]
+                 for coef in (0.0, 1.0)}
+        assert 1.0 < first[1.0] - first[0.0] < 4.0, (stage, extra, first)

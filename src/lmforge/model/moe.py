@@ -91,6 +91,39 @@ def no_router_outputs(model: torch.nn.Module) -> dict[str, bool]:
                                                                               "output_router_logits") else {}
 
 
+class RouterLossTap:
+    """A sequence classifier's router loss (reward models, `stage: cls`): transformers' classification heads drop
+    the `aux_loss` their decoder's router logits give, so a hook on the decoder keeps its last output and mask, and
+    `take` computes the loss the causal LM would have added."""
+
+    def __init__(self, model: torch.nn.Module, decoder: torch.nn.Module):
+        self.model, self.coef = model, router_loss_coef(model)
+        self._last: tuple[Any, torch.Tensor | None] | None = None
+        decoder.register_forward_hook(self._keep, with_kwargs=True)
+
+    @classmethod
+    def attach(cls, model: torch.nn.Module) -> RouterLossTap | None:
+        """A tap on `model` (or the model inside a peft wrapper) when it is a classifier training a router loss."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        decoder = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+        if not type(base).__name__.endswith("ForSequenceClassification") or decoder is None or \
+                not router_loss_coef(base):
+            return None
+        return cls(base, decoder)
+
+    def _keep(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        if module.training:
+            self._last = (output, kwargs.get("attention_mask"))
+
+    def added_to(self, loss: torch.Tensor) -> torch.Tensor:
+        """`loss` plus the router loss of the last training forward (each forward's loss takes its own once)."""
+        if self._last is None:
+            return loss
+        outputs, mask = self._last
+        self._last = None
+        return with_router_loss_added(loss, decoder_router_loss(self.model, outputs, mask), self.coef)
+
+
 def _in_layer(name: str) -> str:
     """`model.layers.3.mlp.experts.down_proj` -> `mlp.experts.down_proj` (the part every layer shares)."""
     found = _LAYER.search(name)

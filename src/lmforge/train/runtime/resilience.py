@@ -19,7 +19,7 @@ from lmforge.config.resilience import ResilienceArguments
 from lmforge.config.secrets import MASK, is_secret
 from lmforge.data.stream import STATE_FILE as STREAM_STATE_FILE
 from lmforge.data.stream import BlockStream, load_position, save_position
-from lmforge.model.moe import ExpertLoads
+from lmforge.model.moe import ExpertLoads, RouterLossTap
 from lmforge.train.runtime.checkpoint import COMPLETE_MARKER, staging_root
 from lmforge.train.runtime.guard import NonfiniteGuard
 from lmforge.train.runtime.session import RunSession, record_dtype, saved_state_dict
@@ -105,6 +105,8 @@ class SafeTrainingMixin:
         self._writing_checkpoint = False
         # a mixture of experts: its routers' loads, logged with each training log (`log`, the run log callback)
         self.expert_loads = ExpertLoads.attach(self.accelerator.unwrap_model(self.model))
+        # a mixture-of-experts classifier (rm, cls): the router loss its classification head drops
+        self.router_tap = RouterLossTap.attach(self.accelerator.unwrap_model(self.model))
         self.add_callback(_StopAtStepEnd(self))
         if self.guard is not None:
             self.add_callback(_GuardBeforeStep(self))
@@ -187,6 +189,16 @@ class SafeTrainingMixin:
         if bad:
             model.zero_grad(set_to_none=True)
         self.guard.record(not bad, self.state.global_step + 1)
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        if self.router_tap is None:
+            return result
+        if return_outputs:
+            return self.router_tap.added_to(result[0]), result[1]
+        return self.router_tap.added_to(result)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.guard is not None and self.guard.total and "loss" in logs:

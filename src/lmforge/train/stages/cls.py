@@ -54,6 +54,8 @@ class ClassificationTrainer(LoraPlusTrainer):
         weight = torch.tensor(self.class_weights, device=outputs.logits.device, dtype=torch.float32)
         loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight,
                                                  label_smoothing=self.args.label_smoothing_factor)
+        if self.router_tap is not None:  # a mixture of experts' router loss, as the unweighted path adds it
+            loss = self.router_tap.added_to(loss)
         return (loss, outputs) if return_outputs else loss
 
 
