@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.bench.families import Family, FamilyUnavailable, build_tiny, discover
+from lmforge.model.moe import fused_expert_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -250,9 +251,15 @@ def cell_sft_lora(run: FamilyRun) -> str:
     """LoRA on all linear layers with packing on (the full run is unpacked): the loss falls and the adapter loads
     with peft."""
     from peft import AutoPeftModelForCausalLM
+    from safetensors import safe_open
 
-    AutoPeftModelForCausalLM.from_pretrained(run.adapter())
-    return falling(losses(read(run.root / "sft-lora")))
+    model = AutoPeftModelForCausalLM.from_pretrained(run.adapter())
+    detail = falling(losses(read(run.root / "sft-lora")))
+    if fused_expert_parameters(model.get_base_model()):  # `lora_target: all` reaches a mixture's experts
+        names = safe_open(str(Path(run.adapter()) / "adapter_model.safetensors"), "pt").keys()
+        check(any(".experts." in n for n in names), "no adapter on the experts' weights")
+        detail += "; adapters on the experts too"
+    return detail
 
 
 def read(out: Path) -> list[dict]:
