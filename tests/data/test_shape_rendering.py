@@ -47,7 +47,7 @@ def templated(tokenizer, choice: str):
     return tok
 
 
-def demo_examples(kind: str, name: str, n: int = 60) -> list[str]:
+def demo_examples(kind: str, name: str, n: int = 36) -> list[str]:
     spec = resolve_sources(name, str(LF_DEMO))[0]
     args = DataArguments(dataset=name, dataset_dir=str(LF_DEMO), max_samples=n)
     return [json.dumps(c, ensure_ascii=False) for _, c in source_conversations(spec, args, 0, kind)[1]]

@@ -11,7 +11,6 @@ import torch
 from lmforge.cli import main
 from lmforge.eval.ppl import perplexity, token_stream, windows
 from tests.conftest import LF_DEMO, write_jsonl
-from tests.eval.test_mc import run_lmforge
 
 pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
 
@@ -48,17 +47,15 @@ def test_perplexity_matches_the_model_loss(tiny_model_dir, tiny_tokenizer):
     assert sliding["perplexity"] == pytest.approx(math.exp(sliding["loss"]))
 
 
-def test_perplexity_task_on_a_registered_dataset(tiny_model_dir, tmp_path):
+def test_perplexity_task_on_a_registered_dataset(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "ppl"
-    result = run_lmforge("eval", f"model_name_or_path={tiny_model_dir}", "task=perplexity", "dataset=wiki_demo",
-                         f"dataset_dir={LF_DEMO}", "max_samples=5", "cutoff_len=64", "stride=32",
-                         f"output_dir={out}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert main(["eval", f"model_name_or_path={tiny_model_dir}", "task=perplexity", "dataset=wiki_demo",
+                 f"dataset_dir={LF_DEMO}", "max_samples=5", "cutoff_len=64", "stride=32", f"output_dir={out}"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["documents"] == 5 and (results["window"], results["stride"]) == (64, 32)
     assert results["tokens"] > 100 and results["perplexity"] == pytest.approx(math.exp(results["loss"]))
     assert 100 < results["perplexity"] < 2000  # a random model over a 384-token vocabulary: near uniform
-    assert "perplexity" in result.stdout
+    assert "perplexity" in capsys.readouterr().out
 
 
 def test_generation_task_scores_predictions_against_references(tiny_model_dir, tmp_path):
@@ -68,9 +65,8 @@ def test_generation_task_scores_predictions_against_references(tiny_model_dir, t
         {"messages": [{"role": "user", "content": "No reference here"}]},
     ])
     out = tmp_path / "gen"
-    result = run_lmforge("eval", f"model_name_or_path={tiny_model_dir}", "task=generate", f"dataset={data}",
-                         "template=chatml", "max_new_tokens=5", "batch_size=2", f"output_dir={out}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert main(["eval", f"model_name_or_path={tiny_model_dir}", "task=generate", f"dataset={data}",
+                 "template=chatml", "max_new_tokens=5", "batch_size=2", f"output_dir={out}"]) == 0
     results = json.loads((out / "results.json").read_text())
     predictions = [json.loads(line) for line in open(out / "predictions.jsonl", encoding="utf-8")]
     assert (results["prompts"], results["scored"]) == (3, 2)
@@ -105,7 +101,7 @@ def _accuracy_by_hand(model_dir: str, rows: list[dict], choices: list[str]) -> f
     return correct / len(rows)
 
 
-def test_harness_bridge_runs_a_local_task(tiny_model_dir, tmp_path):
+def test_harness_bridge_runs_a_local_task(tiny_model_dir, tmp_path, capsys):
     pytest.importorskip("lm_eval")
     choices = ["red", "dog", "saw", "pear"]
     rows = [{"question": f"Which of these is a colour? ({i})", "choices": choices, "answer": i % 4} for i in range(6)]
@@ -117,14 +113,14 @@ def test_harness_bridge_runs_a_local_task(tiny_model_dir, tmp_path):
         "doc_to_text: \"{{question}}\\nAnswer:\"\ndoc_to_choice: \"{{choices}}\"\ndoc_to_target: \"{{answer}}\"\n"
         "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
     out = tmp_path / "harness"
-    result = run_lmforge("eval", f"model_name_or_path={tiny_model_dir}", "n_shot=0", f"output_dir={out}",
-                         f"harness_include_path={tmp_path / 'tasks'}", "--harness", "lmforge_toy")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert main(["eval", f"model_name_or_path={tiny_model_dir}", "n_shot=0", f"output_dir={out}",
+                 f"harness_include_path={tmp_path / 'tasks'}", "--harness", "lmforge_toy"]) == 0
     toy = json.loads((out / "results.json").read_text())["harness"]["lmforge_toy"]
     assert toy["sample_len"] == 6
     assert toy["acc,none"] == pytest.approx(_accuracy_by_hand(tiny_model_dir, rows, choices))
-    result = run_lmforge("eval", f"model_name_or_path={tiny_model_dir}", f"output_dir={out}", "--harness", "nope_x")
-    assert result.returncode == 2 and "has no task 'nope_x'" in result.stderr
+    capsys.readouterr()
+    assert main(["eval", f"model_name_or_path={tiny_model_dir}", f"output_dir={out}", "--harness", "nope_x"]) == 2
+    assert "has no task 'nope_x'" in capsys.readouterr().err
 
 
 def test_base_plus_adapter_equals_the_merged_model(tiny_model_dir, tmp_path):
