@@ -26,9 +26,11 @@ def stage_curves(stage: str) -> tuple[str, ...]:
     """The curves worth watching in a stage (its registry entry; train and eval): a key absent from the log is not
     plotted."""
     extra = STAGES[stage].curves
-    # a mixture of experts' router balance (1 is even, for both) in every stage
-    moe = ("expert_load_max_over_mean", "expert_load_entropy")
-    return ("loss", "eval_loss", *extra, *(f"eval_{k}" for k in extra), *moe)
+    return ("loss", "eval_loss", *extra, *(f"eval_{k}" for k in extra))
+
+
+# a mixture of experts' router balance (1 is even, for both), in every stage
+EXPERT_LOAD_CURVES = ("expert_load_max_over_mean", "expert_load_entropy")
 
 
 def plot_curves(output_dir: str, log: list[dict], keys: tuple[str, ...] = ("loss", "eval_loss")) -> list[str]:

@@ -38,7 +38,7 @@ from lmforge.train.runtime.checkpoint import (
 )
 from lmforge.train.runtime.guard import NonfiniteGuard
 from lmforge.train.runtime.output_dir import CONFIG_FILE
-from lmforge.train.runtime.plots import plot_curves, stage_curves
+from lmforge.train.runtime.plots import EXPERT_LOAD_CURVES, plot_curves, stage_curves
 from lmforge.train.runtime.signals import StopRequest
 from lmforge.train.runtime.split_checkpoint import is_split_model
 from lmforge.train.samples import generate_samples, write_samples
@@ -165,7 +165,8 @@ def report(cfg: RunConfig, model: Any, tokenizer: Any, chat: bool = False,
     """After training (first process): plot the stage's curves, generate the sample prompts; returns the samples."""
     args = cfg.training
     if cfg.finetuning.plot_loss:
-        plot_curves(args.output_dir, read_log(args.output_dir), stage_curves(cfg.finetuning.stage))
+        plot_curves(args.output_dir, read_log(args.output_dir),
+                    (*stage_curves(cfg.finetuning.stage), *EXPERT_LOAD_CURVES))
     samples = []
     if cfg.generation.sample_prompts:
         samples = generate_samples(model, tokenizer, cfg.generation, args.seed, chat, stop_ids)
