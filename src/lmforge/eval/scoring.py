@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.model.kv_cache import cache_kwargs, output_cache
-from lmforge.model.moe import no_router_outputs
 
 
 @dataclass
@@ -73,7 +72,7 @@ class _Rows:
         if past_mask is not None:
             mask = torch.cat([past_mask, mask], dim=1)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=keep, **cache_kwargs(self.model, cache), **no_router_outputs(self.model))
+                         logits_to_keep=keep, **cache_kwargs(self.model, cache))
         return out.logits, output_cache(out), mask
 
 

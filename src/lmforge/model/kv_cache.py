@@ -10,6 +10,8 @@ import functools
 import inspect
 from typing import Any
 
+from lmforge.model.moe import no_router_outputs
+
 
 @functools.lru_cache(maxsize=64)
 def _argument_name(forward_owner: type) -> str:
@@ -18,10 +20,11 @@ def _argument_name(forward_owner: type) -> str:
 
 
 def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
-    """`{name: cache}` for `model(...)`: `cache` where its forward takes that name, `past_key_values` otherwise."""
+    """`{name: cache}` for `model(...)`: `cache` where its forward takes that name, `past_key_values` otherwise;
+    and no router outputs for a mixture of experts (`no_router_outputs`: its router loss fails on decoding steps)."""
     get_base = getattr(model, "get_base_model", None)  # a peft model forwards **kwargs to the model inside
     lm = get_base() if callable(get_base) else model
-    return {_argument_name(type(lm)): cache}
+    return {_argument_name(type(lm)): cache, **no_router_outputs(lm)}
 
 
 def output_cache(output: Any) -> Any:

@@ -180,7 +180,8 @@ class ExpertLoads:
 
     def __init__(self, routers: dict[int, torch.nn.Module], experts: int, top_k: int):
         self.experts, self.top_k = experts, top_k
-        self.counts = {layer: torch.zeros(experts, dtype=torch.float64) for layer in routers}
+        # counted where the router runs (no device sync per forward); read at log time only
+        self.counts: dict[int, torch.Tensor | None] = {layer: None for layer in routers}
         self.last: dict[str, list[float]] = {}
         self._hooks = [module.register_forward_hook(self._counter(layer)) for layer, module in routers.items()]
 
@@ -209,17 +210,17 @@ class ExpertLoads:
             else:
                 logits = output[0] if isinstance(output, tuple) else output
                 chosen = logits.topk(self.top_k, dim=-1).indices
-            self.counts[layer] += torch.bincount(chosen.detach().reshape(-1).cpu(),
-                                                 minlength=self.experts).double()
+            counts = torch.bincount(chosen.detach().reshape(-1), minlength=self.experts)
+            self.counts[layer] = counts if self.counts[layer] is None else self.counts[layer] + counts
         return count
 
     def read(self) -> dict[str, float]:
         """The loads since the last read, as scalars for the log and trackers (each layer's busiest expert over the
         mean, and the normalised entropy of its load, averaged over layers and per layer); the fractions of each
         layer's tokens per expert (summing to one) are kept in `last` for the run log."""
-        fractions = {layer: c / c.sum() for layer, c in sorted(self.counts.items()) if c.sum() > 0}
-        for counts in self.counts.values():
-            counts.zero_()
+        totals = {layer: c.double().cpu() for layer, c in sorted(self.counts.items()) if c is not None}
+        fractions = {layer: c / c.sum() for layer, c in totals.items() if c.sum() > 0}
+        self.counts = dict.fromkeys(self.counts)
         if not fractions:
             self.last = {}
             return {}

@@ -33,7 +33,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from lmforge.model.kv_cache import cache_kwargs, output_cache
-from lmforge.model.moe import no_router_outputs
 from lmforge.model.sampling import SamplingError, SamplingParams, choose_one
 from lmforge.serve.detokenize import TextStream
 
@@ -233,8 +232,7 @@ class Engine:
             extra["position_ids"], extra["attention_mask"] = positions, attention_mask
         # else a request with images, alone and unpadded: no mask, and the model numbers the positions itself from
         # its cache (Qwen2-VL's 3D rope continues from the deltas it found in the prompt)
-        return self.model(input_ids=input_ids, use_cache=True, **cache_kwargs(self.model, cache), **extra, **media,
-                          **no_router_outputs(self.model))
+        return self.model(input_ids=input_ids, use_cache=True, **cache_kwargs(self.model, cache), **extra, **media)
 
     @torch.inference_mode()
     def _prefill_alone(self, seq: _Sequence) -> _Batch:

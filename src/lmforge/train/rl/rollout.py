@@ -80,8 +80,7 @@ def sample_completions(model: torch.nn.Module, prompts: list[list[int]], gen: Ge
         mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
         last = last + 1
         out = model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=mask,
-                    position_ids=last[:, None], use_cache=True, **cache_kwargs(model, output_cache(out)),
-                    **no_router_outputs(model))
+                    position_ids=last[:, None], use_cache=True, **cache_kwargs(model, output_cache(out)))
     model.train(was_training)
     return rollout_from_tokens(prompts, [r[2] for r in rows], pad_id, stop_ids, device)
 
