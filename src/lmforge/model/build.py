@@ -199,11 +199,11 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
     auto_class: Any = AutoModelForCausalLM
     adapter_head = classifier_head_of(args.adapter_name_or_path)  # a base for its classifier adapter: that head
     head: dict[str, Any] = {}
+    config = None if args.from_scratch else multimodal.model_config(args)  # the checkpoint's, read once
     if reward_head or classifier or adapter_head:
         auto_class = AutoModelForSequenceClassification
         head = {**(classifier or adapter_head or {"num_labels": 1}), "pad_token_id": tokenizer.pad_token_id}
-    elif not args.from_scratch:  # what the checkpoint is, from its config (read once)
-        config = multimodal.model_config(args)
+    elif not args.from_scratch:  # what the checkpoint is, from its config
         if is_sequence_classifier(args, config):  # a saved `stage: cls` (or reward) model loads as what it is
             auto_class = AutoModelForSequenceClassification
         elif multimodal.is_multimodal_config(config):
@@ -217,8 +217,7 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
         origin = f"new {config.model_type} model (random init)"
     else:
         changed = head or args.rope_scaling or args.max_position_embeddings or args.router_aux_loss_coef is not None
-        config = multimodal.model_config(args) if changed else None
-        if config is not None:  # on the config: a composite one (Gemma 3) passes unknown keywords to the model class
+        if changed and config is not None:  # on the config: a composite one (Gemma 3) passes unknown keywords on
             kwargs["config"] = with_router_loss(with_context(with_head(config, head), args), args.router_aux_loss_coef)
         else:
             kwargs.update(head)
