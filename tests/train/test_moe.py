@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from lmforge.bench.model_matrix import EXCHANGES, REFUSAL
 from lmforge.cli import main
@@ -69,6 +71,22 @@ def test_router_aux_loss_coef_adds_the_models_own_load_balancing_loss(real_model
     finally:
         engine.close()
     assert isinstance(text, str)
+
+
+def test_gradient_accumulation_weighs_the_router_loss_once(real_model, tmp_path):
+    """The same four chats as one batch or as two accumulated micro-batches of two: the router loss adds about
+    coef x 2 either way (its value at an even top-2-of-4 routing), not once per micro-batch (the Trainer leaves a
+    loss summed over the step's tokens undivided, and transformers' forward adds the per-micro-batch mean)."""
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in EXCHANGES[:4]])
+    run = {"stage": "sft", "model_name_or_path": real_model(MOE), "dataset": str(data), "max_steps": 1}
+    added = {}
+    for accumulation in (1, 2):
+        shape = {"per_device_train_batch_size": 4 // accumulation, "gradient_accumulation_steps": accumulation}
+        loss = {coef: _train(tmp_path, f"ga{accumulation}-{coef}", **run, **shape, router_aux_loss_coef=coef)[0]["loss"]
+                for coef in (0.0, 0.5)}
+        added[accumulation] = loss[0.5] - loss[0.0]
+    assert 0.5 * 1.9 < added[1] < 0.5 * 2.5, added
+    assert added[2] == pytest.approx(added[1], rel=0.1), added
 
 
 def test_the_router_loss_reaches_the_losses_lmforge_computes(real_model, tmp_path):
@@ -174,3 +192,20 @@ def test_the_router_loss_reaches_reward_models_and_classifiers(real_model, tmp_p
                               dataset=str(data), max_steps=1, router_aux_loss_coef=coef, **extra)[0]["loss"]
                  for coef in (0.0, 1.0)}
         assert 1.0 < first[1.0] - first[0.0] < 4.0, (stage, extra, first)
+
+
+def test_a_resumed_mixture_of_experts_continues_with_its_trained_experts(real_model, tmp_path):
+    """Checkpoints hold the experts per expert, as published (`experts.N.down_proj.weight`); the model holds them
+    fused. Resuming from step 3 reproduces steps 4..6 exactly (the Trainer's own resume loaded nothing into the
+    fused experts and went on with the ones it started from)."""
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in EXCHANGES])
+    run = {"stage": "sft", "model_name_or_path": real_model(MOE), "dataset": str(data), "max_steps": 6,
+           "save_steps": 3, "save_strategy": "steps", "learning_rate": 5e-3}
+    full = {r["step"]: r["loss"] for r in _train(tmp_path, "full", **run) if "loss" in r}
+    saved = load_file(tmp_path / "full" / "checkpoint-3" / "model.safetensors")
+    assert "model.layers.0.mlp.experts.3.down_proj.weight" in saved
+    (tmp_path / "part").mkdir()
+    shutil.copytree(tmp_path / "full/checkpoint-3", tmp_path / "part/checkpoint-3")
+    resumed = {r["step"]: r["loss"] for r in _train(tmp_path, "part", **run, resume_from_checkpoint=True)
+               if "loss" in r}
+    assert {s: resumed[s] for s in (4, 5, 6)} == {s: full[s] for s in (4, 5, 6)}

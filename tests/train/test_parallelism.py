@@ -1,5 +1,6 @@
-"""Model parallelism: tensor parallel (alone and with FSDP2 sharding) over gloo on CPUs trains like one process,
-checkpoints resume exactly and the saved model is plain; sizes and engines that cannot work are config errors."""
+"""Model parallelism: tensor parallel (alone and with FSDP2 sharding) and expert parallel over gloo on CPUs train
+like one process, checkpoints resume exactly and the saved model is plain; sizes and engines that cannot work are
+config errors."""
 
 from __future__ import annotations
 
@@ -49,6 +50,40 @@ def test_layout_gives_the_replicas_what_the_sizes_leave():
 ])
 def test_parallel_sizes_that_cannot_work_are_clear_errors(tiny_model_dir, tmp_path, capsys, extra, message):
     assert main(["train", *sft_args(tiny_model_dir, tmp_path / "x", **extra)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_expert_parallel_splits_the_ranks_that_split_the_dense_layers():
+    layout = parallel_layout(ParallelismArguments(data_shard_size=4, expert_parallel_size=4), 8)
+    assert (layout.shard, layout.replicate, layout.expert, layout.data_parallel) == (4, 2, 4, 8)
+    assert layout.describe() == "FSDP2 shard 4 x data replicas 2; experts split over 4"
+    # 2 tensor x 2 shard ranks: the experts may go over the 4 of them
+    assert parallel_layout(ParallelismArguments(tensor_parallel_size=2, data_shard_size=2,
+                                                expert_parallel_size=4), 4).expert == 4
+    with pytest.raises(ValueError, match=r"'expert_parallel_size: 2' splits the experts over the ranks that split the "
+                                         r"dense layers \(tensor_parallel_size 1 x data_shard_size 1 = 1\): it must be "
+                                         r"a multiple of 'tensor_parallel_size' and divide that product \(e.g. "
+                                         r"'data_shard_size: 2'\)"):
+        parallel_layout(ParallelismArguments(expert_parallel_size=2), 2)
+    with pytest.raises(ValueError, match="must be a multiple of 'tensor_parallel_size'"):
+        parallel_layout(ParallelismArguments(tensor_parallel_size=2, data_shard_size=3, expert_parallel_size=3), 6)
+
+
+@pytest.mark.parametrize("model, extra, message", [
+    ("dense", {}, "'expert_parallel_size': the 'qwen2' model has no experts (not a mixture of experts)"),
+    ("moe", {"finetuning_type": "lora"}, "'expert_parallel_size' trains with 'finetuning_type: full'"),
+    ("moe", {"nproc_per_node": 8, "data_shard_size": 8, "expert_parallel_size": 8},
+     "'expert_parallel_size' (8) must divide the model's 4 experts per layer"),
+    ("moe", {"stage": "dpo", "dataset": "dpo_en_demo", "data_shard_size": None},
+     "'expert_parallel_size' does not apply to 'stage: dpo'"),
+])
+def test_expert_parallel_settings_that_cannot_work_are_clear_errors(model, extra, message, tiny_model_dir,
+                                                                    real_model, tmp_path, capsys):
+    model_dir = tiny_model_dir if model == "dense" else real_model("qwen3-moe")
+    values = {"nproc_per_node": 2, "data_shard_size": 2, "expert_parallel_size": 2, **extra}
+    values = {key: value for key, value in values.items() if value is not None}
+    assert main(["train", *sft_args(model_dir, tmp_path / "x", **values)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
@@ -244,3 +279,37 @@ def test_tensor_parallel_bf16_checkpoint_trains_float32_masters_like_one_process
     for step in range(1, 5):
         assert two[step] == pytest.approx(one[step], rel=1e-3), step
     assert {t.dtype for t in _weights(tp).values()} == {torch.bfloat16}
+
+
+@pytest.mark.slow
+def test_two_process_expert_parallel_trains_resumes_and_saves_like_one_process(real_model, tmp_path):
+    """Qwen3-MoE (4 experts, top-2) with its router loss on: 2 processes, dense layers FSDP2-sharded and experts
+    split 2 of 4 on each (tokens reach them by all-to-all), against one process with the same micro-batches (the
+    router loss balances each micro-batch, as each process computes it: 2 accumulated micro-batches of 2)."""
+    model_dir = real_model("qwen3-moe")
+    run = {"max_steps": 6, "save_steps": 3, "router_aux_loss_coef": 0.01, "per_device_train_batch_size": 2}
+    split = ["nproc_per_node=2", "data_shard_size=2", "expert_parallel_size=2"]
+    single, ep, resumed = tmp_path / "single", tmp_path / "ep", tmp_path / "resumed"
+    assert main(["train", *sft_args(model_dir, single, **run, gradient_accumulation_steps=2)]) == 0
+    proc = run_lmforge_train([*sft_args(model_dir, ep, **run), *split])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Parallelism: FSDP2 shard 2; experts split over 2; global batch 4 sequences" in proc.stderr
+    assert "Experts: 2 of 4 per layer on each process (expert parallel)" in proc.stderr
+    one, two = losses(single), losses(ep)
+    assert sorted(two) == list(range(1, 7))
+    for step in range(1, 7):
+        assert two[step] == pytest.approx(one[step], abs=1e-4), step
+    # the saved model is the single-process one: the same names (per-expert, as published) and dtype (bf16)
+    reference, saved = _weights(single), _weights(ep)
+    assert set(saved) == set(reference) and "model.layers.0.mlp.experts.3.down_proj.weight" in saved
+    for name, tensor in reference.items():
+        assert saved[name].dtype == tensor.dtype == torch.bfloat16, name
+        torch.testing.assert_close(saved[name].float(), tensor.float(), rtol=2 ** -7, atol=1e-5, msg=name)
+    # resumed in a fresh directory from step 3: the same run, exactly
+    resumed.mkdir()
+    shutil.copytree(ep / "checkpoint-3", resumed / "checkpoint-3")
+    proc = run_lmforge_train([*sft_args(model_dir, resumed, **run), *split, "resume_from_checkpoint=true"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = losses(resumed)
+    assert sorted(after) == [4, 5, 6] and all(after[s] == two[s] for s in after)
+    assert all(torch.equal(_weights(resumed)[k], v) for k, v in saved.items())

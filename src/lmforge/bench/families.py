@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmforge.config.architecture import EXPERT_COUNTS
+
 # The sizes every family shrinks to; a key the family's config lacks is not added. Widths are kept divisible the way
 # the real ones are (heads x head_dim, experts over groups).
 SHRUNK: dict[str, int] = {
@@ -28,7 +30,6 @@ SHRUNK: dict[str, int] = {
     # ModernBERT: a global layer every other layer, so 2 layers keep one of each
     "global_attn_every_n_layers": 2,
 }
-EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts")
 # list-valued rope parameters with one entry per rotary frequency (Phi-3's longrope factors)
 _PER_FREQUENCY = ("short_factor", "long_factor")
 
@@ -162,17 +163,19 @@ def _fit_rope_factors(config, rotary_before: int | None) -> None:
                 params[name] = factors[: rotary_after // 2]
 
 
-def build_tiny(source: str | os.PathLike, dest: str | os.PathLike, head: str = "causal", seed: int = 0) -> str:
+def build_tiny(source: str | os.PathLike, dest: str | os.PathLike, head: str = "causal", seed: int = 0,
+               sizes: dict[str, Any] | None = None) -> str:
     """`dest` holds a tiny model of the family in `source`, with the family's real tokenizer (and chat template,
     generation config): `head` "causal" (AutoModelForCausalLM), "masked" (an encoder as its checkpoints are
     published: AutoModelForMaskedLM) or "cls" (AutoModelForSequenceClassification, 2 labels); `seed` draws the
-    random weights."""
+    random weights; `sizes` replaces some of the small sizes (the fields the config has) for a larger model."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     source, dest = Path(source), Path(dest)
     tokenizer, config = load_tokenizer(source), shrunk_config(source)
+    config.update({k: v for k, v in (sizes or {}).items() if hasattr(config, k)})
     if head == "cls":
         config.num_labels = 2
     auto = {"causal": AutoModelForCausalLM, "masked": AutoModelForMaskedLM,

@@ -296,6 +296,45 @@ class Suite:
             out.update(status="fail", error=f"2-way losses differ from one process by {worst:.2%} (bf16: < 2 %)")
         return out
 
+    def expert_parallel(self) -> dict[str, Any]:
+        """A Qwen3-MoE of about 0.7B parameters (the real family config, 32 experts of top-8 in 8 layers) on 2 GPUs:
+        FSDP2 sharding alone against FSDP2 with the experts split (`expert_parallel_size: 2`), tokens/s and peak
+        memory of each, per-step losses within bf16 tolerance."""
+        from lmforge.bench.families import build_tiny
+        from lmforge.bench.model_matrix import default_families_dir
+
+        gpus = torch.cuda.device_count() if self.cuda else 0
+        if gpus < 2:
+            raise _Skip(f"expert_parallel_size = 2 needs 2 GPUs; this machine has {gpus} (the CPU suite checks it "
+                        "over gloo)")
+        source = os.path.join(default_families_dir(), "qwen3-moe")
+        if not os.path.isdir(source):
+            raise _Skip(f"no Qwen3-MoE family config at {source}")
+        model = build_tiny(source, tempfile.mkdtemp(prefix="gpu-moe-"), sizes={
+            "hidden_size": 1024, "intermediate_size": 2048, "moe_intermediate_size": 512, "num_experts": 32,
+            "num_experts_per_tok": 8, "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 4,
+            "head_dim": 64})
+        base = {"model_name_or_path": model, "max_steps": 6, "save_strategy": "no", "logging_steps": 1,
+                "nproc_per_node": 2, "data_shard_size": 2, "router_aux_loss_coef": 0.001,
+                "skip_memory_metrics": False}
+        out: dict[str, Any] = {}
+        logs = {}
+        for name, extra in {"fsdp2": {}, "expert_parallel": {"expert_parallel_size": 2}}.items():
+            out_dir = tempfile.mkdtemp(prefix=f"gpu-ep-{name}-")
+            out[f"{name}_seconds"] = self._train(self.sft_overrides(out_dir, **base, **extra))
+            logs[name] = {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(
+                out_dir, "trainer_log.jsonl"), encoding="utf-8")) if "loss" in r}
+            with open(os.path.join(out_dir, "all_results.json"), encoding="utf-8") as fh:
+                results = json.load(fh)
+            peak = results.get("train_mem_gpu_alloc_delta", 0) + results.get("train_mem_gpu_peaked_delta", 0)
+            out[f"{name}_peak_memory_gib"] = round(peak / 2**30, 2)
+            out[f"{name}_tokens_per_second"] = round(results["num_input_tokens_seen"] / results["train_runtime"])
+        worst = max(abs(logs["fsdp2"][s] - logs["expert_parallel"][s]) / abs(logs["fsdp2"][s]) for s in logs["fsdp2"])
+        out["max_relative_loss_difference"] = round(worst, 5)
+        if worst > 0.02:
+            out.update(status="fail", error=f"expert-parallel losses differ from FSDP2 by {worst:.2%} (bf16: < 2 %)")
+        return out
+
     def vlm(self) -> dict[str, Any]:
         if importlib.util.find_spec("torchvision") is None:
             raise _Skip("Qwen2-VL's processor needs torchvision (not installed here)")
@@ -326,6 +365,7 @@ class Suite:
         self.check("vllm_rollouts", self.vllm_rollouts)
         for key in ("tensor_parallel_size", "context_parallel_size", "sequence_parallel_size"):
             self.check(key.removesuffix("_size"), functools.partial(self.model_parallel, key))
+        self.check("expert_parallel", self.expert_parallel)
         device = torch.cuda.get_device_name(0) if self.cuda else "cpu"
         report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "torch": torch.__version__,
                   "smoke": self.smoke, "checks": self.results,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.bench.families import Family, FamilyUnavailable, build_tiny, discover
+from lmforge.config.architecture import num_experts
 from lmforge.model.moe import fused_expert_parameters
 
 logger = logging.getLogger(__name__)
@@ -355,9 +356,7 @@ def cell_moe_aux_loss(run: FamilyRun) -> str:
     plain = losses(run.train("moe-plain", **sft_values(run, **one_step)))[0]
     with_aux = losses(run.train("moe-aux", **sft_values(run, **one_step, model_name_or_path=run.variant(
         "router-loss", output_router_logits=True))))[0]
-    experts = next(getattr(config, k) for k in ("num_experts", "num_local_experts", "n_routed_experts")
-                   if getattr(config, k, None))
-    bound = config.router_aux_loss_coef * config.num_experts_per_tok * experts
+    bound = config.router_aux_loss_coef * config.num_experts_per_tok * num_experts(config)
     check(0 < with_aux - plain < bound, f"with the router loss {with_aux:.6f}, without {plain:.6f}: the difference "
                                         f"is not in (0, {bound:.4f})")
     return f"aux adds {with_aux - plain:.2e} (coef {config.router_aux_loss_coef})"

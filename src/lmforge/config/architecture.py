@@ -10,6 +10,20 @@ from lmforge.config.model import ModelArguments
 from lmforge.config.suggest import suggest
 from lmforge.errors import ConfigError
 
+# the config fields that hold a mixture of experts' number of experts per layer, by architecture
+EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts")
+
+
+def text_config(config: PretrainedConfig) -> PretrainedConfig:
+    """The language model's config (a vision-language config nests it)."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def num_experts(config: PretrainedConfig) -> int | None:
+    """Experts per layer of a mixture of experts; None for a dense model."""
+    text = text_config(config)
+    return next((getattr(text, k) for k in EXPERT_COUNTS if getattr(text, k, None)), None)
+
 
 def base_config(args: ModelArguments) -> PretrainedConfig:
     if args.model_type:

@@ -1,8 +1,9 @@
-"""How one model is split over the processes beyond data parallelism: tensor, context and sequence parallelism and
-FSDP2 sharding (accelerate's `ParallelismConfig` and transformers' tensor-parallel plans do the work)."""
+"""How one model is split over the processes beyond data parallelism: tensor, context, sequence and expert parallelism
+and FSDP2 sharding (accelerate's `ParallelismConfig` and transformers' tensor-parallel plans do the work)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +34,14 @@ class ParallelismArguments:
         "(processes / (tensor x context x sequence x shard)) are plain data-parallel replicas. With `ppo`/`grpo` "
         "the policy (and a reference copy) are sharded this way.",
         stages=("pt", "sft", "ppo", "grpo"))
+    expert_parallel_size: int = option(
+        1, "Processes that split a mixture-of-experts model's experts (transformers' expert-parallel plan of the "
+        "model: Qwen2/3-MoE, DeepSeek-V3, Mixtral, GPT-OSS, OLMoE, ...): each holds 1/N of every layer's experts and "
+        "the routed tokens travel to them by all-to-all. It adds no processes: the experts are split over the "
+        "ranks that already split the dense layers, so it must be a multiple of `tensor_parallel_size` and divide "
+        "`tensor_parallel_size x data_shard_size` (e.g. `data_shard_size: 8, expert_parallel_size: 8`: dense "
+        "layers FSDP2-sharded, experts whole on one rank each). Must divide the number of experts.",
+        stages=("pt", "sft"))
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class ParallelLayout:
     sequence: int = 1
     shard: int = 1
     replicate: int = 1
+    expert: int = 1
 
     @property
     def model_parallel(self) -> bool:
@@ -64,7 +74,8 @@ class ParallelLayout:
         parts = [f"{name} {size}" for name, size in (("tensor", self.tensor), ("context", self.context),
                                                       ("sequence", self.sequence), ("FSDP2 shard", self.shard),
                                                       ("data replicas", self.replicate)) if size > 1]
-        return " x ".join(parts) or "one process"
+        text = " x ".join(parts) or "one process"
+        return f"{text}; experts split over {self.expert}" if self.expert > 1 else text
 
 
 def parallel_layout(args: ParallelismArguments, processes: int) -> ParallelLayout:
@@ -83,5 +94,15 @@ def parallel_layout(args: ParallelismArguments, processes: int) -> ParallelLayou
         raise ValueError(f"{named} = {model} processes per model copy, which does not divide the {processes} "
                          f"processes of this run: the number of processes must be a multiple of the product (set "
                          "`nproc_per_node`/`nnodes`, or change the sizes).")
+    expert = args.expert_parallel_size
+    if expert < 1:
+        raise ValueError(f"'expert_parallel_size' must be at least 1, got {expert}.")
+    dense_split = args.tensor_parallel_size * args.data_shard_size
+    if expert > 1 and (expert % args.tensor_parallel_size or dense_split % expert):
+        raise ValueError(
+            f"'expert_parallel_size: {expert}' splits the experts over the ranks that split the dense layers "
+            f"(tensor_parallel_size {args.tensor_parallel_size} x data_shard_size {args.data_shard_size} = "
+            f"{dense_split}): it must be a multiple of 'tensor_parallel_size' and divide that product (e.g. "
+            f"'data_shard_size: {expert // math.gcd(expert, args.tensor_parallel_size)}').")
     return ParallelLayout(args.tensor_parallel_size, args.context_parallel_size, args.sequence_parallel_size,
-                          args.data_shard_size, processes // model)
+                          args.data_shard_size, processes // model, expert)

@@ -14,6 +14,7 @@ from lmforge.config.stages import STAGES
 from lmforge.errors import ConfigError
 
 if TYPE_CHECKING:
+    from lmforge.config.parallelism import ParallelLayout
     from lmforge.config.schema import EvalConfig, ExportConfig, RunConfig, ServeConfig
 
     CommandConfig = EvalConfig | ServeConfig | ExportConfig
@@ -186,6 +187,35 @@ def _validate_parallelism(cfg: RunConfig) -> None:
                       "examples/deepspeed/ds_z3_config.json).")
     if layout.tensor > 1 or layout.sequence > 1:
         _check_head_split(cfg, layout.tensor * layout.sequence)
+    if layout.expert > 1:
+        _check_expert_split(cfg, layout)
+
+
+def _check_expert_split(cfg: RunConfig, layout: ParallelLayout) -> None:
+    """Expert parallelism: transformers' expert-parallel plan of a mixture of experts, its experts split evenly,
+    over ranks that split the model as it loads."""
+    from lmforge.config.architecture import base_config, num_experts, text_config
+
+    size = layout.expert
+    if layout.context > 1 or layout.sequence > 1:
+        _fail(cfg, "'expert_parallel_size' with context or sequence parallelism is not supported yet: split the "
+              "experts over 'data_shard_size'/'tensor_parallel_size' ranks, or the sequence, not both.")
+    if cfg.finetuning.finetuning_type != "full":
+        _fail(cfg, f"'expert_parallel_size' trains with 'finetuning_type: full' ('{cfg.finetuning.finetuning_type}' "
+              "adapters on split experts are not supported yet; LoRA on one process per model copy reaches the "
+              "experts with 'lora_target: all').")
+    config = base_config(cfg.model)
+    experts = num_experts(config)
+    if not experts:
+        _fail(cfg, f"'expert_parallel_size': the '{config.model_type}' model has no experts (not a mixture of "
+              "experts); split it with 'data_shard_size' (FSDP2) or 'tensor_parallel_size'.")
+    if not getattr(text_config(config), "base_model_ep_plan", None):
+        _fail(cfg, f"'expert_parallel_size': the '{config.model_type}' architecture ships no expert-parallel plan "
+              "in transformers (Qwen2/3-MoE, DeepSeek-V3, Mixtral, GPT-OSS, OLMoE and others do); split it with "
+              "'data_shard_size' (FSDP2) instead.")
+    if experts % size:
+        _fail(cfg, f"'expert_parallel_size' ({size}) must divide the model's {experts} experts per layer: each "
+              "process holds whole experts.")
 
 
 def _check_head_split(cfg: RunConfig, split: int) -> None:

@@ -17,11 +17,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lmforge.config.architecture import base_config, check_architecture
+from lmforge.config.architecture import base_config, check_architecture, num_experts
 from lmforge.config.model import ModelArguments
 from lmforge.errors import ConfigError
 from lmforge.model import multimodal
-from lmforge.model.moe import with_router_loss
+from lmforge.model.moe import experts_per_process, with_router_loss
 
 logger = logging.getLogger(__name__)
 
@@ -238,4 +238,6 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
             origin += f" ({args.quantization_bit}-bit)"
     total, trainable = count_parameters(model)
     logger.info("Model: %s — %s parameters (%s trainable)", origin, f"{total:,}", f"{trainable:,}")
+    if held := experts_per_process(model):
+        logger.info("Experts: %d of %d per layer on each process (expert parallel)", held, num_experts(model.config))
     return model

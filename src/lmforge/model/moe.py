@@ -15,23 +15,14 @@ from typing import Any
 
 import torch
 
+from lmforge.config.architecture import num_experts, text_config
 from lmforge.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts")
 # a router is the gate inside a block of experts: `mlp.gate` (Qwen-MoE, DeepSeek), `block_sparse_moe.gate`
 # (Mixtral), `mlp.router` (GPT-OSS); its first dimension is the number of experts
 _ROUTER_NAME = re.compile(r"\.(gate|router)(\.|$)")
-
-
-def text_config(config: Any) -> Any:
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def num_experts(config: Any) -> int | None:
-    text = text_config(config)
-    return next((getattr(text, k) for k in EXPERT_COUNTS if getattr(text, k, None)), None)
 
 
 def has_router_loss(config: Any) -> bool:
@@ -139,6 +130,17 @@ def fused_expert_parameters(model: torch.nn.Module) -> list[str]:
         return []
     return sorted({_in_layer(name) for name, p in model.named_parameters()
                    if ".experts." in name and p.dim() == 3 and p.shape[0] == experts})
+
+
+def experts_per_process(model: torch.nn.Module) -> int | None:
+    """How many of each layer's experts this process holds when transformers split them over an expert-parallel
+    mesh dimension ("ep"); None when the experts are not split that way."""
+    experts = num_experts(getattr(model, "config", None)) if hasattr(model, "config") else None
+    for name, param in model.named_parameters():
+        mesh = getattr(param, "device_mesh", None)
+        if experts and ".experts." in name and mesh is not None and "ep" in (mesh.mesh_dim_names or ()):
+            return experts // mesh["ep"].size()
+    return None
 
 
 def router_modules(model: torch.nn.Module) -> list[str]:

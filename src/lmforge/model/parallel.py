@@ -1,6 +1,6 @@
-"""Model parallelism through the engines that exist: transformers splits a model as it loads (its tensor-parallel
-plans, FSDP2 sharding: `DistributedConfig`), accelerate's `ParallelismConfig` gives the Trainer its device mesh
-(and runs torch's context parallelism or DeepSpeed Ulysses)."""
+"""Model parallelism through the engines that exist: transformers splits a model as it loads (its tensor- and
+expert-parallel plans, FSDP2 sharding: `DistributedConfig`), accelerate's `ParallelismConfig` gives the Trainer its
+device mesh (and runs torch's context parallelism or DeepSpeed Ulysses)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def load_kwargs(layout: ParallelLayout) -> dict[str, Any]:
 
     allow_cpu_tensor_parallel()
     return {"distributed_config": DistributedConfig(tp_size=layout.tensor, fsdp_size=layout.shard,
-                                                    dp_replicate_size=layout.replicate if layout.shard > 1 else 1)}
+                                                    dp_replicate_size=layout.replicate if layout.shard > 1 else 1,
+                                                    ep_size=layout.expert)}
 
 
 def trainer_parallelism(cfg: RunConfig, layout: ParallelLayout) -> Any:

@@ -19,12 +19,13 @@ from lmforge.config.resilience import ResilienceArguments
 from lmforge.config.secrets import MASK, is_secret
 from lmforge.data.stream import STATE_FILE as STREAM_STATE_FILE
 from lmforge.data.stream import BlockStream, load_position, save_position
-from lmforge.model.moe import ExpertLoads, RouterLossTap
+from lmforge.model.moe import ExpertLoads, RouterLossTap, router_loss_coef
 from lmforge.train.runtime.checkpoint import COMPLETE_MARKER, staging_root
 from lmforge.train.runtime.guard import NonfiniteGuard
-from lmforge.train.runtime.session import RunSession, record_dtype, saved_state_dict
+from lmforge.train.runtime.session import RunSession, needs_cast, record_dtype, saved_state_dict
 from lmforge.train.runtime.signals import StopRequest, stop_agreed
 from lmforge.train.runtime.split_checkpoint import (
+    cast_saved_weights,
     is_split_model,
     load_saved_weights,
     load_split_state,
@@ -192,13 +193,29 @@ class SafeTrainingMixin:
 
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)
-        if self.router_tap is None:
-            return result
-        if return_outputs:
-            return self.router_tap.added_to(result[0]), result[1]
-        return self.router_tap.added_to(result)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
+        loss = self._router_loss_once(loss, outputs, num_items_in_batch)
+        if self.router_tap is not None:
+            loss = self.router_tap.added_to(loss)
+        return (loss, outputs) if return_outputs else loss
+
+    def _router_loss_once(self, loss: torch.Tensor, outputs: Any, num_items_in_batch: Any) -> torch.Tensor:
+        """The router loss a mixture of experts adds inside its forward, at `router_aux_loss_coef` x the mean over
+        the micro-batches of the step, whatever the processes and accumulation steps.
+
+        Why: when the loss is a share of a sum over the whole step's tokens (`num_items_in_batch`), the Trainer
+        neither divides a micro-batch's loss by the accumulation steps nor leaves it per process: it multiplies it
+        by the number of processes (whose gradients are averaged). The router loss is a per-micro-batch mean, so N
+        processes x K accumulation steps would train (and log) it at N x K x the coefficient."""
+        aux = getattr(outputs, "aux_loss", None)
+        coef = router_loss_coef(self.accelerator.unwrap_model(self.model)) if aux is not None else 0.0
+        if not coef or num_items_in_batch is None or not (self.model_accepts_loss_kwargs or self.compute_loss_func):
+            return loss  # the Trainer averages this loss over the accumulation steps itself
+        processes = (self.accelerator.num_processes // self.get_tp_size()
+                     if self.args.average_tokens_across_devices and self.args.n_gpu <= 1 else 1)
+        steps = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
+        return loss - (processes - 1 / steps) * coef * aux.to(loss.device, loss.dtype)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.guard is not None and self.guard.total and "loss" in logs:
@@ -250,7 +267,11 @@ class SafeTrainingMixin:
             save_position(self.train_dataset, self.state.global_step * blocks_per_step(self.args), staged)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        if not self._split_model:
+        """A full model's weights come back in the layout it holds them (the Trainer's own resume loads a mixture of
+        experts' per-expert files into fused expert weights as "unexpected keys" and goes on with the old
+        experts); adapters and DeepSpeed/FSDP engines resume the Trainer's way."""
+        plain = not (hasattr(self.model, "peft_config") or self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        if not (self._split_model or (plain and model is None)):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         load_saved_weights(self.model, resume_from_checkpoint)
 
@@ -281,6 +302,8 @@ class SafeTrainingMixin:
         model = self.accelerator.unwrap_model(self.model)
         super()._save(output_dir, saved_state_dict(model, dtype, state_dict))
         if self.args.should_save:
+            if self._split_model and needs_cast(model, dtype):
+                cast_saved_weights(output_dir, dtype)
             record_dtype(model, output_dir, dtype)
         self._mask_saved_arguments(output_dir)
 

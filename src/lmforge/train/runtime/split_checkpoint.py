@@ -1,5 +1,5 @@
 """Checkpoints of a model split over the processes as it loaded (tensor parallel, FSDP2 by transformers), and the
-loading of saved weights into any model, split or not.
+loading of saved weights into any model, split or not (in the layout the model holds them: `weight_layout`).
 
 Why our own: transformers' Trainer refuses to checkpoint the optimizer of such a model ("Resuming is not supported
 for models sharded at load time"), so a run could not resume. torch's distributed state-dict API gathers the
@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
+
+from lmforge.model.weight_layout import in_model_layout
 
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
@@ -40,6 +42,27 @@ def save_split_state(trainer: Any, output_dir: str) -> None:
     trainer._save_rng_state(output_dir)
 
 
+def cast_saved_weights(directory: str, dtype: torch.dtype) -> None:
+    """Rewrite the weight files `save_pretrained` wrote in `directory` (a staging directory) in `dtype`.
+
+    Why after the write: transformers gathers an FSDP2-sharded model's weights itself as it saves and ignores the
+    (cast) state dict it is given, so the float32 master weights reach the files; this brings them to the dtype
+    the run saves in, as on one process."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for name in sorted(os.listdir(directory)):
+        if not (name.startswith("model") and name.endswith(".safetensors")):
+            continue
+        path = os.path.join(directory, name)
+        with safe_open(path, "pt") as handle:
+            metadata = handle.metadata()
+        state = load_file(path)
+        if all(t.dtype == dtype or not t.is_floating_point() for t in state.values()):
+            continue
+        save_file({k: t.to(dtype) if t.is_floating_point() else t for k, t in state.items()}, path, metadata)
+
+
 def load_saved_weights(model: torch.nn.Module, directory: str) -> None:
     """The weights `save_pretrained` wrote into `directory`, into `model`: a LoRA adapter, or the full model (one or
     several safetensors files), scattered into the shards of a model split over the processes. A tied output layer
@@ -56,6 +79,7 @@ def load_saved_weights(model: torch.nn.Module, directory: str) -> None:
     state: dict[str, torch.Tensor] = {}
     for name in files:
         state.update(load_file(os.path.join(directory, name)))
+    state = in_model_layout(model, state)  # e.g. per-expert files into fused expert weights
     if is_split_model(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
