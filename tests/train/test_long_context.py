@@ -19,21 +19,31 @@ pytestmark = pytest.mark.slow  # training runs
 OLD_CONTEXT = 64
 
 
-@pytest.fixture(scope="module")
-def short_model(tiny_model_dir, tmp_path_factory) -> str:
-    """The tiny Qwen2 with a context of 64 tokens."""
-    path = tmp_path_factory.mktemp("context-64")
-    shutil.copytree(tiny_model_dir, path, dirs_exist_ok=True)
+def _shortened(model_dir: str, path) -> str:
+    shutil.copytree(model_dir, path, dirs_exist_ok=True)
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": OLD_CONTEXT}))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def short_model(tiny_model_dir, tmp_path_factory) -> str:
+    """The tiny Qwen2 with a context of 64 tokens."""
+    return _shortened(tiny_model_dir, tmp_path_factory.mktemp("context-64"))
+
+
+@pytest.fixture(scope="module")
+def short_qwen3(real_model, tmp_path_factory) -> str:
+    """A tiny model of the real Qwen3 family (its config, tokenizer and template) with a context of 64 tokens."""
+    return _shortened(real_model("qwen3"), tmp_path_factory.mktemp("qwen3-context-64"))
 
 
 def _prompt_of(tokens: int) -> list[int]:
     return [5 + i % 50 for i in range(tokens)]
 
 
-def test_a_pretrained_model_trains_and_generates_past_its_old_context(short_model, tmp_path, quickstart_texts):
+@pytest.mark.parametrize("model", ["short_model", "short_qwen3"])
+def test_a_pretrained_model_trains_and_generates_past_its_old_context(model, request, tmp_path, quickstart_texts):
     from transformers import AutoConfig
 
     from lmforge.config.parse import load_target_config
@@ -41,6 +51,7 @@ def test_a_pretrained_model_trains_and_generates_past_its_old_context(short_mode
     from lmforge.serve.engine import RequestError
     from lmforge.serve.load import load_engine
 
+    short_model = request.getfixturevalue(model)
     docs = write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in quickstart_texts[:400]])
     out = tmp_path / "long"
     assert main(["train", "stage=pt", f"model_name_or_path={short_model}", f"dataset={docs}", "cutoff_len=256",

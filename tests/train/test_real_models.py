@@ -113,3 +113,12 @@ def test_bench_suite_models_writes_the_support_table(tmp_path, capsys):
     assert main(["bench", "--suite", "models", "--families", str(tmp_path / "none"), "--output",
                  str(tmp_path / "t.md")]) == 2
     assert "needs --families DIR" in capsys.readouterr().err
+
+
+def test_the_support_table_describes_each_mixture_of_experts_as_published():
+    from lmforge.bench.model_matrix import moe_facts
+
+    expected = {"qwen3-moe": ("128, top 8", "yes"), "gpt-oss-20b": ("32, top 4", "yes"), "qwen3": ("–", "–")}
+    for name, facts in expected.items():
+        if name in FAMILIES:
+            assert moe_facts(FAMILIES[name]) == facts, name

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.bench.families import Family, FamilyUnavailable, build_tiny, discover
-from lmforge.config.architecture import num_experts
+from lmforge.config.architecture import EXPERT_COUNTS, num_experts, text_config
 from lmforge.model.moe import fused_expert_parameters
 
 logger = logging.getLogger(__name__)
@@ -667,13 +667,17 @@ def table(matrix: dict[str, Any]) -> str:
              "apply to the family. The same cells run in the test suite (`tests/train/test_real_models.py`).", "",
              f"transformers {matrix['transformers']}, torch {torch.__version__}; the matrix took "
              f"{matrix['seconds']} s on this machine.", "",
-             "| family | kind | " + " | ".join(s.name for s in STAGES) + " |",
-             "|---|---|" + "---|" * len(STAGES)]
+             "`experts` and `EP plan` describe the published model: experts per layer and how many each token uses, "
+             "and whether transformers ships the expert-parallel plan `expert_parallel_size` needs.", "",
+             "| family | kind | experts | EP plan | " + " | ".join(s.name for s in STAGES) + " |",
+             "|---|---|---|---|" + "---|" * len(STAGES)]
     notes = []
     for name, cells in results.items():
         family = families[name]
         kind = family.kind + (", MoE" if family.moe else "")
-        lines.append(f"| {name} | {kind} | " + " | ".join(MARKS[cells[s.name][0]] for s in STAGES) + " |")
+        experts, plan = moe_facts(family)
+        lines.append(f"| {name} | {kind} | {experts} | {plan} | "
+                     + " | ".join(MARKS[cells[s.name][0]] for s in STAGES) + " |")
         noted = {stage.name: cells[stage.name] for stage in STAGES if cells[stage.name][0] in
                  ("failed", "skipped", "limited") or (cells[stage.name][0] == "n/a" and applies(stage, family))}
         if noted and len({v for v in noted.values()}) == 1 and len(noted) > 1:  # one reason for the whole family
@@ -687,6 +691,25 @@ def table(matrix: dict[str, Any]) -> str:
                for stage, (status, detail) in cells.items() if status == "ok"]
     lines += ["", "## What each passing cell measured", "", *details, ""]
     return "\n".join(lines)
+
+
+def moe_facts(family: Family) -> tuple[str, str]:
+    """("128, top 8", "yes") for a mixture of experts as published (its real config.json, not the tiny one); dashes
+    for a dense family."""
+    from transformers import AutoConfig
+
+    if not family.moe:
+        return "–", "–"
+    raw = json.loads((family.source / "config.json").read_text(encoding="utf-8"))
+    text = raw.get("text_config") or raw
+    experts = next(text[k] for k in EXPERT_COUNTS if text.get(k))
+    top = text.get("num_experts_per_tok") or text.get("experts_per_token") or text.get("moe_topk")
+    try:
+        config = AutoConfig.for_model(raw["model_type"])
+    except (KeyError, ValueError):
+        return f"{experts}, top {top}", "?"
+    plan = getattr(text_config(config), "base_model_ep_plan", None)
+    return f"{experts}, top {top}", "yes" if plan else "no"
 
 
 def default_families_dir() -> str | None:

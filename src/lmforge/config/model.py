@@ -54,10 +54,12 @@ class ModelArguments:
         None, "Load the base model quantized to 4 or 8 bits with bitsandbytes (QLoRA; needs `finetuning_type: lora` "
         "and a CUDA GPU).")
     rope_scaling: dict[str, Any] | None = option(
-        None, "Extend the context of a pretrained (or new) model by RoPE scaling, e.g. `{rope_type: yarn, factor: "
-        "4.0}`: linear, dynamic, yarn, longrope or llama3, as transformers implements them for the architecture. "
-        "`original_max_position_embeddings` defaults to the model's context and its rope base (`rope_theta`) is "
-        "kept. Saved with the model, so chat, api, eval and export use the longer context.")
+        None, "Extend the context of a pretrained (or new) model `factor` times by RoPE scaling, e.g. `{rope_type: "
+        "yarn, factor: 4.0}`: linear, dynamic, yarn, longrope or llama3, as transformers implements them for the "
+        "architecture. `original_max_position_embeddings` defaults to the model's context and its rope base "
+        "(`rope_theta`) is kept; a checkpoint already scaled the same way multiplies its factor and keeps its "
+        "original context; another type than the checkpoint's needs `original_max_position_embeddings` (it "
+        "re-encodes every position). Saved with the model, so chat, api, eval and export use the longer context.")
     max_position_embeddings: int | None = option(
         None, "The context, in tokens, the model is trained and served for (default with `rope_scaling`: the "
         "model's context x `factor`).")

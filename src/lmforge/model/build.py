@@ -148,9 +148,12 @@ _ORIGINAL_CONTEXT_TYPES = ("yarn", "dynamic", "longrope", "llama3")
 
 
 def with_context(config: PretrainedConfig, args: ModelArguments) -> PretrainedConfig:
-    """`config` with the context `rope_scaling` / `max_position_embeddings` ask for: the scaling merged into the
-    model's rope parameters (its base kept; a new rope type starts from the base alone), the context the model's
-    times `factor` unless given, checked by transformers' own rope validation."""
+    """`config` with the context `rope_scaling` / `max_position_embeddings` ask for, checked by transformers' own
+    rope validation. `factor` extends the model's current context that many times: on an unscaled model the
+    scaling starts from its base (`rope_theta` kept, `original_max_position_embeddings` = its context); on a model
+    already scaled the same way (Llama 3.x's llama3, GPT-OSS's yarn) its factor is multiplied and its original
+    context kept, so the positions it learned keep their encoding. Another rope type than the checkpoint's would
+    re-encode all of them: an error, unless `original_max_position_embeddings` is given (a deliberate switch)."""
     if not args.rope_scaling and not args.max_position_embeddings:
         return config
     text = config.get_text_config()
@@ -162,15 +165,28 @@ def with_context(config: PretrainedConfig, args: ModelArguments) -> PretrainedCo
         if kind is None:
             raise ConfigError("Config error: rope_scaling needs a `rope_type` (linear, dynamic, yarn, longrope, "
                               f"llama3), got {args.rope_scaling}.")
-        if kind in _ORIGINAL_CONTEXT_TYPES:
-            scaling.setdefault("original_max_position_embeddings", before)
+        factor = scaling.get("factor")
         # transformers 5 keeps the base and the scaling in `rope_parameters`; 4.x in `rope_theta` + `rope_scaling`
         field = "rope_parameters" if hasattr(text, "validate_rope") else "rope_scaling"
         current = dict(getattr(text, field, None) or {})
-        base = current if current.get("rope_type") == kind else \
-            {k: v for k, v in current.items() if k in ("rope_theta", "partial_rotary_factor")}
+        have = current.get("rope_type", current.get("type"))
+        have = None if have in (None, "default") else have
+        if have == kind:
+            if factor and current.get("factor"):
+                scaling["factor"] = current["factor"] * factor
+            base = current
+        elif have and "original_max_position_embeddings" not in scaling:
+            raise ConfigError(
+                f"Config error: rope_scaling: '{config.model_type}' is already scaled with {have} (factor "
+                f"{current.get('factor')} from {current.get('original_max_position_embeddings', '?')} tokens); "
+                f"{kind} would re-encode every position it learned. Extend it with `rope_type: {have}` (its factor "
+                "is multiplied by yours), or give `original_max_position_embeddings` to replace its scaling.")
+        else:
+            base = {k: v for k, v in current.items() if k in ("rope_theta", "partial_rotary_factor")}
+        if kind in _ORIGINAL_CONTEXT_TYPES:
+            scaling.setdefault("original_max_position_embeddings", base.get("original_max_position_embeddings",
+                                                                             before))
         setattr(text, field, {**base, **scaling, "rope_type": kind})
-        factor = scaling.get("factor")
     text.max_position_embeddings = args.max_position_embeddings or (int(before * factor) if factor else before)
     try:
         if hasattr(text, "validate_rope"):
@@ -182,8 +198,11 @@ def with_context(config: PretrainedConfig, args: ModelArguments) -> PretrainedCo
     except (KeyError, ValueError, TypeError) as err:
         raise ConfigError(f"Config error: rope_scaling {args.rope_scaling} does not fit '{config.model_type}': "
                           f"{str(err).strip(chr(34))}") from None
-    logger.info("Context: %d -> %d tokens (rope %s)", before, text.max_position_embeddings,
-                args.rope_scaling.get("rope_type", args.rope_scaling.get("type")) if args.rope_scaling else "unchanged")
+    rope = dict(getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {})
+    logger.info("Context: %d -> %d tokens (rope %s%s)", before, text.max_position_embeddings,
+                rope.get("rope_type", "unchanged") if args.rope_scaling else "unchanged",
+                f", factor {rope['factor']:g} from {rope['original_max_position_embeddings']:,} tokens"
+                if args.rope_scaling and rope.get("factor") and rope.get("original_max_position_embeddings") else "")
     return config
 
 
