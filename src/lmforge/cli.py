@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from lmforge import __version__
 from lmforge.errors import ConfigError, LmforgeError
@@ -31,6 +32,9 @@ Usage:
   lmforge webchat MODEL [key=value ...]       a chat-only web page
   lmforge export MODEL export_dir=OUT [...]   merge an adapter and save safetensors (+ GGUF, Ollama Modelfile)
   lmforge bench CONFIG.yaml [key=value ...]   measure training speed: tokens/s, FLOP/s, peak memory
+  lmforge plan CONFIG.yaml [--gpus 8xH100-80GB | --gpu-memory 24GiB --gpus 2] [--json]
+                                              will it fit, how fast: the step traced without weights or a GPU,
+                                              and the cheapest change that makes it fit
   lmforge env [MODEL]                         versions and devices; with MODEL, what it takes (text, image)
   lmforge version                             print the version
   lmforge help [train|eval|serve|export|config]
@@ -268,6 +272,60 @@ def cmd_synth(args: list[str]) -> int:
     return 0
 
 
+PLAN_USAGE = ("usage: lmforge plan CONFIG.yaml [key=value ...] [--gpus [N x]GPU] [--gpu-memory SIZE] [--tflops T] "
+              "[--mfu F] [--json]")
+
+
+def cmd_plan(args: list[str]) -> int:
+    """Will the run fit on these GPUs, and how fast will it go? Traced over fake tensors: no weights, no GPU."""
+    if not args or args[0] in ("-h", "--help"):
+        print(PLAN_USAGE + "\n  --gpus 8xH100-80GB | 2 | RTX-4090 (default 1 x H100-80GB); --gpu-memory 24GiB for "
+              "another device;\n  --tflops its dense bf16 peak; --mfu the share of that peak the estimate assumes "
+              "(0.4); --json for tools")
+        return 0 if args else 2
+    options, rest = _take_options(args, {"--gpus": str, "--gpu-memory": str, "--tflops": float, "--mfu": float},
+                                  flags={"--json"})
+    from lmforge.config import load_config
+    from lmforge.device import planning_for_gpus
+    from lmforge.train.plan.command import run_plan
+    from lmforge.train.plan.devices import parse_devices
+    from lmforge.train.plan.trace import PlanError
+
+    try:
+        devices = parse_devices(options.get("--gpus"), options.get("--gpu-memory"), options.get("--tflops"))
+    except ValueError as err:
+        raise ConfigError(f"Config error: {err}.") from None
+    config_path, overrides = _split_config_path(rest)
+    with planning_for_gpus():  # the checks of this machine answer for the GPU machine planned for
+        cfg = load_config(config_path, overrides)
+        try:
+            return run_plan(cfg, devices, options.get("--mfu", 0.4), "--json" in options)
+        except PlanError as err:
+            raise LmforgeError(f"lmforge plan: {err}") from None
+
+
+def _take_options(args: list[str], valued: dict[str, type], flags: set[str]) -> tuple[dict[str, Any], list[str]]:
+    """(`--name value` / `--name=value` options and flags, the other arguments)."""
+    options: dict[str, Any] = {}
+    rest: list[str] = []
+    items = iter(args)
+    for arg in items:
+        name, _, inline = arg.partition("=")
+        if name in valued:
+            value = inline if inline else next(items, None)
+            if value is None:
+                raise ConfigError(f"Config error: {name} needs a value.")
+            try:
+                options[name] = valued[name](value)
+            except ValueError:
+                raise ConfigError(f"Config error: {name} '{value}' is not a {valued[name].__name__}.") from None
+        elif arg in flags:
+            options[arg] = True
+        else:
+            rest.append(arg)
+    return options, rest
+
+
 def cmd_bench(args: list[str]) -> int:
     from lmforge.bench import main as bench_main
 
@@ -340,6 +398,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "predict": cmd_predict,
     "synth": cmd_synth,
     "bench": cmd_bench,
+    "plan": cmd_plan,
     "env": cmd_env,
     "version": cmd_version,
     "help": cmd_help,

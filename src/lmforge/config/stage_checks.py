@@ -5,11 +5,11 @@ A check takes the validated-so-far config and raises a ConfigError (through `fai
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from lmforge.config.launch import process_count
+from lmforge.device import installed
 from lmforge.errors import ConfigError
 
 # The config is typed loosely here: the schema imports the stage registry, which imports these checks.
@@ -137,7 +137,7 @@ def vllm_rollouts(cfg: RunConfig) -> None:
     """`rollout_backend: vllm`: vLLM installed, a CUDA GPU where it runs in the training processes (and for the NCCL
     weight push to a server), and the features its rollouts do not cover refused by name."""
     r = cfg.rl
-    if importlib.util.find_spec("vllm") is None:
+    if not installed("vllm"):
         fail(cfg, "'rollout_backend: vllm' needs vLLM installed (`pip install vllm`, CUDA GPUs only); "
              "'rollout_backend: hf' samples with the training model on any device.")
     from lmforge.device import cuda_available

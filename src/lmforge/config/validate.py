@@ -11,6 +11,7 @@ from lmforge.config.launch import process_count
 from lmforge.config.schema import key_index
 from lmforge.config.stage_checks import fail
 from lmforge.config.stages import STAGES
+from lmforge.device import installed
 from lmforge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -124,8 +125,6 @@ def _validate_stage(cfg: RunConfig) -> None:
 def _validate_parallelism(cfg: RunConfig) -> None:
     """tensor/context/sequence parallelism and FSDP2 sharding: sizes that fit the processes, the model and the
     sequence length, on an engine that can run them here."""
-    import importlib.util
-
     from lmforge.config.parallelism import parallel_layout
     from lmforge.device import cuda_available
 
@@ -180,7 +179,7 @@ def _validate_parallelism(cfg: RunConfig) -> None:
             if layout.shard > 1:
                 _fail(cfg, "'data_shard_size' with 'sequence_parallel_size': Ulysses runs on DeepSpeed, whose ZeRO "
                       "stage shards the model; drop 'data_shard_size' (use a ZeRO-3 'deepspeed' config).")
-            if importlib.util.find_spec("deepspeed") is None:
+            if not installed("deepspeed"):
                 _fail(cfg, "'sequence_parallel_size' runs DeepSpeed Ulysses: `pip install deepspeed`.")
             if not t.deepspeed:
                 _fail(cfg, "'sequence_parallel_size' runs on DeepSpeed: set 'deepspeed' to a ZeRO config (e.g. "
@@ -268,9 +267,7 @@ def validate_serve(cfg: ServeConfig, need_model: bool = True) -> None:
     if g.max_new_tokens < 1:
         _fail(cfg, f"'max_new_tokens' must be at least 1, got {g.max_new_tokens}.")
     if s.infer_backend == "vllm":
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:
+        if not installed("vllm"):
             _fail(cfg, "'infer_backend: vllm' needs vLLM installed (`pip install vllm`, CUDA only).")
 
 
@@ -346,7 +343,6 @@ VALIDATORS = {"eval": validate_eval, "serve": validate_serve, "export": validate
 def check_engine_configs(training: dict, source: str) -> None:
     """`deepspeed` and `fsdp_config` files exist and parse, and DeepSpeed is installed, before transformers reads
     them (its own errors are tracebacks about package metadata)."""
-    import importlib.util
     import json
 
     for key in ("deepspeed", "fsdp_config"):
@@ -363,6 +359,6 @@ def check_engine_configs(training: dict, source: str) -> None:
             raise ConfigError(f"Config error ({path}): '{key}' must be a JSON file: {err}.") from None
         if not isinstance(content, dict):
             raise ConfigError(f"Config error ({path}): '{key}' must hold a JSON object.")
-    if training.get("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+    if training.get("deepspeed") and not installed("deepspeed"):
         raise ConfigError(f"Config error ({source}): 'deepspeed' needs the DeepSpeed package: `pip install "
                           "deepspeed` (it builds against your CUDA toolkit), or train with DDP/FSDP instead.")

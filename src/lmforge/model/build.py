@@ -206,6 +206,34 @@ def with_context(config: PretrainedConfig, args: ModelArguments) -> PretrainedCo
     return config
 
 
+def model_class(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, config: Any, reward_head: bool = False,
+                classifier: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """(the Auto class to build with, the classification head to put on the config) for `build_model`'s arguments;
+    `config` is the checkpoint's (None from scratch)."""
+    adapter_head = classifier_head_of(args.adapter_name_or_path)  # a base for its classifier adapter: that head
+    if reward_head or classifier or adapter_head:
+        head = {**(classifier or adapter_head or {"num_labels": 1}), "pad_token_id": tokenizer.pad_token_id}
+        return AutoModelForSequenceClassification, head
+    if not args.from_scratch:  # what the checkpoint is, from its config
+        if is_sequence_classifier(args, config):  # a saved `stage: cls` (or reward) model loads as what it is
+            return AutoModelForSequenceClassification, {}
+        if multimodal.is_multimodal_config(config):
+            return AutoModelForImageTextToText, {}
+    return AutoModelForCausalLM, {}
+
+
+def planned_architecture(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward_head: bool = False,
+                         classifier: dict[str, Any] | None = None) -> tuple[Any, PretrainedConfig]:
+    """What `build_model` builds with the same arguments, as its class and final config, without reading a weight
+    (`lmforge plan` builds it over fake tensors)."""
+    config = None if args.from_scratch else multimodal.model_config(args)
+    if config is None and not args.from_scratch:
+        raise ConfigError(f"Config error: could not read a model config from '{args.model_name_or_path}'.")
+    auto_class, head = model_class(args, tokenizer, config, reward_head, classifier)
+    base = scratch_config(args, tokenizer) if args.from_scratch else config
+    return auto_class, with_router_loss(with_context(with_head(base, head), args), args.router_aux_loss_coef)
+
+
 def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward_head: bool = False,
                 dtype: Any = "auto", classifier: dict[str, Any] | None = None,
                 split: dict[str, Any] | None = None) -> PreTrainedModel:
@@ -215,18 +243,8 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
     (`auto`: as saved), split over the processes as it loads with `split` (`model.parallel.load_kwargs`)."""
     kwargs: dict[str, Any] = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
     kwargs.update(split or {})
-    auto_class: Any = AutoModelForCausalLM
-    adapter_head = classifier_head_of(args.adapter_name_or_path)  # a base for its classifier adapter: that head
-    head: dict[str, Any] = {}
     config = None if args.from_scratch else multimodal.model_config(args)  # the checkpoint's, read once
-    if reward_head or classifier or adapter_head:
-        auto_class = AutoModelForSequenceClassification
-        head = {**(classifier or adapter_head or {"num_labels": 1}), "pad_token_id": tokenizer.pad_token_id}
-    elif not args.from_scratch:  # what the checkpoint is, from its config
-        if is_sequence_classifier(args, config):  # a saved `stage: cls` (or reward) model loads as what it is
-            auto_class = AutoModelForSequenceClassification
-        elif multimodal.is_multimodal_config(config):
-            auto_class = AutoModelForImageTextToText
+    auto_class, head = model_class(args, tokenizer, config, reward_head, classifier)
     if args.quantization_bit:
         kwargs["quantization_config"] = quantization_config(args.quantization_bit)
     if args.from_scratch:

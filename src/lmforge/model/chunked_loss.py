@@ -11,6 +11,7 @@ kept for the backward pass. The loss equals transformers' `ForCausalLMLoss` (sum
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import types
 from typing import Any
@@ -21,6 +22,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+# set by `lmforge plan` while it traces the worst case (every token trained) over fake tensors
+EVERY_TOKEN_TRAINED: contextvars.ContextVar[bool] = contextvars.ContextVar("every_token_trained", default=False)
 # float32 logits held at once (256 MiB), whatever the vocabulary: smaller chunks make the head's matmuls thin and
 # slower than the standard loss on the CPU (measured: 2^24 -> 1.4x slower, 2^26 -> on par).
 LOGITS_PER_CHUNK = 1 << 26
@@ -75,11 +78,18 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     `shift_labels` is given), without the full logits."""
     if shift_labels is None:
         shift_labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
-    shift_labels = shift_labels.reshape(-1).to(hidden.device)
-    keep = shift_labels != IGNORE_INDEX
-    rows = hidden.reshape(-1, hidden.shape[-1])[keep]
-    targets = shift_labels[keep]
-    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    if EVERY_TOKEN_TRAINED.get():
+        # `lmforge plan`'s worst case over fake tensors, which cannot take a data-dependent selection: every
+        # position but each row's last is trained (the same rows, copied as the selection copies them)
+        rows = hidden[..., :-1, :].reshape(-1, hidden.shape[-1])
+        targets = shift_labels.to(hidden.device)[..., :-1].reshape(-1)
+        count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+    else:
+        shift_labels = shift_labels.reshape(-1).to(hidden.device)
+        keep = shift_labels != IGNORE_INDEX
+        rows = hidden.reshape(-1, hidden.shape[-1])[keep]
+        targets = shift_labels[keep]
+        count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     scale = 1.0 / torch.as_tensor(count, dtype=torch.float32, device=hidden.device).clamp(min=1)
     if num_items_in_batch is None and targets.numel() == 0:
         return hidden.sum() * float("nan")  # like the mean over no tokens

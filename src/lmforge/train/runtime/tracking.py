@@ -14,6 +14,7 @@ from transformers.trainer_callback import CallbackHandler
 
 from lmforge.config.tracking import TrackingArguments
 from lmforge.errors import ConfigError
+from lmforge.train.runtime.memory_probe import MemoryProbe
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +52,19 @@ def check_trackers(args: TrainingArguments) -> None:
 
 
 def tracking_callbacks(args: TrainingArguments, tracking: TrackingArguments) -> list[TrainerCallback]:
-    """SwanLab goes through its own SwanLabCallback (with mode/logdir honoured), not transformers' copy of it."""
+    """SwanLab goes through its own SwanLabCallback (with mode/logdir honoured), not transformers' copy of it; the
+    memory probe where `memory_report` asks for it."""
+    probe = [MemoryProbe(args.output_dir)] if tracking.memory_report else []
     if "swanlab" not in requested_trackers(args):
-        return []
+        return probe
     try:
         from swanlab.integration.transformers import SwanLabCallback
     except ImportError:  # swanlab < 0.6 named the module after the hub
         from swanlab.integration.huggingface import SwanLabCallback
     logdir = tracking.swanlab_logdir or os.path.join(args.output_dir, "swanlog")
-    return [SwanLabCallback(project=tracking.swanlab_project, workspace=tracking.swanlab_workspace,
-                            experiment_name=tracking.swanlab_run_name or args.run_name, mode=tracking.swanlab_mode,
-                            logdir=logdir)]
+    return [*probe, SwanLabCallback(project=tracking.swanlab_project, workspace=tracking.swanlab_workspace,
+                                    experiment_name=tracking.swanlab_run_name or args.run_name,
+                                    mode=tracking.swanlab_mode, logdir=logdir)]
 
 
 def log_samples(callbacks: list[TrainerCallback], step: int, samples: list[dict]) -> None:

@@ -1,0 +1,1 @@
+"""`lmforge plan`: will a run fit, and how fast will it go, before any weight is loaded or GPU rented."""

@@ -1,0 +1,223 @@
+"""`lmforge plan CONFIG [--gpus 8xH100-80GB | --gpu-memory 24GiB --gpus 2] [--json]`: trace the run's step over fake
+tensors, spread it over the devices, say whether it fits and how fast it should go, and when it does not fit, the
+cheapest change that does (planned too, not guessed)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from lmforge.config.schema import RunConfig
+from lmforge.train.plan.devices import GIB, Devices
+from lmforge.train.plan.fit import DEFAULT_MFU, DevicePlan, Speed, device_plan, speed, zero_stage
+from lmforge.train.plan.trace import LANGUAGE_MODEL_STAGES, TracedStep, trace_step
+
+logger = logging.getLogger(__name__)
+
+# a ZeRO config for a suggested stage, as the examples under examples/deepspeed hold it
+_ZERO = {stage: {"zero_optimization": {"stage": stage}, "bf16": {"enabled": "auto"}} for stage in (2, 3)}
+
+
+@dataclass
+class Plan:
+    cfg: RunConfig
+    devices: Devices
+    step: TracedStep
+    device: DevicePlan
+    speed: Speed
+
+    @property
+    def fits(self) -> bool:
+        return self.device.fits
+
+
+def make_plan(cfg: RunConfig, devices: Devices, mfu: float = DEFAULT_MFU) -> Plan:
+    step = trace_step(cfg)
+    return Plan(cfg, devices, step, device_plan(cfg, step, devices), speed(cfg, step, devices, mfu))
+
+
+# ---- the changes tried when a run does not fit, cheapest first ------------------------------------------------------
+
+Change = tuple[str, Callable[[RunConfig, Devices], tuple[RunConfig, Devices] | None]]
+
+
+def _set(cfg: RunConfig, group: str, **values: Any) -> RunConfig:
+    changed = copy.deepcopy(cfg)
+    for key, value in values.items():
+        setattr(getattr(changed, group), key, value)
+    return changed
+
+
+def _checkpointing(cfg: RunConfig, devices: Devices):
+    return None if cfg.training.gradient_checkpointing else (_set(cfg, "training", gradient_checkpointing=True),
+                                                             devices)
+
+
+def _chunked(cfg: RunConfig, devices: Devices):
+    if cfg.finetuning.chunked_loss or cfg.finetuning.stage not in LANGUAGE_MODEL_STAGES:
+        return None
+    return _set(cfg, "finetuning", chunked_loss=True), devices
+
+
+def _zero_stage(stage: int):
+    def change(cfg: RunConfig, devices: Devices):
+        if devices.count < 2 or zero_stage(cfg)[0] >= stage or cfg.parallelism.tensor_parallel_size > 1:
+            return None
+        return _set(cfg, "training", deepspeed=_ZERO[stage], fsdp=""), devices
+    return change
+
+
+def _smaller_batch(cfg: RunConfig, devices: Devices):
+    batch = cfg.training.per_device_train_batch_size
+    if batch < 2:
+        return None
+    return _set(cfg, "training", per_device_train_batch_size=batch // 2,
+                gradient_accumulation_steps=cfg.training.gradient_accumulation_steps * 2), devices
+
+
+def _lora(cfg: RunConfig, devices: Devices):
+    if cfg.finetuning.finetuning_type == "lora":
+        return None
+    return _set(cfg, "finetuning", finetuning_type="lora", lora_target="all"), devices
+
+
+def _qlora(cfg: RunConfig, devices: Devices):
+    if cfg.finetuning.finetuning_type != "lora" or cfg.model.quantization_bit:
+        return None
+    return _set(cfg, "model", quantization_bit=4), devices
+
+
+def _more_gpus(cfg: RunConfig, devices: Devices):
+    if devices.count >= 64:
+        return None
+    more = replace(devices, count=devices.count * 2)
+    return (_set(cfg, "training", deepspeed=_ZERO[3], fsdp="") if zero_stage(cfg)[0] < 3 else cfg), more
+
+
+CHANGES: list[tuple[str, Callable]] = [
+    ("chunked_loss: true", _chunked),
+    ("gradient_checkpointing: true", _checkpointing),
+    ("deepspeed: examples/deepspeed/ds_z2_config.json (ZeRO-2)", _zero_stage(2)),
+    ("deepspeed: examples/deepspeed/ds_z3_config.json (ZeRO-3)", _zero_stage(3)),
+    ("half the per-device batch, twice the accumulation (the same global batch)", _smaller_batch),
+    ("finetuning_type: lora (lora_target: all)", _lora),
+    ("quantization_bit: 4 (QLoRA)", _qlora),
+    ("twice the GPUs, with ZeRO-3", _more_gpus),
+]
+
+
+def cheapest_fit(plan: Plan, mfu: float = DEFAULT_MFU) -> tuple[list[str], Plan] | None:
+    """The first single change (cheapest first) that makes `plan` fit, else the changes taken in that order until
+    it fits; each planned. None when nothing fits."""
+    for name, change in CHANGES:
+        changed = change(plan.cfg, plan.devices)
+        if changed is not None:
+            candidate = make_plan(*changed, mfu)
+            if candidate.fits:
+                return [name], candidate
+    taken: list[str] = []
+    current = plan
+    for _ in range(12):  # each change at most a few times (the batch halves, the GPUs double)
+        progressed = False
+        for name, change in CHANGES:
+            changed = change(current.cfg, current.devices)
+            if changed is None:
+                continue
+            current, progressed = make_plan(*changed, mfu), True
+            taken.append(name)
+            if current.fits:
+                return taken, current
+            break
+        if not progressed:
+            return None
+    return None
+
+
+# ---- the report ---------------------------------------------------------------------------------------------------
+
+KIND_NAMES = (("parameters", "parameters"), ("gradients", "gradients"), ("optimizer_state", "optimizer state"),
+              ("activations", "activations"), ("temporaries", "temporaries"), ("buffers", "buffers"),
+              ("other", "other"))
+
+
+def _gib(value: int) -> str:
+    return f"{value / GIB:,.2f} GiB"
+
+
+def plan_dict(plan: Plan) -> dict[str, Any]:
+    s, d, v = plan.step, plan.device, plan.speed
+    return {"stage": plan.cfg.finetuning.stage, "model": plan.cfg.model.model_name_or_path or
+            plan.cfg.model.model_type, "model_type": s.config.model_type, "parameters": s.parameters,
+            "trainable": s.trainable, "devices": {"name": plan.devices.name, "count": plan.devices.count,
+                                                  "memory_bytes": plan.devices.memory, "tflops": plan.devices.tflops},
+            "step": {"rows": s.rows, "tokens_per_row": s.tokens,
+                     "micro_batches": plan.cfg.training.gradient_accumulation_steps},
+            "engine": d.engine, "per_device_bytes": d.memory.as_dict(), "usable_bytes": d.usable, "fits": d.fits,
+            "speed": {"flops_per_token": v.flops_per_token, "tokens_per_step": v.tokens_per_step,
+                      "step_seconds": v.step_seconds, "tokens_per_second": v.tokens_per_second, "mfu": v.mfu},
+            "notes": s.notes + d.notes}
+
+
+def render(plan: Plan, suggestion: tuple[list[str], Plan] | None) -> str:
+    s, d = plan.step, plan.device
+    cfg = plan.cfg
+    kind = cfg.finetuning.finetuning_type + (f" + {cfg.model.quantization_bit}-bit base"
+                                             if cfg.model.quantization_bit else "")
+    lines = [f"Plan: {cfg.finetuning.stage} of {plan_dict(plan)['model']} ({s.config.model_type}, "
+             f"{s.parameters / 1e9:,.2f}B parameters; {kind}: {s.trainable:,} trained) on {plan.devices.describe()}",
+             f"Step traced over fake tensors: {s.rows} rows x {s.tokens:,} tokens per micro-batch (every token "
+             f"trained: the longest batch the run can meet), {cfg.training.gradient_accumulation_steps} "
+             f"micro-batch(es) per step; {d.engine}.", "", "Per device, at the peak:"]
+    for key, name in KIND_NAMES:
+        value = getattr(d.memory, key)
+        if value >= 2**20 or key in ("parameters", "gradients", "optimizer_state", "activations"):
+            lines.append(f"  {name:<17}{_gib(value):>14}")
+    spare = d.usable - d.memory.total
+    lines.append(f"  {'total':<17}{_gib(d.memory.total):>14}  of {_gib(d.usable)} usable ({_gib(plan.devices.memory)} "
+                 f"less {_gib(plan.devices.reserved)} for the CUDA context)")
+    lines += ["", f"Fits: {'yes' if d.fits else 'no'} ({_gib(abs(spare))} {'spare' if d.fits else 'over'})"
+              + ("; under 10 % spare: allocator fragmentation may take it" if d.fits and spare < 0.1 * d.usable
+                 else "")]
+    lines.append(_speed_line(plan))
+    if not d.fits:
+        if suggestion is None:
+            lines.append("No change lmforge tries (gradient checkpointing, ZeRO, a smaller batch, LoRA, QLoRA, more "
+                         "GPUs) makes it fit.")
+        else:
+            changes, fitted = suggestion
+            lines.append(f"Cheapest change that fits: {' + '.join(changes)} -> {_gib(fitted.device.memory.total)} per "
+                         f"device on {fitted.devices.describe()} "
+                         f"({_gib(fitted.device.usable - fitted.device.memory.total)} spare); "
+                         + _speed_line(fitted).removeprefix("Speed: "))
+    notes = s.notes + d.notes
+    if notes:
+        lines += ["", "Notes:", *(f"  - {note}" for note in notes)]
+    return "\n".join(lines)
+
+
+def _speed_line(plan: Plan) -> str:
+    v = plan.speed
+    if v.tokens_per_second is None:
+        return (f"Speed: {v.flops_per_token / 1e9:,.1f} GFLOP per token; give the GPU's peak (--tflops) for a time "
+                "estimate")
+    return (f"Speed: ~{v.tokens_per_second:,.0f} tokens/s over {plan.devices.count} device(s), {v.step_seconds:,.2f} s "
+            f"per step of {v.tokens_per_step:,} tokens ({v.flops_per_token / 1e9:,.1f} GFLOP per token at "
+            f"{v.mfu:.0%} MFU of {plan.devices.tflops:,.0f} TFLOP/s)")
+
+
+def run_plan(cfg: RunConfig, devices: Devices, mfu: float = DEFAULT_MFU, as_json: bool = False) -> int:
+    plan = make_plan(cfg, devices, mfu)
+    suggestion = None if plan.fits else cheapest_fit(plan, mfu)
+    if as_json:
+        out = plan_dict(plan)
+        out["suggestion"] = None if suggestion is None else {
+            "changes": suggestion[0], **{k: v for k, v in plan_dict(suggestion[1]).items()
+                                         if k in ("devices", "engine", "per_device_bytes", "fits", "speed")}}
+        print(json.dumps(out, indent=1))
+    else:
+        print(render(plan, suggestion))
+    return 0

@@ -1,0 +1,168 @@
+"""From one traced step to each device of a parallel run: what ZeRO/FSDP shard, what a 4-bit base saves, what tensor
+parallelism splits; the estimated step time from the step's FLOPs at a stated MFU; the verdict against the device.
+
+Traced (exact for the recipe, as MemTracker counts it): the activations and temporaries of the step, and every kind
+on one process. Computed here (formulas, said so in the report): the shards of ZeRO-1/2/3 and FSDP (the ZeRO paper's
+2 + 2 + 12 bytes per parameter with bf16 weights), a bitsandbytes 4/8-bit base (bitsandbytes cannot run over fake
+tensors), DDP's gradient buckets, and the parameters a tensor-parallel rank holds."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from lmforge.config.schema import RunConfig
+from lmforge.model.memory import StepMemory
+from lmforge.train.plan.devices import Devices
+from lmforge.train.plan.trace import PREFERENCE_STAGES, TracedStep
+
+# bytes per parameter of a bitsandbytes base: NF4 with double quantization (4 bits + 8-bit absmax per 64 + fp32 per
+# 256 blocks), LLM.int8 (1 byte + an fp32 scale per row)
+QUANTIZED_BYTES = {4: 4.127 / 8, 8: 1.0}
+DEFAULT_MFU = 0.4
+
+
+@dataclass
+class DevicePlan:
+    memory: StepMemory  # per device at the peak
+    usable: int
+    engine: str  # how the weights are spread, in words
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.total <= self.usable
+
+
+def zero_stage(cfg: RunConfig) -> tuple[int, bool, bool]:
+    """(ZeRO stage, optimizer offloaded, parameters offloaded) of the run's DeepSpeed config or FSDP setting; stage
+    0 for plain DDP."""
+    t = cfg.training
+    if t.deepspeed:
+        config = t.deepspeed if isinstance(t.deepspeed, dict) else _read_json(t.deepspeed)
+        zero = config.get("zero_optimization", {}) or {}
+        offload = lambda key: (zero.get(key) or {}).get("device", "none") not in ("none", None)  # noqa: E731
+        return int(zero.get("stage", 0) or 0), offload("offload_optimizer"), offload("offload_param")
+    if t.fsdp:
+        options = " ".join(t.fsdp) if isinstance(t.fsdp, list) else str(t.fsdp)
+        return (2 if "shard_grad_op" in options else 3), "offload" in options, "offload" in options
+    if cfg.parallelism.data_shard_size > 1:
+        return 3, False, False
+    return 0, False, False
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def device_plan(cfg: RunConfig, step: TracedStep, devices: Devices) -> DevicePlan:
+    """The peak on each device of `devices` running `cfg` (one traced step, spread by the run's engine)."""
+    memory = replace(step.memory)
+    notes: list[str] = []
+    stage, offload_optimizer, offload_parameters = zero_stage(cfg)
+    count = devices.count
+    shards = cfg.parallelism.data_shard_size if cfg.parallelism.data_shard_size > 1 else count
+    tensor = cfg.parallelism.tensor_parallel_size
+    bits = cfg.model.quantization_bit
+    if bits:
+        _quantized_base(memory, step, bits)
+        notes.append(f"{bits}-bit base: its frozen linear weights at {QUANTIZED_BYTES[bits]:.2f} bytes per weight "
+                     "(bitsandbytes), the other frozen weights in float32 (peft's k-bit preparation) - computed")
+    if stage:
+        _zero(memory, step, cfg, stage, shards, offload_optimizer, offload_parameters)
+        engine = (f"ZeRO-{stage}" if cfg.training.deepspeed else "FSDP") + f" over {shards} devices"
+        if offload_optimizer or offload_parameters:
+            engine += " (offloaded to CPU: " + ", ".join(
+                n for n, on in (("optimizer", offload_optimizer), ("parameters", offload_parameters)) if on) + ")"
+        notes.append("parameters, gradients and optimizer state: the ZeRO paper's bytes per parameter, sharded - "
+                     "computed; activations and temporaries traced")
+    elif count > 1 and tensor == 1:
+        engine = f"DDP over {count} devices (every device holds the whole model)"
+        memory.gradients += step.memory.gradients or _gradient_bytes(step)
+        notes.append("DDP's gradient buckets: one more copy of the gradients - computed")
+    else:
+        engine = "one device" if count == 1 else f"{count} devices"
+    if tensor > 1:
+        for kind in ("parameters", "gradients", "optimizer_state"):
+            setattr(memory, kind, getattr(memory, kind) // tensor)
+        engine = f"tensor parallel {tensor}" + ("" if engine == "one device" else f", {engine}")
+        notes.append(f"tensor parallel: 1/{tensor} of the weights, gradients and optimizer state per device; "
+                     "activations as on one device (an upper bound)")
+    return DevicePlan(memory, devices.usable, engine, notes)
+
+
+def _gradient_bytes(step: TracedStep) -> int:
+    """The gradients' bytes when the traced peak held none (it fell in the forward pass): float32, as the trained
+    weights (master copies, adapters) are."""
+    return step.trainable * 4
+
+
+def _quantized_base(memory: StepMemory, step: TracedStep, bits: int) -> None:
+    """The traced bf16 base as bitsandbytes stores it."""
+    bf16_linear = step.frozen_linear_parameters * 2
+    trainable = step.trainable * 4  # the adapters, float32
+    other_frozen = max(memory.parameters - bf16_linear - trainable, 0)
+    memory.parameters = (int(step.frozen_linear_parameters * QUANTIZED_BYTES[bits]) + 2 * other_frozen
+                         + trainable)
+
+
+def _zero(memory: StepMemory, step: TracedStep, cfg: RunConfig, stage: int, shards: int, offload_optimizer: bool,
+          offload_parameters: bool) -> None:
+    """ZeRO-1/2/3 (FSDP's full shard is stage 3, shard_grad_op stage 2) over `shards` devices, with bf16 (or fp32)
+    weights and an fp32 master copy inside the optimizer state."""
+    half = bool(cfg.training.bf16 or cfg.training.fp16)
+    weight_bytes = 2 if half else 4
+    trainable = step.trainable
+    frozen_bytes = max(memory.parameters - trainable * weight_bytes, 0) if cfg.finetuning.finetuning_type != "full" \
+        else 0
+    parameters = step.parameters * weight_bytes if cfg.finetuning.finetuning_type == "full" else \
+        trainable * 4 + frozen_bytes
+    gradients = trainable * weight_bytes
+    optimizer = trainable * (12 if half else 8)  # (fp32 master +) Adam's two moments
+    if stage >= 3:
+        parameters = parameters // shards + 2 * step.largest_layer_bytes  # this layer and the next, gathered
+    if stage >= 2:
+        gradients //= shards
+    optimizer //= shards
+    memory.parameters = 0 if offload_parameters else parameters
+    memory.gradients = gradients
+    memory.optimizer_state = 0 if offload_optimizer else optimizer
+
+
+@dataclass
+class Speed:
+    flops_per_token: float
+    tokens_per_step: int  # over all devices
+    step_seconds: float | None
+    tokens_per_second: float | None  # over all devices
+    mfu: float
+
+
+def speed(cfg: RunConfig, step: TracedStep, devices: Devices, mfu: float = DEFAULT_MFU) -> Speed:
+    """Training FLOPs per token (6N for the weights, 4N without weight gradients (LoRA/frozen) or +2N recomputed
+    with gradient checkpointing; attention's 6·layers·length·width; a reference model's forward 2N) and the step time
+    they take at `mfu` of the devices' peak."""
+    text = step.config.get_text_config() if hasattr(step.config, "get_text_config") else step.config
+    embeddings = text.vocab_size * text.hidden_size
+    # the input embedding is a lookup; a tied output layer is the same weights, used as a matmul
+    matmul = step.parameters - (0 if getattr(text, "tie_word_embeddings", False) else embeddings)
+    full = cfg.finetuning.finetuning_type == "full"
+    per_token = (6 if full else 4) * matmul
+    if cfg.training.gradient_checkpointing:
+        per_token += 2 * matmul
+    width = getattr(text, "num_attention_heads", 0) * (getattr(text, "head_dim", None)
+                                                       or text.hidden_size // max(text.num_attention_heads, 1))
+    per_token += 6 * text.num_hidden_layers * step.tokens * width
+    if cfg.finetuning.stage in PREFERENCE_STAGES:
+        per_token += 2 * matmul * (3 if cfg.finetuning.stage == "kto" else 1)  # reference (and KL rows) forward
+    data_parallel = max(devices.count // cfg.parallelism.tensor_parallel_size, 1)
+    tokens = step.rows * step.tokens * cfg.training.gradient_accumulation_steps * data_parallel
+    if not devices.tflops:
+        return Speed(per_token, tokens, None, None, mfu)
+    seconds = per_token * tokens / (devices.count * devices.tflops * 1e12 * mfu)
+    return Speed(per_token, tokens, seconds, tokens / seconds, mfu)

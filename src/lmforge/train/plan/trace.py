@@ -1,0 +1,255 @@
+"""One training step of a run's recipe traced over fake tensors (torch's FakeTensorMode: shapes and dtypes, no
+storage, no weights read, no GPU): the model built from its config as `build_model` builds it, with the run's
+adapters, master weights, gradient checkpointing, chunked loss and optimizer, on the longest batch the run can
+meet (every row `cutoff_len` tokens, every token trained). torch's MemTracker sorts what the step holds at its peak
+by kind, as it does for a measured step (`memory_report`)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lmforge.config.schema import RunConfig
+from lmforge.model.chunked_loss import EVERY_TOKEN_TRAINED
+from lmforge.model.memory import StepMemory, peak_memory, peak_tracker
+
+# stages whose step is a causal LM's loss on rows of tokens; preference stages run the policy on chosen and
+# rejected rows together (and a frozen reference without gradients); rm/cls a classifier on rows
+LANGUAGE_MODEL_STAGES = ("pt", "sft", "kd")
+PREFERENCE_STAGES = ("dpo", "kto")
+CLASSIFIER_STAGES = ("rm", "cls")
+TRACED_STEPS = 2  # the first step creates the optimizer state, the second starts with it
+
+
+@dataclass
+class TracedStep:
+    memory: StepMemory
+    rows: int  # rows the model runs per micro-batch
+    tokens: int  # tokens per row
+    parameters: int  # of the model trained (adapters included)
+    trainable: int
+    reference_parameters: int  # of a frozen reference copy (dpo/kto without LoRA), 0 when none
+    largest_layer_bytes: int  # the biggest decoder layer's weights, as held (what ZeRO-3/FSDP gather at once)
+    frozen_linear_parameters: int  # in the decoder layers' frozen linear weights (what QLoRA stores in 4 bits)
+    config: Any  # the model's config
+    notes: list[str]
+
+
+class PlanError(Exception):
+    """The step cannot be traced; the message says why."""
+
+
+def trace_step(cfg: RunConfig) -> TracedStep:
+    """The peak memory of one optimizer step of `cfg` on one device, as planned."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from lmforge.model.adapters import apply_finetuning_type
+    from lmforge.model.build import count_parameters, planned_architecture
+
+    stage = cfg.finetuning.stage
+    if stage not in LANGUAGE_MODEL_STAGES + PREFERENCE_STAGES + CLASSIFIER_STAGES:
+        raise PlanError(f"'stage: {stage}' is not planned yet (pt, sft, kd, dpo, kto, rm and cls are).")
+    tokenizer = _tokenizer(cfg)
+    auto_class, config = planned_architecture(cfg.model, tokenizer, reward_head=stage == "rm",
+                                              classifier={"num_labels": 2} if stage == "cls" else None)
+    notes: list[str] = []
+    rows = cfg.training.per_device_train_batch_size * (2 if stage in ("dpo", "rm") else 1)
+    length = cfg.data.cutoff_len
+    with FakeTensorMode(allow_non_fake_inputs=True), _quiet():
+        torch.manual_seed(0)
+        model = auto_class.from_config(config, dtype=_load_dtype(cfg, config),
+                                       **({"attn_implementation": cfg.model.attn_implementation}
+                                          if cfg.model.attn_implementation else {}))
+        with _modules_stay_put():
+            model = apply_finetuning_type(model, cfg.finetuning, 0, None)
+        _set_precision(model, cfg)
+        if cfg.training.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if stage in LANGUAGE_MODEL_STAGES and cfg.finetuning.chunked_loss and not cfg.training.use_liger_kernel:
+            from lmforge.model.chunked_loss import use_chunked_loss
+
+            if not use_chunked_loss(model):
+                notes.append("chunked loss: not available for this architecture (the standard loss is planned)")
+        reference = _reference(cfg, model)
+        model.train()
+        optimizer = _optimizer(cfg, model)
+        total, trainable = count_parameters(model)
+        batch = _batch(cfg, config, rows, length)
+        tracker = peak_tracker()
+        tracker.track_external(model, optimizer, *([reference] if reference is not None else []))
+        every_token = EVERY_TOKEN_TRAINED.set(True)
+        try:
+            with tracker, _autocast(cfg):
+                for _ in range(TRACED_STEPS):
+                    for _ in range(min(cfg.training.gradient_accumulation_steps, 2)):
+                        _loss(cfg, model, reference, batch).backward()
+                    if cfg.training.max_grad_norm and cfg.training.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                       cfg.training.max_grad_norm)
+                    optimizer.step()
+                    model.zero_grad(set_to_none=True)
+        except Exception as err:  # noqa: BLE001 - an op fake tensors cannot run: say which, plan nothing
+            raise PlanError(f"the step of '{config.model_type}' cannot be traced over fake tensors "
+                            f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+        finally:
+            EVERY_TOKEN_TRAINED.reset(every_token)
+        reference_parameters = count_parameters(reference)[0] if reference is not None else 0
+        layers = _layer_sizes(model)
+    return TracedStep(peak_memory(tracker), rows, length, total, trainable, reference_parameters, layers[0],
+                      layers[1], config, notes)
+
+
+def _layer_sizes(model: torch.nn.Module) -> tuple[int, int]:
+    """(bytes of the largest decoder layer, parameters of the frozen linear weights inside the layers)."""
+    from lmforge.model.adapters import decoder_layers
+    from lmforge.model.chunked_loss import causal_lm
+
+    try:
+        _, layers = decoder_layers(causal_lm(model))
+    except Exception:  # noqa: BLE001 - an architecture whose layers are not found: no layer figures
+        return 0, 0
+    largest = max((sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers), default=0)
+    frozen = sum(m.weight.numel() for layer in layers for m in layer.modules()
+                 if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
+    return largest, frozen
+
+
+def _tokenizer(cfg: RunConfig) -> Any:
+    from lmforge.model.tokenizer import chat_tokenizer, setup_tokenizer
+
+    if cfg.finetuning.stage == "pt":
+        return setup_tokenizer(cfg)
+    return chat_tokenizer(cfg)[0]
+
+
+def _load_dtype(cfg: RunConfig, config: Any) -> torch.dtype:
+    """The dtype `build_model` loads in: the checkpoint's own (`auto`), float32 for a new model."""
+    from lmforge.model.precision import DTYPES, config_dtype
+
+    if cfg.model.from_scratch:
+        return torch.float32
+    value = getattr(config, "dtype", None)
+    if isinstance(value, str):
+        return DTYPES.get(value.removeprefix("torch."), torch.float32)
+    return value if isinstance(value, torch.dtype) else config_dtype(config) or torch.float32
+
+
+def _set_precision(model: torch.nn.Module, cfg: RunConfig) -> None:
+    """What `train.setup.set_precision` does (float32 masters for what full/freeze train)."""
+    from lmforge.model.precision import set_master_weights
+
+    f, t = cfg.finetuning, cfg.training
+    set_master_weights(model, f.finetuning_type, autocast=bool(t.bf16 or t.fp16), pure_bf16=f.pure_bf16,
+                       engine_keeps_masters=bool(t.deepspeed or t.fsdp))
+
+
+def _reference(cfg: RunConfig, policy: torch.nn.Module) -> torch.nn.Module | None:
+    """dpo/kto's frozen reference: none under LoRA (the adapters are switched off), else a copy of the policy in
+    the checkpoint's dtype."""
+    if cfg.finetuning.stage not in PREFERENCE_STAGES or cfg.finetuning.finetuning_type == "lora":
+        return None
+    reference = copy.deepcopy(policy)
+    dtype = next((p.dtype for p in policy.parameters() if p.dtype != torch.float32), None)
+    if dtype is not None and (cfg.training.bf16 or cfg.training.fp16):
+        for param in reference.parameters():  # (`.to` would swap fake parameters, which torch refuses)
+            param.data = param.data.to(dtype)
+    return reference.eval().requires_grad_(False)
+
+
+def _optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer the Trainer builds for `optim` (transformers' own choice of class and arguments)."""
+    from transformers import Trainer
+
+    from lmforge.train.setup import trainer_arguments
+
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(trainer_arguments(cfg), model)
+    return optimizer_cls([p for p in model.parameters() if p.requires_grad], **kwargs)
+
+
+def _batch(cfg: RunConfig, config: Any, rows: int, length: int) -> dict[str, torch.Tensor]:
+    """Full rows, every token trained: the longest micro-batch the run can meet (the preference and classifier
+    stages pass an attention mask, as their collators do)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    ids = torch.zeros((rows, length), dtype=torch.long).random_(0, text.vocab_size)
+    batch = {"input_ids": ids, "labels": ids.clone()}
+    if cfg.finetuning.stage not in LANGUAGE_MODEL_STAGES:
+        batch["attention_mask"] = torch.ones_like(ids)
+    return batch
+
+
+def _loss(cfg: RunConfig, model: torch.nn.Module, reference: torch.nn.Module | None,
+          batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The stage's loss on `batch`, through the functions its trainer uses."""
+    stage = cfg.finetuning.stage
+    if stage in CLASSIFIER_STAGES:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return logits.float().logsumexp(-1).mean()
+    if stage in PREFERENCE_STAGES:
+        return _preference_loss(cfg, model, reference, batch)
+    return model(**batch).loss
+
+
+def _preference_loss(cfg: RunConfig, model: torch.nn.Module, reference: torch.nn.Module | None,
+                     batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """dpo (chosen and rejected rows in one pass) and kto (the replies, then the mismatched KL rows without
+    gradients): the policy's log-probabilities, the reference's without gradients (`ref_model`'s copy, or the
+    policy with its adapters off)."""
+    from lmforge.train.losses import REFERENCE_FREE, sequence_logps
+
+    def logps(net: torch.nn.Module) -> torch.Tensor:
+        logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return sequence_logps(logits, batch["labels"])[0]
+
+    def reference_logps() -> torch.Tensor:
+        with torch.no_grad():
+            if reference is not None:
+                return logps(reference)
+            with model.disable_adapter():
+                return logps(model)
+
+    policy = logps(model)
+    if cfg.finetuning.stage == "kto":
+        with torch.no_grad():
+            kl = logps(model) - reference_logps()  # the KL rows: the same shapes as the replies
+        return torch.nn.functional.logsigmoid(policy - reference_logps() - kl.mean()).mean()
+    if cfg.finetuning.pref_loss in REFERENCE_FREE:
+        return torch.nn.functional.logsigmoid(policy).mean()
+    return torch.nn.functional.logsigmoid(policy - reference_logps()).mean()
+
+
+def _autocast(cfg: RunConfig) -> Any:
+    t = cfg.training
+    if t.bf16 or t.fp16:
+        return torch.autocast("cpu", dtype=torch.bfloat16 if t.bf16 else torch.float16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _modules_stay_put():
+    """peft moves each new adapter to its base layer's device and dtype with `Module.to`, which swaps parameters,
+    and torch cannot swap a fake parameter (it carries a weak reference). On one fake device there is nothing to
+    move, and peft casts the adapters to float32 afterwards (as in a real run) by assigning their data."""
+    from unittest import mock
+
+    with mock.patch.object(torch.nn.Module, "to", lambda self, *args, **kwargs: self):
+        yield
+
+
+@contextlib.contextmanager
+def _quiet():
+    """transformers' and peft's own log lines while the fake model is built say nothing about the plan."""
+    import logging
+
+    names = ("transformers", "peft", "lmforge")
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
