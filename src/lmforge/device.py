@@ -21,6 +21,11 @@ def planning_for_gpus() -> Iterator[None]:
         _PLANNED_GPUS.reset(token)
 
 
+def planning() -> bool:
+    """Inside `planning_for_gpus`."""
+    return _PLANNED_GPUS.get()
+
+
 def installed(package: str) -> bool:
     """The package can be imported here (or, while planning, on the machine planned for)."""
     import importlib.util

@@ -14,7 +14,7 @@ from lmforge.config.schema import COMMAND_CONFIGS, DEFAULTS, GROUPS, SCHEMAS, Ev
 from lmforge.config.secrets import drop_masked, environment_secrets
 from lmforge.config.suggest import suggest
 from lmforge.config.validate import VALIDATORS, check_engine_configs, validate
-from lmforge.device import accelerator_available, auto_precision
+from lmforge.device import accelerator_available, auto_precision, planning
 from lmforge.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -137,6 +137,13 @@ def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: 
     if not values["training"].get("output_dir"):
         raise ConfigError(f"Config error ({source}): 'output_dir' is required (where the model and logs are saved).")
 
+    # a plan made on a machine without the GPUs (or DeepSpeed) the run is for: TrainingArguments would check bf16
+    # against this machine and load the DeepSpeed config through the package, so it is built as for the CPU and the
+    # two settings are put back on the built arguments (the planner reads them; nothing runs on this machine)
+    deepspeed = values["training"].pop("deepspeed", None) if planning() else None
+    use_cpu = values["training"].get("use_cpu", False)
+    if planning():
+        values["training"]["use_cpu"] = True
     groups: dict[str, Any] = {}
     for group, cls in GROUPS.items():
         try:
@@ -145,6 +152,8 @@ def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: 
             if cls is not TrainingArguments:
                 raise
             raise ConfigError(f"Config error ({source}): invalid training settings: {err}") from None
+    if planning():
+        groups["training"].deepspeed, groups["training"].use_cpu = deepspeed, use_cpu
     cfg = RunConfig(**groups, source=source, raw=dict(raw))
     resolve_hubs(cfg, cfg.model.hub, cfg.model.hf_endpoint)
     validate(cfg)

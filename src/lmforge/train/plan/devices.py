@@ -56,7 +56,7 @@ def parse_devices(gpus: str | None, gpu_memory: str | None = None, tflops: float
         found = re.fullmatch(r"\s*(?:(\d+)\s*[xX*]\s*)?([A-Za-z0-9][\w-]*)?\s*", gpus)
         if not found or not (found.group(1) or found.group(2)):
             raise ValueError(f"--gpus '{gpus}' is not a count and/or a GPU, such as 8xH100-80GB, 2 or RTX-4090")
-        if found.group(2) and found.group(2).isdigit() and not found.group(1):
+        if found.group(2) and found.group(2).isdigit() and found.group(2) not in ALIASES and not found.group(1):
             count = int(found.group(2))  # '--gpus 2'
         else:
             count = int(found.group(1) or 1)

@@ -1,0 +1,109 @@
+"""`lmforge plan`: the step traced over fake tensors against the same step measured (`memory_report`, torch's
+MemTracker over the real tensors of the run's first two steps) on a tiny model of the real Qwen3 family (its
+151,936-token vocabulary), for the recipes the planner covers; a plan that does not fit a stated limit does not fit
+it when run, and the change it suggests does; the figures for sharded GPU runs follow the ZeRO arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmforge.cli import main
+from lmforge.config import load_config
+from lmforge.train.plan.devices import GIB, Devices, parse_devices, parse_memory
+from lmforge.train.plan.trace import trace_step
+from tests.conftest import LF_DEMO, REPO
+
+COMMON = {"dataset_dir": str(LF_DEMO), "max_samples": 64, "cutoff_len": 128, "per_device_train_batch_size": 2,
+          "max_steps": 2, "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "learning_rate": 1e-4}
+SFT = {"stage": "sft", "template": "chatml", "dataset": "alpaca_en_demo", "packing": True, "train_on_prompt": True}
+# rows the data fills to `cutoff_len` with every token trained: the planner's worst case is the run's own batch
+RECIPES = {
+    "pt": {"stage": "pt", "dataset": "c4_demo"},
+    "sft packed, chunked loss": SFT,
+    "sft standard loss": {**SFT, "chunked_loss": False},
+    "sft gradient checkpointing": {**SFT, "gradient_checkpointing": True},
+    "sft 2 accumulated micro-batches": {**SFT, "gradient_accumulation_steps": 2},
+    "sft lora": {**SFT, "finetuning_type": "lora", "lora_target": "all"},
+    "sft freeze": {**SFT, "finetuning_type": "freeze"},
+    "dpo, reference copy": {"stage": "dpo", "template": "chatml", "dataset": "dpo_en_demo", "cutoff_len": 48},
+    "dpo lora, adapters off": {"stage": "dpo", "template": "chatml", "dataset": "dpo_en_demo", "cutoff_len": 48,
+                               "finetuning_type": "lora"},
+    "rm": {"stage": "rm", "template": "chatml", "dataset": "dpo_en_demo", "cutoff_len": 48},
+}
+
+
+def _values(model_dir: str, out, recipe: dict) -> list[str]:
+    values = {**COMMON, "model_name_or_path": model_dir, "output_dir": str(out), **recipe}
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()]
+
+
+def _measured(model_dir: str, out, recipe: dict) -> dict[str, int]:
+    assert main(["train", *_values(model_dir, out, recipe), "memory_report=true"]) == 0
+    return json.loads((out / "memory_report.json").read_text())["peak_bytes"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_the_planned_peak_is_the_measured_peak_of_the_real_step(recipe, real_model, tmp_path):
+    model_dir = real_model("qwen3")
+    measured = _measured(model_dir, tmp_path / "run", RECIPES[recipe])
+    planned = trace_step(load_config(None, _values(model_dir, tmp_path / "plan", RECIPES[recipe]))).memory
+    assert planned.total == pytest.approx(measured["total"], rel=0.10), (planned.as_dict(), measured)
+    for kind in ("parameters", "optimizer_state"):  # what the recipe trains and keeps, to the byte
+        assert getattr(planned, kind) == measured[kind], kind
+
+
+@pytest.mark.slow
+def test_a_run_planned_not_to_fit_does_not_and_the_suggested_change_does(real_model, tmp_path):
+    """A device with 90 % of the measured peak: the plan says no and suggests gradient checkpointing (the cheapest
+    change that fits, planned); run both, the original peak exceeds the limit and the suggested run's does not."""
+    from lmforge.train.plan.command import cheapest_fit, make_plan
+
+    model_dir = real_model("qwen3")
+    recipe = {**SFT, "chunked_loss": False}
+    peak = _measured(model_dir, tmp_path / "original", recipe)["total"]
+    device = Devices("a 90 % device", 1, int(0.9 * peak), None, reserved=0)
+    plan = make_plan(load_config(None, _values(model_dir, tmp_path / "p", recipe)), device)
+    assert not plan.fits
+    changes, fitted = cheapest_fit(plan)
+    assert changes == ["chunked_loss: true"] and fitted.fits
+    suggested = _measured(model_dir, tmp_path / "suggested", {**recipe, "chunked_loss": True})["total"]
+    assert suggested <= device.usable < peak
+
+
+def test_gpu_figures_follow_the_zero_arithmetic(tiny_model_dir, tmp_path, capsys):
+    """8 x H100 with ZeRO-3 (a config made on a machine without DeepSpeed or a GPU): bf16 weights and gradients
+    and the fp32 master + two moments, each an eighth per device, plus the two decoder layers being gathered."""
+    zero3 = str(REPO / "examples" / "deepspeed" / "ds_z3_config.json")
+    args = _values(tiny_model_dir, tmp_path / "x", {**SFT, "deepspeed": zero3, "bf16": True})
+    assert main(["plan", *args, "--gpus", "8xH100-80GB", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    params, memory = plan["parameters"], plan["per_device_bytes"]
+    assert plan["engine"] == "ZeRO-3 over 8 devices" and plan["fits"]
+    assert memory["optimizer_state"] == params * 12 // 8
+    assert memory["gradients"] == params * 2 // 8
+    layer = (memory["parameters"] - params * 2 // 8) / 2  # what one gathered layer holds, in bf16
+    assert 0 < layer < params * 2 / 2
+    assert plan["devices"] == {"name": "H100-80GB", "count": 8, "memory_bytes": int(79.2 * GIB), "tflops": 989.0}
+    assert plan["speed"]["tokens_per_second"] > 0
+
+
+def test_devices_are_read_as_users_write_them():
+    assert parse_devices("8xH100-80GB").count == 8 and parse_devices("8xH100-80GB").tflops == 989.0
+    assert parse_devices("2").count == 2 and parse_devices("4090").name == "RTX-4090"
+    custom = parse_devices("2", "24GiB", 100.0)
+    assert (custom.count, custom.memory, custom.tflops, custom.usable) == (2, 24 * GIB, 100.0, 23 * GIB)
+    assert parse_memory("80GB") == parse_memory("80G") == 80 * GIB and parse_memory("512MiB") == 2**29
+    with pytest.raises(ValueError, match="unknown GPU 'Z9000': known are"):
+        parse_devices("Z9000")
+
+
+def test_plan_errors_are_one_line(tiny_model_dir, tmp_path, capsys):
+    args = _values(tiny_model_dir, tmp_path / "x", SFT)
+    assert main(["plan", *args, "--gpus", "2xWHATEVER"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown GPU 'WHATEVER'" in err and "Traceback" not in err
+    assert main(["plan", *_values(tiny_model_dir, tmp_path / "y", {"stage": "grpo"}), "--gpus", "1"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
