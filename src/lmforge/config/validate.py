@@ -116,6 +116,10 @@ def _validate_stage(cfg: RunConfig) -> None:
             _fail(cfg, f"'{lora_only[0]}' needs 'finetuning_type: lora'.")
     if m.quantization_bit not in (None, 4, 8):
         _fail(cfg, f"'quantization_bit' must be 4 or 8, got {m.quantization_bit}.")
+    if m.quantization_bit and (cfg.training.fsdp or _zero_stage(cfg.training.deepspeed) == 3):
+        _fail(cfg, "'quantization_bit' with ZeRO-3/FSDP would shard the packed 4/8-bit weights, which needs "
+              "bitsandbytes' quant storage in bf16 (not set up by lmforge yet): use ZeRO-2 ('deepspeed: "
+              "examples/deepspeed/ds_z2_config.json') or plain data parallelism.")
     if f.lora_rank < 1:
         _fail(cfg, f"'lora_rank' must be at least 1, got {f.lora_rank}.")
     if f.loraplus_lr_ratio is not None and f.loraplus_lr_ratio <= 0:
@@ -234,6 +238,21 @@ def _check_head_split(cfg: RunConfig, split: int) -> None:
         _fail(cfg, f"'tensor_parallel_size': the '{config.model_type}' architecture ships no tensor-parallel plan "
               "in transformers (Llama, Qwen2/3, Mistral, Gemma and others do); use 'data_shard_size' (FSDP2) to "
               "split it instead.")
+
+
+def zero_optimization(deepspeed: Any) -> dict[str, Any]:
+    """The `zero_optimization` block of a `deepspeed` setting (a JSON path or a dict); empty without one."""
+    import json
+
+    if isinstance(deepspeed, str) and os.path.isfile(deepspeed):
+        with open(deepspeed, encoding="utf-8") as fh:
+            deepspeed = json.load(fh)
+    zero = deepspeed.get("zero_optimization") if isinstance(deepspeed, dict) else None
+    return zero if isinstance(zero, dict) else {}
+
+
+def _zero_stage(deepspeed: Any) -> int:
+    return int(zero_optimization(deepspeed).get("stage", 0) or 0)
 
 
 def _check_paths_exist(cfg: RunConfig | CommandConfig, keys: tuple[str, ...]) -> None:

@@ -36,8 +36,38 @@ class Plan:
 
 
 def make_plan(cfg: RunConfig, devices: Devices, mfu: float = DEFAULT_MFU) -> Plan:
-    step = trace_step(cfg)
+    step = _traced(cfg)
     return Plan(cfg, devices, step, device_plan(cfg, step, devices), speed(cfg, step, devices, mfu))
+
+
+_TRACES: dict[str, TracedStep] = {}
+
+
+def _traced(cfg: RunConfig) -> TracedStep:
+    """The traced step, once per recipe: a change of devices, ZeRO stage or base quantization is computed from the
+    same trace (the engine only decides whether float32 masters are made)."""
+    t = cfg.training
+    key = json.dumps([cfg.model.model_name_or_path, cfg.model.model_type, sorted(cfg.model.config_overrides.items()),
+                      str(cfg.finetuning), cfg.data.cutoff_len, t.per_device_train_batch_size,
+                      min(t.gradient_accumulation_steps, 2), t.gradient_checkpointing, t.bf16, t.fp16,
+                      bool(t.deepspeed or t.fsdp), t.optim, t.max_grad_norm], default=str)
+    if key not in _TRACES:
+        _TRACES[key] = trace_step(cfg)
+    return _TRACES[key]
+
+
+def _valid(cfg: RunConfig) -> bool:
+    """A suggested config passes the checks a run makes (QLoRA does not combine with ZeRO-3 in lmforge, ...)."""
+    from lmforge.config.validate import validate
+    from lmforge.device import planning_for_gpus
+    from lmforge.errors import ConfigError
+
+    try:
+        with planning_for_gpus():
+            validate(cfg)
+    except ConfigError:
+        return False
+    return True
 
 
 # ---- the changes tried when a run does not fit, cheapest first ------------------------------------------------------
@@ -115,7 +145,7 @@ def cheapest_fit(plan: Plan, mfu: float = DEFAULT_MFU) -> tuple[list[str], Plan]
     it fits; each planned. None when nothing fits."""
     for name, change in CHANGES:
         changed = change(plan.cfg, plan.devices)
-        if changed is not None:
+        if changed is not None and _valid(changed[0]):
             candidate = make_plan(*changed, mfu)
             if candidate.fits:
                 return [name], candidate
@@ -125,7 +155,7 @@ def cheapest_fit(plan: Plan, mfu: float = DEFAULT_MFU) -> tuple[list[str], Plan]
         progressed = False
         for name, change in CHANGES:
             changed = change(current.cfg, current.devices)
-            if changed is None:
+            if changed is None or not _valid(changed[0]):
                 continue
             current, progressed = make_plan(*changed, mfu), True
             taken.append(name)
@@ -171,7 +201,7 @@ def render(plan: Plan, suggestion: tuple[list[str], Plan] | None) -> str:
              f"{s.parameters / 1e9:,.2f}B parameters; {kind}: {s.trainable:,} trained) on {plan.devices.describe()}",
              f"Step traced over fake tensors: {s.rows} rows x {s.tokens:,} tokens per micro-batch (every token "
              f"trained: the longest batch the run can meet), {cfg.training.gradient_accumulation_steps} "
-             f"micro-batch(es) per step; {d.engine}.", "", "Per device, at the peak:"]
+             f"micro-batch(es) per step; {_precision(cfg)}; {d.engine}.", "", "Per device, at the peak:"]
     for key, name in KIND_NAMES:
         value = getattr(d.memory, key)
         if value >= 2**20 or key in ("parameters", "gradients", "optimizer_state", "activations"):
@@ -197,6 +227,13 @@ def render(plan: Plan, suggestion: tuple[list[str], Plan] | None) -> str:
     if notes:
         lines += ["", "Notes:", *(f"  - {note}" for note in notes)]
     return "\n".join(lines)
+
+
+def _precision(cfg: RunConfig) -> str:
+    t = cfg.training
+    if cfg.finetuning.pure_bf16:
+        return "pure bf16"
+    return "bf16 mixed precision" if t.bf16 else "fp16 mixed precision" if t.fp16 else "float32 (no bf16/fp16)"
 
 
 def _speed_line(plan: Plan) -> str:

@@ -8,12 +8,10 @@ tensors), DDP's gradient buckets, and the parameters a tensor-parallel rank hold
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from lmforge.config.schema import RunConfig
+from lmforge.config.validate import zero_optimization
 from lmforge.model.memory import StepMemory
 from lmforge.train.plan.devices import Devices
 from lmforge.train.plan.trace import PREFERENCE_STAGES, TracedStep
@@ -41,8 +39,7 @@ def zero_stage(cfg: RunConfig) -> tuple[int, bool, bool]:
     0 for plain DDP."""
     t = cfg.training
     if t.deepspeed:
-        config = t.deepspeed if isinstance(t.deepspeed, dict) else _read_json(t.deepspeed)
-        zero = config.get("zero_optimization", {}) or {}
+        zero = zero_optimization(t.deepspeed)
         offload = lambda key: (zero.get(key) or {}).get("device", "none") not in ("none", None)  # noqa: E731
         return int(zero.get("stage", 0) or 0), offload("offload_optimizer"), offload("offload_param")
     if t.fsdp:
@@ -51,13 +48,6 @@ def zero_stage(cfg: RunConfig) -> tuple[int, bool, bool]:
     if cfg.parallelism.data_shard_size > 1:
         return 3, False, False
     return 0, False, False
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 def device_plan(cfg: RunConfig, step: TracedStep, devices: Devices) -> DevicePlan:
