@@ -107,3 +107,13 @@ def test_plan_errors_are_one_line(tiny_model_dir, tmp_path, capsys):
     assert "unknown GPU 'WHATEVER'" in err and "Traceback" not in err
     assert main(["plan", *_values(tiny_model_dir, tmp_path / "y", {"stage": "grpo"}), "--gpus", "1"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_qlora_with_zero3_is_a_config_error_the_planner_does_not_suggest(tiny_model_dir, tmp_path, capsys):
+    zero3 = str(REPO / "examples" / "deepspeed" / "ds_z3_config.json")
+    args = _values(tiny_model_dir, tmp_path / "x", {**SFT, "finetuning_type": "lora", "quantization_bit": 4,
+                                                    "deepspeed": zero3})
+    assert main(["plan", *args, "--gpus", "2xA100-80GB"]) == 2
+    err = capsys.readouterr().err
+    assert "'quantization_bit' with ZeRO-3/FSDP would shard the packed 4/8-bit weights" in err
+    assert "Traceback" not in err

@@ -296,6 +296,30 @@ class Suite:
             out.update(status="fail", error=f"2-way losses differ from one process by {worst:.2%} (bf16: < 2 %)")
         return out
 
+    def plan(self) -> dict[str, Any]:
+        """`lmforge plan`'s peak for two steps of packed sft (every token trained) against the same run measured:
+        MemTracker's peak over the real tensors (`memory_report`) and, on a GPU, the allocator's
+        `max_memory_allocated`; within 10 % of the latter on a GPU, of the former on the CPU."""
+        from lmforge.config import load_config
+        from lmforge.train.plan.trace import trace_step
+
+        out_dir = tempfile.mkdtemp(prefix="gpu-plan-")
+        recipe = {"max_steps": 2, "save_strategy": "no", "packing": True, "train_on_prompt": True}
+        self._train([*self.sft_overrides(out_dir, **recipe), "memory_report=true"])
+        with open(os.path.join(out_dir, "memory_report.json"), encoding="utf-8") as fh:
+            report = json.load(fh)
+        planned = trace_step(load_config(None, self.sft_overrides(out_dir + "-plan", **recipe))).memory.total
+        measured = report.get("max_memory_allocated") or report["peak_bytes"]["total"]
+        allocated = report.get("max_memory_allocated")
+        out = {"planned_gib": round(planned / 2**30, 3),
+               "memtracker_gib": round(report["peak_bytes"]["total"] / 2**30, 3),
+               "max_memory_allocated_gib": round(allocated / 2**30, 3) if allocated else None,
+               "planned_over_measured": round(planned / measured, 4)}
+        if abs(planned / measured - 1) > 0.10:
+            out.update(status="fail", error=f"planned {planned / 2**30:.3f} GiB against {measured / 2**30:.3f} GiB "
+                                            "measured (more than 10 % apart)")
+        return out
+
     def expert_parallel(self) -> dict[str, Any]:
         """A Qwen3-MoE of about 0.7B parameters (the real family config, 32 experts of top-8 in 8 layers) on 2 GPUs:
         FSDP2 sharding alone against FSDP2 with the experts split (`expert_parallel_size: 2`), tokens/s and peak
@@ -366,6 +390,7 @@ class Suite:
         for key in ("tensor_parallel_size", "context_parallel_size", "sequence_parallel_size"):
             self.check(key.removesuffix("_size"), functools.partial(self.model_parallel, key))
         self.check("expert_parallel", self.expert_parallel)
+        self.check("plan", self.plan)
         device = torch.cuda.get_device_name(0) if self.cuda else "cpu"
         report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "torch": torch.__version__,
                   "smoke": self.smoke, "checks": self.results,
