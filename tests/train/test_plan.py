@@ -117,3 +117,51 @@ def test_qlora_with_zero3_is_a_config_error_the_planner_does_not_suggest(tiny_mo
     err = capsys.readouterr().err
     assert "'quantization_bit' with ZeRO-3/FSDP would shard the packed 4/8-bit weights" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["muon", "adam_mini"])
+def test_memory_light_optimizers_train_and_hold_the_planned_state(optimizer, tiny_model_dir, tmp_path):
+    """The loss falls; the optimizer state measured on the real step is the planned one, and under AdamW's two
+    float32 moments per trained weight; a checkpoint resumes the same run. (The tiny Qwen2: a small vocabulary, so
+    the decoder layers' matrices, where Muon and Adam-mini save, are most of the weights.)"""
+    from lmforge.runlog import read_log
+
+    if optimizer == "adam_mini":
+        pytest.importorskip("adam_mini")
+    model_dir = tiny_model_dir
+    recipe = {**SFT, "optimizer": optimizer, "max_steps": 8, "learning_rate": 5e-3, "save_strategy": "steps",
+              "save_steps": 4, "logging_steps": 1}
+    measured = _measured(model_dir, tmp_path / "run", recipe)
+    losses = {r["step"]: r["loss"] for r in read_log(str(tmp_path / "run")) if "loss" in r}
+    assert losses[8] < losses[1] - 0.5, losses
+    step = trace_step(load_config(None, _values(model_dir, tmp_path / "plan", recipe)))
+    assert step.memory.optimizer_state == measured["optimizer_state"]
+    assert measured["optimizer_state"] < 0.8 * 2 * 4 * step.trainable
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    import shutil
+
+    shutil.copytree(tmp_path / "run" / "checkpoint-4", resumed / "checkpoint-4")
+    assert main(["train", *_values(model_dir, resumed, recipe), "resume_from_checkpoint=true"]) == 0
+    after = {r["step"]: r["loss"] for r in read_log(str(resumed)) if "loss" in r}
+    assert all(after[s] == pytest.approx(losses[s], abs=1e-5) for s in (5, 6, 7, 8)), (after, losses)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"optim": "galore_adamw"}, "'optim: galore_adamw' needs the galore-torch package: `pip install galore-torch`"),
+    ({"optim": "adamw_torch_8bit"}, "'optim: adamw_torch_8bit' needs the torchao package"),
+    ({"optim": "paged_adamw_8bit"}, "'optim: paged_adamw_8bit' runs on bitsandbytes"),
+    ({"optimizer": "muon", "finetuning_type": "lora", "loraplus_lr_ratio": 16.0},
+     "'optimizer: muon' and 'loraplus_lr_ratio' both build the optimizer: choose one"),
+])
+def test_optimizers_that_cannot_run_here_are_config_errors(extra, message, tiny_model_dir, tmp_path, capsys):
+    import importlib.util
+
+    package = {"galore_adamw": "galore_torch", "adamw_torch_8bit": "torchao",
+               "paged_adamw_8bit": "bitsandbytes"}.get(extra.get("optim"))
+    if package and importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    assert main(["train", *_values(tiny_model_dir, tmp_path / "x", {**SFT, **extra})]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

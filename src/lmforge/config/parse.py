@@ -124,6 +124,10 @@ def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: 
     if "use_cpu" not in values["training"] and not accelerator_available():
         # accelerate only forms a multi-process CPU group (torchrun + gloo) when told the run is on the CPU
         values["training"]["use_cpu"] = True
+    optim = str(values["training"].get("optim", ""))
+    if optim.startswith(("galore_", "apollo_")):
+        # GaLore/APOLLO project the gradients of the weight matrices they are given: every linear layer by default
+        values["training"].setdefault("optim_target_modules", "all-linear")
     if values["finetuning"].get("finetuning_type") == "lora":
         # every adapter takes part in every forward: DDP's search for unused parameters is a wasted graph traversal
         values["training"].setdefault("ddp_find_unused_parameters", False)

@@ -114,6 +114,7 @@ def _validate_stage(cfg: RunConfig) -> None:
             lora_only.insert(0, "quantization_bit")
         if lora_only:
             _fail(cfg, f"'{lora_only[0]}' needs 'finetuning_type: lora'.")
+    _validate_optimizer(cfg)
     if m.quantization_bit not in (None, 4, 8):
         _fail(cfg, f"'quantization_bit' must be 4 or 8, got {m.quantization_bit}.")
     if m.quantization_bit and (cfg.training.fsdp or _zero_stage(cfg.training.deepspeed) == 3):
@@ -238,6 +239,38 @@ def _check_head_split(cfg: RunConfig, split: int) -> None:
         _fail(cfg, f"'tensor_parallel_size': the '{config.model_type}' architecture ships no tensor-parallel plan "
               "in transformers (Llama, Qwen2/3, Mistral, Gemma and others do); use 'data_shard_size' (FSDP2) to "
               "split it instead.")
+
+
+# transformers' `optim` names that need a package of their own: (name prefix or name, import name, pip name)
+OPTIM_PACKAGES = (("galore_", "galore_torch", "galore-torch"), ("apollo_", "apollo_torch", "apollo-torch"),
+                  ("adamw_torch_4bit", "torchao", "torchao"), ("adamw_torch_8bit", "torchao", "torchao"),
+                  ("lomo", "lomo_optim", "lomo-optim"), ("adalomo", "lomo_optim", "lomo-optim"),
+                  ("grokadamw", "grokadamw", "grokadamw"), ("schedule_free_", "schedulefree", "schedulefree"),
+                  ("stable_adamw", "optimi", "torch-optimi"))
+BNB_OPTIMS = ("adamw_bnb_8bit", "adamw_8bit", "ademamix", "lion_", "paged_", "rmsprop_bnb")
+
+
+def _validate_optimizer(cfg: RunConfig) -> None:
+    """`optimizer` (lmforge's memory-light ones) and transformers' `optim` names whose package is missing: a config
+    error naming the package before anything loads."""
+    import torch
+
+    f, t = cfg.finetuning, cfg.training
+    optim = str(getattr(t.optim, "value", t.optim))
+    if f.optimizer and f.loraplus_lr_ratio:
+        _fail(cfg, f"'optimizer: {f.optimizer}' and 'loraplus_lr_ratio' both build the optimizer: choose one.")
+    if f.optimizer == "adam_mini" and not installed("adam_mini"):
+        _fail(cfg, "'optimizer: adam_mini' needs the Adam-mini package: `pip install adam-mini`.")
+    if f.optimizer == "muon" and not hasattr(torch.optim, "Muon"):
+        _fail(cfg, f"'optimizer: muon' uses torch.optim.Muon (torch >= 2.9); this torch is {torch.__version__}.")
+    if f.optimizer:
+        return
+    for prefix, module, pip_name in OPTIM_PACKAGES:
+        if optim.startswith(prefix) and not installed(module):
+            _fail(cfg, f"'optim: {optim}' needs the {pip_name} package: `pip install {pip_name}`.")
+    if optim.startswith(BNB_OPTIMS) and not installed("bitsandbytes"):
+        _fail(cfg, f"'optim: {optim}' runs on bitsandbytes: `pip install bitsandbytes` (CUDA GPUs), or use "
+              "'optimizer: adam_mini' / 'optimizer: muon' for less optimizer state on any device.")
 
 
 def zero_optimization(deepspeed: Any) -> dict[str, Any]:

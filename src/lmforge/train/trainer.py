@@ -9,18 +9,24 @@ from transformers import Trainer
 from trl import RewardTrainer
 
 from lmforge.model.chunked_loss import use_chunked_loss
+from lmforge.train.optimizers import build_optimizer
 from lmforge.train.runtime.log_callback import perplexity
 from lmforge.train.runtime.resilience import SafeTrainingMixin
 
 
 class LoraPlusTrainer(SafeTrainingMixin, Trainer):
-    """A Trainer that builds the LoRA+ optimizer when `loraplus_lr_ratio` is set."""
+    """A Trainer that builds the LoRA+ optimizer when `loraplus_lr_ratio` is set, or a memory-light one
+    (`optimizer: muon | adam_mini`, train/optimizers.py)."""
 
-    def __init__(self, *args: Any, loraplus_lr_ratio: float | None = None, **kwargs: Any):
-        self.loraplus_lr_ratio = loraplus_lr_ratio
+    def __init__(self, *args: Any, loraplus_lr_ratio: float | None = None, optimizer_name: str | None = None,
+                 **kwargs: Any):
+        self.loraplus_lr_ratio, self.optimizer_name = loraplus_lr_ratio, optimizer_name
         super().__init__(*args, **kwargs)
 
     def create_optimizer(self, model: Any = None):
+        if self.optimizer is None and self.optimizer_name:
+            self.optimizer = build_optimizer(self.optimizer_name, self.model, self.args)
+            return self.optimizer
         if self.optimizer is None and self.loraplus_lr_ratio:
             # LoRA+ gives the B matrices a larger learning rate; peft builds the parameter groups.
             from peft.optimizers import create_loraplus_optimizer

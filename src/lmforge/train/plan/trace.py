@@ -76,7 +76,10 @@ def trace_step(cfg: RunConfig) -> TracedStep:
                 notes.append("chunked loss: not available for this architecture (the standard loss is planned)")
         reference = _reference(cfg, model)
         model.train()
-        optimizer = _optimizer(cfg, model)
+        try:
+            optimizer = _optimizer(cfg, model)
+        except ImportError as err:  # planned for a machine that has the package, made on one that has not
+            raise PlanError(f"the optimizer cannot be built here to be traced: {err}") from err
         total, trainable = count_parameters(model)
         batch = _batch(cfg, config, rows, length)
         tracker = peak_tracker()
@@ -161,11 +164,15 @@ def _reference(cfg: RunConfig, policy: torch.nn.Module) -> torch.nn.Module | Non
 
 
 def _optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer the Trainer builds for `optim` (transformers' own choice of class and arguments)."""
+    """The optimizer the Trainer builds: `optimizer` (lmforge's memory-light ones), else transformers' own choice of
+    class and arguments for `optim`."""
     from transformers import Trainer
 
+    from lmforge.train.optimizers import build_optimizer
     from lmforge.train.setup import trainer_arguments
 
+    if cfg.finetuning.optimizer:
+        return build_optimizer(cfg.finetuning.optimizer, model, trainer_arguments(cfg))
     optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(trainer_arguments(cfg), model)
     return optimizer_cls([p for p in model.parameters() if p.requires_grad], **kwargs)
 
