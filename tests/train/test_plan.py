@@ -165,3 +165,13 @@ def test_optimizers_that_cannot_run_here_are_config_errors(extra, message, tiny_
     assert main(["train", *_values(tiny_model_dir, tmp_path / "x", {**SFT, **extra})]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_step_fake_tensors_cannot_run_is_one_clear_line(real_model, tmp_path, capsys):
+    """Qwen3-MoE's experts run through torch's grouped matmul, whose fake-tensor kernel takes bf16 only."""
+    args = _values(real_model("qwen3-moe"), tmp_path / "x", {**SFT, "cutoff_len": 32})
+    capsys.readouterr()  # (the fixture's progress bars)
+    assert main(["plan", *args, "--gpus", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lmforge plan: the step of 'qwen3_moe' cannot be traced over fake tensors (")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

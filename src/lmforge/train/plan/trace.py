@@ -248,13 +248,15 @@ def _modules_stay_put():
 
 @contextlib.contextmanager
 def _quiet():
-    """transformers' and peft's own log lines while the fake model is built say nothing about the plan."""
+    """transformers' and peft's own log lines while the fake model is built say nothing about the plan, nor do
+    torch's tracebacks of an operation fake tensors cannot run (the PlanError says which)."""
     import logging
 
-    names = ("transformers", "peft", "lmforge")
+    names = {"transformers": logging.ERROR, "peft": logging.ERROR, "lmforge": logging.ERROR,
+             "torch._subclasses.fake_tensor": logging.CRITICAL}
     levels = {name: logging.getLogger(name).level for name in names}
-    for name in names:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name, level in names.items():
+        logging.getLogger(name).setLevel(level)
     try:
         yield
     finally:
