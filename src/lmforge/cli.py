@@ -295,6 +295,8 @@ def cmd_plan(args: list[str]) -> int:
         devices = parse_devices(options.get("--gpus"), options.get("--gpu-memory"), options.get("--tflops"))
     except ValueError as err:
         raise ConfigError(f"Config error: {err}.") from None
+    if "--gpus" not in options and "--gpu-memory" not in options:
+        print("lmforge plan: no --gpus given: planning for 1 x H100-80GB.", file=sys.stderr)
     config_path, overrides = _split_config_path(rest)
     with planning_for_gpus():  # the checks of this machine answer for the GPU machine planned for
         cfg = load_config(config_path, overrides)
