@@ -198,7 +198,7 @@ def render(plan: Plan, suggestion: tuple[list[str], Plan] | None) -> str:
     kind = cfg.finetuning.finetuning_type + (f" + {cfg.model.quantization_bit}-bit base"
                                              if cfg.model.quantization_bit else "")
     lines = [f"Plan: {cfg.finetuning.stage} of {plan_dict(plan)['model']} ({s.config.model_type}, "
-             f"{s.parameters / 1e9:,.2f}B parameters; {kind}: {s.trainable:,} trained) on {plan.devices.describe()}",
+             f"{_count(s.parameters)} parameters; {kind}: {s.trainable:,} trained) on {plan.devices.describe()}",
              f"Step traced over fake tensors: {s.rows} rows x {s.tokens:,} tokens per micro-batch (every token "
              f"trained: the longest batch the run can meet), {cfg.training.gradient_accumulation_steps} "
              f"micro-batch(es) per step; {_precision(cfg)}; {d.engine}.", "", "Per device, at the peak:"]
@@ -227,6 +227,10 @@ def render(plan: Plan, suggestion: tuple[list[str], Plan] | None) -> str:
     if notes:
         lines += ["", "Notes:", *(f"  - {note}" for note in notes)]
     return "\n".join(lines)
+
+
+def _count(parameters: int) -> str:
+    return f"{parameters / 1e9:,.2f}B" if parameters >= 1e9 else f"{parameters / 1e6:,.1f}M"
 
 
 def _precision(cfg: RunConfig) -> str:

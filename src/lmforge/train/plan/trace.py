@@ -18,8 +18,9 @@ from lmforge.model.chunked_loss import EVERY_TOKEN_TRAINED
 from lmforge.model.memory import StepMemory, peak_memory, peak_tracker
 
 # stages whose step is a causal LM's loss on rows of tokens; preference stages run the policy on chosen and
-# rejected rows together (and a frozen reference without gradients); rm/cls a classifier on rows
-LANGUAGE_MODEL_STAGES = ("pt", "sft", "kd")
+# rejected rows together (and a frozen reference without gradients); rm/cls a classifier on rows. (kd's teacher is
+# not traced yet: kd is not planned.)
+LANGUAGE_MODEL_STAGES = ("pt", "sft")
 PREFERENCE_STAGES = ("dpo", "kto")
 CLASSIFIER_STAGES = ("rm", "cls")
 TRACED_STEPS = 2  # the first step creates the optimizer state, the second starts with it
@@ -52,7 +53,7 @@ def trace_step(cfg: RunConfig) -> TracedStep:
 
     stage = cfg.finetuning.stage
     if stage not in LANGUAGE_MODEL_STAGES + PREFERENCE_STAGES + CLASSIFIER_STAGES:
-        raise PlanError(f"'stage: {stage}' is not planned yet (pt, sft, kd, dpo, kto, rm and cls are).")
+        raise PlanError(f"'stage: {stage}' is not planned yet (pt, sft, dpo, kto, rm and cls are).")
     tokenizer = _tokenizer(cfg)
     auto_class, config = planned_architecture(cfg.model, tokenizer, reward_head=stage == "rm",
                                               classifier={"num_labels": 2} if stage == "cls" else None)
