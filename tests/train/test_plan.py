@@ -45,11 +45,12 @@ def _measured(model_dir: str, out, recipe: dict) -> dict[str, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", list(RECIPES))
-def test_the_planned_peak_is_the_measured_peak_of_the_real_step(recipe, real_model, tmp_path):
+@pytest.mark.parametrize("recipe", [*RECIPES, "kd, a teacher of the same family"])
+def test_the_planned_peak_is_the_measured_peak_of_the_real_step(recipe, real_model, family_run, tmp_path):
     model_dir = real_model("qwen3")
-    measured = _measured(model_dir, tmp_path / "run", RECIPES[recipe])
-    planned = trace_step(load_config(None, _values(model_dir, tmp_path / "plan", RECIPES[recipe]))).memory
+    values = RECIPES.get(recipe) or {**SFT, "stage": "kd", "teacher_model": family_run("qwen3").teacher()}
+    measured = _measured(model_dir, tmp_path / "run", values)
+    planned = trace_step(load_config(None, _values(model_dir, tmp_path / "plan", values))).memory
     assert planned.total == pytest.approx(measured["total"], rel=0.10), (planned.as_dict(), measured)
     for kind in ("parameters", "optimizer_state"):  # what the recipe trains and keeps, to the byte
         assert getattr(planned, kind) == measured[kind], kind

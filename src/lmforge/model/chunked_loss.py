@@ -71,6 +71,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None
 
 
+def trained_rows(shift_labels: torch.Tensor, *hidden: torch.Tensor
+                 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | int]:
+    """The rows of each [batch, seq, width] `hidden` at the positions `shift_labels` (labels already shifted by
+    one) trains, their targets, and how many there are; on the first one's device."""
+    device = hidden[0].device
+    if EVERY_TOKEN_TRAINED.get():
+        # `lmforge plan`'s worst case over fake tensors, which cannot take a data-dependent selection: every
+        # position but each row's last is trained (the same rows, copied as the selection copies them)
+        targets = shift_labels.reshape(hidden[0].shape[:-1]).to(device)[..., :-1].reshape(-1)
+        return [h[..., :-1, :].reshape(-1, h.shape[-1]).to(device) for h in hidden], targets, targets.numel()
+    flat = shift_labels.reshape(-1).to(device)
+    keep = flat != IGNORE_INDEX
+    return [h.reshape(-1, h.shape[-1]).to(device)[keep] for h in hidden], flat[keep], keep.sum()
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                          num_items_in_batch: torch.Tensor | int | None = None,
                          shift_labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -78,18 +93,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     `shift_labels` is given), without the full logits."""
     if shift_labels is None:
         shift_labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
-    if EVERY_TOKEN_TRAINED.get():
-        # `lmforge plan`'s worst case over fake tensors, which cannot take a data-dependent selection: every
-        # position but each row's last is trained (the same rows, copied as the selection copies them)
-        rows = hidden[..., :-1, :].reshape(-1, hidden.shape[-1])
-        targets = shift_labels.to(hidden.device)[..., :-1].reshape(-1)
-        count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
-    else:
-        shift_labels = shift_labels.reshape(-1).to(hidden.device)
-        keep = shift_labels != IGNORE_INDEX
-        rows = hidden.reshape(-1, hidden.shape[-1])[keep]
-        targets = shift_labels[keep]
-        count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    (rows,), targets, trained = trained_rows(shift_labels, hidden)
+    count = num_items_in_batch if num_items_in_batch is not None else trained
     scale = 1.0 / torch.as_tensor(count, dtype=torch.float32, device=hidden.device).clamp(min=1)
     if num_items_in_batch is None and targets.numel() == 0:
         return hidden.sum() * float("nan")  # like the mean over no tokens

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lmforge.model.chunked_loss import trained_rows
+
 IGNORE_INDEX = -100
 KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
 LOGITS_PER_CHUNK = 1 << 25  # float32 logits of one model held at once, whatever the vocabulary
@@ -92,12 +94,9 @@ def distillation_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor
     """The loss at the positions `labels` trains (labels shifted by one inside, like a causal LM's loss), averaged over
     them (or divided by `num_items_in_batch`); both models' hidden states are [batch, seq, hidden], and each side's
     logits go through its model's `LogitHead`."""
-    shift = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1).to(student_hidden.device)
-    keep = shift != IGNORE_INDEX
-    rows_s = student_hidden.reshape(-1, student_hidden.shape[-1])[keep]
-    rows_t = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).to(student_hidden.device)[keep]
-    targets = shift[keep]
-    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    shift = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    (rows_s, rows_t), targets, trained = trained_rows(shift, student_hidden, teacher_hidden)
+    count = num_items_in_batch if num_items_in_batch is not None else trained
     count = torch.as_tensor(count, dtype=torch.float32, device=student_hidden.device).clamp(min=1)
     chunk = max(1, LOGITS_PER_CHUNK // max(student_weight.shape[0], teacher_weight.shape[0]))
     total = student_hidden.new_zeros((), dtype=torch.float32)

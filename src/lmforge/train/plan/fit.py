@@ -148,8 +148,9 @@ def speed(cfg: RunConfig, step: TracedStep, devices: Devices, mfu: float = DEFAU
     width = getattr(text, "num_attention_heads", 0) * (getattr(text, "head_dim", None)
                                                        or text.hidden_size // max(text.num_attention_heads, 1))
     per_token += 6 * text.num_hidden_layers * step.tokens * width
-    if cfg.finetuning.stage in PREFERENCE_STAGES:
-        per_token += 2 * matmul * (3 if cfg.finetuning.stage == "kto" else 1)  # reference (and KL rows) forward
+    if cfg.finetuning.stage in PREFERENCE_STAGES + ("kd",):
+        # the reference's forward (and the KL rows'), or the teacher's (counted at the student's size)
+        per_token += 2 * matmul * (3 if cfg.finetuning.stage == "kto" else 1)
     data_parallel = max(devices.count // cfg.parallelism.tensor_parallel_size, 1)
     tokens = step.rows * step.tokens * cfg.training.gradient_accumulation_steps * data_parallel
     if not devices.tflops:

@@ -17,10 +17,9 @@ from lmforge.config.schema import RunConfig
 from lmforge.model.chunked_loss import EVERY_TOKEN_TRAINED
 from lmforge.model.memory import StepMemory, peak_memory, peak_tracker
 
-# stages whose step is a causal LM's loss on rows of tokens; preference stages run the policy on chosen and
-# rejected rows together (and a frozen reference without gradients); rm/cls a classifier on rows. (kd's teacher is
-# not traced yet: kd is not planned.)
-LANGUAGE_MODEL_STAGES = ("pt", "sft")
+# stages whose step is a causal LM's loss on rows of tokens (kd: against a frozen teacher's); preference stages run
+# the policy on chosen and rejected rows together (and a frozen reference without gradients); rm/cls a classifier
+LANGUAGE_MODEL_STAGES = ("pt", "sft", "kd")
 PREFERENCE_STAGES = ("dpo", "kto")
 CLASSIFIER_STAGES = ("rm", "cls")
 TRACED_STEPS = 2  # the first step creates the optimizer state, the second starts with it
@@ -53,7 +52,7 @@ def trace_step(cfg: RunConfig) -> TracedStep:
 
     stage = cfg.finetuning.stage
     if stage not in LANGUAGE_MODEL_STAGES + PREFERENCE_STAGES + CLASSIFIER_STAGES:
-        raise PlanError(f"'stage: {stage}' is not planned yet (pt, sft, dpo, kto, rm and cls are).")
+        raise PlanError(f"'stage: {stage}' is not planned yet (pt, sft, kd, dpo, kto, rm and cls are).")
     tokenizer = _tokenizer(cfg)
     auto_class, config = planned_architecture(cfg.model, tokenizer, reward_head=stage == "rm",
                                               classifier={"num_labels": 2} if stage == "cls" else None)
@@ -70,12 +69,12 @@ def trace_step(cfg: RunConfig) -> TracedStep:
         _set_precision(model, cfg)
         if cfg.training.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if stage in LANGUAGE_MODEL_STAGES and cfg.finetuning.chunked_loss and not cfg.training.use_liger_kernel:
+        if stage in ("pt", "sft") and cfg.finetuning.chunked_loss and not cfg.training.use_liger_kernel:
             from lmforge.model.chunked_loss import use_chunked_loss
 
             if not use_chunked_loss(model):
                 notes.append("chunked loss: not available for this architecture (the standard loss is planned)")
-        reference = _reference(cfg, model)
+        reference = _teacher(cfg) if stage == "kd" else _reference(cfg, model)
         model.train()
         try:
             optimizer = _optimizer(cfg, model)
@@ -151,6 +150,25 @@ def _set_precision(model: torch.nn.Module, cfg: RunConfig) -> None:
                        engine_keeps_masters=bool(t.deepspeed or t.fsdp))
 
 
+def _teacher(cfg: RunConfig) -> torch.nn.Module:
+    """kd's frozen teacher, from its config, in the dtype `load_teacher` gives it (bf16 on a CUDA GPU)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lmforge.device import cuda_available
+
+    f = cfg.finetuning
+    if not f.teacher_model:
+        raise PlanError("'stage: kd' needs 'teacher_model'.")
+    try:
+        config = AutoConfig.from_pretrained(f.teacher_model, trust_remote_code=cfg.model.trust_remote_code,
+                                            cache_dir=cfg.model.cache_dir)
+    except (OSError, ValueError) as err:
+        raise PlanError(f"could not read the teacher's config '{f.teacher_model}': "
+                        f"{str(err).splitlines()[0]}") from None
+    dtype = torch.bfloat16 if cuda_available() else torch.float32
+    return AutoModelForCausalLM.from_config(config, dtype=dtype).eval().requires_grad_(False)
+
+
 def _reference(cfg: RunConfig, policy: torch.nn.Module) -> torch.nn.Module | None:
     """dpo/kto's frozen reference: none under LoRA (the adapters are switched off), else a copy of the policy in
     the checkpoint's dtype."""
@@ -198,6 +216,13 @@ def _loss(cfg: RunConfig, model: torch.nn.Module, reference: torch.nn.Module | N
         return logits.float().logsumexp(-1).mean()
     if stage in PREFERENCE_STAGES:
         return _preference_loss(cfg, model, reference, batch)
+    if stage == "kd":
+        from lmforge.model.chunked_loss import causal_lm
+        from lmforge.train.stages.kd import distillation_step_loss
+
+        f = cfg.finetuning
+        kd = {"kind": f.kd_loss, "beta": f.kd_beta, "temperature": f.kd_temperature, "alpha": f.kd_alpha}
+        return distillation_step_loss(causal_lm(model), reference, batch, kd)
     return model(**batch).loss
 
 

@@ -26,6 +26,12 @@ class MemoryProbe(TrainerCallback):
         self.tracker: Any = None
         self.peak = StepMemory()
         self.steps = 0
+        self.others: list[torch.nn.Module] = []
+
+    def also_track(self, *modules: torch.nn.Module | None) -> None:
+        """Models the step uses beside the trained one, counted whole (kd's teacher only runs its decoder as a
+        module; its output layer is read as a weight)."""
+        self.others = [m for m in modules if m is not None]
 
     def on_step_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                       **kwargs: Any) -> None:
@@ -33,7 +39,7 @@ class MemoryProbe(TrainerCallback):
             return
         if self.tracker is None:
             self.tracker = peak_tracker()
-            self.tracker.track_external(model, *([optimizer] if optimizer is not None else []))
+            self.tracker.track_external(model, *([optimizer] if optimizer is not None else []), *self.others)
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
         self.tracker.__enter__()

@@ -22,6 +22,7 @@ from lmforge.data.stream import BlockStream, load_position, save_position
 from lmforge.model.moe import ExpertLoads, RouterLossTap, router_loss_coef
 from lmforge.train.runtime.checkpoint import COMPLETE_MARKER, staging_root
 from lmforge.train.runtime.guard import NonfiniteGuard
+from lmforge.train.runtime.memory_probe import MemoryProbe
 from lmforge.train.runtime.session import RunSession, needs_cast, record_dtype, saved_state_dict
 from lmforge.train.runtime.signals import StopRequest, stop_agreed
 from lmforge.train.runtime.split_checkpoint import (
@@ -140,6 +141,9 @@ class SafeTrainingMixin:
             return self._finish_without_training(self.resumed_from)
         if self.resumed_from and isinstance(self.train_dataset, BlockStream):
             self._resume_stream(self.resumed_from)
+        for probe in (c for c in self.callback_handler.callbacks if isinstance(c, MemoryProbe)):
+            # the frozen models a stage runs beside the trained one (dpo/kto's reference, kd's teacher)
+            probe.also_track(getattr(self, "ref_model", None), getattr(self, "teacher", None))
         with self.stop_request.installed():
             return super().train(resume_from_checkpoint, *args, **kwargs)
 

@@ -42,23 +42,27 @@ class DistillationTrainer(LoraPlusTrainer):
         if self.on_policy is not None and model.training and self.on_policy.draw(self.state.global_step):
             inputs = self.on_policy.student_batch(self.accelerator.unwrap_model(model), inputs,
                                                   self.state.global_step)
-        labels = inputs["labels"]
-        passed = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-        student = causal_lm(self.accelerator.unwrap_model(model))
-        decoded = student.get_decoder()(**passed, use_cache=False)
-        hidden = decoded.last_hidden_state
-        with torch.inference_mode():
-            teacher_hidden = self.teacher.get_decoder()(**{k: v.to(self.teacher.device) for k, v in passed.items()},
-                                                        use_cache=False).last_hidden_state
-        loss = distillation_loss(hidden, student.get_output_embeddings().weight, teacher_hidden.clone(),
-                                 self.teacher.get_output_embeddings().weight.detach(), labels, **self.kd,
-                                 student_head=LogitHead.of(student.config),
-                                 teacher_head=LogitHead.of(self.teacher.config))
-        coef = router_loss_coef(student)  # a mixture of experts' own load-balancing loss, as its LM loss adds it
-        if coef:
-            loss = with_router_loss_added(loss, decoder_router_loss(student, decoded, passed.get("attention_mask")),
-                                          coef)
+        loss = distillation_step_loss(causal_lm(self.accelerator.unwrap_model(model)), self.teacher, inputs, self.kd)
         return (loss, {}) if return_outputs else loss
+
+
+def distillation_step_loss(student: torch.nn.Module, teacher: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                           kd: dict[str, Any]) -> torch.Tensor:
+    """The student's loss on a batch: both decoders' hidden states (the teacher's without gradients), projected by
+    each one's output layer chunk by chunk inside `distillation_loss`; a mixture of experts adds its router loss as
+    its LM loss would. (Also what `lmforge plan` traces.)"""
+    passed = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    decoded = student.get_decoder()(**passed, use_cache=False)
+    with torch.inference_mode():
+        teacher_hidden = teacher.get_decoder()(**{k: v.to(teacher.device) for k, v in passed.items()},
+                                               use_cache=False).last_hidden_state
+    loss = distillation_loss(decoded.last_hidden_state, student.get_output_embeddings().weight, teacher_hidden.clone(),
+                             teacher.get_output_embeddings().weight.detach(), inputs["labels"], **kd,
+                             student_head=LogitHead.of(student.config), teacher_head=LogitHead.of(teacher.config))
+    coef = router_loss_coef(student)
+    if coef:
+        loss = with_router_loss_added(loss, decoder_router_loss(student, decoded, passed.get("attention_mask")), coef)
+    return loss
 
 
 class OnPolicy:
