@@ -26,9 +26,10 @@ def load_kwargs(layout: ParallelLayout) -> dict[str, Any]:
     from transformers.distributed import DistributedConfig
 
     allow_cpu_tensor_parallel()
+    experts = {"ep_size": layout.expert} if layout.expert > 1 else {}  # (a key transformers 5.x added)
     return {"distributed_config": DistributedConfig(tp_size=layout.tensor, fsdp_size=layout.shard,
                                                     dp_replicate_size=layout.replicate if layout.shard > 1 else 1,
-                                                    ep_size=layout.expert)}
+                                                    **experts)}
 
 
 def trainer_parallelism(cfg: RunConfig, layout: ParallelLayout) -> Any:

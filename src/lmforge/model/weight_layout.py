@@ -20,14 +20,17 @@ def in_model_layout(model: torch.nn.Module, state_dict: dict[str, torch.Tensor])
     placement, quantization and sharding) and exposes the way back alone (`revert_weight_conversion`, used as it
     saves). This runs the same conversions (the model's `_weight_conversions`, or its architecture's mapping) in the
     loading direction with transformers' own key matching and operations, as that function does in reverse."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import (
-        PrefixChange,
-        WeightConverter,
-        WeightRenaming,
-        dot_natural_key,
-        rename_source_key,
-    )
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (
+            PrefixChange,
+            WeightConverter,
+            WeightRenaming,
+            dot_natural_key,
+            rename_source_key,
+        )
+    except ImportError:  # transformers 4.x holds weights as its files store them
+        return state_dict
 
     conversions = getattr(model, "_weight_conversions", None)
     if conversions is None:

@@ -216,7 +216,8 @@ class SafeTrainingMixin:
         coef = router_loss_coef(self.accelerator.unwrap_model(self.model)) if aux is not None else 0.0
         if not coef or num_items_in_batch is None or not (self.model_accepts_loss_kwargs or self.compute_loss_func):
             return loss  # the Trainer averages this loss over the accumulation steps itself
-        processes = (self.accelerator.num_processes // self.get_tp_size()
+        tensor_parallel = getattr(self, "get_tp_size", lambda: 1)()  # (transformers 5.x)
+        processes = (self.accelerator.num_processes // tensor_parallel
                      if self.args.average_tokens_across_devices and self.args.n_gpu <= 1 else 1)
         steps = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
         return loss - (processes - 1 / steps) * coef * aux.to(loss.device, loss.dtype)
