@@ -19,7 +19,7 @@ from lmforge.data.collate import PairCollator
 from lmforge.data.examples import build_examples
 from lmforge.resources.preference_quickstart import REFUSALS, kto_examples, pairs
 from lmforge.train.losses import sequence_logps
-from tests.conftest import write_jsonl
+from tests.conftest import LF_DEMO, write_jsonl
 
 pytestmark = pytest.mark.slow  # training runs, servers, browsers: `pytest -m "not slow"` skips them
 
@@ -189,3 +189,22 @@ def test_data_dump_and_preview_show_chosen_and_rejected(tiny_model_dir, task, tm
     out = capsys.readouterr().out
     assert "example 0 chosen" in out and "example 0 rejected" in out and "sequences: 10" in out
     assert f"⟦{source['rejected']}<|im_end|>⟧" in out
+
+
+def test_a_frozen_reference_copy_keeps_the_checkpoints_half_precision(real_model, tmp_path):
+    """Full dpo of a bf16 checkpoint (Qwen3's real config) under bf16 autocast: the policy trains float32 master
+    weights; its reference copy never trains, so it stays bf16 (half the memory). Without autocast the whole model,
+    reference too, is float32."""
+    from lmforge.model.reference import reference_model
+    from lmforge.train.setup import set_precision
+
+    model_dir = real_model("qwen3")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    for bf16, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        cfg = load_config(None, ["stage=dpo", f"model_name_or_path={model_dir}", "dataset=dpo_en_demo",
+                                 f"dataset_dir={LF_DEMO}", f"output_dir={tmp_path / 'x'}", f"bf16={str(bf16).lower()}",
+                                 "use_cpu=true", "template=chatml"])
+        policy = AutoModelForCausalLM.from_pretrained(model_dir)
+        set_precision(policy, cfg)
+        assert {p.dtype for p in policy.parameters()} == {torch.float32}
+        assert {p.dtype for p in reference_model(cfg, policy, tokenizer).parameters()} == {expected}

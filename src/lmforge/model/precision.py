@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import torch
 
@@ -59,9 +60,10 @@ def cast_state_dict(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> 
     return out
 
 
-def config_dtype(model: torch.nn.Module) -> torch.dtype | None:
-    """The dtype the model's config says its checkpoint was saved in (None when it says nothing)."""
-    value = getattr(getattr(model, "config", None), "dtype", None)
+def config_dtype(model_or_config: Any) -> torch.dtype | None:
+    """The dtype a model's config (or the config given) says its checkpoint was saved in (None when it says
+    nothing)."""
+    value = getattr(getattr(model_or_config, "config", model_or_config), "dtype", None)
     if isinstance(value, str):
         return DTYPES.get(value.removeprefix("torch."))
     return value if isinstance(value, torch.dtype) else None

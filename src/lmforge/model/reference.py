@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from lmforge.config.schema import RunConfig
 from lmforge.errors import ConfigError
+from lmforge.model.precision import HALF, config_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -43,5 +44,11 @@ def reference_model(cfg: RunConfig, policy: torch.nn.Module, tokenizer: PreTrain
         logger.info("Reference model: the starting model, sharded as the policy is")
     else:
         ref = copy.deepcopy(policy)
+        dtype = config_dtype(policy)
+        if (cfg.training.bf16 or cfg.training.fp16) and dtype in HALF:
+            # a copy of float32 master weights: the reference never trains, and autocast runs its matmuls in half
+            # precision all the same, so it keeps the checkpoint's dtype (half the memory)
+            for param in ref.parameters():
+                param.data = param.data.to(dtype)
         logger.info("Reference model: a frozen copy of the starting model")
     return ref.eval().requires_grad_(False)
