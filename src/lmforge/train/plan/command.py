@@ -72,9 +72,6 @@ def _valid(cfg: RunConfig) -> bool:
 
 # ---- the changes tried when a run does not fit, cheapest first ------------------------------------------------------
 
-Change = tuple[str, Callable[[RunConfig, Devices], tuple[RunConfig, Devices] | None]]
-
-
 def _set(cfg: RunConfig, group: str, **values: Any) -> RunConfig:
     changed = copy.deepcopy(cfg)
     for key, value in values.items():
@@ -128,7 +125,8 @@ def _more_gpus(cfg: RunConfig, devices: Devices):
     return (_set(cfg, "training", deepspeed=_ZERO[3], fsdp="") if zero_stage(cfg)[0] < 3 else cfg), more
 
 
-CHANGES: list[tuple[str, Callable]] = [
+# (what the report calls it, the change: a config and devices, or None where it does not apply)
+CHANGES: list[tuple[str, Callable[[RunConfig, Devices], tuple[RunConfig, Devices] | None]]] = [
     ("chunked_loss: true", _chunked),
     ("gradient_checkpointing: true", _checkpointing),
     ("deepspeed: examples/deepspeed/ds_z2_config.json (ZeRO-2)", _zero_stage(2)),

@@ -108,10 +108,10 @@ def _zero(memory: StepMemory, step: TracedStep, cfg: RunConfig, stage: int, shar
     half = bool(cfg.training.bf16 or cfg.training.fp16)
     weight_bytes = 2 if half else 4
     trainable = step.trainable
-    frozen_bytes = max(memory.parameters - trainable * weight_bytes, 0) if cfg.finetuning.finetuning_type != "full" \
-        else 0
-    parameters = step.parameters * weight_bytes if cfg.finetuning.finetuning_type == "full" else \
-        trainable * 4 + frozen_bytes
+    # full: every weight in the training dtype (the fp32 masters live in the optimizer state); adapters or a frozen
+    # part: the weights as the trace held them
+    full = cfg.finetuning.finetuning_type == "full"
+    parameters = step.parameters * weight_bytes if full else memory.parameters
     gradients = trainable * weight_bytes
     optimizer = trainable * (12 if half else 8)  # (fp32 master +) Adam's two moments
     if stage >= 3:

@@ -7,7 +7,6 @@ by kind, as it does for a measured step (`memory_report`)."""
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from lmforge.config.schema import RunConfig
 from lmforge.model.chunked_loss import EVERY_TOKEN_TRAINED
 from lmforge.model.memory import StepMemory, peak_memory, peak_tracker
+from lmforge.train.setup import set_precision
 
 # stages whose step is a causal LM's loss on rows of tokens (kd: against a frozen teacher's); preference stages run
 # the policy on chosen and rejected rows together (and a frozen reference without gradients); rm/cls a classifier
@@ -66,7 +66,7 @@ def trace_step(cfg: RunConfig) -> TracedStep:
                                           if cfg.model.attn_implementation else {}))
         with _modules_stay_put():
             model = apply_finetuning_type(model, cfg.finetuning, 0, None)
-        _set_precision(model, cfg)
+        set_precision(model, cfg)  # float32 masters for what full/freeze train, as a run makes them
         if cfg.training.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if stage in ("pt", "sft") and cfg.finetuning.chunked_loss and not cfg.training.use_liger_kernel:
@@ -74,7 +74,7 @@ def trace_step(cfg: RunConfig) -> TracedStep:
 
             if not use_chunked_loss(model):
                 notes.append("chunked loss: not available for this architecture (the standard loss is planned)")
-        reference = _teacher(cfg) if stage == "kd" else _reference(cfg, model)
+        reference = _teacher(cfg) if stage == "kd" else _reference(cfg, model, tokenizer)
         model.train()
         try:
             optimizer = _optimizer(cfg, model)
@@ -131,55 +131,49 @@ def _tokenizer(cfg: RunConfig) -> Any:
 
 def _load_dtype(cfg: RunConfig, config: Any) -> torch.dtype:
     """The dtype `build_model` loads in: the checkpoint's own (`auto`), float32 for a new model."""
-    from lmforge.model.precision import DTYPES, config_dtype
+    from lmforge.model.precision import config_dtype
 
-    if cfg.model.from_scratch:
-        return torch.float32
-    value = getattr(config, "dtype", None)
-    if isinstance(value, str):
-        return DTYPES.get(value.removeprefix("torch."), torch.float32)
-    return value if isinstance(value, torch.dtype) else config_dtype(config) or torch.float32
-
-
-def _set_precision(model: torch.nn.Module, cfg: RunConfig) -> None:
-    """What `train.setup.set_precision` does (float32 masters for what full/freeze train)."""
-    from lmforge.model.precision import set_master_weights
-
-    f, t = cfg.finetuning, cfg.training
-    set_master_weights(model, f.finetuning_type, autocast=bool(t.bf16 or t.fp16), pure_bf16=f.pure_bf16,
-                       engine_keeps_masters=bool(t.deepspeed or t.fsdp))
+    return torch.float32 if cfg.model.from_scratch else config_dtype(config) or torch.float32
 
 
 def _teacher(cfg: RunConfig) -> torch.nn.Module:
-    """kd's frozen teacher, from its config, in the dtype `load_teacher` gives it (bf16 on a CUDA GPU)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+    """kd's frozen teacher, in the dtype `load_teacher` gives it (bf16 on a CUDA GPU)."""
     from lmforge.device import cuda_available
 
-    f = cfg.finetuning
-    if not f.teacher_model:
+    if not cfg.finetuning.teacher_model:
         raise PlanError("'stage: kd' needs 'teacher_model'.")
+    return _frozen(cfg, cfg.finetuning.teacher_model, torch.bfloat16 if cuda_available() else torch.float32)
+
+
+def _reference(cfg: RunConfig, policy: torch.nn.Module, tokenizer: Any) -> torch.nn.Module | None:
+    """dpo/kto's frozen reference as `reference_model` makes it (a copy of the policy; none under LoRA), or
+    `ref_model` from its config, in its checkpoint's dtype; none for the reference-free losses."""
+    from lmforge.model.reference import reference_model
+    from lmforge.train.losses import REFERENCE_FREE
+
+    f = cfg.finetuning
+    if f.stage not in PREFERENCE_STAGES or (f.stage == "dpo" and f.pref_loss in REFERENCE_FREE):
+        return None
+    if f.ref_model:
+        return _frozen(cfg, f.ref_model, None)
+    if f.finetuning_type == "lora":
+        return None  # the policy with its adapters off (a starting adapter merged: the same size)
+    return reference_model(cfg, policy, tokenizer)
+
+
+def _frozen(cfg: RunConfig, name: str, dtype: torch.dtype | None) -> torch.nn.Module:
+    """A frozen model built from the config of `name` (a teacher, a reference), in `dtype` or its checkpoint's."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lmforge.model.precision import config_dtype
+
     try:
-        config = AutoConfig.from_pretrained(f.teacher_model, trust_remote_code=cfg.model.trust_remote_code,
+        config = AutoConfig.from_pretrained(name, trust_remote_code=cfg.model.trust_remote_code,
                                             cache_dir=cfg.model.cache_dir)
     except (OSError, ValueError) as err:
-        raise PlanError(f"could not read the teacher's config '{f.teacher_model}': "
-                        f"{str(err).splitlines()[0]}") from None
-    dtype = torch.bfloat16 if cuda_available() else torch.float32
+        raise PlanError(f"could not read the config of '{name}': {str(err).splitlines()[0]}") from None
+    dtype = dtype or config_dtype(config) or torch.float32
     return AutoModelForCausalLM.from_config(config, dtype=dtype).eval().requires_grad_(False)
-
-
-def _reference(cfg: RunConfig, policy: torch.nn.Module) -> torch.nn.Module | None:
-    """dpo/kto's frozen reference: none under LoRA (the adapters are switched off), else a copy of the policy in
-    the checkpoint's dtype."""
-    if cfg.finetuning.stage not in PREFERENCE_STAGES or cfg.finetuning.finetuning_type == "lora":
-        return None
-    reference = copy.deepcopy(policy)
-    dtype = next((p.dtype for p in policy.parameters() if p.dtype != torch.float32), None)
-    if dtype is not None and (cfg.training.bf16 or cfg.training.fp16):
-        for param in reference.parameters():  # (`.to` would swap fake parameters, which torch refuses)
-            param.data = param.data.to(dtype)
-    return reference.eval().requires_grad_(False)
 
 
 def _optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
