@@ -203,6 +203,18 @@ def _weights(out) -> dict[str, torch.Tensor]:
     return load_file(str(out / "model.safetensors"))
 
 
+def _assert_resumes_exactly(run, resumed, step: int, args: list[str]) -> None:
+    """checkpoint-`step` of `run`, copied into the fresh directory `resumed` and trained on with `args` (the same
+    run's, writing there), continues the same run exactly: the later steps' losses and the saved model."""
+    resumed.mkdir()
+    shutil.copytree(run / f"checkpoint-{step}", resumed / f"checkpoint-{step}")
+    proc = run_lmforge_train([*args, "resume_from_checkpoint=true"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after = losses(run), losses(resumed)
+    assert sorted(after) == [s for s in sorted(before) if s > step] and all(after[s] == before[s] for s in after)
+    assert all(torch.equal(_weights(resumed)[k], v) for k, v in _weights(run).items())
+
+
 @pytest.mark.slow
 def test_two_process_tensor_parallel_trains_resumes_and_saves_like_one_process(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
@@ -226,14 +238,8 @@ def test_two_process_tensor_parallel_trains_resumes_and_saves_like_one_process(t
     # a checkpoint resumed in a fresh directory continues the same run exactly
     assert {"optimizer.pt", "scheduler.pt", "rng_state_0.pth", "rng_state_1.pth"} <= {
         p.name for p in (tp / "checkpoint-5").iterdir()}
-    resumed.mkdir()
-    shutil.copytree(tp / "checkpoint-5", resumed / "checkpoint-5")
-    proc = run_lmforge_train([*sft_args(tiny_model_dir, resumed, **run), "nproc_per_node=2",
-                              "tensor_parallel_size=2", "resume_from_checkpoint=true"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    after = losses(resumed)
-    assert sorted(after) == list(range(6, 11)) and all(after[s] == two[s] for s in after)
-    assert all(torch.equal(_weights(resumed)[k], v) for k, v in saved.items())
+    _assert_resumes_exactly(tp, resumed, 5, [*sft_args(tiny_model_dir, resumed, **run), "nproc_per_node=2",
+                                             "tensor_parallel_size=2"])
 
 
 @pytest.mark.slow
@@ -252,13 +258,7 @@ def test_tensor_parallel_with_fsdp2_shards_trains_and_resumes_like_one_process(t
     reference, saved = _weights(single), _weights(two_d)
     for name, tensor in reference.items():
         torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-4, msg=name)
-    resumed.mkdir()
-    shutil.copytree(two_d / "checkpoint-3", resumed / "checkpoint-3")
-    proc = run_lmforge_train([*[a.replace(str(two_d), str(resumed)) for a in run], "resume_from_checkpoint=true"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    after = losses(resumed)
-    assert sorted(after) == [4, 5, 6] and all(after[s] == four[s] for s in after)
-    assert all(torch.equal(_weights(resumed)[k], v) for k, v in saved.items())
+    _assert_resumes_exactly(two_d, resumed, 3, [a.replace(str(two_d), str(resumed)) for a in run])
 
 
 @pytest.mark.slow
@@ -305,11 +305,4 @@ def test_two_process_expert_parallel_trains_resumes_and_saves_like_one_process(r
     for name, tensor in reference.items():
         assert saved[name].dtype == tensor.dtype == torch.bfloat16, name
         torch.testing.assert_close(saved[name].float(), tensor.float(), rtol=2 ** -7, atol=1e-5, msg=name)
-    # resumed in a fresh directory from step 3: the same run, exactly
-    resumed.mkdir()
-    shutil.copytree(ep / "checkpoint-3", resumed / "checkpoint-3")
-    proc = run_lmforge_train([*sft_args(model_dir, resumed, **run), *split, "resume_from_checkpoint=true"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    after = losses(resumed)
-    assert sorted(after) == [4, 5, 6] and all(after[s] == two[s] for s in after)
-    assert all(torch.equal(_weights(resumed)[k], v) for k, v in saved.items())
+    _assert_resumes_exactly(ep, resumed, 3, [*sft_args(model_dir, resumed, **run), *split])

@@ -277,24 +277,33 @@ class Suite:
             base.update(attn_implementation="flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa",
                         deepspeed=os.path.join(os.path.dirname(__file__), "..", "..", "..", "examples",
                                                "deepspeed", "ds_z3_config.json"))
+        out, logs = self._compare_runs(key, {"one": {**base, "nproc_per_node": 1},
+                                             "two": {**base, "nproc_per_node": 2, key: 2}})
+        out["losses_one_process"], out["losses_two_way"] = logs["one"], logs["two"]
+        return out
+
+    def _compare_runs(self, prefix: str, runs: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict]:
+        """Train each of `runs` (sft overrides): its time, peak GPU memory (transformers' metrics of the first
+        process) and tokens/s, and the worst relative difference of the per-step losses from the first run's,
+        failed beyond bf16's 2 %."""
         out: dict[str, Any] = {}
-        runs = {"one": {**base, "nproc_per_node": 1}, "two": {**base, "nproc_per_node": 2, key: 2}}
         logs = {}
         for name, values in runs.items():
-            out_dir = tempfile.mkdtemp(prefix=f"gpu-{key}-{name}-")
+            out_dir = tempfile.mkdtemp(prefix=f"gpu-{prefix}-{name}-")
             out[f"{name}_seconds"] = self._train(self.sft_overrides(out_dir, **values))
             logs[name] = {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(
                 out_dir, "trainer_log.jsonl"), encoding="utf-8")) if "loss" in r}
             with open(os.path.join(out_dir, "all_results.json"), encoding="utf-8") as fh:
-                results = json.load(fh)  # transformers' memory metrics of the first process
+                results = json.load(fh)
             peak = results.get("train_mem_gpu_alloc_delta", 0) + results.get("train_mem_gpu_peaked_delta", 0)
             out[f"{name}_peak_memory_gib"] = round(peak / 2**30, 2)
-        out["losses_one_process"], out["losses_two_way"] = logs["one"], logs["two"]
-        worst = max(abs(logs["one"][s] - logs["two"][s]) / abs(logs["one"][s]) for s in logs["one"])
+            out[f"{name}_tokens_per_second"] = round(results["num_input_tokens_seen"] / results["train_runtime"])
+        first, *others = logs
+        worst = max(abs(logs[first][s] - logs[o][s]) / abs(logs[first][s]) for o in others for s in logs[first])
         out["max_relative_loss_difference"] = round(worst, 5)
         if worst > 0.02:
-            out.update(status="fail", error=f"2-way losses differ from one process by {worst:.2%} (bf16: < 2 %)")
-        return out
+            out.update(status="fail", error=f"losses differ from the '{first}' run by {worst:.2%} (bf16: < 2 %)")
+        return out, logs
 
     def plan(self) -> dict[str, Any]:
         """`lmforge plan`'s peak for two steps of packed sft (every token trained) against the same run measured:
@@ -341,23 +350,7 @@ class Suite:
         base = {"model_name_or_path": model, "max_steps": 6, "save_strategy": "no", "logging_steps": 1,
                 "nproc_per_node": 2, "data_shard_size": 2, "router_aux_loss_coef": 0.001,
                 "skip_memory_metrics": False}
-        out: dict[str, Any] = {}
-        logs = {}
-        for name, extra in {"fsdp2": {}, "expert_parallel": {"expert_parallel_size": 2}}.items():
-            out_dir = tempfile.mkdtemp(prefix=f"gpu-ep-{name}-")
-            out[f"{name}_seconds"] = self._train(self.sft_overrides(out_dir, **base, **extra))
-            logs[name] = {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(
-                out_dir, "trainer_log.jsonl"), encoding="utf-8")) if "loss" in r}
-            with open(os.path.join(out_dir, "all_results.json"), encoding="utf-8") as fh:
-                results = json.load(fh)
-            peak = results.get("train_mem_gpu_alloc_delta", 0) + results.get("train_mem_gpu_peaked_delta", 0)
-            out[f"{name}_peak_memory_gib"] = round(peak / 2**30, 2)
-            out[f"{name}_tokens_per_second"] = round(results["num_input_tokens_seen"] / results["train_runtime"])
-        worst = max(abs(logs["fsdp2"][s] - logs["expert_parallel"][s]) / abs(logs["fsdp2"][s]) for s in logs["fsdp2"])
-        out["max_relative_loss_difference"] = round(worst, 5)
-        if worst > 0.02:
-            out.update(status="fail", error=f"expert-parallel losses differ from FSDP2 by {worst:.2%} (bf16: < 2 %)")
-        return out
+        return self._compare_runs("ep", {"fsdp2": base, "expert_parallel": {**base, "expert_parallel_size": 2}})[0]
 
     def vlm(self) -> dict[str, Any]:
         if importlib.util.find_spec("torchvision") is None:
