@@ -121,15 +121,13 @@ def test_qlora_with_zero3_is_a_config_error_the_planner_does_not_suggest(tiny_mo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["muon", "adam_mini"])
+@pytest.mark.parametrize("optimizer", ["muon"])
 def test_memory_light_optimizers_train_and_hold_the_planned_state(optimizer, tiny_model_dir, tmp_path):
     """The loss falls; the optimizer state measured on the real step is the planned one, and under AdamW's two
     float32 moments per trained weight; a checkpoint resumes the same run. (The tiny Qwen2: a small vocabulary, so
-    the decoder layers' matrices, where Muon and Adam-mini save, are most of the weights.)"""
+    the decoder layers' matrices, where Muon saves, are most of the weights.)"""
     from lmforge.runlog import read_log
 
-    if optimizer == "adam_mini":
-        pytest.importorskip("adam_mini")
     model_dir = tiny_model_dir
     recipe = {**SFT, "optimizer": optimizer, "max_steps": 8, "learning_rate": 5e-3, "save_strategy": "steps",
               "save_steps": 4, "logging_steps": 1}

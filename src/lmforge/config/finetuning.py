@@ -77,12 +77,12 @@ class FinetuningArguments:
     use_dora: bool = option(False, "Weight-decomposed LoRA (DoRA).")
     loraplus_lr_ratio: float | None = option(
         None, "LoRA+: the B matrices learn this many times faster than the A matrices.")
-    optimizer: Literal["muon", "adam_mini"] | None = option(
+    optimizer: Literal["muon"] | None = option(
         None, "A memory-light optimizer transformers' `optim` does not name (it replaces `optim`): `muon` (torch's "
         "Muon for the decoder layers' weight matrices, one momentum buffer, with AdamW for embeddings, the output "
-        "layer and norms; one `learning_rate` serves both) or `adam_mini` (one second moment per block; `pip install "
-        "adam-mini`). GaLore, APOLLO, 8-bit and paged AdamW go through `optim` (`galore_adamw`, `apollo_adamw`, "
-        "`adamw_torch_8bit`, `paged_adamw_8bit`, ...).", stages=("pt", "sft", "dpo", "kto", "kd", "cls"))
+        "layer and norms; one `learning_rate` serves both). GaLore, APOLLO, 8-bit and paged AdamW go through `optim` "
+        "(`galore_adamw`, `apollo_adamw`, `adamw_torch_8bit`, `paged_adamw_8bit`, ...).",
+        stages=("pt", "sft", "dpo", "kto", "kd", "cls"))
     chunked_loss: bool = option(
         True, "pt/sft: compute the language-modelling loss in chunks, only at labelled positions, without "
         "full-vocabulary logits for the whole batch (same loss and gradients; far less memory at large vocabularies). "

@@ -259,8 +259,6 @@ def _validate_optimizer(cfg: RunConfig) -> None:
     optim = str(getattr(t.optim, "value", t.optim))
     if f.optimizer and f.loraplus_lr_ratio:
         _fail(cfg, f"'optimizer: {f.optimizer}' and 'loraplus_lr_ratio' both build the optimizer: choose one.")
-    if f.optimizer == "adam_mini" and not installed("adam_mini"):
-        _fail(cfg, "'optimizer: adam_mini' needs the Adam-mini package: `pip install adam-mini`.")
     if f.optimizer == "muon" and not hasattr(torch.optim, "Muon"):
         _fail(cfg, f"'optimizer: muon' uses torch.optim.Muon (torch >= 2.9); this torch is {torch.__version__}.")
     if f.optimizer:
@@ -270,7 +268,7 @@ def _validate_optimizer(cfg: RunConfig) -> None:
             _fail(cfg, f"'optim: {optim}' needs the {pip_name} package: `pip install {pip_name}`.")
     if optim.startswith(BNB_OPTIMS) and not installed("bitsandbytes"):
         _fail(cfg, f"'optim: {optim}' runs on bitsandbytes: `pip install bitsandbytes` (CUDA GPUs), or use "
-              "'optimizer: adam_mini' / 'optimizer: muon' for less optimizer state on any device.")
+              "'optimizer: muon' for less optimizer state on any device.")
 
 
 def zero_optimization(deepspeed: Any) -> dict[str, Any]:

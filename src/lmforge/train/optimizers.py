@@ -1,4 +1,4 @@
-"""Memory-light optimizers that transformers' `optim` does not name (`optimizer: muon | adam_mini`), built from the
+"""Memory-light optimizers that transformers' `optim` does not name (`optimizer: muon`), built from the
 same arguments its Trainer reads (learning rate, weight decay, betas, epsilon). The ones it does name (GaLore,
 APOLLO, 8-bit and paged AdamW, Adafactor, LOMO) go through `optim` unchanged.
 
@@ -6,8 +6,6 @@ APOLLO, 8-bit and paged AdamW, Adafactor, LOMO) go through `optim` unchanged.
   half of AdamW's state), with its learning rate matched to AdamW's update size (`adjust_lr_fn="match_rms_adamw"`,
   so one `learning_rate` serves both); embeddings, the output layer, norms and biases keep AdamW, as Muon's authors
   and torch's documentation prescribe.
-- `adam_mini`: Adam-mini (the `adam-mini` package): one second-moment value per block (attention head, neuron)
-  instead of one per weight, about half of AdamW's state.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from typing import Any
 
 import torch
 
-MEMORY_LIGHT = ("muon", "adam_mini")
+MEMORY_LIGHT = ("muon",)
 
 
 class CombinedOptimizer(torch.optim.Optimizer):
@@ -53,14 +51,6 @@ def build_optimizer(name: str, model: torch.nn.Module, args: Any) -> torch.optim
                                 adjust_lr_fn="match_rms_adamw") if matrices else None
         adamw = torch.optim.AdamW(rest, lr=args.learning_rate, weight_decay=args.weight_decay, betas=betas, eps=eps)
         return CombinedOptimizer(*(o for o in (muon, adamw) if o is not None))
-    if name == "adam_mini":
-        from adam_mini import Adam_mini
-
-        text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        return Adam_mini(named_parameters=trainable, lr=args.learning_rate, betas=betas, eps=eps,
-                         weight_decay=args.weight_decay, dim=text.hidden_size, n_heads=text.num_attention_heads,
-                         n_kv_heads=getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
-                         verbose=False)
     raise ValueError(f"unknown optimizer '{name}' (known: {', '.join(MEMORY_LIGHT)})")
 
 

@@ -16,7 +16,7 @@ from lmforge.train.runtime.resilience import SafeTrainingMixin
 
 class LoraPlusTrainer(SafeTrainingMixin, Trainer):
     """A Trainer that builds the LoRA+ optimizer when `loraplus_lr_ratio` is set, or a memory-light one
-    (`optimizer: muon | adam_mini`, train/optimizers.py)."""
+    (`optimizer: muon`, train/optimizers.py)."""
 
     def __init__(self, *args: Any, loraplus_lr_ratio: float | None = None, optimizer_name: str | None = None,
                  **kwargs: Any):
