@@ -300,6 +300,9 @@ def cmd_plan(args: list[str]) -> int:
     config_path, overrides = _split_config_path(rest)
     with planning_for_gpus():  # the checks of this machine answer for the GPU machine planned for
         cfg = load_config(config_path, overrides)
+        if devices.count > 1 and cfg.launch.nproc_per_node is None and cfg.launch.nnodes is None:
+            # a process per GPU, as `lmforge train` would launch on the machine planned for
+            cfg = load_config(config_path, [*overrides, f"nproc_per_node={devices.count}"])
         try:
             return run_plan(cfg, devices, options.get("--mfu", 0.4), "--json" in options)
         except PlanError as err:

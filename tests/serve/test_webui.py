@@ -4,13 +4,14 @@ watch the loss plot fill in; chat on the same page. Skipped where no Chromium is
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 
 import httpx
 import pytest
 
-from lmforge.serve.webui_jobs import config_values, preview, read_progress, start_training
+from lmforge.serve.webui_jobs import config_values, plan, preview, read_progress, start_training
 from tests.conftest import GREETING, LF_DEMO, REPLY
 from tests.serve.test_api import start_lmforge_server
 
@@ -91,6 +92,16 @@ def test_a_started_run_gets_its_secrets_from_the_environment_not_from_disk(tmp_p
             assert b"hf_webuiSecret42" not in open(os.path.join(root, name), "rb").read(), name
 
 
+def test_the_plan_button_shows_what_lmforge_plan_prints(tmp_path, tiny_model_dir):
+    values = {"stage": "sft", "model_name_or_path": tiny_model_dir, "dataset": "identity", "dataset_dir": str(LF_DEMO),
+              "template": "chatml", "cutoff_len": 64, "output_dir": str(tmp_path / "run")}
+    text = plan(values, "1xRTX-4090")
+    assert text.startswith("Plan: sft of ") and "on 1 x RTX-4090 (23.5 GiB each)" in text
+    assert "Per device, at the peak:" in text and "Fits: yes" in text
+    assert plan(values, "2xZ9000").startswith("Config error: unknown GPU 'Z9000'")
+    assert not os.path.exists(tmp_path / "run")  # planning writes nothing
+
+
 def test_progress_is_read_while_a_line_is_being_written(tmp_path):
     (tmp_path / "trainer_log.jsonl").write_text('{"step": 2, "loss": 3.0}\n{"step": 4, "lo')
     assert read_progress(str(tmp_path)) == [{"step": 2, "loss": 3.0}]
@@ -137,6 +148,8 @@ def test_build_a_config_run_it_and_watch_the_loss_plot(webui, tmp_path, chat_mod
         expect(page.locator("#command_preview textarea, #command_preview input").first).to_have_value(
             f"lmforge train {output_dir / 'webui_config.yaml'}")
         expect(page.locator("#config_check")).to_contain_text("The config is valid.")
+        page.locator("#plan_run").click()  # will it fit? on the default 1 x RTX-4090
+        expect(page.locator("#plan_output textarea")).to_have_value(re.compile(r"Fits: yes"), timeout=120_000)
 
         page.locator("#start_training").click()
         progress = page.locator("#train_progress")

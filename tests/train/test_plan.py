@@ -12,8 +12,9 @@ import pytest
 from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.train.plan.devices import GIB, Devices, parse_devices, parse_memory
+from lmforge.train.plan.rl_trace import trace_online_rl
 from lmforge.train.plan.trace import trace_step
-from tests.conftest import LF_DEMO, REPO
+from tests.conftest import LF_DEMO, REPO, write_jsonl
 
 COMMON = {"dataset_dir": str(LF_DEMO), "max_samples": 64, "cutoff_len": 128, "per_device_train_batch_size": 2,
           "max_steps": 2, "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "learning_rate": 1e-4}
@@ -53,6 +54,38 @@ def test_the_planned_peak_is_the_measured_peak_of_the_real_step(recipe, real_mod
     planned = trace_step(load_config(None, _values(model_dir, tmp_path / "plan", values))).memory
     assert planned.total == pytest.approx(measured["total"], rel=0.10), (planned.as_dict(), measured)
     for kind in ("parameters", "optimizer_state"):  # what the recipe trains and keeps, to the byte
+        assert getattr(planned, kind) == measured[kind], kind
+
+
+# ppo/grpo: prompts all of one length (`cutoff_len` is set to it) and a tiny random policy that does not sample a stop
+# token in 8 tokens of a 151,936-token vocabulary: the measured step is the longest the planner assumes
+RL_RECIPES = {
+    "grpo full, reference copy": {"stage": "grpo", "rollout_batch_size": 2, "num_generations": 2},
+    "ppo lora, value head, adapters off": {"stage": "ppo", "rollout_batch_size": 2, "finetuning_type": "lora",
+                                           "gradient_accumulation_steps": 2, "per_device_train_batch_size": 1},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RL_RECIPES)
+def test_the_planned_peak_of_an_online_rl_step_is_the_measured_one(recipe, real_model, tmp_path):
+    model_dir = real_model("qwen3")
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"messages": [{"role": "user", "content": "Name the vowels, one by one."},
+                                        {"role": "assistant", "content": "a e i o u"}]}] * 4)
+    rewards = tmp_path / "rewards.py"
+    rewards.write_text("def length(prompts, completions, **columns):\n    return [len(c) for c in completions]\n")
+    recipe = {"template": "chatml", "dataset": str(prompts), "max_new_tokens": 8, "logging_steps": 1,
+              "reward_funcs": f"{rewards}:length", **RL_RECIPES[recipe]}
+    dump = tmp_path / "prompts.ids.jsonl"
+    assert main(["data", "dump", *_values(model_dir, tmp_path / "d", recipe), "--output", str(dump)]) == 0
+    recipe["cutoff_len"] = len(json.loads(dump.read_text().splitlines()[0])["input_ids"])
+    measured = _measured(model_dir, tmp_path / "run", recipe)
+    completions = [json.loads(line)["completion_length_max"] for line in open(tmp_path / "run" / "trainer_log.jsonl")]
+    assert completions == [8, 8]  # the longest completions: what the plan assumes
+    planned = trace_online_rl(load_config(None, _values(model_dir, tmp_path / "plan", recipe))).memory
+    assert planned.total == pytest.approx(measured["total"], rel=0.10), (planned.as_dict(), measured)
+    for kind in ("parameters", "optimizer_state"):
         assert getattr(planned, kind) == measured[kind], kind
 
 

@@ -180,3 +180,26 @@ def test_grpo_and_gspo_losses_equal_trls_on_the_same_tensors(level, loss_type):
     assert float(ours.clip_fraction) > 0  # the comparison covers clipping
     assert float(ours.loss) == pytest.approx(trl_grpo_loss(logps, old_logps, ref_logps, advantages, mask, level,
                                                            loss_type, 0.2, 0.04), rel=1e-5)
+
+
+def test_scoring_in_mini_batches_keeps_the_completion_logits_only_and_equals_one_pass(tiny_model_dir):
+    """Old/reference log-probabilities scored `rows_at_once` rows at a time, with the logits of the completion's
+    positions only (`logits_to_keep`), equal those of one forward over the whole rollout's logits."""
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.train.rl.rollout import Rollout, completion_logps, scored_completions
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    ids = torch.randint(3, model.config.vocab_size, (5, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # a left-padded prompt
+    rollout = Rollout(ids, mask, torch.ones((5, 4), dtype=torch.long), 5, torch.zeros(5, dtype=torch.bool))
+    seen = []
+    model.register_forward_hook(lambda module, args, kwargs, out: seen.append((kwargs.get("logits_to_keep"),
+                                                                               out.logits.shape)), with_kwargs=True)
+    with torch.no_grad():
+        whole = completion_logps(model, rollout)[0]
+    chunked, values = scored_completions(model, rollout, 2)
+    assert seen == [(5, (5, 5, model.config.vocab_size))] + [(5, (n, 5, model.config.vocab_size)) for n in (2, 2, 1)]
+    assert values is None and chunked.shape == (5, 4)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)

@@ -18,6 +18,7 @@ class TrackingArguments:
     )
     swanlab_logdir: str | None = option(None, "Folder for SwanLab's local logs (default: `output_dir`/swanlog).")
     memory_report: bool = option(
-        False, "Trace the first two optimizer steps with torch's MemTracker and write `memory_report.json`: the "
-        "peak memory by kind (parameters, gradients, optimizer state, activations, temporaries), the figures "
-        "`lmforge plan` predicts. Slows those two steps.", stages=("pt", "sft", "dpo", "kto", "rm", "kd", "cls"))
+        False, "Trace the first two steps (ppo/grpo: rollouts and updates) with torch's MemTracker and write "
+        "`memory_report.json`: the peak memory by kind (parameters, gradients, optimizer state, activations, "
+        "temporaries), the figures `lmforge plan` predicts. Slows those two steps.",
+        stages=("pt", "sft", "dpo", "kto", "rm", "kd", "cls", "ppo", "grpo"))

@@ -19,12 +19,28 @@ def _argument_name(forward_owner: type) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+def _language_model(model: Any) -> Any:
+    get_base = getattr(model, "get_base_model", None)  # a peft model forwards **kwargs to the model inside
+    return get_base() if callable(get_base) else model
+
+
 def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
     """`{name: cache}` for `model(...)`: `cache` where its forward takes that name, `past_key_values` otherwise;
     and no router outputs for a mixture of experts (`no_router_outputs`: its router loss fails on decoding steps)."""
-    get_base = getattr(model, "get_base_model", None)  # a peft model forwards **kwargs to the model inside
-    lm = get_base() if callable(get_base) else model
+    lm = _language_model(model)
     return {_argument_name(type(lm)): cache, **no_router_outputs(lm)}
+
+
+@functools.lru_cache(maxsize=64)
+def _keeps_logits(forward_owner: type) -> bool:
+    return "logits_to_keep" in inspect.signature(forward_owner.forward).parameters
+
+
+def last_logits_only(model: Any, count: int = 1) -> dict[str, Any]:
+    """`{"logits_to_keep": count}` where the model's forward takes it: the logits of the last `count` positions
+    only. A prefill that samples the next token needs one (as `generate` does), scoring a completion its own
+    positions, not a [batch, prompt + completion, vocabulary] tensor."""
+    return {"logits_to_keep": count} if _keeps_logits(type(_language_model(model))) else {}
 
 
 def output_cache(output: Any) -> Any:

@@ -17,7 +17,6 @@ request at a time, interleaved step by step with the text batch.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import queue
 import random
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
-from lmforge.model.kv_cache import cache_kwargs, output_cache
+from lmforge.model.kv_cache import cache_kwargs, last_logits_only, output_cache
 from lmforge.model.sampling import SamplingError, SamplingParams, choose_one
 from lmforge.serve.detokenize import TextStream
 
@@ -99,7 +98,6 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.context_length = max_model_len or getattr(model.config, "max_position_embeddings", None) or 2048
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-        self._last_logits_only = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._waiting: deque[_Sequence] = deque()
         self._wake = threading.Condition()
         self._closed = False
@@ -227,7 +225,7 @@ class Engine:
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None,
                  cache=None, **media: Any):
-        extra: dict[str, Any] = {"logits_to_keep": 1} if self._last_logits_only else {}
+        extra: dict[str, Any] = last_logits_only(self.model)
         if positions is not None:
             extra["position_ids"], extra["attention_mask"] = positions, attention_mask
         # else a request with images, alone and unpadded: no mask, and the model numbers the positions itself from

@@ -16,7 +16,7 @@ from typing import Any
 from lmforge.config.schema import ServeConfig
 from lmforge.config.serving import ServeArguments, is_loopback
 from lmforge.errors import ConfigError
-from lmforge.serve.webui_jobs import Job, config_values, preview, read_progress, start_training
+from lmforge.serve.webui_jobs import Job, config_values, plan, preview, read_progress, start_training
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,13 @@ def _train_tab(jobs: dict[str, Job | None]) -> None:
             with gr.Row():
                 start_button = gr.Button("Start training", variant="primary", elem_id="start_training")
                 stop_button = gr.Button("Stop", elem_id="stop_training")
+    with gr.Row():  # will it fit? `lmforge plan` on the config as it stands
+        gpus = gr.Textbox(label="Plan for GPUs", value="1xRTX-4090", elem_id="plan_gpus",
+                          info="e.g. 1xRTX-4090, 8xH100-80GB, or a count with the memory beside it")
+        gpu_memory = gr.Textbox(label="GPU memory (a device not in the table)", value="", elem_id="plan_memory",
+                                info="e.g. 24GiB")
+        plan_button = gr.Button("Will it fit?", elem_id="plan_run")
+    plan_view = gr.Textbox(label="Plan", lines=12, max_lines=30, interactive=False, elem_id="plan_output")
     progress = gr.Markdown("No run started.", elem_id="train_progress")
     plot = gr.LinePlot(_loss_frame([]), x="step", y="loss", title="Training loss", elem_id="loss_plot")
     log = gr.Textbox(label="Output", lines=10, max_lines=10, interactive=False, elem_id="train_log")
@@ -132,6 +139,15 @@ def _train_tab(jobs: dict[str, Job | None]) -> None:
         return f"Started: `{' '.join(shlex.quote(a) for a in jobs['train'].argv)}`", gr.Timer(active=True)
 
     start_button.click(start, inputs, [check, timer])
+
+    def plan_run(gpu_text: str, memory_text: str, *values):
+        form_values, extra_yaml = form(*values)
+        _, _, verdict = preview(form_values, extra_yaml)
+        if verdict != "The config is valid.":
+            return verdict
+        return plan(config_values(form_values, extra_yaml), gpu_text, memory_text)
+
+    plan_button.click(plan_run, [gpus, gpu_memory, *inputs], plan_view)
 
     def stop():
         if jobs.get("train"):

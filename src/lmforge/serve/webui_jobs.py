@@ -106,6 +106,32 @@ class Job:
             return "".join(fh.readlines()[-lines:])
 
 
+PLAN_SECONDS = 600  # a plan traces the step and maybe its suggested changes over fake tensors: seconds to minutes
+
+
+def plan(values: dict[str, Any], gpus: str, gpu_memory: str = "") -> str:
+    """What `lmforge plan` prints for the config as it stands on `gpus` (e.g. 1xRTX-4090, 8xH100-80GB; with
+    `gpu_memory` for a device it does not know): the same text as on the command line, or its error. Run as a child
+    process, as training is: a plan builds the model over fake tensors, which is the run's business, not the UI's."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, CONFIG_FILE)
+        with open(path, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(masked(values), fh, sort_keys=False, allow_unicode=True)
+        argv = ["plan", path, *(["--gpus", gpus.strip()] if gpus.strip() else []),
+                *(["--gpu-memory", gpu_memory.strip()] if gpu_memory.strip() else [])]
+        env = {**os.environ, SECRETS_ENV: json.dumps(secret_values(values))}
+        try:
+            done = subprocess.run([sys.executable, "-m", "lmforge", *argv], capture_output=True, text=True,
+                                  timeout=PLAN_SECONDS, env=env)
+        except subprocess.TimeoutExpired:
+            return f"`lmforge plan` did not finish in {PLAN_SECONDS} s."
+    if done.returncode != 0:
+        return (done.stderr.strip().splitlines() or [f"`lmforge plan` failed (exit {done.returncode})"])[-1]
+    return done.stdout.strip()
+
+
 def start_training(values: dict[str, Any]) -> Job:
     """Write the config into its output_dir and run `lmforge train` on it."""
     output_dir = values["output_dir"]

@@ -14,6 +14,7 @@ from typing import Any
 from lmforge.config.schema import RunConfig
 from lmforge.train.plan.devices import GIB, Devices
 from lmforge.train.plan.fit import DEFAULT_MFU, DevicePlan, Speed, device_plan, speed, zero_stage
+from lmforge.train.plan.rl_trace import RL_STAGES, trace_online_rl
 from lmforge.train.plan.trace import LANGUAGE_MODEL_STAGES, TracedStep, trace_step
 
 logger = logging.getLogger(__name__)
@@ -36,23 +37,27 @@ class Plan:
 
 
 def make_plan(cfg: RunConfig, devices: Devices, mfu: float = DEFAULT_MFU) -> Plan:
-    step = _traced(cfg)
+    step = _traced(cfg, devices)
     return Plan(cfg, devices, step, device_plan(cfg, step, devices), speed(cfg, step, devices, mfu))
 
 
 _TRACES: dict[str, TracedStep] = {}
 
 
-def _traced(cfg: RunConfig) -> TracedStep:
+def _traced(cfg: RunConfig, devices: Devices) -> TracedStep:
     """The traced step, once per recipe: a change of devices, ZeRO stage or base quantization is computed from the
-    same trace (the engine only decides whether float32 masters are made)."""
+    same trace (the engine only decides whether float32 masters are made). ppo/grpo: the devices share the step's
+    rollout, so their number is part of the recipe."""
     t = cfg.training
+    online = cfg.finetuning.stage in RL_STAGES
+    processes = max(devices.count // cfg.parallelism.tensor_parallel_size, 1) if online else 1
     key = json.dumps([cfg.model.model_name_or_path, cfg.model.model_type, sorted(cfg.model.config_overrides.items()),
                       str(cfg.finetuning), cfg.data.cutoff_len, t.per_device_train_batch_size,
                       min(t.gradient_accumulation_steps, 2), t.gradient_checkpointing, t.bf16, t.fp16,
-                      bool(t.deepspeed or t.fsdp), t.optim, t.max_grad_norm], default=str)
+                      bool(t.deepspeed or t.fsdp), t.optim, t.max_grad_norm,
+                      *([str(cfg.rl), cfg.generation.max_new_tokens, processes] if online else [])], default=str)
     if key not in _TRACES:
-        _TRACES[key] = trace_step(cfg)
+        _TRACES[key] = trace_online_rl(cfg, processes) if online else trace_step(cfg)
     return _TRACES[key]
 
 
@@ -94,8 +99,18 @@ def _zero_stage(stage: int):
     def change(cfg: RunConfig, devices: Devices):
         if devices.count < 2 or zero_stage(cfg)[0] >= stage or cfg.parallelism.tensor_parallel_size > 1:
             return None
+        if cfg.finetuning.stage in RL_STAGES:  # their own loop shards with FSDP2 (fully: ZeRO-3's layout)
+            return (_sharded(cfg, devices.count), devices) if stage == 3 else None
         return _set(cfg, "training", deepspeed=_ZERO[stage], fsdp=""), devices
     return change
+
+
+def _sharded(cfg: RunConfig, count: int) -> RunConfig:
+    """`cfg` with its weights, gradients and optimizer state sharded over `count` devices: ZeRO-3, or FSDP2
+    (`data_shard_size`) for ppo/grpo."""
+    if cfg.finetuning.stage in RL_STAGES:
+        return _set(cfg, "parallelism", data_shard_size=count)
+    return _set(cfg, "training", deepspeed=_ZERO[3], fsdp="") if zero_stage(cfg)[0] < 3 else cfg
 
 
 def _smaller_batch(cfg: RunConfig, devices: Devices):
@@ -122,7 +137,10 @@ def _more_gpus(cfg: RunConfig, devices: Devices):
     if devices.count >= 64:
         return None
     more = replace(devices, count=devices.count * 2)
-    return (_set(cfg, "training", deepspeed=_ZERO[3], fsdp="") if zero_stage(cfg)[0] < 3 else cfg), more
+    changed = _sharded(cfg, more.count)
+    if changed.launch.nproc_per_node == devices.count:  # a process per GPU
+        changed = _set(changed, "launch", nproc_per_node=more.count)
+    return changed, more
 
 
 # (what the report calls it, the change: a config and devices, or None where it does not apply)
@@ -130,11 +148,12 @@ CHANGES: list[tuple[str, Callable[[RunConfig, Devices], tuple[RunConfig, Devices
     ("chunked_loss: true", _chunked),
     ("gradient_checkpointing: true", _checkpointing),
     ("deepspeed: examples/deepspeed/ds_z2_config.json (ZeRO-2)", _zero_stage(2)),
-    ("deepspeed: examples/deepspeed/ds_z3_config.json (ZeRO-3)", _zero_stage(3)),
+    ("deepspeed: examples/deepspeed/ds_z3_config.json (ZeRO-3; ppo/grpo: data_shard_size over the GPUs)",
+     _zero_stage(3)),
     ("half the per-device batch, twice the accumulation (the same global batch)", _smaller_batch),
     ("finetuning_type: lora (lora_target: all)", _lora),
     ("quantization_bit: 4 (QLoRA)", _qlora),
-    ("twice the GPUs, with ZeRO-3", _more_gpus),
+    ("twice the GPUs, sharded (ZeRO-3; ppo/grpo: data_shard_size)", _more_gpus),
 ]
 
 
@@ -183,7 +202,8 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
             "trainable": s.trainable, "devices": {"name": plan.devices.name, "count": plan.devices.count,
                                                   "memory_bytes": plan.devices.memory, "tflops": plan.devices.tflops},
             "step": {"rows": s.rows, "tokens_per_row": s.tokens,
-                     "micro_batches": plan.cfg.training.gradient_accumulation_steps},
+                     "micro_batches": plan.cfg.training.gradient_accumulation_steps,
+                     **({"rollout_rows": s.rollout_rows} if s.rollout_rows else {})},
             "engine": d.engine, "per_device_bytes": d.memory.as_dict(), "usable_bytes": d.usable, "fits": d.fits,
             "speed": {"flops_per_token": v.flops_per_token, "tokens_per_step": v.tokens_per_step,
                       "step_seconds": v.step_seconds, "tokens_per_second": v.tokens_per_second, "mfu": v.mfu},
@@ -197,9 +217,7 @@ def render(plan: Plan, suggestion: tuple[list[str], Plan] | None) -> str:
                                              if cfg.model.quantization_bit else "")
     lines = [f"Plan: {cfg.finetuning.stage} of {plan_dict(plan)['model']} ({s.config.model_type}, "
              f"{_count(s.parameters)} parameters; {kind}: {s.trainable:,} trained) on {plan.devices.describe()}",
-             f"Step traced over fake tensors: {s.rows} rows x {s.tokens:,} tokens per micro-batch (every token "
-             f"trained: the longest batch the run can meet), {cfg.training.gradient_accumulation_steps} "
-             f"micro-batch(es) per step; {_precision(cfg)}; {d.engine}.", "", "Per device, at the peak:"]
+             _step_line(plan), "", "Per device, at the peak:"]
     for key, name in KIND_NAMES:
         value = getattr(d.memory, key)
         if value >= 2**20 or key in ("parameters", "gradients", "optimizer_state", "activations"):
@@ -225,6 +243,19 @@ def render(plan: Plan, suggestion: tuple[list[str], Plan] | None) -> str:
     if notes:
         lines += ["", "Notes:", *(f"  - {note}" for note in notes)]
     return "\n".join(lines)
+
+
+def _step_line(plan: Plan) -> str:
+    s, cfg = plan.step, plan.cfg
+    accumulated = cfg.training.gradient_accumulation_steps
+    if s.rollout_rows:
+        what = (f"{s.rollout_rows} completions per device sampled with the KV cache and scored, then trained in "
+                f"mini-batches of {s.rows} x {s.tokens:,} tokens (prompt and completion at their longest), "
+                f"{accumulated} per optimizer step")
+    else:
+        what = (f"{s.rows} rows x {s.tokens:,} tokens per micro-batch (every token trained: the longest batch the "
+                f"run can meet), {accumulated} micro-batch(es) per step")
+    return f"Step traced over fake tensors: {what}; {_precision(cfg)}; {plan.device.engine}."
 
 
 def _count(parameters: int) -> str:

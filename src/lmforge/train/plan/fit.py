@@ -14,6 +14,7 @@ from lmforge.config.schema import RunConfig
 from lmforge.config.validate import zero_optimization
 from lmforge.model.memory import StepMemory
 from lmforge.train.plan.devices import Devices
+from lmforge.train.plan.rl_trace import RL_STAGES
 from lmforge.train.plan.trace import PREFERENCE_STAGES, TracedStep
 
 # bytes per parameter of a bitsandbytes base: NF4 with double quantization (4 bits + 8-bit absmax per 64 + fp32 per
@@ -71,12 +72,19 @@ def device_plan(cfg: RunConfig, step: TracedStep, devices: Devices) -> DevicePla
                 n for n, on in (("optimizer", offload_optimizer), ("parameters", offload_parameters)) if on) + ")"
         notes.append("parameters, gradients and optimizer state: the ZeRO paper's bytes per parameter, sharded - "
                      "computed; activations and temporaries traced")
+    elif count > 1 and tensor == 1 and cfg.finetuning.stage in RL_STAGES:
+        engine = f"{count} processes, each holding the whole model (gradients averaged in place)"
     elif count > 1 and tensor == 1:
         engine = f"DDP over {count} devices (every device holds the whole model)"
         memory.gradients += step.memory.gradients or _gradient_bytes(step)
         notes.append("DDP's gradient buckets: one more copy of the gradients - computed")
     else:
         engine = "one device" if count == 1 else f"{count} devices"
+    r = cfg.rl
+    if cfg.finetuning.stage in RL_STAGES and r.rollout_backend == "vllm" and r.vllm_mode == "colocate":
+        memory.other += int(r.vllm_gpu_memory_utilization * devices.memory)
+        notes.append(f"vLLM colocated: {r.vllm_gpu_memory_utilization:.0%} of the device's memory for its weights "
+                     "and KV cache (other) - its setting, not traced")
     if tensor > 1:
         for kind in ("parameters", "gradients", "optimizer_state"):
             setattr(memory, kind, getattr(memory, kind) // tensor)
@@ -153,6 +161,14 @@ def speed(cfg: RunConfig, step: TracedStep, devices: Devices, mfu: float = DEFAU
         per_token += 2 * matmul * (3 if cfg.finetuning.stage == "kto" else 1)
     data_parallel = max(devices.count // cfg.parallelism.tensor_parallel_size, 1)
     tokens = step.rows * step.tokens * cfg.training.gradient_accumulation_steps * data_parallel
+    if cfg.finetuning.stage in RL_STAGES:
+        # each completion trained `ppo_epochs` times after one scoring forward (and the reference's); sampling is
+        # bound by memory bandwidth, not FLOPs: not in the estimate (the run logs rollout_tokens_per_second)
+        from lmforge.train.rl.algorithms import algorithm_of
+
+        scoring = 2 * matmul * (2 if algorithm_of(cfg).needs_reference else 1)
+        per_token = per_token * cfg.rl.ppo_epochs + scoring
+        tokens = step.rollout_rows * step.tokens * data_parallel
     if not devices.tflops:
         return Speed(per_token, tokens, None, None, mfu)
     seconds = per_token * tokens / (devices.count * devices.tflops * 1e12 * mfu)

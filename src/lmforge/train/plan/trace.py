@@ -37,6 +37,7 @@ class TracedStep:
     frozen_linear_parameters: int  # in the decoder layers' frozen linear weights (what QLoRA stores in 4 bits)
     config: Any  # the model's config
     notes: list[str]
+    rollout_rows: int = 0  # ppo/grpo: the completions a device samples per step (`rows` is a training mini-batch)
 
 
 class PlanError(Exception):
@@ -47,28 +48,19 @@ def trace_step(cfg: RunConfig) -> TracedStep:
     """The peak memory of one optimizer step of `cfg` on one device, as planned."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from lmforge.model.adapters import apply_finetuning_type
     from lmforge.model.build import count_parameters, planned_architecture
 
     stage = cfg.finetuning.stage
     if stage not in LANGUAGE_MODEL_STAGES + PREFERENCE_STAGES + CLASSIFIER_STAGES:
         raise PlanError(f"'stage: {stage}' is not planned yet (pt, sft, kd, dpo, kto, rm and cls are).")
-    tokenizer = _tokenizer(cfg)
+    tokenizer = run_tokenizer(cfg)
     auto_class, config = planned_architecture(cfg.model, tokenizer, reward_head=stage == "rm",
                                               classifier={"num_labels": 2} if stage == "cls" else None)
     notes: list[str] = []
     rows = cfg.training.per_device_train_batch_size * (2 if stage in ("dpo", "rm") else 1)
     length = cfg.data.cutoff_len
-    with FakeTensorMode(allow_non_fake_inputs=True), _quiet():
-        torch.manual_seed(0)
-        model = auto_class.from_config(config, dtype=_load_dtype(cfg, config),
-                                       **({"attn_implementation": cfg.model.attn_implementation}
-                                          if cfg.model.attn_implementation else {}))
-        with _modules_stay_put():
-            model = apply_finetuning_type(model, cfg.finetuning, 0, None)
-        set_precision(model, cfg)  # float32 masters for what full/freeze train, as a run makes them
-        if cfg.training.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    with FakeTensorMode(allow_non_fake_inputs=True), quiet():
+        model = trained_model(cfg, auto_class, config)
         if stage in ("pt", "sft") and cfg.finetuning.chunked_loss and not cfg.training.use_liger_kernel:
             from lmforge.model.chunked_loss import use_chunked_loss
 
@@ -76,17 +68,14 @@ def trace_step(cfg: RunConfig) -> TracedStep:
                 notes.append("chunked loss: not available for this architecture (the standard loss is planned)")
         reference = _teacher(cfg) if stage == "kd" else _reference(cfg, model, tokenizer)
         model.train()
-        try:
-            optimizer = _optimizer(cfg, model)
-        except ImportError as err:  # planned for a machine that has the package, made on one that has not
-            raise PlanError(f"the optimizer cannot be built here to be traced: {err}") from err
+        optimizer = run_optimizer(cfg, model)
         total, trainable = count_parameters(model)
         batch = _batch(cfg, config, rows, length)
         tracker = peak_tracker()
         tracker.track_external(model, optimizer, *([reference] if reference is not None else []))
         every_token = EVERY_TOKEN_TRAINED.set(True)
         try:
-            with tracker, _autocast(cfg):
+            with tracker, run_autocast(cfg):
                 for _ in range(TRACED_STEPS):
                     for _ in range(min(cfg.training.gradient_accumulation_steps, 2)):
                         _loss(cfg, model, reference, batch).backward()
@@ -96,17 +85,38 @@ def trace_step(cfg: RunConfig) -> TracedStep:
                     optimizer.step()
                     model.zero_grad(set_to_none=True)
         except Exception as err:  # noqa: BLE001 - an op fake tensors cannot run: say which, plan nothing
-            raise PlanError(f"the step of '{config.model_type}' cannot be traced over fake tensors "
-                            f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+            raise untraceable(config, err) from err
         finally:
             EVERY_TOKEN_TRAINED.reset(every_token)
         reference_parameters = count_parameters(reference)[0] if reference is not None else 0
-        layers = _layer_sizes(model)
+        layers = layer_sizes(model)
     return TracedStep(peak_memory(tracker), rows, length, total, trainable, reference_parameters, layers[0],
                       layers[1], config, notes)
 
 
-def _layer_sizes(model: torch.nn.Module) -> tuple[int, int]:
+def untraceable(config: Any, err: Exception) -> PlanError:
+    return PlanError(f"the step of '{config.model_type}' cannot be traced over fake tensors "
+                     f"({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+
+
+def trained_model(cfg: RunConfig, auto_class: Any, config: Any) -> torch.nn.Module:
+    """The model as `build_model` and the stage set it up (under a FakeTensorMode): the checkpoint's dtype, the
+    run's adapters, float32 masters for what full/freeze train, gradient checkpointing."""
+    from lmforge.model.adapters import apply_finetuning_type
+
+    torch.manual_seed(0)
+    model = auto_class.from_config(config, dtype=_load_dtype(cfg, config),
+                                   **({"attn_implementation": cfg.model.attn_implementation}
+                                      if cfg.model.attn_implementation else {}))
+    with _modules_stay_put():
+        model = apply_finetuning_type(model, cfg.finetuning, 0, None)
+    set_precision(model, cfg)
+    if cfg.training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def layer_sizes(model: torch.nn.Module) -> tuple[int, int]:
     """(bytes of the largest decoder layer, parameters of the frozen linear weights inside the layers)."""
     from lmforge.model.adapters import decoder_layers
     from lmforge.model.chunked_loss import causal_lm
@@ -121,7 +131,7 @@ def _layer_sizes(model: torch.nn.Module) -> tuple[int, int]:
     return largest, frozen
 
 
-def _tokenizer(cfg: RunConfig) -> Any:
+def run_tokenizer(cfg: RunConfig) -> Any:
     from lmforge.model.tokenizer import chat_tokenizer, setup_tokenizer
 
     if cfg.finetuning.stage == "pt":
@@ -142,27 +152,35 @@ def _teacher(cfg: RunConfig) -> torch.nn.Module:
 
     if not cfg.finetuning.teacher_model:
         raise PlanError("'stage: kd' needs 'teacher_model'.")
-    return _frozen(cfg, cfg.finetuning.teacher_model, torch.bfloat16 if cuda_available() else torch.float32)
+    return frozen(cfg, cfg.finetuning.teacher_model, torch.bfloat16 if cuda_available() else torch.float32)
 
 
 def _reference(cfg: RunConfig, policy: torch.nn.Module, tokenizer: Any) -> torch.nn.Module | None:
-    """dpo/kto's frozen reference as `reference_model` makes it (a copy of the policy; none under LoRA), or
-    `ref_model` from its config, in its checkpoint's dtype; none for the reference-free losses."""
-    from lmforge.model.reference import reference_model
+    """dpo/kto's frozen reference; none for the reference-free losses."""
     from lmforge.train.losses import REFERENCE_FREE
 
     f = cfg.finetuning
     if f.stage not in PREFERENCE_STAGES or (f.stage == "dpo" and f.pref_loss in REFERENCE_FREE):
         return None
+    return reference(cfg, policy, tokenizer)
+
+
+def reference(cfg: RunConfig, policy: torch.nn.Module, tokenizer: Any) -> torch.nn.Module | None:
+    """A frozen reference as `reference_model` makes it (a copy of the policy; none under LoRA), or `ref_model` from
+    its config, in its checkpoint's dtype."""
+    from lmforge.model.reference import reference_model
+
+    f = cfg.finetuning
     if f.ref_model:
-        return _frozen(cfg, f.ref_model, None)
+        return frozen(cfg, f.ref_model, None)
     if f.finetuning_type == "lora":
         return None  # the policy with its adapters off (a starting adapter merged: the same size)
     return reference_model(cfg, policy, tokenizer)
 
 
-def _frozen(cfg: RunConfig, name: str, dtype: torch.dtype | None) -> torch.nn.Module:
-    """A frozen model built from the config of `name` (a teacher, a reference), in `dtype` or its checkpoint's."""
+def frozen(cfg: RunConfig, name: str, dtype: torch.dtype | None, auto_class: Any = None) -> torch.nn.Module:
+    """A frozen model built from the config of `name` (a teacher, a reference, a reward model: `auto_class`), in
+    `dtype` or its checkpoint's."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from lmforge.model.precision import config_dtype
@@ -173,10 +191,10 @@ def _frozen(cfg: RunConfig, name: str, dtype: torch.dtype | None) -> torch.nn.Mo
     except (OSError, ValueError) as err:
         raise PlanError(f"could not read the config of '{name}': {str(err).splitlines()[0]}") from None
     dtype = dtype or config_dtype(config) or torch.float32
-    return AutoModelForCausalLM.from_config(config, dtype=dtype).eval().requires_grad_(False)
+    return (auto_class or AutoModelForCausalLM).from_config(config, dtype=dtype).eval().requires_grad_(False)
 
 
-def _optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def run_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """The optimizer the Trainer builds: `optimizer` (lmforge's memory-light ones), else transformers' own choice of
     class and arguments for `optim`."""
     from transformers import Trainer
@@ -184,9 +202,12 @@ def _optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     from lmforge.train.optimizers import build_optimizer
     from lmforge.train.setup import trainer_arguments
 
-    if cfg.finetuning.optimizer:
-        return build_optimizer(cfg.finetuning.optimizer, model, trainer_arguments(cfg))
-    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(trainer_arguments(cfg), model)
+    try:
+        if cfg.finetuning.optimizer:
+            return build_optimizer(cfg.finetuning.optimizer, model, trainer_arguments(cfg))
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(trainer_arguments(cfg), model)
+    except ImportError as err:  # planned for a machine that has the package, made on one that has not
+        raise PlanError(f"the optimizer cannot be built here to be traced: {err}") from err
     return optimizer_cls([p for p in model.parameters() if p.requires_grad], **kwargs)
 
 
@@ -248,7 +269,7 @@ def _preference_loss(cfg: RunConfig, model: torch.nn.Module, reference: torch.nn
     return torch.nn.functional.logsigmoid(policy - reference_logps()).mean()
 
 
-def _autocast(cfg: RunConfig) -> Any:
+def run_autocast(cfg: RunConfig) -> Any:
     t = cfg.training
     if t.bf16 or t.fp16:
         return torch.autocast("cpu", dtype=torch.bfloat16 if t.bf16 else torch.float16)
@@ -267,10 +288,12 @@ def _modules_stay_put():
 
 
 @contextlib.contextmanager
-def _quiet():
-    """transformers' and peft's own log lines while the fake model is built say nothing about the plan, nor do
-    torch's tracebacks of an operation fake tensors cannot run (the PlanError says which)."""
+def quiet():
+    """transformers' and peft's own log lines and warnings while the fake model is built say nothing about the plan
+    (deprecations, a fake tensor's data pointer read by a copy), nor do torch's tracebacks of an operation fake
+    tensors cannot run (the PlanError says which)."""
     import logging
+    import warnings
 
     names = {"transformers": logging.ERROR, "peft": logging.ERROR, "lmforge": logging.ERROR,
              "torch._subclasses.fake_tensor": logging.CRITICAL}
@@ -278,7 +301,9 @@ def _quiet():
     for name, level in names.items():
         logging.getLogger(name).setLevel(level)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)

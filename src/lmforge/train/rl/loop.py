@@ -44,7 +44,13 @@ from lmforge.train.rl.distributed import (
 from lmforge.train.rl.losses import PolicyLoss, masked_mean
 from lmforge.train.rl.optimization import Optimization
 from lmforge.train.rl.rewards import Rewarder, load_function
-from lmforge.train.rl.rollout import Rollout, completion_logps, rollout_from_tokens, sample_completions
+from lmforge.train.rl.rollout import (
+    Rollout,
+    completion_logps,
+    rollout_from_tokens,
+    sample_completions,
+    scored_completions,
+)
 from lmforge.train.rl.tool_rollout import sample_with_tools
 from lmforge.train.runtime.checkpoint import COMPLETE_MARKER, RL_STATE_FILE, VALUE_HEAD_FILE
 from lmforge.train.runtime.session import RunSession, record_dtype, saved_state_dict
@@ -98,6 +104,8 @@ class OnlineRL:
         ) if self.sharded else None
         self.trackers = LoopTrackers(self.args, cfg.tracking, policy, stage.tokenizer, self.optim.optimizer,
                                      self.optim.scheduler)
+        # `memory_report`: what a step holds besides the policy (the reference, value head and reward model)
+        self.trackers.track_memory_of(ref, self.value_head, rewarder.scorer.model if rewarder.scorer else None)
         self.step = 0
         self.log_history: list[dict] = []
 
@@ -116,11 +124,11 @@ class OnlineRL:
     # ---- one step ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def reference_logps(self, rollout: Rollout) -> torch.Tensor:
-        temperature = self.cfg.generation.temperature
+        temperature, rows = self.cfg.generation.temperature, self.args.per_device_train_batch_size
         if self.ref is not None:
-            return completion_logps(self.ref, rollout, temperature)[0]
+            return scored_completions(self.ref, rollout, rows, temperature)[0]
         with self.policy.disable_adapter():
-            return completion_logps(self.policy, rollout, temperature)[0]
+            return scored_completions(self.policy, rollout, rows, temperature)[0]
 
     def row_seed(self, step: int, row: int, purpose: int = 0) -> int:
         """The seed of one completion: a function of the run's seed, the step and the row's place in the step's
@@ -175,8 +183,8 @@ class OnlineRL:
         rollout, scores, parts = self.sample_and_score(self.prompts, self.examples, indices, seeds, group)
         with torch.no_grad(), self.optim.autocast():
             self.policy.eval()
-            old_logps, _, old_values, _ = completion_logps(self.policy, rollout, self.cfg.generation.temperature,
-                                                           self.value_head)
+            old_logps, old_values = scored_completions(self.policy, rollout, self.args.per_device_train_batch_size,
+                                                       self.cfg.generation.temperature, self.value_head)
             ref_logps = self.reference_logps(rollout) if self.algorithm.needs_reference else old_logps
         piece = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
                  "completion_mask": rollout.completion_mask, "prompt_width": rollout.prompt_width,
@@ -331,9 +339,13 @@ class OnlineRL:
         last: dict[str, float] = {}
         while self.step < self.args.max_steps:
             started = time.perf_counter()
+            if self.main_process:
+                self.trackers.step_begin(self.step)
             rollout, batch, rollout_stats = self.make_rollout(self.step)
             rolled = time.perf_counter()
             update_stats = self.update(rollout, batch, self.step)
+            if self.main_process:
+                self.trackers.step_end(self.step + 1)
             tokens = float(rollout.completion_mask.sum())
             update_stats.update(rollout_seconds=rolled - started, update_seconds=time.perf_counter() - rolled,
                                 rollout_tokens_per_second=tokens / max(rolled - started, 1e-9))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.config.generation import GenerationArguments
-from lmforge.model.kv_cache import cache_kwargs, output_cache
+from lmforge.model.kv_cache import cache_kwargs, last_logits_only, output_cache
 from lmforge.model.moe import no_router_outputs
 from lmforge.model.sampling import SamplingParams, choose_next
 from lmforge.train.rl.distributed import any_process
@@ -63,7 +63,7 @@ def sample_completions(model: torch.nn.Module, prompts: list[list[int]], gen: Ge
     was_training = model.training
     model.eval()
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                **no_router_outputs(model))
+                **no_router_outputs(model), **last_logits_only(model))
     done = [False] * len(prompts)
     last = positions[:, -1]
     for step in range(gen.max_new_tokens):
@@ -112,10 +112,11 @@ def completion_logps(model: torch.nn.Module, rollout: Rollout, temperature: floa
     entropy, and the value head's estimate of the state before the token; and the router's load-balancing loss of
     a mixture of experts whose config asks for it (None otherwise)."""
     position_ids = (rollout.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=position_ids,
-                use_cache=False, output_hidden_states=value_head is not None)
     start = rollout.prompt_width - 1
-    logits = out.logits[:, start:-1].float() / temperature
+    kept = rollout.input_ids.shape[1] - start  # the positions that predict a completion token (and the last)
+    out = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=position_ids,
+                use_cache=False, output_hidden_states=value_head is not None, **last_logits_only(model, kept))
+    logits = out.logits[:, -kept:-1].float() / temperature
     targets = rollout.input_ids[:, rollout.prompt_width:]
     normaliser = torch.logsumexp(logits, dim=-1)
     logps = torch.gather(logits, 2, targets.unsqueeze(-1)).squeeze(-1) - normaliser
@@ -125,3 +126,17 @@ def completion_logps(model: torch.nn.Module, rollout: Rollout, temperature: floa
         hidden = out.hidden_states[-1][:, start:-1]
         values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
     return logps, entropy.detach(), values, getattr(out, "aux_loss", None)
+
+
+@torch.no_grad()
+def scored_completions(model: torch.nn.Module, rollout: Rollout, rows_at_once: int, temperature: float = 1.0,
+                       value_head: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`completion_logps` (and values) of the whole rollout without gradients, `rows_at_once` rows per forward:
+    scoring never holds more float32 logits than a training mini-batch does (the whole rollout at once held
+    [rows, completion tokens, vocabulary] several times over, the step's peak with a large vocabulary)."""
+    logps, values = [], []
+    for rows in torch.arange(rollout.input_ids.shape[0], device=rollout.input_ids.device).split(rows_at_once):
+        part_logps, _, part_values, _ = completion_logps(model, rollout.select(rows), temperature, value_head)
+        logps.append(part_logps)
+        values.append(part_values)
+    return torch.cat(logps), torch.cat(values) if value_head is not None else None

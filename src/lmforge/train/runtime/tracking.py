@@ -108,7 +108,13 @@ class LoopTrackers:
         swanlab = tracking_callbacks(args, tracking)
         callbacks = [cls() for cls in get_reporting_integration_callbacks(transformers_trackers(args))] + swanlab
         self.args = args
-        self.callback_handler = CallbackHandler(callbacks, model, tokenizer, optimizer, scheduler)
+        flow = logging.getLogger("transformers.trainer_callback")
+        level = flow.level
+        flow.setLevel(logging.ERROR)  # it warns that a Trainer needs its DefaultFlowCallback: this loop is not one
+        try:
+            self.callback_handler = CallbackHandler(callbacks, model, tokenizer, optimizer, scheduler)
+        finally:
+            flow.setLevel(level)
         self.state = TrainerState(max_steps=args.max_steps, logging_steps=args.logging_steps)
         self.control = TrainerControl()
 
@@ -119,6 +125,20 @@ class LoopTrackers:
     def begin(self, step: int) -> None:
         self.state.global_step = step
         self.callback_handler.on_train_begin(self.args, self.state, self.control)
+
+    def step_begin(self, step: int) -> None:
+        """A step starts (the memory probe traces the first ones)."""
+        self.state.global_step = step
+        self.callback_handler.on_step_begin(self.args, self.state, self.control)
+
+    def step_end(self, step: int) -> None:
+        self.state.global_step = step
+        self.callback_handler.on_step_end(self.args, self.state, self.control)
+
+    def track_memory_of(self, *modules: Any) -> None:
+        """Models a step uses beside the trained one (a reference, a value head), for the memory probe."""
+        for probe in (c for c in self.callbacks if isinstance(c, MemoryProbe)):
+            probe.also_track(*modules)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.state.global_step = step
