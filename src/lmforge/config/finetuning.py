@@ -77,12 +77,22 @@ class FinetuningArguments:
     use_dora: bool = option(False, "Weight-decomposed LoRA (DoRA).")
     loraplus_lr_ratio: float | None = option(
         None, "LoRA+: the B matrices learn this many times faster than the A matrices.")
-    optimizer: Literal["muon"] | None = option(
+    optimizer: Literal["muon", "adam_mini", "badam"] | None = option(
         None, "A memory-light optimizer transformers' `optim` does not name (it replaces `optim`): `muon` (torch's "
         "Muon for the decoder layers' weight matrices, one momentum buffer, with AdamW for embeddings, the output "
-        "layer and norms; one `learning_rate` serves both). GaLore, APOLLO, 8-bit and paged AdamW go through `optim` "
-        "(`galore_adamw`, `apollo_adamw`, `adamw_torch_8bit`, `paged_adamw_8bit`, ...).",
+        "layer and norms; one `learning_rate` serves both); `adam_mini` (Adam-mini: one second moment per attention "
+        "head or output row instead of per weight, about half of AdamW's state); `badam` (BAdam, full fine-tuning "
+        "on one process: one decoder layer trains at a time with AdamW, switching every `badam_switch_interval` "
+        "steps; gradients and optimizer state for that layer only; embeddings and the output layer stay frozen). "
+        "GaLore, APOLLO, 8-bit and paged AdamW go through `optim` (`galore_adamw`, `apollo_adamw`, "
+        "`adamw_torch_8bit`, `paged_adamw_8bit`, ...).",
         stages=("pt", "sft", "dpo", "kto", "kd", "cls"))
+    badam_switch_interval: int = option(
+        50, "`optimizer: badam`: optimizer steps before the next decoder layer becomes the one trained.",
+        stages=("pt", "sft", "dpo", "kto", "kd", "cls"))
+    badam_switch_mode: Literal["ascending", "descending", "random"] = option(
+        "ascending", "`optimizer: badam`: the order the layers train in (random: a new shuffle every round, seeded "
+        "by `seed`).", stages=("pt", "sft", "dpo", "kto", "kd", "cls"))
     chunked_loss: bool = option(
         True, "pt/sft: compute the language-modelling loss in chunks, only at labelled positions, without "
         "full-vocabulary logits for the whole batch (same loss and gradients; far less memory at large vocabularies). "

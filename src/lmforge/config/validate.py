@@ -261,6 +261,15 @@ def _validate_optimizer(cfg: RunConfig) -> None:
         _fail(cfg, f"'optimizer: {f.optimizer}' and 'loraplus_lr_ratio' both build the optimizer: choose one.")
     if f.optimizer == "muon" and not hasattr(torch.optim, "Muon"):
         _fail(cfg, f"'optimizer: muon' uses torch.optim.Muon (torch >= 2.9); this torch is {torch.__version__}.")
+    if f.optimizer == "badam":
+        if f.finetuning_type != "full":
+            _fail(cfg, "'optimizer: badam' trains the full weights one layer at a time: it needs "
+                  f"'finetuning_type: full', not '{f.finetuning_type}'.")
+        if process_count(cfg.launch) > 1 or t.deepspeed or t.fsdp:
+            _fail(cfg, "'optimizer: badam' runs on one process: its trained layer changes during the run, which "
+                  "DDP's, DeepSpeed's and FSDP's fixed gradient buckets and shards do not follow.")
+        if f.badam_switch_interval < 1:
+            _fail(cfg, f"'badam_switch_interval' must be at least 1, got {f.badam_switch_interval}.")
     if f.optimizer:
         return
     for prefix, module, pip_name in OPTIM_PACKAGES:

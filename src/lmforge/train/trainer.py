@@ -16,16 +16,17 @@ from lmforge.train.runtime.resilience import SafeTrainingMixin
 
 class LoraPlusTrainer(SafeTrainingMixin, Trainer):
     """A Trainer that builds the LoRA+ optimizer when `loraplus_lr_ratio` is set, or a memory-light one
-    (`optimizer: muon`, train/optimizers.py)."""
+    (`optimizer: muon | adam_mini | badam`, train/optimizers.py)."""
 
-    def __init__(self, *args: Any, loraplus_lr_ratio: float | None = None, optimizer_name: str | None = None,
+    def __init__(self, *args: Any, loraplus_lr_ratio: float | None = None, optimizer_settings: Any = None,
                  **kwargs: Any):
-        self.loraplus_lr_ratio, self.optimizer_name = loraplus_lr_ratio, optimizer_name
+        # optimizer_settings: the run's FinetuningArguments (`optimizer` and its options)
+        self.loraplus_lr_ratio, self.optimizer_settings = loraplus_lr_ratio, optimizer_settings
         super().__init__(*args, **kwargs)
 
     def create_optimizer(self, model: Any = None):
-        if self.optimizer is None and self.optimizer_name:
-            self.optimizer = build_optimizer(self.optimizer_name, self.model, self.args)
+        if self.optimizer is None and getattr(self.optimizer_settings, "optimizer", None):
+            self.optimizer = build_optimizer(self.optimizer_settings, self.model, self.args)
             return self.optimizer
         if self.optimizer is None and self.loraplus_lr_ratio:
             # LoRA+ gives the B matrices a larger learning rate; peft builds the parameter groups.

@@ -204,7 +204,7 @@ def run_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimiz
 
     try:
         if cfg.finetuning.optimizer:
-            return build_optimizer(cfg.finetuning.optimizer, model, trainer_arguments(cfg))
+            return build_optimizer(cfg.finetuning, model, trainer_arguments(cfg))
         optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(trainer_arguments(cfg), model)
     except ImportError as err:  # planned for a machine that has the package, made on one that has not
         raise PlanError(f"the optimizer cannot be built here to be traced: {err}") from err

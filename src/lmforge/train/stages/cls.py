@@ -115,7 +115,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> ClassificationTr
         eval_dataset=data.eval.select_columns(model_columns) if data.eval is not None else None,
         processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=metrics, class_weights=_weights(cfg, data), loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
-        optimizer_name=cfg.finetuning.optimizer, resilience=cfg.resilience, save_dtype=cfg.finetuning.save_dtype,
+        optimizer_settings=cfg.finetuning, resilience=cfg.resilience, save_dtype=cfg.finetuning.save_dtype,
         callbacks=[JsonlLogCallback(args.output_dir), *tracking_callbacks(cfg.training, cfg.tracking)])
     trainer.cls_data = data
     return trainer

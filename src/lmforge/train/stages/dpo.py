@@ -22,4 +22,4 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> PreferenceTraine
         data_collator=stage.collator(PairCollator(stage.tokenizer.pad_token_id)), loss_type=f.pref_loss,
         beta=f.pref_beta,
         ftx=f.pref_ftx, label_smoothing=f.dpo_label_smoothing, simpo_gamma=f.simpo_gamma,
-        loraplus_lr_ratio=f.loraplus_lr_ratio, optimizer_name=f.optimizer, **trainer_kwargs(cfg, stage))
+        loraplus_lr_ratio=f.loraplus_lr_ratio, optimizer_settings=f, **trainer_kwargs(cfg, stage))

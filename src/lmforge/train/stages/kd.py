@@ -124,4 +124,4 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> DistillationTrai
         kd_beta=f.kd_beta, kd_temperature=f.kd_temperature, kd_alpha=f.kd_alpha,
         on_policy=OnPolicy(f.lmbda, cfg.training.seed, cfg.generation, stage.tokenizer.pad_token_id,
                            list(stage.stop_ids)) if f.kd_on_policy else None,
-        loraplus_lr_ratio=f.loraplus_lr_ratio, optimizer_name=f.optimizer, **trainer_kwargs(cfg, stage))
+        loraplus_lr_ratio=f.loraplus_lr_ratio, optimizer_settings=f, **trainer_kwargs(cfg, stage))

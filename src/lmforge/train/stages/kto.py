@@ -19,4 +19,4 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> KtoTrainer:
         model=model, ref_model=reference_model(cfg, model, stage.tokenizer), train_dataset=stage.train_rows(),
         data_collator=KtoCollator(stage.tokenizer.pad_token_id), beta=f.pref_beta, ftx=f.pref_ftx,
         desirable_weight=f.kto_chosen_weight, undesirable_weight=f.kto_rejected_weight,
-        loraplus_lr_ratio=f.loraplus_lr_ratio, optimizer_name=f.optimizer, **trainer_kwargs(cfg, stage))
+        loraplus_lr_ratio=f.loraplus_lr_ratio, optimizer_settings=f, **trainer_kwargs(cfg, stage))

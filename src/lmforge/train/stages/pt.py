@@ -27,6 +27,6 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> LanguageModelTra
     return LanguageModelTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, data_collator=PretrainCollator(),
         processing_class=tokenizer, loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio,
-        optimizer_name=cfg.finetuning.optimizer, resilience=cfg.resilience, save_dtype=cfg.finetuning.save_dtype,
+        optimizer_settings=cfg.finetuning, resilience=cfg.resilience, save_dtype=cfg.finetuning.save_dtype,
         chunked_loss=cfg.finetuning.chunked_loss,
         callbacks=[JsonlLogCallback(args.output_dir), *tracking_callbacks(cfg.training, cfg.tracking)])

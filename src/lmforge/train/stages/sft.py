@@ -50,7 +50,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> SftSetup:
     trainer = LanguageModelTrainer(
         model=policy_model(cfg, stage), train_dataset=training_rows(stage.data.train, cfg.data),
         data_collator=stage.collator(SftCollator(stage.tokenizer.pad_token_id)),
-        loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio, optimizer_name=cfg.finetuning.optimizer,
+        loraplus_lr_ratio=cfg.finetuning.loraplus_lr_ratio, optimizer_settings=cfg.finetuning,
         chunked_loss=cfg.finetuning.chunked_loss,
         **trainer_kwargs(cfg, stage))
     return SftSetup(trainer, stage.data, stage.stop_ids)
