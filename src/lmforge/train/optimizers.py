@@ -64,7 +64,8 @@ def build_optimizer(settings: Any, model: torch.nn.Module, args: Any) -> torch.o
         rest = [p for _, p in trainable if not (p.ndim == 2 and id(p) in inside)]
         muon = torch.optim.Muon(matrices, lr=args.learning_rate, weight_decay=args.weight_decay,
                                 adjust_lr_fn="match_rms_adamw") if matrices else None
-        adamw = torch.optim.AdamW(rest, lr=args.learning_rate, weight_decay=args.weight_decay, betas=betas, eps=eps)
+        adamw = torch.optim.AdamW(rest, lr=args.learning_rate, weight_decay=args.weight_decay, betas=betas,
+                                  eps=eps) if rest else None  # none: LoRA's matrices are all inside the layers
         return CombinedOptimizer(*(o for o in (muon, adamw) if o is not None))
     if name == "adam_mini":
         return AdamMini(_adam_mini_groups(model, trainable, args.weight_decay), lr=args.learning_rate, betas=betas,

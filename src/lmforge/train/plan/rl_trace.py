@@ -14,11 +14,13 @@ from lmforge.config.schema import RunConfig
 from lmforge.model.memory import peak_memory, peak_tracker
 from lmforge.train.plan.trace import (
     TRACED_STEPS,
+    PlanError,
     TracedStep,
     frozen,
     layer_sizes,
     quiet,
     reference,
+    release_graphs,
     run_tokenizer,
     trained_model,
     untraceable,
@@ -40,10 +42,8 @@ def trace_online_rl(cfg: RunConfig, processes: int = 1) -> TracedStep:
     """The peak memory of one ppo/grpo step of `cfg` on one of `processes` devices, as planned."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from lmforge.model.build import count_parameters, planned_architecture
+    from lmforge.model.build import planned_architecture
     from lmforge.train.rl.algorithms import algorithm_of
-    from lmforge.train.rl.optimization import Optimization
-    from lmforge.train.setup import trainer_arguments
 
     algorithm = algorithm_of(cfg)
     tokenizer = run_tokenizer(cfg)
@@ -55,26 +55,43 @@ def trace_online_rl(cfg: RunConfig, processes: int = 1) -> TracedStep:
         notes.append("rollouts by vLLM: its engine's memory is not traced (colocated: it takes "
                      f"vllm_gpu_memory_utilization = {cfg.rl.vllm_gpu_memory_utilization:.0%} of the device)")
     with FakeTensorMode(allow_non_fake_inputs=True), quiet():
+        outcome = _traced(cfg, algorithm, tokenizer, auto_class, config, rows, prompt, new, notes)
+        release_graphs()
+    if isinstance(outcome, PlanError):
+        raise outcome
+    return outcome
+
+
+def _traced(cfg: RunConfig, algorithm: Any, tokenizer: Any, auto_class: Any, config: Any, rows: int, prompt: int,
+            new: int, notes: list[str]) -> TracedStep | PlanError:
+    """`trace_online_rl` inside its FakeTensorMode (its figures, or why not: returned, as `trace._traced` does)."""
+    from lmforge.model.build import count_parameters
+    from lmforge.train.rl.optimization import Optimization
+    from lmforge.train.setup import trainer_arguments
+
+    try:
         policy = trained_model(cfg, auto_class, config)
         ref = reference(cfg, policy, tokenizer) if algorithm.needs_reference else None
-        value_head = algorithm.value_head(policy)
         scorer = _reward_model(cfg)
-        optim = Optimization(trainer_arguments(cfg), policy, value_head, None, torch.device("cpu"))
-        total, trainable = count_parameters(policy)
-        tracker = peak_tracker()
-        tracker.track_external(policy, optim.optimizer, *[m for m in (ref, value_head, scorer) if m is not None])
-        try:
-            with tracker:
-                for _ in range(TRACED_STEPS):
-                    with optim.autocast():
-                        if not vllm:
-                            _sample(policy, rows, prompt, new, config)
-                        rollout, batch = _scored(cfg, algorithm, policy, ref, value_head, rows, prompt, new)
-                    _update(cfg, algorithm, optim, policy, value_head, rollout, batch)
-        except Exception as err:  # noqa: BLE001 - an op fake tensors cannot run: say which, plan nothing
-            raise untraceable(config, err) from err
-        reference_parameters = count_parameters(ref)[0] if ref is not None else 0
-        layers = layer_sizes(policy)
+    except PlanError as err:
+        return PlanError(str(err))
+    value_head = algorithm.value_head(policy)
+    optim = Optimization(trainer_arguments(cfg), policy, value_head, None, torch.device("cpu"))
+    total, trainable = count_parameters(policy)
+    tracker = peak_tracker()
+    tracker.track_external(policy, optim.optimizer, *[m for m in (ref, value_head, scorer) if m is not None])
+    try:
+        with tracker:
+            for _ in range(TRACED_STEPS):
+                with optim.autocast():
+                    if cfg.rl.rollout_backend != "vllm":
+                        _sample(policy, rows, prompt, new, config)
+                    rollout, batch = _scored(cfg, algorithm, policy, ref, value_head, rows, prompt, new)
+                _update(cfg, algorithm, optim, policy, value_head, rollout, batch)
+    except Exception as err:  # noqa: BLE001 - an op fake tensors cannot run: say which, plan nothing
+        return untraceable(config, err)
+    reference_parameters = count_parameters(ref)[0] if ref is not None else 0
+    layers = layer_sizes(policy)
     return TracedStep(peak_memory(tracker), cfg.training.per_device_train_batch_size, prompt + new, total, trainable,
                       reference_parameters, layers[0], layers[1], config, notes, rollout_rows=rows)
 

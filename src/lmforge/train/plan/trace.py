@@ -48,7 +48,7 @@ def trace_step(cfg: RunConfig) -> TracedStep:
     """The peak memory of one optimizer step of `cfg` on one device, as planned."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from lmforge.model.build import count_parameters, planned_architecture
+    from lmforge.model.build import planned_architecture
 
     stage = cfg.finetuning.stage
     if stage not in LANGUAGE_MODEL_STAGES + PREFERENCE_STAGES + CLASSIFIER_STAGES:
@@ -56,10 +56,25 @@ def trace_step(cfg: RunConfig) -> TracedStep:
     tokenizer = run_tokenizer(cfg)
     auto_class, config = planned_architecture(cfg.model, tokenizer, reward_head=stage == "rm",
                                               classifier={"num_labels": 2} if stage == "cls" else None)
-    notes: list[str] = []
     rows = cfg.training.per_device_train_batch_size * (2 if stage in ("dpo", "rm") else 1)
     length = cfg.data.cutoff_len
     with FakeTensorMode(allow_non_fake_inputs=True), quiet():
+        outcome = _traced(cfg, tokenizer, auto_class, config, rows, length)
+        release_graphs()
+    if isinstance(outcome, PlanError):
+        raise outcome
+    return outcome
+
+
+def _traced(cfg: RunConfig, tokenizer: Any, auto_class: Any, config: Any, rows: int,
+            length: int) -> TracedStep | PlanError:
+    """`trace_step` inside its FakeTensorMode: the step's figures, or why it cannot be traced (returned, not
+    raised: a traceback would keep this frame's fake tensors alive past the mode)."""
+    from lmforge.model.build import count_parameters
+
+    stage = cfg.finetuning.stage
+    notes: list[str] = []
+    try:
         model = trained_model(cfg, auto_class, config)
         if stage in ("pt", "sft") and cfg.finetuning.chunked_loss and not cfg.training.use_liger_kernel:
             from lmforge.model.chunked_loss import use_chunked_loss
@@ -69,29 +84,43 @@ def trace_step(cfg: RunConfig) -> TracedStep:
         reference = _teacher(cfg) if stage == "kd" else _reference(cfg, model, tokenizer)
         model.train()
         optimizer = run_optimizer(cfg, model)
-        total, trainable = count_parameters(model)
-        batch = _batch(cfg, config, rows, length)
-        tracker = peak_tracker()
-        tracker.track_external(model, optimizer, *([reference] if reference is not None else []))
-        every_token = EVERY_TOKEN_TRAINED.set(True)
-        try:
-            with tracker, run_autocast(cfg):
-                for _ in range(TRACED_STEPS):
-                    for _ in range(min(cfg.training.gradient_accumulation_steps, 2)):
-                        _loss(cfg, model, reference, batch).backward()
-                    if cfg.training.max_grad_norm and cfg.training.max_grad_norm > 0:
-                        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                       cfg.training.max_grad_norm)
-                    optimizer.step()
-                    model.zero_grad(set_to_none=True)
-        except Exception as err:  # noqa: BLE001 - an op fake tensors cannot run: say which, plan nothing
-            raise untraceable(config, err) from err
-        finally:
-            EVERY_TOKEN_TRAINED.reset(every_token)
-        reference_parameters = count_parameters(reference)[0] if reference is not None else 0
-        layers = layer_sizes(model)
+    except PlanError as err:
+        return PlanError(str(err))
+    total, trainable = count_parameters(model)
+    batch = _batch(cfg, config, rows, length)
+    tracker = peak_tracker()
+    tracker.track_external(model, optimizer, *([reference] if reference is not None else []))
+    every_token = EVERY_TOKEN_TRAINED.set(True)
+    try:
+        with tracker, run_autocast(cfg):
+            for _ in range(TRACED_STEPS):
+                for _ in range(min(cfg.training.gradient_accumulation_steps, 2)):
+                    _loss(cfg, model, reference, batch).backward()
+                if cfg.training.max_grad_norm and cfg.training.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                   cfg.training.max_grad_norm)
+                optimizer.step()
+                model.zero_grad(set_to_none=True)
+    except Exception as err:  # noqa: BLE001 - an op fake tensors cannot run: say which, plan nothing
+        return untraceable(config, err)
+    finally:
+        EVERY_TOKEN_TRAINED.reset(every_token)
+    reference_parameters = count_parameters(reference)[0] if reference is not None else 0
+    layers = layer_sizes(model)
     return TracedStep(peak_memory(tracker), rows, length, total, trainable, reference_parameters, layers[0],
                       layers[1], config, notes)
+
+
+def release_graphs() -> None:
+    """Collect the traced step's garbage while its FakeTensorMode is still open (the tracing function has returned,
+    so its model, optimizer and graphs are garbage): forward passes whose backward never runs (the reference's, the
+    scoring's) leave autograd nodes in reference cycles (torch's module tracker hooks their inputs' nodes with a
+    closure over them), which would otherwise be destroyed at some later collection, after the mode is gone. (A
+    teacher run under inference_mode in this mode left nodes whose destruction corrupted the heap, crashing the
+    process in whatever ran next; kd now runs its teacher under no_grad.)"""
+    import gc
+
+    gc.collect()
 
 
 def untraceable(config: Any, err: Exception) -> PlanError:
