@@ -23,6 +23,30 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _DropMessages(logging.Filter):
+    """Drops a library's records that start with one of `starts` (import-time notices that say nothing to a user)."""
+
+    def __init__(self, *starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+# torchao (`quantization_method: torchao`) loads its optional CUDA/FP8 kernels at import and logs each one that a
+# CPU machine lacks; torch then warns about the enums torchao registers. Neither concerns a run.
+_IMPORT_NOTICES = {"torchao": ("Failed to load",), "torch.utils._pytree": ("%s is an Enum subclass",)}
+
+
+def quiet_import_notices() -> None:
+    """The filters for `_IMPORT_NOTICES` (idempotent; `import lmforge` installs them, before any library loads)."""
+    for name, starts in _IMPORT_NOTICES.items():
+        library = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in library.filters):
+            library.addFilter(_DropMessages(*starts))
+
+
 def setup_logging(verbose: bool = False) -> None:
     """A console handler on the `lmforge` logger only (the root logger, and whatever the host program or pytest
     attached to it, is left alone)."""
@@ -33,6 +57,7 @@ def setup_logging(verbose: bool = False) -> None:
         handler.set_name(_HANDLER_NAME)
         handler.setFormatter(logging.Formatter("[lmforge] %(message)s"))
         logger.addHandler(handler)
+    quiet_import_notices()
     import transformers
 
     transformers.logging.set_verbosity_warning()

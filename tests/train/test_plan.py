@@ -5,6 +5,7 @@ it when run, and the change it suggests does; the figures for sharded GPU runs f
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -90,6 +91,25 @@ def test_the_planned_peak_of_an_online_rl_step_is_the_measured_one(recipe, real_
     assert planned.total == pytest.approx(measured["total"], rel=0.10), (planned.as_dict(), measured)
     for kind in ("parameters", "optimizer_state"):
         assert getattr(planned, kind) == measured[kind], kind
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is None and not os.environ.get("CI"),
+                    reason="torchao is not installed (the dev extra installs it)")
+def test_a_torchao_int8_base_is_planned_as_measured(tiny_model_dir, tmp_path):
+    """QLoRA over torchao's weight-only int8 (it runs on the CPU): the plan's base (its linear weights at a byte each,
+    the rest as loaded) against the real step's; the tiny Qwen2, whose linear layers are most of its weights."""
+    from lmforge.train.plan.command import make_plan
+
+    recipe = {**SFT, "finetuning_type": "lora", "lora_target": "all", "quantization_bit": 8,
+              "quantization_method": "torchao"}
+    measured = _measured(tiny_model_dir, tmp_path / "run", recipe)
+    cfg = load_config(None, _values(tiny_model_dir, tmp_path / "plan", recipe))
+    planned = make_plan(cfg, Devices("a large device", 1, 2**40, None, reserved=0)).device.memory
+    unquantized = trace_step(cfg)  # float32 weights: int8 keeps a quarter of the linear ones (and a scale per row)
+    assert planned.parameters == pytest.approx(measured["parameters"], rel=0.02), (planned, measured)
+    assert planned.total == pytest.approx(measured["total"], rel=0.10), (planned, measured)
+    assert measured["parameters"] < unquantized.memory.parameters - 0.7 * unquantized.frozen_linear_bytes
 
 
 @pytest.mark.slow

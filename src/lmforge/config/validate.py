@@ -117,6 +117,9 @@ def _validate_stage(cfg: RunConfig) -> None:
     _validate_optimizer(cfg)
     if m.quantization_bit not in (None, 4, 8):
         _fail(cfg, f"'quantization_bit' must be 4 or 8, got {m.quantization_bit}.")
+    if "quantization_method" in cfg.raw and not m.quantization_bit:
+        _fail(cfg, f"'quantization_method: {m.quantization_method}' quantizes the base only with 'quantization_bit' "
+              "(4 or 8): set it, or drop 'quantization_method'.")
     if m.quantization_bit and (cfg.training.fsdp or _zero_stage(cfg.training.deepspeed) == 3):
         _fail(cfg, "'quantization_bit' with ZeRO-3/FSDP would shard the packed 4/8-bit weights, which needs "
               "bitsandbytes' quant storage in bf16 (not set up by lmforge yet): use ZeRO-2 ('deepspeed: "

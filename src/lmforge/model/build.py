@@ -114,14 +114,27 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
-def quantization_config(bits: int) -> Any:
-    """bitsandbytes 4-bit (NF4, double quantization) or 8-bit loading, or a clear error where it cannot run."""
+def quantization_config(bits: int, method: str = "bitsandbytes") -> Any:
+    """The base model's quantization for QLoRA: bitsandbytes 4-bit (NF4, double quantization) or 8-bit, or torchao
+    weight-only int8 (the CPU too) or int4; a clear error where it cannot run."""
     import importlib.util
 
+    if method == "torchao":
+        if importlib.util.find_spec("torchao") is None:
+            raise ConfigError("Config error: 'quantization_method: torchao' needs the torchao package: "
+                              "pip install torchao")
+        if bits == 4 and not torch.cuda.is_available():
+            raise ConfigError("Config error: torchao's int4 weight-only base ('quantization_bit: 4') runs on a CUDA "
+                              "GPU (its tinygemm kernel); on the CPU use 'quantization_bit: 8'.")
+        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+        from transformers import TorchAoConfig
+
+        return TorchAoConfig(Int4WeightOnlyConfig(group_size=128) if bits == 4 else Int8WeightOnlyConfig())
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("Config error: 'quantization_bit' needs the bitsandbytes package: pip install bitsandbytes")
     if not torch.cuda.is_available():
-        raise ConfigError("Config error: 'quantization_bit' (bitsandbytes QLoRA) needs a CUDA GPU; none is available.")
+        raise ConfigError("Config error: 'quantization_bit' (bitsandbytes QLoRA) needs a CUDA GPU; none is available "
+                          "('quantization_method: torchao' with 'quantization_bit: 8' runs on the CPU).")
     from transformers import BitsAndBytesConfig
 
     if bits == 4:
@@ -246,7 +259,7 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
     config = None if args.from_scratch else multimodal.model_config(args)  # the checkpoint's, read once
     auto_class, head = model_class(args, tokenizer, config, reward_head, classifier)
     if args.quantization_bit:
-        kwargs["quantization_config"] = quantization_config(args.quantization_bit)
+        kwargs["quantization_config"] = quantization_config(args.quantization_bit, args.quantization_method)
     if args.from_scratch:
         config = with_router_loss(with_context(with_head(scratch_config(args, tokenizer), head), args),
                                   args.router_aux_loss_coef)
@@ -268,11 +281,12 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         origin = f"{args.model_name_or_path}"
-        if args.quantization_bit:
+        if args.quantization_bit and args.quantization_method == "bitsandbytes":
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model)
-            origin += f" ({args.quantization_bit}-bit)"
+        if args.quantization_bit:  # a torchao base needs no preparation: its other weights keep their dtype
+            origin += f" ({args.quantization_bit}-bit, {args.quantization_method})"
     total, trainable = count_parameters(model)
     logger.info("Model: %s — %s parameters (%s trainable)", origin, f"{total:,}", f"{trainable:,}")
     if held := experts_per_process(model):

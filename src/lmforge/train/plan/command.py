@@ -213,8 +213,8 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
 def render(plan: Plan, suggestion: tuple[list[str], Plan] | None) -> str:
     s, d = plan.step, plan.device
     cfg = plan.cfg
-    kind = cfg.finetuning.finetuning_type + (f" + {cfg.model.quantization_bit}-bit base"
-                                             if cfg.model.quantization_bit else "")
+    kind = cfg.finetuning.finetuning_type + (f" + {cfg.model.quantization_bit}-bit {cfg.model.quantization_method} "
+                                             "base" if cfg.model.quantization_bit else "")
     lines = [f"Plan: {cfg.finetuning.stage} of {plan_dict(plan)['model']} ({s.config.model_type}, "
              f"{_count(s.parameters)} parameters; {kind}: {s.trainable:,} trained) on {plan.devices.describe()}",
              _step_line(plan), "", "Per device, at the peak:"]

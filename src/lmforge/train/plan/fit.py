@@ -17,9 +17,11 @@ from lmforge.train.plan.devices import Devices
 from lmforge.train.plan.rl_trace import RL_STAGES
 from lmforge.train.plan.trace import PREFERENCE_STAGES, TracedStep
 
-# bytes per parameter of a bitsandbytes base: NF4 with double quantization (4 bits + 8-bit absmax per 64 + fp32 per
-# 256 blocks), LLM.int8 (1 byte + an fp32 scale per row)
-QUANTIZED_BYTES = {4: 4.127 / 8, 8: 1.0}
+# bytes per parameter of a quantized base: bitsandbytes NF4 with double quantization (4 bits + 8-bit absmax per 64 +
+# fp32 per 256 blocks), LLM.int8 (1 byte + an fp32 scale per row); torchao int4 in groups of 128 (4 bits + a bf16
+# scale and zero point per group), int8 weight-only (1 byte + a scale per row)
+QUANTIZED_BYTES = {("bitsandbytes", 4): 4.127 / 8, ("bitsandbytes", 8): 1.0, ("torchao", 4): 0.5 + 4 / 128,
+                   ("torchao", 8): 1.0}
 DEFAULT_MFU = 0.4
 
 
@@ -61,9 +63,12 @@ def device_plan(cfg: RunConfig, step: TracedStep, devices: Devices) -> DevicePla
     tensor = cfg.parallelism.tensor_parallel_size
     bits = cfg.model.quantization_bit
     if bits:
-        _quantized_base(memory, step, bits)
-        notes.append(f"{bits}-bit base: its frozen linear weights at {QUANTIZED_BYTES[bits]:.2f} bytes per weight "
-                     "(bitsandbytes), the other frozen weights in float32 (peft's k-bit preparation) - computed")
+        method = cfg.model.quantization_method
+        _quantized_base(memory, step, bits, method)
+        notes.append(f"{bits}-bit base: its frozen linear weights at {QUANTIZED_BYTES[method, bits]:.2f} bytes per "
+                     f"weight ({method}), the other frozen weights "
+                     + ("in float32 (peft's k-bit preparation)" if method == "bitsandbytes" else "as loaded")
+                     + " - computed")
     if stage:
         _zero(memory, step, cfg, stage, shards, offload_optimizer, offload_parameters)
         engine = (f"ZeRO-{stage}" if cfg.training.deepspeed else "FSDP") + f" over {shards} devices"
@@ -100,13 +105,13 @@ def _gradient_bytes(step: TracedStep) -> int:
     return step.trainable * 4
 
 
-def _quantized_base(memory: StepMemory, step: TracedStep, bits: int) -> None:
-    """The traced bf16 base as bitsandbytes stores it."""
-    bf16_linear = step.frozen_linear_parameters * 2
+def _quantized_base(memory: StepMemory, step: TracedStep, bits: int, method: str) -> None:
+    """The traced base as the quantizer stores it: its linear weights packed; the other frozen weights in float32
+    after peft's k-bit preparation (bitsandbytes; from bf16), as loaded (torchao)."""
     trainable = step.trainable * 4  # the adapters, float32
-    other_frozen = max(memory.parameters - bf16_linear - trainable, 0)
-    memory.parameters = (int(step.frozen_linear_parameters * QUANTIZED_BYTES[bits]) + 2 * other_frozen
-                         + trainable)
+    other_frozen = max(memory.parameters - step.frozen_linear_bytes - trainable, 0)
+    memory.parameters = (int(step.frozen_linear_parameters * QUANTIZED_BYTES[method, bits])
+                         + (2 if method == "bitsandbytes" else 1) * other_frozen + trainable)
 
 
 def _zero(memory: StepMemory, step: TracedStep, cfg: RunConfig, stage: int, shards: int, offload_optimizer: bool,
@@ -121,7 +126,9 @@ def _zero(memory: StepMemory, step: TracedStep, cfg: RunConfig, stage: int, shar
     full = cfg.finetuning.finetuning_type == "full"
     parameters = step.parameters * weight_bytes if full else memory.parameters
     gradients = trainable * weight_bytes
-    optimizer = trainable * (12 if half else 8)  # (fp32 master +) Adam's two moments
+    # (fp32 master +) Adam's two moments, or the traced state of lmforge's memory-light `optimizer`
+    moments = step.memory.optimizer_state if cfg.finetuning.optimizer else trainable * 8
+    optimizer = moments + (trainable * 4 if half else 0)
     if stage >= 3:
         parameters = parameters // shards + 2 * step.largest_layer_bytes  # this layer and the next, gathered
     if stage >= 2:

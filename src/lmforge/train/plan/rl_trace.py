@@ -93,7 +93,7 @@ def _traced(cfg: RunConfig, algorithm: Any, tokenizer: Any, auto_class: Any, con
     reference_parameters = count_parameters(ref)[0] if ref is not None else 0
     layers = layer_sizes(policy)
     return TracedStep(peak_memory(tracker), cfg.training.per_device_train_batch_size, prompt + new, total, trainable,
-                      reference_parameters, layers[0], layers[1], config, notes, rollout_rows=rows)
+                      reference_parameters, *layers, config, notes, rollout_rows=rows)
 
 
 def _reward_model(cfg: RunConfig) -> torch.nn.Module | None:

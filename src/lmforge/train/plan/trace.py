@@ -35,6 +35,7 @@ class TracedStep:
     reference_parameters: int  # of a frozen reference copy (dpo/kto without LoRA), 0 when none
     largest_layer_bytes: int  # the biggest decoder layer's weights, as held (what ZeRO-3/FSDP gather at once)
     frozen_linear_parameters: int  # in the decoder layers' frozen linear weights (what QLoRA stores in 4 bits)
+    frozen_linear_bytes: int  # the same weights as traced (the checkpoint's dtype)
     config: Any  # the model's config
     notes: list[str]
     rollout_rows: int = 0  # ppo/grpo: the completions a device samples per step (`rows` is a training mini-batch)
@@ -107,8 +108,8 @@ def _traced(cfg: RunConfig, tokenizer: Any, auto_class: Any, config: Any, rows: 
         EVERY_TOKEN_TRAINED.reset(every_token)
     reference_parameters = count_parameters(reference)[0] if reference is not None else 0
     layers = layer_sizes(model)
-    return TracedStep(peak_memory(tracker), rows, length, total, trainable, reference_parameters, layers[0],
-                      layers[1], config, notes)
+    return TracedStep(peak_memory(tracker), rows, length, total, trainable, reference_parameters, *layers, config,
+                      notes)
 
 
 def release_graphs() -> None:
@@ -145,19 +146,19 @@ def trained_model(cfg: RunConfig, auto_class: Any, config: Any) -> torch.nn.Modu
     return model
 
 
-def layer_sizes(model: torch.nn.Module) -> tuple[int, int]:
-    """(bytes of the largest decoder layer, parameters of the frozen linear weights inside the layers)."""
+def layer_sizes(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(bytes of the largest decoder layer, parameters and bytes of the frozen linear weights inside the layers)."""
     from lmforge.model.adapters import decoder_layers
     from lmforge.model.chunked_loss import causal_lm
 
     try:
         _, layers = decoder_layers(causal_lm(model))
     except Exception:  # noqa: BLE001 - an architecture whose layers are not found: no layer figures
-        return 0, 0
+        return 0, 0, 0
     largest = max((sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers), default=0)
-    frozen = sum(m.weight.numel() for layer in layers for m in layer.modules()
-                 if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
-    return largest, frozen
+    frozen = [m.weight for layer in layers for m in layer.modules()
+              if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]
+    return largest, sum(w.numel() for w in frozen), sum(w.numel() * w.element_size() for w in frozen)
 
 
 def run_tokenizer(cfg: RunConfig) -> Any:
@@ -197,14 +198,30 @@ def _reference(cfg: RunConfig, policy: torch.nn.Module, tokenizer: Any) -> torch
 def reference(cfg: RunConfig, policy: torch.nn.Module, tokenizer: Any) -> torch.nn.Module | None:
     """A frozen reference as `reference_model` makes it (a copy of the policy; none under LoRA), or `ref_model` from
     its config, in its checkpoint's dtype."""
-    from lmforge.model.reference import reference_model
-
     f = cfg.finetuning
     if f.ref_model:
         return frozen(cfg, f.ref_model, None)
     if f.finetuning_type == "lora":
         return None  # the policy with its adapters off (a starting adapter merged: the same size)
-    return reference_model(cfg, policy, tokenizer)
+    return _copy_of(cfg, policy)
+
+
+def _copy_of(cfg: RunConfig, policy: torch.nn.Module) -> torch.nn.Module:
+    """The frozen copy of the policy `reference_model` makes, with the same dtypes (the checkpoint's half precision
+    under bf16/fp16, else each weight's own), built anew from the policy's config: `copy.deepcopy` of a module of
+    fake tensors reads their data pointers, which torch calls undefined behaviour (and which left the test process's
+    heap corrupted, tests later)."""
+    from lmforge.model.precision import HALF, config_dtype
+
+    half = config_dtype(policy)
+    keep_half = bool(cfg.training.bf16 or cfg.training.fp16) and half in HALF
+    ref = type(policy)._from_config(policy.config, dtype=half or torch.float32)
+    dtypes = {name: p.dtype for name, p in policy.named_parameters()}
+    for name, param in ref.named_parameters():
+        dtype = half if keep_half else dtypes.get(name, param.dtype)
+        if param.dtype != dtype:
+            param.data = param.data.to(dtype)
+    return ref.eval().requires_grad_(False)
 
 
 def frozen(cfg: RunConfig, name: str, dtype: torch.dtype | None, auto_class: Any = None) -> torch.nn.Module:
