@@ -93,6 +93,7 @@ def test_a_started_run_gets_its_secrets_from_the_environment_not_from_disk(tmp_p
 
 
 def test_the_plan_button_shows_what_lmforge_plan_prints(tmp_path, tiny_model_dir):
+    """The text `lmforge plan` prints, or its one-line error (the browser test below clicks the button)."""
     values = {"stage": "sft", "model_name_or_path": tiny_model_dir, "dataset": "identity", "dataset_dir": str(LF_DEMO),
               "template": "chatml", "cutoff_len": 64, "output_dir": str(tmp_path / "run")}
     text = plan(values, "1xRTX-4090")
