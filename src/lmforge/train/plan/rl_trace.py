@@ -92,8 +92,9 @@ def _traced(cfg: RunConfig, algorithm: Any, tokenizer: Any, auto_class: Any, con
         return untraceable(config, err)
     reference_parameters = count_parameters(ref)[0] if ref is not None else 0
     layers = layer_sizes(policy)
-    return TracedStep(peak_memory(tracker), cfg.training.per_device_train_batch_size, prompt + new, total, trainable,
-                      reference_parameters, *layers, config, notes, rollout_rows=rows)
+    minibatch = min(cfg.training.per_device_train_batch_size, rows)
+    return TracedStep(peak_memory(tracker), minibatch, prompt + new, total, trainable, reference_parameters, *layers,
+                      config, notes, rollout_rows=rows)
 
 
 def _reward_model(cfg: RunConfig) -> torch.nn.Module | None:
@@ -132,7 +133,8 @@ def _sample(policy: torch.nn.Module, rows: int, prompt: int, new: int, config: A
         piece = min(CACHE_PIECE, new - 1 - filled)
         mask = torch.cat([mask, mask.new_ones(rows, piece)], dim=1)
         positions = torch.arange(prompt + filled, prompt + filled + piece).expand(rows, -1)
-        out = policy(input_ids=ids[:, :piece], attention_mask=mask, position_ids=positions, use_cache=True,
+        out = policy(input_ids=torch.zeros((rows, piece), dtype=torch.long), attention_mask=mask,
+                     position_ids=positions, use_cache=True,
                      **cache_kwargs(policy, output_cache(out)), **last_logits_only(policy))
         filled += piece
     torch.softmax(out.logits[:, -1].float(), dim=-1)  # choose_next's probabilities
@@ -174,7 +176,7 @@ def _update(cfg: RunConfig, algorithm: Any, optim: Any, policy: torch.nn.Module,
     from lmforge.train.rl.rollout import completion_logps
 
     policy.train()
-    minibatch = cfg.training.per_device_train_batch_size
+    minibatch = min(cfg.training.per_device_train_batch_size, rollout.input_ids.shape[0])
     new = rollout.completion_mask.shape[1]
     normalisers = {"tokens": float(minibatch * new), "rows": float(minibatch), "step_tokens": float(minibatch * new)}
     for _ in range(min(optim.accumulation, 2)):
