@@ -434,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[0] in ("--version", "-V"):
         return cmd_version([])
+    from lmforge.logs import quiet_import_notices
+
+    quiet_import_notices()  # before a command imports the libraries that log them
     command = COMMANDS.get(argv[0])
     if command is None:
         from lmforge.config.suggest import suggest

@@ -40,7 +40,7 @@ _IMPORT_NOTICES = {"torchao": ("Failed to load",), "torch.utils._pytree": ("%s i
 
 
 def quiet_import_notices() -> None:
-    """The filters for `_IMPORT_NOTICES` (idempotent; `import lmforge` installs them, before any library loads)."""
+    """The filters for `_IMPORT_NOTICES` (idempotent; the CLI installs them before a command loads a library)."""
     for name, starts in _IMPORT_NOTICES.items():
         library = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in library.filters):

@@ -163,7 +163,7 @@ def test_quantization_without_bitsandbytes_or_gpu_is_a_clear_error(tiny_model_di
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("torchao") is None and not os.environ.get("CI"),
                     reason="torchao is not installed (the dev extra installs it)")
-def test_qlora_over_a_torchao_int8_base_trains_on_the_cpu(tiny_model_dir, tmp_path, capsys):
+def test_qlora_over_a_torchao_int8_base_trains_on_the_cpu(real_model, tmp_path, capsys):
     """LoRA over a base whose linear weights torchao holds in int8 (peft's torchao LoRA layer): the loss falls step
     by step as it does over the unquantized base (measured: within 0.003 at every step), the adapter covers every
     linear layer and, on the unquantized base, gives the trained model's logits closely."""
@@ -174,12 +174,14 @@ def test_qlora_over_a_torchao_int8_base_trains_on_the_cpu(tiny_model_dir, tmp_pa
     from lmforge.model.build import build_model
     from lmforge.runlog import read_log
 
+    model_dir = real_model("qwen3")  # the published tokenizer, chat template and config, tiny random weights
+
     out, plain_out = tmp_path / "int8", tmp_path / "bf16"
     lora = {"finetuning_type": "lora", "lora_target": "all", "learning_rate": 2e-2, "max_steps": 10,
             "logging_steps": 1, "save_steps": 10}
-    assert main(["train", *sft_args(tiny_model_dir, plain_out, **lora)]) == 0
+    assert main(["train", *sft_args(model_dir, plain_out, **lora)]) == 0
     capsys.readouterr()
-    assert main(["train", *sft_args(tiny_model_dir, out, quantization_bit=8, quantization_method="torchao",
+    assert main(["train", *sft_args(model_dir, out, quantization_bit=8, quantization_method="torchao",
                                     **lora)]) == 0
     err = capsys.readouterr().err
     assert "(8-bit, torchao)" in err and "Failed to load" not in err  # torchao's import notices are quieted
@@ -190,12 +192,12 @@ def test_qlora_over_a_torchao_int8_base_trains_on_the_cpu(tiny_model_dir, tmp_pa
     assert {k.split(".")[-3] for k in adapter if "lora_A" in k} >= {"q_proj", "k_proj", "v_proj", "o_proj",
                                                                    "gate_proj", "up_proj", "down_proj"}
     tokenizer = AutoTokenizer.from_pretrained(out)
-    quantized = build_model(ModelArguments(model_name_or_path=tiny_model_dir, quantization_bit=8,
+    quantized = build_model(ModelArguments(model_name_or_path=model_dir, quantization_bit=8,
                                            quantization_method="torchao"), tokenizer)
     ids = torch.tensor([tokenizer("Who are you?")["input_ids"]])
     with torch.no_grad():
         trained = PeftModel.from_pretrained(quantized, out)(input_ids=ids).logits
-        unquantized = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        unquantized = AutoModelForCausalLM.from_pretrained(model_dir)
         plain = PeftModel.from_pretrained(unquantized, out)(input_ids=ids).logits
     assert type(quantized.model.layers[0].mlp.up_proj.base_layer.weight).__name__ == "Int8Tensor"
     torch.testing.assert_close(plain, trained, atol=0.05, rtol=0.05)  # int8 rounding of the base only

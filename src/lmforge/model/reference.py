@@ -44,11 +44,17 @@ def reference_model(cfg: RunConfig, policy: torch.nn.Module, tokenizer: PreTrain
         logger.info("Reference model: the starting model, sharded as the policy is")
     else:
         ref = copy.deepcopy(policy)
-        dtype = config_dtype(policy)
-        if (cfg.training.bf16 or cfg.training.fp16) and dtype in HALF:
-            # a copy of float32 master weights: the reference never trains, and autocast runs its matmuls in half
-            # precision all the same, so it keeps the checkpoint's dtype (half the memory)
+        dtype = copy_dtype(cfg, policy)
+        if dtype is not None:
             for param in ref.parameters():
                 param.data = param.data.to(dtype)
         logger.info("Reference model: a frozen copy of the starting model")
     return ref.eval().requires_grad_(False)
+
+
+def copy_dtype(cfg: RunConfig, policy: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of a frozen copy of the policy: the checkpoint's half precision under bf16/fp16 autocast (a copy of
+    float32 master weights never trains, and autocast runs its matmuls in half precision all the same: half the
+    memory), else None (each weight keeps the policy's dtype)."""
+    dtype = config_dtype(policy)
+    return dtype if (cfg.training.bf16 or cfg.training.fp16) and dtype in HALF else None

@@ -116,9 +116,9 @@ def release_graphs() -> None:
     """Collect the traced step's garbage while its FakeTensorMode is still open (the tracing function has returned,
     so its model, optimizer and graphs are garbage): forward passes whose backward never runs (the reference's, the
     scoring's) leave autograd nodes in reference cycles (torch's module tracker hooks their inputs' nodes with a
-    closure over them), which would otherwise be destroyed at some later collection, after the mode is gone. (A
-    teacher run under inference_mode in this mode left nodes whose destruction corrupted the heap, crashing the
-    process in whatever ran next; kd now runs its teacher under no_grad.)"""
+    closure over them), which would otherwise be destroyed at some later collection, after the mode is gone. (The
+    test process crashed on a corrupted heap in such a collection; this, the kd teacher's no_grad and
+    `_copy_of` together ended it.)"""
     import gc
 
     gc.collect()
@@ -211,14 +211,13 @@ def _copy_of(cfg: RunConfig, policy: torch.nn.Module) -> torch.nn.Module:
     under bf16/fp16, else each weight's own), built anew from the policy's config: `copy.deepcopy` of a module of
     fake tensors reads their data pointers, which torch calls undefined behaviour (and which left the test process's
     heap corrupted, tests later)."""
-    from lmforge.model.precision import HALF, config_dtype
+    from lmforge.model.reference import copy_dtype
 
-    half = config_dtype(policy)
-    keep_half = bool(cfg.training.bf16 or cfg.training.fp16) and half in HALF
-    ref = type(policy)._from_config(policy.config, dtype=half or torch.float32)
+    half = copy_dtype(cfg, policy)
+    ref = type(policy)._from_config(policy.config)
     dtypes = {name: p.dtype for name, p in policy.named_parameters()}
     for name, param in ref.named_parameters():
-        dtype = half if keep_half else dtypes.get(name, param.dtype)
+        dtype = half or dtypes.get(name, param.dtype)
         if param.dtype != dtype:
             param.data = param.data.to(dtype)
     return ref.eval().requires_grad_(False)
@@ -336,7 +335,7 @@ def _modules_stay_put():
 @contextlib.contextmanager
 def quiet():
     """transformers' and peft's own log lines and warnings while the fake model is built say nothing about the plan
-    (deprecations, a fake tensor's data pointer read by a copy), nor do torch's tracebacks of an operation fake
+    (deprecations), nor do torch's tracebacks of an operation fake
     tensors cannot run (the PlanError says which)."""
     import logging
     import warnings

@@ -53,8 +53,8 @@ def distillation_step_loss(student: torch.nn.Module, teacher: torch.nn.Module, i
     its LM loss would. (Also what `lmforge plan` traces.)"""
     passed = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
     decoded = student.get_decoder()(**passed, use_cache=False)
-    # no_grad, not inference_mode: an inference tensor needs a copy to enter the student's graph, and under `lmforge
-    # plan`'s FakeTensorMode inference-mode tensors were destroyed into a corrupted heap (a crash tests later)
+    # no_grad, not inference_mode: an inference tensor needs a copy to enter the student's graph (and `lmforge plan`
+    # traces this function over fake tensors, which inference mode did not serve well)
     with torch.no_grad():
         teacher_hidden = teacher.get_decoder()(**{k: v.to(teacher.device) for k, v in passed.items()},
                                                use_cache=False).last_hidden_state
