@@ -35,8 +35,11 @@ class _DropMessages(logging.Filter):
 
 
 # torchao (`quantization_method: torchao`) loads its optional CUDA/FP8 kernels at import and logs each one that a
-# CPU machine lacks; torch then warns about the enums torchao registers. Neither concerns a run.
-_IMPORT_NOTICES = {"torchao": ("Failed to load",), "torch.utils._pytree": ("%s is an Enum subclass",)}
+# CPU machine lacks; torch then warns about the enums torchao registers; bitsandbytes (which GaLore and APOLLO bring,
+# and peft imports wherever it is installed) logs that its optional CPU 4-bit kernel is not downloaded. None of them
+# concerns a run.
+_IMPORT_NOTICES = {"torchao": ("Failed to load",), "torch.utils._pytree": ("%s is an Enum subclass",),
+                   "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",)}
 
 
 def quiet_import_notices() -> None:

@@ -51,12 +51,13 @@ class ModelArguments:
         None, "Attention kernel: `sdpa`, `eager`, `flash_attention_2`, ... (transformers' default when unset)."
     )
     quantization_bit: int | None = option(
-        None, "Load the base model quantized to 4 or 8 bits by `quantization_method` and train LoRA adapters over it "
-        "(QLoRA; needs `finetuning_type: lora`).")
-    quantization_method: Literal["bitsandbytes", "torchao"] = option(
+        None, "Load the base model quantized to this many bits by `quantization_method` (4 or 8; HQQ also 1, 2 or "
+        "3) and train LoRA adapters over it (QLoRA; needs `finetuning_type: lora`).")
+    quantization_method: Literal["bitsandbytes", "torchao", "hqq"] = option(
         "bitsandbytes", "What quantizes the base for `quantization_bit`: `bitsandbytes` (4-bit NF4 with double "
-        "quantization or LLM.int8; a CUDA GPU) or `torchao` (weight-only int8, which runs on the CPU too, or int4 "
-        "in groups of 128 on a CUDA GPU; `pip install torchao`).")
+        "quantization or LLM.int8; a CUDA GPU), `torchao` (weight-only int8, which runs on the CPU too, or int4 "
+        "in groups of 128 on a CUDA GPU; `pip install torchao`) or `hqq` (HQQ, 1 to 8 bits in groups of 64 with no "
+        "calibration data, the CPU too; `pip install hqq`).")
     rope_scaling: dict[str, Any] | None = option(
         None, "Extend the context of a pretrained (or new) model `factor` times by RoPE scaling, e.g. `{rope_type: "
         "yarn, factor: 4.0}`: linear, dynamic, yarn, longrope or llama3, as transformers implements them for the "

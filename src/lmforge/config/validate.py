@@ -115,8 +115,10 @@ def _validate_stage(cfg: RunConfig) -> None:
         if lora_only:
             _fail(cfg, f"'{lora_only[0]}' needs 'finetuning_type: lora'.")
     _validate_optimizer(cfg)
-    if m.quantization_bit not in (None, 4, 8):
-        _fail(cfg, f"'quantization_bit' must be 4 or 8, got {m.quantization_bit}.")
+    if m.quantization_bit not in (None, 4, 8) and not (m.quantization_method == "hqq"
+                                                       and m.quantization_bit in (1, 2, 3)):
+        _fail(cfg, f"'quantization_bit' must be 4 or 8 (or 1, 2, 3 with 'quantization_method: hqq'), got "
+              f"{m.quantization_bit}.")
     if "quantization_method" in cfg.raw and not m.quantization_bit:
         _fail(cfg, f"'quantization_method: {m.quantization_method}' quantizes the base only with 'quantization_bit' "
               "(4 or 8): set it, or drop 'quantization_method'.")

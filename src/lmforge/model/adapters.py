@@ -91,10 +91,14 @@ def add_lora(model: PreTrainedModel, args: FinetuningArguments, adapter: str | N
     """New LoRA adapters, or (`adapter`) a saved one continued."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    from lmforge.model.hqq_base import hqq_linear_names
+
     if adapter:
         logger.info("LoRA: continuing from the adapter in %s", adapter)
         return PeftModel.from_pretrained(model, adapter, is_trainable=True)
     targets: str | list[str] = "all-linear" if args.lora_target.strip() == "all" else _names(args.lora_target)
+    if targets == "all-linear" and (quantized := hqq_linear_names(model)):
+        targets = quantized  # peft's `all-linear` finds nn.Linear only
     parameters = expert_targets(model, targets)
     if isinstance(targets, list):  # `experts` is parameters; `router` the routers' modules
         targets = [t for t in targets if t != "experts"]

@@ -115,10 +115,20 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def quantization_config(bits: int, method: str = "bitsandbytes") -> Any:
-    """The base model's quantization for QLoRA: bitsandbytes 4-bit (NF4, double quantization) or 8-bit, or torchao
-    weight-only int8 (the CPU too) or int4; a clear error where it cannot run."""
+    """The base model's quantization for QLoRA, as transformers loads it: bitsandbytes 4-bit (NF4, double
+    quantization) or 8-bit, or torchao weight-only int8 (the CPU too) or int4; None for HQQ, which quantizes the
+    loaded model (model/hqq_base.py); a clear error where it cannot run."""
     import importlib.util
 
+    if method == "hqq":
+        from lmforge.model.hqq_base import HQQ_BITS
+
+        if importlib.util.find_spec("hqq") is None:
+            raise ConfigError("Config error: 'quantization_method: hqq' needs the hqq package: pip install hqq")
+        if bits not in HQQ_BITS:
+            raise ConfigError(f"Config error: HQQ quantizes to {', '.join(map(str, HQQ_BITS))} bits "
+                              f"('quantization_bit'), not {bits}.")
+        return None
     if method == "torchao":
         if importlib.util.find_spec("torchao") is None:
             raise ConfigError("Config error: 'quantization_method: torchao' needs the torchao package: "
@@ -258,8 +268,9 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
     kwargs.update(split or {})
     config = None if args.from_scratch else multimodal.model_config(args)  # the checkpoint's, read once
     auto_class, head = model_class(args, tokenizer, config, reward_head, classifier)
-    if args.quantization_bit:
-        kwargs["quantization_config"] = quantization_config(args.quantization_bit, args.quantization_method)
+    if args.quantization_bit and (quantization := quantization_config(args.quantization_bit,
+                                                                       args.quantization_method)):
+        kwargs["quantization_config"] = quantization
     if args.from_scratch:
         config = with_router_loss(with_context(with_head(scratch_config(args, tokenizer), head), args),
                                   args.router_aux_loss_coef)
@@ -285,7 +296,12 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model)
-        if args.quantization_bit:  # a torchao base needs no preparation: its other weights keep their dtype
+        if args.quantization_bit and args.quantization_method == "hqq":
+            from lmforge.model.hqq_base import quantize_with_hqq
+
+            quantize_with_hqq(model, args.quantization_bit)
+        # a torchao or HQQ base needs no preparation: its other weights keep their dtype
+        if args.quantization_bit:
             origin += f" ({args.quantization_bit}-bit, {args.quantization_method})"
     total, trainable = count_parameters(model)
     logger.info("Model: %s — %s parameters (%s trainable)", origin, f"{total:,}", f"{trainable:,}")

@@ -52,6 +52,25 @@ class CombinedOptimizer(torch.optim.Optimizer):
             optimizer.load_state_dict(state)
 
 
+# GaLore's and APOLLO's optimizers keep a projector object (its rank, seed and orthogonal matrix) in the state of each
+# matrix they project. The Trainer reloads a checkpoint's optimizer with torch.load(weights_only=True), which refuses
+# classes it was not told of: without these, a GaLore or APOLLO run could not resume.
+PROJECTOR_CLASSES = {"galore_torch": ("galore_torch.galore_projector", ("GaLoreProjector",)),
+                     "apollo_torch": ("apollo_torch.svd_projector", ("GaLoreProjector",)),
+                     "apollo_torch.random": ("apollo_torch.random_projector", ("GradientProjector",))}
+
+
+def allow_resuming(optimizer: torch.optim.Optimizer) -> None:
+    """Let a checkpoint of `optimizer` be loaded back with `weights_only=True` (GaLore's and APOLLO's projectors)."""
+    import importlib
+
+    package = type(optimizer).__module__.split(".")[0]
+    for key, (module, names) in PROJECTOR_CLASSES.items():
+        if key.split(".")[0] == package:
+            loaded = importlib.import_module(module)
+            torch.serialization.add_safe_globals([getattr(loaded, name) for name in names])
+
+
 def build_optimizer(settings: Any, model: torch.nn.Module, args: Any) -> torch.optim.Optimizer:
     """The `optimizer` of the run's `settings` (its FinetuningArguments) over `model`'s trainable parameters, with
     the Trainer's arguments `args`."""

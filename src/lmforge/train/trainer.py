@@ -9,7 +9,7 @@ from transformers import Trainer
 from trl import RewardTrainer
 
 from lmforge.model.chunked_loss import use_chunked_loss
-from lmforge.train.optimizers import build_optimizer
+from lmforge.train.optimizers import allow_resuming, build_optimizer
 from lmforge.train.runtime.log_callback import perplexity
 from lmforge.train.runtime.resilience import SafeTrainingMixin
 
@@ -38,7 +38,9 @@ class LoraPlusTrainer(SafeTrainingMixin, Trainer):
                 self.model, optimizer_cls, lr=self.args.learning_rate, loraplus_lr_ratio=self.loraplus_lr_ratio,
                 loraplus_weight_decay=self.args.weight_decay, **optimizer_kwargs)
             return self.optimizer
-        return super().create_optimizer(model)
+        optimizer = super().create_optimizer(model)
+        allow_resuming(optimizer)
+        return optimizer
 
 
 class LanguageModelTrainer(LoraPlusTrainer):

@@ -93,14 +93,14 @@ def _traced(cfg: RunConfig, tokenizer: Any, auto_class: Any, config: Any, rows: 
     tracker.track_external(model, optimizer, *([reference] if reference is not None else []))
     every_token = EVERY_TOKEN_TRAINED.set(True)
     try:
-        with tracker, run_autocast(cfg):
-            for _ in range(TRACED_STEPS):
+        with tracker, run_autocast(cfg), real_seed_draws():
+            for step in range(TRACED_STEPS):
                 for _ in range(min(cfg.training.gradient_accumulation_steps, 2)):
                     _loss(cfg, model, reference, batch).backward()
                 if cfg.training.max_grad_norm and cfg.training.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                                    cfg.training.max_grad_norm)
-                optimizer.step()
+                step_optimizer(optimizer, step, notes)
                 model.zero_grad(set_to_none=True)
     except Exception as err:  # noqa: BLE001 - an op fake tensors cannot run: say which, plan nothing
         return untraceable(config, err)
@@ -122,6 +122,48 @@ def release_graphs() -> None:
     import gc
 
     gc.collect()
+
+
+def step_optimizer(optimizer: torch.optim.Optimizer, step: int, notes: list[str]) -> None:
+    """`optimizer.step()` over fake tensors. Some optimizers branch on values from their second step on (APOLLO's
+    norm-growth limiter compares this step's gradient norm with the last one's), which fake tensors do not hold: their
+    state exists from the first step, and a later step's temporaries are the first's, so such a step is planned as
+    the first was."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException
+
+    try:
+        optimizer.step()
+    except DataDependentOutputException:
+        if step == 0:
+            raise
+        notes.append(f"{type(optimizer).__name__}: its later steps branch on values, so its first step is planned")
+
+
+@contextlib.contextmanager
+def real_seed_draws():
+    """APOLLO draws the seed of each random projection from a generator and reads it back (`.tolist()` in
+    `apollo_torch.random_projector.next_seed`), a value fake tensors do not hold. While a step is traced those few
+    integers are drawn on real tensors; the projections they seed stay fake. (The planner's only patch of another
+    package: without it APOLLO, transformers' `optim: apollo_adamw`, could not be planned at all.)"""
+    import sys
+
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    projector = sys.modules.get("apollo_torch.random_projector")  # imported where the run's optimizer is APOLLO's
+    if projector is None:
+        yield
+        return
+    original = projector.next_seed
+
+    def drawn(*args: Any, **kwargs: Any) -> Any:
+        with unset_fake_temporarily():
+            return original(*args, **kwargs)
+
+    projector.next_seed = drawn
+    try:
+        yield
+    finally:
+        projector.next_seed = original
 
 
 def untraceable(config: Any, err: Exception) -> PlanError:
@@ -253,7 +295,14 @@ def run_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimiz
         optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(trainer_arguments(cfg), model)
     except ImportError as err:  # planned for a machine that has the package, made on one that has not
         raise PlanError(f"the optimizer cannot be built here to be traced: {err}") from err
-    return optimizer_cls([p for p in model.parameters() if p.requires_grad], **kwargs)
+    if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
+        # as Trainer.create_optimizer does: newer transformers return a factory for Muon or Dion, which takes the model
+        return optimizer_cls()(model, **kwargs)
+    params: Any = [p for p in model.parameters() if p.requires_grad]
+    for key in ("params", "model", "optimizer_dict"):  # GaLore/APOLLO's groups, LOMO's model, layer-wise optimizers
+        if key in kwargs:
+            params = kwargs.pop(key)
+    return optimizer_cls(params, **kwargs)
 
 
 def _batch(cfg: RunConfig, config: Any, rows: int, length: int) -> dict[str, torch.Tensor]:
