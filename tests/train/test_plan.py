@@ -94,22 +94,26 @@ def test_the_planned_peak_of_an_online_rl_step_is_the_measured_one(recipe, real_
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("torchao") is None and not os.environ.get("CI"),
-                    reason="torchao is not installed (the dev extra installs it)")
-def test_a_torchao_int8_base_is_planned_as_measured(tiny_model_dir, tmp_path):
-    """QLoRA over torchao's weight-only int8 (it runs on the CPU): the plan's base (its linear weights at a byte each,
-    the rest as loaded) against the real step's; the tiny Qwen2, whose linear layers are most of its weights."""
+@pytest.mark.parametrize("method, bits, kept", [("torchao", 8, 0.7),
+                                                pytest.param("hqq", 4, 0.8, marks=pytest.mark.slow),
+                                                pytest.param("hqq", 3, 0.8, marks=pytest.mark.slow)])
+def test_a_low_bit_base_is_planned_as_measured(method, bits, kept, tiny_model_dir, tmp_path):
+    """QLoRA over torchao's weight-only int8 or HQQ's 4 and 3 bits (they run on the CPU): the plan's base (its linear
+    weights packed, with their scales, the rest as loaded) against the real step's; the tiny Qwen2, whose linear
+    layers are most of its weights."""
     from lmforge.train.plan.command import make_plan
 
-    recipe = {**SFT, "finetuning_type": "lora", "lora_target": "all", "quantization_bit": 8,
-              "quantization_method": "torchao"}
+    if importlib.util.find_spec(method) is None and not os.environ.get("CI"):
+        pytest.skip(f"{method} is not installed (the dev extra installs it)")
+    recipe = {**SFT, "finetuning_type": "lora", "lora_target": "all", "quantization_bit": bits,
+              "quantization_method": method}
     measured = _measured(tiny_model_dir, tmp_path / "run", recipe)
     cfg = load_config(None, _values(tiny_model_dir, tmp_path / "plan", recipe))
     planned = make_plan(cfg, Devices("a large device", 1, 2**40, None, reserved=0)).device.memory
     unquantized = trace_step(cfg)  # float32 weights: int8 keeps a quarter of the linear ones (and a scale per row)
     assert planned.parameters == pytest.approx(measured["parameters"], rel=0.02), (planned, measured)
     assert planned.total == pytest.approx(measured["total"], rel=0.10), (planned, measured)
-    assert measured["parameters"] < unquantized.memory.parameters - 0.7 * unquantized.frozen_linear_bytes
+    assert measured["parameters"] < unquantized.memory.parameters - kept * unquantized.frozen_linear_bytes
 
 
 @pytest.mark.slow

@@ -64,6 +64,8 @@ def peak_tracker() -> Any:
         def _track_module_params_and_buffers(self, module: torch.nn.Module,
                                              install_grad_hooks: bool = True) -> tuple[int, int]:
             sizes = super()._track_module_params_and_buffers(module, install_grad_hooks=False)
+            for tensor in quantizer_state(module):
+                self._update_and_maybe_create_winfos(tensor, _MemRefType.PARAM)
             for param in module.parameters() if install_grad_hooks else ():
                 if param.requires_grad and self._param_to_grad_hook_handles.get(param, None) is None:
                     def track(grad: torch.Tensor) -> None:
@@ -91,6 +93,13 @@ def peak_tracker() -> Any:
                 super()._post_bw_hook(module, args)
 
     return PeakTracker()
+
+
+def quantizer_state(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Tensors a quantized layer keeps outside its parameters and buffers, which are part of its weight: HQQ's
+    scales and zero points (in its `meta` dict)."""
+    return [value for module in model.modules() if type(module).__name__ == "HQQLinear"
+            for value in getattr(module, "meta", {}).values() if isinstance(value, torch.Tensor)]
 
 
 def peak_memory(tracker: Any) -> StepMemory:

@@ -19,9 +19,11 @@ from lmforge.train.plan.trace import PREFERENCE_STAGES, TracedStep
 
 # bytes per parameter of a quantized base: bitsandbytes NF4 with double quantization (4 bits + 8-bit absmax per 64 +
 # fp32 per 256 blocks), LLM.int8 (1 byte + an fp32 scale per row); torchao int4 in groups of 128 (4 bits + a bf16
-# scale and zero point per group), int8 weight-only (1 byte + a scale per row)
+# scale and zero point per group of 128), int8 weight-only (1 byte + a scale per row); HQQ's packed weights (3 bits
+# are stored 10 to a 32-bit word), to which `quantized_bytes` adds its scale and zero point per group of 64
 QUANTIZED_BYTES = {("bitsandbytes", 4): 4.127 / 8, ("bitsandbytes", 8): 1.0, ("torchao", 4): 0.5 + 4 / 128,
-                   ("torchao", 8): 1.0}
+                   ("torchao", 8): 1.0, ("hqq", 1): 1 / 8, ("hqq", 2): 2 / 8, ("hqq", 3): 3.2 / 8, ("hqq", 4): 0.5,
+                   ("hqq", 8): 1.0}
 DEFAULT_MFU = 0.4
 
 
@@ -65,8 +67,8 @@ def device_plan(cfg: RunConfig, step: TracedStep, devices: Devices) -> DevicePla
     if bits:
         method = cfg.model.quantization_method
         _quantized_base(memory, step, bits, method)
-        notes.append(f"{bits}-bit base: its frozen linear weights at {QUANTIZED_BYTES[method, bits]:.2f} bytes per "
-                     f"weight ({method}), the other frozen weights "
+        notes.append(f"{bits}-bit base: its frozen linear weights at {quantized_bytes(step, bits, method):.2f} bytes "
+                     f"per weight ({method}), the other frozen weights "
                      + ("in float32 (peft's k-bit preparation)" if method == "bitsandbytes" else "as loaded")
                      + " - computed")
     if stage:
@@ -105,12 +107,23 @@ def _gradient_bytes(step: TracedStep) -> int:
     return step.trainable * 4
 
 
+def quantized_bytes(step: TracedStep, bits: int, method: str) -> float:
+    """Bytes per frozen linear weight of the quantized base (HQQ: with a scale and a zero point per group of 64 in
+    the dtype the weights were loaded in)."""
+    from lmforge.model.hqq_base import HQQ_GROUP_SIZE
+
+    per_weight = QUANTIZED_BYTES[method, bits]
+    if method == "hqq":
+        per_weight += 2 * step.frozen_linear_bytes / max(step.frozen_linear_parameters, 1) / HQQ_GROUP_SIZE
+    return per_weight
+
+
 def _quantized_base(memory: StepMemory, step: TracedStep, bits: int, method: str) -> None:
     """The traced base as the quantizer stores it: its linear weights packed; the other frozen weights in float32
     after peft's k-bit preparation (bitsandbytes; from bf16), as loaded (torchao)."""
     trainable = step.trainable * 4  # the adapters, float32
     other_frozen = max(memory.parameters - step.frozen_linear_bytes - trainable, 0)
-    memory.parameters = (int(step.frozen_linear_parameters * QUANTIZED_BYTES[method, bits])
+    memory.parameters = (int(step.frozen_linear_parameters * quantized_bytes(step, bits, method))
                          + (2 if method == "bitsandbytes" else 1) * other_frozen + trainable)
 
 
