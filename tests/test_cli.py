@@ -160,7 +160,8 @@ def test_the_gpu_check_suite_runs_its_checks_on_a_cpu_smoke_model(tmp_path):
     assert statuses == {"build_model": "pass", "matmul": "pass", "sft": "pass", "losses": "pass", "packing": "pass",
                         "serve": "pass", "fsdp2": "skip", "deepspeed": "skip", "vlm": "skip", "vllm_rollouts": "skip",
                         "tensor_parallel": "pass", "context_parallel": "skip", "sequence_parallel": "skip",
-                        "expert_parallel": "skip", "plan": "pass", "low_bit": "skip"}
+                        "expert_parallel": "skip", "plan": "pass", "low_bit": "skip",
+                        "fp8": "skip"}
     assert report["checks"]["tensor_parallel"]["max_relative_loss_difference"] < 1e-4  # float32 over gloo
     assert "torchvision" in report["checks"]["vlm"]["reason"]  # its CPU run: tests/train/test_multimodal_train.py
     assert report["checks"]["packing"]["relative_difference"] < 1e-4

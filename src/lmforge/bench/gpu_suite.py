@@ -19,7 +19,9 @@ measures and checks, writing `gpu_check.json` and `gpu_check.md` into `--output`
 - `vlm`: a tiny Qwen2-VL built from a config (3D rope positions; its processor needs torchvision, which the CPU
   machines lack): lmforge's ids for image conversations equal `processor.apply_chat_template(tokenize=True)`, no
   image token is trained, a LoRA SFT run lowers the loss, and the serving engine answers a request with an image
-  as transformers' `generate` does.
+  as transformers' `generate` does;
+- `plan`: `lmforge plan`'s peak against the measured one; `low_bit`: LoRA over torchao's int4 base against the bf16
+  base; `fp8`: full fine-tuning with `fp8: true` against bf16 (tokens/s, peak memory, losses; float8 tensor cores).
 
 Each check ends `pass`, `fail` (with the error) or `skip` (with the reason); one failing check does not stop the
 others. `bench/gpu_check.sh` installs what the GPU image lacks from wheels carried beside it and runs this."""
@@ -320,6 +322,21 @@ class Suite:
         return self._compare_runs("low-bit", {"bf16_lora": base, "torchao_int4_lora": {
             **base, "quantization_bit": 4, "quantization_method": "torchao"}}, tolerance=0.10)[0]
 
+    def fp8(self) -> dict[str, Any]:
+        """Full fine-tuning in bf16 against the same run with `fp8: true` (torchao's float8 matmuls in the decoder):
+        tokens/s and peak memory of each, losses within 5 %. Needs float8 tensor cores (compute capability 8.9); the
+        CPU suite trains it emulated."""
+        if not self.cuda:
+            raise _Skip("float8 tensor cores are CUDA's (the CPU test suite trains fp8 emulated)")
+        if torch.cuda.get_device_capability() < (8, 9):
+            raise _Skip(f"{torch.cuda.get_device_name()} has no float8 tensor cores (compute capability < 8.9)")
+        if importlib.util.find_spec("torchao") is None:
+            raise _Skip("torchao is not installed (pip install torchao)")
+        base = {"max_steps": 10, "save_strategy": "no", "logging_steps": 1, "finetuning_type": "full",
+                "bf16": True, "skip_memory_metrics": False}
+        return self._compare_runs("fp8", {"bf16_full": base, "fp8_full": {**base, "fp8": True}},
+                                  tolerance=0.05)[0]
+
     def plan(self) -> dict[str, Any]:
         """`lmforge plan`'s peak for two steps of packed sft (every token trained) against the same run measured:
         MemTracker's peak over the real tensors (`memory_report`) and, on a GPU, the allocator's
@@ -400,6 +417,7 @@ class Suite:
         self.check("expert_parallel", self.expert_parallel)
         self.check("plan", self.plan)
         self.check("low_bit", self.low_bit)
+        self.check("fp8", self.fp8)
         device = torch.cuda.get_device_name(0) if self.cuda else "cpu"
         report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "torch": torch.__version__,
                   "smoke": self.smoke, "checks": self.results,

@@ -101,6 +101,11 @@ class FinetuningArguments:
         False, "full/freeze: train bfloat16 weights directly, without float32 master copies (less memory; updates "
         "smaller than a bfloat16 step are lost). By default the trained parameters of a bf16/fp16 checkpoint are kept "
         "in float32 and computed under `bf16`/`fp16` autocast (DeepSpeed and FSDP keep float32 masters of their own).")
+    fp8: bool = option(
+        False, "full/freeze: compute the decoder layers' linear matmuls in float8 (torchao's float8 training, dynamic "
+        "tensor-wise scales; the weights, optimizer and saved model keep their dtype). Needs `bf16: true`, torchao, "
+        "and for its speed a CUDA GPU with float8 tensor cores (compute capability 8.9: L4, RTX 4090, H100 and "
+        "newer); on the CPU torch emulates it.", stages=("pt", "sft", "dpo", "kto", "kd", "cls", "rm"))
     save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
         "auto", "full/freeze: the dtype the final model is saved in (`auto`: the dtype of the checkpoint trained; "
         "float32 for a new model). Checkpoints keep the training precision, so a resumed run continues exactly.")

@@ -115,6 +115,8 @@ def _validate_stage(cfg: RunConfig) -> None:
         if lora_only:
             _fail(cfg, f"'{lora_only[0]}' needs 'finetuning_type: lora'.")
     _validate_optimizer(cfg)
+    if f.fp8:
+        _validate_fp8(cfg)
     if m.quantization_bit not in (None, 4, 8) and not (m.quantization_method == "hqq"
                                                        and m.quantization_bit in (1, 2, 3)):
         _fail(cfg, f"'quantization_bit' must be 4 or 8 (or 1, 2, 3 with 'quantization_method: hqq'), got "
@@ -253,6 +255,19 @@ OPTIM_PACKAGES = (("galore_", "galore_torch", "galore-torch"), ("apollo_", "apol
                   ("grokadamw", "grokadamw", "grokadamw"), ("schedule_free_", "schedulefree", "schedulefree"),
                   ("stable_adamw", "optimi", "torch-optimi"))
 BNB_OPTIMS = ("adamw_bnb_8bit", "adamw_8bit", "ademamix", "lion_", "paged_", "rmsprop_bnb")
+
+
+def _validate_fp8(cfg: RunConfig) -> None:
+    """`fp8: true`: what torchao's float8 training combines with (the device is checked where the run starts)."""
+    f, t = cfg.finetuning, cfg.training
+    if f.finetuning_type == "lora" or cfg.model.quantization_bit:
+        _fail(cfg, "'fp8: true' computes the trained weights' matmuls in float8 ('finetuning_type: full' or "
+              "'freeze'); a LoRA run's base is frozen: quantize it with 'quantization_bit' instead.")
+    if not t.bf16:
+        _fail(cfg, "'fp8: true' runs its float8 matmuls inside bf16 mixed precision: set 'bf16: true'.")
+    if t.deepspeed:
+        _fail(cfg, "'fp8: true' (torchao's float8 layers) does not run under DeepSpeed: shard with FSDP2 "
+              "('data_shard_size') or use plain data parallelism.")
 
 
 def _validate_optimizer(cfg: RunConfig) -> None:

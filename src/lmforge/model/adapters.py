@@ -29,8 +29,8 @@ def decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
         if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers and \
                 not any(name.startswith(v + ".") for v in vision):
             return name, module
-    raise ConfigError(f"Config error: 'finetuning_type: freeze' could not find the {n_layers} decoder layers of "
-                      f"this {model.config.model_type} model.")
+    raise ConfigError(f"Config error: could not find the {n_layers} decoder layers of this "
+                      f"{model.config.model_type} model (a list of num_hidden_layers modules).")
 
 
 def freeze(model: PreTrainedModel, args: FinetuningArguments) -> None:

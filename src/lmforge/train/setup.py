@@ -18,10 +18,14 @@ from lmforge.train.runtime.tracking import requested_trackers, transformers_trac
 logger = logging.getLogger(__name__)
 
 def set_precision(model: torch.nn.Module, cfg: RunConfig) -> None:
-    """Float32 master weights for what `full`/`freeze` trains (see model/precision.py)."""
+    """Float32 master weights for what `full`/`freeze` trains (see model/precision.py); float8 matmuls with `fp8`."""
     f, t = cfg.finetuning, cfg.training
     set_master_weights(model, f.finetuning_type, autocast=bool(t.bf16 or t.fp16), pure_bf16=f.pure_bf16,
                        engine_keeps_masters=bool(t.deepspeed or t.fsdp))
+    if f.fp8:
+        from lmforge.model.fp8 import convert_to_fp8_training
+
+        convert_to_fp8_training(model)
 
 
 def parallel_split(cfg: RunConfig) -> dict:
