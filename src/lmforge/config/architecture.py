@@ -25,6 +25,23 @@ def num_experts(config: PretrainedConfig) -> int | None:
     return next((getattr(text, k) for k in EXPERT_COUNTS if getattr(text, k, None)), None)
 
 
+# checkpoints saved quantized whose layers are made dense as they load (`dequantize`): peft has no LoRA layer over
+# compressed-tensors' packed weights, and its dense weights can also be fully fine-tuned
+DEQUANTIZED_AT_LOAD = ("compressed-tensors",)
+
+
+def checkpoint_quantization(config: PretrainedConfig) -> str | None:
+    """The `quant_method` of a checkpoint saved quantized (gptq, awq, compressed-tensors, fp8, bitsandbytes, ...);
+    None for one saved in full precision."""
+    quantization = getattr(config, "quantization_config", None) or getattr(text_config(config),
+                                                                           "quantization_config", None)
+    if not quantization:
+        return None
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else \
+        getattr(quantization, "quant_method", None)
+    return str(getattr(method, "value", method) or "unknown")
+
+
 def base_config(args: ModelArguments) -> PretrainedConfig:
     if args.model_type:
         try:

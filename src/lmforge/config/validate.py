@@ -82,12 +82,52 @@ def validate(cfg: RunConfig) -> None:
               "non-finite steps through, set 'skip_nonfinite_steps: false').")
 
     _validate_stage(cfg)
+    if not m.from_scratch:
+        _validate_prequantized(cfg)
     has_eval = d.val_size > 0 or bool(d.eval_dataset)
     if str(getattr(t.eval_strategy, "value", t.eval_strategy)) != "no" and not has_eval:
         _fail(cfg, f"'eval_strategy: {getattr(t.eval_strategy, 'value', t.eval_strategy)}' needs evaluation data: "
               "set 'val_size' or 'eval_dataset'.")
     if t.do_predict and not has_eval:
         _fail(cfg, "'do_predict' needs prediction data: set 'eval_dataset' or 'val_size'.")
+
+
+def _validate_prequantized(cfg: RunConfig) -> None:
+    """A checkpoint saved quantized (GPTQ, AWQ, FP8, ...) is a base for LoRA: its packed weights cannot be trained
+    or quantized again. (compressed-tensors checkpoints load dense, so they may also be trained fully.)"""
+    from lmforge.config.architecture import DEQUANTIZED_AT_LOAD, base_config, checkpoint_quantization
+
+    try:
+        config = base_config(cfg.model)
+    except ConfigError:
+        return  # an unreadable config is reported where the model loads
+    method = checkpoint_quantization(config)
+    if method is None:
+        return
+    m, f = cfg.model, cfg.finetuning
+    where = f"'{m.model_name_or_path}' is saved quantized ({method})"
+    if m.quantization_bit:
+        _fail(cfg, f"{where}: drop 'quantization_bit', which quantizes a full-precision base.")
+    if f.finetuning_type != "lora" and method not in DEQUANTIZED_AT_LOAD:
+        _fail(cfg, f"{where}: its packed weights train only through adapters: set 'finetuning_type: lora' (QLoRA "
+              "over it), or load the unquantized model for full or freeze training.")
+    if missing := _quantizer_package_missing(config):
+        _fail(cfg, f"{where}: {missing}")
+
+
+def _quantizer_package_missing(config: Any) -> str | None:
+    """What transformers' quantizer for a checkpoint saved quantized says is missing to load it (its package), before
+    any data work; None when it can load, or when the check itself cannot run here (the load then reports)."""
+    from transformers.quantizers import AutoHfQuantizer
+
+    try:
+        quantizer = AutoHfQuantizer.from_config(config.quantization_config, pre_quantized=True)
+        quantizer.validate_environment(dtype=None, device_map=None)
+    except ImportError as err:
+        return str(err).splitlines()[0]
+    except Exception:  # noqa: BLE001 - a device or argument check, which loading the model makes for real
+        return None
+    return None
 
 
 def _validate_stage(cfg: RunConfig) -> None:

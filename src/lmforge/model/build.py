@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -17,7 +18,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lmforge.config.architecture import base_config, check_architecture, num_experts
+from lmforge.config.architecture import (
+    DEQUANTIZED_AT_LOAD,
+    base_config,
+    check_architecture,
+    checkpoint_quantization,
+    num_experts,
+)
 from lmforge.config.model import ModelArguments
 from lmforge.errors import ConfigError
 from lmforge.model import multimodal
@@ -282,16 +289,30 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
             kwargs["config"] = with_router_loss(with_context(with_head(config, head), args), args.router_aux_loss_coef)
         else:
             kwargs.update(head)
+        saved_quantized = checkpoint_quantization(config) if config is not None else None
+        if saved_quantized in DEQUANTIZED_AT_LOAD:  # compressed-tensors: its own loader makes the weights dense
+            from transformers import CompressedTensorsConfig
+
+            kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
         try:
-            model = auto_class.from_pretrained(
-                args.model_name_or_path, trust_remote_code=args.trust_remote_code, revision=args.model_revision,
-                cache_dir=args.cache_dir, dtype=dtype, **kwargs)
+            with warnings.catch_warnings():  # "the quantization_config from the model will be used", as asked
+                warnings.filterwarnings("ignore", message=".*already has a `quantization_config` attribute")
+                model = auto_class.from_pretrained(
+                    args.model_name_or_path, trust_remote_code=args.trust_remote_code, revision=args.model_revision,
+                    cache_dir=args.cache_dir, dtype=dtype, **kwargs)
         except (OSError, ValueError) as err:
             raise ConfigError(f"Config error: could not load a model from '{args.model_name_or_path}': "
+                              f"{str(err).splitlines()[0]}") from None
+        except ImportError as err:  # a checkpoint saved quantized, whose quantizer's package is missing
+            raise ConfigError(f"Config error: '{args.model_name_or_path}' is saved quantized ({saved_quantized}): "
                               f"{str(err).splitlines()[0]}") from None
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         origin = f"{args.model_name_or_path}"
+        if saved_quantized:
+            origin += f" (saved quantized: {saved_quantized}" + (
+                "; decompressed as it loaded, so it takes an unquantized model's memory)"
+                if saved_quantized in DEQUANTIZED_AT_LOAD else ")")
         if args.quantization_bit and args.quantization_method == "bitsandbytes":
             from peft import prepare_model_for_kbit_training
 
