@@ -87,11 +87,16 @@ def expert_targets(model: torch.nn.Module, targets: str | list[str]) -> list[str
     return fused
 
 
+def hqq_linear_names(model: torch.nn.Module) -> list[str]:
+    """The names (last part) of the HQQ layers of `model` (model/hqq_base.py): peft's `all-linear` finds
+    `nn.Linear` only, so `lora_target: all` over an HQQ base targets these. (By class name: no import of hqq.)"""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if type(module).__name__ == "HQQLinear"})
+
+
 def add_lora(model: PreTrainedModel, args: FinetuningArguments, adapter: str | None = None) -> torch.nn.Module:
     """New LoRA adapters, or (`adapter`) a saved one continued."""
     from peft import LoraConfig, PeftModel, get_peft_model
-
-    from lmforge.model.hqq_base import hqq_linear_names
 
     if adapter:
         logger.info("LoRA: continuing from the adapter in %s", adapter)

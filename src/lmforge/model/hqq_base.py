@@ -37,9 +37,3 @@ def quantize_with_hqq(model: torch.nn.Module, bits: int) -> int:
                     quantized += 1
     return quantized
 
-
-def hqq_linear_names(model: torch.nn.Module) -> list[str]:
-    """The names (last part) of the HQQ layers of `model`: peft's `all-linear` finds `nn.Linear` only, so
-    `lora_target: all` over an HQQ base targets these. (By class name: no import of hqq where it is not used.)"""
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                   if type(module).__name__ == "HQQLinear"})
