@@ -11,6 +11,7 @@ from lmforge.config.finetuning import FinetuningArguments
 from lmforge.errors import ConfigError
 from lmforge.model import multimodal
 from lmforge.model.build import count_parameters
+from lmforge.model.decoder import decoder_layers
 from lmforge.model.moe import freeze_router, fused_expert_parameters, router_modules
 
 logger = logging.getLogger(__name__)
@@ -18,19 +19,6 @@ logger = logging.getLogger(__name__)
 
 def _names(value: str | None) -> list[str]:
     return [n.strip() for n in (value or "").split(",") if n.strip()]
-
-
-def decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
-    """The ModuleList of decoder layers (`model.layers`, `transformer.h`, ...): the one with num_hidden_layers
-    entries."""
-    n_layers = model.config.get_text_config().num_hidden_layers
-    vision = [name for name, _ in multimodal.vision_tower(model)]
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers and \
-                not any(name.startswith(v + ".") for v in vision):
-            return name, module
-    raise ConfigError(f"Config error: could not find the {n_layers} decoder layers of this "
-                      f"{model.config.model_type} model (a list of num_hidden_layers modules).")
 
 
 def freeze(model: PreTrainedModel, args: FinetuningArguments) -> None:

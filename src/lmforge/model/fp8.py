@@ -40,7 +40,7 @@ def convert_to_fp8_training(model: torch.nn.Module) -> int:
     are multiples of 16, which float8 matmuls need). Returns how many were swapped."""
     from torchao.float8 import convert_to_float8_training
 
-    from lmforge.model.adapters import decoder_layers
+    from lmforge.model.decoder import decoder_layers
 
     check_fp8_device()
     prefix = decoder_layers(model)[0] + "."

@@ -22,7 +22,7 @@ def quantize_with_hqq(model: torch.nn.Module, bits: int) -> int:
     compute in the model's dtype. Returns how many layers were quantized."""
     from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
 
-    from lmforge.model.adapters import decoder_layers
+    from lmforge.model.decoder import decoder_layers
 
     _, layers = decoder_layers(model)
     config = BaseQuantizeConfig(nbits=bits, group_size=HQQ_GROUP_SIZE)

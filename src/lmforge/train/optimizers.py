@@ -97,8 +97,8 @@ def build_optimizer(settings: Any, model: torch.nn.Module, args: Any) -> torch.o
 def _layer_parameters(model: torch.nn.Module) -> set[int]:
     """The ids of the parameters inside the decoder layers (not the embeddings, output layer or final norm); none
     for an architecture whose layers are not found (its matrices are then treated as embeddings are)."""
-    from lmforge.model.adapters import decoder_layers
     from lmforge.model.chunked_loss import causal_lm
+    from lmforge.model.decoder import decoder_layers
 
     try:
         _, layers = decoder_layers(causal_lm(model))
@@ -182,8 +182,8 @@ class BlockOptimizer(torch.optim.Optimizer):
     dropped at a switch, as BAdam does."""
 
     def __init__(self, model: torch.nn.Module, args: Any, interval: int, mode: str) -> None:
-        from lmforge.model.adapters import decoder_layers
         from lmforge.model.chunked_loss import causal_lm
+        from lmforge.model.decoder import decoder_layers
 
         _, layers = decoder_layers(causal_lm(model))
         self.model, self.blocks = model, [list(layer.parameters()) for layer in layers]

@@ -190,8 +190,8 @@ def trained_model(cfg: RunConfig, auto_class: Any, config: Any) -> torch.nn.Modu
 
 def layer_sizes(model: torch.nn.Module) -> tuple[int, int, int]:
     """(bytes of the largest decoder layer, parameters and bytes of the frozen linear weights inside the layers)."""
-    from lmforge.model.adapters import decoder_layers
     from lmforge.model.chunked_loss import causal_lm
+    from lmforge.model.decoder import decoder_layers
 
     try:
         _, layers = decoder_layers(causal_lm(model))
