@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -249,8 +250,35 @@ def test_optimizers_that_cannot_run_here_are_config_errors(extra, message, tiny_
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
+def test_a_mixture_of_experts_with_lora_is_planned_as_measured(real_model, tmp_path):
+    """Qwen3-MoE (the published config, made tiny: 4 experts, top 2) with LoRA over every linear and expert: the
+    experts stay bf16, which torch's grouped matmul takes over fake tensors too; the planned peak is the measured one
+    (measured: 0.99999). Its speed counts the FLOPs of the experts a token runs, not of all of them."""
+    from lmforge.config.architecture import num_experts
+    from lmforge.train.plan.fit import speed
+
+    model_dir = real_model("qwen3-moe")
+    recipe = {**SFT, "finetuning_type": "lora", "lora_target": "all", "cutoff_len": 64}
+    measured = _measured(model_dir, tmp_path / "run", recipe)
+    cfg = load_config(None, _values(model_dir, tmp_path / "plan", recipe))
+    step = trace_step(cfg)
+    assert step.memory.total == pytest.approx(measured["total"], rel=0.02), (step.memory.as_dict(), measured)
+    assert step.memory.parameters == measured["parameters"]
+    text = step.config.get_text_config()
+    count, top_k = num_experts(step.config), text.num_experts_per_tok
+    assert 1 < top_k < count
+    experts = text.num_hidden_layers * count * 3 * text.hidden_size * text.moe_intermediate_size
+    assert step.expert_parameters == experts  # the routed experts' weights (the adapters over them are not)
+    one_device = Devices("a device", 1, 2**40, 100.0)
+    dense = speed(cfg, replace(step, expert_parameters=0), one_device).flops_per_token
+    routed = speed(cfg, step, one_device).flops_per_token
+    assert dense - routed == pytest.approx(4 * experts * (1 - top_k / count))  # LoRA: 4 FLOPs per weight, token
+
+
 def test_a_step_fake_tensors_cannot_run_is_one_clear_line(real_model, tmp_path, capsys):
-    """Qwen3-MoE's experts run through torch's grouped matmul, whose fake-tensor kernel takes bf16 only."""
+    """Qwen3-MoE trained fully: its experts' float32 master weights meet torch's grouped matmul, whose fake-tensor
+    kernel takes bf16 only."""
     args = _values(real_model("qwen3-moe"), tmp_path / "x", {**SFT, "cutoff_len": 32})
     capsys.readouterr()  # (the fixture's progress bars)
     assert main(["plan", *args, "--gpus", "1"]) == 2

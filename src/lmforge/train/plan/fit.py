@@ -162,13 +162,20 @@ class Speed:
 
 
 def speed(cfg: RunConfig, step: TracedStep, devices: Devices, mfu: float = DEFAULT_MFU) -> Speed:
-    """Training FLOPs per token (6N for the weights, 4N without weight gradients (LoRA/frozen) or +2N recomputed
-    with gradient checkpointing; attention's 6·layers·length·width; a reference model's forward 2N) and the step time
-    they take at `mfu` of the devices' peak."""
+    """Training FLOPs per token (6N for the weights a token runs through (a mixture of experts: its top-k experts
+    only), 4N without weight gradients (LoRA/frozen) or +2N recomputed with gradient checkpointing; attention's
+    6·layers·length·width; a reference model's forward 2N) and the step time they take at `mfu` of the devices'
+    peak."""
+    from lmforge.config.architecture import num_experts
+
     text = step.config.get_text_config() if hasattr(step.config, "get_text_config") else step.config
     embeddings = text.vocab_size * text.hidden_size
     # the input embedding is a lookup; a tied output layer is the same weights, used as a matmul
     matmul = step.parameters - (0 if getattr(text, "tie_word_embeddings", False) else embeddings)
+    if step.expert_parameters and (experts := num_experts(step.config)):
+        # a token runs top-k of a layer's experts: the others' weights cost it no FLOPs
+        active = min(getattr(text, "num_experts_per_tok", None) or 1, experts) / experts
+        matmul -= int(step.expert_parameters * (1 - active))
     full = cfg.finetuning.finetuning_type == "full"
     per_token = (6 if full else 4) * matmul
     if cfg.training.gradient_checkpointing:

@@ -36,6 +36,7 @@ class TracedStep:
     largest_layer_bytes: int  # the biggest decoder layer's weights, as held (what ZeRO-3/FSDP gather at once)
     frozen_linear_parameters: int  # in the decoder layers' frozen linear weights (what QLoRA stores in 4 bits)
     frozen_linear_bytes: int  # the same weights as traced (the checkpoint's dtype)
+    expert_parameters: int  # a mixture of experts' routed experts (each token runs top-k of them)
     config: Any  # the model's config
     notes: list[str]
     rollout_rows: int = 0  # ppo/grpo: the completions a device samples per step (`rows` is a training mini-batch)
@@ -188,19 +189,22 @@ def trained_model(cfg: RunConfig, auto_class: Any, config: Any) -> torch.nn.Modu
     return model
 
 
-def layer_sizes(model: torch.nn.Module) -> tuple[int, int, int]:
-    """(bytes of the largest decoder layer, parameters and bytes of the frozen linear weights inside the layers)."""
+def layer_sizes(model: torch.nn.Module) -> tuple[int, int, int, int]:
+    """(bytes of the largest decoder layer, parameters and bytes of the frozen linear weights inside the layers, the
+    routed experts' parameters of a mixture of experts: `.experts.` in their names, not the shared experts' nor
+    the adapters over them)."""
     from lmforge.model.chunked_loss import causal_lm
     from lmforge.model.decoder import decoder_layers
 
+    experts = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name and "lora_" not in name)
     try:
         _, layers = decoder_layers(causal_lm(model))
     except Exception:  # noqa: BLE001 - an architecture whose layers are not found: no layer figures
-        return 0, 0, 0
+        return 0, 0, 0, experts
     largest = max((sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers), default=0)
     frozen = [m.weight for layer in layers for m in layer.modules()
               if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]
-    return largest, sum(w.numel() for w in frozen), sum(w.numel() * w.element_size() for w in frozen)
+    return largest, sum(w.numel() for w in frozen), sum(w.numel() * w.element_size() for w in frozen), experts
 
 
 def run_tokenizer(cfg: RunConfig) -> Any:
