@@ -298,15 +298,31 @@ def cmd_plan(args: list[str]) -> int:
     if "--gpus" not in options and "--gpu-memory" not in options:
         print("lmforge plan: no --gpus given: planning for 1 x H100-80GB.", file=sys.stderr)
     config_path, overrides = _split_config_path(rest)
+    if devices.count > 1 and not _sets_processes(config_path, overrides):
+        # a process per GPU, as `lmforge train` would launch on the machine planned for (before the config is
+        # checked: a parallel layout is checked against the number of processes)
+        overrides = [*overrides, f"nproc_per_node={devices.count}"]
     with planning_for_gpus():  # the checks of this machine answer for the GPU machine planned for
         cfg = load_config(config_path, overrides)
-        if devices.count > 1 and cfg.launch.nproc_per_node is None and cfg.launch.nnodes is None:
-            # a process per GPU, as `lmforge train` would launch on the machine planned for
-            cfg = load_config(config_path, [*overrides, f"nproc_per_node={devices.count}"])
         try:
             return run_plan(cfg, devices, options.get("--mfu", 0.4), "--json" in options)
         except PlanError as err:
             raise LmforgeError(f"lmforge plan: {err}") from None
+
+
+def _sets_processes(config_path: str | None, overrides: list[str]) -> bool:
+    """Whether the config file or the command line says how many processes the run launches."""
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    if config_path and os.path.isfile(config_path):
+        import yaml
+
+        try:
+            with open(config_path, encoding="utf-8") as fh:
+                raw = yaml.safe_load(fh)
+        except yaml.YAMLError:
+            raw = None  # load_config reports it
+        keys |= set(raw) if isinstance(raw, dict) else set()
+    return bool(keys & {"nproc_per_node", "nnodes"})
 
 
 def _take_options(args: list[str], valued: dict[str, type], flags: set[str]) -> tuple[dict[str, Any], list[str]]:

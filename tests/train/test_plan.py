@@ -152,6 +152,23 @@ def test_gpu_figures_follow_the_zero_arithmetic(tiny_model_dir, tmp_path, capsys
     assert plan["speed"]["tokens_per_second"] > 0
 
 
+def test_context_parallelism_splits_each_row_over_its_devices(tiny_model_dir, tmp_path, capsys):
+    """`context_parallel_size: 2` on 2 GPUs (no `nproc_per_node`: a process per GPU is planned): FSDP2 shards the
+    weights over both, each holds half of every row's activations, and one batch goes through per step."""
+    args = _values(tiny_model_dir, tmp_path / "x", {**SFT, "packing": False, "bf16": True,
+                                                    "per_device_train_batch_size": 1})
+    plans = {}
+    for extra in ([], ["context_parallel_size=2"]):
+        assert main(["plan", *args, *extra, "--gpus", "2xH100-80GB", "--json"]) == 0
+        plans[bool(extra)] = json.loads(capsys.readouterr().out)
+    ddp, split = plans[False], plans[True]
+    assert ddp["engine"].startswith("DDP over 2") and split["engine"] == "FSDP over 2 devices"
+    for kind in ("activations", "temporaries"):
+        assert split["per_device_bytes"][kind] == ddp["per_device_bytes"][kind] // 2
+    assert split["per_device_bytes"]["optimizer_state"] == split["parameters"] * 12 // 2  # fp32 master, 2 moments
+    assert split["speed"]["tokens_per_step"] == ddp["speed"]["tokens_per_step"] // 2
+
+
 def test_devices_are_read_as_users_write_them():
     assert parse_devices("8xH100-80GB").count == 8 and parse_devices("8xH100-80GB").tflops == 989.0
     assert parse_devices("2").count == 2 and parse_devices("4090").name == "RTX-4090"

@@ -50,7 +50,8 @@ def zero_stage(cfg: RunConfig) -> tuple[int, bool, bool]:
     if t.fsdp:
         options = " ".join(t.fsdp) if isinstance(t.fsdp, list) else str(t.fsdp)
         return (2 if "shard_grad_op" in options else 3), "offload" in options, "offload" in options
-    if cfg.parallelism.data_shard_size > 1:
+    if cfg.parallelism.data_shard_size > 1 or cfg.parallelism.context_parallel_size > 1:
+        # FSDP2 (context parallelism runs inside it: accelerate joins the shard and context dimensions)
         return 3, False, False
     return 0, False, False
 
@@ -92,6 +93,7 @@ def device_plan(cfg: RunConfig, step: TracedStep, devices: Devices) -> DevicePla
         memory.other += int(r.vllm_gpu_memory_utilization * devices.memory)
         notes.append(f"vLLM colocated: {r.vllm_gpu_memory_utilization:.0%} of the device's memory for its weights "
                      "and KV cache (other) - its setting, not traced")
+    _split_sequences_and_experts(memory, step, cfg, notes)
     if tensor > 1:
         for kind in ("parameters", "gradients", "optimizer_state"):
             setattr(memory, kind, getattr(memory, kind) // tensor)
@@ -99,6 +101,23 @@ def device_plan(cfg: RunConfig, step: TracedStep, devices: Devices) -> DevicePla
         notes.append(f"tensor parallel: 1/{tensor} of the weights, gradients and optimizer state per device; "
                      "activations as on one device (an upper bound)")
     return DevicePlan(memory, devices.usable, engine, notes)
+
+
+def _split_sequences_and_experts(memory: StepMemory, step: TracedStep, cfg: RunConfig, notes: list[str]) -> None:
+    """Context and sequence parallelism: each device of a group holds 1/N of every row's tokens, so 1/N of what the
+    trace of whole rows held in activations and temporaries. Expert parallelism: each device holds 1/N of the
+    experts whole, as the shards already counted give it."""
+    p = cfg.parallelism
+    split = p.context_parallel_size * p.sequence_parallel_size
+    if split > 1:
+        memory.activations //= split
+        memory.temporaries //= split
+        notes.append(f"context/sequence parallel {split}: 1/{split} of each row's tokens per device, so 1/{split} of "
+                     "the traced activations and temporaries - computed (the keys and values attention passes "
+                     "between devices are not counted)")
+    if p.expert_parallel_size > 1 and step.expert_parameters:
+        notes.append(f"expert parallel {p.expert_parallel_size}: 1/{p.expert_parallel_size} of the experts whole on "
+                     "each device, which the sharded weights above already count")
 
 
 def _gradient_bytes(step: TracedStep) -> int:
@@ -186,7 +205,9 @@ def speed(cfg: RunConfig, step: TracedStep, devices: Devices, mfu: float = DEFAU
     if cfg.finetuning.stage in PREFERENCE_STAGES + ("kd",):
         # the reference's forward (and the KL rows'), or the teacher's (counted at the student's size)
         per_token += 2 * matmul * (3 if cfg.finetuning.stage == "kto" else 1)
-    data_parallel = max(devices.count // cfg.parallelism.tensor_parallel_size, 1)
+    p = cfg.parallelism  # the devices of a tensor/context/sequence group share one batch
+    data_parallel = max(devices.count // (p.tensor_parallel_size * p.context_parallel_size
+                                          * p.sequence_parallel_size), 1)
     tokens = step.rows * step.tokens * cfg.training.gradient_accumulation_steps * data_parallel
     if cfg.finetuning.stage in RL_STAGES:
         # each completion trained `ppo_epochs` times after one scoring forward (and the reference's); sampling is
