@@ -330,6 +330,10 @@ def _validate_optimizer(cfg: RunConfig) -> None:
                   "DDP's, DeepSpeed's and FSDP's fixed gradient buckets and shards do not follow.")
         if f.badam_switch_interval < 1:
             _fail(cfg, f"'badam_switch_interval' must be at least 1, got {f.badam_switch_interval}.")
+    if cfg.tracking.memory_report and optim in ("adamw_torch_8bit", "adamw_torch_4bit"):
+        _fail(cfg, f"'memory_report' measures the first steps under torch's tensor tracker, which torch.compile does "
+              f"not run under, and torchao's 'optim: {optim}' compiles its step: drop 'memory_report' ("
+              "`lmforge plan` gives this optimizer's state).")
     if f.optimizer:
         return
     for prefix, module, pip_name in OPTIM_PACKAGES:

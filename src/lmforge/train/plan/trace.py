@@ -15,6 +15,7 @@ import torch
 from lmforge.config.schema import RunConfig
 from lmforge.model.chunked_loss import EVERY_TOKEN_TRAINED
 from lmforge.model.memory import StepMemory, peak_memory, peak_tracker
+from lmforge.train.plan.low_bit_state import low_bit_state_bytes
 from lmforge.train.setup import set_precision
 
 # stages whose step is a causal LM's loss on rows of tokens (kd: against a frozen teacher's); preference stages run
@@ -88,6 +89,11 @@ def _traced(cfg: RunConfig, tokenizer: Any, auto_class: Any, config: Any, rows: 
         optimizer = run_optimizer(cfg, model)
     except PlanError as err:
         return PlanError(str(err))
+    computed_state = low_bit_state_bytes(optimizer, model)
+    if computed_state is not None:  # an 8/4-bit AdamW: its state computed, the step traced with a stateless one
+        notes.append(f"{type(optimizer).__name__}: its 8/4-bit state computed from its layout (its step does not "
+                     "run over fake tensors) - computed")
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.training.learning_rate)
     total, trainable = count_parameters(model)
     batch = _batch(cfg, config, rows, length)
     tracker = peak_tracker()
@@ -109,8 +115,9 @@ def _traced(cfg: RunConfig, tokenizer: Any, auto_class: Any, config: Any, rows: 
         EVERY_TOKEN_TRAINED.reset(every_token)
     reference_parameters = count_parameters(reference)[0] if reference is not None else 0
     layers = layer_sizes(model)
-    return TracedStep(peak_memory(tracker), rows, length, total, trainable, reference_parameters, *layers, config,
-                      notes)
+    memory = peak_memory(tracker)
+    memory.optimizer_state += computed_state or 0  # held from the first step on, so at the peak too
+    return TracedStep(memory, rows, length, total, trainable, reference_parameters, *layers, config, notes)
 
 
 def release_graphs() -> None:
@@ -306,7 +313,15 @@ def run_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimiz
     for key in ("params", "model", "optimizer_dict"):  # GaLore/APOLLO's groups, LOMO's model, layer-wise optimizers
         if key in kwargs:
             params = kwargs.pop(key)
-    return optimizer_cls(params, **kwargs)
+    from torch._subclasses.fake_tensor import DataDependentOutputException, unset_fake_temporarily
+
+    try:
+        return optimizer_cls(params, **kwargs)
+    except DataDependentOutputException:
+        # bitsandbytes computes its quantization code books and reads them back (`.tolist()`): built on real
+        # tensors (a few hundred numbers); the weights it is given stay fake
+        with unset_fake_temporarily():
+            return optimizer_cls(params, **kwargs)
 
 
 def _batch(cfg: RunConfig, config: Any, rows: int, length: int) -> dict[str, torch.Tensor]:
