@@ -31,13 +31,14 @@ Usage:
   lmforge webui [key=value ...]               web UI: build and run training, watch the loss, eval, chat, export
   lmforge webchat MODEL [key=value ...]       a chat-only web page
   lmforge export MODEL export_dir=OUT [...]   merge an adapter and save safetensors (+ GGUF, Ollama Modelfile)
+  lmforge merge CONFIG.yaml [key=value ...]   merge fine-tunes of one base (linear, SLERP, TIES, DARE) via mergekit
   lmforge bench CONFIG.yaml [key=value ...]   measure training speed: tokens/s, FLOP/s, peak memory
   lmforge plan CONFIG.yaml [--gpus 8xH100-80GB | --gpu-memory 24GiB --gpus 2] [--json]
                                               will it fit, how fast: the step traced without weights or a GPU,
                                               and the cheapest change that makes it fit
   lmforge env [MODEL]                         versions and devices; with MODEL, what it takes (text, image)
   lmforge version                             print the version
-  lmforge help [train|eval|serve|export|config]
+  lmforge help [train|eval|serve|export|merge|config]
                                               this text, or every config key with its type, default and help
 
 Overrides on the command line win over the YAML file: `key=value`, `--key value` or `--key=value`.
@@ -272,6 +273,25 @@ def cmd_synth(args: list[str]) -> int:
     return 0
 
 
+MERGE_USAGE = "usage: lmforge merge CONFIG.yaml [key=value ...] (models, merge_method, output_dir; see --help)"
+
+
+def cmd_merge(args: list[str]) -> int:
+    """Fine-tunes of one base (models or LoRA adapters) merged into one model (linear, SLERP, TIES, DARE, ...)."""
+    if not args or args[0] in ("-h", "--help"):
+        print(MERGE_USAGE if not args else _reference(False, "merge"))
+        return 0 if args else 2
+    from lmforge.config.parse import load_command_config
+    from lmforge.export.model_merging import run_merge
+    from lmforge.logs import setup_logging
+
+    setup_logging()
+    config_path, overrides = _split_config_path(args)
+    cfg = load_command_config("merge", config_path, overrides)
+    print(f"Merged to {run_merge(cfg)}")
+    return 0
+
+
 PLAN_USAGE = ("usage: lmforge plan CONFIG.yaml [key=value ...] [--gpus [N x]GPU] [--gpu-memory SIZE] [--tflops T] "
               "[--mfu F] [--json]")
 
@@ -393,7 +413,7 @@ def _reference(markdown: bool, schema: str = "all") -> str:
 
 
 def cmd_help(args: list[str]) -> int:
-    if args and args[0] in ("train", "eval", "serve", "export", "synth", "config"):
+    if args and args[0] in ("train", "eval", "serve", "export", "synth", "merge", "config"):
         print(_reference(markdown="--markdown" in args, schema={"config": "all"}.get(args[0], args[0])))
     else:
         print(_usage())
@@ -418,6 +438,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "score": cmd_score,
     "predict": cmd_predict,
     "synth": cmd_synth,
+    "merge": cmd_merge,
     "bench": cmd_bench,
     "plan": cmd_plan,
     "env": cmd_env,

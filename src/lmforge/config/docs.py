@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from lmforge.config.coerce import type_name
 from lmforge.config.schema import SCHEMAS, key_index
@@ -22,6 +23,7 @@ TITLES = {
     "serve": "Serving (`lmforge chat`, `api`, `webui`, `webchat`; the model, data (`template`) and generation keys "
     "apply too: generation keys are the defaults a request does not set)",
     "export": "Export (`lmforge export`; the model and data (`template`) keys apply too)",
+    "merge": "Model merging (`lmforge merge`)",
     "synth": "Data synthesis (`lmforge synth`; the data keys apply too: `dataset`, `dataset_dir`, `max_samples`, "
     "`text_column`)",
     "training": "Trainer (every `transformers.TrainingArguments` field, passed through; `bf16`/`fp16` also take "
@@ -68,7 +70,10 @@ def _help(text: str) -> str:
 def render_reference(markdown: bool = False, schema: str = "all") -> str:
     """Every key of one command's schema (`train`, `eval`, `serve`, `export`), or of all of them (`"all"`)."""
     schemas = list(SCHEMAS) if schema == "all" else [schema]
-    index = {name: key for s in schemas for name, key in key_index(s).items()}
+    by_group: dict[str, dict[str, Any]] = {}  # a name two commands share (`output_dir`) is listed in each group
+    for s in schemas:
+        for name, key in key_index(s).items():
+            by_group.setdefault(key.group, {})[name] = key
     groups = list(dict.fromkeys(group for s in schemas for group in SCHEMAS[s]))
     lines = []
     if markdown:
@@ -77,7 +82,7 @@ def render_reference(markdown: bool = False, schema: str = "all") -> str:
                   "Every key can be set in the run's YAML file or on the command line as `key=value` (command line "
                   "wins). Mapping keys take `key.sub=value` too.", ""]
     for group in groups:
-        keys = [k for k in index.values() if k.group == group]
+        keys = list(by_group.get(group, {}).values())
         if markdown and group in UPSTREAM_GROUPS:
             # upstream's fields, help and defaults change with its releases: a stored reference would go stale
             lines += [f"## {TITLES[group]}", "", UPSTREAM_GROUPS[group], ""]

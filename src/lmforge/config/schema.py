@@ -16,6 +16,7 @@ from lmforge.config.exporting import ExportArguments
 from lmforge.config.finetuning import FinetuningArguments
 from lmforge.config.generation import GenerationArguments
 from lmforge.config.launch import LaunchArguments
+from lmforge.config.merging import MergeArguments
 from lmforge.config.model import ModelArguments
 from lmforge.config.parallelism import ParallelismArguments
 from lmforge.config.resilience import ResilienceArguments
@@ -57,11 +58,15 @@ SERVE_GROUPS: dict[str, type] = {
 # `lmforge export`: the model (+ adapter), its template, where and how to write it.
 EXPORT_GROUPS: dict[str, type] = {"model": ModelArguments, "data": DataArguments, "export": ExportArguments}
 
+# `lmforge merge`: the models, the method and where the merge is written.
+MERGE_GROUPS: dict[str, type] = {"merge": MergeArguments}
+
 # `lmforge synth`: the data to start from and the teacher endpoint.
 SYNTH_GROUPS: dict[str, type] = {"data": DataArguments, "synth": SynthArguments}
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "train": GROUPS, "eval": EVAL_GROUPS, "serve": SERVE_GROUPS, "export": EXPORT_GROUPS, "synth": SYNTH_GROUPS}
+    "train": GROUPS, "eval": EVAL_GROUPS, "serve": SERVE_GROUPS, "export": EXPORT_GROUPS, "synth": SYNTH_GROUPS,
+    "merge": MERGE_GROUPS}
 
 # Where lmforge's default differs from transformers', and why.
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -75,7 +80,8 @@ EVAL_DEFAULTS: dict[str, Any] = {"do_sample": False}
 # A chat reply or API completion is longer than a training-time sample; requests set their own `max_tokens`.
 SERVE_DEFAULTS: dict[str, Any] = {"max_new_tokens": 512}
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "train": TRAINING_DEFAULTS, "eval": EVAL_DEFAULTS, "serve": SERVE_DEFAULTS, "export": {}, "synth": {}}
+    "train": TRAINING_DEFAULTS, "eval": EVAL_DEFAULTS, "serve": SERVE_DEFAULTS, "export": {}, "synth": {},
+    "merge": {}}
 
 
 @dataclass
@@ -141,8 +147,17 @@ class SynthConfig:
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@dataclass
+class MergeConfig:
+    """One `lmforge merge`, fully resolved."""
+
+    merge: MergeArguments
+    source: str = "<command line>"
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 COMMAND_CONFIGS: dict[str, type] = {"eval": EvalConfig, "serve": ServeConfig, "export": ExportConfig,
-                                    "synth": SynthConfig}
+                                    "synth": SynthConfig, "merge": MergeConfig}
 
 
 def group_fields(cls: type) -> list[dataclasses.Field]:

@@ -460,7 +460,61 @@ def validate_synth(cfg: Any) -> None:
         _fail(cfg, "'max_retries' must not be negative and 'request_timeout' must be positive.")
 
 
-VALIDATORS = {"eval": validate_eval, "serve": validate_serve, "export": validate_export, "synth": validate_synth}
+def validate_merge(cfg: Any) -> None:
+    """`lmforge merge`: models that exist, each entry's keys and values, what the method needs."""
+    from lmforge.config.merging import SPARSIFYING_METHODS, TASK_VECTOR_METHODS
+
+    m = cfg.merge
+    if not m.output_dir:
+        _fail(cfg, "'output_dir' is required: where the merged model is written.")
+    if os.path.isdir(m.output_dir) and os.listdir(m.output_dir):
+        _fail(cfg, f"'output_dir' ({m.output_dir}) is not empty: a merge is written into a new or empty directory.")
+    if not m.models:
+        _fail(cfg, "'models' is required: a list of `{model: PATH, weight: W}` entries to merge.")
+    needs_base = m.merge_method == "slerp" or m.merge_method in TASK_VECTOR_METHODS
+    if needs_base and not m.base_model:
+        _fail(cfg, f"'merge_method: {m.merge_method}' adds the models' differences from the model they were "
+              "fine-tuned from: set 'base_model'.")
+    count = len(m.models) + (1 if m.base_model and m.base_model not in _merge_paths(m.models) else 0)
+    if m.merge_method == "slerp" and count != 2:
+        _fail(cfg, f"'merge_method: slerp' interpolates between two models ('base_model' and one other); got "
+              f"{count}.")
+    if count < 2:
+        _fail(cfg, "a merge needs at least two models ('models', with 'base_model').")
+    if not 0 <= m.t <= 1:
+        _fail(cfg, f"'t' must be between 0 and 1, got {m.t}.")
+    for number, entry in enumerate(m.models, 1):
+        where = f"'models' entry {number}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str) or not entry["model"]:
+            _fail(cfg, f"{where} must be a mapping with a 'model' path, e.g. {{model: out/sft, weight: 0.5}}; got "
+                  f"{entry!r}.")
+        unknown = set(entry) - {"model", "weight", "density"}
+        if unknown:
+            _fail(cfg, f"{where} ({entry['model']}): unknown key(s) {', '.join(sorted(unknown))} (each entry has "
+                  "'model', 'weight' and 'density').")
+        for key, low, high in (("weight", None, None), ("density", 0.0, 1.0)):
+            value = entry.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                _fail(cfg, f"{where} ({entry['model']}): '{key}' must be a number, got {value!r}.")
+            if low is not None and not low < value <= high:
+                _fail(cfg, f"{where} ({entry['model']}): 'density' is the share of its difference kept, in (0, "
+                      f"1]; got {value}.")
+        if "density" in entry and m.merge_method not in SPARSIFYING_METHODS:
+            _fail(cfg, f"{where} ({entry['model']}): 'density' applies to {', '.join(SPARSIFYING_METHODS)}, not "
+                  f"'merge_method: {m.merge_method}'.")
+        path = entry["model"]
+        if path.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(path)):
+            _fail(cfg, f"{where}: the directory '{path}' does not exist.")
+
+
+def _merge_paths(models: list[Any]) -> set[str]:
+    return {e.get("model") for e in models if isinstance(e, dict)}
+
+
+VALIDATORS = {"eval": validate_eval, "serve": validate_serve, "export": validate_export, "synth": validate_synth,
+              "merge": validate_merge}
 
 
 def check_engine_configs(training: dict, source: str) -> None:
