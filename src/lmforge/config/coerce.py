@@ -28,7 +28,9 @@ def type_name(tp: Any) -> str:
             members = [a for a in members if a is not str]  # `Enum | str` accepts only the enum's values
         return " or ".join(type_name(a) for a in members)
     if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+        # sorted: typing caches a Literal by its set of values, so a library's same Literal imported first (with
+        # its own order) would otherwise decide the order shown
+        return "one of " + ", ".join(sorted(repr(a) for a in get_args(tp)))
     if origin in (list, typing.List):  # noqa: UP006
         args = get_args(tp)
         return f"list of {type_name(args[0])}" if args else "list"
