@@ -19,6 +19,15 @@ class ExportArguments:
         False, "Also write a GGUF file (llama.cpp / Ollama) for Llama- and Qwen2-family architectures.")
     gguf_outtype: Literal["f32", "f16", "bf16", "q8_0"] = option(
         "f16", "Tensor type of the GGUF file's weight matrices (norms and biases stay f32).")
+    export_quantization: Literal["none", "int8", "int4", "fp8"] = option(
+        "none", "Save the linear weights quantized for vLLM/SGLang as a compressed-tensors checkpoint "
+        "(transformers loads it too): `int8` (W8A16, per output channel), `int4` (W4A16, per group of "
+        "`export_quantization_group_size`), `fp8` (float8 weights per channel, activations scaled per token at run "
+        "time; GPUs with float8 support). Rounded to nearest, no calibration data; the output layer stays as "
+        "saved. AWQ/GPTQ are llm-compressor's, which pins an older transformers: run it on this export.")
+    export_quantization_group_size: int = option(
+        128, "`export_quantization: int4`: weights per scale (layers whose input size it does not divide stay "
+        "unquantized, and the log counts them).")
     export_ollama: bool = option(
         True, "With `export_gguf`: write an Ollama `Modelfile` whose template renders like the chat template.")
     overwrite_export: bool = option(

@@ -403,7 +403,13 @@ def validate_export(cfg: ExportConfig) -> None:
     if x.export_size <= 0:
         _fail(cfg, f"'export_size' (GB per shard) must be positive, got {x.export_size}.")
     if cfg.model.quantization_bit:
-        _fail(cfg, "'quantization_bit' does not apply to export: weights are merged and saved unquantized.")
+        _fail(cfg, "'quantization_bit' does not apply to export: weights are merged and saved unquantized (use "
+              "'export_quantization' to save them quantized).")
+    if x.export_quantization != "none" and x.export_gguf:
+        _fail(cfg, f"'export_quantization: {x.export_quantization}' and 'export_gguf' write two different "
+              "quantized formats from one export: run one export for each.")
+    if x.export_quantization_group_size < 1:
+        _fail(cfg, f"'export_quantization_group_size' must be at least 1, got {x.export_quantization_group_size}.")
     target = os.path.realpath(x.export_dir)
     for key in ("model_name_or_path", "adapter_name_or_path"):
         source = getattr(cfg.model, key)

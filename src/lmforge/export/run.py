@@ -28,8 +28,16 @@ def run_export(cfg: ExportConfig) -> str:
                           "convert_hf_to_gguf.py, once with --mmproj.")
     model, tokenizer = merged_model(cfg.model, cfg.data.template)
     name = os.path.basename(os.path.normpath(x.export_dir))
+    compressor = None
+    if x.export_quantization != "none":
+        from lmforge.export.serving_quantization import quantize_for_serving
+
+        compressor = quantize_for_serving(model, x.export_quantization, x.export_quantization_group_size)
+        compressor.compress_model(model)
     with atomic_dir(x.export_dir, replace=x.overwrite_export) as staging:
         model.save_pretrained(staging, max_shard_size=f"{max(1, int(x.export_size * 1e6))}KB")
+        if compressor is not None:
+            compressor.update_config(staging)  # the quantization config vLLM and transformers read
         if processor is not None:  # tokenizer, image processor and chat template, as AutoProcessor loads them
             processor.chat_template = tokenizer.chat_template
             processor.save_pretrained(staging)
