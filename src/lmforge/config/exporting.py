@@ -17,8 +17,10 @@ class ExportArguments:
         5.0, "Largest safetensors shard in GB; bigger models are split into shards with an index file.")
     export_gguf: bool = option(
         False, "Also write a GGUF file (llama.cpp / Ollama) for Llama- and Qwen2-family architectures.")
-    gguf_outtype: Literal["f32", "f16", "bf16", "q8_0"] = option(
-        "f16", "Tensor type of the GGUF file's weight matrices (norms and biases stay f32).")
+    gguf_outtype: Literal["f32", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k", "iq4_xs"] = option(
+        "f16", "Tensor type of the GGUF file's weight matrices (norms and biases stay f32): f32, f16, bf16 and q8_0 "
+        "written by lmforge; the k-quants `q4_k_m`, `q5_k_m`, `q6_k` and `iq4_xs` by llama.cpp's quantizer from "
+        "the 16-bit file (`pip install llama-cpp-python`, which builds llama.cpp).")
     export_quantization: Literal["none", "int8", "int4", "fp8"] = option(
         "none", "Save the linear weights quantized for vLLM/SGLang as a compressed-tensors checkpoint "
         "(transformers loads it too): `int8` (W8A16, per output channel), `int4` (W4A16, per group of "

@@ -405,6 +405,10 @@ def validate_export(cfg: ExportConfig) -> None:
     if cfg.model.quantization_bit:
         _fail(cfg, "'quantization_bit' does not apply to export: weights are merged and saved unquantized (use "
               "'export_quantization' to save them quantized).")
+    if x.export_gguf and x.gguf_outtype in ("q4_k_m", "q5_k_m", "q6_k", "iq4_xs") and not installed("llama_cpp"):
+        _fail(cfg, f"'gguf_outtype: {x.gguf_outtype}' is quantized by llama.cpp: pip install llama-cpp-python (it "
+              "builds llama.cpp from source: a C++ compiler and cmake, a few minutes), or pick f16, bf16 or q8_0, "
+              "which lmforge writes itself.")
     if x.export_quantization != "none" and x.export_gguf:
         _fail(cfg, f"'export_quantization: {x.export_quantization}' and 'export_gguf' write two different "
               "quantized formats from one export: run one export for each.")

@@ -48,12 +48,7 @@ def run_export(cfg: ExportConfig) -> str:
         logger.info("Saved %d safetensors file(s), the tokenizer and its chat template", len(files))
         stop_ids = stop_token_ids(tokenizer) if tokenizer.chat_template else []
         if x.export_gguf:
-            from lmforge.export.gguf_writer import write_gguf
-
-            gguf_name = f"{name}-{x.gguf_outtype}.gguf"
-            count = write_gguf(model, tokenizer, staging, os.path.join(staging, gguf_name), x.gguf_outtype, name,
-                               stop_ids[-1] if stop_ids else None)
-            logger.info("Wrote %s (%d tensors)", gguf_name, count)
+            gguf_name = _write_gguf(model, tokenizer, staging, name, x.gguf_outtype, stop_ids)
             if x.export_ollama and tokenizer.chat_template:
                 stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids]
                 with open(os.path.join(staging, "Modelfile"), "w", encoding="utf-8") as fh:
@@ -61,3 +56,25 @@ def run_export(cfg: ExportConfig) -> str:
                 logger.info("Wrote an Ollama Modelfile: `ollama create %s -f %s/Modelfile`", name, x.export_dir)
     print(f"Exported to {x.export_dir}")
     return x.export_dir
+
+
+def _write_gguf(model, tokenizer, staging: str, name: str, outtype: str, stop_ids: list[int]) -> str:
+    """`NAME-OUTTYPE.gguf` in `staging`: written by lmforge, or for llama.cpp's types written in 16 bits (the
+    model's bf16, else f16) and quantized by llama.cpp. Returns its file name."""
+    import torch
+
+    from lmforge.export.gguf_quantize import LLAMA_CPP_TYPES, quantize_gguf
+    from lmforge.export.gguf_writer import write_gguf
+
+    gguf_name = f"{name}-{outtype}.gguf"
+    target = os.path.join(staging, gguf_name)
+    written = ("bf16" if model.dtype == torch.bfloat16 else "f16") if outtype in LLAMA_CPP_TYPES else outtype
+    path = os.path.join(staging, f".{name}-{written}.gguf") if written != outtype else target
+    count = write_gguf(model, tokenizer, staging, path, written, name, stop_ids[-1] if stop_ids else None)
+    if path != target:
+        quantize_gguf(path, target, outtype)
+        os.remove(path)
+        logger.info("Wrote %s (%d tensors; quantized by llama.cpp from %s)", gguf_name, count, written)
+    else:
+        logger.info("Wrote %s (%d tensors)", gguf_name, count)
+    return gguf_name
