@@ -197,9 +197,11 @@ def _modelfile_template(text: str) -> str:
 
 
 def test_the_modelfile_on_disk_renders_every_turn_like_the_chat_template(tmp_path, greeter_dir):
-    """The TEMPLATE written to disk, executed as Go's text/template does, gives the chat template's rendering for
-    system, user and assistant turns and the generation prompt; the stop tokens are the template's end of turn."""
+    """The TEMPLATE written to disk, executed by Go's own text/template (as Ollama runs it) and by the tests' Python
+    subset of it, gives the chat template's rendering for system, user and assistant turns and the generation
+    prompt; the stop tokens are the template's end of turn."""
     from tests.export.go_template import execute
+    from tests.export.ollama_go import execute_go
 
     out = tmp_path / "ollama"
     assert main(["export", greeter_dir, f"export_dir={out}", "export_gguf=true", "gguf_outtype=f16"]) == 0
@@ -207,9 +209,34 @@ def test_the_modelfile_on_disk_renders_every_turn_like_the_chat_template(tmp_pat
     tok = AutoTokenizer.from_pretrained(greeter_dir)
     template = _modelfile_template(text)
     for messages in [*CONVERSATIONS, [{"role": "user", "content": "Use {{ braces }} literally"}]]:
-        assert execute(template, messages) == render(tok, messages, add_generation_prompt=True), messages
+        expected = render(tok, messages, add_generation_prompt=True)
+        assert execute_go(template, messages) == expected, messages
+        assert execute(template, messages) == expected, messages
     stops = [line.split('"')[1] for line in text.splitlines() if line.startswith("PARAMETER stop ")]
     assert stops == ([tok.eos_token, "<|im_end|>"] if tok.eos_token != "<|im_end|>" else ["<|im_end|>"])
+
+
+GGUF_FAMILIES = ["llama-3.2-instruct", "qwen2.5-instruct", "qwen3"]  # the matrix's families lmforge writes GGUF for
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
+def test_each_familys_modelfile_renders_its_own_chat_template_in_go(family, real_model, tmp_path):
+    """The real families' own chat templates (Llama 3.2's dated system prompt, Qwen2.5's default system prompt,
+    Qwen3's), turned into an Ollama TEMPLATE by the export and executed by Go's text/template: the same text as the
+    chat template for every conversation, and the family's end-of-turn token among the stops."""
+    from tests.export.ollama_go import execute_go
+
+    model_dir = real_model(family)
+    out = tmp_path / "ollama"
+    assert main(["export", model_dir, f"export_dir={out}", "export_gguf=true", "gguf_outtype=f16"]) == 0
+    text = (out / "Modelfile").read_text()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    template = _modelfile_template(text)
+    for messages in CONVERSATIONS:
+        assert execute_go(template, messages) == render(tok, messages, add_generation_prompt=True), messages
+    stops = [line.split('"')[1] for line in text.splitlines() if line.startswith("PARAMETER stop ")]
+    assert {"llama-3.2-instruct": "<|eot_id|>"}.get(family, "<|im_end|>") in stops, stops
 
 
 def test_llama3_rope_scaling_is_written_as_the_factors_transformers_applies():
