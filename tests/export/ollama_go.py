@@ -24,8 +24,8 @@ def _binary() -> str:
             raise RuntimeError("Go is not installed: .ci/run installs golang-go for the Ollama template tests")
         pytest.skip("Go is not installed (apt-get install golang-go)")
     out = os.path.join(tempfile.mkdtemp(prefix="ollama-render-"), "ollama-render")
-    env = {**os.environ, "GOCACHE": os.path.join(os.path.dirname(out), "cache"), "GO111MODULE": "off",
-           "GOFLAGS": "-mod=mod"}
+    # one file, no module: built in GOPATH mode, with a build cache of its own (CI's HOME may not be writable)
+    env = {**os.environ, "GOCACHE": os.path.join(os.path.dirname(out), "cache"), "GO111MODULE": "off"}
     subprocess.run([go, "build", "-o", out, str(SOURCE)], check=True, env=env, capture_output=True, timeout=300)
     return out
 
