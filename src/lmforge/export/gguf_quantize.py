@@ -28,14 +28,14 @@ def quantize_gguf(source: str, target: str, outtype: str, threads: int | None = 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, LLAMA_CPP_TYPES[outtype])
     params.nthread = threads or os.cpu_count() or 1
-    with _quiet(llama_cpp):
+    with _quiet():
         code = llama_cpp.llama_model_quantize(source.encode(), target.encode(), ctypes.byref(params))
     if code != 0 or not os.path.isfile(target):
         raise LmforgeError(f"lmforge export: llama.cpp could not quantize '{source}' to {outtype} (code {code}).")
 
 
 @contextlib.contextmanager
-def _quiet(llama_cpp):
+def _quiet():
     """llama.cpp logs a line per tensor it quantizes, through llama-cpp-python's logger: kept to its warnings and
     errors while lmforge quantizes."""
     import llama_cpp._logger  # noqa: F401 - installs the callback that routes llama.cpp's log through it

@@ -20,7 +20,12 @@ FP8_CAPABILITY = (8, 9)
 
 
 def check_fp8_device() -> None:
-    """A config error where FP8 training cannot run: no torchao, or a CUDA GPU without float8 tensor cores."""
+    """A config error where FP8 training cannot run: no torchao, or a CUDA GPU without float8 tensor cores. (A plan
+    answers for the GPUs it is made for, not for this machine's.)"""
+    from lmforge.device import planning
+
+    if planning():
+        return
     if importlib.util.find_spec("torchao") is None:
         raise ConfigError("Config error: 'fp8: true' trains through torchao's float8 training: pip install torchao")
     if torch.cuda.is_available():
