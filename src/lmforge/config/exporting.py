@@ -8,6 +8,8 @@ from typing import Literal
 from lmforge.config.fields import option
 
 EXPORT_MARKER = ".lmforge-export"  # written into every export: only such a directory may be replaced
+# the GGUF types llama.cpp's quantizer writes (lmforge writes f32, f16, bf16 and q8_0 itself)
+LLAMA_CPP_GGUF_TYPES = ("q4_k_m", "q5_k_m", "q6_k", "iq4_xs")
 
 
 @dataclass

@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from lmforge.config.architecture import check_architecture
-from lmforge.config.exporting import EXPORT_MARKER
+from lmforge.config.exporting import EXPORT_MARKER, LLAMA_CPP_GGUF_TYPES
 from lmforge.config.launch import process_count
 from lmforge.config.schema import key_index
 from lmforge.config.stage_checks import fail
@@ -405,7 +405,7 @@ def validate_export(cfg: ExportConfig) -> None:
     if cfg.model.quantization_bit:
         _fail(cfg, "'quantization_bit' does not apply to export: weights are merged and saved unquantized (use "
               "'export_quantization' to save them quantized).")
-    if x.export_gguf and x.gguf_outtype in ("q4_k_m", "q5_k_m", "q6_k", "iq4_xs") and not installed("llama_cpp"):
+    if x.export_gguf and x.gguf_outtype in LLAMA_CPP_GGUF_TYPES and not installed("llama_cpp"):
         _fail(cfg, f"'gguf_outtype: {x.gguf_outtype}' is quantized by llama.cpp: pip install llama-cpp-python (it "
               "builds llama.cpp from source: a C++ compiler and cmake, a few minutes), or pick f16, bf16 or q8_0, "
               "which lmforge writes itself.")

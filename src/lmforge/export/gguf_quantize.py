@@ -14,19 +14,16 @@ from lmforge.errors import LmforgeError
 
 logger = logging.getLogger(__name__)
 
-# gguf_outtype -> the llama_ftype name llama-cpp-python exposes
-LLAMA_CPP_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
-                   "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K", "iq4_xs": "LLAMA_FTYPE_MOSTLY_IQ4_XS"}
 
 
 def quantize_gguf(source: str, target: str, outtype: str, threads: int | None = None) -> None:
-    """Quantize the 16-bit GGUF `source` into `target` as `outtype` (one of LLAMA_CPP_TYPES)."""
+    """Quantize the 16-bit GGUF `source` into `target` as `outtype` (one of LLAMA_CPP_GGUF_TYPES)."""
     import ctypes
 
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, LLAMA_CPP_TYPES[outtype])
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{outtype.upper()}")  # e.g. LLAMA_FTYPE_MOSTLY_Q4_K_M
     params.nthread = threads or os.cpu_count() or 1
     with _quiet():
         code = llama_cpp.llama_model_quantize(source.encode(), target.encode(), ctypes.byref(params))

@@ -63,12 +63,13 @@ def _write_gguf(model, tokenizer, staging: str, name: str, outtype: str, stop_id
     model's bf16, else f16) and quantized by llama.cpp. Returns its file name."""
     import torch
 
-    from lmforge.export.gguf_quantize import LLAMA_CPP_TYPES, quantize_gguf
+    from lmforge.config.exporting import LLAMA_CPP_GGUF_TYPES
+    from lmforge.export.gguf_quantize import quantize_gguf
     from lmforge.export.gguf_writer import write_gguf
 
     gguf_name = f"{name}-{outtype}.gguf"
     target = os.path.join(staging, gguf_name)
-    written = ("bf16" if model.dtype == torch.bfloat16 else "f16") if outtype in LLAMA_CPP_TYPES else outtype
+    written = ("bf16" if model.dtype == torch.bfloat16 else "f16") if outtype in LLAMA_CPP_GGUF_TYPES else outtype
     path = os.path.join(staging, f".{name}-{written}.gguf") if written != outtype else target
     count = write_gguf(model, tokenizer, staging, path, written, name, stop_ids[-1] if stop_ids else None)
     if path != target:
