@@ -107,12 +107,12 @@ FAKE_CHECKPOINTS = {
 
 
 @pytest.fixture
-def saved_quantized(tiny_model_dir, tmp_path):
-    """The tiny model's directory with a GPTQ or AWQ `quantization_config` in its config.json (the config is all
-    these checks read)."""
+def saved_quantized(real_model, tmp_path):
+    """The tiny real Qwen3 (its published config and tokenizer) with a GPTQ or AWQ `quantization_config` in its
+    config.json, as those checkpoints carry it (the config is all these checks read)."""
     def make(method: str) -> str:
-        path = tmp_path / f"tiny-{method}"
-        shutil.copytree(tiny_model_dir, path)
+        path = tmp_path / f"qwen3-{method}"
+        shutil.copytree(real_model("qwen3"), path)
         config = json.loads((path / "config.json").read_text())
         config["quantization_config"] = FAKE_CHECKPOINTS[method]
         (path / "config.json").write_text(json.dumps(config))
