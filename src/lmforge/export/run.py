@@ -3,8 +3,10 @@ staging directory that becomes `export_dir` only when everything is complete."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 
 from lmforge.config.exporting import EXPORT_MARKER
 from lmforge.config.schema import ExportConfig
@@ -42,13 +44,14 @@ def run_export(cfg: ExportConfig) -> str:
             processor.chat_template = tokenizer.chat_template
             processor.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        _keep_sentencepiece_model(tokenizer, staging)
         with open(os.path.join(staging, EXPORT_MARKER), "w", encoding="utf-8") as fh:
             fh.write("Written by lmforge export; `overwrite_export: true` may replace this directory.\n")
         files = sorted(f for f in os.listdir(staging) if f.endswith(".safetensors"))
         logger.info("Saved %d safetensors file(s), the tokenizer and its chat template", len(files))
         stop_ids = stop_token_ids(tokenizer) if tokenizer.chat_template else []
         if x.export_gguf:
-            gguf_name = _write_gguf(model, tokenizer, staging, name, x.gguf_outtype, stop_ids)
+            gguf_name = _write_gguf(staging, name, x.gguf_outtype, stop_ids)
             if x.export_ollama and tokenizer.chat_template:
                 stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids]
                 with open(os.path.join(staging, "Modelfile"), "w", encoding="utf-8") as fh:
@@ -58,20 +61,28 @@ def run_export(cfg: ExportConfig) -> str:
     return x.export_dir
 
 
-def _write_gguf(model, tokenizer, staging: str, name: str, outtype: str, stop_ids: list[int]) -> str:
-    """`NAME-OUTTYPE.gguf` in `staging`: written by lmforge, or for llama.cpp's types written in 16 bits (the
-    model's bf16, else f16) and quantized by llama.cpp. Returns its file name."""
-    import torch
+def _keep_sentencepiece_model(tokenizer, staging: str) -> None:
+    """transformers 5 saves a SentencePiece tokenizer as tokenizer.json only; the SentencePiece model it was loaded
+    from goes with the export, as the checkpoint shipped it (llama.cpp's converter reads Gemma's, Llama 2's, Mistral's
+    and Phi-3's vocabulary, scores and token types from it)."""
+    source = tokenizer.init_kwargs.get("vocab_file")
+    target = os.path.join(staging, "tokenizer.model")
+    if isinstance(source, str) and source.endswith(".model") and os.path.isfile(source) and not os.path.exists(target):
+        shutil.copyfile(source, target)
 
-    from lmforge.config.exporting import LLAMA_CPP_GGUF_TYPES
+
+def _write_gguf(staging: str, name: str, outtype: str, stop_ids: list[int]) -> str:
+    """`NAME-OUTTYPE.gguf` in `staging`, converted by llama.cpp's converter from the safetensors saved there; for
+    llama.cpp's quantized types converted in 16 bits (the checkpoint's bf16, else f16) and quantized by llama.cpp.
+    Returns its file name."""
+    from lmforge.export.gguf_convert import CONVERTER_TYPES, convert_to_gguf
     from lmforge.export.gguf_quantize import quantize_gguf
-    from lmforge.export.gguf_writer import write_gguf
 
     gguf_name = f"{name}-{outtype}.gguf"
     target = os.path.join(staging, gguf_name)
-    written = ("bf16" if model.dtype == torch.bfloat16 else "f16") if outtype in LLAMA_CPP_GGUF_TYPES else outtype
+    written = outtype if outtype in CONVERTER_TYPES else "bf16" if _saved_dtype(staging) == "bfloat16" else "f16"
     path = os.path.join(staging, f".{name}-{written}.gguf") if written != outtype else target
-    count = write_gguf(model, tokenizer, staging, path, written, name, stop_ids[-1] if stop_ids else None)
+    count = convert_to_gguf(staging, path, written, name, stop_ids[-1] if stop_ids else None)
     if path != target:
         quantize_gguf(path, target, outtype)
         os.remove(path)
@@ -79,3 +90,9 @@ def _write_gguf(model, tokenizer, staging: str, name: str, outtype: str, stop_id
     else:
         logger.info("Wrote %s (%d tensors)", gguf_name, count)
     return gguf_name
+
+
+def _saved_dtype(staging: str) -> str | None:
+    with open(os.path.join(staging, "config.json"), encoding="utf-8") as fh:
+        config = json.load(fh)
+    return config.get("dtype") or config.get("torch_dtype")

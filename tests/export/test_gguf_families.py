@@ -1,0 +1,127 @@
+"""GGUF of every causal family in the real-model matrix, converted by llama.cpp's converter and run by llama.cpp
+(llama-cpp-python): tiny models of the real configs and tokenizers, made 256 wide so that llama.cpp's 256-weight
+k-quant blocks divide their rows, exported by `lmforge export` as f16 and quantized to q4_k_m (by the export for
+Qwen3, by its quantizer from the f16 file for the others). The f16 file tokenizes like the tokenizer, carries the
+chat template and end-of-turn token, and gives transformers' greedy tokens; the q4_k_m file holds Q4_K (and
+llama.cpp's Q6_K choices), is under half the size (the tied embeddings of the tiny models stay at 6 bits), and its
+perplexity on held-out text stays near the f16 file's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from lmforge.cli import main
+from tests.conftest import LF_DEMO
+from tests.real_models import FAMILIES
+
+pytestmark = pytest.mark.slow
+
+WIDE = {"hidden_size": 256, "intermediate_size": 512, "moe_intermediate_size": 256, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 64}
+CAUSAL = ["llama-3.2-instruct", "qwen2.5-instruct", "qwen3", "qwen3-moe", "gpt-oss-20b"]
+PROMPTS = ("The capital of France is", "def fibonacci(n):", "你好，世界")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """`exported(family)`: (model dir, {outtype: GGUF path}), built and exported once per family."""
+    if importlib.util.find_spec("llama_cpp") is None and not os.environ.get("CI"):
+        pytest.skip("llama-cpp-python is not installed (the dev extra builds it)")
+    from lmforge.bench.families import FamilyUnavailable, build_tiny
+    from lmforge.export.gguf_quantize import quantize_gguf
+
+    done: dict[str, tuple[str, dict[str, str]]] = {}
+
+    def get(family: str):
+        if family not in done:
+            if family not in FAMILIES:
+                pytest.skip(f"the real {family} files are not here")
+            root = tmp_path_factory.mktemp(f"gguf-{family}")
+            try:
+                model = build_tiny(FAMILIES[family].source, root / "model", sizes=WIDE)
+            except FamilyUnavailable as err:
+                pytest.skip(f"{family}: {err}")
+            files = {}
+            for outtype in ("f16", "q4_k_m") if family == "qwen3" else ("f16",):
+                out = root / outtype
+                assert main(["export", model, f"export_dir={out}", "export_gguf=true",
+                             f"gguf_outtype={outtype}"]) == 0
+                files[outtype] = str(out / f"{outtype}-{outtype}.gguf")
+            if "q4_k_m" not in files:  # the export's own step, without exporting the model again
+                files["q4_k_m"] = str(root / "q4_k_m.gguf")
+                quantize_gguf(files["f16"], files["q4_k_m"], "q4_k_m")
+            done[family] = model, files
+        return done[family]
+
+    return get
+
+
+def _llama(path: str, n_ctx: int = 32, logits_all: bool = False):
+    from llama_cpp import Llama
+
+    return Llama(path, n_ctx=n_ctx, logits_all=logits_all, verbose=False, seed=0)
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+def test_llama_cpp_runs_the_f16_file_as_transformers_runs_the_model(exported, family):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmforge.data.template import stop_token_ids
+
+    model_dir, files = exported(family)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    llm = _llama(files["f16"])
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt)["input_ids"]
+        assert llm.tokenize(prompt.encode(), add_bos=llm._model.add_bos_token(), special=True) == ids, prompt
+        expected = reference.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids):]
+        stream = llm.generate(ids, temp=0.0, top_k=1, reset=True)
+        assert [next(stream) for _ in range(8)] == expected.tolist(), prompt
+    fields = llm.metadata  # the GGUF's key-values as llama.cpp read them
+    assert fields["tokenizer.chat_template"] == tokenizer.chat_template
+    end_of_turn = str(stop_token_ids(tokenizer)[-1])
+    assert end_of_turn in (fields["tokenizer.ggml.eos_token_id"], fields.get("tokenizer.ggml.eot_token_id"))
+    import llama_cpp
+
+    assert llama_cpp.llama_vocab_is_eog(llm._model.vocab, int(end_of_turn))  # llama.cpp ends a reply there
+
+
+def _perplexity(path: str, texts: list[list[int]]) -> float:
+    llm = _llama(path, n_ctx=64, logits_all=True)
+    losses = []
+    for ids in texts:
+        llm.reset()
+        llm.eval(ids)
+        logits = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        losses.append(-logp[np.arange(len(ids) - 1), ids[1:]].mean())
+    return math.exp(float(np.mean(losses)))
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+def test_q4_k_m_is_k_quantized_and_keeps_the_f16_perplexity(exported, family):
+    from gguf import GGMLQuantizationType, GGUFReader
+    from transformers import AutoTokenizer
+
+    model_dir, files = exported(family)
+    assert _llama(files["q4_k_m"]).metadata["general.file_type"] == "15"  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    if family == "qwen3":  # reading every tensor's type takes the gguf reader 8 s (it parses the whole vocabulary)
+        types = {t.name: t.tensor_type for t in GGUFReader(files["q4_k_m"]).tensors}
+        assert types["blk.0.attn_q.weight"] == GGMLQuantizationType.Q4_K
+        assert GGMLQuantizationType.Q6_K in types.values()  # llama.cpp's q4_k_m keeps some tensors at 6 bits
+    assert os.path.getsize(files["q4_k_m"]) < 0.5 * os.path.getsize(files["f16"])
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    records = json.loads((LF_DEMO / "alpaca_en_demo.json").read_text())[-8:]
+    texts = [tokenizer(r["output"])["input_ids"][:64] for r in records]
+    f16, q4 = _perplexity(files["f16"], texts), _perplexity(files["q4_k_m"], texts)
+    assert abs(q4 / f16 - 1) < 0.05, (f16, q4)
