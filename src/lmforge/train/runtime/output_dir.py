@@ -17,6 +17,7 @@ import socket
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from lmforge.config.schema import RUN_CONFIG_FILE
 from lmforge.data.stream import STATE_FILE as STREAM_STATE_FILE
 from lmforge.errors import ConfigError
 from lmforge.runlog import LOG_FILE
@@ -33,7 +34,7 @@ from lmforge.train.samples import SAMPLES_FILE
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "lmforge_config.yaml"  # the run's config, as it was given (secrets masked)
+CONFIG_FILE = RUN_CONFIG_FILE  # the run's config, as it was given (secrets masked)
 LOCK_FILE = ".lmforge-run.lock"  # held (flock) by the run writing to output_dir
 LOCK_ENV = "LMFORGE_RUN_LOCK"  # PID:lock file, for the processes a launcher starts: their run's lock is held by it
 
