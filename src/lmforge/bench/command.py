@@ -44,11 +44,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="with --compare, --packing-compare, --eval-prefix-compare or --preprocess: runs per "
                         "path (best kept)")
-    parser.add_argument("--suite", choices=["gpu", "models"],
+    parser.add_argument("--suite", choices=["gpu", "models", "export"],
                         help="gpu: the GPU check (bench/gpu_check.sh): a 0.5B model built from a config; SFT MFU and "
                         "memory, losses, packing, serving, FSDP2/DeepSpeed; writes gpu_check.json/.md to --output. "
                         "models: every stage on a tiny model of every family in --families (real tokenizer files, "
-                        "templates and configs); writes the support table to --output (docs/models.md)")
+                        "templates and configs); writes the support table to --output (docs/models.md). export: "
+                        "every GGUF type and compressed-tensors scheme on a 256-wide tiny model of every causal family "
+                        "(size, perplexity, KL divergence); writes --output (docs/export-matrix.md)")
     parser.add_argument("--smoke", action="store_true", help="with --suite gpu: a tiny model, so it runs on a CPU")
     parser.add_argument("--output", help="with --suite: where its files go (gpu_check; docs/models.md)")
     parser.add_argument("--families", help="with --suite models: a folder of family folders (config.json, tokenizer "
@@ -63,6 +65,8 @@ def main(argv: list[str]) -> int:
         config, overrides = None, [config, *overrides]
     if ns.suite == "models":
         return _model_suite(ns.families, ns.family, ns.output or "docs/models.md")
+    if ns.suite == "export":
+        return _export_suite(ns.families, ns.family, ns.output or "docs/export-matrix.md")
     if ns.suite:
         from lmforge.bench.gpu_suite import run_suite, table
 
@@ -114,6 +118,29 @@ def _stage_of(config: str | None, overrides: list[str]) -> str:
 
     raw = merge(read_yaml(config) if config else {}, parse_overrides(overrides))
     return str(raw.get("stage", "pt"))
+
+
+def _export_suite(families: str | None, only: list[str] | None, output: str) -> int:
+    """`--suite export`: every export format on every causal family, written as tables."""
+    import tempfile
+
+    from lmforge.bench.export_matrix import run_export_matrix, table
+    from lmforge.bench.model_matrix import default_families_dir
+    from lmforge.errors import ConfigError
+    from lmforge.jsonl import atomic_open
+
+    families = families or default_families_dir()
+    data = os.path.join(os.path.dirname(os.path.abspath(families or ".")), "llamafactory_demo")
+    if not families or not os.path.isdir(families) or not os.path.isfile(os.path.join(data, "alpaca_en_demo.json")):
+        raise ConfigError("Config error (command line): `lmforge bench --suite export` needs --families DIR, a folder "
+                          "of family folders, with llamafactory_demo/alpaca_en_demo.json beside it (the held-out and "
+                          f"calibration text); got {families!r}.")
+    with tempfile.TemporaryDirectory(prefix="lmforge-export-") as work:
+        matrix = run_export_matrix(families, work, data, only)
+    with atomic_open(output) as fh:
+        fh.write(table(matrix))
+    print(f"Wrote {output}: {len(matrix['results'])} families in {matrix['seconds']} s")
+    return 0
 
 
 def _model_suite(families: str | None, only: list[str] | None, output: str) -> int:
