@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 WIDE = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2,
         "head_dim": 64}
-DATA = ["dataset=alpaca_en_demo", f"dataset_dir={LF_DEMO}", "cutoff_len=64", "gguf_imatrix_samples=16"]
+DATA = ["dataset=alpaca_en_demo", f"dataset_dir={LF_DEMO}", "cutoff_len=64", "export_quantization_samples=16"]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,9 @@ def test_the_importance_matrix_is_the_mean_squared_input_of_each_column(qwen3, t
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmforge.config.parse import load_target_config
+    from lmforge.export.calibration import calibration_tokens
     from lmforge.export.gguf_convert import tensor_names
-    from lmforge.export.gguf_imatrix import calibration_tokens, importance_matrix
+    from lmforge.export.gguf_imatrix import importance_matrix
 
     cfg = load_target_config("export", qwen3, [f"export_dir={tmp_path / 'x'}", "export_gguf=true",
                                                "gguf_outtype=q4_k_m", "gguf_imatrix=true", *DATA])
@@ -105,8 +106,9 @@ def _matrix(model_dir: str, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmforge.config.parse import load_target_config
+    from lmforge.export.calibration import calibration_tokens
     from lmforge.export.gguf_convert import tensor_names
-    from lmforge.export.gguf_imatrix import calibration_tokens, importance_matrix
+    from lmforge.export.gguf_imatrix import importance_matrix
 
     cfg = load_target_config("export", model_dir, [f"export_dir={tmp_path / 'm'}", "export_gguf=true",
                                                    "gguf_outtype=q4_k_m", "gguf_imatrix=true", *DATA])
@@ -119,7 +121,7 @@ def test_the_data_defaults_to_the_runs_training_data(tmp_path, tiny_model_dir):
     """An exported run names its training data in its lmforge_config.yaml; without it, or for a type llama.cpp's
     quantizer does not write, `gguf_imatrix` is a config error that says what to do."""
     from lmforge.config.parse import load_target_config
-    from lmforge.export.gguf_imatrix import calibration_data
+    from lmforge.export.calibration import calibration_data
 
     run = tmp_path / "run"
     run.mkdir()
@@ -127,7 +129,7 @@ def test_the_data_defaults_to_the_runs_training_data(tmp_path, tiny_model_dir):
         os.symlink(os.path.join(tiny_model_dir, name), run / name)
     args = [f"export_dir={tmp_path / 'x'}", "export_gguf=true", "gguf_outtype=q4_k_m", "gguf_imatrix=true"]
     missing = run_lmforge("export", str(run), *args)
-    assert missing.returncode == 2 and "'gguf_imatrix' computes the importance matrix from your data" in \
+    assert missing.returncode == 2 and "'gguf_imatrix' is calibrated on your data" in \
         missing.stderr and "Traceback" not in missing.stderr
     (run / "lmforge_config.yaml").write_text(yaml.safe_dump({
         "model": {"model_name_or_path": "somewhere"}, "stage": "sft",

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 WIDE = {"hidden_size": 256, "intermediate_size": 512, "moe_intermediate_size": 256, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 64}
 GGUF_FORMATS = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_k_m+imatrix", "iq4_xs", "iq4_xs+imatrix")
-SERVING_FORMATS = ("int8", "int4")
+SERVING_FORMATS = ("int8", "int4", "gptq")
 HELD_OUT, CALIBRATION = 16, 64
 TRAIN_STEPS = 100  # alpaca_en_demo: the last records are scored, the first ones calibrate
 PROMPTS = ("The capital of France is", "def fibonacci(n):", "你好，世界")
@@ -90,9 +90,11 @@ def _family(family, root: Path, data_dir: Path) -> dict:
         cells[name] = {"bytes": os.path.getsize(path), **_compare(logits, f16_logits, held_out)}
     reference_logits = _torch_logits(reference, held_out)
     cells["safetensors"] = {"bytes": _size(model_dir), **_compare(reference_logits, reference_logits, held_out)}
+    calibrated = ["dataset=alpaca_en_demo", f"dataset_dir={data_dir}", "cutoff_len=128",
+                  f"export_quantization_samples={CALIBRATION}"]  # gptq: its first records, as the imatrix
     for scheme in SERVING_FORMATS:
-        out = export(scheme, f"export_quantization={scheme}")
-        quantized = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        out = export(scheme, f"export_quantization={scheme}", *calibrated)
+        quantized = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()  # run compressed
         cells[scheme] = {"bytes": _size(str(out)), **_compare(_torch_logits(quantized, held_out),
                                                                  reference_logits, held_out)}
     cells["trained"] = trained_ppl
@@ -187,7 +189,8 @@ def table(matrix: dict) -> str:
              "are measured in llama.cpp against the f16 file; the compressed-tensors "
              "checkpoints (`export_quantization`) in transformers against the unquantized model. Held-out text: the "
              f"last {HELD_OUT} answers of alpaca_en_demo (up to 64 tokens each); the importance matrix "
-             f"(`+imatrix`) comes from its first {CALIBRATION} records. Size is against the f16 GGUF (the "
+             f"(`+imatrix`) and GPTQ's calibration come from its first {CALIBRATION} records. Size is against the "
+             "f16 GGUF (the "
              "safetensors rows: against the float32 checkpoint). KL: the mean KL divergence of each next-token "
              "distribution from the reference's; same top: the share of tokens where both pick the same next token.",
              "", "`greedy` says for how many of 3 prompts (English, "

@@ -27,21 +27,24 @@ class ExportArguments:
     gguf_imatrix: bool = option(
         False, "Quantize the GGUF (k-quants, iq4_xs) with an importance matrix computed from your data, as llama.cpp's "
         "llama-imatrix computes it: the mean square of each weight matrix's inputs, per input column, over the "
-        "tokens of `gguf_imatrix_samples` examples. The data is `dataset` (with `dataset_dir`) when set, else the "
-        "training data named in the exported run's lmforge_config.yaml. MoE expert matrices are quantized without "
-        "it (the log counts them).")
-    gguf_imatrix_samples: int = option(
-        128, "`gguf_imatrix`: how many examples (each up to `cutoff_len` tokens) the importance matrix is computed "
-        "over.")
-    export_quantization: Literal["none", "int8", "int4", "fp8"] = option(
+        "calibration examples (`export_quantization_dataset`, `export_quantization_samples`). MoE expert matrices "
+        "are quantized without it (the log counts them).")
+    export_quantization: Literal["none", "int8", "int4", "fp8", "gptq"] = option(
         "none", "Save the linear weights quantized for vLLM/SGLang as a compressed-tensors checkpoint "
         "(transformers loads it too): `int8` (W8A16, per output channel), `int4` (W4A16, per group of "
         "`export_quantization_group_size`), `fp8` (float8 weights per channel, activations scaled per token at run "
-        "time; GPUs with float8 support). Rounded to nearest, no calibration data; the output layer stays as "
-        "saved. AWQ/GPTQ are llm-compressor's, which pins an older transformers: run it on this export.")
+        "time; GPUs with float8 support), all three rounded to nearest; `gptq`: W4A16 in groups with GPTQ's "
+        "rounding, which corrects each column's error on the columns still to come using the calibration data's "
+        "inputs (the format llm-compressor's GPTQ writes). The output layer stays as saved.")
     export_quantization_group_size: int = option(
-        128, "`export_quantization: int4`: weights per scale (layers whose input size it does not divide stay "
-        "unquantized, and the log counts them).")
+        128, "`export_quantization: int4 | gptq`: weights per scale (layers whose input size it does not divide "
+        "stay unquantized, and the log counts them).")
+    export_quantization_dataset: str | None = option(
+        None, "Calibration data of `export_quantization: gptq` and `gguf_imatrix` (dataset names or files, as "
+        "`dataset`). Unset: `dataset` when set, else the training data named in the exported run's "
+        "lmforge_config.yaml.")
+    export_quantization_samples: int = option(
+        128, "How many calibration examples (each up to `cutoff_len` tokens) `gptq` and `gguf_imatrix` use.")
     export_ollama: bool = option(
         True, "With `export_gguf`: write an Ollama `Modelfile` whose template renders like the chat template.")
     overwrite_export: bool = option(

@@ -394,17 +394,19 @@ def validate_serve(cfg: ServeConfig, need_model: bool = True) -> None:
             _fail(cfg, "'infer_backend: vllm' needs vLLM installed (`pip install vllm`, CUDA only).")
 
 
-def _validate_imatrix(cfg: ExportConfig) -> None:
+def _validate_calibration(cfg: ExportConfig) -> None:
     x = cfg.export
-    if not x.gguf_imatrix:
-        return
-    if not x.export_gguf or x.gguf_outtype not in LLAMA_CPP_GGUF_TYPES:
+    if x.gguf_imatrix and (not x.export_gguf or x.gguf_outtype not in LLAMA_CPP_GGUF_TYPES):
         _fail(cfg, f"'gguf_imatrix' guides llama.cpp's quantizer: it needs export_gguf: true and a gguf_outtype it "
               f"quantizes ({', '.join(LLAMA_CPP_GGUF_TYPES)}), not {x.gguf_outtype}.")
-    if x.gguf_imatrix_samples < 1:
-        _fail(cfg, f"'gguf_imatrix_samples' must be at least 1, got {x.gguf_imatrix_samples}.")
-    if not cfg.data.dataset and run_config_file(cfg) is None:
-        _fail(cfg, "'gguf_imatrix' computes the importance matrix from your data: set 'dataset' (and "
+    users = [k for k, on in (("gguf_imatrix", x.gguf_imatrix), ("export_quantization: gptq",
+                                                                 x.export_quantization == "gptq")) if on]
+    if not users:
+        return
+    if x.export_quantization_samples < 1:
+        _fail(cfg, f"'export_quantization_samples' must be at least 1, got {x.export_quantization_samples}.")
+    if not (x.export_quantization_dataset or cfg.data.dataset) and run_config_file(cfg) is None:
+        _fail(cfg, f"'{users[0]}' is calibrated on your data: set 'export_quantization_dataset' or 'dataset' (and "
               f"'dataset_dir'), or export a run directory whose {RUN_CONFIG_FILE} names its training data.")
 
 
@@ -434,7 +436,7 @@ def validate_export(cfg: ExportConfig) -> None:
         _fail(cfg, f"'gguf_outtype: {x.gguf_outtype}' is quantized by llama.cpp: pip install llama-cpp-python (it "
               "builds llama.cpp from source: a C++ compiler and cmake, a few minutes), or pick f16, bf16 or q8_0, "
               "which llama.cpp's converter writes itself.")
-    _validate_imatrix(cfg)
+    _validate_calibration(cfg)
     if x.export_quantization != "none" and x.export_gguf:
         _fail(cfg, f"'export_quantization: {x.export_quantization}' and 'export_gguf' write two different "
               "quantized formats from one export: run one export for each.")

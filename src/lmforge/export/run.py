@@ -34,7 +34,13 @@ def run_export(cfg: ExportConfig) -> str:
     if x.export_quantization != "none":
         from lmforge.export.serving_quantization import quantize_for_serving
 
-        compressor = quantize_for_serving(model, x.export_quantization, x.export_quantization_group_size)
+        calibration = None
+        if x.export_quantization == "gptq":
+            from lmforge.export.calibration import calibration_tokens
+
+            calibration = calibration_tokens(cfg, tokenizer)
+        compressor = quantize_for_serving(model, x.export_quantization, x.export_quantization_group_size,
+                                          calibration)
         compressor.compress_model(model)
     with atomic_dir(x.export_dir, replace=x.overwrite_export) as staging:
         model.save_pretrained(staging, max_shard_size=f"{max(1, int(x.export_size * 1e6))}KB")
@@ -73,8 +79,9 @@ def _keep_sentencepiece_model(tokenizer, staging: str) -> None:
 
 
 def _importance_matrix(cfg: ExportConfig, model, tokenizer, staging: str):
+    from lmforge.export.calibration import calibration_tokens
     from lmforge.export.gguf_convert import tensor_names
-    from lmforge.export.gguf_imatrix import calibration_tokens, importance_matrix
+    from lmforge.export.gguf_imatrix import importance_matrix
 
     return importance_matrix(model, calibration_tokens(cfg, tokenizer), tensor_names(staging))
 

@@ -22,12 +22,14 @@ logger = logging.getLogger(__name__)
 
 # export_quantization -> (compressed-tensors preset, the format it is saved in)
 SCHEMES = {"int8": ("W8A16", "pack-quantized"), "int4": ("W4A16", "pack-quantized"),
-           "fp8": ("FP8_DYNAMIC", "float-quantized")}
+           "fp8": ("FP8_DYNAMIC", "float-quantized"), "gptq": ("W4A16", "pack-quantized")}
 
 
-def quantize_for_serving(model: torch.nn.Module, method: str, group_size: int) -> Any:
-    """Quantize `model`'s linear layers (all but the output layer) in place by `method`; returns the
-    compressed-tensors compressor that writes them packed (`compress_model`) and their config (`update_config`)."""
+def quantize_for_serving(model: torch.nn.Module, method: str, group_size: int,
+                         calibration: list[list[int]] | None = None) -> Any:
+    """Quantize `model`'s linear layers (all but the output layer) in place by `method` (`gptq`: over the
+    `calibration` token sequences); returns the compressed-tensors compressor that writes them packed
+    (`compress_model`) and their config (`update_config`)."""
     try:
         from compressed_tensors.compressors import ModelCompressor
         from compressed_tensors.quantization import (
@@ -44,16 +46,24 @@ def quantize_for_serving(model: torch.nn.Module, method: str, group_size: int) -
     if scheme.weights.strategy == "group":
         scheme.weights.group_size = group_size
     skipped = _indivisible(model, scheme.weights)
+    gptq_params = {}
+    if method == "gptq":  # before the config is applied: its forward would fake-quantize with unset scales
+        from lmforge.export.gptq import gptq_quantize_model
+
+        gptq_params = gptq_quantize_model(model, calibration or [], scheme.weights, set(skipped))
     apply_quantization_config(model, QuantizationConfig(
         config_groups={"group_0": scheme}, ignore=["lm_head", *skipped],
         quantization_status=QuantizationStatus.INITIALIZED))
     quantized = 0
-    for module in model.modules():
+    for name, module in model.named_modules():
         if getattr(module, "quantization_scheme", None) is not None:
-            _set_weight_scales(module, module.quantization_scheme.weights)
+            if name in gptq_params:
+                _copy_weight_scales(module, *gptq_params[name])
+            else:
+                _set_weight_scales(module, module.quantization_scheme.weights)
             quantized += 1
     logger.info("export_quantization %s: %d linear layers in %s (compressed-tensors %s, %s)%s", method, quantized,
-                preset, quantization_format, "round to nearest",
+                preset, quantization_format, "GPTQ" if gptq_params else "round to nearest",
                 f"; {len(skipped)} left unquantized (sizes the group does not divide)" if skipped else "")
     return ModelCompressor.from_pretrained_model(model, quantization_format=quantization_format)
 
@@ -66,6 +76,12 @@ def _indivisible(model: torch.nn.Module, weights: Any) -> list[str]:
             if isinstance(m, torch.nn.Linear) and m.in_features % weights.group_size]
 
 
+def _copy_weight_scales(module: torch.nn.Module, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+    module.weight_scale.data.copy_(scale.reshape(module.weight_scale.shape).to(module.weight_scale.dtype))
+    if hasattr(module, "weight_zero_point"):
+        module.weight_zero_point.data.copy_(zero_point.reshape(module.weight_zero_point.shape))
+
+
 def _set_weight_scales(module: torch.nn.Module, weights: Any) -> None:
     """The weight's scale (and zero point) from its range: per output channel, or per group of the input."""
     from compressed_tensors.quantization.utils import calculate_qparams
@@ -74,7 +90,4 @@ def _set_weight_scales(module: torch.nn.Module, weights: Any) -> None:
     if weights.strategy == "group":
         weight = weight.reshape(weight.shape[0], -1, weights.group_size)
     low, high = weight.amin(-1), weight.amax(-1)
-    scale, zero_point = calculate_qparams(low, high, weights)
-    module.weight_scale.data.copy_(scale.reshape(module.weight_scale.shape).to(module.weight_scale.dtype))
-    if hasattr(module, "weight_zero_point"):
-        module.weight_zero_point.data.copy_(zero_point.reshape(module.weight_zero_point.shape))
+    _copy_weight_scales(module, *calculate_qparams(low, high, weights))
