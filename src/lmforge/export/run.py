@@ -51,6 +51,7 @@ def run_export(cfg: ExportConfig) -> str:
             processor.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         _keep_sentencepiece_model(tokenizer, staging)
+        _record_bos_and_eos(tokenizer, staging)
         with open(os.path.join(staging, EXPORT_MARKER), "w", encoding="utf-8") as fh:
             fh.write("Written by lmforge export; `overwrite_export: true` may replace this directory.\n")
         files = sorted(f for f in os.listdir(staging) if f.endswith(".safetensors"))
@@ -66,6 +67,22 @@ def run_export(cfg: ExportConfig) -> str:
                 logger.info("Wrote an Ollama Modelfile: `ollama create %s -f %s/Modelfile`", name, x.export_dir)
     print(f"Exported to {x.export_dir}")
     return x.export_dir
+
+
+def _record_bos_and_eos(tokenizer, staging: str) -> None:
+    """transformers 5 keeps whether the tokenizer adds BOS/EOS in tokenizer.json's post-processor only; llama.cpp's
+    converter reads `add_bos_token`/`add_eos_token` from tokenizer_config.json (else llama.cpp adds a BOS to every
+    SentencePiece prompt, Yi's included, whose tokenizer adds none). They are written as the tokenizer behaves."""
+    path = os.path.join(staging, "tokenizer_config.json")
+    if not os.path.isfile(path):
+        return
+    ids = tokenizer("a")["input_ids"]
+    with open(path, encoding="utf-8") as fh:
+        config = json.load(fh)
+    config.setdefault("add_bos_token", tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id])
+    config.setdefault("add_eos_token", tokenizer.eos_token_id is not None and ids[-1:] == [tokenizer.eos_token_id])
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(config, fh, indent=2, ensure_ascii=False)
 
 
 def _keep_sentencepiece_model(tokenizer, staging: str) -> None:
