@@ -10,6 +10,7 @@ apply to a family. `write_table` turns the results into docs/models.md."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -461,6 +462,8 @@ def cell_export(run: FamilyRun) -> str:
     check(gap < 1e-4, f"the merged model's logits differ from base + adapter by {gap:.2e}")
     if no_gguf:
         raise Limited(f"merged (logits within {gap:.0e}); no GGUF: {no_gguf}")
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise Limited(f"merged (logits within {gap:.0e}); GGUF written, not run (llama-cpp-python is not installed)")
     from llama_cpp import Llama
 
     llm = Llama(str(next(out.glob("*.gguf"))), n_ctx=32, verbose=False)
