@@ -217,7 +217,7 @@ def test_the_modelfile_on_disk_renders_every_turn_like_the_chat_template(tmp_pat
     assert stops == ([tok.eos_token, "<|im_end|>"] if tok.eos_token != "<|im_end|>" else ["<|im_end|>"])
 
 
-GGUF_FAMILIES = ["llama-3.2-instruct", "qwen2.5-instruct", "qwen3"]  # the matrix's chat templates (Qwen3-MoE has Qwen3's)
+GGUF_FAMILIES = ["llama-3.2-instruct", "qwen2.5-instruct", "qwen3"]  # the chat templates (Qwen3-MoE's is Qwen3's)
 
 
 @pytest.mark.slow

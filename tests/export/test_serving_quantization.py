@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from lmforge.cli import main
 from tests.conftest import LF_DEMO
+from tests.eval.test_mc import run_lmforge
 
 pytest.importorskip("compressed_tensors")
 
@@ -164,3 +165,9 @@ def test_a_gptq_export_loads_back_and_its_layers_err_less_than_rounding_to_neare
     assert errors["gptq"] < 0.9 * errors["int4"], errors
     before, after = _perplexity(plain, tokenizer), _perplexity(loaded["gptq"], tokenizer)
     assert abs(after / before - 1) < 0.01, (before, after)
+
+
+def test_a_quantized_export_of_a_mixture_of_experts_is_a_config_error(real_model, tmp_path):
+    result = run_lmforge("export", real_model("qwen3-moe"), f"export_dir={tmp_path / 'x'}", "export_quantization=int8")
+    assert result.returncode == 2 and "with a mixture of experts" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x").exists()

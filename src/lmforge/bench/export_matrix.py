@@ -54,6 +54,7 @@ def _family(family, root: Path, data_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmforge.config.parse import load_target_config
+    from lmforge.errors import ConfigError
     from lmforge.export.gguf_convert import convert_to_gguf, tensor_names
     from lmforge.export.gguf_imatrix import importance_matrix
     from lmforge.export.gguf_quantize import quantize_gguf
@@ -93,7 +94,11 @@ def _family(family, root: Path, data_dir: Path) -> dict:
     calibrated = ["dataset=alpaca_en_demo", f"dataset_dir={data_dir}", "cutoff_len=128",
                   f"export_quantization_samples={CALIBRATION}"]  # gptq: its first records, as the imatrix
     for scheme in SERVING_FORMATS:
-        out = export(scheme, f"export_quantization={scheme}", *calibrated)
+        try:
+            out = export(scheme, f"export_quantization={scheme}", *calibrated)
+        except ConfigError as err:  # e.g. a mixture of experts
+            cells[scheme] = {"n/a": str(err).split(": ", 1)[-1].split(". ")[0]}
+            continue
         quantized = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()  # run compressed
         cells[scheme] = {"bytes": _size(str(out)), **_compare(_torch_logits(quantized, held_out),
                                                                  reference_logits, held_out)}
@@ -209,6 +214,9 @@ def table(matrix: dict) -> str:
         for base, names in (("f16", GGUF_FORMATS), ("safetensors", ("safetensors", *SERVING_FORMATS))):
             for name in names:
                 c, ref = cells[name], cells[base]
+                if "n/a" in c:
+                    lines.append(f"| compressed-tensors {name} | n/a: {c['n/a']} | | | | |")
+                    continue
                 label = f"GGUF {name}" if base == "f16" else name if name == "safetensors" else \
                     f"compressed-tensors {name}"
                 lines.append(f"| {label} | {c['bytes'] / ref['bytes']:.3f} ({c['bytes'] / 2**20:.1f} MiB) | "

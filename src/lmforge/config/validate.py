@@ -440,6 +440,14 @@ def validate_export(cfg: ExportConfig) -> None:
     if x.export_quantization != "none" and x.export_gguf:
         _fail(cfg, f"'export_quantization: {x.export_quantization}' and 'export_gguf' write two different "
               "quantized formats from one export: run one export for each.")
+    if x.export_quantization != "none":
+        from lmforge.config.architecture import base_config, num_experts
+
+        if num_experts(base_config(cfg.model)):
+            _fail(cfg, f"'export_quantization: {x.export_quantization}' with a mixture of experts: compressed-tensors "
+                  "quantizes linear layers, transformers 5 holds the experts as fused 3-D parameters, and it cannot "
+                  "load such a checkpoint back (its per-expert to fused conversion finds no tensors). Export it "
+                  "unquantized (vLLM quantizes at load, e.g. `--quantization fp8`) or as a GGUF.")
     if x.export_quantization_group_size < 1:
         _fail(cfg, f"'export_quantization_group_size' must be at least 1, got {x.export_quantization_group_size}.")
     target = os.path.realpath(x.export_dir)
