@@ -322,8 +322,19 @@ def build_webui(preset: ServeConfig | None = None):
                 "export_dir": ("Export directory", ""), "infer_dtype": ("dtype (auto, bfloat16, float16, float32)",
                                                                         "auto"),
                 "export_size": ("Shard size (GB)", 5), "export_gguf": ("GGUF too", False),
-                "gguf_outtype": ("GGUF type (f32, f16, bf16, q8_0)", "f16")})
+                "gguf_outtype": (f"GGUF type ({_choices('gguf_outtype')})", "f16"),
+                "export_quantization": (f"Quantized checkpoint for vLLM ({_choices('export_quantization')})",
+                                        "none")})
     return demo
+
+
+def _choices(key: str) -> str:
+    """The values an export key takes, from its type (the config is their one source)."""
+    import typing
+
+    from lmforge.config.exporting import ExportArguments
+
+    return ", ".join(typing.get_args(typing.get_type_hints(ExportArguments)[key]))
 
 
 def build_webchat(cfg: ServeConfig):
