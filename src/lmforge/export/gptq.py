@@ -10,8 +10,10 @@ quantized through the Cholesky factor of H^-1; a group's scale taken from its (a
 group starts. The rounding itself is compressed-tensors' (`fake_quantize`), so the packed checkpoint holds exactly
 these values.
 
-Layers are quantized in order, each from the inputs the already quantized layers before it produce (the model runs
-up to the layer being quantized and stops there).
+Layers are quantized in order, each from the inputs the already quantized layers before it produce: one forward of
+the model captures the first layer's inputs and every layer's masks and positions, then each layer runs twice per
+example (its inputs' Hessians, then its quantized outputs for the next layer), as llm-compressor's sequential
+pipeline does.
 """
 
 from __future__ import annotations
@@ -28,10 +30,6 @@ BLOCK = 128  # columns updated together (the paper's lazy batch)
 DAMPENING = 0.01  # of the Hessian's mean diagonal
 
 
-class _Stop(Exception):
-    """Ends a calibration forward once the layer being quantized has seen its inputs."""
-
-
 def gptq_quantize_model(model: torch.nn.Module, sequences: list[list[int]], args: Any,
                         skip: set[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Quantize every linear layer of the decoder layers (all but `skip`) in place by GPTQ with the
@@ -39,27 +37,62 @@ def gptq_quantize_model(model: torch.nn.Module, sequences: list[list[int]], args
     from lmforge.model.decoder import decoder_layers
 
     prefix, layers = decoder_layers(model)
+    hidden, layer_kwargs = _layer_inputs(model, layers, sequences)
     params: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     errors = []
     for index, layer in enumerate(layers):
         linears = {f"{prefix}.{index}.{name}": m for name, m in layer.named_modules()
                    if isinstance(m, torch.nn.Linear) and f"{prefix}.{index}.{name}" not in skip}
-        hessians = _hessians(model, layer, linears, sequences)
+        hessians = _hessians(layer, linears, hidden, layer_kwargs[index])
         for name, module in linears.items():
-            hessian, _tokens = hessians[name]
             before = module.weight.detach().clone()
-            scale, zero_point = gptq_quantize_weight(module.weight.data, hessian, args)
+            scale, zero_point = gptq_quantize_weight(module.weight.data, hessians[name], args)
             params[name] = (scale, zero_point)
-            errors.append(_relative_output_error(before, module.weight.detach(), hessian))
+            errors.append(_relative_output_error(before, module.weight.detach(), hessians[name]))
+        with torch.no_grad():  # the next layer's inputs, from this layer as quantized
+            hidden = [_hidden_states(layer(h, **kw)) for h, kw in zip(hidden, layer_kwargs[index], strict=True)]
     logger.info("GPTQ: %d linear layers over %d calibration examples (%s tokens); relative output error on them: "
                 "mean %.4f, max %.4f", len(params), len(sequences), f"{sum(map(len, sequences)):,}",
                 sum(errors) / max(len(errors), 1), max(errors, default=0.0))
     return params
 
 
-def _hessians(model: torch.nn.Module, layer: torch.nn.Module, linears: dict[str, torch.nn.Linear],
-              sequences: list[list[int]]) -> dict[str, tuple[torch.Tensor, int]]:
-    """H = 2/n sum x x^T of each linear's inputs over the calibration tokens, running the model up to `layer`."""
+def _layer_inputs(model: torch.nn.Module, layers: torch.nn.ModuleList, sequences: list[list[int]]
+                  ) -> tuple[list[torch.Tensor], list[list[dict]]]:
+    """One forward of the unquantized model per sequence: the first layer's hidden states, and every layer's other
+    arguments (masks, positions, rotary embeddings: they depend on the tokens only, and differ per layer where
+    sliding and full attention alternate)."""
+    first: list[torch.Tensor] = []
+    kwargs: list[list[dict]] = [[] for _ in layers]
+
+    def capture(index: int):
+        def hook(_module, args, call_kwargs):
+            call_kwargs = dict(call_kwargs)
+            states = args[0] if args else call_kwargs.get("hidden_states")
+            call_kwargs.pop("hidden_states", None)
+            kwargs[index].append(call_kwargs)
+            if index == 0:
+                first.append(states.detach())
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(capture(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            for ids in sequences:
+                model(input_ids=torch.tensor([ids], device=next(model.parameters()).device), use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return first, kwargs
+
+
+def _hidden_states(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _hessians(layer: torch.nn.Module, linears: dict[str, torch.nn.Linear], hidden: list[torch.Tensor],
+              kwargs: list[dict]) -> dict[str, torch.Tensor]:
+    """H = 2/n sum x x^T of each linear's inputs over the calibration tokens, running `layer` on its inputs."""
     sums = {name: [torch.zeros(m.in_features, m.in_features, dtype=torch.float32, device=m.weight.device), 0]
             for name, m in linears.items()}
 
@@ -70,22 +103,15 @@ def _hessians(model: torch.nn.Module, layer: torch.nn.Module, linears: dict[str,
             sums[name][1] += x.shape[0]
         return hook
 
-    def stop(_module, _inputs, _output):
-        raise _Stop
-
     hooks = [m.register_forward_pre_hook(accumulate(name)) for name, m in linears.items()]
-    hooks.append(layer.register_forward_hook(stop))
     try:
         with torch.no_grad():
-            for ids in sequences:
-                try:
-                    model(input_ids=torch.tensor([ids], device=next(model.parameters()).device), use_cache=False)
-                except _Stop:
-                    pass
+            for states, call_kwargs in zip(hidden, kwargs, strict=True):
+                layer(states, **call_kwargs)
     finally:
         for hook in hooks:
             hook.remove()
-    return {name: ((2 / max(n, 1)) * total, n) for name, (total, n) in sums.items()}
+    return {name: (2 / max(n, 1)) * total for name, (total, n) in sums.items()}
 
 
 def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, args: Any) -> tuple[torch.Tensor, torch.Tensor]:
