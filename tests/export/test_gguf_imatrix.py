@@ -117,16 +117,17 @@ def _matrix(model_dir: str, tmp_path):
                              tensor_names(model_dir))
 
 
-def test_the_data_defaults_to_the_runs_training_data(tmp_path, tiny_model_dir):
+def test_the_data_defaults_to_the_runs_training_data(tmp_path, real_model):
     """An exported run names its training data in its lmforge_config.yaml; without it, or for a type llama.cpp's
     quantizer does not write, `gguf_imatrix` is a config error that says what to do."""
     from lmforge.config.parse import load_target_config
     from lmforge.export.calibration import calibration_data
 
+    model_dir = real_model("qwen3")
     run = tmp_path / "run"
     run.mkdir()
-    for name in os.listdir(tiny_model_dir):
-        os.symlink(os.path.join(tiny_model_dir, name), run / name)
+    for name in os.listdir(model_dir):
+        os.symlink(os.path.join(model_dir, name), run / name)
     args = [f"export_dir={tmp_path / 'x'}", "export_gguf=true", "gguf_outtype=q4_k_m", "gguf_imatrix=true"]
     missing = run_lmforge("export", str(run), *args)
     assert missing.returncode == 2 and "'gguf_imatrix' is calibrated on your data" in \
