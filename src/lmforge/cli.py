@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -65,18 +67,57 @@ def cmd_train(args: list[str]) -> int:
     cfg = load_config(config_path, overrides)
     from lmforge.train.runtime.output_dir import RunLock, claim_output_dir
 
-    with RunLock(cfg.training.output_dir):  # before anything is written: one run per output_dir
+    with RunLock(cfg.training.output_dir) as lock:  # before anything is written: one run per output_dir
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun the first process speaks for the run
             claim_output_dir(cfg.training.output_dir, cfg.training.resume_from_checkpoint is not None,
                              cfg.resilience.overwrite_output_dir)
-        command = torchrun_command(cfg.launch, args)
-        if command:
-            return run_launcher(command)
-        from lmforge.config.secrets import masked_argv
+        with _run_record(cfg, speaks_for_run=lock.fd is not None) as record:
+            command = torchrun_command(cfg.launch, args)
+            if command:
+                code = run_launcher(command)
+                record["launcher_exit"] = code
+                return code
+            from lmforge.config.secrets import masked_argv
 
-        sys.argv[:] = masked_argv(sys.argv)  # trackers record the command line
-        stage_runner(cfg.finetuning.stage)(cfg)
+            sys.argv[:] = masked_argv(sys.argv)  # trackers record the command line
+            record.update(stage_runner(cfg.finetuning.stage)(cfg) or {})
     return 0
+
+
+@contextlib.contextmanager
+def _run_record(cfg, speaks_for_run: bool):
+    """The run's status file and its own log (`train.log`), by the process that speaks for the run: running, then
+    finished, stopped (a signal: the last checkpoint holds it) or failed (with the error)."""
+    from lmforge import runstatus
+    from lmforge.config.secrets import masked_argv
+
+    record: dict[str, Any] = {}
+    if not speaks_for_run:
+        yield record
+        return
+    output_dir = cfg.training.output_dir
+    handler = runstatus.log_to_file(output_dir)
+    runstatus.write_status(output_dir, "running", command=" ".join(masked_argv(sys.argv)),
+                           stage=cfg.finetuning.stage, model=cfg.model.model_name_or_path,
+                           dataset=cfg.data.dataset, resumed=cfg.training.resume_from_checkpoint is not None)
+    status, error = "failed", None
+    try:
+        yield record
+        if "launcher_exit" in record:
+            status = "failed" if record["launcher_exit"] else \
+                "finished" if runstatus.final_model_written(output_dir) else "stopped"
+        else:
+            status = "stopped" if "stopped_at_step" in record else "finished"
+    except KeyboardInterrupt:
+        status = "stopped"
+        raise
+    except BaseException as err:
+        error = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        raise
+    finally:
+        runstatus.write_status(output_dir, status, **({"error": error} if error else {}))
+        logging.getLogger("lmforge").removeHandler(handler)
+        handler.close()
 
 
 def _split_config_path(args: list[str]) -> tuple[str | None, list[str]]:

@@ -40,4 +40,4 @@ def run(cfg: RunConfig) -> dict:
         finish_trackers(loop.trackers.callbacks)
     elif not loop.stopped_by:
         join_sample_generation(cfg, policy, stage.tokenizer, True, stage.stop_ids)
-    return metrics
+    return {**metrics, "stopped_at_step": loop.step} if loop.stopped_by else metrics

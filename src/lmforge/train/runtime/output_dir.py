@@ -21,6 +21,7 @@ from lmforge.config.schema import RUN_CONFIG_FILE
 from lmforge.data.stream import STATE_FILE as STREAM_STATE_FILE
 from lmforge.errors import ConfigError
 from lmforge.runlog import LOG_FILE
+from lmforge.runstatus import RUN_LOG_FILE, STATUS_FILE
 from lmforge.train.predict import PREDICTIONS_FILE, RESULTS_FILE
 from lmforge.train.runtime.checkpoint import (
     COMPLETE_MARKER,
@@ -43,7 +44,8 @@ LOCK_ENV = "LMFORGE_RUN_LOCK"  # PID:lock file, for the processes a launcher sta
 _MARKERS = [re.escape(n) for n in (LOG_FILE, CONFIG_FILE, STAGING_DIR, FINAL_STAGING_DIR)]
 _MARKERS += [rf"{PREFIX_CHECKPOINT_DIR}-\d+", re.escape(TRASH_PREFIX) + ".*"]
 _ALSO_WRITTEN = [re.escape(n) for n in (COMPLETE_MARKER, TRAINING_ARGS_NAME, SAMPLES_FILE, PREDICTIONS_FILE,
-                                        RESULTS_FILE, STREAM_STATE_FILE, RL_STATE_FILE, VALUE_HEAD_FILE)]
+                                        RESULTS_FILE, STREAM_STATE_FILE, RL_STATE_FILE, VALUE_HEAD_FILE,
+                                        STATUS_FILE, RUN_LOG_FILE)]
 _ALSO_WRITTEN += [r"(all|train|eval)_results\.json", r"training_.*\.png", "runs", "swanlog", r"config\.json",
                   r"generation_config\.json", r"(model|pytorch_model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)"
                   r"(\.index\.json)?", r"adapter_config\.json", r"tokenizer(_config)?\.json", r"tokenizer\.model",
