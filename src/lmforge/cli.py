@@ -17,7 +17,8 @@ USAGE = """lmforge {version}: one framework for the whole life of a language mod
 
 Usage:
   lmforge train CONFIG.yaml [key=value ...]   train (stage from the config: {stages})
-  lmforge data preview CONFIG.yaml [--num N]  show examples with the trained tokens marked, and length statistics
+  lmforge data preview CONFIG.yaml [--num N] [--json]
+                                              show examples with the trained tokens marked, and length statistics
   lmforge data dump CONFIG.yaml --output F    write every processed example (input_ids, labels) as JSON lines
   lmforge eval [CONFIG.yaml] [key=value ...]  evaluate a model: a multiple-choice benchmark (mmlu/cmmlu/ceval
                                               layout), perplexity or generation; writes results.json
@@ -148,7 +149,7 @@ def _config_from(args: list[str]):
 def cmd_data(args: list[str]) -> int:
     action = args[0] if args else None
     if action not in ("preview", "dump") or len(args) < 2 or args[1] in ("-h", "--help"):
-        print("Usage: lmforge data preview CONFIG.yaml [key=value ...] [--num N]\n"
+        print("Usage: lmforge data preview CONFIG.yaml [key=value ...] [--num N] [--json]\n"
               "       lmforge data dump CONFIG.yaml [key=value ...] --output FILE.jsonl")
         return 0 if action and len(args) > 1 else 2
     from lmforge.errors import ConfigError
@@ -160,7 +161,9 @@ def cmd_data(args: list[str]) -> int:
         num, rest = _take_option(args[1:], "num")
         if num is not None and not num.isdigit():
             raise ConfigError(f"Config error (command line): --num must be a whole number, got '{num}'.")
-        data_preview.preview(_config_from(rest), int(num) if num is not None else 3)
+        as_json = "--json" in rest
+        data_preview.preview(_config_from([a for a in rest if a != "--json"]), int(num) if num is not None else 3,
+                             as_json)
         return 0
     output, rest = _take_option(args[1:], "output")
     if not output:

@@ -307,6 +307,21 @@ def test_data_dump_and_preview_show_what_is_trained(tiny_model_dir, tmp_path, ca
     assert "── example 0" in shown and "⟦" in shown and "packing_efficiency" in shown
     assert "length_p95" in shown and "truncated" in shown and "skipped" in shown
 
+    # --json (what the web UI's preview panel reads): the same example as segments, exactly the trained text
+    assert main(["data", "preview", *base, "--num", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    first, dumped = summary["examples"][0], rows[0]  # the dump's first row is example 0 of the train split
+    assert (first["source"], first["record"], first["tokens"]) == (dumped["source"], dumped["record"],
+                                                                  len(dumped["input_ids"]))
+    assert first["trained_tokens"] == sum(label != IGNORE_INDEX for label in dumped["labels"])
+    trained = "".join(text for kind, text in first["segments"] if kind == "trained")
+    assert trained == tok.decode([t for t, lab in zip(dumped["input_ids"], dumped["labels"], strict=True)
+                                  if lab != IGNORE_INDEX], skip_special_tokens=False)
+    assert "".join(text for _, text in first["segments"]) == tok.decode(dumped["input_ids"], skip_special_tokens=False)
+    assert {kind for kind, _ in first["segments"]} == {"trained", "context"}
+    assert len(summary["examples"]) == 2 and summary["stats"]["examples"] == 8
+    assert 0 < summary["stats"]["packing_efficiency"] <= 1
+
 
 def test_sft_quickstart_data_is_learned(tiny_model_dir, tmp_path):
     from lmforge.runlog import read_log

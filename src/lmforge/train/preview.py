@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from collections import Counter
@@ -81,20 +82,23 @@ def _media_run(tokenizer: PreTrainedTokenizerBase, run: list[int]) -> str:
     return f"⟪{tokenizer.convert_ids_to_tokens(token)} ×{count}{f' +{others}' if others else ''}⟫"
 
 
-def render_example(tokenizer: PreTrainedTokenizerBase, ids: list[int], labels: list[int], styled: bool,
-                   media_ids: frozenset[int] = frozenset()) -> str:
-    """The example's text with trained tokens green (terminal) or in ⟦ ⟧ brackets (plain text), and each image's
-    tokens as one ⟪token ×count⟫ mark."""
-    parts = []
-    for trained, run in trained_runs(ids, labels, media_ids):
-        text = _media_run(tokenizer, run) if trained is None else tokenizer.decode(run, skip_special_tokens=False)
-        if styled:
-            from rich.markup import escape
+def segments(tokenizer: PreTrainedTokenizerBase, ids: list[int], labels: list[int],
+             media_ids: frozenset[int] = frozenset()) -> list[tuple[str, str]]:
+    """The example's text in runs: ("trained" | "context" | "media", text); each image's (video's) tokens are one
+    ⟪token ×count⟫ mark."""
+    return [("media", _media_run(tokenizer, run)) if trained is None else
+            ("trained" if trained else "context", tokenizer.decode(run, skip_special_tokens=False))
+            for trained, run in trained_runs(ids, labels, media_ids)]
 
-            parts.append(f"[bold green]{escape(text)}[/]" if trained else f"[dim]{escape(text)}[/]")
-        else:
-            parts.append(f"⟦{text}⟧" if trained else text)
-    return "".join(parts)
+
+def render_example(parts: list[tuple[str, str]], styled: bool) -> str:
+    """Segments with trained text green (terminal) or in ⟦ ⟧ brackets (plain text)."""
+    if not styled:
+        return "".join(f"⟦{text}⟧" if kind == "trained" else text for kind, text in parts)
+    from rich.markup import escape
+
+    return "".join(f"[bold green]{escape(text)}[/]" if kind == "trained" else f"[dim]{escape(text)}[/]"
+                   for kind, text in parts)
 
 
 def length_stats(examples: Dataset, cutoff_len: int, packable: bool = True) -> dict:
@@ -118,38 +122,59 @@ def length_stats(examples: Dataset, cutoff_len: int, packable: bool = True) -> d
     return stats
 
 
-def preview(cfg: RunConfig, num: int = 3) -> dict:
+STAT_KEYS = ("examples", "sequences", "tokens", "trained_tokens", "length_mean", "length_p50", "length_p95",
+             "length_max", "truncated", "skipped", "packed_rows", "packing_efficiency")
+
+
+def summary(cfg: RunConfig, num: int = 3) -> dict:
+    """What `lmforge data preview` shows, as data: the first `num` examples as segments (with where each came from,
+    its token and trained-token counts), the train split's statistics, and every skip reason with its count."""
+    data = processed_data(cfg)
+    examples = []
+    for i in range(min(num, len(data.train))):
+        row = data.train[i]
+        for name, ids, labels in sequences(row):
+            examples.append({
+                "example": i, "sequence": name, "source": row.get("source"), "record": row.get("record"),
+                "kto_label": row.get("kto_label"), "tokens": len(ids),
+                "trained_tokens": sum(label != IGNORE_INDEX for label in labels),
+                "segments": segments(data.tokenizer, ids, labels, data.media_ids)})
+    stats = length_stats(data.train, cfg.data.cutoff_len, packable=cfg.finetuning.stage in ("pt", "sft"))
+    per_source = [(source, s) for source, s in data.stats.items() if isinstance(s, dict)]
+    stats["skipped"] = sum(s.get("skipped", s.get("empty_documents", 0)) for _, s in per_source)
+    stats["truncated"] = sum(s.get("truncated", 0) for _, s in per_source)
+    skips = [{"source": source, "reason": reason, "count": count}
+             for source, s in per_source for reason, count in (s.get("skip_reasons") or {}).items()]
+    return {"examples": examples, "stats": stats, "skips": skips}
+
+
+def preview(cfg: RunConfig, num: int = 3, as_json: bool = False) -> dict:
+    """Print the summary: examples with their trained tokens marked, then the statistics (or all of it as JSON)."""
+    result = summary(cfg, num)
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+        return result
     from rich.console import Console
 
-    data = processed_data(cfg)
     styled = sys.stdout.isatty()
     console = Console(highlight=False, soft_wrap=True)
-    n = min(num, len(data.train))
-    for i in range(n):
-        row = data.train[i]
-        where = f" ({row['source']} record {row['record']})" if "source" in row else ""
-        if "kto_label" in row:
-            where += f", {'desirable' if row['kto_label'] else 'undesirable'}"
-        for name, ids, labels in sequences(row):
-            title = f"── example {i}{' ' + name if name else ''}{where}: {len(ids)} tokens, " \
-                    f"{sum(label != IGNORE_INDEX for label in labels)} trained "
-            console.print(title + "─" * max(0, 100 - len(title)), markup=False)
-            console.print(render_example(data.tokenizer, ids, labels, styled, data.media_ids), markup=styled)
-    stats = length_stats(data.train, cfg.data.cutoff_len, packable=cfg.finetuning.stage in ("pt", "sft"))
-    stats["skipped"] = sum(s.get("skipped", s.get("empty_documents", 0)) for s in data.stats.values()
-                           if isinstance(s, dict))
-    stats["truncated"] = sum(s.get("truncated", 0) for s in data.stats.values() if isinstance(s, dict))
+    for ex in result["examples"]:
+        where = f" ({ex['source']} record {ex['record']})" if ex["source"] is not None else ""
+        if ex["kto_label"] is not None:
+            where += f", {'desirable' if ex['kto_label'] else 'undesirable'}"
+        title = f"── example {ex['example']}{' ' + ex['sequence'] if ex['sequence'] else ''}{where}: " \
+                f"{ex['tokens']} tokens, {ex['trained_tokens']} trained "
+        console.print(title + "─" * max(0, 100 - len(title)), markup=False)
+        console.print(render_example(ex["segments"], styled), markup=styled)
+    stats = result["stats"]
     console.print("── statistics (train split) " + "─" * 72, markup=False)
     if not styled:
         console.print("Trained tokens are shown in ⟦ ⟧.", markup=False)
-    for key in ("examples", "sequences", "tokens", "trained_tokens", "length_mean", "length_p50", "length_p95",
-                "length_max", "truncated", "skipped", "packed_rows", "packing_efficiency"):
+    for key in STAT_KEYS:
         if key in stats:
             console.print(f"{key:>20}: {stats[key]}", markup=False)
-    for source, s in data.stats.items():
-        if isinstance(s, dict) and s.get("skip_reasons"):
-            for reason, count in s["skip_reasons"].items():
-                console.print(f"{'skipped':>20}: {count} × {reason} ({source})", markup=False)
+    for skip in result["skips"]:
+        console.print(f"{'skipped':>20}: {skip['count']} × {skip['reason']} ({skip['source']})", markup=False)
     return stats
 
 
