@@ -1,13 +1,17 @@
 """What a training run says about itself in `output_dir/run_status.json`, and its own log in `output_dir/train.log`:
 written by the process that speaks for the run (`lmforge train`, whoever started it), read by the web UI's Runs tab
 and anyone listing runs. A run that vanished without a word (SIGKILL, a lost machine) still says `running`; readers
-see that its process is gone and report it as failed."""
+see that its process is gone and report it as failed.
+
+Also the one home of the names of a run's files that readers outside `train/` need (its checkpoints, samples and
+the evaluations written beside it)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import socket
 import time
 from typing import Any, Literal
@@ -16,6 +20,11 @@ from lmforge.jsonl import atomic_open
 
 STATUS_FILE = "run_status.json"
 RUN_LOG_FILE = "train.log"
+SAMPLES_FILE = "samples.jsonl"  # the sample prompts' completions after training
+EVAL_RESULTS_FILE = "results.json"  # what `lmforge eval` writes into its output_dir
+CHECKPOINT_PREFIX = "checkpoint"  # transformers' PREFIX_CHECKPOINT_DIR (a test holds them equal)
+COMPLETE_MARKER = "trainer_state.json"  # the Trainer writes it last; a checkpoint without it is incomplete
+_CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)$")
 Status = Literal["running", "finished", "stopped", "failed"]
 
 
@@ -83,3 +92,12 @@ def final_model_written(output_dir: str) -> bool:
     started = float(read_status_file(output_dir).get("started", 0))
     paths = [os.path.join(output_dir, name) for name in FINAL_MODEL_FILES]
     return any(os.path.isfile(p) and os.path.getmtime(p) >= started for p in paths)
+
+
+def checkpoint_step(path: str) -> int | None:
+    match = _CHECKPOINT.match(os.path.basename(os.path.normpath(path)))
+    return int(match.group(1)) if match else None
+
+
+def is_complete(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, COMPLETE_MARKER))

@@ -16,10 +16,10 @@ from lmforge.eval.prompts import PromptStyle, prompt_style_is_chat
 from lmforge.jsonl import write_json, write_jsonl
 from lmforge.model.inference import load_inference_model
 from lmforge.model.tokenizer import load_inference_tokenizer
+from lmforge.runstatus import EVAL_RESULTS_FILE as RESULTS_FILE
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 
 

@@ -9,8 +9,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lmforge.config.generation import GenerationArguments
 from lmforge.jsonl import write_jsonl
 from lmforge.model.inference import generate
+from lmforge.runstatus import SAMPLES_FILE
 
-SAMPLES_FILE = "samples.jsonl"
 
 
 def generate_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gen: GenerationArguments,

@@ -15,9 +15,8 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
 from lmforge.errors import ConfigError, DiskFullError, disk_full_message, is_disk_full
+from lmforge.runstatus import COMPLETE_MARKER, checkpoint_step, is_complete  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -27,17 +26,6 @@ FINAL_STAGING_DIR = ".final-in-progress"
 TRASH_PREFIX = ".deleting-"
 RL_STATE_FILE = "rl_state.pt"  # the PPO/GRPO loop's optimizer, scheduler, RNG and log in its checkpoints
 VALUE_HEAD_FILE = "value_head.safetensors"  # PPO's critic, beside the policy
-COMPLETE_MARKER = "trainer_state.json"  # the Trainer writes it last; a checkpoint without it is incomplete
-_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-
-
-def checkpoint_step(path: str) -> int | None:
-    match = _CHECKPOINT.match(os.path.basename(os.path.normpath(path)))
-    return int(match.group(1)) if match else None
-
-
-def is_complete(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, COMPLETE_MARKER))
 
 
 def list_checkpoints(output_dir: str) -> tuple[list[str], list[str]]:

@@ -1,5 +1,6 @@
 """What the web UI does besides drawing: a training config from form values, validated; lmforge commands run as
-child processes (the UI stays responsive and a crash is the run's, not the UI's); a run's progress read back."""
+child processes (the UI stays responsive, a crash is the run's, not the UI's, and a run outlives the page and the
+server that started it); a run's progress read back, a stopped run resumed, a config's data previewed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -15,14 +17,16 @@ from typing import Any
 import yaml
 
 from lmforge.config.parse import build_config
-from lmforge.config.schema import key_index
+from lmforge.config.schema import RUN_CONFIG_FILE, key_index
 from lmforge.config.secrets import SECRETS_ENV, masked, secret_values
 from lmforge.errors import LmforgeError
 from lmforge.jsonl import atomic_open
 from lmforge.runlog import read_log
+from lmforge.runstatus import process_alive, read_status
+from lmforge.serve.webui.runs import UI_COMMAND_LOG
 
 CONFIG_FILE = "webui_config.yaml"
-COMMAND_LOG = "webui_command.log"
+COMMAND_LOG = UI_COMMAND_LOG
 
 
 def config_values(form: dict[str, Any], extra_yaml: str = "") -> dict[str, Any]:
@@ -109,27 +113,46 @@ class Job:
 PLAN_SECONDS = 600  # a plan traces the step and maybe its suggested changes over fake tensors: seconds to minutes
 
 
-def plan(values: dict[str, Any], gpus: str, gpu_memory: str = "") -> str:
-    """What `lmforge plan` prints for the config as it stands on `gpus` (e.g. 1xRTX-4090, 8xH100-80GB; with
-    `gpu_memory` for a device it does not know): the same text as on the command line, or its error. Run as a child
-    process, as training is: a plan builds the model over fake tensors, which is the run's business, not the UI's."""
+def _run_on_config(values: dict[str, Any], command: list[str], options: list[str], timeout: int
+                   ) -> tuple[bool, str]:
+    """`lmforge COMMAND CONFIG OPTIONS` on the values written to a temporary config (secrets in the environment):
+    (True, its output) or (False, its one-line error). A child process, as training is: planning builds the model
+    over fake tensors and previewing loads a tokenizer and the data, which is the command's business, not the UI's."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, CONFIG_FILE)
         with open(path, "w", encoding="utf-8") as fh:
             yaml.safe_dump(masked(values), fh, sort_keys=False, allow_unicode=True)
-        argv = ["plan", path, *(["--gpus", gpus.strip()] if gpus.strip() else []),
-                *(["--gpu-memory", gpu_memory.strip()] if gpu_memory.strip() else [])]
+        argv = [*command, path, *options]
         env = {**os.environ, SECRETS_ENV: json.dumps(secret_values(values))}
         try:
             done = subprocess.run([sys.executable, "-m", "lmforge", *argv], capture_output=True, text=True,
-                                  timeout=PLAN_SECONDS, env=env)
+                                  timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
-            return f"`lmforge plan` did not finish in {PLAN_SECONDS} s."
+            return False, f"`lmforge {' '.join(command)}` did not finish in {timeout} s."
     if done.returncode != 0:
-        return (done.stderr.strip().splitlines() or [f"`lmforge plan` failed (exit {done.returncode})"])[-1]
-    return done.stdout.strip()
+        return False, (done.stderr.strip().splitlines() or [f"`lmforge {' '.join(command)}` failed (exit "
+                                                             f"{done.returncode})"])[-1]
+    return True, done.stdout.strip()
+
+
+def plan(values: dict[str, Any], gpus: str, gpu_memory: str = "") -> str:
+    """What `lmforge plan` prints for the config as it stands on `gpus` (e.g. 1xRTX-4090, 8xH100-80GB; with
+    `gpu_memory` for a device it does not know): the same text as on the command line, or its error."""
+    _, text = _run_on_config(values, ["plan"], [*(["--gpus", gpus.strip()] if gpus.strip() else []),
+                                                *(["--gpu-memory", gpu_memory.strip()] if gpu_memory.strip() else [])],
+                             PLAN_SECONDS)
+    return text
+
+
+def data_preview(values: dict[str, Any], num: int = 3) -> dict[str, Any] | str:
+    """`lmforge data preview --json` on the config as it stands: its summary (examples as trained/context segments,
+    statistics, skip reasons), or its one-line error."""
+    ok, text = _run_on_config(values, ["data", "preview"], ["--num", str(int(num)), "--json"], PLAN_SECONDS)
+    if not ok:
+        return text
+    return json.loads(text.splitlines()[-1])
 
 
 def start_training(values: dict[str, Any]) -> Job:
@@ -142,3 +165,23 @@ def start_training(values: dict[str, Any]) -> Job:
     job = Job(["train", path], os.path.join(output_dir, COMMAND_LOG), secret_values(values))
     job.start()
     return job
+
+
+def resume_run(path: str) -> Job:
+    """`lmforge train` on a stopped run's own config, from its newest complete checkpoint."""
+    job = Job(["train", os.path.join(path, RUN_CONFIG_FILE), "resume_from_checkpoint=true"],
+              os.path.join(path, COMMAND_LOG))
+    job.start()
+    return job
+
+
+def stop_run(path: str) -> bool:
+    """SIGTERM to the process that speaks for a running run (whoever started it): it saves a checkpoint and ends.
+    False when no run of this machine is running there."""
+    status = read_status(path)
+    pid = int(status.get("pid") or 0)
+    here = status.get("host") in (None, socket.gethostname())
+    if status.get("status") != "running" or not pid or not here or not process_alive(pid, None):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    return True
