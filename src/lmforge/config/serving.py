@@ -55,6 +55,9 @@ class ServeArguments:
     vllm_gpu_memory_utilization: float = option(0.9, "vllm backend: fraction of GPU memory vLLM may use.")
     share: bool = option(
         False, "webui/webchat: also publish the page through a public Gradio link (needs `webui_auth`).")
+    runs_dir: str = option(
+        "saves", "webui: the folder whose runs the Runs tab lists (searched 4 levels deep), where new runs go and "
+        "whose saved models the model pickers offer.")
     webui_auth: str | None = option(
         None, "webui/webchat: `user:password` the page asks for. Required when the page is reachable from other "
         "machines (`share: true` or a `host` other than loopback): the web UI starts training runs and reads local "

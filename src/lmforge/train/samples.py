@@ -12,7 +12,6 @@ from lmforge.model.inference import generate
 from lmforge.runstatus import SAMPLES_FILE
 
 
-
 def generate_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gen: GenerationArguments,
                      seed: int = 42, chat: bool = False, stop_ids: list[int] | None = None) -> list[dict]:
     """`sample_prompts` completed as raw text, or (`chat`) as the user turn of a conversation."""

@@ -20,32 +20,22 @@ ROW_COUNT_LIMIT = 256 * 1024 * 1024  # a JSON array file larger than this is not
 @dataclass(frozen=True)
 class DatasetChoice:
     name: str  # what goes into `dataset`
-    format: str  # alpaca, sharegpt, preference, kto, text, file type, or hub
+    format: str  # alpaca, sharegpt, "... preference", kto, text, or the file type
     rows: int | None  # None: not counted (a hub dataset, a file too large to parse)
     where: str  # the registry or folder it was found in
-
-    @property
-    def label(self) -> str:
-        rows = f"{self.rows:,} rows" if self.rows is not None else "rows unknown"
-        return f"{self.name} · {self.format} · {rows}"
+    hub: str = ""  # the hub id of a dataset loaded from a hub
 
 
 def entry_format(entry: dict[str, Any]) -> str:
     """The layout a dataset_info.json entry declares, in LLaMA-Factory's terms."""
     columns = entry.get("columns") or {}
-    if entry.get("hf_hub_url") or entry.get("ms_hub_url"):
-        prefix = f"hub {entry.get('hf_hub_url') or entry.get('ms_hub_url')} · "
-    else:
-        prefix = ""
     if "kto_tag" in columns:
-        kind = "kto"
-    elif entry.get("ranking"):
-        kind = f"{entry.get('formatting', 'alpaca')} preference"
-    elif set(columns) <= {"prompt", "text"} and columns:
-        kind = "text"
-    else:
-        kind = entry.get("formatting", "alpaca")
-    return prefix + kind
+        return "kto"
+    if entry.get("ranking"):
+        return f"{entry.get('formatting', 'alpaca')} preference"
+    if set(columns) <= {"prompt", "text"} and columns:
+        return "text"
+    return entry.get("formatting", "alpaca")
 
 
 def _count_file(path: str) -> int | None:
@@ -107,7 +97,8 @@ def _registry_choices(folder: str) -> list[DatasetChoice]:
             rows = row_count(os.path.join(folder, str(entry["file_name"])))
         if rows is not None and entry.get("num_samples"):
             rows = min(rows, int(entry["num_samples"]))
-        choices.append(DatasetChoice(name, entry_format(entry), rows, path))
+        choices.append(DatasetChoice(name, entry_format(entry), rows, path,
+                                     str(entry.get("hf_hub_url") or entry.get("ms_hub_url") or "")))
     return choices
 
 

@@ -63,20 +63,33 @@ def config_label(lang: str, key: str) -> str:
     return str(entry.get("label") or (_table(DEFAULT_LANGUAGE, "config").get(key) or {}).get("label") or key)
 
 
-def config_help(lang: str, key: str, schema: str = "train") -> str:
+def config_help(lang: str, key: str) -> str:
     from lmforge.config.schema import key_index
 
     entry = _table(lang, "config").get(key) or {}
     if lang != DEFAULT_LANGUAGE and entry.get("help"):
         return str(entry["help"])
-    index = key_index(schema)
-    return index[key].help if key in index else ""
+    for schema in ("train", "eval", "export", "serve"):  # the first command whose config has the key
+        if key in key_index(schema):
+            return key_index(schema)[key].help
+    return ""
+
+
+BRIEF = 180  # characters of a config key's help shown under its field (the whole text is in `lmforge help config`)
+
+
+def brief(text: str) -> str:
+    """A help text cut to fit under a field: whole when short, else up to the last clause that fits, with '…'."""
+    if len(text) <= BRIEF:
+        return text
+    cut = max(text.rfind(mark, 0, BRIEF) for mark in (". ", "; ", "。", ";", ", ", ","))
+    return (text[:cut + 1] if cut > BRIEF // 3 else text[:BRIEF]).rstrip() + " …"
 
 
 def resolve(lang: str, text: Text) -> str:
     if isinstance(text, tuple):
         part, key = text
-        return config_label(lang, key) if part == "label" else config_help(lang, key)
+        return config_label(lang, key) if part == "label" else brief(config_help(lang, key))
     return tr(lang, text)
 
 

@@ -76,12 +76,13 @@ class Job:
     argv: list[str]
     log_path: str
     secrets: dict[str, Any] = field(default_factory=dict, repr=False)  # passed in the environment, never on disk
+    output_dir: str = ""  # a training run's folder
     process: subprocess.Popen | None = None
     _log: Any = field(default=None, repr=False)
 
     def start(self) -> None:
         os.makedirs(os.path.dirname(self.log_path) or ".", exist_ok=True)
-        self._log = open(self.log_path, "w", encoding="utf-8")
+        self._log = open(self.log_path, "a", encoding="utf-8")  # a resumed run continues its log
         env = {**os.environ, SECRETS_ENV: json.dumps(self.secrets)} if self.secrets else None
         self.process = subprocess.Popen([sys.executable, "-m", "lmforge", *self.argv], stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -162,7 +163,7 @@ def start_training(values: dict[str, Any]) -> Job:
     path = os.path.join(output_dir, CONFIG_FILE)
     with atomic_open(path, ".yaml") as fh:
         yaml.safe_dump(masked(values), fh, sort_keys=False, allow_unicode=True)
-    job = Job(["train", path], os.path.join(output_dir, COMMAND_LOG), secret_values(values))
+    job = Job(["train", path], os.path.join(output_dir, COMMAND_LOG), secret_values(values), output_dir)
     job.start()
     return job
 
@@ -170,7 +171,7 @@ def start_training(values: dict[str, Any]) -> Job:
 def resume_run(path: str) -> Job:
     """`lmforge train` on a stopped run's own config, from its newest complete checkpoint."""
     job = Job(["train", os.path.join(path, RUN_CONFIG_FILE), "resume_from_checkpoint=true"],
-              os.path.join(path, COMMAND_LOG))
+              os.path.join(path, COMMAND_LOG), output_dir=path)
     job.start()
     return job
 

@@ -1,0 +1,199 @@
+"""The Runs tab: every run under the runs folder (started here or on the command line), one opened with its config,
+log, curves, samples, metrics, evaluations and exports; curves of several runs on one plot; a stopped run resumed;
+a run's config copied into the Train form."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import yaml
+
+from lmforge.serve.webui.i18n import tr
+from lmforge.serve.webui.jobs import resume_run, stop_run
+from lmforge.serve.webui.page import Page, format_duration, new_run_dir, status_text
+from lmforge.serve.webui.runs import (
+    Run,
+    curves,
+    evaluations,
+    exported_files,
+    final_metrics,
+    find_runs,
+    logged_metrics,
+    overlay,
+    read_run,
+    run_log_text,
+    run_name,
+    samples,
+)
+from lmforge.serve.webui.train_tab import TRAIN_FORM
+
+TABLE_COLUMNS = ("run", "status", "stage", "model", "data", "steps", "final_loss", "duration", "started")
+
+
+def runs_table(lang: str, runs: list[Run], root: str):
+    import pandas as pd
+
+    rows = [[run_name(r.path, root), status_text(lang, r), r.stage, r.model, r.dataset,
+             f"{r.step}/{r.max_steps}" if r.max_steps else str(r.step),
+             f"{r.final_loss:.4f}" if r.final_loss is not None else "", format_duration(r.duration),
+             time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)) if r.started else ""] for r in runs]
+    return pd.DataFrame(rows, columns=[tr(lang, f"runs.col.{c}") for c in TABLE_COLUMNS])
+
+
+def curve_frame(path: str):
+    import pandas as pd
+
+    from lmforge.runlog import read_log
+
+    return pd.DataFrame(curves(read_log(path, while_written=True)) if path else [], columns=["step", "metric",
+                                                                                             "value"])
+
+
+def overlay_frame(paths: list[str], metric: str, root: str):
+    import pandas as pd
+
+    rows = overlay(paths, metric, {p: run_name(p, root) for p in paths}) if paths and metric else []
+    return pd.DataFrame(rows, columns=["step", "value", "run"])
+
+
+def run_summary(lang: str, run: Run) -> str:
+    parts = [f"**{status_text(lang, run)}**", f"`{run.path}`"]
+    if run.error:
+        parts.append(tr(lang, "runs.error", error=run.error))
+    if run.checkpoints:
+        parts.append(tr(lang, "runs.checkpoints", steps=", ".join(map(str, run.checkpoints))))
+    return " · ".join(parts)
+
+
+def copied_form(run: Run, runs_dir: str) -> tuple[dict[str, Any], str]:
+    """A run's config as Train form values (a new output folder) and the rest of its keys as extra YAML."""
+    values = {k: v for k, v in run.config.items() if k not in ("resume_from_checkpoint", "overwrite_output_dir")}
+    form = {k: values.pop(k) for k in list(values) if k in TRAIN_FORM}
+    form["output_dir"] = new_run_dir(runs_dir)
+    if isinstance(form.get("dataset"), str):
+        form["dataset"] = [d.strip() for d in form["dataset"].split(",") if d.strip()]
+    return form, yaml.safe_dump(values, sort_keys=False, allow_unicode=True) if values else ""
+
+
+def build(page: Page) -> None:
+    import gradio as gr
+
+    loc = page.loc
+    with gr.Row():
+        refresh = loc.make(gr.Button, {"value": "runs.refresh"}, elem_id="runs_refresh", scale=0)
+        summary = gr.Markdown(elem_id="runs_summary")
+    table = gr.Dataframe(interactive=False, elem_id="runs_table", wrap=True)
+    with gr.Row():
+        picked = loc.make(gr.Dropdown, {"label": "runs.open"}, choices=[], elem_id="run_picked", scale=3)
+        resume = loc.make(gr.Button, {"value": "runs.resume"}, elem_id="run_resume", scale=0)
+        stop = loc.make(gr.Button, {"value": "runs.stop"}, elem_id="run_stop", scale=0)
+        copy = loc.make(gr.Button, {"value": "runs.copy"}, elem_id="run_copy", scale=0)
+    message = gr.Markdown(elem_id="run_message")
+    with loc.make(gr.Tab, {"label": "runs.details"}):
+        details = gr.Markdown(elem_id="run_details")
+        with gr.Row():
+            loss_plot = loc.make(gr.LinePlot, {"title": "runs.curves", "x_title": "plot.step",
+                                               "y_title": "plot.value"},
+                                 value=curve_frame(""), x="step", y="value", color="metric", elem_id="run_curves")
+        with gr.Row():
+            metrics = loc.make(gr.JSON, {"label": "runs.metrics"}, elem_id="run_metrics")
+            config = loc.make(gr.Code, {"label": "runs.config"}, language="yaml", interactive=False,
+                              elem_id="run_config")
+        log = loc.make(gr.Textbox, {"label": "runs.log"}, lines=12, max_lines=12, interactive=False,
+                       elem_id="run_log")
+        sample_view = loc.make(gr.JSON, {"label": "runs.samples"}, elem_id="run_samples")
+        with gr.Row():
+            evals = loc.make(gr.JSON, {"label": "runs.evaluations"}, elem_id="run_evals")
+            exports = loc.make(gr.JSON, {"label": "runs.exports"}, elem_id="run_exports")
+    with loc.make(gr.Tab, {"label": "runs.compare"}):
+        with gr.Row():
+            compared = loc.make(gr.Dropdown, {"label": "runs.compare_runs"}, choices=[], multiselect=True,
+                                elem_id="compare_runs", scale=3)
+            metric = loc.make(gr.Dropdown, {"label": "runs.compare_metric"}, choices=["loss"], value="loss",
+                              allow_custom_value=True, elem_id="compare_metric", scale=1)
+        overlay_plot = loc.make(gr.LinePlot, {"title": "runs.compare_plot", "x_title": "plot.step",
+                                              "y_title": "plot.value"},
+                                value=overlay_frame([], "", ""), x="step", y="value", color="run",
+                                elem_id="compare_plot")
+    timer = gr.Timer(3.0)
+
+    def listing(lang, runs_dir, chosen):
+        runs = find_runs(runs_dir, page.started_elsewhere())
+        names = [(run_name(r.path, runs_dir), r.path) for r in runs]
+        counts = {s: sum(r.status == s for r in runs) for s in ("running", "finished", "stopped", "failed")}
+        text = tr(lang, "runs.summary", n=len(runs), root=runs_dir or ".",
+                  states=", ".join(f"{tr(lang, 'status.' + s)} {c}" for s, c in counts.items() if c))
+        return (runs_table(lang, runs, runs_dir), text, gr.update(choices=names),
+                gr.update(choices=names, value=[p for p in chosen or [] if p in {p for _, p in names}]))
+
+    listed = [table, summary, picked, compared]
+    refresh.click(listing, [page.lang, page.runs_dir, compared], listed)
+    timer.tick(listing, [page.lang, page.runs_dir, compared], listed)
+    page.runs_dir.change(listing, [page.lang, page.runs_dir, compared], listed)
+
+    def open_run(lang, path, runs_dir):
+        if not path or not os.path.isdir(path):
+            return "", curve_frame(""), {}, "", "", [], [], []
+        run = read_run(path)
+        exported = [{"file": f, "bytes": size, "size": _size(size)} for f, size in exported_files(path)]
+        return (run_summary(lang, run), curve_frame(path), final_metrics(path),
+                yaml.safe_dump(run.config, sort_keys=False, allow_unicode=True) if run.config else "",
+                run_log_text(path), samples(path), evaluations(path), exported)
+
+    opened = [details, loss_plot, metrics, config, log, sample_view, evals, exports]
+    picked.change(open_run, [page.lang, picked, page.runs_dir], opened)
+    timer.tick(lambda lang, path, root: open_run(lang, path, root) if path and read_run(path).status == "running"
+               else [gr.update()] * len(opened), [page.lang, picked, page.runs_dir], opened)
+
+    def compare(paths, chosen_metric, runs_dir):
+        from lmforge.runlog import read_log
+
+        available: list[str] = []
+        for path in paths or []:
+            available += [m for m in logged_metrics(read_log(path, while_written=True)) if m not in available]
+        return overlay_frame(paths or [], chosen_metric, runs_dir), gr.update(choices=available or ["loss"])
+
+    for trigger in (compared, metric):
+        trigger.change(compare, [compared, metric, page.runs_dir], [overlay_plot, metric])
+
+    def resume_it(lang, path):
+        if not path:
+            return tr(lang, "runs.pick_first")
+        run = read_run(path)
+        if not run.resumable:
+            return tr(lang, "runs.not_resumable", status=status_text(lang, run))
+        page.jobs[f"run:{os.path.realpath(path)}"] = resume_run(path)
+        return tr(lang, "runs.resumed", step=run.checkpoints[-1])
+
+    resume.click(resume_it, [page.lang, picked], message)
+
+    def stop_it(lang, path):
+        if not path:
+            return tr(lang, "runs.pick_first")
+        return tr(lang, "runs.stop_sent") if stop_run(path) else tr(lang, "runs.not_running")
+
+    stop.click(stop_it, [page.lang, picked], message)
+
+    form_keys = list(page.train_form)
+
+    def copy_it(lang, path, runs_dir):
+        if not path:
+            return [tr(lang, "runs.pick_first"), gr.update(), *[gr.update()] * (len(form_keys) + 1)]
+        form, extra = copied_form(read_run(path), runs_dir)
+        return [tr(lang, "runs.copied"), gr.Tabs(selected="train"),
+                *[gr.update(value=form[k]) if k in form else gr.update() for k in form_keys], extra]
+
+    copy.click(copy_it, [page.lang, picked, page.runs_dir],
+               [message, page.tabs, *page.train_form.values(), page.train_extra])
+    page.on_load.append((listing, [page.lang, page.runs_dir, compared], listed))
+    page.on_language.append((listing, [page.lang, page.runs_dir, compared], listed))
+
+
+def _size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
