@@ -33,7 +33,7 @@ def test_the_built_in_stages_are_registered_once():
 @pytest.mark.slow
 def test_a_registered_stage_appears_on_every_surface(toy_stage, tiny_model_dir, tmp_path, capsys):
     from lmforge.config.docs import render_reference
-    from lmforge.serve.webui import TRAIN_FORM, form_choices
+    from lmforge.serve.webui.train_tab import TRAIN_FORM, form_choices
     from lmforge.train import stage_trainer_builder
     from lmforge.train.runtime.plots import stage_curves
 
@@ -41,7 +41,7 @@ def test_a_registered_stage_appears_on_every_surface(toy_stage, tiny_model_dir, 
     assert "toy" in next(line for line in capsys.readouterr().out.splitlines() if "lmforge train CONFIG" in line)
     assert "`toy` (a toy copy of sft)" in render_reference(schema="train")
     assert "'toy'" in render_reference(markdown=True)
-    assert form_choices("stage", TRAIN_FORM["stage"][2]) == [*BUILT_IN, "toy"]
+    assert form_choices("stage", TRAIN_FORM["stage"][1]) == [*BUILT_IN, "toy"]
     assert stage_curves("toy") == ("loss", "eval_loss", "toy_metric", "eval_toy_metric")
     assert stage_trainer_builder("toy") is not None
     # preview/dump and training read the stage's example kind and recipe from the registry

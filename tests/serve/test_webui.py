@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from lmforge.serve.webui_jobs import config_values, plan, preview, read_progress, start_training
+from lmforge.serve.webui.jobs import config_values, plan, preview, read_progress, start_training
 from tests.conftest import GREETING, LF_DEMO, REPLY
 from tests.serve.test_api import start_lmforge_server
 
@@ -134,8 +134,11 @@ def test_build_a_config_run_it_and_watch_the_loss_plot(webui, tmp_path, chat_mod
         page = browser.new_page()
         page.goto(webui)
         _fill(page, "model_name_or_path", chat_model_dir)
-        _fill(page, "dataset", "identity")
         _fill(page, "dataset_dir", str(LF_DEMO))
+        page.locator("#dataset input").first.click()
+        page.keyboard.type("identity")
+        page.get_by_role("option", name=re.compile("^identity ·")).click()
+        page.keyboard.press("Escape")
         _fill(page, "cutoff_len", "128")
         _fill(page, "max_steps", "30")
         _fill(page, "logging_steps", "2")

@@ -137,7 +137,7 @@ def _launch(build: Callable[[], Any], serve: ServeArguments) -> None:
     middleware = [Middleware(LoopbackNames, allowed=serve.allowed_hosts)] if local else []
     build().queue().launch(server_name=serve.host, server_port=serve.port if serve.port is not None else 7860,
                            share=serve.share, auth=auth, show_error=True, app_kwargs={"middleware": middleware},
-                           css=train_tab.PREVIEW_CSS, footer_links=[])
+                           css=train_tab.PAGE_CSS, footer_links=[])
 
 
 def run_webui(cfg: ServeConfig | None) -> None:

@@ -119,4 +119,5 @@ def build(page: Page, engines: dict[str, Any], preset: ServeConfig | None) -> No
                                             {p for _, p in choices} else []))
 
     page.on_load.append((refresh, [page.runs_dir, model], [model]))
-    page.runs_dir.change(refresh, [page.runs_dir, model], model)
+    for event in (page.runs_dir.change, page.tabs.change) if page.tabs is not None else (page.runs_dir.change,):
+        event(refresh, [page.runs_dir, model], model)

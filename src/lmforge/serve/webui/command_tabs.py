@@ -15,6 +15,7 @@ from lmforge.serve.webui.catalog import model_info
 from lmforge.serve.webui.i18n import config_texts, tr
 from lmforge.serve.webui.jobs import Job
 from lmforge.serve.webui.page import Page, format_duration, job_state, model_choices
+from lmforge.serve.webui.runs import export_dir_for
 
 
 def choices_of(key: str) -> list[str]:
@@ -36,10 +37,11 @@ RESULT_FILES = {"eval": "results.json"}
 
 
 def output_for(command: str, path: str, values: dict[str, Any]) -> str:
-    """Where a run's evaluation or export goes: inside the run's folder (so its page lists it)."""
+    """Where a run's evaluation or export goes, so that its page lists it: an evaluation inside the run's folder,
+    an export beside it."""
     if command == "eval":
         return os.path.join(path, f"eval_{values.get('task') or 'task'}")
-    return os.path.join(path, "export")
+    return export_dir_for(path)
 
 
 def _model_targets(path: str) -> dict[str, str]:
@@ -128,4 +130,5 @@ def build(page: Page, name: str, command: str, form: dict[str, tuple[Any, list[s
         return gr.update(choices=model_choices(runs_dir, page.started_elsewhere()))
 
     page.on_load.append((refresh, [page.runs_dir], [model]))
-    page.runs_dir.change(refresh, page.runs_dir, model)
+    for event in (page.runs_dir.change, page.tabs.change):  # a run finished since: its model is offered
+        event(refresh, page.runs_dir, model)

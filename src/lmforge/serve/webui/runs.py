@@ -185,19 +185,29 @@ def evaluations(path: str) -> list[dict[str, Any]]:
     return sorted(found, key=lambda e: e["where"])
 
 
+EXPORT_SUFFIX = "-export"  # a run's exports go beside it (`lmforge export` refuses a folder inside its model)
+
+
+def export_dir_for(path: str) -> str:
+    return os.path.normpath(path) + EXPORT_SUFFIX
+
+
 def exported_files(path: str) -> list[tuple[str, int]]:
-    """Files of the exports written inside the run's folder (folders named export*): relative path and size."""
+    """Files of the run's exports (the folders beside it named RUN-export*): path relative to the runs' parent
+    folder, and size."""
+    path = os.path.normpath(path)
+    parent, run = os.path.split(path)
     files = []
-    for name in sorted(os.listdir(path)) if os.path.isdir(path) else []:
-        folder = os.path.join(path, name)
-        if name.startswith("export") and os.path.isdir(folder):
+    for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+        folder = os.path.join(parent, name)
+        if name.startswith(run + EXPORT_SUFFIX) and os.path.isdir(folder):
             for root, _, names in os.walk(folder):
-                files += [(os.path.relpath(os.path.join(root, n), path), os.path.getsize(os.path.join(root, n)))
+                files += [(os.path.relpath(os.path.join(root, n), parent), os.path.getsize(os.path.join(root, n)))
                           for n in sorted(names)]
     return files
 
 
-CURVE_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm", "reward", "accuracy", "eval_accuracy", "kl")
+CURVE_KEYS = ("loss", "eval_loss", "grad_norm", "reward", "accuracy", "eval_accuracy", "kl")  # on one scale-ish
 
 
 def curves(records: list[dict], keys: tuple[str, ...] = CURVE_KEYS) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ a run's config copied into the Train form."""
 
 from __future__ import annotations
 
+import html
 import os
 import time
 from typing import Any
@@ -30,16 +31,32 @@ from lmforge.serve.webui.runs import (
 from lmforge.serve.webui.train_tab import TRAIN_FORM
 
 TABLE_COLUMNS = ("run", "status", "stage", "model", "data", "steps", "final_loss", "duration", "started")
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+           "#bab0ac")  # Tableau 10
 
 
-def runs_table(lang: str, runs: list[Run], root: str):
-    import pandas as pd
+def colored(frame, column: str):
+    """A plot update with one color per series. Why a color map: Gradio's LinePlot keeps the series it first drew
+    when only its data changes, so a run (or metric) added later would not be drawn; a new color map redraws it."""
+    import gradio as gr
 
-    rows = [[run_name(r.path, root), status_text(lang, r), r.stage, r.model, r.dataset,
-             f"{r.step}/{r.max_steps}" if r.max_steps else str(r.step),
-             f"{r.final_loss:.4f}" if r.final_loss is not None else "", format_duration(r.duration),
-             time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)) if r.started else ""] for r in runs]
-    return pd.DataFrame(rows, columns=[tr(lang, f"runs.col.{c}") for c in TABLE_COLUMNS])
+    names = list(dict.fromkeys(frame[column])) if len(frame) else []
+    return gr.LinePlot(value=frame, color_map={n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)})
+
+
+def runs_table(lang: str, runs: list[Run], root: str) -> str:
+    """The runs as an HTML table (a status badge per run), newest first."""
+    head = "".join(f"<th>{html.escape(tr(lang, f'runs.col.{c}'))}</th>" for c in TABLE_COLUMNS)
+    rows = []
+    for r in runs:
+        cells = [run_name(r.path, root), status_text(lang, r), r.stage, r.model, r.dataset,
+                 f"{r.step}/{r.max_steps}" if r.max_steps else str(r.step),
+                 f"{r.final_loss:.4f}" if r.final_loss is not None else "", format_duration(r.duration),
+                 time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)) if r.started else ""]
+        tds = "".join(f"<td class='lmf-status-{r.status}'>{html.escape(c)}</td>" if i == 1 else
+                      f"<td>{html.escape(c)}</td>" for i, c in enumerate(cells))
+        rows.append(f"<tr data-run='{html.escape(r.path, quote=True)}'>{tds}</tr>")
+    return f"<table class='lmf-runs'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def curve_frame(path: str):
@@ -84,7 +101,7 @@ def build(page: Page) -> None:
     with gr.Row():
         refresh = loc.make(gr.Button, {"value": "runs.refresh"}, elem_id="runs_refresh", scale=0)
         summary = gr.Markdown(elem_id="runs_summary")
-    table = gr.Dataframe(interactive=False, elem_id="runs_table", wrap=True)
+    table = gr.HTML(elem_id="runs_table")
     with gr.Row():
         picked = loc.make(gr.Dropdown, {"label": "runs.open"}, choices=[], elem_id="run_picked", scale=3)
         resume = loc.make(gr.Button, {"value": "runs.resume"}, elem_id="run_resume", scale=0)
@@ -119,26 +136,32 @@ def build(page: Page) -> None:
                                 elem_id="compare_plot")
     timer = gr.Timer(3.0)
 
-    def listing(lang, runs_dir, chosen):
+    known = gr.State([])  # the runs the pickers list: they are updated only when that changes (not mid-choice)
+
+    def listing(lang, runs_dir, chosen, listed_before):
         runs = find_runs(runs_dir, page.started_elsewhere())
         names = [(run_name(r.path, runs_dir), r.path) for r in runs]
         counts = {s: sum(r.status == s for r in runs) for s in ("running", "finished", "stopped", "failed")}
         text = tr(lang, "runs.summary", n=len(runs), root=runs_dir or ".",
                   states=", ".join(f"{tr(lang, 'status.' + s)} {c}" for s, c in counts.items() if c))
+        if [list(n) for n in names] == listed_before:
+            return runs_table(lang, runs, runs_dir), text, gr.update(), gr.update(), listed_before
         return (runs_table(lang, runs, runs_dir), text, gr.update(choices=names),
-                gr.update(choices=names, value=[p for p in chosen or [] if p in {p for _, p in names}]))
+                gr.update(choices=names, value=[p for p in chosen or [] if p in {p for _, p in names}]),
+                [list(n) for n in names])
 
-    listed = [table, summary, picked, compared]
-    refresh.click(listing, [page.lang, page.runs_dir, compared], listed)
-    timer.tick(listing, [page.lang, page.runs_dir, compared], listed)
-    page.runs_dir.change(listing, [page.lang, page.runs_dir, compared], listed)
+    listed, listing_inputs = [table, summary, picked, compared, known], [page.lang, page.runs_dir, compared, known]
+    refresh.click(listing, listing_inputs, listed)
+    timer.tick(listing, listing_inputs, listed)
+    page.runs_dir.change(listing, listing_inputs, listed)
+    page.tabs.change(listing, listing_inputs, listed)  # shown fresh when the tab opens
 
     def open_run(lang, path, runs_dir):
         if not path or not os.path.isdir(path):
             return "", curve_frame(""), {}, "", "", [], [], []
         run = read_run(path)
         exported = [{"file": f, "bytes": size, "size": _size(size)} for f, size in exported_files(path)]
-        return (run_summary(lang, run), curve_frame(path), final_metrics(path),
+        return (run_summary(lang, run), colored(curve_frame(path), "metric"), final_metrics(path),
                 yaml.safe_dump(run.config, sort_keys=False, allow_unicode=True) if run.config else "",
                 run_log_text(path), samples(path), evaluations(path), exported)
 
@@ -153,10 +176,11 @@ def build(page: Page) -> None:
         available: list[str] = []
         for path in paths or []:
             available += [m for m in logged_metrics(read_log(path, while_written=True)) if m not in available]
-        return overlay_frame(paths or [], chosen_metric, runs_dir), gr.update(choices=available or ["loss"])
+        return (colored(overlay_frame(paths or [], chosen_metric, runs_dir), "run"),
+                gr.update(choices=available or ["loss"]))
 
-    for trigger in (compared, metric):
-        trigger.change(compare, [compared, metric, page.runs_dir], [overlay_plot, metric])
+    for trigger in (compared, metric):  # what a person picks (the metric's list follows the runs picked)
+        trigger.input(compare, [compared, metric, page.runs_dir], [overlay_plot, metric])
 
     def resume_it(lang, path):
         if not path:
@@ -187,8 +211,8 @@ def build(page: Page) -> None:
 
     copy.click(copy_it, [page.lang, picked, page.runs_dir],
                [message, page.tabs, *page.train_form.values(), page.train_extra])
-    page.on_load.append((listing, [page.lang, page.runs_dir, compared], listed))
-    page.on_language.append((listing, [page.lang, page.runs_dir, compared], listed))
+    page.on_load.append((listing, listing_inputs, listed))
+    page.on_language.append((listing, listing_inputs, listed))
 
 
 def _size(size: float) -> str:

@@ -43,12 +43,17 @@ TRAIN_FORM: dict[str, tuple[str, list[str] | None]] = {
 }
 UI_DEFAULTS = {"stage": "sft", "dataset_dir": "data"}  # what most come to the page for; the CLI's default stays pt
 VALID = "The config is valid."  # what `preview` says of a valid config
-PREVIEW_CSS = """
+PAGE_CSS = """
 .lmf-preview pre { white-space: pre-wrap; word-break: break-word; font-size: 13px; line-height: 1.5; }
 .lmf-trained { background: #d1fadf; color: #05603a; font-weight: 600; border-radius: 2px; }
 .lmf-context { color: #98a2b3; }
 .lmf-media { color: #6941c6; font-style: italic; }
 .lmf-stats td { padding: 0 12px 0 0; }
+.lmf-runs { width: 100%; border-collapse: collapse; font-size: 14px; }
+.lmf-runs th, .lmf-runs td { text-align: left; padding: 4px 10px; border-bottom: 1px solid #eaecf0; }
+.lmf-runs td[class^="lmf-status-"] { font-weight: 600; }
+.lmf-status-running { color: #175cd3; } .lmf-status-finished { color: #067647; }
+.lmf-status-stopped { color: #b54708; } .lmf-status-failed { color: #b42318; }
 """
 
 
@@ -268,6 +273,8 @@ def build(page: Page) -> None:
 
     pickers = [page.lang, page.runs_dir, fields["dataset_dir"], fields["dataset"]]
     refresh.click(refresh_pickers, pickers, [fields["model_name_or_path"], fields["dataset"]])
+    page.tabs.change(lambda runs_dir: gr.update(choices=model_choices(runs_dir, page.started_elsewhere())),
+                     page.runs_dir, fields["model_name_or_path"])
     fields["dataset_dir"].change(dataset_picker, [page.lang, fields["dataset_dir"], fields["dataset"]],
                                  fields["dataset"])
 
