@@ -6,7 +6,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -102,6 +104,10 @@ def _run_record(cfg, speaks_for_run: bool):
                            stage=cfg.finetuning.stage, model=cfg.model.model_name_or_path,
                            dataset=cfg.data.dataset, resumed=cfg.training.resume_from_checkpoint is not None)
     status, error = "failed", None
+    # SIGTERM before the training loop handles it (loading the model and data) ends the run as Ctrl-C does, so
+    # that it is recorded as stopped rather than killed without a word
+    main_thread = threading.current_thread() is threading.main_thread()  # (only it may set handlers)
+    previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
     try:
         yield record
         if "launcher_exit" in record:
@@ -116,6 +122,8 @@ def _run_record(cfg, speaks_for_run: bool):
         error = (str(err).strip().splitlines() or [type(err).__name__])[-1]
         raise
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         runstatus.write_status(output_dir, status, **({"error": error} if error else {}))
         logging.getLogger("lmforge").removeHandler(handler)
         handler.close()

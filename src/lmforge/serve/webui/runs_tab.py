@@ -35,13 +35,16 @@ PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b
            "#bab0ac")  # Tableau 10
 
 
-def colored(frame, column: str):
-    """A plot update with one color per series. Why a color map: Gradio's LinePlot keeps the series it first drew
-    when only its data changes, so a run (or metric) added later would not be drawn; a new color map redraws it."""
+def colored(lang: str, frame, column: str):
+    """A plot update with one color per series, its legend titled in the page's language. Why a color map: Gradio's
+    LinePlot keeps the series it first drew when only its data changes, so a run (or metric) added later would not
+    be drawn; a new color map redraws it."""
     import gradio as gr
 
     names = list(dict.fromkeys(frame[column])) if len(frame) else []
-    return gr.LinePlot(value=frame, color_map={n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)})
+    title = tr(lang, f"plot.{column}")
+    return gr.LinePlot(value=frame.rename(columns={column: title}), color=title,
+                       color_map={n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)})
 
 
 def runs_table(lang: str, runs: list[Run], root: str) -> str:
@@ -158,29 +161,36 @@ def build(page: Page) -> None:
 
     def open_run(lang, path, runs_dir):
         if not path or not os.path.isdir(path):
-            return "", curve_frame(""), {}, "", "", [], [], []
+            return "", colored(lang, curve_frame(""), "metric"), {}, "", "", [], [], []
         run = read_run(path)
         exported = [{"file": f, "bytes": size, "size": _size(size)} for f, size in exported_files(path)]
-        return (run_summary(lang, run), colored(curve_frame(path), "metric"), final_metrics(path),
+        return (run_summary(lang, run), colored(lang, curve_frame(path), "metric"), final_metrics(path),
                 yaml.safe_dump(run.config, sort_keys=False, allow_unicode=True) if run.config else "",
                 run_log_text(path), samples(path), evaluations(path), exported)
 
     opened = [details, loss_plot, metrics, config, log, sample_view, evals, exports]
     picked.change(open_run, [page.lang, picked, page.runs_dir], opened)
-    timer.tick(lambda lang, path, root: open_run(lang, path, root) if path and read_run(path).status == "running"
-               else [gr.update()] * len(opened), [page.lang, picked, page.runs_dir], opened)
+    shown_state = gr.State("")  # the opened run's state when last shown: a running run is followed, and its end
 
-    def compare(paths, chosen_metric, runs_dir):
+    def follow(lang, path, root, shown):
+        state = read_run(path).status if path and os.path.isdir(path) else ""
+        if state == "running" or state != shown:
+            return [*open_run(lang, path, root), state]
+        return [*[gr.update()] * len(opened), shown]
+
+    timer.tick(follow, [page.lang, picked, page.runs_dir, shown_state], [*opened, shown_state])
+
+    def compare(lang, paths, chosen_metric, runs_dir):
         from lmforge.runlog import read_log
 
         available: list[str] = []
         for path in paths or []:
             available += [m for m in logged_metrics(read_log(path, while_written=True)) if m not in available]
-        return (colored(overlay_frame(paths or [], chosen_metric, runs_dir), "run"),
+        return (colored(lang, overlay_frame(paths or [], chosen_metric, runs_dir), "run"),
                 gr.update(choices=available or ["loss"]))
 
     for trigger in (compared, metric):  # what a person picks (the metric's list follows the runs picked)
-        trigger.input(compare, [compared, metric, page.runs_dir], [overlay_plot, metric])
+        trigger.input(compare, [page.lang, compared, metric, page.runs_dir], [overlay_plot, metric])
 
     def resume_it(lang, path):
         if not path:
