@@ -175,11 +175,30 @@ def test_pick_preview_train_reopen_compare_and_export(board, browser, shots):
     assert "finished" in done, page.locator("#export_output textarea").input_value()
     expect(page.locator("#export_output textarea")).to_have_value(re.compile(r"model\.safetensors"))
     shots(page, "4-export")
+
+    # evaluated from the same picker: the score lands beside the run
+    page.get_by_role("tab", name="Evaluate").click()
+    _choose(page, "eval_model", "ui-run", re.compile(r"^ui-run · sft · LoRA on "))
+    _choose(page, "eval_task", "perplexity", re.compile("^perplexity$"))
+    for key, value in (("dataset", "lmforge_quickstart"), ("max_samples", "8")):  # lmforge's own text corpus
+        _fill(page, f"eval_{key}", value)
+    expect(page.locator("#eval_output_dir input, #eval_output_dir textarea").first).to_have_value(
+        str(runs / "ui-run" / "eval_perplexity"))
+    page.locator("#eval_run").click()
+    done = _wait_for(page.locator("#eval_status"), r"eval: (finished|failed)")
+    assert "finished" in done, page.locator("#eval_output textarea").input_value()
+    result = json.load(open(runs / "ui-run" / "eval_perplexity" / "results.json"))
+
     page.get_by_role("tab", name="Runs").click()
+    row = _wait_for(page.locator("#runs_table"), r"ui-run\s.*perplexity")
+    assert f"perplexity {result['perplexity']:.4g}" in row
     _choose(page, "run_picked", "cli-run", re.compile("^cli-run$"))  # away and back: the page is read again
     _choose(page, "run_picked", "ui-run", re.compile("^ui-run$"))
+    page.get_by_role("tab", name="Run", exact=True).click()
     expect(page.locator("#run_exports")).to_contain_text("ui-run-export/model.safetensors", timeout=30_000)
+    expect(page.locator("#run_evals")).to_contain_text("eval_perplexity")
     assert os.path.isfile(runs / "ui-run-export" / "model.safetensors")
+    shots(page, "5-run-page")
 
 
 def test_stop_resume_and_copy_a_config_back(board, browser, shots):
@@ -215,7 +234,7 @@ def test_stop_resume_and_copy_a_config_back(board, browser, shots):
     _wait_for(page.locator("#run_details"), "stopped", 240)
     assert json.load(open(runs / "long-run" / "run_status.json"))["status"] == "stopped"
     first_stop = newest_checkpoint(runs / "long-run")
-    shots(page, "5-stopped")
+    shots(page, "6-stopped")
 
     page.locator("#run_resume").click()
     expect(page.locator("#run_message")).to_contain_text("Resumed from the checkpoint of step", timeout=30_000)
@@ -258,7 +277,7 @@ def test_the_page_in_chinese_has_no_english_left(board, browser, shots):
         time.sleep(1.5)
         left = sorted(english_texts & _visible_texts(page))
         assert not left, (tab, left)
-        shots(page, f"6-zh-{tab}")
+        shots(page, f"7-zh-{tab}")
     page.reload()  # the address keeps the language
     expect(page.get_by_role("tab", name="训练记录")).to_be_visible(timeout=60_000)
     expect(page.locator("#train_progress")).to_contain_text("尚未开始训练", timeout=30_000)

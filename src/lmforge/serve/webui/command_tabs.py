@@ -28,7 +28,7 @@ def choices_of(key: str) -> list[str]:
 # key -> (default, choices); labels and help come from the language files (config keys of the eval/export schema)
 EVAL_FORM: dict[str, tuple[Any, list[str] | None]] = {
     "task": ("cmmlu", None), "task_dir": ("evaluation", None), "n_shot": (5, None), "max_samples": ("", None),
-    "dataset": ("", None), "output_dir": ("", None)}
+    "dataset": ("", None), "dataset_dir": ("data", None), "output_dir": ("", None)}
 EXPORT_FORM: dict[str, tuple[Any, list[str] | None]] = {
     "export_dir": ("", None), "infer_dtype": ("auto", ["auto", "bfloat16", "float16", "float32"]),
     "export_size": (5, None), "export_gguf": (False, None), "gguf_outtype": ("f16", None),
@@ -49,6 +49,26 @@ def _model_targets(path: str) -> dict[str, str]:
     return info.targets() if info.kind else {"model_name_or_path": path} if path else {}
 
 
+def _field(loc, name: str, key: str, default: Any, listed: list[str] | None):
+    import gradio as gr
+
+    # the eval command's output_dir is not training's (the one config key two commands name alike)
+    texts = {"label": "eval.output_dir", "info": "eval.output_dir_info"} if key == "output_dir" else config_texts(key)
+    if key in ("gguf_outtype", "export_quantization"):
+        listed = choices_of(key)
+    if isinstance(default, bool):
+        return loc.make(gr.Checkbox, texts, value=default, elem_id=f"{name}_{key}")
+    if key == "task":  # the benchmarks lmforge knows by name, and anything typed (a folder under task_dir)
+        from lmforge.config.evaluation import CLS_TASK, GENERATE_TASK, PERPLEXITY_TASK
+
+        return loc.make(gr.Dropdown, texts, choices=["mmlu", "cmmlu", "ceval", PERPLEXITY_TASK, GENERATE_TASK,
+                                                     CLS_TASK], value=default, allow_custom_value=True,
+                        elem_id=f"{name}_{key}")
+    if listed:
+        return loc.make(gr.Dropdown, texts, choices=listed, value=default, elem_id=f"{name}_{key}")
+    return loc.make(gr.Textbox, texts, value=str(default), elem_id=f"{name}_{key}")
+
+
 def build(page: Page, name: str, command: str, form: dict[str, tuple[Any, list[str] | None]]) -> None:
     import gradio as gr
 
@@ -58,19 +78,11 @@ def build(page: Page, name: str, command: str, form: dict[str, tuple[Any, list[s
                          allow_custom_value=True, elem_id=f"{name}_model", scale=3)
         adapter = loc.make(gr.Textbox, config_texts("adapter_name_or_path"), value="", elem_id=f"{name}_adapter")
     fields = {}
-    with gr.Row():
-        for key, (default, listed) in form.items():
-            # the eval command's output_dir is not training's (the one config key two commands name alike)
-            texts = {"label": "eval.output_dir", "info": "eval.output_dir_info"} if key == "output_dir" else \
-                config_texts(key)
-            if key in ("gguf_outtype", "export_quantization"):
-                listed = choices_of(key)
-            if isinstance(default, bool):
-                fields[key] = loc.make(gr.Checkbox, texts, value=default, elem_id=f"{name}_{key}")
-            elif listed:
-                fields[key] = loc.make(gr.Dropdown, texts, choices=listed, value=default, elem_id=f"{name}_{key}")
-            else:
-                fields[key] = loc.make(gr.Textbox, texts, value=str(default), elem_id=f"{name}_{key}")
+    keys = list(form)
+    for row in range(0, len(keys), 4):
+        with gr.Row():
+            for key in keys[row: row + 4]:
+                fields[key] = _field(loc, name, key, *form[key])
     out_key = "output_dir" if command == "eval" else "export_dir"
     run = loc.make(gr.Button, {"value": f"{name}.run"}, variant="primary", elem_id=f"{name}_run")
     status = gr.Markdown(elem_id=f"{name}_status")
@@ -87,6 +99,13 @@ def build(page: Page, name: str, command: str, form: dict[str, tuple[Any, list[s
                 targets.get("adapter_name_or_path", ""), out)
 
     model.input(pick, [model, *fields.values()], [model, adapter, fields[out_key]])
+
+    if command == "eval":  # an evaluation placed in a run's folder is named by its task
+        def retask(task, output_dir):
+            folder, leaf = os.path.split(output_dir.rstrip(os.sep)) if output_dir else ("", "")
+            return os.path.join(folder, f"eval_{task}") if leaf.startswith("eval_") else output_dir
+
+        fields["task"].change(retask, [fields["task"], fields["output_dir"]], fields["output_dir"])
 
     def start(lang, path, adapter_path, *values):
         args = [f"model_name_or_path={path}"] if path else []

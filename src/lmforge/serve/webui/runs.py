@@ -178,11 +178,24 @@ def evaluations(path: str) -> list[dict[str, Any]]:
                     result = json.load(fh)
             except (OSError, ValueError):
                 continue
-            scores = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            task = (result.get("config") or {}).get("task") if isinstance(result.get("config"), dict) else None
-            found.append({"where": os.path.relpath(folder, path), "task": task or result.get("task", ""),
+            scores = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and k not in ("seconds", "questions")}
+            found.append({"where": os.path.relpath(folder, path), "task": str(result.get("task", "")),
                           "scores": scores})
     return sorted(found, key=lambda e: e["where"])
+
+
+HEADLINE_SCORES = ("average", "accuracy", "perplexity", "exact_match", "rougeL", "f1")  # what a task is known by
+
+
+def headline(evaluation: dict[str, Any]) -> str:
+    """One evaluation in a few characters: its task and main score (`cmmlu 41.20`, `perplexity 12.31`)."""
+    scores = evaluation["scores"]
+    key = next((k for k in HEADLINE_SCORES if k in scores), next(iter(scores), None))
+    if key is None:
+        return evaluation["task"]
+    shown = evaluation["task"] if key in ("average", evaluation["task"]) else f"{evaluation['task']} {key}"
+    return f"{shown} {scores[key]:.4g}"
 
 
 EXPORT_SUFFIX = "-export"  # a run's exports go beside it (`lmforge export` refuses a folder inside its model)

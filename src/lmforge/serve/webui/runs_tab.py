@@ -21,6 +21,7 @@ from lmforge.serve.webui.runs import (
     exported_files,
     final_metrics,
     find_runs,
+    headline,
     logged_metrics,
     overlay,
     read_run,
@@ -30,7 +31,8 @@ from lmforge.serve.webui.runs import (
 )
 from lmforge.serve.webui.train_tab import TRAIN_FORM
 
-TABLE_COLUMNS = ("run", "status", "stage", "model", "data", "steps", "final_loss", "duration", "started")
+TABLE_COLUMNS = ("run", "status", "stage", "model", "data", "steps", "final_loss", "evaluations", "duration",
+                 "started")
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
            "#bab0ac")  # Tableau 10
 
@@ -54,7 +56,8 @@ def runs_table(lang: str, runs: list[Run], root: str) -> str:
     for r in runs:
         cells = [run_name(r.path, root), status_text(lang, r), r.stage, r.model, r.dataset,
                  f"{r.step}/{r.max_steps}" if r.max_steps else str(r.step),
-                 f"{r.final_loss:.4f}" if r.final_loss is not None else "", format_duration(r.duration),
+                 f"{r.final_loss:.4f}" if r.final_loss is not None else "",
+                 " · ".join(headline(e) for e in evaluations(r.path)), format_duration(r.duration),
                  time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)) if r.started else ""]
         tds = "".join(f"<td class='lmf-status-{r.status}'>{html.escape(c)}</td>" if i == 1 else
                       f"<td>{html.escape(c)}</td>" for i, c in enumerate(cells))
