@@ -17,7 +17,7 @@ import yaml
 from lmforge import runstatus
 from lmforge.serve.webui import i18n
 from lmforge.serve.webui.catalog import dataset_choices, linear_module_names, model_defaults, model_info
-from lmforge.serve.webui.runs import evaluations, exported_files, find_runs, overlay, read_run
+from lmforge.serve.webui.runs import evaluations, exported_files, find_runs, headline, overlay, read_run
 from tests.conftest import LF_DEMO
 
 CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
@@ -136,13 +136,21 @@ def test_a_runs_page_lists_its_evaluations_exports_and_curves(tmp_path):
     run = _fake_run(tmp_path / "r", log=[{"step": 2, "loss": 2.0, "learning_rate": 1e-3},
                                          {"step": 4, "loss": 1.0, "eval_loss": 1.5}])
     os.makedirs(run / "eval_cmmlu")
-    (run / "eval_cmmlu" / "results.json").write_text(json.dumps({"average": 0.25, "config": {"task": "cmmlu"}}))
+    (run / "eval_cmmlu" / "results.json").write_text(json.dumps({"task": "cmmlu", "average": 41.25, "questions": 80,
+                                                                "seconds": 3.5, "config": {}}))
+    os.makedirs(run / "eval_perplexity")
+    (run / "eval_perplexity" / "results.json").write_text(json.dumps({"task": "perplexity", "perplexity": 12.3456,
+                                                                     "tokens": 900}))
     os.makedirs(tmp_path / "r-export" / "gguf")  # beside the run (an export may not lie inside its model)
     (tmp_path / "r-export" / "model.safetensors").write_bytes(b"x" * 300)
     (tmp_path / "r-export" / "gguf" / "model-f16.gguf").write_bytes(b"y" * 20)
     os.makedirs(tmp_path / "rx-export")  # another run's
     (tmp_path / "rx-export" / "model.safetensors").write_bytes(b"z")
-    assert evaluations(str(run)) == [{"where": "eval_cmmlu", "task": "cmmlu", "scores": {"average": 0.25}}]
+    found = evaluations(str(run))
+    assert found == [{"where": "eval_cmmlu", "task": "cmmlu", "scores": {"average": 41.25}},
+                     {"where": "eval_perplexity", "task": "perplexity", "scores": {"perplexity": 12.3456,
+                                                                                    "tokens": 900}}]
+    assert [headline(e) for e in found] == ["cmmlu 41.25", "perplexity 12.35"]  # beside the run in the table
     assert exported_files(str(run)) == [("r-export/model.safetensors", 300), ("r-export/gguf/model-f16.gguf", 20)]
     other = _fake_run(tmp_path / "s", log=[{"step": 2, "loss": 3.0}])
     assert overlay([str(run), str(other)], "loss", {str(run): "r", str(other): "s"}) == [
