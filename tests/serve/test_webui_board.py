@@ -206,6 +206,16 @@ def test_stop_resume_and_copy_a_config_back(board, browser, shots):
 
     base, runs, model = board
     page = _open(browser, base + "/")
+    # a config file of the project's own loads into the form: fields (the "More settings" ones too) and extra keys
+    _fill(page, "load_config_path", "examples/sft_quickstart.yaml")
+    page.locator("#load_config").click()
+    expect(page.locator("#load_message")).to_contain_text("Loaded examples/sft_quickstart.yaml", timeout=30_000)
+    expect(page.locator("#yaml_preview")).to_contain_text("lr_scheduler_type: cosine")
+    page.locator("#more_settings").get_by_text("More settings").click()
+    expect(page.locator("#lr_scheduler_type input").first).to_have_value("cosine")
+    expect(page.locator("#dataset")).to_contain_text("lmforge_sft_quickstart")
+    expect(page.locator("#extra_yaml")).to_contain_text("eval_dataset: lmforge_sft_quickstart_heldout")
+
     page.get_by_role("tab", name="Runs").click()
     _wait_for(page.locator("#runs_table"), "cli-run")
     _choose(page, "run_picked", "cli-run", re.compile("^cli-run$"))

@@ -159,14 +159,16 @@ def test_a_runs_page_lists_its_evaluations_exports_and_curves(tmp_path):
 
 
 def test_a_copied_config_fills_the_form_and_keeps_the_rest(tmp_path):
-    from lmforge.serve.webui.runs_tab import copied_form
+    from lmforge.serve.webui.train_tab import config_into_form
 
     run = _fake_run(tmp_path / "r", model_name_or_path="/m", dataset="identity,alpaca_en_demo", lora_rank=16,
-                    neftune_noise_alpha=5, resume_from_checkpoint=True, output_dir=str(tmp_path / "r"))
-    form, extra = copied_form(read_run(str(run)), str(tmp_path))
+                    neftune_noise_alpha=5, resume_from_checkpoint=True, output_dir=str(tmp_path / "r"),
+                    rope_scaling={"type": "linear", "factor": 2.0})
+    form, extra = config_into_form(read_run(str(run)).config, str(tmp_path))
     assert form["dataset"] == ["identity", "alpaca_en_demo"] and form["lora_rank"] == 16
+    assert form["neftune_noise_alpha"] == 5  # a "More settings" field
     assert form["output_dir"] != str(tmp_path / "r") and form["output_dir"].startswith(str(tmp_path))
-    assert yaml.safe_load(extra) == {"neftune_noise_alpha": 5}
+    assert yaml.safe_load(extra) == {"rope_scaling": {"type": "linear", "factor": 2.0}}  # no field: extra YAML
 
 
 def test_the_preview_panel_highlights_exactly_the_trained_text():

@@ -42,7 +42,9 @@ def checkpoint_quantization(config: PretrainedConfig) -> str | None:
     return str(getattr(method, "value", method) or "unknown")
 
 
-def base_config(args: ModelArguments) -> PretrainedConfig:
+def base_config(args: ModelArguments, local_only: bool = False) -> PretrainedConfig:
+    """The model's config; `local_only`: from a local folder or the hub cache, never the network (a check that can
+    wait for the model to load must not wait on the hub: a path that does not exist is retried there for seconds)."""
     if args.model_type:
         try:
             return AutoConfig.for_model(args.model_type)
@@ -53,7 +55,8 @@ def base_config(args: ModelArguments) -> PretrainedConfig:
                               f"knows.{suggest(args.model_type, list(CONFIG_MAPPING.keys()))}") from None
     try:
         return AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code,
-                                          revision=args.model_revision, cache_dir=args.cache_dir)
+                                          revision=args.model_revision, cache_dir=args.cache_dir,
+                                          local_files_only=local_only)
     except (OSError, ValueError) as err:
         raise ConfigError(f"Config error: could not load a model config from '{args.model_name_or_path}': "
                           f"{str(err).splitlines()[0]}") from None

@@ -98,9 +98,9 @@ def _validate_prequantized(cfg: RunConfig) -> None:
     from lmforge.config.architecture import DEQUANTIZED_AT_LOAD, base_config, checkpoint_quantization
 
     try:
-        config = base_config(cfg.model)
+        config = base_config(cfg.model, local_only=True)
     except ConfigError:
-        return  # an unreadable config is reported where the model loads
+        return  # an unreadable (or not yet downloaded) config is checked where the model loads
     method = checkpoint_quantization(config)
     if method is None:
         return

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from lmforge.config.coerce import coerce
 from lmforge.config.parse import build_config
 from lmforge.config.schema import RUN_CONFIG_FILE, key_index
 from lmforge.config.secrets import SECRETS_ENV, masked, secret_values
@@ -40,6 +41,11 @@ def config_values(form: dict[str, Any], extra_yaml: str = "") -> dict[str, Any]:
             continue
         if isinstance(value, float) and value.is_integer() and "int" in str(index[key].type):
             value = int(value)  # number inputs arrive as floats
+        if isinstance(value, str) and not isinstance(index[key].default, str):  # an optional number typed as text
+            try:
+                value = coerce(key, value.strip(), index[key].type, "web UI")
+            except LmforgeError:
+                pass  # kept as typed: validation names the key and what it expects
         if key in always or value != index[key].default:
             values[key] = value
     extra = yaml.safe_load(extra_yaml) if extra_yaml.strip() else {}

@@ -7,13 +7,12 @@ from __future__ import annotations
 import html
 import os
 import time
-from typing import Any
 
 import yaml
 
 from lmforge.serve.webui.i18n import tr
 from lmforge.serve.webui.jobs import resume_run, stop_run
-from lmforge.serve.webui.page import Page, format_duration, new_run_dir, status_text
+from lmforge.serve.webui.page import Page, format_duration, status_text
 from lmforge.serve.webui.runs import (
     Run,
     curves,
@@ -29,7 +28,7 @@ from lmforge.serve.webui.runs import (
     run_name,
     samples,
 )
-from lmforge.serve.webui.train_tab import TRAIN_FORM
+from lmforge.serve.webui.train_tab import config_into_form, field_default
 
 TABLE_COLUMNS = ("run", "status", "stage", "model", "data", "steps", "final_loss", "evaluations", "duration",
                  "started")
@@ -88,16 +87,6 @@ def run_summary(lang: str, run: Run) -> str:
     if run.checkpoints:
         parts.append(tr(lang, "runs.checkpoints", steps=", ".join(map(str, run.checkpoints))))
     return " · ".join(parts)
-
-
-def copied_form(run: Run, runs_dir: str) -> tuple[dict[str, Any], str]:
-    """A run's config as Train form values (a new output folder) and the rest of its keys as extra YAML."""
-    values = {k: v for k, v in run.config.items() if k not in ("resume_from_checkpoint", "overwrite_output_dir")}
-    form = {k: values.pop(k) for k in list(values) if k in TRAIN_FORM}
-    form["output_dir"] = new_run_dir(runs_dir)
-    if isinstance(form.get("dataset"), str):
-        form["dataset"] = [d.strip() for d in form["dataset"].split(",") if d.strip()]
-    return form, yaml.safe_dump(values, sort_keys=False, allow_unicode=True) if values else ""
 
 
 def build(page: Page) -> None:
@@ -218,14 +207,16 @@ def build(page: Page) -> None:
     def copy_it(lang, path, runs_dir):
         if not path:
             return [tr(lang, "runs.pick_first"), gr.update(), *[gr.update()] * (len(form_keys) + 1)]
-        form, extra = copied_form(read_run(path), runs_dir)
+        form, extra = config_into_form(read_run(path).config, runs_dir)
         return [tr(lang, "runs.copied"), gr.Tabs(selected="train"),
-                *[gr.update(value=form[k]) if k in form else gr.update() for k in form_keys], extra]
+                *[form.get(k, field_default(k)) for k in form_keys], extra]
 
     copy.click(copy_it, [page.lang, picked, page.runs_dir],
                [message, page.tabs, *page.train_form.values(), page.train_extra])
     page.on_load.append((listing, listing_inputs, listed))
     page.on_language.append((listing, listing_inputs, listed))
+    page.on_language.append((open_run, [page.lang, picked, page.runs_dir], opened))  # texts made by the server
+    page.on_language.append((compare, [page.lang, compared, metric, page.runs_dir], [overlay_plot, metric]))
 
 
 def _size(size: float) -> str:

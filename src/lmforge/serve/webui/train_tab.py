@@ -4,6 +4,7 @@ then the run started and watched (and found again when the page is reopened)."""
 from __future__ import annotations
 
 import html
+import os
 import shlex
 from typing import Any
 
@@ -41,6 +42,27 @@ TRAIN_FORM: dict[str, tuple[str, list[str] | None]] = {
     "save_steps": ("number", None),
     "output_dir": ("text", None),
 }
+# The "More settings" sections (LLaMA-Factory's board has each of these on its page): section id -> fields.
+MORE_SETTINGS: dict[str, dict[str, tuple[str, list[str] | None]]] = {
+    "more.training": {
+        "lr_scheduler_type": ("choice", ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                                         "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay"]),
+        "warmup_steps": ("number", None), "max_grad_norm": ("number", None), "weight_decay": ("number", None),
+        "val_size": ("number", None), "max_samples": ("number", None), "seed": ("number", None),
+        "bf16": ("bool", None), "report_to": ("choice", ["none", "tensorboard", "wandb", "swanlab", "mlflow"]),
+        "eval_strategy": ("choice", ["no", "steps", "epoch"]), "eval_steps": ("number", None),
+        "save_total_limit": ("number", None)},
+    "more.data": {"neat_packing": ("bool", None), "train_on_prompt": ("bool", None), "mask_history": ("bool", None),
+                  "enable_thinking": ("bool", None), "neftune_noise_alpha": ("number", None)},
+    "more.adapters": {
+        "lora_alpha": ("number", None), "lora_dropout": ("number", None), "loraplus_lr_ratio": ("number", None),
+        "additional_target": ("text", None), "use_rslora": ("bool", None), "use_dora": ("bool", None),
+        "quantization_bit": ("number", None), "freeze_trainable_layers": ("number", None)},
+    "more.preference": {"pref_beta": ("number", None), "pref_loss": ("choice", None), "reward_model": ("text", None),
+                        "reward_funcs": ("text", None), "num_generations": ("number", None)},
+    "more.scale": {"deepspeed": ("text", None)},
+}
+ALL_FIELDS = {**TRAIN_FORM, **{key: spec for fields in MORE_SETTINGS.values() for key, spec in fields.items()}}
 UI_DEFAULTS = {"stage": "sft", "dataset_dir": "data"}  # what most come to the page for; the CLI's default stays pt
 VALID = "The config is valid."  # what `preview` says of a valid config
 PAGE_CSS = """
@@ -58,10 +80,15 @@ PAGE_CSS = """
 
 
 def form_choices(key: str, listed: list[str] | None) -> list[str] | None:
-    """The choices a form field offers: its own list, or the key's registry (`stage`)."""
+    """The choices a form field offers: its own list, the key's registry (`stage`), or its type's values."""
+    import typing
+
     from lmforge.config.schema import key_index
 
-    return listed if listed is not None else list(key_index("train")[key].choices or []) or None
+    if listed is not None:
+        return listed
+    key_info = key_index("train")[key]
+    return list(key_info.choices or []) or [str(v) for v in typing.get_args(key_info.type)] or None
 
 
 def _default(key: str) -> Any:
@@ -89,9 +116,53 @@ def _field(page: Page, key: str, kind: str, listed: list[str] | None):
                     elem_id=key)
     if kind == "bool":
         return make(gr.Checkbox, texts, value=bool(default), elem_id=key)
-    if kind == "number":
+    if kind == "number" and default is not None:
         return make(gr.Number, texts, value=default, elem_id=key)
+    if kind == "number":  # unset by default: a number box would send 0, so the text stays empty until typed
+        return make(gr.Textbox, texts, value="", elem_id=key)
     return make(gr.Textbox, texts, value=default or "", elem_id=key)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A config YAML's keys (ValueError for one that is not a mapping)."""
+    import yaml
+
+    with open(os.path.expanduser(path.strip()), encoding="utf-8") as fh:
+        try:
+            values = yaml.safe_load(fh)
+        except yaml.YAMLError as err:
+            raise ValueError(f"not YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ValueError("not a mapping of config keys")
+    return values
+
+
+def config_into_form(config: dict[str, Any], runs_dir: str) -> tuple[dict[str, Any], str]:
+    """A run's (or any) config as Train form values, with a new output folder, and the keys the form has no field
+    for as extra YAML. Resuming and overwriting are the old run's business, not the new one's."""
+    import yaml
+
+    values = {k: v for k, v in config.items() if k not in ("resume_from_checkpoint", "overwrite_output_dir")}
+    form = {k: values.pop(k) for k in list(values) if k in ALL_FIELDS}
+    form["output_dir"] = new_run_dir(runs_dir)
+    if isinstance(form.get("dataset"), str):
+        form["dataset"] = [d.strip() for d in form["dataset"].split(",") if d.strip()]
+    return form, yaml.safe_dump(values, sort_keys=False, allow_unicode=True) if values else ""
+
+
+def field_default(key: str) -> Any:
+    """What a form field holds before anything is typed (a config loaded into the form replaces every field: a key
+    it does not set goes back to this)."""
+    kind, listed = ALL_FIELDS[key]
+    default = _default(key)
+    if kind == "dataset":
+        return []
+    if kind == "choice":
+        choices = form_choices(key, listed)
+        return default if default in choices else choices[0]
+    if kind == "bool":
+        return bool(default)
+    return default if default is not None else ("" if kind != "model" else None)
 
 
 def form_value(key: str, value: Any) -> Any:
@@ -203,6 +274,19 @@ def build(page: Page) -> None:
         with gr.Row():
             for key in rest[start: start + 4]:
                 fields[key] = _field(page, key, *TRAIN_FORM[key])
+    with loc.make(gr.Accordion, {"label": "more.title"}, open=False, elem_id="more_settings"):
+        for section, section_fields in MORE_SETTINGS.items():
+            loc.make(gr.Markdown, {"value": section})
+            names = list(section_fields)
+            for start in range(0, len(names), 4):
+                with gr.Row():
+                    for key in names[start: start + 4]:
+                        fields[key] = _field(page, key, *section_fields[key])
+    with gr.Row():  # LLaMA-Factory's "load arguments": any config file fills the form
+        load_path = loc.make(gr.Textbox, {"label": "train.load_path", "placeholder": "train.load_placeholder"},
+                             elem_id="load_config_path", scale=4)
+        load_button = loc.make(gr.Button, {"value": "train.load"}, elem_id="load_config", scale=0)
+    load_message = gr.Markdown(elem_id="load_message")
     extra = loc.make(gr.Code, {"label": "train.extra"}, language="yaml", value="", elem_id="extra_yaml")
     page.train_form, page.train_extra = fields, extra
 
@@ -253,8 +337,10 @@ def build(page: Page) -> None:
         text, cmd, verdict = preview(*form(*values))
         return text, cmd, verdict_text(lang, verdict)
 
-    for component in inputs:
-        component.change(update_preview, [page.lang, *inputs], [yaml_view, command, check])
+    # one listener for every field: a config loaded into the form changes them all at once, and only the last
+    # preview of such a burst is computed
+    gr.on([component.change for component in inputs], update_preview, [page.lang, *inputs],
+          [yaml_view, command, check], trigger_mode="always_last")
 
     def pick_model(lang, path, runs_dir):
         defaults = model_defaults(path or "")
@@ -286,6 +372,16 @@ def build(page: Page) -> None:
         return render_preview(lang, data_preview(config_values(form_values, extra_yaml), int(num or 3)))
 
     preview_button.click(preview_data, [page.lang, preview_num, *inputs], preview_view)
+
+    def load_config(lang, path, runs_dir):
+        try:
+            form_values, extra_yaml = config_into_form(read_config_file(path), runs_dir)
+        except (OSError, ValueError) as err:
+            return [tr(lang, "train.load_failed", path=path, error=err), *[gr.update()] * (len(fields) + 1)]
+        return [tr(lang, "train.loaded", path=path),
+                *[form_values.get(k, field_default(k)) for k in fields], extra_yaml]
+
+    load_button.click(load_config, [page.lang, load_path, page.runs_dir], [load_message, *fields.values(), extra])
 
     def start(lang, *values):
         form_values, extra_yaml = form(*values)
