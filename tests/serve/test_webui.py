@@ -154,6 +154,9 @@ def test_build_a_config_run_it_and_watch_the_loss_plot(webui, tmp_path, chat_mod
         expect(page.locator("#config_check")).to_contain_text("The config is valid.")
         page.locator("#plan_run").click()  # will it fit? on the default 1 x RTX-4090
         expect(page.locator("#plan_output textarea")).to_have_value(re.compile(r"Fits: yes"), timeout=120_000)
+        # its verdict, peak and speed beside the Start button
+        expect(page.locator("#plan_estimate textarea")).to_have_value(re.compile(r"total .* GiB.*\nFits: yes.*\n"
+                                                                                 r"Speed: "))
 
         page.locator("#start_training").click()
         progress = page.locator("#train_progress")

@@ -235,9 +235,9 @@ def render_preview(lang: str, summary: dict[str, Any] | str) -> str:
 
 def plan_headline(text: str) -> str:
     """The lines of `lmforge plan` worth showing beside the Start button: whether it fits, the peak, the speed."""
-    keep = [line.strip() for line in text.splitlines()
-            if line.strip().startswith(("Fits", "Peak", "Per device", "Step time", "Throughput", "Estimated"))]
-    return "\n".join(keep[:4]) or text.strip().splitlines()[-1] if text.strip() else ""
+    lines = [line.strip() for line in text.splitlines()]
+    keep = [line for line in lines if line.startswith(("Fits", "Speed", "total"))]
+    return "\n".join(keep) or (lines[-1] if lines else "")
 
 
 def progress_text(lang: str, job, records: list[dict]) -> str:
@@ -326,16 +326,18 @@ def build(page: Page) -> None:
     inputs = [*fields.values(), extra]
 
     def form(*values) -> tuple[dict[str, Any], str]:
-        return {k: form_value(k, v) for k, v in zip(keys_in_order, values[:-1], strict=True)}, values[-1]
+        """The form's values (as config values) and its extra YAML."""
+        return {k: form_value(k, v) for k, v in zip(fields, values[:-1], strict=True)}, values[-1]
 
-    keys_in_order = list(fields)
-
-    def verdict_text(lang: str, verdict: str) -> str:
-        return tr(lang, "train.valid") if verdict == VALID else verdict
+    def checked(*values) -> tuple[dict[str, Any] | None, str]:
+        """The config's keys, or None and why it is not valid."""
+        form_values, extra_yaml = form(*values)
+        verdict = preview(form_values, extra_yaml)[2]
+        return (config_values(form_values, extra_yaml), verdict) if verdict == VALID else (None, verdict)
 
     def update_preview(lang, *values):
         text, cmd, verdict = preview(*form(*values))
-        return text, cmd, verdict_text(lang, verdict)
+        return text, cmd, tr(lang, "train.valid") if verdict == VALID else verdict
 
     # one listener for every field: a config loaded into the form changes them all at once, and only the last
     # preview of such a burst is computed
@@ -365,11 +367,8 @@ def build(page: Page) -> None:
                                  fields["dataset"])
 
     def preview_data(lang, num, *values):
-        form_values, extra_yaml = form(*values)
-        _, _, verdict = preview(form_values, extra_yaml)
-        if verdict != VALID:
-            return render_preview(lang, verdict)
-        return render_preview(lang, data_preview(config_values(form_values, extra_yaml), int(num or 3)))
+        values, verdict = checked(*values)
+        return render_preview(lang, data_preview(values, int(num or 3)) if values else verdict)
 
     preview_button.click(preview_data, [page.lang, preview_num, *inputs], preview_view)
 
@@ -384,24 +383,22 @@ def build(page: Page) -> None:
     load_button.click(load_config, [page.lang, load_path, page.runs_dir], [load_message, *fields.values(), extra])
 
     def start(lang, *values):
-        form_values, extra_yaml = form(*values)
-        _, _, verdict = preview(form_values, extra_yaml)
-        if verdict != VALID:
+        values, verdict = checked(*values)
+        if values is None:
             return verdict, gr.Timer(active=False)
         if page.jobs.get("train") and page.jobs["train"].running:
             return tr(lang, "train.already_running"), gr.Timer(active=True)
-        page.jobs["train"] = start_training(config_values(form_values, extra_yaml))
+        page.jobs["train"] = start_training(values)
         argv = " ".join(shlex.quote(a) for a in page.jobs["train"].argv)
         return tr(lang, "train.started", command=argv), gr.Timer(active=True)
 
     start_button.click(start, [page.lang, *inputs], [check, timer])
 
     def plan_run(lang, gpu_text: str, memory_text: str, *values):
-        form_values, extra_yaml = form(*values)
-        _, _, verdict = preview(form_values, extra_yaml)
-        if verdict != VALID:
+        values, verdict = checked(*values)
+        if values is None:
             return verdict, verdict
-        text = plan(config_values(form_values, extra_yaml), gpu_text, memory_text)
+        text = plan(values, gpu_text, memory_text)
         return text, plan_headline(text)
 
     plan_button.click(plan_run, [page.lang, gpus, gpu_memory, *inputs], [plan_view, estimate])
