@@ -105,7 +105,7 @@ def read_run(path: str) -> Run:
         status=status.get("status") or _inferred_status(path, checkpoints),
         stage=str(status.get("stage") or config.get("stage") or ""),
         model=str(status.get("model") or config.get("model_name_or_path") or
-                  ("from scratch: " + str(config.get("model_type", "")) if config.get("from_scratch") else "")),
+                  (f"{config.get('model_type', '')} (from_scratch)" if config.get("from_scratch") else "")),
         dataset=str(status.get("dataset") or config.get("dataset") or ""),
         step=max(steps, default=0), max_steps=max_steps,
         final_loss=losses[-1]["loss"] if losses else None,
