@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -69,12 +65,13 @@ def cmd_train(args: list[str]) -> int:
     config_path, overrides = _split_config_path(args)
     cfg = load_config(config_path, overrides)
     from lmforge.train.runtime.output_dir import RunLock, claim_output_dir
+    from lmforge.train.runtime.run_record import run_record
 
     with RunLock(cfg.training.output_dir) as lock:  # before anything is written: one run per output_dir
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun the first process speaks for the run
             claim_output_dir(cfg.training.output_dir, cfg.training.resume_from_checkpoint is not None,
                              cfg.resilience.overwrite_output_dir)
-        with _run_record(cfg, speaks_for_run=lock.fd is not None) as record:
+        with run_record(cfg, speaks_for_run=lock.fd is not None) as record:
             command = torchrun_command(cfg.launch, args)
             if command:
                 code = run_launcher(command)
@@ -85,48 +82,6 @@ def cmd_train(args: list[str]) -> int:
             sys.argv[:] = masked_argv(sys.argv)  # trackers record the command line
             record.update(stage_runner(cfg.finetuning.stage)(cfg) or {})
     return 0
-
-
-@contextlib.contextmanager
-def _run_record(cfg, speaks_for_run: bool):
-    """The run's status file and its own log (`train.log`), by the process that speaks for the run: running, then
-    finished, stopped (a signal: the last checkpoint holds it) or failed (with the error)."""
-    from lmforge import runstatus
-    from lmforge.config.secrets import masked_argv
-
-    record: dict[str, Any] = {}
-    if not speaks_for_run:
-        yield record
-        return
-    output_dir = cfg.training.output_dir
-    handler = runstatus.log_to_file(output_dir)
-    runstatus.write_status(output_dir, "running", command=" ".join(masked_argv(sys.argv)),
-                           stage=cfg.finetuning.stage, model=cfg.model.model_name_or_path,
-                           dataset=cfg.data.dataset, resumed=cfg.training.resume_from_checkpoint is not None)
-    status, error = "failed", None
-    # SIGTERM before the training loop handles it (loading the model and data) ends the run as Ctrl-C does, so
-    # that it is recorded as stopped rather than killed without a word
-    main_thread = threading.current_thread() is threading.main_thread()  # (only it may set handlers)
-    previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
-    try:
-        yield record
-        if "launcher_exit" in record:
-            status = "failed" if record["launcher_exit"] else \
-                "finished" if runstatus.final_model_written(output_dir) else "stopped"
-        else:
-            status = "stopped" if "stopped_at_step" in record else "finished"
-    except KeyboardInterrupt:
-        status = "stopped"
-        raise
-    except BaseException as err:
-        error = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-        raise
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous_sigterm)
-        runstatus.write_status(output_dir, status, **({"error": error} if error else {}))
-        logging.getLogger("lmforge").removeHandler(handler)
-        handler.close()
 
 
 def _split_config_path(args: list[str]) -> tuple[str | None, list[str]]:
