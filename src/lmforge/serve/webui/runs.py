@@ -168,11 +168,12 @@ def final_metrics(path: str) -> dict[str, Any]:
 
 
 def evaluations(path: str) -> list[dict[str, Any]]:
-    """The `lmforge eval` results written inside the run's folder (the web UI's Evaluate tab puts them there):
-    where, the task, and its scores."""
+    """The `lmforge eval` results in the run's subfolders (the web UI's Evaluate tab puts them there): where, the
+    task, and its scores. One level deep: the table reads this for every run every few seconds."""
     found = []
-    for folder, _, files in os.walk(path):
-        if EVAL_RESULTS_FILE in files and folder != path:
+    for name in sorted(os.listdir(path)) if os.path.isdir(path) else []:
+        folder = os.path.join(path, name)
+        if os.path.isfile(os.path.join(folder, EVAL_RESULTS_FILE)):
             try:
                 with open(os.path.join(folder, EVAL_RESULTS_FILE), encoding="utf-8") as fh:
                     result = json.load(fh)
