@@ -68,6 +68,16 @@ def process_alive(pid: int, host: str | None) -> bool:
         return True
 
 
+def is_lmforge_process(pid: int) -> bool:
+    """Whether `pid` is an lmforge process (so a signal meant for a run never reaches a process that got its PID
+    after it ended)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"lmforge" in fh.read()
+    except OSError:
+        return False
+
+
 def read_status(output_dir: str) -> dict[str, Any]:
     """The record, with a `running` run whose process is gone turned into `failed` (and why)."""
     record = read_status_file(output_dir)
@@ -101,3 +111,13 @@ def checkpoint_step(path: str) -> int | None:
 
 def is_complete(path: str) -> bool:
     return os.path.isfile(os.path.join(path, COMPLETE_MARKER))
+
+
+def published_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of the checkpoint folders in output_dir, oldest first (complete or not: see `is_complete`)."""
+    try:
+        names = os.listdir(output_dir)
+    except OSError:
+        return []
+    return sorted((step, os.path.join(output_dir, name)) for name in names
+                  if (step := checkpoint_step(name)) is not None and os.path.isdir(os.path.join(output_dir, name)))

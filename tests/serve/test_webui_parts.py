@@ -102,6 +102,10 @@ def test_runs_are_found_with_their_state_whoever_started_them(tmp_path):
         assert runs["killed"].resumable and runs["killed"].checkpoints == [10, 20]
         assert runs["stopped"].resumable and runs["old"].status == "stopped"
         assert list(runs)[0] == "going"  # newest first
+        # its PID is not an lmforge process (a PID reused after a run ended): Stop sends it nothing
+        from lmforge.serve.webui.jobs import stop_run
+
+        assert not stop_run(str(root / "going")) and sleeper.poll() is None
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -152,6 +156,11 @@ def test_a_runs_page_lists_its_evaluations_exports_and_curves(tmp_path):
                                                                                     "tokens": 900}}]
     assert [headline(e) for e in found] == ["cmmlu 41.25", "perplexity 12.35"]  # beside the run in the table
     assert exported_files(str(run)) == [("r-export/model.safetensors", 300), ("r-export/gguf/model-f16.gguf", 20)]
+    os.makedirs(run / "eval_broken")  # one bad file never hides the rest
+    (run / "eval_broken" / "results.json").write_text("[1, 2]")
+    os.symlink(tmp_path / "nowhere", tmp_path / "r-export" / "dangling.bin")
+    assert [e["where"] for e in evaluations(str(run))] == ["eval_cmmlu", "eval_perplexity"]
+    assert ("r-export/dangling.bin", 0) in exported_files(str(run))
     other = _fake_run(tmp_path / "s", log=[{"step": 2, "loss": 3.0}])
     assert overlay([str(run), str(other)], "loss", {str(run): "r", str(other): "s"}) == [
         {"step": 2, "value": 2.0, "run": "r"}, {"step": 4, "value": 1.0, "run": "r"}, {"step": 2, "value": 3.0,

@@ -378,7 +378,7 @@ def cell_preview(run: FamilyRun) -> str:
                              f"output_dir={run.root / 'preview'}"])
     shown = io.StringIO()
     with contextlib.redirect_stdout(shown):
-        stats = preview(cfg, 1)
+        stats = preview(cfg, 1)["stats"]
     reply = tokenizer.decode(expected_reply(tokenizer, EXCHANGES[0]))
     check(f"⟦{reply}⟧" in shown.getvalue(), f"the preview does not mark ⟦{reply}⟧:\n{shown.getvalue()[:400]}")
     return f"{stats['trained_tokens']} of {stats['tokens']} tokens trained"

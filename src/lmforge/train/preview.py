@@ -149,7 +149,8 @@ def summary(cfg: RunConfig, num: int = 3) -> dict:
 
 
 def preview(cfg: RunConfig, num: int = 3, as_json: bool = False) -> dict:
-    """Print the summary: examples with their trained tokens marked, then the statistics (or all of it as JSON)."""
+    """Print the summary (examples with their trained tokens marked, then the statistics, or all of it as JSON) and
+    return it."""
     result = summary(cfg, num)
     if as_json:
         print(json.dumps(result, ensure_ascii=False))
@@ -175,7 +176,7 @@ def preview(cfg: RunConfig, num: int = 3, as_json: bool = False) -> dict:
             console.print(f"{key:>20}: {stats[key]}", markup=False)
     for skip in result["skips"]:
         console.print(f"{'skipped':>20}: {skip['count']} × {skip['reason']} ({skip['source']})", markup=False)
-    return stats
+    return result
 
 
 def dump(cfg: RunConfig, output: str) -> int:

@@ -81,17 +81,17 @@ def row_count(path: str) -> int | None:
     return _rows(os.path.realpath(path), stat.st_mtime, stat.st_size)
 
 
-def _registry_choices(folder: str) -> list[DatasetChoice]:
+def _registry(folder: str) -> dict[str, dict[str, Any]]:
+    """The well-formed entries of a folder's dataset_info.json (none when it is missing or unreadable: the config
+    check reports a broken registry when a run names it)."""
+    registry = _read_json(os.path.join(folder, REGISTRY_FILE))
+    return {name: entry for name, entry in registry.items() if isinstance(entry, dict)}
+
+
+def _registry_choices(folder: str, registry: dict[str, dict[str, Any]]) -> list[DatasetChoice]:
     path = os.path.join(folder, REGISTRY_FILE)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            registry = json.load(fh)
-    except (OSError, ValueError):
-        return []
     choices = []
-    for name, entry in (registry.items() if isinstance(registry, dict) else []):
-        if not isinstance(entry, dict):
-            continue
+    for name, entry in registry.items():
         rows = None
         if entry.get("file_name") and not entry.get("hf_hub_url"):
             rows = row_count(os.path.join(folder, str(entry["file_name"])))
@@ -105,13 +105,9 @@ def _registry_choices(folder: str) -> list[DatasetChoice]:
 def dataset_choices(dataset_dir: str) -> list[DatasetChoice]:
     """The entries of `dataset_dir/dataset_info.json`, then the data files in `dataset_dir` that no entry names,
     then lmforge's built-in datasets."""
-    choices = _registry_choices(dataset_dir) if dataset_dir else []
-    named = set()
-    try:
-        with open(os.path.join(dataset_dir, REGISTRY_FILE), encoding="utf-8") as fh:
-            named = {str(e.get("file_name")) for e in json.load(fh).values() if isinstance(e, dict)}
-    except (OSError, ValueError, AttributeError):
-        pass
+    registry = _registry(dataset_dir) if dataset_dir else {}
+    choices = _registry_choices(dataset_dir, registry)
+    named = {str(entry.get("file_name")) for entry in registry.values()}
     if dataset_dir and os.path.isdir(dataset_dir):
         for name in sorted(os.listdir(dataset_dir)):
             ext = os.path.splitext(name)[1].lower()
@@ -119,7 +115,8 @@ def dataset_choices(dataset_dir: str) -> list[DatasetChoice]:
                 path = os.path.join(dataset_dir, name)
                 choices.append(DatasetChoice(path, f"{FILE_BUILDERS[ext]} file", row_count(path), dataset_dir))
     taken = {c.name for c in choices}
-    choices += [c for c in _registry_choices(builtin_dataset_dir()) if c.name not in taken]
+    builtin = builtin_dataset_dir()
+    choices += [c for c in _registry_choices(builtin, _registry(builtin)) if c.name not in taken]
     return choices
 
 
@@ -203,7 +200,9 @@ def model_info(path: str) -> ModelInfo:
     adapter = _read_json(os.path.join(path, "adapter_config.json"))
     if adapter:
         base = str(adapter.get("base_model_name_or_path") or "")
-        base_info = model_info(base) if os.path.isdir(base) else ModelInfo(base, "")
+        # the base's files (not when an adapter names itself or another adapter: no loop through bad configs)
+        own = os.path.isdir(base) and not os.path.isfile(os.path.join(base, "adapter_config.json"))
+        base_info = model_info(base) if own else ModelInfo(base, "")
         return ModelInfo(path, "adapter", base_info.architecture, base_info.model_type, base,
                          has_template or base_info.has_chat_template, base_info.linear_modules, base_info.layers,
                          base_info.hidden_size)

@@ -23,7 +23,7 @@ from lmforge.config.secrets import SECRETS_ENV, masked, secret_values
 from lmforge.errors import LmforgeError
 from lmforge.jsonl import atomic_open
 from lmforge.runlog import read_log
-from lmforge.runstatus import process_alive, read_status
+from lmforge.runstatus import is_lmforge_process, read_status
 from lmforge.serve.webui.runs import UI_COMMAND_LOG
 
 CONFIG_FILE = "webui_config.yaml"
@@ -188,7 +188,7 @@ def stop_run(path: str) -> bool:
     status = read_status(path)
     pid = int(status.get("pid") or 0)
     here = status.get("host") in (None, socket.gethostname())
-    if status.get("status") != "running" or not pid or not here or not process_alive(pid, None):
+    if status.get("status") != "running" or not pid or not here or not is_lmforge_process(pid):
         return False
     os.kill(pid, signal.SIGTERM)
     return True

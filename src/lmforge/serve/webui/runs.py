@@ -8,6 +8,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import yaml
@@ -19,9 +20,9 @@ from lmforge.runstatus import (
     RUN_LOG_FILE,
     SAMPLES_FILE,
     STATUS_FILE,
-    checkpoint_step,
     final_model_written,
     is_complete,
+    published_checkpoints,
     read_status,
 )
 
@@ -71,12 +72,8 @@ def _config(path: str) -> dict[str, Any]:
 
 
 def complete_checkpoints(path: str) -> list[int]:
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return []
-    return sorted(step for name in names if (step := checkpoint_step(name)) is not None
-                  and is_complete(os.path.join(path, name)))
+    """The steps a run can resume from (what `resume_from_checkpoint: true` chooses among)."""
+    return [step for step, folder in published_checkpoints(path) if is_complete(folder)]
 
 
 def _inferred_status(path: str, checkpoints: list[int]) -> str:
@@ -87,13 +84,37 @@ def _inferred_status(path: str, checkpoints: list[int]) -> str:
     return "stopped" if checkpoints else "failed"
 
 
+@lru_cache(maxsize=256)
+def _log_summary(path: str, size: int, mtime: float) -> tuple[int, float | None]:
+    """(last step, last loss) of a run log, read once per version of the file (the Runs table is refreshed every few
+    seconds; a log of a long run has many thousand lines)."""
+    records = read_log(path, while_written=True)
+    losses = [r["loss"] for r in records if "loss" in r]
+    return max((r["step"] for r in records if "step" in r), default=0), losses[-1] if losses else None
+
+
+def log_summary(path: str) -> tuple[int, float | None]:
+    try:
+        stat = os.stat(os.path.join(path, LOG_FILE))
+    except OSError:
+        return 0, None
+    return _log_summary(path, stat.st_size, stat.st_mtime)
+
+
 def read_run(path: str) -> Run:
+    """A run's summary; a folder that cannot be read is a failed run saying why (one bad folder never hides the
+    others)."""
+    try:
+        return _read_run(path)
+    except (OSError, ValueError) as err:
+        return Run(path, "failed", error=f"cannot be read: {err}")
+
+
+def _read_run(path: str) -> Run:
     status = read_status(path)
     config = _config(path)
-    records = read_log(path, while_written=True)
-    losses = [r for r in records if "loss" in r]
+    step, final_loss = log_summary(path)
     checkpoints = complete_checkpoints(path)
-    steps = [r["step"] for r in records if "step" in r]
     try:
         with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as fh:
             max_steps = json.load(fh).get("max_steps")
@@ -107,8 +128,7 @@ def read_run(path: str) -> Run:
         model=str(status.get("model") or config.get("model_name_or_path") or
                   (f"{config.get('model_type', '')} (from_scratch)" if config.get("from_scratch") else "")),
         dataset=str(status.get("dataset") or config.get("dataset") or ""),
-        step=max(steps, default=0), max_steps=max_steps,
-        final_loss=losses[-1]["loss"] if losses else None,
+        step=step, max_steps=max_steps, final_loss=final_loss,
         started=status.get("started") or (os.path.getmtime(os.path.join(path, RUN_CONFIG_FILE))
                                           if os.path.isfile(os.path.join(path, RUN_CONFIG_FILE)) else None),
         ended=status.get("ended"), error=str(status.get("error") or ""), checkpoints=checkpoints, config=config)
@@ -156,15 +176,13 @@ def samples(path: str) -> list[dict[str, Any]]:
         return []
 
 
-def final_metrics(path: str) -> dict[str, Any]:
-    """all_results.json (train and eval metrics of a finished Trainer run), else the last record's values."""
+def final_metrics(path: str, records: list[dict]) -> dict[str, Any]:
+    """all_results.json (train and eval metrics of a finished Trainer run), else the last of the run's records."""
     try:
         with open(os.path.join(path, "all_results.json"), encoding="utf-8") as fh:
             return json.load(fh)
     except (OSError, ValueError):
-        pass
-    records = read_log(path, while_written=True)
-    return {k: v for k, v in records[-1].items()} if records else {}
+        return dict(records[-1]) if records else {}
 
 
 def evaluations(path: str) -> list[dict[str, Any]]:
@@ -178,6 +196,8 @@ def evaluations(path: str) -> list[dict[str, Any]]:
                 with open(os.path.join(folder, EVAL_RESULTS_FILE), encoding="utf-8") as fh:
                     result = json.load(fh)
             except (OSError, ValueError):
+                continue
+            if not isinstance(result, dict):
                 continue
             scores = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                       and k not in ("seconds", "questions")}
@@ -216,9 +236,16 @@ def exported_files(path: str) -> list[tuple[str, int]]:
         folder = os.path.join(parent, name)
         if name.startswith(run + EXPORT_SUFFIX) and os.path.isdir(folder):
             for root, _, names in os.walk(folder):
-                files += [(os.path.relpath(os.path.join(root, n), parent), os.path.getsize(os.path.join(root, n)))
+                files += [(os.path.relpath(os.path.join(root, n), parent), _size(os.path.join(root, n)))
                           for n in sorted(names)]
     return files
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # a link that leads nowhere
+        return 0
 
 
 CURVE_KEYS = ("loss", "eval_loss", "grad_norm", "reward", "accuracy", "eval_accuracy", "kl")  # on one scale-ish

@@ -64,13 +64,10 @@ def runs_table(lang: str, runs: list[Run], root: str) -> str:
     return f"<table class='lmf-runs'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def curve_frame(path: str):
+def curve_frame(records: list[dict]):
     import pandas as pd
 
-    from lmforge.runlog import read_log
-
-    return pd.DataFrame(curves(read_log(path, while_written=True)) if path else [], columns=["step", "metric",
-                                                                                             "value"])
+    return pd.DataFrame(curves(records), columns=["step", "metric", "value"])
 
 
 def overlay_frame(paths: list[str], metric: str, root: str):
@@ -151,23 +148,30 @@ def build(page: Page) -> None:
     page.runs_dir.change(listing, listing_inputs, listed)
     page.tabs.change(listing, listing_inputs, listed)  # shown fresh when the tab opens
 
-    def open_run(lang, path, runs_dir):
-        if not path or not os.path.isdir(path):
-            return "", colored(lang, curve_frame(""), "metric"), {}, "", "", [], [], []
-        run = read_run(path)
+    def run_page(lang, path, run: Run | None) -> list:
+        """The opened run's parts (each of its files read once)."""
+        if run is None:
+            return ["", colored(lang, curve_frame([]), "metric"), {}, "", "", [], [], []]
+        from lmforge.runlog import read_log
+
+        records = read_log(path, while_written=True)
         exported = [{"file": f, "bytes": size, "size": _size(size)} for f, size in exported_files(path)]
-        return (run_summary(lang, run), colored(lang, curve_frame(path), "metric"), final_metrics(path),
+        return [run_summary(lang, run), colored(lang, curve_frame(records), "metric"), final_metrics(path, records),
                 yaml.safe_dump(run.config, sort_keys=False, allow_unicode=True) if run.config else "",
-                run_log_text(path), samples(path), evaluations(path), exported)
+                run_log_text(path), samples(path), evaluations(path), exported]
+
+    def open_run(lang, path, runs_dir):
+        return run_page(lang, path, read_run(path) if path and os.path.isdir(path) else None)
 
     opened = [details, loss_plot, metrics, config, log, sample_view, evals, exports]
     picked.change(open_run, [page.lang, picked, page.runs_dir], opened)
     shown_state = gr.State("")  # the opened run's state when last shown: a running run is followed, and its end
 
     def follow(lang, path, root, shown):
-        state = read_run(path).status if path and os.path.isdir(path) else ""
+        run = read_run(path) if path and os.path.isdir(path) else None
+        state = run.status if run else ""
         if state == "running" or state != shown:
-            return [*open_run(lang, path, root), state]
+            return [*run_page(lang, path, run), state]
         return [*[gr.update()] * len(opened), shown]
 
     timer.tick(follow, [page.lang, picked, page.runs_dir, shown_state], [*opened, shown_state])

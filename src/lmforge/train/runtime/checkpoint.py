@@ -16,7 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from lmforge.errors import ConfigError, DiskFullError, disk_full_message, is_disk_full
-from lmforge.runstatus import COMPLETE_MARKER, checkpoint_step, is_complete  # noqa: F401 (re-exported)
+from lmforge.runstatus import (  # noqa: F401 (checkpoint_step re-exported)
+    COMPLETE_MARKER,
+    checkpoint_step,
+    is_complete,
+    published_checkpoints,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +37,7 @@ def list_checkpoints(output_dir: str) -> tuple[list[str], list[str]]:
     """(complete checkpoints oldest first, incomplete ones: interrupted while being written)."""
     if not os.path.isdir(output_dir):
         return [], []
-    found = sorted((checkpoint_step(name), os.path.join(output_dir, name)) for name in os.listdir(output_dir)
-                   if checkpoint_step(name) is not None and os.path.isdir(os.path.join(output_dir, name)))
+    found = published_checkpoints(output_dir)
     staging = os.path.join(output_dir, STAGING_DIR)
     unfinished = [os.path.join(staging, name) for name in sorted(os.listdir(staging))] if os.path.isdir(staging) else []
     return ([p for _, p in found if is_complete(p)],
