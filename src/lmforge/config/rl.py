@@ -23,10 +23,42 @@ class RLArguments:
         "sequence-classification model). Each prompt + completion is rendered with its chat template and scored.",
         stages=("ppo", "grpo"))
     reward_funcs: str | None = option(
-        None, "With `ppo`/`grpo`: comma-separated Python reward functions, `module:function` or "
-        "`path/to/file.py:function`, called as `f(prompts, completions, **columns) -> list[float]` (columns: "
-        "`reference`, `messages`); built-ins: `lmforge.rewards:exact_match`, `lmforge.rewards:contains_reference`, "
-        "`lmforge.rewards:token_f1`. Their scores (and the reward model's) are summed.", stages=("ppo", "grpo"))
+        None, "With `ppo`/`grpo`: comma-separated reward functions: built-ins by name (`math_verify`: the final "
+        "answer checked symbolically against `reference` by math-verify; `code_exec`: the completion's Python run "
+        "against the row's tests in a sandbox, scoring the share passed; `format`: the completion follows "
+        "`format_pattern`; `exact_match`, `contains_reference`, `token_f1`), or your own `module:function` / "
+        "`path/to/file.py:function`, called as TRL calls them: `f(prompts, completions, **columns) -> list[float]` "
+        "(columns: `reference`, `messages` and the dataset's other columns, e.g. `tests`). Summed with "
+        "`reward_weights`, with the reward model's and `reward_url`'s scores.", stages=("ppo", "grpo"))
+    reward_weights: str | None = option(
+        None, "With `reward_funcs`: comma-separated weights, one per function in the same order (default all 1; "
+        "e.g. `1.0,0.2` for `math_verify,format`).", stages=("ppo", "grpo"))
+    reward_url: str | None = option(
+        None, "With `ppo`/`grpo`: a reward server: each batch is POSTed as JSON (`prompts`, `completions`, "
+        "`references`, `messages` and the dataset's other columns, one entry per completion) and answered with "
+        "`{\"rewards\": [...]}`. Added to the other rewards.", stages=("ppo", "grpo"))
+    reward_url_timeout: float = option(
+        60.0, "With `reward_url`: seconds to wait for each answer.", stages=("ppo", "grpo"))
+    reward_url_retries: int = option(
+        3, "With `reward_url`: retries after a connection error, a timeout or a 5xx answer (with growing pauses) "
+        "before the run stops.", stages=("ppo", "grpo"))
+    reward_workers: int = option(
+        4, "Workers that score completions concurrently: the reward functions run side by side, and "
+        "`math_verify` and `code_exec` check this many completions at once, each in a process of its own. Each "
+        "function's time is logged (`reward_seconds/<name>`).", stages=("ppo", "grpo"))
+    math_verify_timeout: int = option(
+        5, "With the `math_verify` reward: seconds math-verify may spend parsing or comparing one answer (longer: "
+        "scored 0).", stages=("ppo", "grpo"))
+    code_exec_timeout: float = option(
+        10.0, "With the `code_exec` reward: wall-clock (and CPU) seconds for one program's run; then its process "
+        "group is killed and the tests it had not passed fail.", stages=("ppo", "grpo"))
+    code_exec_memory_mb: int = option(
+        1024, "With the `code_exec` reward: the memory (address space) one program may take.", stages=("ppo", "grpo"))
+    format_pattern: str | None = option(
+        None, "With the `format` reward: a regular expression the whole completion must match (DOTALL) for 1.0. "
+        "Default: a `<think>...</think>` block, then a non-empty answer. When the prompt already opened "
+        "`<think>` (templates that start the reasoning), the completion is matched as if it began with it.",
+        stages=("ppo", "grpo"))
     rollout_batch_size: int = option(
         16, "Prompts per optimisation step (PPO); GRPO samples `num_generations` completions for each.",
         stages=("ppo", "grpo"))
@@ -55,16 +87,35 @@ class RLArguments:
     scale_rewards: Literal["group", "batch", "none"] = option(
         "group", "With `grpo`: advantages are divided by the reward standard deviation of their group (`group`), of "
         "the whole rollout (`batch`), or not at all (`none`, Dr. GRPO).", stages=("grpo",))
-    advantage_estimator: Literal["grpo", "rloo"] = option(
-        "grpo", "With `grpo`: the baseline subtracted from each reward: its group's mean (`grpo`) or the mean of the "
-        "other completions of its group (`rloo`, leave-one-out; unbiased).", stages=("grpo",))
+    advantage_estimator: Literal["grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"] = option(
+        "grpo", "With `grpo`: how rewards become advantages. `grpo`: minus its group's mean; `rloo`: minus the "
+        "mean of the other completions of its group (leave-one-out; unbiased); `reinforce_plus_plus` "
+        "(REINFORCE++): the KL penalty `kl_coef` goes into each token's reward, each token's return is the sum of the "
+        "rewards after it, and the returns are whitened over the whole batch (no group baseline, so "
+        "`num_generations: 1` works); `reinforce_plus_plus_baseline`: the reward minus its group's mean, then the "
+        "same per-token KL reward and whitening over the batch. `scale_rewards` applies to `grpo` and `rloo`.",
+        stages=("grpo",))
     mask_truncated_completions: bool = option(
         False, "With `grpo`: completions cut at `max_new_tokens` (no end-of-turn token) carry no loss (DAPO's "
         "overlong filtering).", stages=("grpo",))
     filter_zero_variance_groups: bool = option(
         False, "With `grpo`: groups whose completions all got the same reward (zero advantage: no signal) are left "
-        "out of the update; how many is logged as `zero_variance_groups` (DAPO's dynamic sampling, without "
-        "resampling).", stages=("grpo",))
+        "out of the update; how many is logged as `zero_variance_groups`. See `dynamic_sampling` to draw more "
+        "instead.", stages=("grpo",))
+    dynamic_sampling: bool = option(
+        False, "With `grpo`: DAPO's dynamic sampling. Groups whose completions all got the same reward are dropped "
+        "and more prompts are drawn (the next ones of the data order) until `rollout_batch_size` groups with a "
+        "signal are gathered, or `max_sampling_rounds` rounds were drawn (the step then trains on what it has; "
+        "`sampling_rounds` and `kept_groups` are logged).", stages=("grpo",))
+    max_sampling_rounds: int = option(
+        3, "With `dynamic_sampling`: the most rounds of `rollout_batch_size` prompts one step draws.", stages=("grpo",))
+    overlong_buffer: int = option(
+        0, "With `ppo`/`grpo`: DAPO's overlong reward shaping. A completion longer than `max_new_tokens` - "
+        "`overlong_buffer` tokens loses reward linearly, up to `overlong_penalty` at `max_new_tokens` (0: off). "
+        "Logged as `reward/overlong`.", stages=("ppo", "grpo"))
+    overlong_penalty: float = option(
+        1.0, "With `overlong_buffer`: the penalty of a completion that reaches `max_new_tokens`.",
+        stages=("ppo", "grpo"))
     rollout_backend: Literal["hf", "vllm"] = option(
         "hf", "What samples the completions: `hf`, the training model itself with the KV cache (any device, one seeded "
         "generator per completion: the same completions on any number of processes); `vllm`, a vLLM engine (CUDA; "

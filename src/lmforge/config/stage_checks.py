@@ -5,6 +5,8 @@ A check takes the validated-so-far config and raises a ConfigError (through `fai
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -95,16 +97,26 @@ def online_rl(cfg: RunConfig, group: int, grouped: bool = False) -> None:
     """What ppo and grpo need: a reward, max_steps, sizes that split over the processes; `group`: completions
     sampled per prompt (`grouped`: GRPO, which compares them)."""
     r, t, stage = cfg.rl, cfg.training, cfg.finetuning.stage
-    if not (r.reward_model or r.reward_funcs):
-        fail(cfg, f"'stage: {stage}' needs a reward: set 'reward_model' (a 'stage: rm' output directory) and/or "
-             "'reward_funcs' (module:function).")
+    if not (r.reward_model or r.reward_funcs or r.reward_url):
+        fail(cfg, f"'stage: {stage}' needs a reward: set 'reward_model' (a 'stage: rm' output directory), "
+             "'reward_funcs' (built-ins such as math_verify, or module:function) and/or 'reward_url'.")
+    reward_settings(cfg)
     if t.max_steps is None or t.max_steps <= 0:
         fail(cfg, f"'stage: {stage}' needs 'max_steps' (each step is one rollout and its update).")
     for key in ("rollout_batch_size", "num_generations", "ppo_epochs"):
         if getattr(r, key) < 1:
             fail(cfg, f"'{key}' must be at least 1, got {getattr(r, key)}.")
-    if grouped and r.num_generations < 2:
-        fail(cfg, "'num_generations' must be at least 2: GRPO compares completions of the same prompt.")
+    if grouped and r.num_generations < 2 and r.advantage_estimator != "reinforce_plus_plus":
+        fail(cfg, "'num_generations' must be at least 2: GRPO compares completions of the same prompt (only "
+             "'advantage_estimator: reinforce_plus_plus' has no group baseline).")
+    if r.dynamic_sampling and r.max_sampling_rounds < 1:
+        fail(cfg, f"'max_sampling_rounds' must be at least 1, got {r.max_sampling_rounds}.")
+    if r.dynamic_sampling and cfg.parallelism.data_shard_size > 1:
+        fail(cfg, "'dynamic_sampling' does not run with 'data_shard_size' yet: the rows a step keeps vary, and "
+             "FSDP2 needs every process in every mini-batch.")
+    if r.overlong_buffer < 0 or r.overlong_buffer >= cfg.generation.max_new_tokens:
+        fail(cfg, f"'overlong_buffer' ({r.overlong_buffer}) must be between 0 and 'max_new_tokens' "
+             f"({cfg.generation.max_new_tokens}): the penalty starts that many tokens before the limit.")
     if r.kl_coef < 0 or not 0 < r.cliprange < 1:
         fail(cfg, "'kl_coef' must not be negative and 'cliprange' must be in (0, 1).")
     if r.env_funcs and r.max_turns < 1:
@@ -131,6 +143,41 @@ def online_rl(cfg: RunConfig, group: int, grouped: bool = False) -> None:
     if r.rollout_batch_size % processes:
         fail(cfg, f"'rollout_batch_size' ({r.rollout_batch_size}) must be a multiple of the number of processes "
              f"({processes}): each process samples an equal share of a step's prompts.")
+
+
+REWARD_BUILTINS = ("math_verify", "code_exec", "format", "exact_match", "contains_reference", "token_f1")
+
+
+def reward_settings(cfg: RunConfig) -> None:
+    """Reward names, weights and limits, checked before any model loads."""
+    r = cfg.rl
+    specs = [s.strip() for s in (r.reward_funcs or "").split(",") if s.strip()]
+    for spec in specs:
+        if ":" not in spec and spec not in REWARD_BUILTINS:
+            close = difflib.get_close_matches(spec, REWARD_BUILTINS, n=1)
+            fail(cfg, f"'reward_funcs': '{spec}' is not a built-in reward ({', '.join(REWARD_BUILTINS)})"
+                 + (f"; did you mean '{close[0]}'?" if close else "") + " Your own: 'module:function' or "
+                 "'path/to/file.py:function'.")
+    if r.reward_weights is not None:
+        try:
+            weights = [float(w) for w in str(r.reward_weights).split(",")]
+        except ValueError:
+            fail(cfg, f"'reward_weights' must be comma-separated numbers, got {r.reward_weights!r}.")
+        if len(weights) != len(specs):
+            fail(cfg, f"'reward_weights' has {len(weights)} weights for the {len(specs)} 'reward_funcs'.")
+    if r.reward_url is not None and not str(r.reward_url).startswith(("http://", "https://")):
+        fail(cfg, f"'reward_url' must be an http(s) address, got {r.reward_url!r}.")
+    for key in ("reward_workers", "math_verify_timeout", "code_exec_timeout", "code_exec_memory_mb",
+                "reward_url_timeout"):
+        if getattr(r, key) <= 0:
+            fail(cfg, f"'{key}' must be positive, got {getattr(r, key)}.")
+    if r.reward_url_retries < 0:
+        fail(cfg, f"'reward_url_retries' must not be negative, got {r.reward_url_retries}.")
+    if r.format_pattern is not None:
+        try:
+            re.compile(r.format_pattern)
+        except re.error as err:
+            fail(cfg, f"'format_pattern' is not a regular expression: {err}.")
 
 
 def vllm_rollouts(cfg: RunConfig) -> None:

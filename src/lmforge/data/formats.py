@@ -34,6 +34,8 @@ ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output
 SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools", **PAIR_COLUMNS}
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
                  "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
+# Where a prompt record without an answer turn keeps its reference answer (TRL's math sets: `solution`; GSM8K: `answer`)
+REFERENCE_COLUMNS = ("reference", "solution", "answer", "ground_truth", "final_answer")
 OPENAI_COLUMNS = {"messages": "messages", "system": "system", "tools": "tools", **PAIR_COLUMNS}
 OPENAI_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
                "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system"}
@@ -104,13 +106,32 @@ class ConversationFormat:
             return {**self._pair(record), "tools": tools}
         if kind == "prompt":
             messages, reference = self._prompt(record)
-            return {"messages": messages, "tools": tools, "reference": reference}
+            columns = self._other_columns(record)
+            if reference is None:  # TRL's and the reasoning sets' layouts keep the answer in a column of its own
+                reference = next((str(columns[k]) for k in REFERENCE_COLUMNS
+                                  if isinstance(columns.get(k), str | int | float) and str(columns[k]).strip()), None)
+            return {"messages": messages, "tools": tools, "reference": reference, "columns": columns}
         messages = self._conversation(record)
         _check_turns(messages)
         example = {"messages": messages, "tools": tools}
         if kind == "kto":
             example["label"] = _kto_label(record, self.columns["kto_tag"])
         return example
+
+    def _other_columns(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record's columns the layout does not read (`tests`, `solution`, ...), for the reward functions: those
+        JSON can hold (they travel with the example)."""
+        used = set(self.columns.values())
+        out = {}
+        for key, value in record.items():
+            if key in used or key.startswith("_"):
+                continue
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                continue
+            out[key] = value
+        return out
 
     def _conversation(self, record: dict[str, Any]) -> list[dict]:
         if self.formatting == "alpaca":

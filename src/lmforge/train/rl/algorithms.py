@@ -4,8 +4,9 @@ in common.
 - PPO: one completion per prompt, a value head (the critic), a per-token KL penalty folded into the rewards, GAE
   advantages (whitened), clipped policy and value losses.
 - GRPO: `num_generations` completions per prompt, advantages against the group's reward (`scale_rewards`,
-  `advantage_estimator`), the family's token averaging (`loss_type`), clip-higher, a k3 KL term, and completions left
-  out of the loss (`mask_truncated_completions`, `filter_zero_variance_groups`).
+  `advantage_estimator`; or REINFORCE++'s per-token returns with the KL in the reward instead of the loss), the
+  family's token averaging (`loss_type`), clip-higher, a k3 KL term, and completions left out of the loss
+  (`mask_truncated_completions`, `filter_zero_variance_groups`, `dynamic_sampling`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lmforge.train.rl.losses import (
     grpo_loss,
     ppo_loss,
     ppo_rewards,
+    reinforce_pp_advantages,
     whiten,
     zero_variance_rows,
 )
@@ -78,6 +80,7 @@ class GRPO:
     def __init__(self, cfg: RunConfig):
         self.rl, self.max_new_tokens = cfg.rl, cfg.generation.max_new_tokens
         self.group_size = cfg.rl.num_generations
+        self.kl_in_reward = cfg.rl.advantage_estimator.startswith("reinforce_plus_plus")
 
     @property
     def needs_reference(self) -> bool:
@@ -89,8 +92,13 @@ class GRPO:
     def advantages(self, batch: Batch, mask: torch.Tensor, truncated: torch.Tensor, stats: dict[str, float]) -> None:
         """Each completion against its group; `trained` marks the completions that carry loss."""
         group = self.group_size
-        batch["advantages"] = group_advantages(batch["scores"], group, self.rl.scale_rewards,
-                                               self.rl.advantage_estimator)
+        if self.kl_in_reward:  # REINFORCE++: per-token advantages with the KL penalty in the reward
+            baseline = group if self.rl.advantage_estimator == "reinforce_plus_plus_baseline" else None
+            batch["advantages"] = reinforce_pp_advantages(batch["scores"], batch["old_logps"], batch["ref_logps"],
+                                                          mask, self.rl.kl_coef, baseline)
+        else:
+            batch["advantages"] = group_advantages(batch["scores"], group, self.rl.scale_rewards,
+                                                   self.rl.advantage_estimator)
         trained = torch.ones_like(truncated)
         if self.rl.mask_truncated_completions:
             trained = trained * (1 - truncated)
@@ -102,10 +110,11 @@ class GRPO:
 
     def loss(self, logps: torch.Tensor, values: torch.Tensor | None, batch: Batch, rows: torch.Tensor,
              mask: torch.Tensor, normalisers: dict[str, float]) -> PolicyLoss:
-        ref = batch["ref_logps"][rows] if self.rl.kl_coef > 0 else None
+        kl_coef = 0.0 if self.kl_in_reward else self.rl.kl_coef  # REINFORCE++ has it in the reward instead
+        ref = batch["ref_logps"][rows] if kl_coef > 0 else None
         dapo = self.rl.loss_type == "dapo"  # averaged over the tokens of the whole optimizer step
         return grpo_loss(logps, batch["old_logps"][rows], ref, batch["advantages"][rows], mask, self.rl.cliprange,
-                         self.rl.kl_coef, self.rl.epsilon_high, self.rl.loss_type, self.max_new_tokens,
+                         kl_coef, self.rl.epsilon_high, self.rl.loss_type, self.max_new_tokens,
                          token_normalizer=normalisers["step_tokens" if dapo else "tokens"],
                          row_normalizer=normalisers["rows"],
                          importance_sampling_level=self.rl.importance_sampling_level)

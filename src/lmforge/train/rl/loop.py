@@ -41,7 +41,7 @@ from lmforge.train.rl.distributed import (
     merge_rollouts,
     world,
 )
-from lmforge.train.rl.losses import PolicyLoss, masked_mean
+from lmforge.train.rl.losses import PolicyLoss, masked_mean, overlong_penalty, zero_variance_rows
 from lmforge.train.rl.optimization import Optimization
 from lmforge.train.rl.rewards import Rewarder, load_function
 from lmforge.train.rl.rollout import (
@@ -166,20 +166,35 @@ class OnlineRL:
                 skip_special_tokens=True)
         prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=False)
         scores, parts = self.rewarder(prompt_texts, completions, [e["messages"] for e in chosen],
-                                      [e.get("reference") for e in chosen], turns)
-        return rollout, torch.tensor(scores, device=self.device, dtype=torch.float32), {**parts, **counts}
+                                      [e.get("reference") for e in chosen], turns,
+                                      columns=[e.get("columns") or {} for e in chosen])
+        scores = torch.tensor(scores, device=self.device, dtype=torch.float32)
+        if self.rl.overlong_buffer:  # DAPO's soft overlong punishment, by the completion's length in tokens
+            penalty = overlong_penalty(rollout.completion_mask.sum(-1).float(), self.cfg.generation.max_new_tokens,
+                                       self.rl.overlong_buffer, self.rl.overlong_penalty)
+            scores = scores + penalty
+            parts["reward/overlong"] = penalty.mean().item()
+        return rollout, scores, {**parts, **counts}
 
-    def make_rollout(self, step: int) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
-        """This process's share of the step's prompts (whole groups) sampled, scored and given their old/reference
-        log-probabilities (and values); then, on several processes, everything gathered (`distributed.py`), so the
-        advantages below are computed on the whole rollout everywhere."""
+    def extra_indices(self, step: int, round_: int) -> list[int]:
+        """`dynamic_sampling`'s further prompts for `step`: a permutation seeded by the step and the round (a
+        function of the step, so a resumed run draws the same)."""
+        n = len(self.prompts)
+        seed = (self.args.seed * 7_919 + step * 131 + round_) % (2**63)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        return [int(order[i % n]) for i in range(self.rl.rollout_batch_size)]
+
+    def sample_piece(self, step: int, slots: list[int], round_: int = 0) -> dict[str, Any]:
+        """The prompts `slots` (each `group_size` times) sampled and scored, with their old/reference
+        log-probabilities (and values): each process samples its share (whole groups), then on several processes
+        everything is gathered (`distributed.py`), so what follows is computed on the whole rollout everywhere."""
         group = self.algorithm.group_size
-        slots = self.batch_indices(step)
         rank, size = world()
         share = len(slots) // size
         first = rank * share
         indices = [i for i in slots[first: first + share] for _ in range(group)]
-        seeds = [self.row_seed(step, first * group + j) for j in range(len(indices))]
+        purpose = 0 if round_ == 0 else 1 + round_  # 1: evaluation
+        seeds = [self.row_seed(step, first * group + j, purpose) for j in range(len(indices))]
         rollout, scores, parts = self.sample_and_score(self.prompts, self.examples, indices, seeds, group)
         with torch.no_grad(), self.optim.autocast():
             self.policy.eval()
@@ -195,18 +210,48 @@ class OnlineRL:
             cpu = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in piece.items()}
             merged = merge_rollouts(gather(cpu), self.stage.tokenizer.pad_token_id)
             piece = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in merged.items()}
+        return piece
+
+    def dynamic_pieces(self, step: int, first: dict[str, Any], stats: dict[str, float]) -> list[dict[str, Any]]:
+        """DAPO's dynamic sampling: the groups of `first` whose rewards differ, and of further rounds of prompts
+        until `rollout_batch_size` such groups are gathered or `max_sampling_rounds` are drawn."""
+        group, wanted = self.algorithm.group_size, self.rl.rollout_batch_size
+        pieces, kept, round_, piece = [], 0, 0, first
+        while True:
+            informative = ~zero_variance_rows(piece["scores"], group)
+            rows = informative.nonzero().flatten()[: (wanted - kept) * group]
+            if len(rows):
+                pieces.append({k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in piece.items()})
+                kept += len(rows) // group
+            round_ += 1
+            if kept >= wanted or round_ >= self.rl.max_sampling_rounds:
+                break
+            piece = self.sample_piece(step, self.extra_indices(step, round_), round_)
+        stats.update(sampling_rounds=float(round_), kept_groups=float(kept))
+        return pieces
+
+    def make_rollout(self, step: int) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
+        """The step's rollout (`sample_piece`; with `dynamic_sampling`, the informative groups of several rounds),
+        its statistics and the algorithm's advantages."""
+        piece = self.sample_piece(step, self.batch_indices(step))
+        sampled = {"reward": piece["scores"].mean().item(), "reward_std": piece["scores"].std().item()
+                   if len(piece["scores"]) > 1 else 0.0, **piece["parts"]}  # of everything the first round drew
+        if getattr(self.rl, "dynamic_sampling", False):
+            pieces = self.dynamic_pieces(step, piece, sampled)
+            if not pieces:  # no group had a signal in any round: nothing to learn from this step
+                pieces = [piece]
+                sampled["kept_groups"] = 0.0
+            piece = pieces[0] if len(pieces) == 1 else merge_rollouts(pieces, self.stage.tokenizer.pad_token_id)
         rollout = Rollout(piece["input_ids"], piece["attention_mask"], piece["completion_mask"],
                           piece["prompt_width"], piece["truncated"].bool(), piece.get("trained_mask"))
-        scores, parts, old_logps = piece["scores"], piece["parts"], piece["old_logps"]
-        old_values = piece.get("old_values")
-        batch: dict[str, torch.Tensor] = {"scores": scores, "old_logps": old_logps, "ref_logps": piece["ref_logps"],
-                                          **({"old_values": old_values} if old_values is not None else {})}
+        old_logps = piece["old_logps"]
+        batch: dict[str, torch.Tensor] = {"scores": piece["scores"], "old_logps": old_logps,
+                                          "ref_logps": piece["ref_logps"],
+                                          **({"old_values": piece["old_values"]} if "old_values" in piece else {})}
         mask = rollout.loss_mask.float()
         lengths = mask.sum(-1)
         truncated = rollout.truncated.float() if rollout.truncated is not None else torch.zeros_like(lengths)
-        stats = {"reward": batch["scores"].mean().item(), "reward_std": batch["scores"].std().item()
-                 if len(batch["scores"]) > 1 else 0.0, **parts,
-                 "completion_length": lengths.mean().item(), "completion_length_max": lengths.max().item(),
+        stats = {**sampled, "completion_length": lengths.mean().item(), "completion_length_max": lengths.max().item(),
                  "truncated_fraction": truncated.mean().item()}
         self.algorithm.advantages(batch, mask, truncated, stats)
         stats["kl"] = ((old_logps - batch["ref_logps"]) * mask).sum(-1).mean().item()

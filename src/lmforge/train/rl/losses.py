@@ -18,9 +18,10 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance over the valid tokens."""
+    """Zero mean, unit variance over the valid tokens (the unbiased variance, as TRL's and verl's `masked_whiten`)."""
     mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
+    count = mask.sum()
+    var = masked_mean((values - mean) ** 2, mask) * (count / (count - 1) if count > 1 else 1.0)
     return (values - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
@@ -99,6 +100,40 @@ def group_advantages(scores: torch.Tensor, group_size: int, scale: str = "group"
     return advantages.reshape(-1)
 
 
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Each token's return: its reward plus the discounted rewards after it, within its completion."""
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+        running = running * mask[:, t]
+    return returns
+
+
+def reinforce_pp_advantages(scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor,
+                            kl_coef: float, group_size: int | None = None, gamma: float = 1.0) -> torch.Tensor:
+    """REINFORCE++ (Hu et al. 2025; verl's `reinforce_plus_plus` and `reinforce_plus_plus_baseline`): per-token
+    rewards with the KL penalty in them (`ppo_rewards`: -kl_coef * (log pi - log ref) on every token, the score on
+    the last). Without `group_size`: each token's discounted return, whitened over every valid token of the batch.
+    With `group_size` (the baseline variant): each completion's summed reward minus its group's mean, on every
+    token, whitened over the batch. [batch, tokens], zero outside `mask`."""
+    rewards = ppo_rewards(scores, logps, ref_logps, mask, kl_coef)
+    if group_size is None:
+        return whiten(discounted_returns(rewards, mask, gamma), mask)
+    totals = rewards.sum(-1).view(-1, group_size)
+    baseline = totals.mean(-1, keepdim=True) if group_size > 1 else torch.zeros_like(totals[:, :1])
+    centred = (totals - baseline).reshape(-1, 1) * mask
+    return whiten(centred, mask)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment: 0 up to `max_length - buffer` tokens, then falling linearly to `-factor` at
+    `max_length` (and below it past that)."""
+    excess = lengths.float() - (max_length - buffer)
+    return torch.clamp(-excess / max(buffer, 1) * factor, max=0.0)
+
+
 def zero_variance_rows(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     """True for every completion of a group whose scores are all equal (its advantages are all zero)."""
     groups = scores.view(-1, group_size)
@@ -129,13 +164,13 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
               epsilon_high: float | None = None, loss_type: str = "bnpo", max_completion_length: int | None = None,
               token_normalizer: float | None = None, row_normalizer: float | None = None,
               importance_sampling_level: str = "token") -> PolicyLoss:
-    """Per token: the clipped surrogate with the sequence advantage, ratio clipped to [1 - cliprange,
+    """Per token: the clipped surrogate with the sequence's (or the token's) advantage, ratio clipped to [1 - cliprange,
     1 + (epsilon_high or cliprange)], plus kl_coef * the k3 KL estimate exp(ref - pi) - (ref - pi) - 1; averaged
     as `loss_type` says (`aggregate`). With `importance_sampling_level` "sequence" (GSPO), every token of a
     completion takes the completion's ratio: exp of the mean of its tokens' log-ratios (TRL's definition). Clip
     fractions: tokens whose ratio was clipped below (negative advantage) and above (positive advantage)."""
     high = cliprange if epsilon_high is None else epsilon_high
-    adv = advantages.unsqueeze(-1)
+    adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(-1)  # per token (REINFORCE++) or sequence
     log_ratio = logps - old_logps
     if importance_sampling_level == "sequence":
         log_ratio = ((log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1))

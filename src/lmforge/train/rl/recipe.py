@@ -26,12 +26,15 @@ def run(cfg: RunConfig) -> dict:
     policy = policy_model(cfg, stage)
     split = load_kwargs(run_layout(cfg)) if is_split_model(policy) else None
     ref = reference_model(cfg, policy, stage.tokenizer, split) if algorithm.needs_reference else None
-    rewarder = Rewarder(cfg.rl.reward_funcs, cfg.rl.reward_model, device=cfg.training.device)
+    rewarder = Rewarder(cfg.rl.reward_funcs, cfg.rl.reward_model, device=cfg.training.device, rl=cfg.rl)
     set_seed(cfg.training.seed)
     loop = OnlineRL(cfg, stage, policy, ref, rewarder, algorithm)
     if loop.main_process:
         save_run_config(cfg)
-    metrics = loop.train(resume)
+    try:
+        metrics = loop.train(resume)
+    finally:
+        rewarder.close()
     if loop.main_process:
         if not loop.stopped_by:
             samples = report(cfg, policy, stage.tokenizer, chat=True, stop_ids=stage.stop_ids)

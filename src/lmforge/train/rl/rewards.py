@@ -1,8 +1,18 @@
-"""Rewards for the online RL stages: Python reward functions (`module:function`) and reward models, summed.
+"""Rewards for the online RL stages: reward functions (built-in or `module:function`), a reward model and a reward
+server, summed.
 
 A reward function follows TRL's convention, so functions written for TRL work unchanged:
 `f(prompts: list[str], completions: list[str], **columns) -> list[float]`, where the columns are `reference` (the
-dataset's answer, or None) and `messages` (each prompt as chat messages). The built-ins compare with the reference.
+dataset's answer, or None), `messages` (each prompt as chat messages) and the dataset's other columns (`tests`,
+`solution`, ...). The built-ins, by name in `reward_funcs`:
+
+- `exact_match`, `contains_reference`, `token_f1`: the completion against the reference as text;
+- `math_verify`: the final answer against the reference, symbolically (`lmforge.verify.math_answers`);
+- `code_exec`: the completion's program against the row's tests, sandboxed (`lmforge.verify.sandbox`);
+- `format`: the completion's layout (`format_pattern`).
+
+The functions run side by side on threads; `math_verify` and `code_exec` check `reward_workers` completions at once,
+each in a process of its own, so neither sympy nor untrusted code ever runs in the training process.
 """
 
 from __future__ import annotations
@@ -10,10 +20,16 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lmforge.errors import ConfigError
+from lmforge.verify.math_answers import MathVerifier
+from lmforge.verify.remote import RemoteReward
+from lmforge.verify.sandbox import Limits, extract_code, row_tests, run_tests
 
 RewardFunction = Callable[..., list[float]]
 
@@ -41,12 +57,113 @@ def token_f1(prompts: list[str], completions: list[str], reference: list[str | N
     return scores
 
 
+class MathVerifyReward:
+    """1.0 where the final answer (after the reasoning) equals the reference mathematically, else 0.0; a row whose
+    reference math-verify cannot read scores 0 and is counted (`unreadable_references`)."""
+
+    def __init__(self, workers: int = 4, timeout: int = 5):
+        self.verifier = MathVerifier(workers, timeout)
+        self.unreadable_references = 0
+
+    def __call__(self, prompts: list[str], completions: list[str], reference: list[str | None],
+                 **_: Any) -> list[float]:
+        checked = self.verifier(completions, reference)
+        self.unreadable_references += sum(c is None for c in checked)
+        return [c or 0.0 for c in checked]
+
+    def close(self) -> None:
+        self.verifier.close()
+
+
+class CodeExecReward:
+    """The share of the row's tests the completion's program passes (see `lmforge.verify.sandbox` for the test
+    layouts and the limits); 0 without a program. A row without tests is an error naming the columns looked for."""
+
+    def __init__(self, workers: int = 4, limits: Limits | None = None):
+        self.workers, self.limits = max(1, int(workers)), limits or Limits()
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+        rows = [{k: v[i] for k, v in columns.items() if isinstance(v, list) and len(v) == len(completions)}
+                for i in range(len(completions))]
+        suites = [row_tests(row) for row in rows]
+        if any(s is None for s in suites):
+            raise ConfigError("Config error: the `code_exec` reward needs the tests of every row, in a column "
+                              "`tests` or `test_list` (assert statements), `test` with `entry_point` (HumanEval) or "
+                              "`input_output` (standard input/output pairs); a row has none of them.")
+        with ThreadPoolExecutor(self.workers) as pool:
+            results = pool.map(lambda pair: run_tests(extract_code(pair[0]), pair[1], self.limits),
+                               zip(completions, suites, strict=True))
+            return [r.score for r in results]
+
+
+DEFAULT_FORMAT = r"\s*<think>.*?\S.*?</think>\s*\S.*"
+
+
+class FormatReward:
+    """1.0 where the whole completion matches `pattern` (DOTALL), else 0.0. The default wants a non-empty
+    `<think>...</think>` block, then an answer. A prompt that ends by opening `<think>` (the template started the
+    reasoning) counts as the completion's beginning."""
+
+    def __init__(self, pattern: str | None = None):
+        try:
+            self.pattern = re.compile(pattern or DEFAULT_FORMAT, re.DOTALL)
+        except re.error as err:
+            raise ConfigError(f"Config error: format_pattern {pattern!r} is not a regular expression: {err}") from None
+
+    def __call__(self, prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        scores = []
+        for prompt, completion in zip(prompts, completions, strict=True):
+            if prompt.rstrip().endswith("<think>") and "<think>" not in completion:
+                completion = "<think>" + completion
+            scores.append(float(self.pattern.fullmatch(completion) is not None))
+        return scores
+
+
+def format_reward(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+    """The `format` built-in with the default pattern (for use outside a run, e.g. with TRL)."""
+    return FormatReward()(prompts, completions, **columns)
+
+
+def math_verify(prompts: list[str], completions: list[str], reference: list[str | None], **_: Any) -> list[float]:
+    """The `math_verify` built-in with default settings (one pool of worker processes per Python process)."""
+    global _MATH
+    if _MATH is None:
+        _MATH = MathVerifyReward()
+    return _MATH(prompts, completions, reference)
+
+
+def code_exec(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+    """The `code_exec` built-in with default limits."""
+    return CodeExecReward()(prompts, completions, **columns)
+
+
+_MATH: MathVerifyReward | None = None
+# built-in rewards by the name `reward_funcs` gives them; those with settings are made per run (`make_builtin`)
+BUILTINS: dict[str, RewardFunction] = {
+    "exact_match": exact_match, "contains_reference": contains_reference, "token_f1": token_f1,
+    "math_verify": math_verify, "code_exec": code_exec, "format": format_reward,
+}
+
+
+def make_builtin(name: str, rl: Any) -> RewardFunction:
+    """A built-in reward with the run's settings (`rl`: RLArguments)."""
+    workers = getattr(rl, "reward_workers", 4)
+    if name == "math_verify":
+        return MathVerifyReward(workers, getattr(rl, "math_verify_timeout", 5))
+    if name == "code_exec":
+        return CodeExecReward(workers, Limits(getattr(rl, "code_exec_timeout", 10.0),
+                                              getattr(rl, "code_exec_memory_mb", 1024)))
+    if name == "format":
+        return FormatReward(getattr(rl, "format_pattern", None))
+    return BUILTINS[name]
+
+
 def load_function(spec: str) -> RewardFunction:
     """`package.module:function` or `path/to/file.py:function`."""
     module_name, sep, name = spec.strip().rpartition(":")
     if not sep or not module_name or not name:
-        raise ConfigError(f"Config error: reward function '{spec}' must be written 'module:function' or "
-                          "'path/to/file.py:function'.")
+        raise ConfigError(f"Config error: reward function '{spec}' must be a built-in ({', '.join(BUILTINS)}) or "
+                          "written 'module:function' or 'path/to/file.py:function'.")
     try:
         if module_name.endswith(".py"):
             if not os.path.isfile(module_name):
@@ -64,41 +181,77 @@ def load_function(spec: str) -> RewardFunction:
     return function
 
 
-class Rewarder:
-    """The summed score of every configured reward for a batch of completions."""
+def reward_function(spec: str, rl: Any = None) -> RewardFunction:
+    """A `reward_funcs` entry: a built-in's name (with the run's settings) or a function to import."""
+    return make_builtin(spec, rl) if spec in BUILTINS else load_function(spec)
 
-    def __init__(self, reward_funcs: str | None, reward_model: str | None, device: Any = None):
-        self.functions = [(spec.strip(), load_function(spec)) for spec in (reward_funcs or "").split(",")
-                          if spec.strip()]
+
+class Rewarder:
+    """The weighted sum of every configured reward for a batch of completions."""
+
+    def __init__(self, reward_funcs: str | None, reward_model: str | None, device: Any = None, rl: Any = None):
+        specs = [spec.strip() for spec in (reward_funcs or "").split(",") if spec.strip()]
+        self.functions = [(spec.rpartition(":")[2], reward_function(spec, rl)) for spec in specs]
+        weights = getattr(rl, "reward_weights", None)  # checked with the config (`stage_checks.reward_settings`)
+        self.weights = [float(w) for w in str(weights).split(",")] if weights else [1.0] * len(specs)
+        url = getattr(rl, "reward_url", None)
+        if url:
+            self.functions.append(("remote", RemoteReward(url, rl.reward_url_timeout, rl.reward_url_retries)))
+            self.weights.append(1.0)
         self.scorer = None
         if reward_model:
             from lmforge.model.reward import RewardScorer
 
             self.scorer = RewardScorer(reward_model, device=device)
+        self.threads = ThreadPoolExecutor(max(1, len(self.functions))) if self.functions else None
+
+    def _timed(self, function: RewardFunction, **kwargs: Any) -> tuple[list[float], float]:
+        started = time.perf_counter()
+        return function(**kwargs), time.perf_counter() - started
 
     def __call__(self, prompts: list[str], completions: list[str], messages: list[list[dict]],
-                 reference: list[str | None], conversation: list[list[dict]] | None = None
-                 ) -> tuple[list[float], dict[str, float]]:
-        """(total reward per completion, mean of each part: `reward/<name>`). With tools, `conversation` is each
-        completion's exchange after the prompt (model turns and tool results; the completion is its last turn)."""
+                 reference: list[str | None], conversation: list[list[dict]] | None = None,
+                 columns: list[dict[str, Any]] | None = None) -> tuple[list[float], dict[str, float]]:
+        """(total reward per completion, mean of each part: `reward/<name>`, and each function's seconds:
+        `reward_seconds/<name>`). With tools, `conversation` is each completion's exchange after the prompt (model
+        turns and tool results; the completion is its last turn). `columns`: each row's other dataset columns."""
+        started = time.perf_counter()
         total = [0.0] * len(completions)
         parts: dict[str, float] = {}
-        extra = {"conversation": conversation} if conversation is not None else {}
-        for name, function in self.functions:
-            scores = function(prompts=prompts, completions=completions, reference=reference, messages=messages,
-                              **extra)
+        kwargs: dict[str, Any] = {"prompts": prompts, "completions": completions, "reference": reference,
+                                  "messages": messages}
+        if conversation is not None:
+            kwargs["conversation"] = conversation
+        for key in sorted({k for row in columns or [] for k in row} - set(kwargs)):
+            kwargs[key] = [row.get(key) for row in columns]
+        futures = [(name, weight, self.threads.submit(self._timed, function, **kwargs))
+                   for (name, function), weight in zip(self.functions, self.weights, strict=True)]
+        if self.scorer is not None:  # the reward model on this thread, while the functions run on theirs
+            texts = [self.scorer.text_of({"messages": m + [{"role": "assistant", "content": c}]})
+                     for m, c in zip(messages, completions, strict=True)]
+            scored_at = time.perf_counter()
+            scores = self.scorer.score_texts(texts)
+            parts["reward_seconds/model"] = time.perf_counter() - scored_at
+            total = [t + s for t, s in zip(total, scores, strict=True)]
+            parts["reward/model"] = sum(scores) / len(scores)
+        for name, weight, future in futures:
+            scores, seconds = future.result()
             if len(scores) != len(completions):
                 raise ConfigError(f"Config error: reward function '{name}' returned {len(scores)} scores for "
                                   f"{len(completions)} completions.")
-            total = [t + float(s) for t, s in zip(total, scores, strict=True)]
+            scores = [float(s) for s in scores]
+            total = [t + weight * s for t, s in zip(total, scores, strict=True)]
             mean = sum(scores) / len(scores)
-            parts[f"reward/{name.rpartition(':')[2]}"] = mean
-            parts[f"reward/{name.rpartition(':')[2]}_std"] = (
-                sum((float(s) - mean) ** 2 for s in scores) / max(len(scores) - 1, 1)) ** 0.5
-        if self.scorer is not None:
-            texts = [self.scorer.text_of({"messages": m + [{"role": "assistant", "content": c}]})
-                     for m, c in zip(messages, completions, strict=True)]
-            scores = self.scorer.score_texts(texts)
-            total = [t + s for t, s in zip(total, scores, strict=True)]
-            parts["reward/model"] = sum(scores) / len(scores)
+            parts[f"reward/{name}"] = mean
+            parts[f"reward/{name}_std"] = (sum((s - mean) ** 2 for s in scores) / max(len(scores) - 1, 1)) ** 0.5
+            parts[f"reward_seconds/{name}"] = seconds
+        parts["reward_seconds"] = time.perf_counter() - started
         return total, parts
+
+    def close(self) -> None:
+        """Stops the worker processes and threads."""
+        for _, function in self.functions:
+            if hasattr(function, "close"):
+                function.close()
+        if self.threads is not None:
+            self.threads.shutdown(wait=False)
