@@ -72,7 +72,8 @@ RISE = 0.12
     # unscaled advantages and a constant normaliser make smaller steps: a larger learning rate
     {"loss_type": "dr_grpo", "scale_rewards": "none", "advantage_estimator": "rloo", "learning_rate": 1.5e-2},
     {"loss_type": "bnpo", "epsilon_high": 0.28, "filter_zero_variance_groups": True},
-], ids=lambda v: v["loss_type"])
+    {"loss_type": "dapo", "advantage_estimator": "reinforce_plus_plus_baseline", "kl_coef": 0.01},
+], ids=lambda v: v.get("advantage_estimator", v["loss_type"]))
 def test_grpo_raises_the_mean_reward(tiny_model_dir, reward_file, tmp_path, variant):
     out = tmp_path / "grpo"
     settings = {"learning_rate": 5e-3, **variant}
@@ -89,6 +90,48 @@ def test_grpo_raises_the_mean_reward(tiny_model_dir, reward_file, tmp_path, vari
         assert all("zero_variance_groups" in r for r in log if "reward" in r)
     assert (out / "training_reward.png").exists() and (out / "training_kl.png").exists()
     assert (out / "model.safetensors").exists() and (out / "checkpoint-30").is_dir()
+
+
+HALF_FLAT = '''
+def half_flat(prompts, completions, **_):
+    """No signal for prompts of odd length (every completion scores 0); the completion's length mod 3 otherwise."""
+    return [0.0 if len(p) % 2 else float(len(c) % 3) for p, c in zip(prompts, completions)]
+'''
+
+
+def test_dynamic_sampling_draws_groups_until_the_batch_has_a_signal(tiny_model_dir, tmp_path):
+    (tmp_path / "flat.py").write_text(HALF_FLAT)
+    out = tmp_path / "dynamic"
+    assert main(["train", *rl_args("grpo", tiny_model_dir, out, reward_funcs=f"{tmp_path / 'flat.py'}:half_flat",
+                                   rollout_batch_size=4, num_generations=4, max_steps=3, logging_steps=1,
+                                   per_device_train_batch_size=8, dynamic_sampling=True, max_sampling_rounds=4,
+                                   save_strategy="no")]) == 0
+    log = [json.loads(line) for line in open(out / "trainer_log.jsonl")]
+    assert len(log) == 3 and all(1 <= r["sampling_rounds"] <= 4 and r["kept_groups"] <= 4 for r in log)
+    assert any(r["sampling_rounds"] > 1 for r in log), log  # about half of the first round's groups are flat
+    assert all(r["kept_groups"] == 4 for r in log if r["sampling_rounds"] < 4)  # it stops once the batch is full
+
+
+def test_grpo_with_verifiable_rewards_reinforce_plus_plus_and_overlong_shaping(tiny_model_dir, tmp_path):
+    """TRL's layout (a `prompt` column, the answer in `solution`) with extra columns the rewards read: the logged
+    reward is the weighted sum of its parts, and each part's time is logged."""
+    rows = [{"prompt": [{"role": "user", "content": f"What is {a} + {b}?"}], "solution": str(a + b),
+             "test_list": [f"assert add({a}, {b}) == {a + b}"]} for a in range(4) for b in range(3)]
+    data = write_jsonl(tmp_path / "sums.jsonl", rows)
+    out = tmp_path / "verified"
+    assert main(["train", *rl_args("grpo", tiny_model_dir, out, dataset=str(data), max_samples=100,
+                                   reward_funcs="math_verify,format,code_exec", reward_weights="1.0,0.5,2.0",
+                                   advantage_estimator="reinforce_plus_plus", num_generations=2, overlong_buffer=4,
+                                   rollout_batch_size=4, per_device_train_batch_size=8, max_steps=2,
+                                   logging_steps=1, reward_workers=2, code_exec_timeout=2.0,
+                                   save_strategy="no")]) == 0
+    log = [json.loads(line) for line in open(out / "trainer_log.jsonl")]
+    for record in log:
+        parts = (record["reward/math_verify"] + 0.5 * record["reward/format"] + 2.0 * record["reward/code_exec"]
+                 + record["reward/overlong"])
+        assert record["reward"] == pytest.approx(parts, abs=1e-5)
+        assert record["reward/overlong"] <= 0 and record["reward_seconds"] > 0
+        assert {"reward_seconds/math_verify", "reward_seconds/format", "reward_seconds/code_exec"} <= set(record)
 
 
 def test_grpo_masks_truncated_completions(tiny_model_dir, reward_file, tmp_path):
@@ -174,7 +217,17 @@ def test_grpo_with_a_reward_model_and_a_builtin_reward(tiny_model_dir, tmp_path)
 
 @pytest.mark.parametrize("stage, extra, message", [
     ("ppo", {}, "needs a reward: set 'reward_model'"),
-    ("grpo", {"reward_funcs": "nocolon"}, "must be written 'module:function'"),
+    ("grpo", {"reward_funcs": "nocolon"}, "'nocolon' is not a built-in reward (math_verify, code_exec"),
+    ("grpo", {"reward_funcs": "math_verfy"}, "did you mean 'math_verify'?"),
+    ("grpo", {"reward_funcs": "math_verify,format", "reward_weights": "1"}, "'reward_weights' has 1 weights for the "
+     "2 'reward_funcs'"),
+    ("grpo", {"reward_funcs": "format", "format_pattern": "(<think>"}, "'format_pattern' is not a regular "
+     "expression"),
+    ("grpo", {"reward_url": "localhost:8000"}, "'reward_url' must be an http(s) address"),
+    ("grpo", {"reward_funcs": "format", "overlong_buffer": 8}, "'overlong_buffer' (8) must be between 0 and "
+     "'max_new_tokens' (8)"),
+    ("grpo", {"reward_funcs": "format", "num_generations": 1, "advantage_estimator": "reinforce_plus_plus_baseline"},
+     "'num_generations' must be at least 2"),
     ("grpo", {"reward_funcs": "/nonexistent/r.py:f"}, "reward function file '/nonexistent/r.py' does not exist"),
     ("grpo", {"reward_funcs": "lmforge.rewards:nope"}, "'lmforge.rewards' has no function 'nope'"),
     ("grpo", {"reward_funcs": "lmforge.rewards:exact_match", "num_generations": 1}, "'num_generations' must be at "

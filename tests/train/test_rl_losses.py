@@ -43,7 +43,8 @@ def test_gae_by_hand():
 def test_whiten_normalises_over_valid_tokens_only():
     values = torch.tensor([[1.0, 3.0, 100.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0]])
-    assert whiten(values, mask)[0].tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-4)
+    # mean 2, unbiased variance ((1-2)^2 + (3-2)^2) / (2-1) = 2, as TRL's and verl's masked_whiten
+    assert whiten(values, mask)[0].tolist() == pytest.approx([-2 ** -0.5, 2 ** -0.5, 0.0], abs=1e-4)
 
 
 def test_ppo_loss_clips_the_ratio_and_the_value_by_hand():

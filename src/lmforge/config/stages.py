@@ -49,7 +49,7 @@ def stage_help() -> str:
 ONLINE_RL_IGNORES = (
     "num_train_epochs", "torch_compile", "deepspeed", "fsdp", "fsdp_config", "use_liger_kernel", "chunked_loss",
     "neftune_noise_alpha", "label_smoothing_factor", "train_sampling_strategy", "auto_find_batch_size",
-    "eval_on_start", "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
+    "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
     "eval_accumulation_steps", "dataloader_num_workers", "data_seed", "do_predict", "predict_with_generate",
     "save_only_model", "push_to_hub")
 

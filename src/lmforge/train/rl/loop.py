@@ -367,6 +367,8 @@ class OnlineRL:
             self.rewrite_log()
             self.trackers.begin(self.step)
         barrier()
+        if self.step == 0 and self.eval_prompts is not None and getattr(self.args, "eval_on_start", False):
+            self.log(self.evaluate())  # the starting point the later evaluations are compared with
         try:
             with self.stop_request.installed():
                 last = self.loop()

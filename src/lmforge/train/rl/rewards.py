@@ -96,7 +96,8 @@ class CodeExecReward:
             return [r.score for r in results]
 
 
-DEFAULT_FORMAT = r"\s*<think>.*?\S.*?</think>\s*\S.*"
+# one reasoning block with something in it, closed once, then an answer
+DEFAULT_FORMAT = r"\s*<think>(?!.*<think>).*?\S.*?</think>(?!.*</think>)\s*\S.*"
 
 
 class FormatReward:
