@@ -27,6 +27,7 @@ def test_example_configs_validate():
     assert stages["pretrain_quickstart.yaml"] == "pt" and stages["sft_quickstart.yaml"] == "sft"
     for stage in ("rm", "dpo", "kto", "ppo", "grpo", "cls"):
         assert stages[f"{stage}_quickstart.yaml"] == stage
+    assert (stages["reasoning_sft.yaml"], stages["reasoning_grpo.yaml"]) == ("sft", "grpo")
 
 
 def _shipped(name: str) -> list:
@@ -93,3 +94,20 @@ def test_cls_quickstart_data_is_generated_by_the_project_and_held_out_lines_are_
     counts = {label: sum(r["label"] == label for r in train) for label in ("sports", "weather", "food")}
     assert counts == {"sports": 100, "weather": 200, "food": 600}
     assert not {r["text"] for r in held} & {r["text"] for r in train}
+
+
+def test_arithmetic_quickstart_is_generated_by_the_project_and_held_out_problems_are_unseen():
+    from lmforge.resources.arithmetic_quickstart import split
+    from lmforge.verify.math_answers import check
+
+    train, held = _shipped("arithmetic_quickstart.jsonl"), _shipped("arithmetic_quickstart_heldout.jsonl")
+    assert (train, held) == split()
+    assert len(train) == 3 * 124 and len(held) == 31
+
+    def problem(record: dict) -> str:  # the numbers and the operation, whatever the phrasing
+        words = record["instruction"].rstrip("?.").split()
+        return " ".join(words[-3:])
+
+    assert not {problem(r) for r in held} & {problem(r) for r in train}
+    # every worked answer is verified correct by the reward that trains on it
+    assert all(check(r["output"], r["answer"]) == 1.0 for r in train + held)
