@@ -123,7 +123,7 @@ def test_pick_preview_train_reopen_compare_and_export(board, browser, shots):
                        ("output_dir", str(runs / "ui-run"))):
         _fill(page, key, value)
     expect(page.locator("#config_check")).to_contain_text("The config is valid.", timeout=30_000)
-    expect(page.locator("#yaml_preview")).to_contain_text("dataset: identity")
+    expect(page.locator("#yaml_preview")).to_contain_text("dataset: identity", timeout=30_000)
 
     # the data as the model will see it: the answers trained, the prompts and template dimmed
     page.locator("#preview_panel").get_by_text("Preview data (as the model will see it)").click()
@@ -210,7 +210,7 @@ def test_stop_resume_and_copy_a_config_back(board, browser, shots):
     _fill(page, "load_config_path", "examples/sft_quickstart.yaml")
     page.locator("#load_config").click()
     expect(page.locator("#load_message")).to_contain_text("Loaded examples/sft_quickstart.yaml", timeout=30_000)
-    expect(page.locator("#yaml_preview")).to_contain_text("lr_scheduler_type: cosine")
+    expect(page.locator("#yaml_preview")).to_contain_text("lr_scheduler_type: cosine", timeout=30_000)
     page.locator("#more_settings").get_by_text("More settings").click()
     expect(page.locator("#lr_scheduler_type input").first).to_have_value("cosine")
     expect(page.locator("#dataset")).to_contain_text("lmforge_sft_quickstart")
@@ -223,8 +223,8 @@ def test_stop_resume_and_copy_a_config_back(board, browser, shots):
     expect(page.locator("#model_name_or_path input").first).to_have_value(model, timeout=30_000)
     output_dir = page.locator("#output_dir input, #output_dir textarea").first.input_value()
     assert output_dir.startswith(str(runs)) and output_dir != str(runs / "cli-run")
-    expect(page.locator("#yaml_preview")).to_contain_text("max_steps: 12")
-    expect(page.locator("#config_check")).to_contain_text("The config is valid.")
+    expect(page.locator("#yaml_preview")).to_contain_text("max_steps: 12", timeout=30_000)
+    expect(page.locator("#config_check")).to_contain_text("The config is valid.", timeout=30_000)
 
     _fill(page, "max_steps", "400")  # long enough to be stopped, saving every 4 steps
     _fill(page, "save_steps", "4")

@@ -61,7 +61,7 @@ def _trl_steps(cfg: Any, warmup: int, steps: int) -> dict[str, float]:
     from lmforge.data.examples import build_examples
     from lmforge.data.template import stop_token_ids
     from lmforge.model.tokenizer import chat_tokenizer
-    from lmforge.train.rl.rewards import load_function
+    from lmforge.train.rl.rewards import reward_function
 
     r, t, g = cfg.rl, cfg.training, cfg.generation
     tokenizer, _ = chat_tokenizer(cfg)
@@ -87,7 +87,7 @@ def _trl_steps(cfg: Any, warmup: int, steps: int) -> dict[str, float]:
         logging_steps=1, save_strategy="no", report_to="none", seed=t.seed, bf16=bool(t.bf16),
         use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
         generation_kwargs={"eos_token_id": stop_token_ids(tokenizer)})
-    rewards = [load_function(spec) for spec in r.reward_funcs.split(",") if spec.strip()]
+    rewards = [reward_function(spec.strip(), r) for spec in r.reward_funcs.split(",") if spec.strip()]
     trainer = GRPOTrainer(model=cfg.model.model_name_or_path, reward_funcs=rewards, args=args,
                           train_dataset=dataset, processing_class=tokenizer)
 
