@@ -266,5 +266,6 @@ def torch_equal(a, b) -> bool:
 
 
 def _log_without_timings(out) -> list[dict]:
-    timings = ("rollout_seconds", "update_seconds", "rollout_tokens_per_second")
-    return [{k: v for k, v in json.loads(line).items() if k not in timings} for line in open(out / "trainer_log.jsonl")]
+    from tests.train.test_rl import without_timings
+
+    return [without_timings(json.loads(line)) for line in open(out / "trainer_log.jsonl")]
