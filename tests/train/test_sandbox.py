@@ -11,6 +11,7 @@ import time
 import psutil
 import pytest
 
+from lmforge.errors import DataError
 from lmforge.train.rl.rewards import CodeExecReward
 from lmforge.verify.sandbox import CodeTests, Limits, extract_code, row_tests, run_tests, same_output
 
@@ -90,6 +91,7 @@ def test_the_program_is_the_last_python_block_after_the_reasoning():
     assert extract_code("```bash\nrm -rf /\n```") == ""
     assert extract_code("def f():\n    return 2") == "def f():\n    return 2"
     assert extract_code("I cannot solve this.") == ""
+    assert extract_code("<think>```python\ndef f():\n    return 1\n```") == ""  # the reasoning never ended
 
 
 def test_code_exec_reward_runs_completions_side_by_side_with_the_rows_tests():
@@ -100,8 +102,11 @@ def test_code_exec_reward_runs_completions_side_by_side_with_the_rows_tests():
     # the last row's program reads no input: its stdio test fails
     scores = reward([""] * 4, completions, **columns)
     assert scores == pytest.approx([1.0, 2 / 3, 0.0, 0.0])
-    with pytest.raises(Exception, match="needs the tests of every row"):
-        reward([""], ["x"], reference=[None])
+    # a prompt without tests scores 0 and does not stop the others; data with no tests at all is refused up front
+    assert reward(["", ""], [GOOD, GOOD], test_list=[ADD_TESTS.tests, None]) == [1.0, 0.0]
+    reward.check_rows([{"test_list": ["assert True"]}, {"prompt": "no tests"}])
+    with pytest.raises(DataError, match="no prompt has any of them"):
+        reward.check_rows([{"prompt": "x"}, {"solution": "4"}])
 
 
 def test_the_sandbox_leaves_no_directory_behind(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
+from lmforge.config.rl import RLArguments
 from lmforge.config.stage_checks import REWARD_BUILTINS
 from lmforge.errors import TrainingError
 from lmforge.train.rl.losses import overlong_penalty, reinforce_pp_advantages, whiten
@@ -69,8 +70,6 @@ def test_math_verify_reward_checks_a_batch_in_worker_processes(math_reward):
     scores = math_reward([""] * len(completions), completions, references)
     assert scores == [v for _, _, v in SURFACE_FORMS] + [0.0]
     assert math_reward.unreadable_references == 1
-    pool = math_reward.verifier._pool
-    assert pool is not None and all(p.pid != threading.get_native_id() for p in pool._pool)
 
 
 def test_a_comparison_that_runs_too_long_scores_zero_and_the_pool_recovers(math_reward):
@@ -175,10 +174,6 @@ def test_the_built_in_names_are_the_ones_the_config_accepts():
     assert set(BUILTINS) == set(REWARD_BUILTINS)
 
 
-class Settings:
-    reward_weights, reward_url, reward_workers = "2.0,0.5", None, 2
-
-
 def test_rewards_run_side_by_side_weighted_with_the_rows_columns_and_timed(tmp_path):
     # each function waits for the other: they finish only if they run at the same time
     both = threading.Barrier(2, timeout=10)
@@ -200,7 +195,7 @@ def test_rewards_run_side_by_side_weighted_with_the_rows_columns_and_timed(tmp_p
 
     sys.modules["side_rewards"] = module
     try:
-        rewarder = Rewarder("side_rewards:first,side_rewards:second", None, rl=Settings())
+        rewarder = Rewarder("side_rewards:first,side_rewards:second", None, rl=RLArguments(reward_weights="2.0,0.5"))
         total, parts = rewarder(["p", "q"], ["a", "b"], [[], []], ["a", "z"],
                                 columns=[{"tests": [1, 2, 3]}, {"tests": []}])
         rewarder.close()

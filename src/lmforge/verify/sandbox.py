@@ -30,6 +30,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmforge.verify.math_answers import answer_part
+
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
 OUTPUT_KEPT = 4096  # characters of the program's output and errors kept for the report
 
@@ -70,9 +72,10 @@ FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 
 
 def extract_code(completion: str) -> str:
-    """The program in a completion: its last fenced block marked python (or unmarked); without one, what follows
-    the reasoning (`</think>`) when it compiles as Python; else empty (scores 0)."""
-    answer = completion.rsplit("</think>", 1)[-1]
+    """The program in a completion's answer (after the reasoning; none if the reasoning never ended): its last
+    fenced block marked python (or unmarked); without one, the whole answer when it compiles as Python; else empty
+    (scores 0)."""
+    answer = answer_part(completion)
     blocks = [(lang.lower(), body) for lang, body in FENCE.findall(answer)]
     marked = [body for lang, body in blocks if lang in ("python", "py", "python3", "")]
     if marked:

@@ -87,6 +87,7 @@ class OnlineRL:
         self.eval_prompts = stage.data.eval
         self.eval_examples = ([json.loads(c) for c in self.eval_prompts["conversation"]]
                               if self.eval_prompts is not None else [])
+        rewarder.check_rows([e.get("columns") or {} for e in self.examples])  # before any time is spent
         self.env = load_function(self.rl.env_funcs) if self.rl.env_funcs else None  # multi-turn tool use
         self.vllm = None
         if self.rl.rollout_backend == "vllm":
@@ -236,11 +237,9 @@ class OnlineRL:
         piece = self.sample_piece(step, self.batch_indices(step))
         sampled = {"reward": piece["scores"].mean().item(), "reward_std": piece["scores"].std().item()
                    if len(piece["scores"]) > 1 else 0.0, **piece["parts"]}  # of everything the first round drew
-        if getattr(self.rl, "dynamic_sampling", False):
-            pieces = self.dynamic_pieces(step, piece, sampled)
-            if not pieces:  # no group had a signal in any round: nothing to learn from this step
-                pieces = [piece]
-                sampled["kept_groups"] = 0.0
+        if self.rl.dynamic_sampling:
+            # no group with a signal in any round: the first round's (zero advantages, nothing to learn)
+            pieces = self.dynamic_pieces(step, piece, sampled) or [piece]
             piece = pieces[0] if len(pieces) == 1 else merge_rollouts(pieces, self.stage.tokenizer.pad_token_id)
         rollout = Rollout(piece["input_ids"], piece["attention_mask"], piece["completion_mask"],
                           piece["prompt_width"], piece["truncated"].bool(), piece.get("trained_mask"))
@@ -367,7 +366,7 @@ class OnlineRL:
             self.rewrite_log()
             self.trackers.begin(self.step)
         barrier()
-        if self.step == 0 and self.eval_prompts is not None and getattr(self.args, "eval_on_start", False):
+        if self.step == 0 and self.eval_prompts is not None and self.args.eval_on_start:
             self.log(self.evaluate())  # the starting point the later evaluations are compared with
         try:
             with self.stop_request.installed():

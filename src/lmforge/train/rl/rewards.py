@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 import re
 import time
@@ -26,12 +27,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from lmforge.errors import ConfigError
+from lmforge.config.rl import RLArguments
+from lmforge.errors import ConfigError, DataError
 from lmforge.verify.math_answers import MathVerifier
 from lmforge.verify.remote import RemoteReward
-from lmforge.verify.sandbox import Limits, extract_code, row_tests, run_tests
+from lmforge.verify.sandbox import CodeTests, Limits, extract_code, row_tests, run_tests
 
 RewardFunction = Callable[..., list[float]]
+logger = logging.getLogger(__name__)
 
 
 def exact_match(prompts: list[str], completions: list[str], reference: list[str | None], **_: Any) -> list[float]:
@@ -58,8 +61,8 @@ def token_f1(prompts: list[str], completions: list[str], reference: list[str | N
 
 
 class MathVerifyReward:
-    """1.0 where the final answer (after the reasoning) equals the reference mathematically, else 0.0; a row whose
-    reference math-verify cannot read scores 0 and is counted (`unreadable_references`)."""
+    """1.0 where the final answer (after the reasoning) equals the reference mathematically, else 0.0. A row whose
+    reference math-verify cannot read scores 0: the first is named in a warning, and their count when the run ends."""
 
     def __init__(self, workers: int = 4, timeout: int = 5):
         self.verifier = MathVerifier(workers, timeout)
@@ -68,32 +71,48 @@ class MathVerifyReward:
     def __call__(self, prompts: list[str], completions: list[str], reference: list[str | None],
                  **_: Any) -> list[float]:
         checked = self.verifier(completions, reference)
-        self.unreadable_references += sum(c is None for c in checked)
+        unreadable = [r for r, c in zip(reference, checked, strict=True) if c is None]
+        if unreadable and not self.unreadable_references:
+            logger.warning("math_verify: no answer could be read from the reference %r (a row without one scores 0; "
+                           "their count is reported at the end)", unreadable[0])
+        self.unreadable_references += len(unreadable)
         return [c or 0.0 for c in checked]
 
     def close(self) -> None:
         self.verifier.close()
+        if self.unreadable_references:
+            logger.warning("math_verify: %d completions scored 0 because their reference had no answer math-verify "
+                           "could read", self.unreadable_references)
 
 
 class CodeExecReward:
     """The share of the row's tests the completion's program passes (see `lmforge.verify.sandbox` for the test
-    layouts and the limits); 0 without a program. A row without tests is an error naming the columns looked for."""
+    layouts and the limits); 0 without a program, or for a row without tests (`check_rows` says how many before the
+    run starts, and refuses data where no row has any)."""
 
     def __init__(self, workers: int = 4, limits: Limits | None = None):
         self.workers, self.limits = max(1, int(workers)), limits or Limits()
+
+    def check_rows(self, columns: list[dict[str, Any]]) -> None:
+        missing = sum(row_tests(row) is None for row in columns)
+        if columns and missing == len(columns):
+            raise DataError("Data error: the `code_exec` reward needs each prompt's tests, in a column `tests` or "
+                            "`test_list` (assert statements), `test` with `entry_point` (HumanEval) or "
+                            "`input_output` (standard input/output pairs); no prompt has any of them.")
+        if missing:
+            logger.warning("code_exec: %d of %d prompts have no tests; their completions score 0", missing,
+                           len(columns))
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
         rows = [{k: v[i] for k, v in columns.items() if isinstance(v, list) and len(v) == len(completions)}
                 for i in range(len(completions))]
         suites = [row_tests(row) for row in rows]
-        if any(s is None for s in suites):
-            raise ConfigError("Config error: the `code_exec` reward needs the tests of every row, in a column "
-                              "`tests` or `test_list` (assert statements), `test` with `entry_point` (HumanEval) or "
-                              "`input_output` (standard input/output pairs); a row has none of them.")
+
+        def score(completion: str, suite: CodeTests | None) -> float:
+            return run_tests(extract_code(completion), suite, self.limits).score if suite else 0.0
+
         with ThreadPoolExecutor(self.workers) as pool:
-            results = pool.map(lambda pair: run_tests(extract_code(pair[0]), pair[1], self.limits),
-                               zip(completions, suites, strict=True))
-            return [r.score for r in results]
+            return list(pool.map(score, completions, suites))
 
 
 # one reasoning block with something in it, closed once, then an answer
@@ -146,16 +165,15 @@ BUILTINS: dict[str, RewardFunction] = {
 }
 
 
-def make_builtin(name: str, rl: Any) -> RewardFunction:
-    """A built-in reward with the run's settings (`rl`: RLArguments)."""
-    workers = getattr(rl, "reward_workers", 4)
+def make_builtin(name: str, rl: RLArguments | None = None) -> RewardFunction:
+    """A built-in reward with the run's settings (the defaults without `rl`)."""
+    rl = rl or RLArguments()
     if name == "math_verify":
-        return MathVerifyReward(workers, getattr(rl, "math_verify_timeout", 5))
+        return MathVerifyReward(rl.reward_workers, rl.math_verify_timeout)
     if name == "code_exec":
-        return CodeExecReward(workers, Limits(getattr(rl, "code_exec_timeout", 10.0),
-                                              getattr(rl, "code_exec_memory_mb", 1024)))
+        return CodeExecReward(rl.reward_workers, Limits(rl.code_exec_timeout, rl.code_exec_memory_mb))
     if name == "format":
-        return FormatReward(getattr(rl, "format_pattern", None))
+        return FormatReward(rl.format_pattern)
     return BUILTINS[name]
 
 
@@ -182,7 +200,7 @@ def load_function(spec: str) -> RewardFunction:
     return function
 
 
-def reward_function(spec: str, rl: Any = None) -> RewardFunction:
+def reward_function(spec: str, rl: RLArguments | None = None) -> RewardFunction:
     """A `reward_funcs` entry: a built-in's name (with the run's settings) or a function to import."""
     return make_builtin(spec, rl) if spec in BUILTINS else load_function(spec)
 
@@ -190,14 +208,16 @@ def reward_function(spec: str, rl: Any = None) -> RewardFunction:
 class Rewarder:
     """The weighted sum of every configured reward for a batch of completions."""
 
-    def __init__(self, reward_funcs: str | None, reward_model: str | None, device: Any = None, rl: Any = None):
+    def __init__(self, reward_funcs: str | None, reward_model: str | None, device: Any = None,
+                 rl: RLArguments | None = None):
+        rl = rl or RLArguments()
         specs = [spec.strip() for spec in (reward_funcs or "").split(",") if spec.strip()]
         self.functions = [(spec.rpartition(":")[2], reward_function(spec, rl)) for spec in specs]
-        weights = getattr(rl, "reward_weights", None)  # checked with the config (`stage_checks.reward_settings`)
-        self.weights = [float(w) for w in str(weights).split(",")] if weights else [1.0] * len(specs)
-        url = getattr(rl, "reward_url", None)
-        if url:
-            self.functions.append(("remote", RemoteReward(url, rl.reward_url_timeout, rl.reward_url_retries)))
+        # the weights were checked with the config (`stage_checks.reward_settings`)
+        self.weights = [float(w) for w in rl.reward_weights.split(",")] if rl.reward_weights else [1.0] * len(specs)
+        if rl.reward_url:
+            self.functions.append(("remote", RemoteReward(rl.reward_url, rl.reward_url_timeout,
+                                                          rl.reward_url_retries)))
             self.weights.append(1.0)
         self.scorer = None
         if reward_model:
@@ -248,6 +268,12 @@ class Rewarder:
             parts[f"reward_seconds/{name}"] = seconds
         parts["reward_seconds"] = time.perf_counter() - started
         return total, parts
+
+    def check_rows(self, columns: list[dict[str, Any]]) -> None:
+        """Before the run: each reward that reads dataset columns checks the prompts have them (`code_exec`)."""
+        for _, function in self.functions:
+            if hasattr(function, "check_rows"):
+                function.check_rows(columns)
 
     def close(self) -> None:
         """Stops the worker processes and threads."""
