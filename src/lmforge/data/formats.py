@@ -9,7 +9,8 @@ for one kind of example (`ExampleKind`):
 - `pair` (rm, dpo): the prompt `messages` (ending with the user) plus the `chosen` and `rejected` replies, each a
   list of assistant (and tool) messages.
 - `kto`: a whole conversation plus its boolean `label` (desirable or not).
-- `prompt` (ppo, grpo): the prompt `messages` plus the dataset's `reference` answer when it has one.
+- `prompt` (ppo, grpo): the prompt `messages` plus the dataset's `reference` answer when it has one (its answer turn,
+  or a `REFERENCE_COLUMNS` column) and the record's other `columns` (tests, solutions) for the reward functions.
 
 A record that cannot be such an example is skipped with a reason; skips are counted and reported, never silent.
 """
