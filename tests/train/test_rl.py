@@ -229,6 +229,7 @@ def test_grpo_with_a_reward_model_and_a_builtin_reward(tiny_model_dir, tmp_path)
      "expression"),
     ("grpo", {"reward_url": "localhost:8000"}, "'reward_url' must be an http(s) address"),
     ("grpo", {"reward_funcs": "code_exec"}, "the `code_exec` reward needs each prompt's tests"),
+    ("grpo", {"reward_funcs": "format", "enable_thinking": False}, "the 'format' reward's default layout wants"),
     ("grpo", {"reward_funcs": "format", "overlong_buffer": 8}, "'overlong_buffer' (8) must be between 0 and "
      "'max_new_tokens' (8)"),
     ("grpo", {"reward_funcs": "format", "num_generations": 1, "advantage_estimator": "reinforce_plus_plus_baseline"},

@@ -102,6 +102,28 @@ def test_format_pattern_is_configurable():
     assert reward(["", ""], ["<reasoning>r</reasoning> <answer>4</answer>", "<answer>4</answer>"]) == [1.0, 0.0]
 
 
+def test_format_and_math_rewards_on_qwen3s_own_template_and_tokenizer():
+    """The loop decodes prompts with their special tokens and completions without: on Qwen3's real tokenizer the
+    reasoning tags survive that, and its thinking template leaves the completion to open the block."""
+    from transformers import AutoTokenizer
+
+    from tests.real_models import REAL_MODELS
+
+    if not (REAL_MODELS / "qwen3" / "tokenizer.json").is_file():
+        pytest.skip(f"no qwen3 tokenizer in {REAL_MODELS}")
+    tokenizer = AutoTokenizer.from_pretrained(REAL_MODELS / "qwen3")
+    prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is 3 + 4?"}],
+                                               add_generation_prompt=True, tokenize=True, enable_thinking=True)
+    prompt_ids = prompt_ids if isinstance(prompt_ids, list) else prompt_ids["input_ids"]
+    prompt = tokenizer.decode(prompt_ids, skip_special_tokens=False)
+    sampled = tokenizer("<think>\nThree plus four.\n</think>\n\nThe answer is $\\boxed{7}$.<|im_end|>",
+                        add_special_tokens=False)["input_ids"]
+    completion = tokenizer.decode(sampled, skip_special_tokens=True)
+    assert completion.startswith("<think>") and not completion.endswith("<|im_end|>")
+    assert FormatReward()([prompt], [completion]) == [1.0]
+    assert check(completion, "7") == 1.0 and check(completion, "3") == 0.0
+
+
 class RewardServer:
     """A reward server on loopback: answers the rewards of `script` in turn (an int is an HTTP error status)."""
 

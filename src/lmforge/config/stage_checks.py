@@ -173,6 +173,10 @@ def reward_settings(cfg: RunConfig) -> None:
             fail(cfg, f"'{key}' must be positive, got {getattr(r, key)}.")
     if r.reward_url_retries < 0:
         fail(cfg, f"'reward_url_retries' must not be negative, got {r.reward_url_retries}.")
+    if "format" in specs and r.format_pattern is None and not cfg.data.enable_thinking:
+        fail(cfg, "the 'format' reward's default layout wants a <think>...</think> block, but 'enable_thinking: "
+             "false' has the template close the reasoning before the completion starts (Qwen3 writes an empty "
+             "block): set 'format_pattern' to the layout you want, or drop 'format'.")
     if r.format_pattern is not None:
         try:
             re.compile(r.format_pattern)
