@@ -216,18 +216,25 @@ def _emit(lines: list[str], summary: str, output: str | None) -> None:
 def cmd_score(args: list[str]) -> int:
     output, args = _take_option(args, "output")
     batch_size, args = _take_option(args, "batch-size")
-    usage = _paths_or_usage(args, "Usage: lmforge score RM_DIR INPUT.jsonl [--output SCORED.jsonl] [--batch-size N]\n"
-                            "Each input line holds {\"messages\": [...]} (rendered with the reward model's chat "
-                            "template) or {\"text\": \"...\"} (scored as is).")
+    reduction, args = _take_option(args, "reduction")
+    usage = _paths_or_usage(
+        args, "Usage: lmforge score RM_DIR INPUT.jsonl [--output SCORED.jsonl] [--batch-size N] [--reduction R]\n"
+        "Each input line holds {\"messages\": [...]} (rendered with the reward model's chat template) or "
+        "{\"text\": \"...\"} (scored as is).\n"
+        "A process reward model (stage: prm) scores each step: a line holds the prompt ('prompt': text or messages, "
+        "or 'messages') and the reply ('completions': its steps, or 'completion': text split at the model's step "
+        "separator, or the last assistant message); 'score' is the steps' min (--reduction: min, last, mean, prod).")
     if usage is not None:
         return usage
     from lmforge.logs import setup_logging
     from lmforge.model.reward import score_file
 
     setup_logging()
-    scores = score_file(args[0], args[1], output, _batch_size(batch_size, 16))
-    _emit([f"{score:.6f}" for score in scores], f"Scored {len(scores):,} lines: mean {sum(scores) / len(scores):.4f}",
-          output)
+    results = score_file(args[0], args[1], output, _batch_size(batch_size, 16), reduction or "min")
+    lines = [f"{r['score']:.6f}" + (f"\tsteps: {' '.join(f'{s:.4f}' for s in r['step_scores'])}"
+                                    if "step_scores" in r else "") for r in results]
+    mean = sum(r["score"] for r in results) / len(results)
+    _emit(lines, f"Scored {len(results):,} lines: mean {mean:.4f}", output)
     return 0
 
 

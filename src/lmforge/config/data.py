@@ -27,6 +27,11 @@ class DataArguments:
         None, "cls: the column of each row's second text (sentence-pair classification, reranking).",
         stages=("cls",))
     label_column: str = option("label", "cls: the column holding each row's label.", stages=("cls",))
+    step_separator: str = option(
+        "\n", "prm: the text that ends each step. Each step is tokenized on its own and followed by the "
+        "separator's ids, whose last token carries the step's label, so the separator never merges with the step's "
+        "text; a special token of the tokenizer (e.g. Qwen's `<extra_0>`) keeps it apart from any text. Saved with "
+        "the model: `lmforge score` and a PRM reward split completions at it.", stages=("prm",))
     cutoff_len: int = option(
         1024, "pt: tokens per training block. sft: the longest example (longer ones lose their oldest turns).")
     max_samples: int | None = option(

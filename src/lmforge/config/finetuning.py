@@ -105,7 +105,7 @@ class FinetuningArguments:
         False, "full/freeze: compute the decoder layers' linear matmuls in float8 (torchao's float8 training, dynamic "
         "tensor-wise scales; the weights, optimizer and saved model keep their dtype). Needs `bf16: true`, torchao, "
         "and for its speed a CUDA GPU with float8 tensor cores (compute capability 8.9: L4, RTX 4090, H100 and "
-        "newer); on the CPU torch emulates it.", stages=("pt", "sft", "dpo", "kto", "kd", "cls", "rm"))
+        "newer); on the CPU torch emulates it.", stages=("pt", "sft", "dpo", "kto", "kd", "cls", "rm", "prm"))
     save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
         "auto", "full/freeze: the dtype the final model is saved in (`auto`: the dtype of the checkpoint trained; "
         "float32 for a new model). Checkpoints keep the training precision, so a resumed run continues exactly.")

@@ -20,7 +20,13 @@ class RLArguments:
     max_turns: int = option(3, "With `env_funcs`: the most model turns per completion.", stages=("grpo",))
     reward_model: str | None = option(
         None, "With `ppo`/`grpo`: a reward model directory saved by `stage: rm` (or any one-output "
-        "sequence-classification model). Each prompt + completion is rendered with its chat template and scored.",
+        "sequence-classification model): each prompt + completion is rendered with its chat template and scored; "
+        "or a process reward model saved by `stage: prm`, which scores each step (`prm_reduction`).",
+        stages=("ppo", "grpo"))
+    prm_reduction: Literal["min", "last", "mean", "prod"] = option(
+        "min", "With a process reward model (`stage: prm`) as `reward_model`: how a completion's step scores (each "
+        "step's probability of being correct; the completion is split at the separator the PRM was trained with) "
+        "become its reward: the weakest step (`min`), the last step, their mean or their product.",
         stages=("ppo", "grpo"))
     reward_funcs: str | None = option(
         None, "With `ppo`/`grpo`: comma-separated reward functions: built-ins by name (`math_verify`: the final "

@@ -77,6 +77,13 @@ def whole_examples(cfg: RunConfig) -> None:
         fail(cfg, "'kto_chosen_weight', 'kto_rejected_weight' and 'pref_ftx' must not be negative.")
 
 
+def step_labels(cfg: RunConfig) -> None:
+    """prm: each step needs a separator to carry its label."""
+    if not cfg.data.step_separator:
+        fail(cfg, "'step_separator' is empty: each step's label sits on the separator after it (e.g. \"\\n\" or a "
+             "special token such as <extra_0>). In YAML quote it when it is a character YAML reads (| > # :).")
+
+
 def reference_free_losses(cfg: RunConfig) -> None:
     f = cfg.finetuning
     if f.pref_loss in ("orpo", "simpo") and f.ref_model:
@@ -98,8 +105,8 @@ def online_rl(cfg: RunConfig, group: int, grouped: bool = False) -> None:
     sampled per prompt (`grouped`: GRPO, which compares them)."""
     r, t, stage = cfg.rl, cfg.training, cfg.finetuning.stage
     if not (r.reward_model or r.reward_funcs or r.reward_url):
-        fail(cfg, f"'stage: {stage}' needs a reward: set 'reward_model' (a 'stage: rm' output directory), "
-             "'reward_funcs' (built-ins such as math_verify, or module:function) and/or 'reward_url'.")
+        fail(cfg, f"'stage: {stage}' needs a reward: set 'reward_model' (a 'stage: rm' or 'stage: prm' output "
+             "directory), 'reward_funcs' (built-ins such as math_verify, or module:function) and/or 'reward_url'.")
     reward_settings(cfg)
     if t.max_steps is None or t.max_steps <= 0:
         fail(cfg, f"'stage: {stage}' needs 'max_steps' (each step is one rollout and its update).")

@@ -20,7 +20,7 @@ from lmforge.config.stage_checks import Check
 class StageSpec:
     name: str
     summary: str  # one line for help, usage and the web UI
-    kind: str  # what it trains on: "pt" (raw text blocks) or an example kind ("sft", "pair", "kto", "prompt")
+    kind: str  # what it trains on: "pt" (raw text blocks) or an example kind ("sft", "pair", "kto", "prompt", "steps")
     recipe: str  # module with `build_trainer(cfg, resume)` (Trainer stages) or `run(cfg) -> dict` (a loop of its own)
     curves: tuple[str, ...] = ()  # log keys plotted besides loss/eval_loss (train and eval_ versions)
     trainer: bool = True  # built on a transformers Trainer (what `lmforge bench` times)
@@ -61,6 +61,9 @@ for _spec in (
               checks=(rules.conversations_read_whole,)),
     StageSpec("rm", "reward model on chosen/rejected pairs", "pair", "lmforge.train.stages.rm", ("accuracy", "margin"),
               checks=PAIRS),
+    StageSpec("prm", "process reward model: judges each step of a reply (prompt, completions, per-step labels)",
+              "steps", "lmforge.train.stages.prm", ("step_accuracy", "error_f1"),
+              checks=(rules.whole_examples, rules.step_labels)),
     StageSpec("dpo", "preference optimisation on pairs: DPO and its variants, see `pref_loss`", "pair",
               "lmforge.train.stages.dpo",
               ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"),

@@ -11,6 +11,7 @@ import orjson
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.data.formats import ExampleKind, SkipRecord
+from lmforge.data.steps import DEFAULT_STEP_SEPARATOR, separator_ids, step_example
 from lmforge.data.template import (
     IGNORE_INDEX,
     RenderedConversation,
@@ -42,6 +43,8 @@ class LabelOptions:
     mask_history: bool = False
     train_on_prompt: bool = False
     enable_thinking: bool = True
+    step_separator: str = DEFAULT_STEP_SEPARATOR  # `steps` examples (prm): what ends each step
+
 
 
 def prepare_messages(messages: list[dict], chat_template: str, enable_thinking: bool) -> list[dict]:
@@ -137,6 +140,7 @@ KIND_COLUMNS: dict[str, list[str]] = {
     "pair": ["chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels", "truncated"],
     "kto": ["input_ids", "labels", "kto_label", "truncated"],
     "prompt": ["input_ids", "truncated"],
+    "steps": ["input_ids", "labels", "truncated"],  # labels: 1/0 at each step's last separator token
 }
 
 
@@ -149,6 +153,8 @@ class ConversationEncoder:
         self.tokenizer = tokenizer
         self.options = options
         self.kind = kind
+        if kind == "steps":  # once, not as every record's skip
+            separator_ids(tokenizer, options.step_separator)
 
     def _messages(self, messages: list[dict]) -> list[dict]:
         return prepare_messages(messages, self.tokenizer.chat_template or "", self.options.enable_thinking)
@@ -161,6 +167,10 @@ class ConversationEncoder:
             ids, truncated = encode_prompt(self.tokenizer, self._messages(example["messages"]), tools, o.cutoff_len,
                                            **kwargs)
             return {"input_ids": ids, "truncated": truncated}
+        if self.kind == "steps":
+            prompt, truncated = encode_prompt(self.tokenizer, self._messages(example["messages"]), tools,
+                                              o.cutoff_len, **kwargs)
+            return step_example(self.tokenizer, example, prompt, o.step_separator, o.cutoff_len, truncated)
         if self.kind == "pair":
             chosen, rejected = encode_replies(
                 self.tokenizer, self._messages(example["messages"]),

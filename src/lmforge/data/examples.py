@@ -2,8 +2,8 @@
 
 One pipeline for all of them: every record is normalised to the example kind its stage needs (`formats.ExampleKind`:
 conversations for sft, chosen/rejected pairs for rm and dpo, labelled conversations for kto, prompts for ppo and
-grpo), rendered with the chat template and labelled by rendering (`data/template.py`). Records that cannot be used
-are skipped and counted per source and reason.
+grpo, labelled steps for prm), rendered with the chat template and labelled by rendering (`data/template.py`).
+Records that cannot be used are skipped and counted per source and reason.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class ExampleData:
 
 
 def label_options(args: DataArguments) -> LabelOptions:
-    return LabelOptions(args.cutoff_len, args.mask_history, args.train_on_prompt, args.enable_thinking)
+    return LabelOptions(args.cutoff_len, args.mask_history, args.train_on_prompt, args.enable_thinking,
+                        args.step_separator)
 
 
 def media_options(args: DataArguments) -> MediaOptions:
@@ -176,7 +177,8 @@ def _column(data: Dataset, name: str) -> list:
 
 
 KIND_NAMES = {"sft": "conversation", "pair": "preference pair (prompt, chosen, rejected)",
-              "kto": "conversation with a true/false label", "prompt": "prompt"}
+              "kto": "conversation with a true/false label", "prompt": "prompt",
+              "steps": "prompt with labelled steps (completions, labels)"}
 
 
 def examples_identity(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int, kind: ExampleKind,

@@ -11,6 +11,8 @@ for one kind of example (`ExampleKind`):
 - `kto`: a whole conversation plus its boolean `label` (desirable or not).
 - `prompt` (ppo, grpo): the prompt `messages` plus the dataset's `reference` answer when it has one (its answer turn,
   or a `REFERENCE_COLUMNS` column) and the record's other `columns` (tests, solutions) for the reward functions.
+- `steps` (prm): the prompt `messages` plus the reply as `steps` (texts) and one true/false `step_labels` entry per
+  step (TRL's stepwise-supervision layout: `prompt`, `completions`, `labels`).
 
 A record that cannot be such an example is skipped with a reason; skips are counted and reported, never silent.
 """
@@ -27,9 +29,10 @@ from lmforge.data import media
 from lmforge.data.skips import SkipRecord
 
 Formatting = Literal["alpaca", "sharegpt", "openai"]
-ExampleKind = Literal["sft", "pair", "kto", "prompt"]
+ExampleKind = Literal["sft", "pair", "kto", "prompt", "steps"]
 
-PAIR_COLUMNS = {"chosen": "chosen", "rejected": "rejected", "kto_tag": "label", "images": "images", "videos": "videos"}
+PAIR_COLUMNS = {"chosen": "chosen", "rejected": "rejected", "kto_tag": "label", "images": "images", "videos": "videos",
+                "completions": "completions", "step_labels": "labels"}
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
                   "history": "history", "tools": "tools", **PAIR_COLUMNS}
 SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools", **PAIR_COLUMNS}
@@ -105,6 +108,9 @@ class ConversationFormat:
         tools = _tools(record.get(self.columns.get("tools", "tools")))
         if kind == "pair":
             return {**self._pair(record), "tools": tools}
+        if kind == "steps":
+            messages, _ = self._prompt(record)
+            return {"messages": messages, "tools": tools, **self._steps(record)}
         if kind == "prompt":
             messages, reference = self._prompt(record)
             columns = self._other_columns(record)
@@ -118,6 +124,21 @@ class ConversationFormat:
         if kind == "kto":
             example["label"] = _kto_label(record, self.columns["kto_tag"])
         return example
+
+    def _steps(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The reply's steps and their labels (TRL's `completions` and `labels`: true for a correct step)."""
+        names = self.columns["completions"], self.columns["step_labels"]
+        steps, labels = record.get(names[0]), record.get(names[1])
+        if not isinstance(steps, list) or not steps:
+            raise SkipRecord(f"'{names[0]}' must be a non-empty list of step texts")
+        if not all(isinstance(step, str) and step.strip() for step in steps):
+            raise SkipRecord(f"'{names[0]}' holds a step that is not text or is empty")
+        if not isinstance(labels, list) or len(labels) != len(steps):
+            raise SkipRecord(f"'{names[1]}' must be a list with one label per step ({len(steps)})")
+        if not all(label in (True, False) for label in labels):  # bool, or 0/1
+            raise SkipRecord(f"'{names[1]}' holds a label that is not true/false: "
+                             f"{next(x for x in labels if x not in (True, False))!r}")
+        return {"steps": steps, "step_labels": [bool(label) for label in labels]}
 
     def _other_columns(self, record: dict[str, Any]) -> dict[str, Any]:
         """The record's columns the layout does not read (`tests`, `solution`, ...), for the reward functions: those

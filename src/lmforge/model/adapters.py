@@ -103,12 +103,17 @@ def add_lora(model: PreTrainedModel, args: FinetuningArguments, adapter: str | N
             targets = multimodal.language_model_linears(model, include_vision=not args.freeze_vision_tower)
         if not args.freeze_multi_modal_projector:  # trained fully and saved with the adapter
             to_save += [name for name, _ in multimodal.projector(model)]
-    # A reward model's new head is trained fully and saved with the adapter (peft's SEQ_CLS task does that).
-    task_type = "SEQ_CLS" if reward_head_names(model) else "CAUSAL_LM"
+    # A reward model's new head is trained fully and saved with the adapter (peft's SEQ_CLS and TOKEN_CLS tasks do
+    # that); a process reward model's is a token classifier's.
+    task_type, head = "CAUSAL_LM", {}
+    if reward_head_names(model):
+        task_type = "TOKEN_CLS" if type(model).__name__.endswith("ForTokenClassification") else "SEQ_CLS"
+    if task_type == "TOKEN_CLS":  # peft's `all-linear` leaves out a SEQ_CLS head, not a TOKEN_CLS one
+        head = {"exclude_modules": reward_head_names(model)}
     config = LoraConfig(task_type=task_type, r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
                         lora_dropout=args.lora_dropout, target_modules=targets, use_rslora=args.use_rslora,
                         use_dora=args.use_dora, modules_to_save=to_save or None,
-                        **({"target_parameters": parameters} if parameters else {}))
+                        **({"target_parameters": parameters} if parameters else {}), **head)
     try:
         return get_peft_model(model, config)
     except ValueError as err:

@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -107,6 +108,20 @@ def classifier_head_of(adapter: str | None) -> dict[str, Any]:
     if "id2label" in head:
         head["id2label"] = {int(k): v for k, v in head["id2label"].items()}
     return head
+
+
+PRM_FILE = "prm.json"  # a process reward model's step separator and head, beside its weights or adapter
+STEP_HEAD = {"num_labels": 2, "id2label": {0: "incorrect", 1: "correct"}, "label2id": {"incorrect": 0, "correct": 1}}
+
+
+def is_step_classifier(args: ModelArguments, config: Any = None) -> bool:
+    """A saved process reward model (`stage: prm`: a token-classification head), or a base whose adapter is one."""
+    if args.from_scratch or not args.model_name_or_path:
+        return False
+    if args.adapter_name_or_path and os.path.isfile(os.path.join(args.adapter_name_or_path, PRM_FILE)):
+        return True
+    config = config if config is not None else multimodal.model_config(args)
+    return any(a.endswith("ForTokenClassification") for a in (getattr(config, "architectures", None) or []))
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -237,14 +252,19 @@ def with_context(config: PretrainedConfig, args: ModelArguments) -> PretrainedCo
 
 
 def model_class(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, config: Any, reward_head: bool = False,
-                classifier: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+                classifier: dict[str, Any] | None = None, step_head: bool = False) -> tuple[Any, dict[str, Any]]:
     """(the Auto class to build with, the classification head to put on the config) for `build_model`'s arguments;
     `config` is the checkpoint's (None from scratch)."""
+    step = {**STEP_HEAD, "pad_token_id": tokenizer.pad_token_id}  # a process reward model: correct or not per token
+    if step_head:
+        return AutoModelForTokenClassification, step
     adapter_head = classifier_head_of(args.adapter_name_or_path)  # a base for its classifier adapter: that head
     if reward_head or classifier or adapter_head:
         head = {**(classifier or adapter_head or {"num_labels": 1}), "pad_token_id": tokenizer.pad_token_id}
         return AutoModelForSequenceClassification, head
     if not args.from_scratch:  # what the checkpoint is, from its config
+        if is_step_classifier(args, config):  # a saved `stage: prm` model (or a base for its adapter)
+            return AutoModelForTokenClassification, step
         if is_sequence_classifier(args, config):  # a saved `stage: cls` (or reward) model loads as what it is
             return AutoModelForSequenceClassification, {}
         if multimodal.is_multimodal_config(config):
@@ -253,28 +273,30 @@ def model_class(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, config
 
 
 def planned_architecture(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward_head: bool = False,
-                         classifier: dict[str, Any] | None = None) -> tuple[Any, PretrainedConfig]:
+                         classifier: dict[str, Any] | None = None, step_head: bool = False
+                         ) -> tuple[Any, PretrainedConfig]:
     """What `build_model` builds with the same arguments, as its class and final config, without reading a weight
     (`lmforge plan` builds it over fake tensors)."""
     config = None if args.from_scratch else multimodal.model_config(args)
     if config is None and not args.from_scratch:
         raise ConfigError(f"Config error: could not read a model config from '{args.model_name_or_path}'.")
-    auto_class, head = model_class(args, tokenizer, config, reward_head, classifier)
+    auto_class, head = model_class(args, tokenizer, config, reward_head, classifier, step_head)
     base = scratch_config(args, tokenizer) if args.from_scratch else config
     return auto_class, with_router_loss(with_context(with_head(base, head), args), args.router_aux_loss_coef)
 
 
 def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward_head: bool = False,
                 dtype: Any = "auto", classifier: dict[str, Any] | None = None,
-                split: dict[str, Any] | None = None) -> PreTrainedModel:
+                split: dict[str, Any] | None = None, step_head: bool = False) -> PreTrainedModel:
     """The causal LM to train, or with `reward_head` the same backbone with a one-output sequence-classification head
     (a reward model: `AutoModelForSequenceClassification`, score read at the last non-pad token), or with
-    `classifier` (num_labels, id2label, label2id, problem_type) a classifier. A pretrained model loads in `dtype`
+    `classifier` (num_labels, id2label, label2id, problem_type) a classifier, or with `step_head` a process reward
+    model (`AutoModelForTokenClassification`, correct/incorrect at each step's end). A pretrained model loads in `dtype`
     (`auto`: as saved), split over the processes as it loads with `split` (`model.parallel.load_kwargs`)."""
     kwargs: dict[str, Any] = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
     kwargs.update(split or {})
     config = None if args.from_scratch else multimodal.model_config(args)  # the checkpoint's, read once
-    auto_class, head = model_class(args, tokenizer, config, reward_head, classifier)
+    auto_class, head = model_class(args, tokenizer, config, reward_head, classifier, step_head)
     if args.quantization_bit and (quantization := quantization_config(args.quantization_bit,
                                                                        args.quantization_method)):
         kwargs["quantization_config"] = quantization

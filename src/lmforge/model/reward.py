@@ -1,4 +1,5 @@
-"""Score text with a reward model saved by `stage: rm` (or any one-output sequence-classification model)."""
+"""Score text with a reward model saved by `stage: rm` (or any one-output sequence-classification model), or the
+steps of replies with a process reward model saved by `stage: prm` (`model/process_reward.py`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from lmforge.data.template import render
 from lmforge.errors import ConfigError, DataError
 from lmforge.jsonl import write_jsonl
+from lmforge.model.process_reward import StepScorer, is_process_reward_model, reduce_steps, step_item
 
 
 def load_reward_model(path: str, dtype: Any = "auto") -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
@@ -49,6 +51,11 @@ class RewardScorer:
         self.model.to(self.device)
         self.batch_size = batch_size
 
+    def score_replies(self, prompts: list[list[dict]], completions: list[str]) -> list[float]:
+        """One reward per reply to its prompt: the conversation rendered with the model's template and scored."""
+        return self.score_texts([self.text_of({"messages": m + [{"role": "assistant", "content": c}]})
+                                 for m, c in zip(prompts, completions, strict=True)])
+
     def text_of(self, item: dict[str, Any]) -> str:
         if "messages" in item:
             return render(self.tokenizer, item["messages"], item.get("tools"))
@@ -68,8 +75,17 @@ class RewardScorer:
         return scores
 
 
-def read_items(path: str) -> list[dict[str, Any]]:
-    """JSON lines, each with `text` (already formatted) or `messages` (a conversation to render)."""
+def reward_scorer(path: str, device: Any = None, reduction: str = "min") -> RewardScorer | StepScorer:
+    """The scorer a reward model directory needs: a process reward model's steps reduced to one reward
+    (`reduction`), or an outcome reward model's score."""
+    if is_process_reward_model(path):
+        return StepScorer(path, device=device, reduction=reduction)
+    return RewardScorer(path, device=device)
+
+
+def read_items(path: str, steps: bool = False) -> list[dict[str, Any]]:
+    """JSON lines, each with `text` (already formatted) or `messages` (a conversation to render); with `steps`
+    (a process reward model's input) any JSON object, read by `process_reward.step_item`."""
     items = []
     try:
         with open(path, encoding="utf-8") as fh:
@@ -80,7 +96,7 @@ def read_items(path: str) -> list[dict[str, Any]]:
                     item = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise DataError(f"Data error: {path} line {n}: not valid JSON ({err.msg}).") from None
-                if not isinstance(item, dict) or not (isinstance(item.get("text"), str)
+                if not isinstance(item, dict) or not (steps or isinstance(item.get("text"), str)
                                                       or isinstance(item.get("messages"), list)):
                     raise DataError(f"Data error: {path} line {n}: needs a 'text' string or a 'messages' list.")
                 items.append(item)
@@ -91,11 +107,21 @@ def read_items(path: str) -> list[dict[str, Any]]:
     return items
 
 
-def score_file(model_dir: str, input_path: str, output_path: str | None = None, batch_size: int = 16) -> list[float]:
-    """Score every line of `input_path`; write the lines with a `score` field to `output_path` (atomically)."""
-    items = read_items(input_path)
-    scorer = RewardScorer(model_dir, batch_size=batch_size)
-    scores = scorer.score_texts([scorer.text_of(item) for item in items])
+def score_file(model_dir: str, input_path: str, output_path: str | None = None, batch_size: int = 16,
+               reduction: str = "min") -> list[dict[str, Any]]:
+    """Score every line of `input_path`: `{"score": ...}` for each (a process reward model's also has
+    `step_scores`, and `score` is their `reduction`); the lines with those fields written to `output_path`
+    (atomically)."""
+    if is_process_reward_model(model_dir):
+        items = read_items(input_path, steps=True)
+        scorer = StepScorer(model_dir, batch_size=batch_size, reduction=reduction)
+        parsed = [step_item(item, scorer.separator, f"{input_path} line {n}") for n, item in enumerate(items, 1)]
+        steps = scorer.step_scores([p for p, _ in parsed], [r for _, r in parsed])
+        results = [{"score": reduce_steps(s, reduction), "step_scores": s} for s in steps]
+    else:
+        items = read_items(input_path)
+        outcome = RewardScorer(model_dir, batch_size=batch_size)
+        results = [{"score": s} for s in outcome.score_texts([outcome.text_of(item) for item in items])]
     if output_path:
-        write_jsonl(output_path, [{**item, "score": s} for item, s in zip(items, scores, strict=True)])
-    return scores
+        write_jsonl(output_path, [{**item, **r} for item, r in zip(items, results, strict=True)])
+    return results

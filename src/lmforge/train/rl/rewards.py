@@ -220,10 +220,10 @@ class Rewarder:
                                                           rl.reward_url_retries)))
             self.weights.append(1.0)
         self.scorer = None
-        if reward_model:
-            from lmforge.model.reward import RewardScorer
+        if reward_model:  # an outcome reward model, or a process reward model's steps reduced (`prm_reduction`)
+            from lmforge.model.reward import reward_scorer
 
-            self.scorer = RewardScorer(reward_model, device=device)
+            self.scorer = reward_scorer(reward_model, device, rl.prm_reduction)
         self.threads = ThreadPoolExecutor(max(1, len(self.functions))) if self.functions else None
 
     def _timed(self, function: RewardFunction, **kwargs: Any) -> tuple[list[float], float]:
@@ -248,10 +248,8 @@ class Rewarder:
         futures = [(name, weight, self.threads.submit(self._timed, function, **kwargs))
                    for (name, function), weight in zip(self.functions, self.weights, strict=True)]
         if self.scorer is not None:  # the reward model on this thread, while the functions run on theirs
-            texts = [self.scorer.text_of({"messages": m + [{"role": "assistant", "content": c}]})
-                     for m, c in zip(messages, completions, strict=True)]
             scored_at = time.perf_counter()
-            scores = self.scorer.score_texts(texts)
+            scores = self.scorer.score_replies(messages, completions)
             parts["reward_seconds/model"] = time.perf_counter() - scored_at
             total = [t + s for t, s in zip(total, scores, strict=True)]
             parts["reward/model"] = sum(scores) / len(scores)
