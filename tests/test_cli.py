@@ -147,7 +147,7 @@ def test_usage_lists_every_stage(capsys):
     usage = capsys.readouterr()
     text = usage.out + usage.err
     line = next(line for line in text.splitlines() if "lmforge train CONFIG.yaml" in line)
-    assert all(stage in line for stage in STAGES) and len(STAGES) == 10
+    assert all(stage in line for stage in STAGES) and len(STAGES) == 11
 
 
 @pytest.mark.slow

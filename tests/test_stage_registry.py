@@ -11,7 +11,7 @@ from lmforge.cli import main
 from lmforge.config.stages import STAGES, StageSpec, register_stage
 from tests.train.test_sft import sft_args
 
-BUILT_IN = ("pt", "sft", "rm", "prm", "dpo", "kto", "ppo", "grpo", "kd", "cls")
+BUILT_IN = ("pt", "sft", "rm", "prm", "dpo", "kto", "ppo", "grpo", "online_dpo", "kd", "cls")
 
 
 @pytest.fixture()
@@ -57,9 +57,10 @@ def test_a_registered_stage_appears_on_every_surface(toy_stage, tiny_model_dir, 
 def test_unknown_stages_and_keys_of_other_stages_are_errors_from_the_registry(tiny_model_dir, tmp_path, capsys):
     assert main(["train", *sft_args(tiny_model_dir, tmp_path / "x", stage="stf")]) == 2
     err = capsys.readouterr().err
-    assert "'stage' must be one of pt, sft, rm, prm, dpo, kto, ppo, grpo" in err and "Did you mean 'sft'?" in err
+    assert "'stage' must be one of pt, sft, rm, prm, dpo, kto, ppo, grpo, online_dpo" in err
+    assert "Did you mean 'sft'?" in err
     assert main(["train", *sft_args(tiny_model_dir, tmp_path / "y", pref_beta=0.2)]) == 2
-    assert "'pref_beta' does not apply to 'stage: sft' (it applies to dpo, kto)" in capsys.readouterr().err
+    assert "'pref_beta' does not apply to 'stage: sft' (it applies to dpo, kto, online_dpo)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -113,10 +113,11 @@ class FinetuningArguments:
     pref_loss: Literal["sigmoid", "hinge", "ipo", "orpo", "simpo"] = option(
         "sigmoid", "With `dpo`: the preference loss. `sigmoid` (DPO), `hinge` (SLiC), `ipo` (on per-token mean "
         "log-probabilities) use a reference model; `orpo` (odds ratio plus SFT loss) and `simpo` (length-normalised, "
-        "target margin `simpo_gamma`) use none.", stages=("dpo",))
+        "target margin `simpo_gamma`) use none. With `online_dpo`: `sigmoid` or `ipo` (on summed log-probabilities, "
+        "as TRL's online DPO).", stages=("dpo", "online_dpo"))
     pref_beta: float = option(
-        0.1, "With `dpo`/`kto`: beta, the strength of the preference term (how far the policy may move from the "
-        "reference; for `orpo`, the weight of the odds-ratio term).", stages=("dpo", "kto"))
+        0.1, "With `dpo`/`kto`/`online_dpo`: beta, the strength of the preference term (how far the policy may move "
+        "from the reference; for `orpo`, the weight of the odds-ratio term).", stages=("dpo", "kto", "online_dpo"))
     pref_ftx: float = option(
         0.0, "With `dpo`/`kto`: weight of an added SFT loss (per-token negative log-likelihood of the chosen or "
         "desirable replies).", stages=("dpo", "kto"))
@@ -127,7 +128,7 @@ class FinetuningArguments:
     kto_chosen_weight: float = option(1.0, "With `kto`: weight of the desirable examples' loss.", stages=("kto",))
     kto_rejected_weight: float = option(1.0, "With `kto`: weight of the undesirable examples' loss.", stages=("kto",))
     ref_model: str | None = option(
-        None, "With `dpo`/`kto`/`ppo`/`grpo`: the reference model's directory. Default: the model the run starts "
-        "from (a frozen "
-        "copy; under LoRA the same weights with the adapters switched off, so no second copy is held).",
-        stages=("dpo", "kto", "ppo", "grpo"))
+        None, "With `dpo`/`kto`/`ppo`/`grpo`/`online_dpo`: the reference model's directory. Default: the model "
+        "the run starts from (a frozen copy; under LoRA the same weights with the adapters switched off, so no "
+        "second copy is held).",
+        stages=("dpo", "kto", "ppo", "grpo", "online_dpo"))

@@ -31,9 +31,9 @@ class ParallelismArguments:
     data_shard_size: int = option(
         1, "Processes that shard parameters, gradients and optimizer state with FSDP2 (ZeRO-3 style) inside each "
         "data-parallel replica; with `tensor_parallel_size` this is 2D parallelism. The processes left over "
-        "(processes / (tensor x context x sequence x shard)) are plain data-parallel replicas. With `ppo`/`grpo` "
+        "(processes / (tensor x context x sequence x shard)) are plain data-parallel replicas. With the online stages "
         "the policy (and a reference copy) are sharded this way.",
-        stages=("pt", "sft", "ppo", "grpo"))
+        stages=("pt", "sft", "ppo", "grpo", "online_dpo"))
     expert_parallel_size: int = option(
         1, "Processes that split a mixture-of-experts model's experts (transformers' expert-parallel plan of the "
         "model: Qwen2/3-MoE, DeepSeek-V3, Mixtral, GPT-OSS, OLMoE, ...): each holds 1/N of every layer's experts and "

@@ -100,13 +100,36 @@ def grpo_rollouts(cfg: RunConfig) -> None:
     online_rl(cfg, group=cfg.rl.num_generations, grouped=True)
 
 
+def online_dpo_pairs(cfg: RunConfig) -> None:
+    online_rl(cfg, group=2)
+    f, r = cfg.finetuning, cfg.rl
+    if f.pref_loss not in ("sigmoid", "ipo"):
+        fail(cfg, f"'stage: online_dpo' takes 'pref_loss: sigmoid' or 'ipo' (TRL's online DPO losses), not "
+             f"'{f.pref_loss}'.")
+    if f.pref_beta <= 0:
+        fail(cfg, f"'pref_beta' must be positive, got {f.pref_beta}.")
+    if cfg.training.per_device_train_batch_size % 2:
+        fail(cfg, f"'per_device_train_batch_size' must be even with 'stage: online_dpo' (each process trains whole "
+             f"pairs), got {cfg.training.per_device_train_batch_size}.")
+    if r.judge_url is not None:
+        if not str(r.judge_url).startswith(("http://", "https://")):
+            fail(cfg, f"'judge_url' must be an http(s) URL (an OpenAI-compatible base, e.g. "
+                 f"http://localhost:8000/v1), got {r.judge_url!r}.")
+        if not r.judge_model:
+            fail(cfg, "'judge_url' needs 'judge_model' (the model name sent with each request).")
+        for field in ("prompt", "a", "b"):
+            if "{" + field + "}" not in r.judge_template:
+                fail(cfg, f"'judge_template' must contain {{{field}}} (fields: rubric, prompt, a, b).")
+
+
 def online_rl(cfg: RunConfig, group: int, grouped: bool = False) -> None:
     """What ppo and grpo need: a reward, max_steps, sizes that split over the processes; `group`: completions
     sampled per prompt (`grouped`: GRPO, which compares them)."""
     r, t, stage = cfg.rl, cfg.training, cfg.finetuning.stage
-    if not (r.reward_model or r.reward_funcs or r.reward_url):
+    if not (r.reward_model or r.reward_funcs or r.reward_url or (stage == "online_dpo" and r.judge_url)):
         fail(cfg, f"'stage: {stage}' needs a reward: set 'reward_model' (a 'stage: rm' or 'stage: prm' output "
-             "directory), 'reward_funcs' (built-ins such as math_verify, or module:function) and/or 'reward_url'.")
+             "directory), 'reward_funcs' (built-ins such as math_verify, or module:function) and/or 'reward_url'"
+             + (" (or 'judge_url')." if stage == "online_dpo" else "."))
     reward_settings(cfg)
     if t.max_steps is None or t.max_steps <= 0:
         fail(cfg, f"'stage: {stage}' needs 'max_steps' (each step is one rollout and its update).")

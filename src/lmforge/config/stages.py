@@ -76,6 +76,10 @@ for _spec in (
     StageSpec("grpo", "online RL on prompts, group-relative advantages", "prompt", "lmforge.train.rl.recipe",
               ("reward", "kl", "entropy", "clip_fraction"), trainer=False, ignores=ONLINE_RL_IGNORES,
               checks=(rules.whole_examples, rules.grpo_rollouts)),
+    StageSpec("online_dpo", "online DPO: two samples per prompt from the current policy, the one a reward model, "
+              "PRM, reward functions or a judge prefers is chosen, DPO loss on the pair", "prompt",
+              "lmforge.train.rl.recipe", ("reward", "rewards/margins", "rewards/accuracies", "kl"), trainer=False,
+              ignores=ONLINE_RL_IGNORES, checks=(rules.whole_examples, rules.online_dpo_pairs)),
     StageSpec("kd", "knowledge distillation: a student learns a teacher's token distributions on SFT data", "sft",
               "lmforge.train.stages.kd", ("kd_loss",), checks=(rules.distillation,)),
     StageSpec("cls", "sequence classification (single-label, multi-label, regression; texts or text pairs)", "cls",

@@ -7,6 +7,11 @@ from typing import Literal
 
 from lmforge.config.fields import option
 
+# A pairwise judgement as `lmforge synth` (task judge) and online DPO's `judge_url` ask for it
+DEFAULT_RUBRIC = "Which answer is more helpful, correct and clear?"
+DEFAULT_JUDGE_TEMPLATE = ("{rubric}\n\nQuestion:\n{prompt}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}\n\n"
+                          "Reply with exactly one letter: A or B.")
+
 
 @dataclass
 class SynthArguments:
@@ -39,11 +44,8 @@ class SynthArguments:
     self_instruct_template: str = option(
         "Here are some task instructions:\n{examples}\n\nWrite {count} new, different task instructions in the same "
         "style, one per line, numbered 1., 2., ...", "self_instruct: the request (fields: examples, count).")
-    judge_rubric: str = option(
-        "Which answer is more helpful, correct and clear?", "judge: the criterion the teacher compares by.")
-    judge_template: str = option(
-        "{rubric}\n\nQuestion:\n{prompt}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}\n\nReply with exactly one letter: A or "
-        "B.", "judge: the request (fields: rubric, prompt, a, b).")
+    judge_rubric: str = option(DEFAULT_RUBRIC, "judge: the criterion the teacher compares by.")
+    judge_template: str = option(DEFAULT_JUDGE_TEMPLATE, "judge: the request (fields: rubric, prompt, a, b).")
     responses_column: str = option("responses", "judge: the column holding each record's two answers.")
     rewrite_template: str = option(
         "Rewrite the following text in clear, simple English. Reply with the rewritten text only.\n\n{text}",

@@ -21,4 +21,4 @@ class TrackingArguments:
         False, "Trace the first two steps (ppo/grpo: rollouts and updates) with torch's MemTracker and write "
         "`memory_report.json`: the peak memory by kind (parameters, gradients, optimizer state, activations, "
         "temporaries), the figures `lmforge plan` predicts. Slows those two steps.",
-        stages=("pt", "sft", "dpo", "kto", "rm", "prm", "kd", "cls", "ppo", "grpo"))
+        stages=("pt", "sft", "dpo", "kto", "rm", "prm", "kd", "cls", "ppo", "grpo", "online_dpo"))

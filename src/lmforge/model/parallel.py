@@ -67,8 +67,8 @@ def allow_cpu_tensor_parallel() -> None:
 def describe(cfg: RunConfig, layout: ParallelLayout) -> str:
     """What one optimizer step really takes: the layout, sequences and tokens per step."""
     t = cfg.training
-    if cfg.finetuning.stage in ("ppo", "grpo"):
-        group = cfg.rl.num_generations if cfg.finetuning.stage == "grpo" else 1
+    if cfg.finetuning.stage in ("ppo", "grpo", "online_dpo"):
+        group = {"grpo": cfg.rl.num_generations, "online_dpo": 2}.get(cfg.finetuning.stage, 1)
         return (f"Parallelism: {layout.describe()}; each step samples {cfg.rl.rollout_batch_size:,} prompts x "
                 f"{group} and updates in mini-batches of {t.per_device_train_batch_size * layout.data_parallel:,} "
                 "completions")

@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import time
 from collections import Counter
 from typing import Any
@@ -31,11 +30,11 @@ from lmforge.errors import ConfigError
 from lmforge.jsonl import write_json
 from lmforge.synth.client import ChatClient, RequestFailed
 from lmforge.synth.work import WorkItem, work_items
+from lmforge.verify.judge import verdict
 
 logger = logging.getLogger(__name__)
 
 DATA_FILE, FILTERED_FILE, STATS_FILE = "data.jsonl", "filtered.jsonl", "stats.json"
-_VERDICT = re.compile(r"\b([AB])\b")
 
 
 def output_record(task: str, item: WorkItem, reply: dict[str, Any]) -> dict[str, Any]:
@@ -54,11 +53,11 @@ def output_record(task: str, item: WorkItem, reply: dict[str, Any]) -> dict[str,
         if not text:
             raise SkipRecord("empty rewrite")
         return {**base, "text": text, "original": item.extra["original"]}
-    verdict = _VERDICT.search(text.upper())
-    if verdict is None:
+    choice = verdict(text)
+    if choice is None:
         raise SkipRecord("unparseable verdict")
     a, b = item.extra["responses"]
-    chosen, rejected = (a, b) if verdict.group(1) == "A" else (b, a)
+    chosen, rejected = (a, b) if choice == "A" else (b, a)
     return {**base, "messages": item.extra["prompt"], "chosen": {"role": "assistant", "content": chosen},
             "rejected": {"role": "assistant", "content": rejected}}
 

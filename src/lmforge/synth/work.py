@@ -11,6 +11,7 @@ from lmforge.data.examples import source_format
 from lmforge.data.formats import SkipRecord
 from lmforge.data.records import read_records
 from lmforge.data.registry import resolve_sources
+from lmforge.verify.judge import question_of
 
 
 @dataclass
@@ -54,7 +55,7 @@ def _items(cfg: SynthConfig, source: str, index: int, record: dict, fmt: Any) ->
     responses = record.get(s.responses_column)
     if not (isinstance(responses, list) and len(responses) == 2 and all(isinstance(r, str) and r for r in responses)):
         raise SkipRecord(f"'{s.responses_column}' must hold two answers")
-    question = "\n".join(m["content"] for m in prompt if m["role"] != "system")
+    question = question_of(prompt)
     request = [{"role": "user", "content": s.judge_template.format(rubric=s.judge_rubric, prompt=question,
                                                                       a=responses[0], b=responses[1])}]
     return [WorkItem(f"{source}:{index}", source, index, request, {"prompt": prompt, "responses": responses})]

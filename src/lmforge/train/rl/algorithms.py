@@ -3,6 +3,8 @@ in common.
 
 - PPO: one completion per prompt, a value head (the critic), a per-token KL penalty folded into the rewards, GAE
   advantages (whitened), clipped policy and value losses.
+- Online DPO: two completions per prompt, the one the reward (a reward model, a PRM, functions or a judge) prefers
+  is chosen, and DPO's loss on the pair against the reference (no advantages, no clipping).
 - GRPO: `num_generations` completions per prompt, advantages against the group's reward (`scale_rewards`,
   `advantage_estimator`; or REINFORCE++'s per-token returns with the KL in the reward instead of the loss), the
   family's token averaging (`loss_type`), clip-higher, a k3 KL term, and completions left out of the loss
@@ -19,6 +21,8 @@ from lmforge.train.rl.losses import (
     gae,
     group_advantages,
     grpo_loss,
+    online_dpo_loss,
+    pair_preferences,
     ppo_loss,
     ppo_rewards,
     reinforce_pp_advantages,
@@ -46,13 +50,20 @@ class ValueHead(torch.nn.Module):
         return self.summary(hidden)
 
 
-class PPO:
+class ShuffledRows:
+    def order(self, rows: int, generator: torch.Generator) -> torch.Tensor:
+        """The order the rollout's rows are cut into mini-batches in: any (each completion stands alone)."""
+        return torch.randperm(rows, generator=generator)
+
+
+class PPO(ShuffledRows):
     group_size = 1
     # the statistics each mini-batch records (besides loss, policy_loss, clip_fraction, approx_kl, entropy)
     stats = ("value_loss",)
 
     def __init__(self, cfg: RunConfig):
         self.rl = cfg.rl
+        self.temperature = cfg.generation.temperature  # the log-probabilities of the distribution that sampled
 
     @property
     def needs_reference(self) -> bool:
@@ -74,11 +85,12 @@ class PPO:
                         token_normalizer=normalisers["tokens"])
 
 
-class GRPO:
+class GRPO(ShuffledRows):
     stats = ("clip_fraction_low", "clip_fraction_high")
 
     def __init__(self, cfg: RunConfig):
         self.rl, self.max_new_tokens = cfg.rl, cfg.generation.max_new_tokens
+        self.temperature = cfg.generation.temperature  # the log-probabilities of the distribution that sampled
         self.group_size = cfg.rl.num_generations
         self.kl_in_reward = cfg.rl.advantage_estimator.startswith("reinforce_plus_plus")
 
@@ -120,10 +132,57 @@ class GRPO:
                          importance_sampling_level=self.rl.importance_sampling_level)
 
 
-Algorithm = PPO | GRPO
-ALGORITHMS: dict[str, type[PPO] | type[GRPO]] = {"ppo": PPO, "grpo": GRPO}
+class OnlineDPO:  # its own `order`: mini-batches keep pairs whole
+    group_size = 2  # a pair per prompt, in consecutive rows (mini-batches keep pairs whole: `order`)
+    stats = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+             "logps/rejected")
+    temperature = 1.0  # DPO's log-probabilities are the model's own, whatever temperature sampled the pair
+
+    def __init__(self, cfg: RunConfig):
+        self.beta, self.loss_type = cfg.finetuning.pref_beta, cfg.finetuning.pref_loss
+
+    needs_reference = True
+
+    def value_head(self, policy: torch.nn.Module) -> None:
+        return None
+
+    def order(self, rows: int, generator: torch.Generator) -> torch.Tensor:
+        """A random order of the pairs, each pair's two rows together."""
+        pairs = torch.randperm(rows // 2, generator=generator)
+        return torch.stack([2 * pairs, 2 * pairs + 1], -1).flatten()
+
+    def advantages(self, batch: Batch, mask: torch.Tensor, truncated: torch.Tensor, stats: dict[str, float]) -> None:
+        """Which completion of each pair is chosen; a pair whose two rewards are equal is not trained."""
+        first_chosen, preferred = pair_preferences(batch["scores"])
+        batch["first_chosen"] = first_chosen.repeat_interleave(2)
+        batch["trained"] = preferred.float().repeat_interleave(2)
+        chosen = torch.where(first_chosen, batch["scores"][0::2], batch["scores"][1::2])
+        rejected = torch.where(first_chosen, batch["scores"][1::2], batch["scores"][0::2])
+        stats["scores_margin"] = (chosen - rejected).mean().item()
+        stats["tied_pairs"] = float((~preferred).sum().item())
+
+    def loss(self, logps: torch.Tensor, values: torch.Tensor | None, batch: Batch, rows: torch.Tensor,
+             mask: torch.Tensor, normalisers: dict[str, float]) -> PolicyLoss:
+        trained = batch["trained"][rows].bool()
+        first_chosen = batch["first_chosen"][rows][0::2]
+        if not trained.any():  # only tied pairs in this share: nothing to learn, a zero that keeps the graph
+            zero = (logps * 0).sum()
+            return PolicyLoss(zero, zero.detach(), zero.detach(), zero.detach(),
+                              extra={name: zero.detach() for name in self.stats})
+        keep = trained.view(-1, 2)[:, 0]
+        kept = trained.nonzero().flatten()
+        loss, extra = online_dpo_loss(logps[kept], batch["ref_logps"][rows][kept], mask[kept], first_chosen[keep],
+                                      self.beta, self.loss_type, normalisers["trained_rows"] / 2)
+        approx_kl = 0.5 * ((logps - batch["ref_logps"][rows]).detach() ** 2 * mask).sum() / mask.sum().clamp(min=1)
+        zero = loss.detach() * 0
+        return PolicyLoss(loss, loss.detach(), zero, approx_kl, extra=extra)
+
+
+Algorithm = PPO | GRPO | OnlineDPO
+ALGORITHMS: dict[str, type[PPO] | type[GRPO] | type[OnlineDPO]] = {"ppo": PPO, "grpo": GRPO,
+                                                                    "online_dpo": OnlineDPO}
 
 
 def algorithm_of(cfg: RunConfig) -> Algorithm:
-    """The algorithm of the run's stage (`ppo` or `grpo`)."""
+    """The algorithm of the run's stage (`ppo`, `grpo` or `online_dpo`)."""
     return ALGORITHMS[cfg.finetuning.stage](cfg)

@@ -1,4 +1,5 @@
-"""The online RL loop shared by `ppo` and `grpo`: rollout, reward, advantages, clipped policy updates, checkpoints.
+"""The online RL loop shared by `ppo`, `grpo` and `online_dpo`: rollout, reward, advantages (or preferences), policy
+updates, checkpoints.
 
 Why our own loop: the newest TRL no longer ships PPO, and GRPO shares everything but the advantages with it. Owning
 one loop gives both the same prompt encoding and stop tokens as SFT (the chat template's end of turn ends a
@@ -125,7 +126,7 @@ class OnlineRL:
     # ---- one step ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def reference_logps(self, rollout: Rollout) -> torch.Tensor:
-        temperature, rows = self.cfg.generation.temperature, self.args.per_device_train_batch_size
+        temperature, rows = self.algorithm.temperature, self.args.per_device_train_batch_size
         if self.ref is not None:
             return scored_completions(self.ref, rollout, rows, temperature)[0]
         with self.policy.disable_adapter():
@@ -175,6 +176,10 @@ class OnlineRL:
                                        self.rl.overlong_buffer, self.rl.overlong_penalty)
             scores = scores + penalty
             parts["reward/overlong"] = penalty.mean().item()
+        if self.rl.missing_eos_penalty and rollout.truncated is not None:  # cut without ending its turn
+            penalty = -self.rl.missing_eos_penalty * rollout.truncated.float()
+            scores = scores + penalty
+            parts["reward/missing_eos"] = penalty.mean().item()
         return rollout, scores, {**parts, **counts}
 
     def extra_indices(self, step: int, round_: int) -> list[int]:
@@ -200,7 +205,7 @@ class OnlineRL:
         with torch.no_grad(), self.optim.autocast():
             self.policy.eval()
             old_logps, old_values = scored_completions(self.policy, rollout, self.args.per_device_train_batch_size,
-                                                       self.cfg.generation.temperature, self.value_head)
+                                                       self.algorithm.temperature, self.value_head)
             ref_logps = self.reference_logps(rollout) if self.algorithm.needs_reference else old_logps
         piece = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
                  "completion_mask": rollout.completion_mask, "prompt_width": rollout.prompt_width,
@@ -301,13 +306,15 @@ class OnlineRL:
         generator = torch.Generator().manual_seed(self.args.seed * 100_003 + step)
         stats: dict[str, list[float]] = defaultdict(list)
         for _ in range(self.rl.ppo_epochs):
-            minibatches = torch.randperm(rollout.input_ids.shape[0], generator=generator).split(
-                per_process * processes)
+            minibatches = self.algorithm.order(rollout.input_ids.shape[0], generator).split(per_process * processes)
             tokens = [float(trained[rows].sum()) for rows in minibatches]
+            rows_trained = [float(batch["trained"][rows].sum()) if "trained" in batch else float(len(rows))
+                            for rows in minibatches]
             finite = True
             for position, global_rows in enumerate(minibatches):
                 start = position - position % every  # the optimizer step this mini-batch belongs to
                 normalisers = {"tokens": tokens[position] / processes, "rows": len(global_rows) / processes,
+                               "trained_rows": rows_trained[position] / processes,
                                "step_tokens": sum(tokens[start: start + every]) / (every * processes)}
                 rows = global_rows[rank * per_process: (rank + 1) * per_process].to(self.device)
                 result = self.minibatch_loss(rollout, batch, rows, trained[rows], normalisers) if len(rows) else None
@@ -330,7 +337,7 @@ class OnlineRL:
         `distributed.py`), and their entropy."""
         part = rollout.select(rows)
         with self.optim.autocast():
-            logps, entropy, values, router = completion_logps(self.policy, part, self.cfg.generation.temperature,
+            logps, entropy, values, router = completion_logps(self.policy, part, self.algorithm.temperature,
                                                               self.value_head)
         out = self.algorithm.loss(logps, values, batch, rows, mask, normalisers)
         # the model's own load-balancing loss, weighted by these rows' share of the mini-batch as the policy loss is
@@ -348,7 +355,7 @@ class OnlineRL:
         out, entropy = result
         values = {"loss": out.loss, "policy_loss": out.policy_loss, "clip_fraction": out.clip_fraction,
                   "approx_kl": out.approx_kl, "entropy": entropy, "value_loss": out.value_loss,
-                  "clip_fraction_low": out.clip_low, "clip_fraction_high": out.clip_high}
+                  "clip_fraction_low": out.clip_low, "clip_fraction_high": out.clip_high, **out.extra}
         for name in names:
             stats[name].append(float(values[name].detach()))
 

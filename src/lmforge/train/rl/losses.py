@@ -8,7 +8,7 @@ how tokens are averaged (grpo, bnpo, dapo, dr_grpo), clip-higher, reward scaling
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -58,6 +58,7 @@ class PolicyLoss:
     value_loss: torch.Tensor | None = None
     clip_low: torch.Tensor | None = None  # GRPO: ratio clipped below 1 - cliprange (negative advantages)
     clip_high: torch.Tensor | None = None  # GRPO: ratio clipped above 1 + epsilon_high (positive advantages)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # an algorithm's own statistics (online DPO's)
 
 
 def clipped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
@@ -190,3 +191,41 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
     return PolicyLoss(loss, policy_loss, masked_mean(low_clipped + high_clipped, mask),
                       0.5 * masked_mean((logps - old_logps).detach() ** 2, mask),
                       clip_low=masked_mean(low_clipped, mask), clip_high=masked_mean(high_clipped, mask))
+
+
+def pair_preferences(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Online DPO's pairs, two completions of one prompt in consecutive rows: (whether the first is preferred,
+    whether the pair has a preference at all). Equal scores say nothing about which is better: such a pair is
+    left out of the loss (TRL's trainer would train it with the first completion as chosen)."""
+    first, second = scores.view(-1, 2).unbind(-1)
+    return first > second, first != second
+
+
+def online_dpo_loss(logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor, first_chosen: torch.Tensor,
+                    beta: float, loss_type: str = "sigmoid", pair_normalizer: float | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO on pairs sampled from the policy (TRL's OnlineDPOTrainer): rows 2i and 2i+1 are one prompt's two
+    completions, `first_chosen[i]` says which one the reward preferred. Each completion's log-probability is the
+    sum over its tokens (`mask`); logits = (pi_chosen - pi_rejected) - (ref_chosen - ref_rejected);
+    `sigmoid`: -log sigmoid(beta * logits); `ipo`: (logits - 1 / (2 beta))^2. Averaged over the pairs (or summed
+    and divided by `pair_normalizer`, the pairs of the whole mini-batch over processes). Also the implicit rewards
+    beta * (pi - ref) of chosen and rejected, their margin and accuracy, and the chosen/rejected log-probabilities."""
+    sums, ref_sums = (logps * mask).sum(-1).view(-1, 2), (ref_logps * mask).sum(-1).view(-1, 2)
+    order = torch.stack([~first_chosen, first_chosen], -1).long()  # column 0 -> chosen's row in the pair
+    chosen, rejected = sums.gather(1, order[:, :1]).squeeze(1), sums.gather(1, order[:, 1:]).squeeze(1)
+    ref_chosen = ref_sums.gather(1, order[:, :1]).squeeze(1)
+    ref_rejected = ref_sums.gather(1, order[:, 1:]).squeeze(1)
+    logits = (chosen - rejected) - (ref_chosen - ref_rejected)
+    if loss_type == "sigmoid":
+        losses = -torch.nn.functional.logsigmoid(beta * logits)
+    elif loss_type == "ipo":
+        losses = (logits - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"online DPO takes pref_loss sigmoid or ipo, not '{loss_type}'")
+    loss = losses.sum() / pair_normalizer if pair_normalizer else losses.mean()
+    chosen_rewards = beta * (chosen - ref_chosen).detach()
+    rejected_rewards = beta * (rejected - ref_rejected).detach()
+    margin = chosen_rewards - rejected_rewards
+    return loss, {"rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
+                  "rewards/margins": margin.mean(), "rewards/accuracies": (margin > 0).float().mean(),
+                  "logps/chosen": chosen.detach().mean(), "logps/rejected": rejected.detach().mean()}

@@ -1,5 +1,5 @@
-"""The recipe of the online RL stages `ppo` and `grpo`: prompts, policy (and reference), rewards, the loop, the final
-report. The stage names its algorithm (`algorithms.py`); everything else is shared."""
+"""The recipe of the online RL stages `ppo`, `grpo` and `online_dpo`: prompts, policy (and reference), rewards, the
+loop, the final report. The stage names its algorithm (`algorithms.py`); everything else is shared."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Rewards for the online RL stages: reward functions (built-in or `module:function`), a reward model and a reward
-server, summed.
+"""Rewards for the online RL stages: reward functions (built-in or `module:function`), a reward model (or process
+reward model), a reward server and (online DPO) a pairwise judge, summed.
 
 A reward function follows TRL's convention, so functions written for TRL work unchanged:
 `f(prompts: list[str], completions: list[str], **columns) -> list[float]`, where the columns are `reference` (the
@@ -29,6 +29,7 @@ from typing import Any
 
 from lmforge.config.rl import RLArguments
 from lmforge.errors import ConfigError, DataError
+from lmforge.verify.judge import PairwiseJudge
 from lmforge.verify.math_answers import MathVerifier
 from lmforge.verify.remote import RemoteReward
 from lmforge.verify.sandbox import CodeTests, Limits, extract_code, row_tests, run_tests
@@ -218,6 +219,12 @@ class Rewarder:
         if rl.reward_url:
             self.functions.append(("remote", RemoteReward(rl.reward_url, rl.reward_url_timeout,
                                                           rl.reward_url_retries)))
+            self.weights.append(1.0)
+        if rl.judge_url:  # online DPO: a judge picks each pair's better completion (1 for it, 0 for the other)
+            self.functions.append(("judge", PairwiseJudge(
+                rl.judge_url, rl.judge_model or "", rl.judge_template, rl.judge_rubric,
+                os.environ.get(rl.judge_api_key_env), rl.reward_url_timeout, rl.reward_url_retries,
+                rl.reward_workers)))
             self.weights.append(1.0)
         self.scorer = None
         if reward_model:  # an outcome reward model, or a process reward model's steps reduced (`prm_reduction`)
