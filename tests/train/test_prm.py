@@ -208,3 +208,13 @@ def test_a_lora_prm_saves_its_head_and_separator_and_scores(tiny_model_dir, tmp_
     assert "'packing' applies to 'stage: sft'" in capsys.readouterr().err
     assert main(["train", *[f"{k}={v}" for k, v in {**args, "step_separator": '""'}.items()]]) == 2
     assert "'step_separator' is empty" in capsys.readouterr().err
+
+
+def test_data_preview_shows_each_steps_label(real_model, tmp_path, capsys):
+    rows = [{"prompt": "Count up from 2.", "completions": ["2", "3", "5"], "labels": [True, True, False]}]
+    data = write_jsonl(tmp_path / "steps.jsonl", rows)
+    assert main(["data", "preview", "stage=prm", f"model_name_or_path={real_model('qwen3')}", f"dataset={data}",
+                 "cutoff_len=64", f"output_dir={tmp_path / 'out'}"]) == 0
+    out = capsys.readouterr().out
+    assert "steps correct correct incorrect" in out and "3 trained" in out
+    assert "<|im_start|>assistant\n2⟦\n⟧3⟦\n⟧5⟦\n⟧" in out

@@ -130,6 +130,7 @@ def summary(cfg: RunConfig, num: int = 3) -> dict:
     """What `lmforge data preview` shows, as data: the first `num` examples as segments (with where each came from,
     its token and trained-token counts), the train split's statistics, and every skip reason with its count."""
     data = processed_data(cfg)
+    steps = STAGES[cfg.finetuning.stage].kind == "steps"  # prm: the trained tokens are separators labelled 1/0
     examples = []
     for i in range(min(num, len(data.train))):
         row = data.train[i]
@@ -138,7 +139,8 @@ def summary(cfg: RunConfig, num: int = 3) -> dict:
                 "example": i, "sequence": name, "source": row.get("source"), "record": row.get("record"),
                 "kto_label": row.get("kto_label"), "tokens": len(ids),
                 "trained_tokens": sum(label != IGNORE_INDEX for label in labels),
-                "segments": segments(data.tokenizer, ids, labels, data.media_ids)})
+                "segments": segments(data.tokenizer, ids, labels, data.media_ids),
+                **({"step_labels": [label for label in labels if label != IGNORE_INDEX]} if steps else {})})
     stats = length_stats(data.train, cfg.data.cutoff_len, packable=cfg.finetuning.stage in ("pt", "sft"))
     per_source = [(source, s) for source, s in data.stats.items() if isinstance(s, dict)]
     stats["skipped"] = sum(s.get("skipped", s.get("empty_documents", 0)) for _, s in per_source)
@@ -163,6 +165,8 @@ def preview(cfg: RunConfig, num: int = 3, as_json: bool = False) -> dict:
         where = f" ({ex['source']} record {ex['record']})" if ex["source"] is not None else ""
         if ex["kto_label"] is not None:
             where += f", {'desirable' if ex['kto_label'] else 'undesirable'}"
+        if "step_labels" in ex:  # each step's label, in order: correct or not
+            where += ", steps " + " ".join("correct" if label else "incorrect" for label in ex["step_labels"])
         title = f"── example {ex['example']}{' ' + ex['sequence'] if ex['sequence'] else ''}{where}: " \
                 f"{ex['tokens']} tokens, {ex['trained_tokens']} trained "
         console.print(title + "─" * max(0, 100 - len(title)), markup=False)
