@@ -102,7 +102,7 @@ def test_arithmetic_quickstart_is_generated_by_the_project_and_held_out_problems
 
     train, held = _shipped("arithmetic_quickstart.jsonl"), _shipped("arithmetic_quickstart_heldout.jsonl")
     assert (train, held) == split()
-    assert len(train) == 3 * 124 and len(held) == 31
+    assert len(train) == 3 * 124 and len(held) == 3 * 31
 
     def problem(record: dict) -> str:  # the numbers and the operation, whatever the phrasing
         words = record["instruction"].rstrip("?.").split()

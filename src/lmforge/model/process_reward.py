@@ -15,13 +15,14 @@ import os
 from typing import Any
 
 import torch
-from transformers import AutoModelForTokenClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBase
 
 from lmforge.data.formats import SkipRecord
 from lmforge.data.steps import encode_steps, split_steps
 from lmforge.data.template import prompt_ids
 from lmforge.errors import ConfigError, DataError
 from lmforge.model.build import PRM_FILE
+from lmforge.model.scorer_loading import load_scorer
 
 REDUCTIONS = ("min", "last", "mean", "prod")
 
@@ -51,25 +52,9 @@ def load_process_reward_model(path: str, dtype: Any = "auto"
     directory: a full model or a LoRA adapter (with its head) on the base it names."""
     with open(os.path.join(path, PRM_FILE), encoding="utf-8") as fh:
         saved = json.load(fh)
-    try:
-        if os.path.isfile(os.path.join(path, "adapter_config.json")):
-            from peft import AutoPeftModelForTokenClassification
-
-            model = AutoPeftModelForTokenClassification.from_pretrained(path, num_labels=2, dtype=dtype)
-            model = model.merge_and_unload()
-        else:
-            model = AutoModelForTokenClassification.from_pretrained(path, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"Config error: could not load a process reward model from '{path}': "
-                          f"{str(err).splitlines()[0]}") from None
-    if model.config.num_labels != 2:
-        raise ConfigError(f"Config error: '{path}' has {model.config.num_labels} outputs per token; a process reward "
-                          "model has two (incorrect, correct).")
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-            else tokenizer.eos_token_id
-    return model.eval(), tokenizer, saved
+    model, tokenizer = load_scorer(path, AutoModelForTokenClassification, "AutoPeftModelForTokenClassification", 2,
+                                   "process reward model", dtype)
+    return model, tokenizer, saved
 
 
 class StepScorer:

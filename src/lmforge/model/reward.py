@@ -8,38 +8,28 @@ import os
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from lmforge.data.template import render
 from lmforge.errors import ConfigError, DataError
 from lmforge.jsonl import write_jsonl
 from lmforge.model.process_reward import StepScorer, is_process_reward_model, reduce_steps, step_item
+from lmforge.model.scorer_loading import load_scorer
 
 
 def load_reward_model(path: str, dtype: Any = "auto") -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """A reward model directory: a full model, or a LoRA adapter (with its head) on the base it names."""
-    try:
-        if os.path.isfile(os.path.join(path, "adapter_config.json")):
-            from peft import AutoPeftModelForSequenceClassification
-
-            model = AutoPeftModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
-            model = model.merge_and_unload()
-        else:
+    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+        try:
             architectures = AutoConfig.from_pretrained(path).architectures or []
-            if not any(a.endswith("ForSequenceClassification") for a in architectures):
-                raise ConfigError(f"Config error: '{path}' is not a reward model (its architecture is "
-                                  f"{', '.join(architectures) or 'unknown'}); train one with 'stage: rm'.")
-            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"Config error: could not load a reward model from '{path}': "
-                          f"{str(err).splitlines()[0]}") from None
-    if model.config.num_labels != 1:
-        raise ConfigError(f"Config error: '{path}' has {model.config.num_labels} outputs; a reward model has one.")
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-            else tokenizer.eos_token_id
-    return model.eval(), tokenizer
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"Config error: could not load a reward model from '{path}': "
+                              f"{str(err).splitlines()[0]}") from None
+        if not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise ConfigError(f"Config error: '{path}' is not a reward model (its architecture is "
+                              f"{', '.join(architectures) or 'unknown'}); train one with 'stage: rm'.")
+    return load_scorer(path, AutoModelForSequenceClassification, "AutoPeftModelForSequenceClassification", 1,
+                       "reward model", dtype)
 
 
 class RewardScorer:
