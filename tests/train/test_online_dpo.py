@@ -221,12 +221,15 @@ def test_online_dpo_with_a_judge_endpoint(tiny_model_dir, tmp_path):
         out = tmp_path / "judged"
         assert main(["train", *rl_args("online_dpo", tiny_model_dir, out, judge_url=server.url,
                                        judge_model="judge", rollout_batch_size=4, max_steps=2,
-                                       logging_steps=1)]) == 0
+                                       logging_steps=1, missing_eos_penalty=0.5)]) == 0
     finally:
         server.close()
     assert len(server.requests) == 8  # 4 pairs a step, 2 steps
     log = [json.loads(line) for line in open(out / "trainer_log.jsonl")]
     assert all(r["reward/judge"] + r["tied_pairs"] / 8 == pytest.approx(0.5) for r in log)
+    # 8 new tokens: most completions are cut before their end of turn, and pay for it
+    assert all(r["reward"] == pytest.approx(r["reward/judge"] + r["reward/missing_eos"]) for r in log)
+    assert all(-0.5 <= r["reward/missing_eos"] < 0 for r in log)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -132,16 +132,15 @@ class GRPO(ShuffledRows):
                          importance_sampling_level=self.rl.importance_sampling_level)
 
 
-class OnlineDPO:  # its own `order`: mini-batches keep pairs whole
+class OnlineDPO:
     group_size = 2  # a pair per prompt, in consecutive rows (mini-batches keep pairs whole: `order`)
     stats = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
              "logps/rejected")
     temperature = 1.0  # DPO's log-probabilities are the model's own, whatever temperature sampled the pair
+    needs_reference = True
 
     def __init__(self, cfg: RunConfig):
         self.beta, self.loss_type = cfg.finetuning.pref_beta, cfg.finetuning.pref_loss
-
-    needs_reference = True
 
     def value_head(self, policy: torch.nn.Module) -> None:
         return None
