@@ -168,13 +168,15 @@ def _rl_args(stage: str, model_dir: str, out, reward_funcs: str = "", batch: int
             "max_samples": 64, "cutoff_len": 64, "output_dir": str(out), "per_device_train_batch_size": batch,
             "rollout_batch_size": 4, "learning_rate": 5e-3, "max_steps": 3, "logging_steps": 1,
             "save_steps": 2, "report_to": "none", "disable_tqdm": True, "seed": 3, "max_new_tokens": 6,
-            "temperature": 1.0, "top_p": 1.0, "top_k": 0, "reward_funcs": reward_funcs, "kl_coef": 0.05,
+            "temperature": 1.0, "top_p": 1.0, "top_k": 0, "reward_funcs": reward_funcs,
+            **({"kl_coef": 0.05} if stage != "online_dpo" else {}),  # online DPO's reference is in its loss
             **({"num_generations": 2} if stage == "grpo" else {}), **extra}
     return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in args.items()]
 
 
 @pytest.mark.parametrize("stage, extra", [("grpo", {"loss_type": "dapo"}), ("grpo", {"loss_type": "bnpo"}),
-                                          ("ppo", {})], ids=["grpo-dapo", "grpo-bnpo", "ppo"])
+                                          ("ppo", {}), ("online_dpo", {})],
+                         ids=["grpo-dapo", "grpo-bnpo", "ppo", "online_dpo"])
 def test_two_process_rl_matches_one_process_with_twice_the_batch(stage, extra, tiny_model_dir, tmp_path):
     """Same seeds: the same completions (rewards), per-step losses within 1e-4, the same weights after 3 steps."""
     from safetensors.torch import load_file

@@ -1,16 +1,18 @@
-"""Generate the reasoning quickstart data: sums and differences of numbers up to nine, asked in words, answered with
-a short reasoning block and the result in digits.
+"""Generate the reasoning quickstart data: sums and differences of numbers up to nine, asked in words, worked out by
+counting in a reasoning block, and answered in digits.
 
     What is three plus four?
     <think>
-    Three plus four is seven.
+    Count up four from three: four (one), five (two), six (three), seven (four).
     </think>
     The answer is 7.
 
-The pretraining quickstart corpus states these facts in words ("Three plus four is seven."), so the reasoning is
-something the base model has read; the answer in digits is what it must learn, first from the worked examples
-(`lmforge_arithmetic_sft`, the reasoning quickstart's SFT), then from its own samples checked by `math_verify` and
-`format` rewards (`lmforge_arithmetic`, GRPO; the `answer` column is the reference). The held-out problems
+The reasoning is a procedure, not a memorised fact: each step is the next (or previous) number word, and the counter
+beside it says when to stop (when it reaches the second number). So a model that has learnt the procedure on some
+pairs of numbers can work out pairs it never saw, and a counting slip anywhere ends in a wrong answer: what the
+`math_verify` reward checks. The model learns the layout and the procedure from the worked examples
+(`lmforge_arithmetic_sft`, the reasoning quickstart's SFT), then improves on its own samples checked by `math_verify`
+and `format` rewards (`lmforge_arithmetic`, GRPO; the `answer` column is the reference). The held-out problems
 (`lmforge_arithmetic_heldout`) are pairs of numbers the training files never ask about. Regenerate the shipped file
 with:
 
@@ -35,10 +37,16 @@ def problems() -> list[tuple[int, str, int, int]]:
     return out + [(a, "minus", b, a - b) for a in range(10) for b in range(a + 1)]
 
 
+def counting(a: int, op: str, b: int) -> str:
+    """The worked reasoning: count `b` steps up (plus) or down (minus) from `a`, numbering the steps."""
+    direction = 1 if op == "plus" else -1
+    steps = ", ".join(f"{NUMBERS[a + direction * i]} ({NUMBERS[i]})" for i in range(1, b + 1))
+    return f"Count {'up' if op == 'plus' else 'down'} {NUMBERS[b]} from {NUMBERS[a]}: {steps or 'no steps'}."
+
+
 def record(a: int, op: str, b: int, result: int, question: str) -> dict[str, str]:
-    fact = f"{NUMBERS[a].capitalize()} {op} {NUMBERS[b]} is {NUMBERS[result]}."
     return {"instruction": question.format(a=NUMBERS[a], op=op, b=NUMBERS[b]),
-            "output": f"<think>\n{fact}\n</think>\nThe answer is {result}.", "answer": str(result)}
+            "output": f"<think>\n{counting(a, op, b)}\n</think>\nThe answer is {result}.", "answer": str(result)}
 
 
 def split(seed: int = 0, heldout_share: float = 0.2) -> tuple[list[dict], list[dict]]:
