@@ -3,17 +3,18 @@ counting in a reasoning block, and answered in digits.
 
     What is three plus four?
     <think>
-    Count up four from three: four (one), five (two), six (three), seven (four).
+    Count up four from three: four (one), five (two), six (three), seven (four); seven is 7.
     </think>
     The answer is 7.
 
 The reasoning is a procedure, not a memorised fact: each step is the next (or previous) number word, and the counter
-beside it says when to stop (when it reaches the second number). So a model that has learnt the procedure on some
+beside it says when to stop (when it reaches the second number), and the number reached is written in digits
+where it is reached. So a model that has learnt the procedure on some
 pairs of numbers can work out pairs it never saw, and a counting slip anywhere ends in a wrong answer: what the
-`math_verify` reward checks. The model learns the layout and the procedure from the worked examples
-(`lmforge_arithmetic_sft`, the reasoning quickstart's SFT), then improves on its own samples checked by `math_verify`
-and `format` rewards (`lmforge_arithmetic`, GRPO; the `answer` column is the reference). The held-out problems
-(`lmforge_arithmetic_heldout`) are pairs of numbers the training files never ask about. Regenerate the shipped file
+`math_verify` reward checks. The model learns the layout and the procedure from worked examples
+(`lmforge_arithmetic_sft`, the reasoning quickstart's SFT), then improves on its own samples for other problems,
+checked by `math_verify` and `format` rewards (`lmforge_arithmetic`, GRPO; the `answer` column is the reference).
+The held-out problems (`lmforge_arithmetic_heldout`) are pairs of numbers neither training file asks about. Regenerate the shipped file
 with:
 
     python -m lmforge.resources.arithmetic_quickstart src/lmforge/resources
@@ -38,10 +39,13 @@ def problems() -> list[tuple[int, str, int, int]]:
 
 
 def counting(a: int, op: str, b: int) -> str:
-    """The worked reasoning: count `b` steps up (plus) or down (minus) from `a`, numbering the steps."""
+    """The worked reasoning: count `b` steps up (plus) or down (minus) from `a`, numbering the steps, then the
+    number reached in digits."""
     direction = 1 if op == "plus" else -1
     steps = ", ".join(f"{NUMBERS[a + direction * i]} ({NUMBERS[i]})" for i in range(1, b + 1))
-    return f"Count {'up' if op == 'plus' else 'down'} {NUMBERS[b]} from {NUMBERS[a]}: {steps or 'no steps'}."
+    result = a + direction * b
+    return (f"Count {'up' if op == 'plus' else 'down'} {NUMBERS[b]} from {NUMBERS[a]}: {steps or 'no steps'}; "
+            f"{NUMBERS[result]} is {result}.")
 
 
 def record(a: int, op: str, b: int, result: int, question: str) -> dict[str, str]:
@@ -49,21 +53,27 @@ def record(a: int, op: str, b: int, result: int, question: str) -> dict[str, str
             "output": f"<think>\n{counting(a, op, b)}\n</think>\nThe answer is {result}.", "answer": str(result)}
 
 
-def split(seed: int = 0, heldout_share: float = 0.2) -> tuple[list[dict], list[dict]]:
-    """(training records: every phrasing of 80 % of the problems, held-out records: every phrasing of the rest; three
-    phrasings of each held-out problem make the held-out accuracy less noisy than one would)."""
+FILES = ("arithmetic_quickstart.jsonl", "arithmetic_quickstart_rl.jsonl", "arithmetic_quickstart_heldout.jsonl")
+
+
+def split(seed: int = 0, rl_share: float = 0.2, heldout_share: float = 0.2
+          ) -> tuple[list[dict], list[dict], list[dict]]:
+    """Three disjoint sets of problems, every phrasing of each: (worked examples for SFT, problems for GRPO, held-out
+    problems). GRPO's problems are ones SFT never showed worked out, so the rewards can only be earned by working
+    them out, as on the held-out problems (on problems SFT taught, GRPO would reinforce remembered answers); three
+    phrasings of each held-out problem make its accuracy less noisy than one would."""
     rng = random.Random(seed)
     pool = problems()
     rng.shuffle(pool)
-    cut = int(len(pool) * heldout_share)
-    heldout = [record(*p, q) for p in pool[:cut] for q in QUESTIONS]
-    train = [record(*p, q) for p in pool[cut:] for q in QUESTIONS]
-    rng.shuffle(train)
-    return train, heldout
+    held, rl = int(len(pool) * heldout_share), int(len(pool) * rl_share)
+    sets = pool[held + rl:], pool[held: held + rl], pool[:held]
+    sft, rl_records, heldout = ([record(*p, q) for p in problems_ for q in QUESTIONS] for problems_ in sets)
+    rng.shuffle(sft)
+    rng.shuffle(rl_records)
+    return sft, rl_records, heldout
 
 
 if __name__ == "__main__":
-    train, heldout = split()
-    for name, records in (("arithmetic_quickstart.jsonl", train), ("arithmetic_quickstart_heldout.jsonl", heldout)):
+    for name, records in zip(FILES, split(), strict=True):
         with open(os.path.join(sys.argv[1], name), "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in records)
