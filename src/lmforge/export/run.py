@@ -9,6 +9,7 @@ import os
 import shutil
 
 from lmforge.config.exporting import EXPORT_MARKER
+from lmforge.config.model import ModelArguments
 from lmforge.config.schema import ExportConfig
 from lmforge.data.template import stop_token_ids
 from lmforge.errors import ConfigError
@@ -16,6 +17,7 @@ from lmforge.export.merge import merged_model
 from lmforge.export.modelfile import modelfile, role_pieces
 from lmforge.jsonl import atomic_dir
 from lmforge.model import multimodal
+from lmforge.model.build import PRM_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ def run_export(cfg: ExportConfig) -> str:
             processor.chat_template = tokenizer.chat_template
             processor.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        _keep_process_reward_settings(cfg.model, staging)
         _keep_sentencepiece_model(tokenizer, staging)
         _record_bos_and_eos(tokenizer, staging)
         with open(os.path.join(staging, EXPORT_MARKER), "w", encoding="utf-8") as fh:
@@ -67,6 +70,15 @@ def run_export(cfg: ExportConfig) -> str:
                 logger.info("Wrote an Ollama Modelfile: `ollama create %s -f %s/Modelfile`", name, x.export_dir)
     print(f"Exported to {x.export_dir}")
     return x.export_dir
+
+
+def _keep_process_reward_settings(args: ModelArguments, staging: str) -> None:
+    """A process reward model's step separator (`prm.json`, beside its adapter or weights) travels with the export,
+    so `lmforge score` and a grpo `reward_model` split completions as training did."""
+    for source in (args.adapter_name_or_path, args.model_name_or_path):
+        if source and os.path.isfile(os.path.join(source, PRM_FILE)):
+            shutil.copyfile(os.path.join(source, PRM_FILE), os.path.join(staging, PRM_FILE))
+            return
 
 
 def _record_bos_and_eos(tokenizer, staging: str) -> None:

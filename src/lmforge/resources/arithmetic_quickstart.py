@@ -14,8 +14,8 @@ pairs of numbers can work out pairs it never saw, and a counting slip anywhere e
 `math_verify` reward checks. The model learns the layout and the procedure from worked examples
 (`lmforge_arithmetic_sft`, the reasoning quickstart's SFT), then improves on its own samples for other problems,
 checked by `math_verify` and `format` rewards (`lmforge_arithmetic`, GRPO; the `answer` column is the reference).
-The held-out problems (`lmforge_arithmetic_heldout`) are pairs of numbers neither training file asks about. Regenerate the shipped file
-with:
+The held-out problems (`lmforge_arithmetic_heldout`) are pairs of numbers neither training file asks about.
+Regenerate the shipped files with:
 
     python -m lmforge.resources.arithmetic_quickstart src/lmforge/resources
 """
