@@ -54,7 +54,7 @@ def test_steps_are_token_exact_on_a_real_tokenizer(real_model, tmp_path):
     assert sep[0] not in tok("12 * 3 = 36.\n\n36 + 4 = 41.", add_special_tokens=False)["input_ids"]
     for row, encoded in zip(rows, data, strict=True):
         prompt = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
-        expected, labels = prompt_ids(tok, prompt), []
+        expected = prompt_ids(tok, prompt)
         labels = [IGNORE_INDEX] * len(expected)
         for step, label in zip(row["completions"], row["labels"], strict=True):
             piece = tok(step, add_special_tokens=False)["input_ids"] + sep
