@@ -140,6 +140,19 @@ def test_console_script_is_installed():
     assert result.returncode == 0 and result.stdout.strip() == __version__
 
 
+HEAVY = ("torch", "transformers", "peft", "trl", "datasets")
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["version"], ["--version"]], ids=repr)
+def test_usage_and_version_import_no_training_library(argv):
+    """The command line answers these without importing the training stack (a fresh interpreter each)."""
+    code = ("import sys\nfrom lmforge.cli import main\nmain(sys.argv[1:])\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-1] == "[]", out.stdout[-500:]
+
+
 def test_usage_lists_every_stage(capsys):
     from lmforge.config.stages import STAGES
 
