@@ -161,7 +161,8 @@ def test_kto_raises_the_held_out_margin(tiny_model_dir, task, held_out_pairs, tm
 
 @pytest.mark.parametrize("extra, message", [
     ({"stage": "dpo", "packing": True}, "'packing' applies to 'stage: sft'"),
-    ({"stage": "sft", "pref_beta": 0.2}, "'pref_beta' does not apply to 'stage: sft' (it applies to dpo, kto)"),
+    ({"stage": "sft", "pref_beta": 0.2},
+     "'pref_beta' does not apply to 'stage: sft' (it applies to dpo, kto, online_dpo)"),
     ({"stage": "dpo", "pref_loss": "orpo", "ref_model": "/tmp"}, "uses no reference model"),
     ({"stage": "kto", "pref_loss": "ipo"}, "'pref_loss' does not apply to 'stage: kto'"),
     ({"stage": "dpo", "dpo_label_smoothing": 0.6}, "'dpo_label_smoothing' must be in [0, 0.5)"),
