@@ -153,6 +153,15 @@ def test_usage_and_version_import_no_training_library(argv):
     assert out.stdout.splitlines()[-1] == "[]", out.stdout[-500:]
 
 
+def test_usage_puts_each_description_under_its_command(capsys):
+    assert main(["--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    score = next(i for i, line in enumerate(lines) if line.strip().startswith("lmforge score "))
+    assert "reward" in lines[score + 1] and "process reward model" in lines[score + 2]
+    synth = next(i for i, line in enumerate(lines) if line.strip().startswith("lmforge synth "))
+    assert "teacher" in lines[synth] and lines[synth + 1].strip().startswith("lmforge chat ")
+
+
 def test_usage_lists_every_stage(capsys):
     from lmforge.config.stages import STAGES
 

@@ -21,14 +21,15 @@ Usage:
   lmforge eval [CONFIG.yaml] [key=value ...]  evaluate a model: a multiple-choice benchmark (mmlu/cmmlu/ceval
                                               layout), perplexity or generation; writes results.json
   lmforge eval ... --harness TASKS            run lm-evaluation-harness tasks with the model (`harness` extra)
-  lmforge score RM_DIR INPUT.jsonl [--output F] [--batch-size N]
+  lmforge score RM_DIR INPUT.jsonl [--output F] [--batch-size N] [--reduction R]
+                                              score lines ({{"messages": [...]}} or {{"text": ...}}) with a reward
+                                              model, or each step of replies with a process reward model
   lmforge predict CLASSIFIER INPUT [--output F]  labels and probabilities of a `stage: cls` model for each row
   lmforge synth CONFIG.yaml [key=value ...]   data from a teacher's OpenAI-compatible endpoint (answer, judge, rewrite)
-                                              score lines ({{"messages": [...]}} or {{"text": ...}}) with a reward model
   lmforge chat MODEL [key=value ...]          chat in the terminal (MODEL: a config, a model or adapter dir)
   lmforge api MODEL [key=value ...]           OpenAI-compatible server: /v1/chat/completions, /v1/completions
   lmforge rollout-server MODEL [key=value ...]
-                                              vLLM server for `vllm_mode: server` ppo/grpo rollouts (host, port)
+                                              vLLM server for `vllm_mode: server` online-stage rollouts (host, port)
   lmforge webui [key=value ...]               web UI: build and run training, watch the loss, eval, chat, export
   lmforge webchat MODEL [key=value ...]       a chat-only web page
   lmforge export MODEL export_dir=OUT [...]   merge an adapter and save safetensors (+ GGUF, Ollama Modelfile)
