@@ -65,9 +65,17 @@ def cmd_train(args: list[str]) -> int:
     setup_logging()
     config_path, overrides = _split_config_path(args)
     cfg = load_config(config_path, overrides)
+    from lmforge.train.runtime.checkpoint import finished_at
     from lmforge.train.runtime.output_dir import RunLock, claim_output_dir
     from lmforge.train.runtime.run_record import run_record
 
+    t = cfg.training
+    if t.resume_from_checkpoint is not None and (step := finished_at(t.output_dir, t.max_steps,
+                                                                     t.num_train_epochs)) is not None:
+        # resuming from its last checkpoint would train the steps after it again and overwrite the final model
+        print(f"[lmforge] {t.output_dir} holds a finished run (step {step}): nothing to resume. To train further, "
+              "raise max_steps (or num_train_epochs) and resume again.", file=sys.stderr)
+        return 0
     with RunLock(cfg.training.output_dir) as lock:  # before anything is written: one run per output_dir
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun the first process speaks for the run
             claim_output_dir(cfg.training.output_dir, cfg.training.resume_from_checkpoint is not None,

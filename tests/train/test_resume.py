@@ -279,3 +279,18 @@ def test_a_full_disk_anywhere_is_one_line_and_exit_2(monkeypatch, capsys):
     assert main(["train", "x=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("No space left on device writing /data/run/trainer_log.jsonl: ") and "Traceback" not in err
+
+
+def test_resuming_a_finished_run_trains_nothing_until_asked_for_more_steps(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "sft"
+    assert main(["train", *sft_args(tiny_model_dir, out, max_steps=6, save_steps=4)]) == 0
+    weights = (out / "model.safetensors").read_bytes()
+    assert main(["train", *sft_args(tiny_model_dir, out, max_steps=6, save_steps=4,
+                                    resume_from_checkpoint="true")]) == 0
+    assert f"{out} holds a finished run (step 6): nothing to resume" in capsys.readouterr().err
+    assert sorted(losses(out)) == [1, 2, 3, 4, 5, 6]  # not steps 5 and 6 again from checkpoint-4
+    assert (out / "model.safetensors").read_bytes() == weights
+    # asked for more, it continues from its last checkpoint
+    assert main(["train", *sft_args(tiny_model_dir, out, max_steps=8, save_steps=4,
+                                    resume_from_checkpoint="true")]) == 0
+    assert sorted(losses(out)) == list(range(1, 9))

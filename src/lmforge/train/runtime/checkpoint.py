@@ -8,6 +8,7 @@ the deletion cannot leave a damaged checkpoint that looks valid.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ from lmforge.runstatus import (  # noqa: F401 (checkpoint_step re-exported)
     checkpoint_step,
     is_complete,
     published_checkpoints,
+    read_status_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -189,3 +191,22 @@ def replace_files(staged: str, target: str) -> None:
             os.unlink(os.path.join(target, name))
     os.rmdir(staged)
     _fsync_dir(target)
+
+
+def finished_at(output_dir: str, max_steps: int, num_train_epochs: float) -> int | None:
+    """The step a finished run in `output_dir` ended at, when resuming it would train nothing more: its final state
+    (trainer_state.json beside the final model) reached `max_steps`, or (`max_steps` unset) it planned as many
+    epochs as asked now and trained all its steps. None while the run is unfinished or asked to go further."""
+    if read_status_file(output_dir).get("status") != "finished":
+        return None
+    try:
+        with open(os.path.join(output_dir, COMPLETE_MARKER), encoding="utf-8") as fh:
+            state = json.load(fh)
+        step = int(state["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if max_steps and max_steps > 0:
+        return step if step >= max_steps else None
+    planned = state.get("max_steps")
+    same_epochs = state.get("num_train_epochs") == num_train_epochs
+    return step if planned and step >= planned and same_epochs else None
