@@ -287,12 +287,14 @@ def planned_architecture(args: ModelArguments, tokenizer: PreTrainedTokenizerBas
 
 def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward_head: bool = False,
                 dtype: Any = "auto", classifier: dict[str, Any] | None = None,
-                split: dict[str, Any] | None = None, step_head: bool = False) -> PreTrainedModel:
+                split: dict[str, Any] | None = None, step_head: bool = False, training: bool = True
+                ) -> PreTrainedModel:
     """The causal LM to train, or with `reward_head` the same backbone with a one-output sequence-classification head
     (a reward model: `AutoModelForSequenceClassification`, score read at the last non-pad token), or with
     `classifier` (num_labels, id2label, label2id, problem_type) a classifier, or with `step_head` a process reward
     model (`AutoModelForTokenClassification`, correct/incorrect at each step's end). A pretrained model loads in `dtype`
-    (`auto`: as saved), split over the processes as it loads with `split` (`model.parallel.load_kwargs`)."""
+    (`auto`: as saved), split over the processes as it loads with `split` (`model.parallel.load_kwargs`). Not
+    `training` (inference): its parameters take no gradients, and the log does not count trainable ones."""
     kwargs: dict[str, Any] = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
     kwargs.update(split or {})
     config = None if args.from_scratch else multimodal.model_config(args)  # the checkpoint's, read once
@@ -346,8 +348,10 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
         # a torchao or HQQ base needs no preparation: its other weights keep their dtype
         if args.quantization_bit:
             origin += f" ({args.quantization_bit}-bit, {args.quantization_method})"
+    if not training:
+        model.requires_grad_(False)
     total, trainable = count_parameters(model)
-    logger.info("Model: %s — %s parameters (%s trainable)", origin, f"{total:,}", f"{trainable:,}")
+    logger.info("Model: %s — %s parameters%s", origin, f"{total:,}", f" ({trainable:,} trainable)" if training else "")
     if held := experts_per_process(model):
         logger.info("Experts: %d of %d per layer on each process (expert parallel)", held, num_experts(model.config))
     return model

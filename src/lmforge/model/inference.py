@@ -42,7 +42,7 @@ def load_inference_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBas
                          ) -> PreTrainedModel:
     """The causal LM in `infer_dtype` (or `dtype`) on the inference device (or `device`), in eval mode; a LoRA
     adapter is merged in."""
-    model = build_model(args, tokenizer, dtype=dtype or DTYPES[args.infer_dtype])
+    model = build_model(args, tokenizer, dtype=dtype or DTYPES[args.infer_dtype], training=False)
     if args.adapter_name_or_path:
         from peft import PeftModel
 
