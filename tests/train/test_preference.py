@@ -96,6 +96,8 @@ def test_score_rejects_a_model_that_is_not_a_reward_model(tiny_model_dir, tmp_pa
     assert "is not a reward model" in capsys.readouterr().err
     assert main(["score", tiny_model_dir, str(write_jsonl(tmp_path / "bad.jsonl", ["{nope"]))]) == 2
     assert "bad.jsonl line 1: not valid JSON" in capsys.readouterr().err
+    assert main(["score", tiny_model_dir, str(inputs), "--reduction", "last"]) == 2
+    assert "--reduction applies to a process reward model" in capsys.readouterr().err
 
 
 def test_dpo_raises_the_held_out_margin(tiny_model_dir, task, held_out_pairs, tmp_path):

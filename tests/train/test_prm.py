@@ -16,6 +16,7 @@ from lmforge.config.data import DataArguments
 from lmforge.data.examples import build_examples
 from lmforge.data.steps import separator_ids, split_steps
 from lmforge.data.template import IGNORE_INDEX, prompt_ids
+from lmforge.errors import ConfigError
 from lmforge.model.process_reward import StepScorer, reduce_steps
 from lmforge.train.rl.rewards import Rewarder
 from tests.conftest import write_jsonl
@@ -100,6 +101,8 @@ def test_reducing_step_scores():
     assert reduce_steps([0.9, 0.2, 0.8], "mean") == pytest.approx(1.9 / 3)
     assert reduce_steps([0.9, 0.2, 0.8], "prod") == pytest.approx(0.144)
     assert reduce_steps([], "min") == 0.0
+    with pytest.raises(ConfigError, match="got 'max'"):
+        reduce_steps([], "max")
     assert split_steps("1\n2\n\n3\n", "\n") == ["1", "2", "3"]
 
 
@@ -141,6 +144,8 @@ def test_a_tiny_prm_judges_steps_it_never_saw(tiny_model_dir, tmp_path, capsys):
     assert printed.out.splitlines()[1] == (f"{bad_middle[-1]:.6f}\tsteps: "
                                            + " ".join(f"{s:.4f}" for s in bad_middle))
     assert "Scored 3 lines" in printed.err
+    assert main(["score", str(out), str(inputs), "--reduction", "max"]) == 2
+    assert "must be one of min, last, mean, prod, got 'max'" in capsys.readouterr().err
 
     # the saved model is a plain transformers token classifier: its P(correct) at the separators is the score
     model = AutoModelForTokenClassification.from_pretrained(out).eval()

@@ -31,8 +31,16 @@ def is_process_reward_model(path: str) -> bool:
     return os.path.isfile(os.path.join(path, PRM_FILE))
 
 
+def check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"Config error: the step reduction must be one of {', '.join(REDUCTIONS)}, got "
+                          f"'{reduction}'.")
+    return reduction
+
+
 def reduce_steps(scores: list[float], reduction: str) -> float:
     """One reward for a reply from its step scores (0 for a reply with no step)."""
+    check_reduction(reduction)
     if not scores:
         return 0.0
     if reduction == "min":
@@ -41,9 +49,7 @@ def reduce_steps(scores: list[float], reduction: str) -> float:
         return scores[-1]
     if reduction == "mean":
         return sum(scores) / len(scores)
-    if reduction == "prod":
-        return math.prod(scores)
-    raise ConfigError(f"Config error: prm_reduction must be one of {', '.join(REDUCTIONS)}, got '{reduction}'.")
+    return math.prod(scores)
 
 
 def load_process_reward_model(path: str, dtype: Any = "auto"
@@ -68,13 +74,15 @@ class StepScorer:
         self.device = torch.device(device) if device else next(self.model.parameters()).device
         self.model.to(self.device)
         self.batch_size = batch_size
-        reduce_steps([], reduction)  # an unknown reduction fails here, before any scoring
-        self.reduction = reduction
+        self.reduction = check_reduction(reduction)  # an unknown one fails here, before any scoring
         self.limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
 
-    def encode(self, prompt: list[dict], steps: list[str]) -> tuple[list[int], list[int]]:
-        """The ids and the step positions, as training encoded them (steps past the model's context are dropped)."""
-        prompt = prompt_ids(self.tokenizer, prompt, **self.template_kwargs)
+    def encode(self, prompt: list[dict], steps: list[str], prompt_tokens: list[int] | None = None
+               ) -> tuple[list[int], list[int]]:
+        """The ids and the step positions, as training encoded them (steps past the model's context are dropped);
+        `prompt_tokens`: the prompt's ids when the caller has them."""
+        prompt = prompt_tokens if prompt_tokens is not None else prompt_ids(self.tokenizer, prompt,
+                                                                            **self.template_kwargs)
         try:
             ids, _, positions = encode_steps(prompt, steps, None, self.tokenizer, self.separator, self.limit)
         except SkipRecord:  # the prompt fills the context: no step can be scored
@@ -84,8 +92,17 @@ class StepScorer:
     @torch.no_grad()
     def step_scores(self, prompts: list[list[dict]], replies: list[list[str]]) -> list[list[float]]:
         """P(correct) of every step of every reply (a reply with no step: no score)."""
+        rendered: dict[str, list[int]] = {}  # a group's completions share their prompt: rendered once
+
+        def prompt_tokens(prompt: list[dict]) -> list[int]:
+            key = json.dumps(prompt, sort_keys=True, default=str)
+            if key not in rendered:
+                rendered[key] = prompt_ids(self.tokenizer, prompt, **self.template_kwargs)
+            return rendered[key]
+
         encoded: list[tuple[list[int], list[int]] | None] = [
-            self.encode(prompt, steps) if steps else None for prompt, steps in zip(prompts, replies, strict=True)]
+            self.encode(prompt, steps, prompt_tokens(prompt)) if steps else None
+            for prompt, steps in zip(prompts, replies, strict=True)]
         scores: list[list[float]] = [[] for _ in encoded]
         todo = [i for i, e in enumerate(encoded) if e is not None]
         pad = self.model.config.pad_token_id

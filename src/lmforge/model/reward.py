@@ -98,17 +98,21 @@ def read_items(path: str, steps: bool = False) -> list[dict[str, Any]]:
 
 
 def score_file(model_dir: str, input_path: str, output_path: str | None = None, batch_size: int = 16,
-               reduction: str = "min") -> list[dict[str, Any]]:
+               reduction: str | None = None) -> list[dict[str, Any]]:
     """Score every line of `input_path`: `{"score": ...}` for each (a process reward model's also has
-    `step_scores`, and `score` is their `reduction`); the lines with those fields written to `output_path`
-    (atomically)."""
+    `step_scores`, and `score` is their `reduction`, the weakest step by default); the lines with those fields
+    written to `output_path` (atomically)."""
     if is_process_reward_model(model_dir):
         items = read_items(input_path, steps=True)
+        reduction = reduction or "min"
         scorer = StepScorer(model_dir, batch_size=batch_size, reduction=reduction)
         parsed = [step_item(item, scorer.separator, f"{input_path} line {n}") for n, item in enumerate(items, 1)]
         steps = scorer.step_scores([p for p, _ in parsed], [r for _, r in parsed])
         results = [{"score": reduce_steps(s, reduction), "step_scores": s} for s in steps]
     else:
+        if reduction is not None:
+            raise ConfigError(f"Config error (command line): --reduction applies to a process reward model "
+                              f"(stage: prm); '{model_dir}' scores whole replies.")
         items = read_items(input_path)
         outcome = RewardScorer(model_dir, batch_size=batch_size)
         results = [{"score": s} for s in outcome.score_texts([outcome.text_of(item) for item in items])]
