@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -19,6 +17,7 @@ from lmforge.errors import TrainingError
 from lmforge.train.rl.losses import online_dpo_loss, pair_preferences
 from lmforge.verify.judge import PairwiseJudge, verdict
 from tests.conftest import write_jsonl
+from tests.json_server import JsonServer
 from tests.train.test_rl import rewards, rise, rl_args, without_timings
 
 
@@ -102,39 +101,18 @@ def test_tied_pairs_carry_no_preference_and_pairs_stay_whole():
     assert batch["trained"].tolist() == [1, 1, 0, 0] and stats["tied_pairs"] == 1.0
 
 
-class JudgeServer:
-    """An OpenAI-compatible chat endpoint on loopback that prefers the answer holding 'good' (and, if told, answers
-    without a verdict or refuses), recording the requests."""
+def JudgeServer(status: int = 200, reply: str | None = None) -> JsonServer:  # noqa: N802 - the server it starts
+    """An OpenAI-compatible chat endpoint on loopback that prefers the answer holding 'good' (or answers `reply`,
+    with `status`)."""
+    def answer(body: dict) -> tuple[int, dict]:
+        content = reply
+        if content is None:
+            text = body["messages"][0]["content"]
+            answer_a = text.split("Answer A:\n", 1)[1].split("\n\nAnswer B:", 1)[0]
+            content = "I prefer A." if "good" in answer_a else "B"
+        return status, {"choices": [{"message": {"role": "assistant", "content": content}}]}
 
-    def __init__(self, status: int = 200, reply: str | None = None):
-        self.requests: list[dict] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                owner.requests.append({"body": body, "auth": self.headers.get("Authorization")})
-                text = body["messages"][0]["content"]
-                content = reply
-                if content is None:
-                    answer_a = text.split("Answer A:\n", 1)[1].split("\n\nAnswer B:", 1)[0]
-                    content = "I prefer A." if "good" in answer_a else "B"
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.server.shutdown()
+    return JsonServer(answer, "/v1")
 
 
 def test_a_judge_endpoint_picks_each_pairs_better_completion_whatever_the_order():
@@ -148,12 +126,12 @@ def test_a_judge_endpoint_picks_each_pairs_better_completion_whatever_the_order(
                                                                                               f"good {i}"))]
         scores = judge([""] * 16, completions, messages)
         assert scores == [1.0 if c.startswith("good") else 0.0 for c in completions]
-        shown_first = [r["body"]["messages"][0]["content"].split("Answer A:\n")[1].split()[0] for r in server.requests]
+        shown_first = [r["messages"][0]["content"].split("Answer A:\n")[1].split()[0] for r in server.requests]
         assert {"good", "bad"} == set(shown_first)  # both orders were asked: position bias cannot pick the winner
         request = server.requests[0]
-        assert request["auth"] == "Bearer secret" and request["body"]["model"] == "judge-model"
-        assert "Be kind." not in request["body"]["messages"][0]["content"]
-        assert "Which is better?" in request["body"]["messages"][0]["content"]
+        assert server.headers[0]["Authorization"] == "Bearer secret" and request["model"] == "judge-model"
+        assert "Be kind." not in request["messages"][0]["content"]
+        assert "Which is better?" in request["messages"][0]["content"]
         judge.close()
     finally:
         server.close()

@@ -4,9 +4,7 @@ server is called with retries, and the rewards run side by side, weighted, with 
 
 from __future__ import annotations
 
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ from lmforge.train.rl.losses import overlong_penalty, reinforce_pp_advantages, w
 from lmforge.train.rl.rewards import BUILTINS, FormatReward, MathVerifyReward, Rewarder
 from lmforge.verify.math_answers import MathVerifier, answer_part, check
 from lmforge.verify.remote import RemoteReward
+from tests.json_server import JsonServer
 
 # (reference, completion, verified): the surface forms of math answers
 SURFACE_FORMS = [
@@ -124,39 +123,17 @@ def test_format_and_math_rewards_on_qwen3s_own_template_and_tokenizer():
     assert check(completion, "7") == 1.0 and check(completion, "3") == 0.0
 
 
-class RewardServer:
+def RewardServer(script: list) -> JsonServer:  # noqa: N802 - reads as the server it starts
     """A reward server on loopback: answers the rewards of `script` in turn (an int is an HTTP error status)."""
+    script = list(script)
 
-    def __init__(self, script: list):
-        self.script, self.requests = list(script), []
-        outer = self
+    def answer(body: dict) -> tuple[int, object]:
+        reply = script.pop(0) if script else {"rewards": [0.0] * len(body["completions"])}
+        if isinstance(reply, int):
+            return reply, b"busy" if reply >= 500 else b"bad request: no prompts"
+        return 200, reply
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - the http.server API
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                answer = outer.script.pop(0) if outer.script else {"rewards": [0.0] * len(body["completions"])}
-                if isinstance(answer, int):
-                    self.send_response(answer)
-                    self.end_headers()
-                    self.wfile.write(b"busy" if answer >= 500 else b"bad request: no prompts")
-                    return
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/score"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
+    return JsonServer(answer, "/score")
 
 
 def test_reward_server_gets_the_batch_and_its_columns_and_is_retried():
