@@ -7,14 +7,18 @@ counting in a reasoning block, and answered in digits.
     </think>
     The answer is 7.
 
-The reasoning is a procedure, not a memorised fact: each step is the next (or previous) number word, and the counter
-beside it says when to stop (when it reaches the second number), and the number reached is written in digits
-where it is reached. So a model that has learnt the procedure on some
-pairs of numbers can work out pairs it never saw, and a counting slip anywhere ends in a wrong answer: what the
-`math_verify` reward checks. The model learns the layout and the procedure from worked examples
-(`lmforge_arithmetic_sft`, the reasoning quickstart's SFT), then improves on its own samples for other problems,
-checked by `math_verify` and `format` rewards (`lmforge_arithmetic`, GRPO; the `answer` column is the reference).
-The held-out problems (`lmforge_arithmetic_heldout`) are pairs of numbers neither training file asks about.
+The reasoning is a procedure, not a memorised fact: each step is the next (or previous) number word, the counter
+beside it says when to stop (when it reaches the second number), and the number reached is written in digits. So a
+model that has learnt the procedure on some pairs of numbers can work out pairs it never saw, and a counting slip
+anywhere ends in a wrong answer: what the `math_verify` reward checks.
+
+The SFT examples (`lmforge_arithmetic_sft`) show each problem both ways, as instruction data mixing reasoning and
+non-reasoning replies does: worked out as above, and answered bare (an empty `<think>\n\n</think>`, the way Qwen3
+writes a reply without thinking). On a problem it has seen, a bare answer is a remembered fact; on one it has not, a
+guess. GRPO (`lmforge_arithmetic`, problems SFT never showed; the `answer` column is the reference) rewards verified
+answers (`math_verify`) and the reasoning layout (`format`, which an empty reasoning block fails), so the model learns
+to work problems out, and that carries over to the held-out problems (`lmforge_arithmetic_heldout`), pairs of numbers
+neither training file asks about.
 Regenerate the shipped files with:
 
     python -m lmforge.resources.arithmetic_quickstart src/lmforge/resources
@@ -48,9 +52,10 @@ def counting(a: int, op: str, b: int) -> str:
             f"{NUMBERS[result]} is {result}.")
 
 
-def record(a: int, op: str, b: int, result: int, question: str) -> dict[str, str]:
+def record(a: int, op: str, b: int, result: int, question: str, worked: bool = True) -> dict[str, str]:
+    reasoning = f"\n{counting(a, op, b)}\n" if worked else "\n\n"
     return {"instruction": question.format(a=NUMBERS[a], op=op, b=NUMBERS[b]),
-            "output": f"<think>\n{counting(a, op, b)}\n</think>\nThe answer is {result}.", "answer": str(result)}
+            "output": f"<think>{reasoning}</think>\nThe answer is {result}.", "answer": str(result)}
 
 
 FILES = ("arithmetic_quickstart.jsonl", "arithmetic_quickstart_rl.jsonl", "arithmetic_quickstart_heldout.jsonl")
@@ -58,16 +63,17 @@ FILES = ("arithmetic_quickstart.jsonl", "arithmetic_quickstart_rl.jsonl", "arith
 
 def split(seed: int = 0, rl_share: float = 0.2, heldout_share: float = 0.2
           ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Three disjoint sets of problems, every phrasing of each: (worked examples for SFT, problems for GRPO, held-out
-    problems). GRPO's problems are ones SFT never showed worked out, so the rewards can only be earned by working
-    them out, as on the held-out problems (on problems SFT taught, GRPO would reinforce remembered answers); three
-    phrasings of each held-out problem make its accuracy less noisy than one would."""
+    """Three disjoint sets of problems, every phrasing of each: (SFT examples, each problem worked out and answered
+    bare; problems for GRPO; held-out problems). GRPO's problems are ones SFT never showed, so their rewards are
+    earned by working them out, as on the held-out problems (on problems SFT taught, GRPO would reinforce remembered
+    answers); three phrasings of each held-out problem make its accuracy less noisy than one would."""
     rng = random.Random(seed)
     pool = problems()
     rng.shuffle(pool)
     held, rl = int(len(pool) * heldout_share), int(len(pool) * rl_share)
     sets = pool[held + rl:], pool[held: held + rl], pool[:held]
     sft, rl_records, heldout = ([record(*p, q) for p in problems_ for q in QUESTIONS] for problems_ in sets)
+    sft += [record(*p, q, worked=False) for p in sets[0] for q in QUESTIONS]
     rng.shuffle(sft)
     rng.shuffle(rl_records)
     return sft, rl_records, heldout
