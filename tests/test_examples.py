@@ -98,11 +98,22 @@ def test_cls_quickstart_data_is_generated_by_the_project_and_held_out_lines_are_
 
 def test_arithmetic_quickstart_is_generated_by_the_project_and_held_out_problems_are_unseen():
     from lmforge.resources.arithmetic_quickstart import FILES, split
+    from lmforge.train.rl.rewards import format_reward
     from lmforge.verify.math_answers import check
 
     sft, rl, held = (_shipped(name) for name in FILES)
     assert (sft, rl, held) == split()
-    assert len(sft) == 3 * 93 and len(rl) == 3 * 31 and len(held) == 3 * 31
+    assert len(sft) == 2 * 3 * 93 and len(rl) == 3 * 31 and len(held) == 3 * 31
+    # every SFT question is answered once worked out and once bare (an empty reasoning block, Qwen3's non-thinking
+    # layout), so the choice to reason is the model's, and GRPO's `format` reward fails the bare one
+    worked = [r for r in sft if "Count" in r["output"]]
+    bare = [r for r in sft if r["output"].startswith("<think>\n\n</think>\nThe answer is ")]
+    assert len(worked) == len(bare) == 3 * 93
+    assert sorted(r["instruction"] for r in worked) == sorted(r["instruction"] for r in bare)
+    def layout(records: list[dict]) -> list[float]:
+        return format_reward([r["instruction"] for r in records], [r["output"] for r in records])
+
+    assert set(layout(bare)) == {0.0} and set(layout(worked)) == {1.0}
 
     def problems(records: list[dict]) -> set[str]:  # the numbers and the operation, whatever the phrasing
         return {" ".join(r["instruction"].rstrip("?.").split()[-3:]) for r in records}
@@ -111,3 +122,13 @@ def test_arithmetic_quickstart_is_generated_by_the_project_and_held_out_problems
     assert not problems(held) & (problems(sft) | problems(rl)) and not problems(sft) & problems(rl)
     # every worked answer is verified correct by the reward that trains on it
     assert all(check(r["output"], r["answer"]) == 1.0 for r in sft + rl + held)
+
+
+def test_ci_runs_the_readme_set_up_commands():
+    """CI installs and tests exactly as the README's two set-up commands say."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Set up", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    install, test = (line.split("#", 1)[0].strip() for line in block.strip().splitlines())
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+    assert f"python -m pip install --quiet {install.removeprefix('pip install ')}" in ci
+    assert ci[-1] == test
