@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -100,9 +101,18 @@ def test_score_rejects_a_model_that_is_not_a_reward_model(tiny_model_dir, tmp_pa
     assert "--reduction applies to a process reward model" in capsys.readouterr().err
 
 
-def test_dpo_raises_the_held_out_margin(tiny_model_dir, task, held_out_pairs, tmp_path):
+def test_dpo_raises_the_held_out_margin(tiny_model_dir, task, held_out_pairs, tmp_path, capsys):
     out = tmp_path / "dpo"
     assert main(["train", *stage_args("dpo", tiny_model_dir, out, task["pairs"], plot_loss=True)]) == 0
+    printed = capsys.readouterr()
+    # one compact line per log event (the raw dict stays in trainer_log.jsonl): the headline numbers, DPO's
+    # accuracy and margin, and none of the parts they are made of
+    lines = [line for line in printed.err.splitlines() if line.startswith("[lmforge] step ")]
+    assert [line.split()[2] for line in lines[:6]] == ["10/60", "20/60", "30/60", "40/60", "50/60", "60/60"]
+    assert all(re.search(r"loss \S+ +lr \S+ +grad \S+ +tok/s [\d,]+ .*acc \S+ +margin ", line)
+               for line in lines[:6]), lines
+    assert "{'loss'" not in printed.out + printed.err and max(map(len, lines)) < 160
+    assert not any("logps/" in line or "rewards/chosen" in line for line in lines)
     before, after = mean_margin(tiny_model_dir, held_out_pairs), mean_margin(str(out), held_out_pairs)
     assert after > before + 3.0, (before, after)
     log = [json.loads(line) for line in open(out / "trainer_log.jsonl")]

@@ -10,6 +10,7 @@ from typing import Any
 from lmforge.config.schema import RunConfig
 from lmforge.errors import TrainingError
 from lmforge.train.runtime.checkpoint import resolve_resume
+from lmforge.train.runtime.console import lines_above_the_bar, use_metrics_console
 from lmforge.train.runtime.session import join_sample_generation, report, save_run_config
 from lmforge.train.runtime.signals import stopped_message
 from lmforge.train.runtime.tracking import finish_trackers, log_samples
@@ -57,7 +58,9 @@ def run_training(cfg: RunConfig, trainer: LanguageModelTrainer, resume: str | No
     if trainer.is_world_process_zero():
         save_run_config(cfg)
 
-    result = trainer.train(resume_from_checkpoint=resume)
+    use_metrics_console(trainer)
+    with lines_above_the_bar():
+        result = trainer.train(resume_from_checkpoint=resume)
     if getattr(trainer, "stopped_by", None):
         return stopped_early(trainer)
     trainer.save_model()

@@ -54,6 +54,7 @@ from lmforge.train.rl.rollout import (
 )
 from lmforge.train.rl.tool_rollout import sample_with_tools
 from lmforge.train.runtime.checkpoint import COMPLETE_MARKER, RL_STATE_FILE, VALUE_HEAD_FILE
+from lmforge.train.runtime.console import StepProgress, lines_above_the_bar, metrics_line
 from lmforge.train.runtime.session import RunSession, record_dtype, saved_state_dict
 from lmforge.train.runtime.signals import stopped_message
 from lmforge.train.runtime.split_checkpoint import is_split_model, load_saved_weights
@@ -110,6 +111,7 @@ class OnlineRL:
         self.trackers.track_memory_of(ref, self.value_head, rewarder.scorer.model if rewarder.scorer else None)
         self.step = 0
         self.log_history: list[dict] = []
+        self.progress = StepProgress(self.args.max_steps, 0, enabled=False, stage=cfg.finetuning.stage)
 
     # ---- data -------------------------------------------------------------------------------------------------
     def batch_indices(self, step: int) -> list[int]:
@@ -167,6 +169,7 @@ class OnlineRL:
                                                        rollout.completion_mask, strict=True)],
                 skip_special_tokens=True)
         prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=False)
+        self.progress.phase("scoring")
         scores, parts = self.rewarder(prompt_texts, completions, [e["messages"] for e in chosen],
                                       [e.get("reference") for e in chosen], turns,
                                       columns=[e.get("columns") or {} for e in chosen])
@@ -266,6 +269,7 @@ class OnlineRL:
         afterwards, so evaluating does not change the training run (or its exact resume)."""
         rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
         examples = self.eval_examples
+        self.progress.phase("eval")
         size, totals, count = self.args.per_device_eval_batch_size, defaultdict(float), 0
         try:
             for start in range(0, len(examples), size):
@@ -373,12 +377,16 @@ class OnlineRL:
             self.rewrite_log()
             self.trackers.begin(self.step)
         barrier()
-        if self.step == 0 and self.eval_prompts is not None and self.args.eval_on_start:
-            self.log(self.evaluate())  # the starting point the later evaluations are compared with
+        self.progress = StepProgress(self.args.max_steps, self.step, self.main_process and not self.args.disable_tqdm,
+                                     self.cfg.finetuning.stage)
         try:
-            with self.stop_request.installed():
-                last = self.loop()
+            with lines_above_the_bar():
+                if self.step == 0 and self.eval_prompts is not None and self.args.eval_on_start:
+                    self.log(self.evaluate())  # the starting point the later evaluations are compared with
+                with self.stop_request.installed():
+                    last = self.loop()
         finally:
+            self.progress.close()
             if self.main_process:
                 self.trackers.end()
         if self.stopped_by:
@@ -394,8 +402,10 @@ class OnlineRL:
             started = time.perf_counter()
             if self.main_process:
                 self.trackers.step_begin(self.step)
+            self.progress.phase("rollout")
             rollout, batch, rollout_stats = self.make_rollout(self.step)
             rolled = time.perf_counter()
+            self.progress.phase("update")
             update_stats = self.update(rollout, batch, self.step)
             if self.main_process:
                 self.trackers.step_end(self.step + 1)
@@ -403,6 +413,7 @@ class OnlineRL:
             update_stats.update(rollout_seconds=rolled - started, update_seconds=time.perf_counter() - rolled,
                                 rollout_tokens_per_second=tokens / max(rolled - started, 1e-9))
             self.step += 1
+            self.progress.advance()
             for key, value in {**rollout_stats, **update_stats}.items():
                 pending[key].append(value)
             if self.step % max(int(self.args.logging_steps), 1) == 0 or self.step == self.args.max_steps:
@@ -432,9 +443,7 @@ class OnlineRL:
         if self.expert_loads is not None and self.expert_loads.last and "loss" in values:
             record["expert_load"] = self.expert_loads.last
         self.log_history.append(record)
-        logger.info("step %d/%d: %s", self.step, self.args.max_steps,
-                    ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k in ("reward", "kl", "loss",
-                                                                                  "clip_fraction", "eval_reward")))
+        logger.info(metrics_line(self.step, self.args.max_steps, values))
         if self.main_process:
             append_record(self.args.output_dir, record)
             self.trackers.log(self.step, values)
@@ -460,6 +469,7 @@ class OnlineRL:
     def save_checkpoint(self) -> str:
         """`checkpoint-<step>` appears complete or not at all: written to a staging directory, then renamed (by the
         main process; the others wait until it is there)."""
+        self.progress.phase("saving")
         tmp, final = self.session.checkpoint_paths(f"checkpoint-{self.step}")
         optimization = self.optim.state_dict(self.sharded_modules)  # collective if sharded
         if self.sharded:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import time
 
 from transformers import TrainerCallback
 
 from lmforge.model.moe import ExpertLoads
 from lmforge.runlog import append_record, cut_log
+from lmforge.train.runtime.console import TokenRate
 
 # Trainer log keys -> names in trainer_log.jsonl
 _RENAME = {"learning_rate": "lr"}
@@ -22,15 +22,13 @@ class JsonlLogCallback(TrainerCallback):
     def __init__(self, output_dir: str, perplexity: bool = True) -> None:
         self.output_dir = output_dir
         self.perplexity = perplexity  # a language-modelling loss (pt, sft), not a preference or reward loss
-        self._last_time = 0.0
-        self._last_tokens = 0
+        self.rate = TokenRate()
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
         cut_log(self.output_dir, state.global_step)
-        self._last_time = time.perf_counter()
-        self._last_tokens = state.num_input_tokens_seen
+        self.rate.start(state.num_input_tokens_seen)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -39,11 +37,9 @@ class JsonlLogCallback(TrainerCallback):
         for key, value in logs.items():
             record[_RENAME.get(key, key)] = value
         if "loss" in logs:
-            now, tokens = time.perf_counter(), state.num_input_tokens_seen
-            elapsed = now - self._last_time
-            if elapsed > 0 and tokens > self._last_tokens:
-                record["tokens_per_second"] = round((tokens - self._last_tokens) / elapsed, 1)
-            self._last_time, self._last_tokens = now, tokens
+            rate = self.rate.since_last(state.num_input_tokens_seen)
+            if rate is not None:
+                record["tokens_per_second"] = rate
         if self.perplexity and "eval_loss" in logs and "eval_perplexity" not in logs:
             record["eval_perplexity"] = perplexity(logs["eval_loss"])
         loads = ExpertLoads.of(kwargs.get("model"))
