@@ -33,3 +33,31 @@ def test_a_model_loaded_for_inference_takes_no_gradients_and_says_no_trainable_c
     assert not any(p.requires_grad for p in model.parameters())
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Model: ")]
     assert line.endswith(" parameters") and "trainable" not in line, line
+
+
+def test_a_new_reward_head_gets_one_line_not_transformers_load_report(tiny_model_dir, tiny_tokenizer, tmp_path,
+                                                                      caplog, capfd):
+    """The head a reward/classifier stage is about to train is missing from the causal LM's checkpoint by design:
+    one lmforge line says so; a checkpoint that lacks a backbone weight still gets transformers' full report."""
+    import shutil
+
+    import safetensors.torch
+
+    from lmforge.model.build import build_model
+
+    with caplog.at_level(logging.INFO, logger="lmforge.model"):
+        model = build_model(ModelArguments(model_name_or_path=tiny_model_dir), tiny_tokenizer, reward_head=True)
+    assert ("New head score (32 parameters): initialised at random, trained by this stage (the checkpoint's lm_head "
+            "is not used)") in caplog.text
+    assert "LOAD REPORT" not in capfd.readouterr().err + caplog.text
+    assert model.score.weight.shape == (1, 32)
+
+    weights = safetensors.torch.load_file(f"{tiny_model_dir}/model.safetensors")
+    broken = shutil.copytree(tiny_model_dir, tmp_path / "broken")
+    weights.pop("model.norm.weight")
+    safetensors.torch.save_file(weights, f"{broken}/model.safetensors", metadata={"format": "pt"})
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        build_model(ModelArguments(model_name_or_path=str(broken)), tiny_tokenizer, reward_head=True)
+    reported = capfd.readouterr().err + caplog.text
+    assert "LOAD REPORT" in reported and "model.norm.weight" in reported and "New head" not in caplog.text

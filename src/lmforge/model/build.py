@@ -29,6 +29,7 @@ from lmforge.config.architecture import (
 from lmforge.config.model import ModelArguments
 from lmforge.errors import ConfigError
 from lmforge.model import multimodal
+from lmforge.model.load_report import held_load_report, report_new_head
 from lmforge.model.moe import experts_per_process, with_router_loss
 
 logger = logging.getLogger(__name__)
@@ -319,17 +320,22 @@ def build_model(args: ModelArguments, tokenizer: PreTrainedTokenizerBase, reward
 
             kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
         try:
-            with warnings.catch_warnings():  # "the quantization_config from the model will be used", as asked
+            with warnings.catch_warnings(), held_load_report() as report:
+                # "the quantization_config from the model will be used", as asked
                 warnings.filterwarnings("ignore", message=".*already has a `quantization_config` attribute")
-                model = auto_class.from_pretrained(
+                model, loading = auto_class.from_pretrained(
                     args.model_name_or_path, trust_remote_code=args.trust_remote_code, revision=args.model_revision,
-                    cache_dir=args.cache_dir, dtype=dtype, **kwargs)
+                    cache_dir=args.cache_dir, dtype=dtype, output_loading_info=True, **kwargs)
         except (OSError, ValueError) as err:
             raise ConfigError(f"Config error: could not load a model from '{args.model_name_or_path}': "
                               f"{str(err).splitlines()[0]}") from None
         except ImportError as err:  # a checkpoint saved quantized, whose quantizer's package is missing
             raise ConfigError(f"Config error: '{args.model_name_or_path}' is saved quantized ({saved_quantized}): "
                               f"{str(err).splitlines()[0]}") from None
+        if training:
+            report_new_head(model, loading, report)  # a reward/classifier head the stage is about to train
+        else:
+            report.release()
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         origin = f"{args.model_name_or_path}"
