@@ -135,9 +135,15 @@ def _launch(build: Callable[[], Any], serve: ServeArguments) -> None:
     # a page on loopback answers loopback names only: a web page elsewhere cannot start runs through DNS rebinding
     local = is_loopback(serve.host) and not serve.share
     middleware = [Middleware(LoopbackNames, allowed=serve.allowed_hosts)] if local else []
-    build().queue().launch(server_name=serve.host, server_port=serve.port if serve.port is not None else 7860,
-                           share=serve.share, auth=auth, show_error=True, app_kwargs={"middleware": middleware},
-                           css=train_tab.PAGE_CSS, footer_links=[])
+    page = build().queue()
+    # quiet: Gradio's own lines include "To create a public link, set `share=True` in `launch()`", which is not how
+    # lmforge publishes one (`share: true`, with the page's password); the addresses are logged below instead
+    _, local_url, share_url = page.launch(
+        server_name=serve.host, server_port=serve.port if serve.port is not None else 7860, share=serve.share,
+        auth=auth, show_error=True, app_kwargs={"middleware": middleware}, css=train_tab.PAGE_CSS, footer_links=[],
+        quiet=True, prevent_thread_lock=True)
+    logger.info("Web UI on %s%s", local_url, f" and {share_url} (public link)" if share_url else "")
+    page.block_thread()
 
 
 def run_webui(cfg: ServeConfig | None) -> None:
