@@ -132,3 +132,12 @@ def test_ci_runs_the_readme_set_up_commands():
     ci = [line.strip() for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
     assert f"python -m pip install --quiet {install.removeprefix('pip install ')}" in ci
     assert ci[-1] == test
+
+
+def test_the_answers_the_readme_scores_are_generated_and_unseen_by_the_reward_model():
+    from lmforge.resources.preference_quickstart import pairs, score_examples
+
+    shipped = [json.loads(line) for line in open(REPO / "examples" / "score_quickstart.jsonl", encoding="utf-8")]
+    assert shipped == score_examples() and len(shipped) == 8
+    trained = {p["instruction"] for p in pairs()}
+    assert not {line["messages"][0]["content"] for line in shipped} & trained

@@ -241,7 +241,7 @@ def cmd_score(args: list[str]) -> int:
     setup_logging()
     results = score_file(args[0], args[1], output, _batch_size(batch_size, 16), reduction)
     lines = [f"{r['score']:.6f}" + (f"\tsteps: {' '.join(f'{s:.4f}' for s in r['step_scores'])}"
-                                    if "step_scores" in r else "") for r in results]
+                                    if "step_scores" in r else "") + f"\t{r['reply']}" for r in results]
     mean = sum(r["score"] for r in results) / len(results)
     _emit(lines, f"Scored {len(results):,} lines: mean {mean:.4f}", output)
     return 0

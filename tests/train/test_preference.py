@@ -78,6 +78,7 @@ def test_reward_model_ranks_held_out_pairs_and_scores_text(tiny_model_dir, task,
     inputs = write_jsonl(tmp_path / "score.jsonl", [{"messages": c} for c in conversations])
     assert main(["score", str(out), str(inputs), "--output", str(tmp_path / "scored.jsonl"), "--batch-size", "7"]) == 0
     scores = [json.loads(line)["score"] for line in open(tmp_path / "scored.jsonl")]
+    assert "reply" not in json.loads(open(tmp_path / "scored.jsonl").readline())  # the file: input lines + score
     right = [scores[2 * i] > scores[2 * i + 1] for i in range(len(held_out))]
     assert sum(right) / len(right) == pytest.approx(results["eval_accuracy"], abs=0.01)
     refused = [ok for ok, p in zip(right, held_out, strict=True) if p["rejected"] in REFUSALS]

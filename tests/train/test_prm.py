@@ -142,7 +142,8 @@ def test_a_tiny_prm_judges_steps_it_never_saw(tiny_model_dir, tmp_path, capsys):
     assert main(["score", str(out), str(inputs), "--reduction", "last"]) == 0
     printed = capsys.readouterr()
     assert printed.out.splitlines()[1] == (f"{bad_middle[-1]:.6f}\tsteps: "
-                                           + " ".join(f"{s:.4f}" for s in bad_middle))
+                                           + " ".join(f"{s:.4f}" for s in bad_middle) + "\t2 3 7 5")
+    assert printed.out.splitlines()[0].endswith("\t2 | 3 | 4 | 5")  # each score beside what it scored
     assert "Scored 3 lines" in printed.err
     assert main(["score", str(out), str(inputs), "--reduction", "max"]) == 2
     assert "must be one of min, last, mean, prod, got 'max'" in capsys.readouterr().err

@@ -101,7 +101,7 @@ def score_file(model_dir: str, input_path: str, output_path: str | None = None, 
                reduction: str | None = None) -> list[dict[str, Any]]:
     """Score every line of `input_path`: `{"score": ...}` for each (a process reward model's also has
     `step_scores`, and `score` is their `reduction`, the weakest step by default); the lines with those fields
-    written to `output_path` (atomically)."""
+    written to `output_path` (atomically). Returned with `reply`, what was scored in short, for the console."""
     if is_process_reward_model(model_dir):
         items = read_items(input_path, steps=True)
         reduction = reduction or "min"
@@ -118,4 +118,21 @@ def score_file(model_dir: str, input_path: str, output_path: str | None = None, 
         results = [{"score": s} for s in outcome.score_texts([outcome.text_of(item) for item in items])]
     if output_path:
         write_jsonl(output_path, [{**item, **r} for item, r in zip(items, results, strict=True)])
-    return results
+    return [{**r, "reply": reply_of(item)} for item, r in zip(items, results, strict=True)]
+
+
+def reply_of(item: dict[str, Any], width: int = 80) -> str:
+    """What was scored, shortened for a console line: the last message, the completion (its steps joined) or the
+    end of a formatted text."""
+    if isinstance(item.get("completions"), list):
+        reply = " | ".join(map(str, item["completions"]))
+    elif isinstance(item.get("completion"), str):
+        reply = item["completion"]
+    elif isinstance(item.get("messages"), list) and item["messages"] and isinstance(item["messages"][-1], dict):
+        content = item["messages"][-1].get("content", "")
+        reply = content if isinstance(content, str) else " ".join(
+            part.get("text", "") for part in content if isinstance(part, dict))
+    else:
+        reply = str(item.get("text", ""))[-width:]
+    reply = " ".join(reply.split())
+    return reply if len(reply) <= width else reply[: width - 1] + "…"

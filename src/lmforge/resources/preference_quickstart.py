@@ -2,9 +2,10 @@
 
 The chosen answer follows the instruction's rule (repeat the words, name the first or last word, count them); the
 rejected one breaks it (the words out of order or one missing, another word, a wrong count) or refuses. A reward
-model or policy that learned the preference ranks held-out pairs it never saw. Regenerate the shipped files with:
+model or policy that learned the preference ranks held-out pairs it never saw. Regenerate the shipped files (and the
+conversations the README scores with the quickstart's reward model) with:
 
-    python -m lmforge.resources.preference_quickstart src/lmforge/resources
+    python -m lmforge.resources.preference_quickstart src/lmforge/resources examples
 """
 
 from __future__ import annotations
@@ -50,7 +51,18 @@ def kto_examples(n: int = 2000, seed: int = 0) -> list[dict]:
              "label": i % 2 == 0} for i, p in enumerate(pairs(n, seed))]
 
 
+def score_examples(n: int = 4, seed: int = 1) -> list[dict]:
+    """Conversations for `lmforge score` with the reward model of the quickstart: `n` prompts it was not trained on
+    (another seed), each answered right and then wrong (`examples/score_quickstart.jsonl`)."""
+    trained = {p["instruction"] for p in pairs()}
+    unseen = [p for p in pairs(20 * n, seed) if p["instruction"] not in trained][:n]
+    return [{"messages": [{"role": "user", "content": p["instruction"]}, {"role": "assistant", "content": answer}]}
+            for p in unseen for answer in (p["chosen"], p["rejected"])]
+
+
 if __name__ == "__main__":
     for name, records in (("preference_quickstart.jsonl", pairs()), ("kto_quickstart.jsonl", kto_examples())):
         with open(os.path.join(sys.argv[1], name), "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in records)
+    with open(os.path.join(sys.argv[2], "score_quickstart.jsonl"), "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in score_examples())
