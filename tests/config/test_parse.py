@@ -193,3 +193,19 @@ def test_secrets_are_masked_on_disk_and_read_from_the_environment(tmp_path, monk
     monkeypatch.setenv(SECRETS_ENV, '{"learning_rate": 1}')
     with pytest.raises(ConfigError, match="JSON mapping of secret keys"):
         load_config(str(saved))
+
+
+def test_a_check_failing_on_a_command_line_override_names_the_command_line(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("stage: sft\nmodel_name_or_path: m\ndataset: d\noutput_dir: o\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(config), ["cutoff_len=1"])
+    assert str(err.value) == "Config error (command line): 'cutoff_len' must be at least 2, got 1."
+    with pytest.raises(ConfigError) as err:  # the override clashes with a key of the file: both are named
+        load_config(str(config), ["pref_beta=0.2"])
+    assert str(err.value).startswith(f"Config error ({config} and the command line): 'pref_beta' does not apply to "
+                                     "'stage: sft'")
+    config.write_text(config.read_text() + "pref_beta: 0.2\n")
+    with pytest.raises(ConfigError) as err:  # all of it in the file
+        load_config(str(config), ["learning_rate=1e-4"])
+    assert str(err.value).startswith(f"Config error ({config}): 'pref_beta' does not apply")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -159,9 +162,28 @@ def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: 
     if planning():
         groups["training"].deepspeed, groups["training"].use_cpu = deepspeed, use_cpu
     cfg = RunConfig(**groups, source=source, raw=dict(raw))
-    resolve_hubs(cfg, cfg.model.hub, cfg.model.hf_endpoint)
-    validate(cfg)
+    with blamed_on_the_command_line(source, set(raw), cli_keys or set()):
+        resolve_hubs(cfg, cfg.model.hub, cfg.model.hf_endpoint)
+        validate(cfg)
     return cfg
+
+
+@contextlib.contextmanager
+def blamed_on_the_command_line(source: str, keys: set[str], cli_keys: set[str]) -> Iterator[None]:
+    """A check's error names the config file; where the keys it quotes ('key' or 'key: value') were given on the
+    command line (an override of the file), it names the command line, or both where it quotes keys of each."""
+    try:
+        yield
+    except ConfigError as err:
+        prefix, text = f"Config error ({source}): ", str(err)
+        if not cli_keys or not text.startswith(prefix):
+            raise
+        quoted = {name.split(":")[0].strip() for name in re.findall(r"'([A-Za-z_][\w.]*(?:: [^']*)?)'", text)}
+        from_cli, from_file = quoted & cli_keys, quoted & (keys - cli_keys)
+        if not from_cli:
+            raise
+        where = f"{source} and the command line" if from_file else "command line"
+        raise ConfigError(f"Config error ({where}): {text[len(prefix):]}") from None
 
 
 def with_secrets(raw: dict[str, Any]) -> dict[str, Any]:
@@ -186,10 +208,11 @@ def load_command_config(schema: str, path: str | None, overrides: list[str] | No
     values = typed_values(raw, schema, source, set(cli))
     cfg = COMMAND_CONFIGS[schema](**{group: cls(**values[group]) for group, cls in SCHEMAS[schema].items()},
                                   source=source, raw=raw)
-    model = getattr(cfg, "model", None)
-    if model is not None:
-        resolve_hubs(cfg, model.hub, model.hf_endpoint)
-    VALIDATORS[schema](cfg, **checks)
+    with blamed_on_the_command_line(source, set(raw), set(cli)):
+        model = getattr(cfg, "model", None)
+        if model is not None:
+            resolve_hubs(cfg, model.hub, model.hf_endpoint)
+        VALIDATORS[schema](cfg, **checks)
     return cfg
 
 
