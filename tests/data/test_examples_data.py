@@ -146,21 +146,21 @@ def test_the_cache_misses_on_a_changed_tokenizer_template_or_encoding_code(chat_
 def test_hub_sources_are_keyed_by_their_resolved_revision(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from lmforge.data.cache import hub_revision, source_identity
-    from lmforge.data.registry import SourceSpec
+    from lmforge.data.cache import source_identity
+    from lmforge.data.registry import SourceSpec, hub_lookup
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     spec = SourceSpec(name="org/data", kind="hub", path="org/data")
-    hub_revision.cache_clear()
+    hub_lookup.cache_clear()
     assert source_identity(spec)["revision"] is None
-    hub_revision.cache_clear()
+    hub_lookup.cache_clear()
     refs = tmp_path / "datasets--org--data" / "refs"
     refs.mkdir(parents=True)
     (refs / "main").write_text("1111aaaa")
     first = source_identity(spec)
     (refs / "main").write_text("2222bbbb")  # the dataset was updated on the hub and downloaded again
-    hub_revision.cache_clear()  # (a later run)
+    hub_lookup.cache_clear()  # (a later run)
     assert first["revision"] == "1111aaaa" and source_identity(spec)["revision"] == "2222bbbb"
 
 

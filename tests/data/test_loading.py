@@ -120,8 +120,33 @@ def test_missing_files_bad_extensions_and_offline_hub_ids(tmp_path):
     (tmp_path / "x.docx").write_text("x")
     with pytest.raises(DataError, match="unsupported extension '.docx'"):
         load_texts(str(tmp_path / "x.docx"), str(tmp_path))
-    with pytest.raises(DataError, match="loading it as a hub dataset failed"):
+    with pytest.raises(DataError) as err:  # offline: at once, not after datasets' retries
         load_texts("someone/no-such-dataset", str(tmp_path))
+    assert str(err.value) == (f"Data error: source 'someone/no-such-dataset' is not in {tmp_path}/dataset_info.json "
+                              "nor lmforge's registry, and not a local path; it cannot be looked up on the hub as a "
+                              "dataset id (HF_HUB_OFFLINE is set).")
+
+
+def test_a_mistyped_registry_name_is_suggested_and_an_unreachable_hub_fails_at_once(monkeypatch):
+    from huggingface_hub import constants
+
+    from lmforge.data.registry import hub_lookup
+
+    with pytest.raises(DataError, match="HF_HUB_OFFLINE is set\\)\\. Did you mean 'alpaca_en_demo'\\?"):
+        load_texts("alpaca_en_dem", str(LF_DEMO))
+    with pytest.raises(DataError, match="Did you mean 'lmforge_quickstart'\\?"):  # lmforge's own registry
+        load_texts("lmforge_quickstrat", str(LF_DEMO))
+    # online, with the hub out of reach (a closed loopback port): one error, with the transport's reason
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    hub_lookup.cache_clear()
+    try:
+        with pytest.raises(DataError) as err:
+            load_texts("alpaca_en_dem", str(LF_DEMO))
+    finally:
+        hub_lookup.cache_clear()
+    assert "the hub, where it would be looked up as a dataset id, cannot be reached (" in str(err.value)
+    assert str(err.value).endswith("Did you mean 'alpaca_en_demo'?")
 
 
 def test_broken_registry_entries(tmp_path):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.data.registry import SourceSpec
+from lmforge.data.registry import SourceSpec, hub_lookup
 
 CACHE_FORMAT = 1  # bump when the layout or content of cached data changes
 
@@ -55,21 +55,16 @@ def fingerprint(payload: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
-@functools.lru_cache(maxsize=64)
-def hub_revision(repo_id: str, revision: str = "main") -> str | None:
-    """The commit a hub dataset id resolves to: asked of the hub when online, else read from the local hub cache's
-    refs (None where neither knows: the key then holds the name only). Asked once per process (a run computes
-    several cache keys)."""
+def hub_revision(repo_id: str) -> str | None:
+    """The commit a hub dataset id resolves to: asked of the hub when online (once per process: a run computes
+    several cache keys), else read from the local hub cache's refs (None where neither knows: the key then holds the
+    name only)."""
     from huggingface_hub import constants
 
-    if not constants.HF_HUB_OFFLINE:
-        try:
-            from huggingface_hub import HfApi
-
-            return HfApi().dataset_info(repo_id, revision=revision, timeout=10).sha
-        except Exception:  # noqa: BLE001 - no network, a private repo, an unknown id: fall back to the local refs
-            pass
-    ref = os.path.join(constants.HF_HUB_CACHE, f"datasets--{repo_id.replace('/', '--')}", "refs", revision)
+    status, commit = hub_lookup(repo_id)
+    if status == "found" and commit:
+        return commit
+    ref = os.path.join(constants.HF_HUB_CACHE, f"datasets--{repo_id.replace('/', '--')}", "refs", "main")
     if os.path.isfile(ref):
         with open(ref, encoding="utf-8") as fh:
             return fh.read().strip() or None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
+from lmforge.config.suggest import suggest
 from lmforge.errors import DataError
 from lmforge.jsonl import read_json_mapping
 
@@ -155,5 +157,48 @@ def resolve_sources(dataset: str, dataset_dir: str, text_column: str = "text",
             raise DataError(f"Data error: source '{name}' looks like a file but does not exist (also looked in "
                             f"dataset_dir '{dataset_dir}').")
         else:
-            specs.append(SourceSpec(name, "hub", name, text_column))
+            specs.append(hub_source(name, text_column, dataset_dir, [*user_registry, *builtin_registry]))
     return specs
+
+
+def hub_source(name: str, text_column: str, dataset_dir: str, known: list[str]) -> SourceSpec:
+    """A name that is neither a registry entry nor a local path: a hub dataset id, if the hub has it or a copy of it
+    is in the local hub cache. Otherwise an error at once (datasets would retry an unreachable hub for about 25 s)
+    that says where the name was looked for and suggests the closest registry name."""
+    status, detail = hub_lookup(name)
+    if status == "found" or (status in ("offline", "unreachable") and in_local_hub_cache(name)):
+        return SourceSpec(name, "hub", name, text_column)
+    looked = (f"source '{name}' is not in {os.path.join(dataset_dir, REGISTRY_FILE)} nor lmforge's registry, and "
+              "not a local path")
+    hub = {"missing": "; the hub has no dataset of that id",
+           "offline": "; it cannot be looked up on the hub as a dataset id (HF_HUB_OFFLINE is set)",
+           "unreachable": f"; the hub, where it would be looked up as a dataset id, cannot be reached ({detail})"}
+    raise DataError(f"Data error: {looked}{hub[status]}.{suggest(name, known)}")
+
+
+@functools.lru_cache(maxsize=64)
+def hub_lookup(repo_id: str) -> tuple[str, str | None]:
+    """What the hub says of a dataset id, asked once per process and without retries: ("found", commit or None),
+    ("missing", None), ("offline", None) when HF_HUB_OFFLINE is set, or ("unreachable", why)."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        return "offline", None
+    try:
+        return "found", HfApi().dataset_info(repo_id, timeout=10).sha
+    except (RepositoryNotFoundError, HFValidationError):
+        return "missing", None
+    except HfHubHTTPError:  # gated, rate-limited, a server error: loading it will say what the hub answers
+        return "found", None
+    except Exception as err:  # noqa: BLE001 - no route, DNS, timeout: the transport's own error types
+        return "unreachable", (str(err).splitlines() or [type(err).__name__])[0][:200]
+
+
+def in_local_hub_cache(repo_id: str) -> bool:
+    """A copy of the hub dataset downloaded before (hub cache or datasets' cache), which loads offline."""
+    from huggingface_hub import constants
+
+    hub_copy = os.path.join(constants.HF_HUB_CACHE, f"datasets--{repo_id.replace('/', '--')}")
+    datasets_cache = os.environ.get("HF_DATASETS_CACHE") or os.path.join(constants.HF_HOME, "datasets")
+    return os.path.isdir(hub_copy) or os.path.isdir(os.path.join(datasets_cache, repo_id.replace("/", "___")))
