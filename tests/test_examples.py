@@ -141,3 +141,21 @@ def test_the_answers_the_readme_scores_are_generated_and_unseen_by_the_reward_mo
     assert shipped == score_examples() and len(shipped) == 8
     trained = {p["instruction"] for p in pairs()}
     assert not {line["messages"][0]["content"] for line in shipped} & trained
+
+
+def test_the_readme_states_the_pretraining_quickstart_model_it_builds(tmp_path, monkeypatch):
+    """The README's vocabulary and parameter count are what `pretrain_quickstart.yaml` builds (its tokenizer trained on
+    the corpus as the run trains it; the model built from the config, untrained)."""
+    from lmforge.model.build import build_model, count_parameters
+    from lmforge.model.tokenizer import setup_tokenizer
+
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path))
+    cfg = load_config(str(REPO / "examples" / "pretrain_quickstart.yaml"), [f"output_dir={tmp_path / 'out'}"])
+    tokenizer = setup_tokenizer(cfg)
+    total, _ = count_parameters(build_model(cfg.model, tokenizer))
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    vocabulary = f"{len(tokenizer)} tokens of the {cfg.model.tokenizer_vocab_size:,} allowed"
+    size = f"{total / 1e6:.1f}M-parameter"
+    assert vocabulary in " ".join(readme.split()) and size in readme, (vocabulary, size)
+    comment = (REPO / "examples" / "pretrain_quickstart.yaml").read_text(encoding="utf-8").splitlines()[0]
+    assert f"~{size}" in comment, comment
