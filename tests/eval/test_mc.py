@@ -97,17 +97,17 @@ def test_random_model_scores_near_chance_on_cmmlu(long_context_model_dir, tmp_pa
 
     out = tmp_path / "eval"
     assert main(["eval", f"model_name_or_path={long_context_model_dir}", "task=cmmlu", f"task_dir={CMMLU}",
-                 "n_shot=5", "max_samples=10", f"output_dir={out}"]) == 0
+                 "n_shot=5", "max_samples=4", f"output_dir={out}"]) == 0
     results = _results(out)
-    assert results["unit"] == "percent" and results["questions"] == 670 and len(results["subjects"]) == 67
-    assert 15 <= results["average"] <= 35, results["average"]
+    assert results["unit"] == "percent" and results["questions"] == 268 and len(results["subjects"]) == 67
+    assert 15 <= results["average"] <= 35, results["average"]  # 25 % +- 3.8 standard deviations
     agronomy = results["subjects"]["agronomy"]
-    assert (agronomy["category"], agronomy["questions"], agronomy["shots"]) == ("Other", 10, 5)
+    assert (agronomy["category"], agronomy["questions"], agronomy["shots"]) == ("Other", 4, 5)
     assert set(results["categories"]) == {"STEM", "Humanities", "Social Sciences", "Other"}
     assert results["config"]["eval"]["n_shot"] == 5 and results["prompt_style"] == "plain"
     predictions = [json.loads(line) for line in open(out / "predictions.jsonl", encoding="utf-8")]
-    assert len(predictions) == 670
-    assert sum(p["correct"] for p in predictions) == round(results["average"] * 670 / 100)
+    assert len(predictions) == 268
+    assert sum(p["correct"] for p in predictions) == round(results["average"] * 268 / 100)
     printed = capsys.readouterr().out
     assert "Average" in printed and "Humanities" in printed
 
