@@ -14,8 +14,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Under pytest-xdist (the README's suite command runs one worker per core), each worker and the processes its tests
-# start compute on one thread: torch's default of a thread per core in every worker would oversubscribe the cores.
+# Under pytest-xdist (the README's suite command runs two workers, one per core of CI), each worker and the processes
+# its tests start compute on one thread: torch's default of a thread per core in every worker would oversubscribe the
+# cores (and for the tiny test models one thread is faster anyway).
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
