@@ -18,6 +18,7 @@ Usage:
   lmforge data preview CONFIG.yaml [--num N] [--json]
                                               show examples with the trained tokens marked, and length statistics
   lmforge data dump CONFIG.yaml --output F    write every processed example (input_ids, labels) as JSON lines
+  lmforge data prepare CONFIG.yaml            tokenize the run's data into the cache `train` reads, and report it
   lmforge eval [CONFIG.yaml] [key=value ...]  evaluate a model: a multiple-choice benchmark (mmlu/cmmlu/ceval
                                               layout), perplexity or generation; writes results.json
   lmforge eval ... --harness TASKS            run lm-evaluation-harness tasks with the model (`harness` extra)
@@ -120,15 +121,21 @@ def _config_from(args: list[str]):
 
 def cmd_data(args: list[str]) -> int:
     action = args[0] if args else None
-    if action not in ("preview", "dump") or len(args) < 2 or args[1] in ("-h", "--help"):
+    if action not in ("preview", "dump", "prepare") or len(args) < 2 or args[1] in ("-h", "--help"):
         print("Usage: lmforge data preview CONFIG.yaml [key=value ...] [--num N] [--json]\n"
-              "       lmforge data dump CONFIG.yaml [key=value ...] --output FILE.jsonl")
+              "       lmforge data dump CONFIG.yaml [key=value ...] --output FILE.jsonl\n"
+              "       lmforge data prepare CONFIG.yaml [key=value ...]   # tokenize into the cache `train` reads")
         return 0 if action and len(args) > 1 else 2
     from lmforge.errors import ConfigError
     from lmforge.logs import setup_logging
     from lmforge.train import preview as data_preview
 
     setup_logging()
+    if action == "prepare":
+        from lmforge.train.prepare import prepare, print_report
+
+        print_report(prepare(_config_from(args[1:])))
+        return 0
     if action == "preview":
         num, rest = _take_option(args[1:], "num")
         if num is not None and not num.isdigit():

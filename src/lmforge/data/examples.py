@@ -56,6 +56,7 @@ class ExampleData:
     eval: Dataset | None
     from_cache: bool
     stats: dict[str, dict] = field(default_factory=dict)  # per source: records, examples, skipped, truncated
+    cache_path: str | None = None  # the cache entry the splits are saved in
 
 
 def label_options(args: DataArguments) -> LabelOptions:
@@ -231,4 +232,4 @@ def build_examples(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed
                           args.overwrite_cache, build)
     if entry.hit:
         logger.info("Reusing encoded %s data from the cache (tokenization skipped): %s", kind, entry.path)
-    return ExampleData(entry.train, entry.eval, entry.hit, entry.stats)
+    return ExampleData(entry.train, entry.eval, entry.hit, entry.stats, entry.path)

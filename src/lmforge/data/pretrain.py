@@ -27,6 +27,7 @@ class PretrainData:
     eval: Dataset | None
     from_cache: bool
     stats: dict[str, dict]
+    cache_path: str | None = None  # the cache entry the blocks are saved in (None: streamed)
 
 
 def load_documents(args: DataArguments, seed: int) -> TextSplits:
@@ -140,4 +141,4 @@ def build_pretrain_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase,
         for name, s in entry.stats.items():
             logger.info("%s: %s blocks of %d tokens from %s documents", name, f"{s['blocks']:,}", s["cutoff_len"],
                         f"{s['documents']:,}")
-    return PretrainData(entry.train, entry.eval, entry.hit, entry.stats)
+    return PretrainData(entry.train, entry.eval, entry.hit, entry.stats, entry.path)

@@ -1,0 +1,43 @@
+"""`lmforge data prepare`: the run's examples tokenized into the cache ahead of training, reported, and read back by
+the run's own data step (what `lmforge train` calls) without tokenizing again."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from lmforge.cli import main
+from lmforge.config import load_config
+from tests.conftest import LF_DEMO
+
+
+def test_prepare_fills_the_cache_the_run_reads_and_reports_what_is_in_it(tiny_model_dir, tmp_path, capsys):
+    from lmforge.train.preview import length_stats
+    from lmforge.train.shared_setup import chat_examples
+
+    overrides = ["stage=sft", f"model_name_or_path={tiny_model_dir}", "template=chatml", "dataset=alpaca_en_demo",
+                 f"dataset_dir={LF_DEMO}", "cutoff_len=64", "packing=true", "val_size=10", "max_samples=200",
+                 f"tokenized_cache_dir={tmp_path / 'shared-cache'}"]
+    assert main(["data", "prepare", *overrides]) == 0
+    first = capsys.readouterr().err
+    prepared = re.search(r"Prepared sft data in [\d.]+ s \(tokenized now\): (\S+)", first)
+    assert prepared and prepared.group(1).startswith(str(tmp_path / "shared-cache")), first
+    path = prepared.group(1)
+    assert os.path.isfile(os.path.join(path, "stats.json"))
+
+    # the run's data step, as `lmforge train` with the same config runs it: the same entry, nothing tokenized
+    cfg = load_config(None, [*overrides, f"output_dir={tmp_path / 'run'}"])
+    data = chat_examples(cfg).data
+    assert data.from_cache and data.cache_path == path
+    stats = length_stats(data.train, 64)
+    assert f"train: {len(data.train):,} examples, {stats['tokens']:,} tokens; eval: 10 examples" in first
+    assert f"packed into {stats['packed_rows']:,} rows" in first
+
+    assert main(["data", "prepare", *overrides]) == 0  # again: read, not tokenized
+    assert f"(read from the cache): {path}" in capsys.readouterr().err
+
+
+def test_prepare_refuses_what_it_cannot_prepare_ahead(tiny_model_dir, capsys):
+    assert main(["data", "prepare", "stage=pt", f"model_name_or_path={tiny_model_dir}", "dataset=c4_demo",
+                 f"dataset_dir={LF_DEMO}", "streaming=true", "max_steps=5"]) == 2
+    assert "a streamed corpus is tokenized as the run reads it" in capsys.readouterr().err
