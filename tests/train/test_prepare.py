@@ -41,3 +41,41 @@ def test_prepare_refuses_what_it_cannot_prepare_ahead(tiny_model_dir, capsys):
     assert main(["data", "prepare", "stage=pt", f"model_name_or_path={tiny_model_dir}", "dataset=c4_demo",
                  f"dataset_dir={LF_DEMO}", "streaming=true", "max_steps=5"]) == 2
     assert "a streamed corpus is tokenized as the run reads it" in capsys.readouterr().err
+
+
+def test_a_tokenized_dir_trains_without_the_raw_data_and_refuses_other_settings(tiny_model_dir, tmp_path, capsys):
+    """As LLaMA-Factory's tokenized_path: prepared on one machine, read on another that lacks the raw data."""
+    import json
+    import shutil
+
+    import pytest
+
+    from lmforge.errors import DataError
+    from lmforge.train.shared_setup import chat_examples
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(LF_DEMO / "alpaca_en_demo.json", raw / "alpaca_en_demo.json")
+    (raw / "dataset_info.json").write_text(json.dumps({"alpaca": {"file_name": "alpaca_en_demo.json"}}))
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()  # an empty folder made ahead is fine
+    (prepared.parent / "foreign").mkdir()
+    (prepared.parent / "foreign" / "notes.txt").write_text("mine")
+    overrides = ["stage=sft", f"model_name_or_path={tiny_model_dir}", "template=chatml", "dataset=alpaca",
+                 f"dataset_dir={raw}", "cutoff_len=64", "max_samples=100", f"tokenized_dir={prepared}"]
+    assert main(["data", "prepare", *overrides]) == 0
+    assert f"(tokenized now): {prepared}" in capsys.readouterr().err
+    assert (prepared / "prepared.json").is_file()
+    built = chat_examples(load_config(None, [*overrides, f"output_dir={tmp_path / 'a'}"])).data
+
+    shutil.rmtree(raw)  # the training machine has no raw data
+    data = chat_examples(load_config(None, [*overrides, f"output_dir={tmp_path / 'b'}"])).data
+    assert data.from_cache and data.train["input_ids"] == built.train["input_ids"]
+    assert "Reading the prepared sft examples in" in capsys.readouterr().err
+
+    with pytest.raises(DataError, match="prepared with other settings \\(labels differ\\)"):
+        chat_examples(load_config(None, [*overrides, "cutoff_len=32", f"output_dir={tmp_path / 'c'}"]))
+    with pytest.raises(DataError, match="holds files but no prepared examples"):  # never written over
+        chat_examples(load_config(None, [*overrides, f"tokenized_dir={tmp_path / 'foreign'}", "overwrite_cache=true",
+                                         f"output_dir={tmp_path / 'd'}"]))
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"

@@ -115,27 +115,41 @@ class CachedSplits:
     path: str
 
 
-def cached_splits(cache_dir: str | None, kind: str, identity: Any, overwrite: bool,
-                  build: Callable[[str], tuple[dict, dict]]) -> CachedSplits:
-    """Dataset splits cached under `kind/<fingerprint of identity>`. On a miss (or `overwrite`), `build(workdir)`
-    returns ({"train": ..., "eval": ...}, stats); `workdir` is scratch space deleted once the splits are saved."""
-    import datasets
+PREPARED_FILE = "prepared.json"  # in a `tokenized_dir`: the settings its examples were prepared with
 
-    path = os.path.join(cache_root(cache_dir), kind, fingerprint(identity))
+
+def cached_splits(cache_dir: str | None, kind: str, identity: Any, overwrite: bool,
+                  build: Callable[[str], tuple[dict, dict]], path: str | None = None,
+                  prepared: dict | None = None) -> CachedSplits:
+    """Dataset splits cached under `kind/<fingerprint of identity>` (or in `path`, a `tokenized_dir`, with the
+    `prepared` settings beside them). On a miss (or `overwrite`), `build(workdir)` returns ({"train": ...,
+    "eval": ...}, stats); `workdir` is scratch space deleted once the splits are saved."""
+    path = path or os.path.join(cache_root(cache_dir), kind, fingerprint(identity))
     if overwrite and os.path.isdir(path):
         shutil.rmtree(path)
 
     def write(tmp: str) -> None:
+        import datasets
+
         workdir = os.path.join(tmp, "work")
         os.makedirs(workdir)
         parts, stats = build(workdir)
         datasets.DatasetDict(parts).save_to_disk(os.path.join(tmp, "data"))
         with open(os.path.join(tmp, "stats.json"), "w") as fh:
             json.dump(stats, fh, indent=2)
+        if prepared is not None:
+            with open(os.path.join(tmp, PREPARED_FILE), "w") as fh:
+                json.dump(prepared, fh, indent=2)
         del parts  # the splits may be backed by files in workdir
         shutil.rmtree(workdir)
 
     hit = cached(path, write)
+    return read_splits(path, hit)
+
+
+def read_splits(path: str, hit: bool = True) -> CachedSplits:
+    import datasets
+
     with open(os.path.join(path, "stats.json")) as fh:
         stats = json.load(fh)
     data = datasets.load_from_disk(os.path.join(path, "data"))

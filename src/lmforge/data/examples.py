@@ -21,7 +21,15 @@ from transformers import PreTrainedTokenizerBase
 from lmforge.config.data import DataArguments
 from lmforge.config.stages import STAGES
 from lmforge.data import media
-from lmforge.data.cache import CACHE_FORMAT, cached_splits, fresh_fingerprint, source_identity
+from lmforge.data.cache import (
+    CACHE_FORMAT,
+    PREPARED_FILE,
+    CachedSplits,
+    cached_splits,
+    fresh_fingerprint,
+    read_splits,
+    source_identity,
+)
 from lmforge.data.encode import KIND_COLUMNS, ConversationEncoder, LabelOptions
 from lmforge.data.formats import ConversationFormat, ExampleKind, SkipRecord, SkipReport, normalise_records
 from lmforge.data.loading import mix, split_validation
@@ -183,9 +191,12 @@ KIND_NAMES = {"sft": "conversation", "pair": "preference pair (prompt, chosen, r
 
 
 def examples_identity(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int, kind: ExampleKind,
-                      processor: Any = None) -> dict:
-    """Everything that changes the encoded examples."""
-    def sources(names: str | None) -> list[dict]:
+                      processor: Any = None, read_sources: bool = True) -> dict:
+    """Everything that changes the encoded examples. Not `read_sources`: the sources by name only (what a
+    `tokenized_dir` is checked against, on a machine that may not have the raw data)."""
+    def sources(names: str | None) -> list[dict] | str | None:
+        if not read_sources:
+            return names
         specs = resolve_sources(names, args.dataset_dir, allow_absolute=args.allow_absolute_file_name) if names else []
         return [source_identity(s) for s in specs]
 
@@ -228,8 +239,35 @@ def build_examples(args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed
         splits = split_validation(train, args.val_size, seed)
         return {"train": splits.train, **({"eval": splits.eval} if splits.eval is not None else {})}, stats
 
-    entry = cached_splits(args.tokenized_cache_dir, kind, examples_identity(args, tokenizer, seed, kind, processor),
-                          args.overwrite_cache, build)
-    if entry.hit:
-        logger.info("Reusing encoded %s data from the cache (tokenization skipped): %s", kind, entry.path)
+    if args.tokenized_dir:
+        entry = prepared_splits(args, kind, examples_identity(args, tokenizer, seed, kind, processor, False), build)
+    else:
+        entry = cached_splits(args.tokenized_cache_dir, kind,
+                              examples_identity(args, tokenizer, seed, kind, processor), args.overwrite_cache, build)
+        if entry.hit:
+            logger.info("Reusing encoded %s data from the cache (tokenization skipped): %s", kind, entry.path)
     return ExampleData(entry.train, entry.eval, entry.hit, entry.stats, entry.path)
+
+
+def prepared_splits(args: DataArguments, kind: str, settings: dict, build: Any) -> CachedSplits:
+    """`tokenized_dir`: the examples prepared there, read without the raw data if the settings that shape them are
+    those they were prepared with; else built and saved there (atomically), with those settings beside them."""
+    folder = args.tokenized_dir
+    settings = json.loads(json.dumps(settings, sort_keys=True, default=str))  # as it reads back from the file
+    manifest = os.path.join(folder, PREPARED_FILE)
+    if os.path.isdir(folder) and not os.path.isfile(manifest):  # never written over (nor, overwriting, deleted)
+        if os.listdir(folder):
+            raise DataError(f"Data error: tokenized_dir '{folder}' holds files but no prepared examples "
+                            f"({PREPARED_FILE} is missing): name an empty or new folder.")
+        os.rmdir(folder)  # an empty folder made ahead: the examples are written in its place
+    if os.path.isfile(manifest) and not args.overwrite_cache:
+        with open(manifest, encoding="utf-8") as fh:
+            prepared = json.load(fh)
+        differ = sorted(k for k in set(settings) | set(prepared) if settings.get(k) != prepared.get(k))
+        if differ:
+            raise DataError(f"Data error: tokenized_dir '{folder}' holds examples prepared with other settings "
+                            f"({', '.join(differ)} differ): prepare it again with `overwrite_cache: true`, or name "
+                            "another folder.")
+        logger.info("Reading the prepared %s examples in %s (the raw data is not read)", kind, folder)
+        return read_splits(folder)
+    return cached_splits(None, kind, settings, args.overwrite_cache, build, path=folder, prepared=settings)
