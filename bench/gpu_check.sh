@@ -5,7 +5,8 @@
 # Installs the carried wheels into /tmp/site, then runs `lmforge bench --suite gpu` (see src/lmforge/bench/
 # gpu_suite.py): a Qwen2-0.5B-shaped model from a config; SFT MFU and memory on packed 4k rows, chunked vs model vs
 # Liger loss, packed vs unpacked loss, serving throughput at 1/8/32 requests, FSDP2 and DeepSpeed run + resume,
-# a tiny Qwen2-VL (ids vs its processor for images and a video, LoRA SFT, a served image answer).
+# a tiny Qwen2-VL (ids vs its processor for images and a video, LoRA SFT, a served image answer), GRPO and online
+# DPO with the verifiable rewards (reasoning_rl).
 # Writes OUTPUT_DIR/gpu_check.json and gpu_check.md (default: $OUT/gpu_check when the device tool sets $OUT);
 # exits 1 when a check fails.
 set -uo pipefail

@@ -391,6 +391,29 @@ class Suite:
 
         return run_vlm_check(tempfile.mkdtemp(prefix="gpu-vlm-"), self.cuda)
 
+    def reasoning_rl(self) -> dict[str, Any]:
+        """GRPO (REINFORCE++ advantages) and online DPO on the reasoning quickstart's problems with the verifiable
+        rewards (`math_verify` in its worker processes, `format`), a few steps each: they run on this device, and
+        how long a step takes. A random model earns little reward; the check is that the stages run."""
+        result: dict[str, Any] = {}
+        for stage, extra in (("grpo", {"num_generations": 4, "advantage_estimator": "reinforce_plus_plus_baseline",
+                                       "kl_coef": 0.05}), ("online_dpo", {})):
+            out = tempfile.mkdtemp(prefix=f"gpu-{stage}-")
+            values = {"stage": stage, "model_name_or_path": self.model_dir, "output_dir": out,
+                      "dataset": "lmforge_arithmetic",
+                      "template": "chatml", "cutoff_len": 64, "max_new_tokens": 16 if self.smoke else 96,
+                      "reward_funcs": "math_verify,format", "reward_weights": "1.0,0.2", "max_steps": self.steps,
+                      "rollout_batch_size": 4 if self.smoke else 16, "per_device_train_batch_size": 4,
+                      "learning_rate": 1e-5, "logging_steps": 1, "save_strategy": "no", "bf16": self.cuda,
+                      "report_to": "none", "disable_tqdm": True, "seed": 0, "temperature": 1.0, **extra}
+            seconds = self._train([f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()])
+            with open(os.path.join(out, "trainer_log.jsonl"), encoding="utf-8") as fh:
+                steps = [json.loads(line) for line in fh if '"reward"' in line]
+            result[f"{stage}_seconds"] = seconds
+            result[f"{stage}_steps"] = len(steps)
+            result[f"{stage}_rollout_seconds"] = round(steps[-1].get("rollout_seconds", 0.0), 2) if steps else None
+        return result
+
     def _train(self, overrides: list[str]) -> float:
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "lmforge", "train", *overrides], capture_output=True,
@@ -418,6 +441,7 @@ class Suite:
         self.check("plan", self.plan)
         self.check("low_bit", self.low_bit)
         self.check("fp8", self.fp8)
+        self.check("reasoning_rl", self.reasoning_rl)
         device = torch.cuda.get_device_name(0) if self.cuda else "cpu"
         report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "torch": torch.__version__,
                   "smoke": self.smoke, "checks": self.results,
