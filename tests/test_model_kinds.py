@@ -35,29 +35,33 @@ def test_a_model_loaded_for_inference_takes_no_gradients_and_says_no_trainable_c
     assert line.endswith(" parameters") and "trainable" not in line, line
 
 
-def test_a_new_reward_head_gets_one_line_not_transformers_load_report(tiny_model_dir, tiny_tokenizer, tmp_path,
-                                                                      caplog, capfd):
+def test_a_new_reward_head_gets_one_line_not_transformers_load_report(real_model, tmp_path, caplog, capfd):
     """The head a reward/classifier stage is about to train is missing from the causal LM's checkpoint by design:
-    one lmforge line says so; a checkpoint that lacks a backbone weight still gets transformers' full report."""
+    one lmforge line says so; a checkpoint that lacks a backbone weight still gets transformers' full report. On a
+    tiny Qwen3 of the published config and tokenizer."""
     import shutil
 
     import safetensors.torch
 
     from lmforge.model.build import build_model
+    from lmforge.model.tokenizer import load_tokenizer
 
+    source = real_model("qwen3")
+    tokenizer = load_tokenizer(source)
     with caplog.at_level(logging.INFO, logger="lmforge.model"):
-        model = build_model(ModelArguments(model_name_or_path=tiny_model_dir), tiny_tokenizer, reward_head=True)
-    assert ("New head score (32 parameters): initialised at random, trained by this stage (the checkpoint's lm_head "
-            "is not used)") in caplog.text
+        model = build_model(ModelArguments(model_name_or_path=source), tokenizer, reward_head=True)
+    head = model.score.weight.numel()
+    assert model.score.weight.shape == (1, model.config.hidden_size)
+    assert (f"New head score ({head:,} parameters): initialised at random, trained by this stage (the checkpoint's "
+            "lm_head is not used)") in caplog.text  # the causal LM's head, which a reward model does not have
     assert "LOAD REPORT" not in capfd.readouterr().err + caplog.text
-    assert model.score.weight.shape == (1, 32)
 
-    weights = safetensors.torch.load_file(f"{tiny_model_dir}/model.safetensors")
-    broken = shutil.copytree(tiny_model_dir, tmp_path / "broken")
+    broken = shutil.copytree(source, tmp_path / "broken")
+    weights = safetensors.torch.load_file(f"{broken}/model.safetensors")
     weights.pop("model.norm.weight")
     safetensors.torch.save_file(weights, f"{broken}/model.safetensors", metadata={"format": "pt"})
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        build_model(ModelArguments(model_name_or_path=str(broken)), tiny_tokenizer, reward_head=True)
+        build_model(ModelArguments(model_name_or_path=str(broken)), tokenizer, reward_head=True)
     reported = capfd.readouterr().err + caplog.text
     assert "LOAD REPORT" in reported and "model.norm.weight" in reported and "New head" not in caplog.text

@@ -11,11 +11,12 @@ from lmforge.config import load_config
 from tests.conftest import LF_DEMO
 
 
-def test_prepare_fills_the_cache_the_run_reads_and_reports_what_is_in_it(tiny_model_dir, tmp_path, capsys):
+def test_prepare_fills_the_cache_the_run_reads_and_reports_what_is_in_it(real_model, tmp_path, capsys):
     from lmforge.train.preview import length_stats
     from lmforge.train.shared_setup import chat_examples
 
-    overrides = ["stage=sft", f"model_name_or_path={tiny_model_dir}", "template=chatml", "dataset=alpaca_en_demo",
+    # Qwen3's own tokenizer and chat template
+    overrides = ["stage=sft", f"model_name_or_path={real_model('qwen3')}", "dataset=alpaca_en_demo",
                  f"dataset_dir={LF_DEMO}", "cutoff_len=64", "packing=true", "val_size=10", "max_samples=200",
                  f"tokenized_cache_dir={tmp_path / 'shared-cache'}"]
     assert main(["data", "prepare", *overrides]) == 0
@@ -37,13 +38,15 @@ def test_prepare_fills_the_cache_the_run_reads_and_reports_what_is_in_it(tiny_mo
     assert f"(read from the cache): {path}" in capsys.readouterr().err
 
 
-def test_prepare_refuses_what_it_cannot_prepare_ahead(tiny_model_dir, capsys):
-    assert main(["data", "prepare", "stage=pt", f"model_name_or_path={tiny_model_dir}", "dataset=c4_demo",
-                 f"dataset_dir={LF_DEMO}", "streaming=true", "max_steps=5"]) == 2
+def test_prepare_refuses_what_it_cannot_prepare_ahead(tiny_model_dir, tmp_path, capsys):
+    pt = ["stage=pt", f"model_name_or_path={tiny_model_dir}", "dataset=c4_demo", f"dataset_dir={LF_DEMO}"]
+    assert main(["data", "prepare", *pt, "streaming=true", "max_steps=5"]) == 2
     assert "a streamed corpus is tokenized as the run reads it" in capsys.readouterr().err
+    assert main(["data", "prepare", *pt, f"tokenized_dir={tmp_path / 'blocks'}"]) == 2  # examples only
+    assert "'tokenized_dir' holds a stage's encoded examples; 'stage: pt' tokenizes" in capsys.readouterr().err
 
 
-def test_a_tokenized_dir_trains_without_the_raw_data_and_refuses_other_settings(tiny_model_dir, tmp_path, capsys):
+def test_a_tokenized_dir_trains_without_the_raw_data_and_refuses_other_settings(real_model, tmp_path, capsys):
     """As LLaMA-Factory's tokenized_path: prepared on one machine, read on another that lacks the raw data."""
     import json
     import shutil
@@ -55,13 +58,15 @@ def test_a_tokenized_dir_trains_without_the_raw_data_and_refuses_other_settings(
 
     raw = tmp_path / "raw"
     raw.mkdir()
-    shutil.copy(LF_DEMO / "alpaca_en_demo.json", raw / "alpaca_en_demo.json")
-    (raw / "dataset_info.json").write_text(json.dumps({"alpaca": {"file_name": "alpaca_en_demo.json"}}))
+    # LLaMA-Factory's preference demo, with its registry entry, and Llama 3.2's own tokenizer and template
+    demo = json.loads((LF_DEMO / "dataset_info.json").read_text())["dpo_en_demo"]
+    shutil.copy(LF_DEMO / demo["file_name"], raw / demo["file_name"])
+    (raw / "dataset_info.json").write_text(json.dumps({"pairs": demo}))
     prepared = tmp_path / "prepared"
     prepared.mkdir()  # an empty folder made ahead is fine
     (prepared.parent / "foreign").mkdir()
     (prepared.parent / "foreign" / "notes.txt").write_text("mine")
-    overrides = ["stage=sft", f"model_name_or_path={tiny_model_dir}", "template=chatml", "dataset=alpaca",
+    overrides = ["stage=dpo", f"model_name_or_path={real_model('llama-3.2-instruct')}", "dataset=pairs",
                  f"dataset_dir={raw}", "cutoff_len=64", "max_samples=100", f"tokenized_dir={prepared}"]
     assert main(["data", "prepare", *overrides]) == 0
     assert f"(tokenized now): {prepared}" in capsys.readouterr().err
@@ -70,8 +75,9 @@ def test_a_tokenized_dir_trains_without_the_raw_data_and_refuses_other_settings(
 
     shutil.rmtree(raw)  # the training machine has no raw data
     data = chat_examples(load_config(None, [*overrides, f"output_dir={tmp_path / 'b'}"])).data
-    assert data.from_cache and data.train["input_ids"] == built.train["input_ids"]
-    assert "Reading the prepared sft examples in" in capsys.readouterr().err
+    assert data.from_cache and data.train["chosen_input_ids"] == built.train["chosen_input_ids"]
+    assert data.train["rejected_labels"] == built.train["rejected_labels"]
+    assert "Reading the prepared pair examples in" in capsys.readouterr().err
 
     with pytest.raises(DataError, match="prepared with other settings \\(labels differ\\)"):
         chat_examples(load_config(None, [*overrides, "cutoff_len=32", f"output_dir={tmp_path / 'c'}"]))

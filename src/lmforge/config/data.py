@@ -100,7 +100,6 @@ class DataArguments:
         None, "A folder holding the run's tokenized examples, as LLaMA-Factory's `tokenized_path`: `lmforge data "
         "prepare` (or the first run) writes them there; a run whose folder holds them trains on them without reading "
         "the raw data, which need not be on its machine (the settings that shape the examples, such as the "
-        "tokenizer, template and cutoff_len, must match those it was prepared with). Conversation stages "
-        "(sft, dpo, kto, rm, prm, grpo, ppo, online_dpo, kd).",
-        stages=("sft", "rm", "prm", "dpo", "kto", "ppo", "grpo", "online_dpo", "kd"))
+        "tokenizer, template and cutoff_len, must match those it was prepared with). The stages that train on "
+        "examples (not pt's blocks of raw text, nor cls).")
     overwrite_cache: bool = option(False, "Tokenize again even if a cached result exists.")

@@ -31,6 +31,9 @@ def validate(cfg: RunConfig) -> None:
         _fail(cfg, "'dataset' is required: name the training sources (registry names, files or hub ids).")
     if d.cutoff_len < 2:
         _fail(cfg, f"'cutoff_len' must be at least 2, got {d.cutoff_len}.")
+    if d.tokenized_dir and STAGES[cfg.finetuning.stage].kind in ("pt", "cls"):
+        _fail(cfg, f"'tokenized_dir' holds a stage's encoded examples; 'stage: {cfg.finetuning.stage}' tokenizes "
+                   "its data otherwise (its cache: tokenized_cache_dir).")
 
     if m.from_scratch:
         if not m.model_type and not m.model_name_or_path:
