@@ -17,6 +17,7 @@ from lmforge.config.schema import RunConfig
 from lmforge.config.stages import STAGES
 from lmforge.data.packing import packing_efficiency
 from lmforge.errors import ConfigError
+from lmforge.train.preview import skip_reasons
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +54,10 @@ def prepare(cfg: RunConfig) -> dict[str, Any]:
     report: dict[str, Any] = {"stage": cfg.finetuning.stage, "path": data.cache_path, "from_cache": data.from_cache,
                               "train_examples": len(data.train), "train_tokens": token_count(data.train),
                               "eval_examples": len(data.eval) if data.eval is not None else 0}
-    reasons: dict[str, int] = {}
-    for name, s in data.stats.items():  # per source (or per split, for pt's documents)
-        if isinstance(s, dict):
-            found = s.get("skip_reasons") or ({"empty document": s["empty_documents"]} if s.get("empty_documents")
-                                              else {})
-            reasons.update({f"{name}: {reason}": count for reason, count in found.items()})
-    report.update(skipped=sum(reasons.values()), skip_reasons=reasons)
+    reasons = {f"{skip['source']}: {skip['reason']}": skip["count"] for skip in skip_reasons(data.stats)}
+    empty = {f"{split}: empty document": s["empty_documents"] for split, s in data.stats.items()
+             if isinstance(s, dict) and s.get("empty_documents")}  # pt's skips, per split
+    report.update(skipped=sum(reasons.values()) + sum(empty.values()), skip_reasons={**reasons, **empty})
     if kind == "sft" and cfg.data.packing:
         rows, efficiency = packing_efficiency(data.train, cfg.data.cutoff_len)
         report.update(packed_rows=rows, packing_efficiency=round(efficiency, 4))

@@ -145,9 +145,13 @@ def summary(cfg: RunConfig, num: int = 3) -> dict:
     per_source = [(source, s) for source, s in data.stats.items() if isinstance(s, dict)]
     stats["skipped"] = sum(s.get("skipped", s.get("empty_documents", 0)) for _, s in per_source)
     stats["truncated"] = sum(s.get("truncated", 0) for _, s in per_source)
-    skips = [{"source": source, "reason": reason, "count": count}
-             for source, s in per_source for reason, count in (s.get("skip_reasons") or {}).items()]
-    return {"examples": examples, "stats": stats, "skips": skips}
+    return {"examples": examples, "stats": stats, "skips": skip_reasons(data.stats)}
+
+
+def skip_reasons(stats: dict) -> list[dict]:
+    """Each source's skipped records by reason (from the per-source statistics the data step records)."""
+    return [{"source": source, "reason": reason, "count": count} for source, s in stats.items() if isinstance(s, dict)
+            for reason, count in (s.get("skip_reasons") or {}).items()]
 
 
 def preview(cfg: RunConfig, num: int = 3, as_json: bool = False) -> dict:
