@@ -8,7 +8,7 @@ import pytest
 
 from lmforge import __version__
 from lmforge.cli import main
-from tests.conftest import REPO, scratch_args, write_jsonl
+from tests.conftest import LF_DEMO, REPO, scratch_args, write_jsonl
 
 
 def run_cli(*args, env=None):
@@ -143,14 +143,56 @@ def test_console_script_is_installed():
 HEAVY = ("torch", "transformers", "peft", "trl", "datasets")
 
 
-@pytest.mark.parametrize("argv", [[], ["--help"], ["version"], ["--version"]], ids=repr)
-def test_usage_and_version_import_no_training_library(argv):
+def imported_after(argv: list[str], modules: tuple[str, ...] = HEAVY) -> tuple[int, str, list[str]]:
+    """(exit code, stderr, which of `modules` are imported) after `lmforge ARGV` in a fresh interpreter."""
+    code = ("import sys\nfrom lmforge.cli import main\ncode = main(sys.argv[1:])\n"
+            f"print(code, sorted(m for m in {modules!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.stdout.splitlines(), out.stderr[-2000:]
+    exit_code, imported = out.stdout.splitlines()[-1].split(" ", 1)
+    return int(exit_code), out.stderr, eval(imported)
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["version"], ["--version"], ["help", "config"],
+                                  ["help", "train"], ["help", "config", "--markdown"], ["env"]], ids=repr)
+def test_usage_help_version_and_env_import_no_training_library(argv):
     """The command line answers these without importing the training stack (a fresh interpreter each)."""
-    code = ("import sys\nfrom lmforge.cli import main\nmain(sys.argv[1:])\n"
-            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines()[-1] == "[]", out.stdout[-500:]
+    exit_code, err, imported = imported_after(argv)
+    assert (exit_code, imported) == (0, []), err[-2000:]
+
+
+SFT = ["stage=sft", "model_name_or_path=Qwen/Qwen3-0.6B", "dataset=alpaca_en_demo", "output_dir=out"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", *SFT, "learning_rat=1e-4"], "unknown key 'learning_rat'. Did you mean 'learning_rate'?"),
+    (["train", *SFT, "eval_strategy=stepz"], "'eval_strategy' expects one of 'no', 'steps', 'epoch', but got "
+                                             "'stepz' (str). Did you mean 'steps'?"),
+    (["train", *SFT, "per_device_train_batch_size=two"], "'per_device_train_batch_size' expects int"),
+    (["train", *SFT[:3]], "'output_dir' is required"),
+    (["train", *SFT, "cutoff_len=1"], "'cutoff_len' must be at least 2, got 1."),
+    (["train", *SFT, "streaming=true"], "'streaming: true' needs 'max_steps'"),
+    (["train", *SFT, "bf16=true", "fp16=true"], "'bf16' and 'fp16' exclude each other"),
+    (["train", *SFT, "stage=pt", "tokenized_dir=prepared"], "'tokenized_dir' holds a stage's encoded examples"),
+    (["data", "preview", *SFT, "finetuning_type=lora", "lora_rank=0"], "'lora_rank' must be at least 1, got 0."),
+    (["data", "prepare", *SFT, "template=chatml", "max_samples=0.5"], "'max_samples' expects int"),
+], ids=lambda v: v[1] if isinstance(v, list) else None)
+def test_config_errors_answer_before_any_training_library_is_imported(argv, message):
+    exit_code, err, imported = imported_after(argv)
+    assert (exit_code, imported) == (2, []), err[-2000:]
+    assert message in err and "Traceback" not in err
+
+
+def test_data_commands_import_only_the_data_stack(real_model, tmp_path):
+    """`lmforge data preview` of a real checkpoint's data: tokenizer, datasets and the encoder; no model code,
+    adapters, RL library or TrainingArguments."""
+    argv = ["data", "preview", "stage=sft", f"model_name_or_path={real_model('qwen3')}", "dataset=alpaca_en_demo",
+            f"dataset_dir={LF_DEMO}", "max_samples=20", "--num", "1"]
+    training_stack = ("peft", "trl", "accelerate", "transformers.training_args", "transformers.modeling_utils",
+                      "transformers.trainer")
+    exit_code, err, imported = imported_after(argv, ("datasets", "tokenizers", *training_stack))
+    assert exit_code == 0, err[-2000:]
+    assert imported == ["datasets", "tokenizers"]
 
 
 def test_usage_puts_each_description_under_its_command(capsys):

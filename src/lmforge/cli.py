@@ -112,11 +112,12 @@ def _take_option(args: list[str], name: str) -> tuple[str | None, list[str]]:
 
 def _config_from(args: list[str]):
     """CONFIG.yaml [overrides]. Looking at data writes nothing there, so the required output_dir gets a placeholder
-    (an output_dir given on the command line still wins)."""
+    (an output_dir given on the command line still wins); nothing trains, so transformers' TrainingArguments are not
+    built (the checked values stand for them)."""
     from lmforge.config import load_config
 
     config_path, overrides = _split_config_path(args)
-    return load_config(config_path, ["output_dir=lmforge-data-preview", *overrides])
+    return load_config(config_path, ["output_dir=lmforge-data-preview", *overrides], trainer=False)
 
 
 def cmd_data(args: list[str]) -> int:
@@ -126,28 +127,31 @@ def cmd_data(args: list[str]) -> int:
               "       lmforge data dump CONFIG.yaml [key=value ...] --output FILE.jsonl\n"
               "       lmforge data prepare CONFIG.yaml [key=value ...]   # tokenize into the cache `train` reads")
         return 0 if action and len(args) > 1 else 2
-    from lmforge.errors import ConfigError
     from lmforge.logs import setup_logging
-    from lmforge.train import preview as data_preview
 
-    setup_logging()
+    setup_logging()  # the config is checked before the data stack is imported: a config error answers at once
     if action == "prepare":
+        cfg = _config_from(args[1:])
         from lmforge.train.prepare import prepare, print_report
 
-        print_report(prepare(_config_from(args[1:])))
+        print_report(prepare(cfg))
         return 0
     if action == "preview":
         num, rest = _take_option(args[1:], "num")
         if num is not None and not num.isdigit():
             raise ConfigError(f"Config error (command line): --num must be a whole number, got '{num}'.")
-        as_json = "--json" in rest
-        data_preview.preview(_config_from([a for a in rest if a != "--json"]), int(num) if num is not None else 3,
-                             as_json)
+        cfg = _config_from([a for a in rest if a != "--json"])
+        from lmforge.train import preview as data_preview
+
+        data_preview.preview(cfg, int(num) if num is not None else 3, "--json" in rest)
         return 0
     output, rest = _take_option(args[1:], "output")
     if not output:
         raise ConfigError("Config error (command line): `lmforge data dump` needs --output FILE.jsonl.")
-    data_preview.dump(_config_from(rest), output)
+    cfg = _config_from(rest)
+    from lmforge.train import preview as data_preview
+
+    data_preview.dump(cfg, output)
     return 0
 
 

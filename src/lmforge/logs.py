@@ -61,8 +61,10 @@ def setup_logging(verbose: bool = False) -> None:
         handler.setFormatter(logging.Formatter("[lmforge] %(message)s"))
         logger.addHandler(handler)
     quiet_import_notices()
-    import transformers
-
-    transformers.logging.set_verbosity_warning()
+    transformers = sys.modules.get("transformers")
+    if transformers is not None:
+        transformers.logging.set_verbosity_warning()
+    else:  # read when transformers configures its logger: a command that never needs it does not import it
+        os.environ["TRANSFORMERS_VERBOSITY"] = "warning"
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator is found.*")

@@ -13,7 +13,7 @@ from tests.conftest import LF_DEMO
 
 def test_prepare_fills_the_cache_the_run_reads_and_reports_what_is_in_it(real_model, tmp_path, capsys):
     from lmforge.train.preview import length_stats
-    from lmforge.train.shared_setup import chat_examples
+    from lmforge.train.stage_data import chat_examples
 
     # Qwen3's own tokenizer and chat template
     overrides = ["stage=sft", f"model_name_or_path={real_model('qwen3')}", "dataset=alpaca_en_demo",
@@ -54,7 +54,7 @@ def test_a_tokenized_dir_trains_without_the_raw_data_and_refuses_other_settings(
     import pytest
 
     from lmforge.errors import DataError
-    from lmforge.train.shared_setup import chat_examples
+    from lmforge.train.stage_data import chat_examples
 
     raw = tmp_path / "raw"
     raw.mkdir()

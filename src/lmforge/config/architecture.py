@@ -4,11 +4,16 @@ read here (no weights, no model)."""
 
 from __future__ import annotations
 
-from transformers import AutoConfig, PretrainedConfig
+import json
+import os
+from typing import TYPE_CHECKING, Any
 
 from lmforge.config.model import ModelArguments
 from lmforge.config.suggest import suggest
 from lmforge.errors import ConfigError
+
+if TYPE_CHECKING:  # transformers is imported where a config is read: checking keys must not wait for it
+    from transformers import PretrainedConfig
 
 # the config fields that hold a mixture of experts' number of experts per layer, by architecture
 EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts")
@@ -42,9 +47,33 @@ def checkpoint_quantization(config: PretrainedConfig) -> str | None:
     return str(getattr(method, "value", method) or "unknown")
 
 
+def saved_config(path: str | None) -> dict[str, Any] | None:
+    """A local model directory's config.json as saved (None where there is none or it is unreadable): what a check
+    can read without importing transformers."""
+    config_file = os.path.join(path, "config.json") if path else ""
+    if not os.path.isfile(config_file):
+        return None
+    try:
+        with open(config_file, encoding="utf-8") as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def saved_unquantized(path: str | None) -> bool:
+    """A local model directory whose config.json names no quantization (in it or a nested model's config)."""
+    saved = saved_config(path)
+    return saved is not None and not any(
+        key == "quantization_config" or (isinstance(value, dict) and "quantization_config" in value)
+        for key, value in saved.items())
+
+
 def base_config(args: ModelArguments, local_only: bool = False) -> PretrainedConfig:
     """The model's config; `local_only`: from a local folder or the hub cache, never the network (a check that can
     wait for the model to load must not wait on the hub: a path that does not exist is retried there for seconds)."""
+    from transformers import AutoConfig
+
     if args.model_type:
         try:
             return AutoConfig.for_model(args.model_type)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
 from lmforge.config.fields import option
+
+
+def cache_home() -> str:
+    """lmforge's cache folder: $LMFORGE_CACHE, else ~/.cache/lmforge (`tokenized_cache_dir` moves the data part)."""
+    return os.environ.get("LMFORGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lmforge")
 
 
 @dataclass

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -19,6 +19,9 @@ from lmforge.config.suggest import suggest
 from lmforge.config.validate import VALIDATORS, check_engine_configs, validate
 from lmforge.device import accelerator_available, auto_precision, planning
 from lmforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -116,17 +119,16 @@ def typed_values(raw: dict[str, Any], schema: str, source: str, cli_keys: set[st
     return values
 
 
-def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: set[str] | None = None) -> RunConfig:
-    """Check every key and value of `raw` and build the RunConfig (exits 2 via ConfigError on any problem)."""
-    from transformers import TrainingArguments
+def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: set[str] | None = None,
+                 trainer: bool = True) -> RunConfig:
+    """Check every key and value of `raw` and build the RunConfig (exits 2 via ConfigError on any problem).
 
+    The checks read the TrainingArguments values from `trainer_fields` (no transformers import): a config error comes
+    before torch loads. With `trainer` (a run), `cfg.training` is then the real TrainingArguments; without it (`lmforge
+    data`, which trains nothing), it stays the plain values."""
     values = typed_values(raw, "train", source, cli_keys or set())
     if values["training"].get("bf16") and values["training"].get("fp16"):
         raise ConfigError(f"Config error ({source}): 'bf16' and 'fp16' exclude each other: choose one precision.")
-
-    if "use_cpu" not in values["training"] and not accelerator_available():
-        # accelerate only forms a multi-process CPU group (torchrun + gloo) when told the run is on the CPU
-        values["training"]["use_cpu"] = True
     optim = str(values["training"].get("optim", ""))
     if optim.startswith(("galore_", "apollo_")):
         # GaLore/APOLLO project the gradients of the weight matrices they are given: every linear layer by default
@@ -138,34 +140,43 @@ def build_config(raw: dict[str, Any], source: str = "<command line>", cli_keys: 
         # accelerate runs torch's context parallelism inside FSDP2 (its mesh joins the shard and context dimensions)
         values["training"].setdefault("fsdp", True)
         values["training"].setdefault("fsdp_config", {"fsdp_version": 2})
-    if values["training"].get("fsdp") and values["training"].get("use_cpu"):
-        logger.warning("fsdp needs GPUs: on the CPU the Trainer runs plain DDP (gloo) instead.")
     check_engine_configs(values["training"], source)
     if not values["training"].get("output_dir"):
         raise ConfigError(f"Config error ({source}): 'output_dir' is required (where the model and logs are saved).")
-
-    # a plan made on a machine without the GPUs (or DeepSpeed) the run is for: TrainingArguments would check bf16
-    # against this machine and load the DeepSpeed config through the package, so it is built as for the CPU and the
-    # two settings are put back on the built arguments (the planner reads them; nothing runs on this machine)
-    deepspeed = values["training"].pop("deepspeed", None) if planning() else None
-    use_cpu = values["training"].get("use_cpu", False)
-    if planning():
-        values["training"]["use_cpu"] = True
-    groups: dict[str, Any] = {}
-    for group, cls in GROUPS.items():
-        try:
-            groups[group] = cls(**values[group])
-        except (ValueError, TypeError) as err:  # transformers validates combinations in __post_init__
-            if cls is not TrainingArguments:
-                raise
-            raise ConfigError(f"Config error ({source}): invalid training settings: {err}") from None
-    if planning():
-        groups["training"].deepspeed, groups["training"].use_cpu = deepspeed, use_cpu
+    groups = {group: cls(**values[group]) for group, cls in GROUPS.items()}
     cfg = RunConfig(**groups, source=source, raw=dict(raw))
     with blamed_on_the_command_line(source, set(raw), cli_keys or set()):
         resolve_hubs(cfg, cfg.model.hub, cfg.model.hf_endpoint)
         validate(cfg)
+    if trainer:
+        cfg.training = trainer_arguments(values["training"], source)
     return cfg
+
+
+def trainer_arguments(values: dict[str, Any], source: str) -> TrainingArguments:
+    """transformers' TrainingArguments from checked values (its own checks of combinations become config errors)."""
+    from transformers import TrainingArguments
+
+    values = dict(values)
+    if "use_cpu" not in values and not accelerator_available():
+        # accelerate only forms a multi-process CPU group (torchrun + gloo) when told the run is on the CPU
+        values["use_cpu"] = True
+    if values.get("fsdp") and values.get("use_cpu"):
+        logger.warning("fsdp needs GPUs: on the CPU the Trainer runs plain DDP (gloo) instead.")
+    # a plan made on a machine without the GPUs (or DeepSpeed) the run is for: TrainingArguments would check bf16
+    # against this machine and load the DeepSpeed config through the package, so it is built as for the CPU and the
+    # two settings are put back on the built arguments (the planner reads them; nothing runs on this machine)
+    deepspeed = values.pop("deepspeed", None) if planning() else None
+    use_cpu = values.get("use_cpu", False)
+    if planning():
+        values["use_cpu"] = True
+    try:
+        args = TrainingArguments(**values)
+    except (ValueError, TypeError) as err:  # transformers validates combinations in __post_init__
+        raise ConfigError(f"Config error ({source}): invalid training settings: {err}") from None
+    if planning():
+        args.deepspeed, args.use_cpu = deepspeed, use_cpu
+    return args
 
 
 @contextlib.contextmanager
@@ -191,11 +202,13 @@ def with_secrets(raw: dict[str, Any]) -> dict[str, Any]:
     return {**environment_secrets(), **drop_masked(raw)}
 
 
-def load_config(path: str | None, overrides: list[str] | None = None) -> RunConfig:
-    """YAML file (optional) + command-line overrides (which win) -> validated RunConfig."""
+def load_config(path: str | None, overrides: list[str] | None = None, trainer: bool = True) -> RunConfig:
+    """YAML file (optional) + command-line overrides (which win) -> validated RunConfig (`trainer`: see
+    `build_config`)."""
     base = read_yaml(path) if path else {}
     cli = parse_overrides(overrides or [])
-    return build_config(with_secrets(merge(base, cli)), source=path or "<command line>", cli_keys=set(cli))
+    return build_config(with_secrets(merge(base, cli)), source=path or "<command line>", cli_keys=set(cli),
+                        trainer=trainer)
 
 
 def load_command_config(schema: str, path: str | None, overrides: list[str] | None = None, **checks: Any):

@@ -1,4 +1,5 @@
-"""The full set of config keys: lmforge's groups plus every `transformers.TrainingArguments` field."""
+"""The full set of config keys: lmforge's groups plus every `transformers.TrainingArguments` field (read from
+`trainer_fields`, so that listing and checking keys does not import transformers)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ import dataclasses
 import functools
 import typing
 from dataclasses import dataclass
-from typing import Any
-
-from transformers import TrainingArguments
+from typing import TYPE_CHECKING, Any
 
 from lmforge.config.data import DataArguments
 from lmforge.config.evaluation import EvalArguments
@@ -24,6 +23,10 @@ from lmforge.config.rl import RLArguments
 from lmforge.config.serving import ServeArguments
 from lmforge.config.synth import SynthArguments
 from lmforge.config.tracking import TrackingArguments
+from lmforge.config.trainer_fields import training_fields
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 # Group name -> dataclass. Order is the order of `lmforge help train` and docs/config.md.
 GROUPS: dict[str, type] = {
@@ -36,7 +39,7 @@ GROUPS: dict[str, type] = {
     "resilience": ResilienceArguments,
     "launch": LaunchArguments,
     "parallelism": ParallelismArguments,
-    "training": TrainingArguments,
+    "training": training_fields(),  # the run builds the real TrainingArguments from these values
 }
 
 # The keys of `lmforge eval`: the model to load, the data of perplexity/generation tasks, decoding, the task itself.

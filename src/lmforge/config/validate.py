@@ -85,21 +85,23 @@ def validate(cfg: RunConfig) -> None:
               "non-finite steps through, set 'skip_nonfinite_steps: false').")
 
     _validate_stage(cfg)
-    if not m.from_scratch:
-        _validate_prequantized(cfg)
     has_eval = d.val_size > 0 or bool(d.eval_dataset)
     if str(getattr(t.eval_strategy, "value", t.eval_strategy)) != "no" and not has_eval:
         _fail(cfg, f"'eval_strategy: {getattr(t.eval_strategy, 'value', t.eval_strategy)}' needs evaluation data: "
               "set 'val_size' or 'eval_dataset'.")
     if t.do_predict and not has_eval:
         _fail(cfg, "'do_predict' needs prediction data: set 'eval_dataset' or 'val_size'.")
+    if not m.from_scratch:  # last: a hub checkpoint's config is read through transformers (the others need no import)
+        _validate_prequantized(cfg)
 
 
 def _validate_prequantized(cfg: RunConfig) -> None:
     """A checkpoint saved quantized (GPTQ, AWQ, FP8, ...) is a base for LoRA: its packed weights cannot be trained
     or quantized again. (compressed-tensors checkpoints load dense, so they may also be trained fully.)"""
-    from lmforge.config.architecture import DEQUANTIZED_AT_LOAD, base_config, checkpoint_quantization
+    from lmforge.config.architecture import DEQUANTIZED_AT_LOAD, base_config, checkpoint_quantization, saved_unquantized
 
+    if saved_unquantized(cfg.model.model_name_or_path):
+        return  # read from its config.json as saved: no need to import transformers to know
     try:
         config = base_config(cfg.model, local_only=True)
     except ConfigError:
@@ -313,17 +315,28 @@ def _validate_fp8(cfg: RunConfig) -> None:
               "('data_shard_size') or use plain data parallelism.")
 
 
+def _installed_version(package: str) -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version(package)
+
+
+def _torch_has_muon() -> bool:
+    import torch
+
+    return hasattr(torch.optim, "Muon")
+
+
 def _validate_optimizer(cfg: RunConfig) -> None:
     """`optimizer` (lmforge's memory-light ones) and transformers' `optim` names whose package is missing: a config
     error naming the package before anything loads."""
-    import torch
-
     f, t = cfg.finetuning, cfg.training
     optim = str(getattr(t.optim, "value", t.optim))
     if f.optimizer and f.loraplus_lr_ratio:
         _fail(cfg, f"'optimizer: {f.optimizer}' and 'loraplus_lr_ratio' both build the optimizer: choose one.")
-    if f.optimizer == "muon" and not hasattr(torch.optim, "Muon"):
-        _fail(cfg, f"'optimizer: muon' uses torch.optim.Muon (torch >= 2.9); this torch is {torch.__version__}.")
+    if f.optimizer == "muon" and not _torch_has_muon():
+        _fail(cfg, "'optimizer: muon' uses torch.optim.Muon (torch >= 2.9); this torch is "
+              f"{_installed_version('torch')}.")
     if f.optimizer == "badam":
         if f.finetuning_type != "full":
             _fail(cfg, "'optimizer: badam' trains the full weights one layer at a time: it needs "

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lmforge.config.data import cache_home
 from lmforge.data.registry import SourceSpec, hub_lookup
 
 CACHE_FORMAT = 1  # bump when the layout or content of cached data changes
 
 
 def cache_root(configured: str | None = None) -> str:
-    root = configured or os.environ.get("LMFORGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lmforge")
+    root = configured or cache_home()
     os.makedirs(root, exist_ok=True)
     return root
 

@@ -42,7 +42,7 @@ def prepare(cfg: RunConfig) -> dict[str, Any]:
     if kind == "cls":
         raise ConfigError("Config error: 'stage: cls' tokenizes its rows as it trains; `lmforge data prepare` "
                           "prepares the data of the other stages.")
-    from lmforge.train.shared_setup import chat_examples, pretrain_inputs
+    from lmforge.train.stage_data import chat_examples, pretrain_inputs
 
     if kind == "pt":
         if cfg.data.streaming:

@@ -41,7 +41,7 @@ def processed_data(cfg: RunConfig) -> ProcessedData:
     if STAGES[cfg.finetuning.stage].kind == "cls":
         raise ConfigError("Config error: `lmforge data preview|dump` shows which tokens a run trains on; "
                           "'stage: cls' trains a label per row (its skipped rows are in the training log).")
-    from lmforge.train.shared_setup import chat_examples, pretrain_inputs
+    from lmforge.train.stage_data import chat_examples, pretrain_inputs
 
     if STAGES[cfg.finetuning.stage].kind != "pt":  # the examples exactly as the stage builds them
         from lmforge.data.multimodal import media_token_ids

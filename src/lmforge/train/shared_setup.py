@@ -3,53 +3,18 @@ Trainer arguments they share (sft, rm, dpo, kto)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from datasets import Dataset
-from transformers import PreTrainedTokenizerBase, set_seed
+from transformers import set_seed
 
 from lmforge.config.schema import RunConfig
-from lmforge.data.examples import ExampleData, build_examples, media_options, model_columns, stage_kind
-from lmforge.data.formats import ExampleKind
-from lmforge.data.multimodal import MediaOptions, MultimodalCollator, per_token_outputs
-from lmforge.data.pretrain import PretrainData, build_pretrain_data
-from lmforge.data.template import stop_token_ids
 from lmforge.model.adapters import apply_finetuning_type
 from lmforge.model.build import build_model
-from lmforge.model.tokenizer import chat_processor, chat_tokenizer, setup_tokenizer
 from lmforge.train.runtime.log_callback import JsonlLogCallback
-from lmforge.train.runtime.resilience import blocks_per_step
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
 from lmforge.train.setup import parallel_split, set_precision, trainer_arguments
-
-
-@dataclass
-class ChatStage:
-    tokenizer: PreTrainedTokenizerBase
-    data: ExampleData
-    stop_ids: list[int]  # EOS and the template's end-of-turn token
-    added_tokens: int  # tokens the template added to the vocabulary
-    kind: ExampleKind
-    processor: Any = None  # a vision-language model's processor (its tokenizer is `tokenizer`)
-    media_options: MediaOptions | None = None
-
-    def train_rows(self) -> Dataset:
-        return self.data.train.select_columns(model_columns(self.kind, self.data.train))
-
-    def eval_rows(self) -> Dataset | None:
-        if self.data.eval is None:
-            return None
-        return self.data.eval.select_columns(model_columns(self.kind, self.data.eval))
-
-    def collator(self, text_collator: Any) -> Any:
-        """`text_collator` as is for a text model; for a vision-language model, wrapped to add the batch's pixel
-        inputs and the processor's per-token outputs."""
-        if self.processor is None:
-            return text_collator
-        return MultimodalCollator(text_collator, self.processor, self.media_options,
-                                  tuple(per_token_outputs(self.processor)))
+from lmforge.train.stage_data import ChatStage, chat_examples
 
 
 def prepare_chat_stage(cfg: RunConfig, resume: str | None = None) -> ChatStage:
@@ -57,27 +22,6 @@ def prepare_chat_stage(cfg: RunConfig, resume: str | None = None) -> ChatStage:
     check_trackers(cfg.training)
     set_seed(cfg.training.seed)
     return chat_examples(cfg, resume)
-
-
-def chat_examples(cfg: RunConfig, resume: str | None = None) -> ChatStage:
-    """The chat tokenizer (its template applied) and the stage's encoded examples: what a stage after pt trains on
-    and what `lmforge data preview|dump` shows (the first process builds them, the others read the cache)."""
-    args = cfg.training
-    kind = stage_kind(cfg.finetuning.stage)
-    processor = chat_processor(cfg)
-    with args.main_process_first(desc=f"encoding {kind} data"):
-        tokenizer, added = chat_tokenizer(cfg, resume, processor)
-        data = build_examples(cfg.data, tokenizer, args.seed, kind, processor)
-    return ChatStage(tokenizer, data, stop_token_ids(tokenizer), added, kind, processor, media_options(cfg.data))
-
-
-def pretrain_inputs(cfg: RunConfig, resume: str | None = None) -> tuple[PreTrainedTokenizerBase, PretrainData]:
-    """The tokenizer (loaded or trained) and the pretraining blocks: what `stage: pt` trains on and what `lmforge
-    data preview|dump` shows. Under torchrun the first process trains the tokenizer and fills the cache."""
-    args = cfg.training
-    with args.main_process_first(desc="preparing tokenizer and pretraining data"):
-        tokenizer = setup_tokenizer(cfg, resume)
-        return tokenizer, build_pretrain_data(cfg.data, tokenizer, args.seed, blocks_per_step=blocks_per_step(args))
 
 
 def policy_model(cfg: RunConfig, stage: ChatStage) -> torch.nn.Module:

@@ -60,7 +60,7 @@ from lmforge.train.runtime.signals import stopped_message
 from lmforge.train.runtime.split_checkpoint import is_split_model, load_saved_weights
 from lmforge.train.runtime.tracking import LoopTrackers
 from lmforge.train.setup import enable_gradient_checkpointing
-from lmforge.train.shared_setup import ChatStage
+from lmforge.train.stage_data import ChatStage
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from lmforge.model.build import build_model
 from lmforge.train.runtime.log_callback import JsonlLogCallback
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
 from lmforge.train.setup import parallel_split, set_precision, trainer_arguments
-from lmforge.train.shared_setup import pretrain_inputs
+from lmforge.train.stage_data import pretrain_inputs
 from lmforge.train.trainer import LanguageModelTrainer
 
 

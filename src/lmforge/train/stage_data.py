@@ -1,0 +1,81 @@
+"""The data a stage trains on, as its run builds it and as `lmforge data preview|dump|prepare` shows it: the
+tokenizer (chat template applied, or trained for pretraining) and the encoded examples or pretraining blocks. Only
+the data stack is imported here (no model code, peft or trl): the data commands import this and no more."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from lmforge.config.schema import RunConfig
+from lmforge.data.examples import ExampleData, build_examples, media_options, model_columns, stage_kind
+from lmforge.data.formats import ExampleKind
+from lmforge.data.multimodal import MediaOptions, MultimodalCollator, per_token_outputs
+from lmforge.data.pretrain import PretrainData, build_pretrain_data
+from lmforge.data.template import stop_token_ids
+from lmforge.model.tokenizer import chat_processor, chat_tokenizer, setup_tokenizer
+
+
+def world_size(args: Any) -> int:
+    """Processes of the run: TrainingArguments know; the plain values `lmforge data` checks stand for one."""
+    return getattr(args, "world_size", 1)
+
+
+def first_process_prepares(args: Any, desc: str) -> contextlib.AbstractContextManager:
+    """Under torchrun the first process of each node tokenizes (into the cache) while the others wait, then read
+    what it wrote; `lmforge data` (the plain config values, no TrainingArguments) is one process."""
+    first = getattr(args, "main_process_first", None)
+    return first(desc=desc) if first is not None else contextlib.nullcontext()
+
+
+@dataclass
+class ChatStage:
+    tokenizer: PreTrainedTokenizerBase
+    data: ExampleData
+    stop_ids: list[int]  # EOS and the template's end-of-turn token
+    added_tokens: int  # tokens the template added to the vocabulary
+    kind: ExampleKind
+    processor: Any = None  # a vision-language model's processor (its tokenizer is `tokenizer`)
+    media_options: MediaOptions | None = None
+
+    def train_rows(self) -> Dataset:
+        return self.data.train.select_columns(model_columns(self.kind, self.data.train))
+
+    def eval_rows(self) -> Dataset | None:
+        if self.data.eval is None:
+            return None
+        return self.data.eval.select_columns(model_columns(self.kind, self.data.eval))
+
+    def collator(self, text_collator: Any) -> Any:
+        """`text_collator` as is for a text model; for a vision-language model, wrapped to add the batch's pixel
+        inputs and the processor's per-token outputs."""
+        if self.processor is None:
+            return text_collator
+        return MultimodalCollator(text_collator, self.processor, self.media_options,
+                                  tuple(per_token_outputs(self.processor)))
+
+
+def chat_examples(cfg: RunConfig, resume: str | None = None) -> ChatStage:
+    """The chat tokenizer (its template applied) and the stage's encoded examples: what a stage after pt trains on
+    and what `lmforge data preview|dump` shows (the first process builds them, the others read the cache)."""
+    kind = stage_kind(cfg.finetuning.stage)
+    processor = chat_processor(cfg)
+    with first_process_prepares(cfg.training, f"encoding {kind} data"):
+        tokenizer, added = chat_tokenizer(cfg, resume, processor)
+        data = build_examples(cfg.data, tokenizer, cfg.training.seed, kind, processor)
+    return ChatStage(tokenizer, data, stop_token_ids(tokenizer), added, kind, processor, media_options(cfg.data))
+
+
+def pretrain_inputs(cfg: RunConfig, resume: str | None = None) -> tuple[PreTrainedTokenizerBase, PretrainData]:
+    """The tokenizer (loaded or trained) and the pretraining blocks: what `stage: pt` trains on and what `lmforge
+    data preview|dump` shows. Under torchrun the first process trains the tokenizer and fills the cache."""
+    args = cfg.training
+    with first_process_prepares(args, "preparing tokenizer and pretraining data"):
+        tokenizer = setup_tokenizer(cfg, resume)
+        # the rows one optimizer step consumes over all processes (where a streamed corpus's checkpoint can fall)
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(world_size(args), 1)
+        return tokenizer, build_pretrain_data(cfg.data, tokenizer, args.seed, blocks_per_step=per_step)
