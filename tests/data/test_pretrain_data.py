@@ -7,7 +7,7 @@ from lmforge.config.data import DataArguments
 from lmforge.data.chunking import BlockChunker, DocumentTokenizer, document_affixes
 from lmforge.data.pretrain import build_pretrain_data
 from lmforge.errors import DataError
-from tests.conftest import write_jsonl
+from tests.conftest import LF_DEMO, write_jsonl
 
 DOCS = ["The cat sat on the mat.", "", "Two plus two is four. Four plus four is eight.", "Hi.",
         "A much longer document that keeps going and going, so that it spans more than one block of tokens, "
@@ -130,7 +130,7 @@ def test_chunker_carries_leftovers_across_batches():
     out2 = chunker({"input_ids": [[9, 10, 11]]})
     assert [list(b) for b in out1["input_ids"]] == [[1, 2, 3, 4], [5, 6, 7, 8]]
     assert [list(p) for p in out1["position_ids"]] == [[0, 1, 2, 0], [0, 1, 2, 3]]
-    assert out2["input_ids"] == [] and chunker.remainder == 3
+    assert out2["input_ids"].shape == (0, 4) and out1["input_ids"].dtype == "int32" and chunker.remainder == 3
     assert chunker.stats.documents == 4 and chunker.stats.empty_documents == 1 and chunker.stats.tokens == 11
 
 
@@ -147,6 +147,26 @@ def test_document_affixes_follow_the_tokenizer(tiny_tokenizer):
     assert document_affixes(bos_tok) == ([bos_id], [bos_tok.eos_token_id])
     out = DocumentTokenizer(bos_tok)({"text": ["hi", None, ""]}, [0, 1, 2])
     assert out["input_ids"][0][0] == bos_id and out["input_ids"][0][-1] == bos_tok.eos_token_id
-    assert out["input_ids"][1:] == [[], []]
+    assert [list(ids) for ids in out["input_ids"][1:]] == [[], []]
     with pytest.raises(DataError, match="record 5: field 'text' must be a string"):
         DocumentTokenizer(bos_tok)({"text": ["ok", 3]}, [4, 5])
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama-3.2-instruct", "qwen2.5-instruct", "roberta-base"])
+def test_document_ids_are_the_tokenizers_own(real_model, family):
+    """The Rust backend asked for ids only gives exactly what the tokenizer's call gives (normalisation, pre-
+    tokenization and byte fallback included), on real checkpoints' tokenizers."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(real_model(family))
+    with open(os.path.join(LF_DEMO, "c4_demo.jsonl"), encoding="utf-8") as fh:
+        texts = [json.loads(line)["text"] for line, _ in zip(fh, range(200), strict=False)]
+    texts += ["  leading and trailing  ", "tabs\tand\nnewlines\r\n", "Émile naïve façade 東京 🙂 \u200b", "a" * 5000]
+    document = DocumentTokenizer(tokenizer)
+    assert document._encode is not None  # the fast path is the one compared
+    expected = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    got = document({"text": texts}, list(range(len(texts))))["input_ids"]
+    prefix, suffix = document_affixes(tokenizer)
+    assert [ids.tolist() for ids in got] == [prefix + ids + suffix for ids in expected]

@@ -7,12 +7,12 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 
-from datasets import Dataset, IterableDataset
+from datasets import Dataset, Features, IterableDataset, Sequence, Value
 from transformers import PreTrainedTokenizerBase
 
 from lmforge.config.data import DataArguments
 from lmforge.data.cache import CACHE_FORMAT, cached_splits, fingerprint, fresh_fingerprint, source_identity
-from lmforge.data.chunking import BlockChunker, DocumentTokenizer
+from lmforge.data.chunking import BlockChunker, DocumentBlocks, DocumentTokenizer
 from lmforge.data.loading import AnyDataset, TextSplits, load_texts, split_validation
 from lmforge.data.registry import resolve_sources
 from lmforge.data.stream import BlockStream
@@ -65,27 +65,22 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
 
 def tokenize_to_blocks(docs: AnyDataset, tokenizer: PreTrainedTokenizerBase, args: DataArguments,
                        name: str, workdir: str | None = None) -> tuple[AnyDataset, BlockChunker]:
-    """Tokenize documents (batched, in parallel) and cut the concatenated ids into `cutoff_len` blocks.
+    """Tokenize documents (batched: the Rust tokenizer uses every core) and cut the concatenated ids into
+    `cutoff_len` blocks, in one sequential pass (the chunker carries each batch's leftover tokens into the next).
 
-    Intermediate Arrow files go to `workdir` (deleted by the caller) instead of the datasets cache."""
-    streaming = isinstance(docs, IterableDataset)
-
-    def options(step: str, desc: str, **extra) -> dict:
-        if streaming:
-            return {}
-        files = {"cache_file_name": os.path.join(workdir, f"{name}-{step}.arrow")} if workdir else {}
-        return {"desc": desc, "new_fingerprint": fresh_fingerprint(), **files, **extra}
-
-    tokenized = docs.map(DocumentTokenizer(tokenizer, f"{name} split"), batched=True, with_indices=True,
-                         batch_size=args.preprocessing_batch_size, remove_columns=["text"],
-                         **options("tokens", f"Tokenizing {name} documents",
-                                   num_proc=args.preprocessing_num_workers))
+    Blocks are written as fixed-length int32 rows to `workdir` (deleted by the caller) instead of the datasets cache:
+    memory stays that of one batch whatever the corpus size."""
     chunker = BlockChunker(args.cutoff_len, positions=args.neat_packing)
-    # Sequential on purpose: the chunker carries each batch's leftover tokens into the next batch.
-    blocks = tokenized.map(chunker, batched=True, batch_size=args.preprocessing_batch_size,
-                           remove_columns=["input_ids"],
-                           **options("blocks", f"Cutting {name} blocks of {args.cutoff_len} tokens"))
-    return blocks, chunker
+    blocks = DocumentBlocks(DocumentTokenizer(tokenizer, f"{name} split"), chunker)
+    options: dict = {}
+    if not isinstance(docs, IterableDataset):
+        row = Sequence(Value("int32"), length=args.cutoff_len)
+        options = {"desc": f"Tokenizing {name} documents into blocks of {args.cutoff_len} tokens",
+                   "new_fingerprint": fresh_fingerprint(),
+                   "features": Features({"input_ids": row, **({"position_ids": row} if args.neat_packing else {})}),
+                   **({"cache_file_name": os.path.join(workdir, f"{name}-blocks.arrow")} if workdir else {})}
+    return docs.map(blocks, batched=True, with_indices=True, batch_size=args.preprocessing_batch_size,
+                    remove_columns=["text"], **options), chunker
 
 
 def _report(name: str, chunker: BlockChunker, cutoff_len: int) -> dict:

@@ -80,8 +80,8 @@ class BlockStream(torch.utils.data.IterableDataset):
         if state:
             rng.setstate(_rng_state(state["rng"]))
             buffer = list(state["buffer"])
-            chunker._ids = np.asarray(state["remainder_ids"], dtype=np.int64)
-            chunker._pos = np.asarray(state["remainder_positions"], dtype=np.int64)
+            chunker._ids = np.asarray(state["remainder_ids"], dtype=np.int32)
+            chunker._pos = np.asarray(state["remainder_positions"], dtype=np.int32)
             chunker.stats = ChunkStats(**state["stats"])
             pending = state["pending"]
             documents = state["documents"]
