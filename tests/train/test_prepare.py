@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 
+import pytest
+
 from lmforge.cli import main
 from lmforge.config import load_config
 from tests.conftest import LF_DEMO
@@ -85,3 +87,53 @@ def test_a_tokenized_dir_trains_without_the_raw_data_and_refuses_other_settings(
         chat_examples(load_config(None, [*overrides, f"tokenized_dir={tmp_path / 'foreign'}", "overwrite_cache=true",
                                          f"output_dir={tmp_path / 'd'}"]))
     assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
+
+
+NODE_SCRIPT = """
+import json, sys
+from lmforge.config import load_config
+from lmforge.train.stage_data import chat_examples
+cfg = load_config(None, sys.argv[1:])
+data = chat_examples(cfg).data
+print(json.dumps({"from_cache": data.from_cache, "examples": len(data.train)}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared", [True, False], ids=["shared filesystem", "a disk per node"])
+def test_one_process_prepares_per_filesystem_across_nodes(tiny_model_dir, tmp_path, shared):
+    """Two machines of one process each (gloo): with the cache on a filesystem both see, the first process prepares
+    and the other reads what it wrote; with a cache on each machine's own disk, each machine's first process
+    prepares."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = ["stage=sft", f"model_name_or_path={tiny_model_dir}", "dataset=alpaca_en_demo",
+                 f"dataset_dir={LF_DEMO}", "template=chatml", "cutoff_len=64", "max_samples=50",
+                 f"output_dir={tmp_path / 'run'}"]
+    nodes = []
+    for rank in range(2):
+        cache = tmp_path / ("cache" if shared else f"cache-node{rank}")
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "LMFORGE_CACHE": str(cache),
+               "OMP_NUM_THREADS": "1"}
+        nodes.append(subprocess.Popen([sys.executable, "-c", NODE_SCRIPT, *overrides], env=env, cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for node in nodes:
+        out, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert results[0]["examples"] == results[1]["examples"] > 0
+    # shared: the second machine read the first one's cache; separate disks: each prepared its own
+    assert [r["from_cache"] for r in results] == ([False, True] if shared else [False, False])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cache")) == (
+        ["cache"] if shared else ["cache-node0", "cache-node1"])
+    assert not list(tmp_path.glob("cache*/.lmforge-shared-probe-*"))  # the probe is removed

@@ -32,6 +32,7 @@ from lmforge.model.tokenizer import setup_tokenizer
 from lmforge.train.runtime.log_callback import JsonlLogCallback
 from lmforge.train.runtime.tracking import check_trackers, tracking_callbacks
 from lmforge.train.setup import set_precision, trainer_arguments
+from lmforge.train.stage_data import first_process_prepares
 from lmforge.train.trainer import LoraPlusTrainer
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def build_trainer(cfg: RunConfig, resume: str | None = None) -> ClassificationTr
 
     set_seed(args.seed)
     tokenizer = setup_tokenizer(cfg, resume)
-    with args.main_process_first(desc="encoding cls data"):
+    with first_process_prepares(args, cfg.data, "encoding cls data"):
         data = build_classification_data(cfg.data, tokenizer, args.seed, cfg.finetuning.problem_type, class_names)
     model = build_model(cfg.model, tokenizer, classifier=classifier_head(data))
     model = apply_finetuning_type(model, cfg.finetuning, 0, cfg.model.adapter_name_or_path)
