@@ -137,3 +137,25 @@ def test_one_process_prepares_per_filesystem_across_nodes(tiny_model_dir, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cache")) == (
         ["cache"] if shared else ["cache-node0", "cache-node1"])
     assert not list(tmp_path.glob("cache*/.lmforge-shared-probe-*"))  # the probe is removed
+
+
+@pytest.mark.slow
+def test_bench_prepare_times_a_cold_preparation_and_its_memory(tiny_model_dir, tmp_path, capsys):
+    from tests.conftest import write_jsonl
+
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": f"document {i} " + "word " * (i % 50)}
+                                                     for i in range(400)])
+    overrides = ["stage=pt", f"model_name_or_path={tiny_model_dir}", f"dataset={corpus}",
+                 "allow_absolute_file_name=true", "cutoff_len=32"]
+    assert main(["bench", "--prepare", *overrides, "--repeats", "2", "--json", str(tmp_path / "r.json")]) == 0
+    printed = capsys.readouterr().out
+    import json
+
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert len(result["runs"]) == 2 and all(not r["seconds"] < result["best"]["seconds"] for r in result["runs"])
+    # both cold (a fresh cache each): the same blocks, and they are what the corpus holds
+    words = sum(2 + i % 50 for i in range(400))
+    assert {r["train_rows"] for r in result["runs"]} == {result["best"]["train_rows"]} and (
+        result["best"]["train_rows"] == result["best"]["train_tokens"] // 32 > words // 32 // 2)
+    assert 0 < result["best"]["peak_anonymous_mib"] <= result["best"]["peak_resident_mib"]
+    assert f"{result['best']['train_rows']:,} rows" in printed

@@ -27,6 +27,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--preprocess", action="store_true",
                         help="sft: examples/s of lmforge's encoding (workers: preprocessing_num_workers) against a "
                         "per-example datasets.map + apply_chat_template, and of a cache hit")
+    parser.add_argument("--prepare", action="store_true",
+                        help="`lmforge data prepare CONFIG` end to end in a fresh process on a cold cache: seconds, "
+                        "tokens/s and peak memory (anonymous and resident)")
     parser.add_argument("--packing-compare", action="store_true",
                         help="sft: measure the config packed (packing=true) and padded (packing=false) in this "
                         "process, and print the ratios")
@@ -42,8 +45,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--arrival-gap", type=float, default=0.05,
                         help="with --serve: mean seconds between two clients' arrivals (exponential)")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="with --compare, --packing-compare, --eval-prefix-compare or --preprocess: runs per "
-                        "path (best kept)")
+                        help="with --compare, --packing-compare, --eval-prefix-compare, --preprocess or --prepare: "
+                        "runs per path (best kept)")
     parser.add_argument("--suite", choices=["gpu", "models", "export"],
                         help="gpu: the GPU check (bench/gpu_check.sh): a 0.5B model built from a config; SFT MFU and "
                         "memory, losses, packing, serving, FSDP2/DeepSpeed; writes gpu_check.json/.md to --output. "
@@ -87,6 +90,12 @@ def main(argv: list[str]) -> int:
 
         result = compare_prefix_reuse(config, overrides, ns.repeats)
         print(eval_report(result))
+    elif ns.prepare:
+        from lmforge.bench.prepare import measure_prepare
+        from lmforge.bench.prepare import report as prepare_report
+
+        result = measure_prepare(config, overrides, ns.repeats)
+        print(prepare_report(result))
     elif ns.preprocess:
         from lmforge.bench import preprocess as prep_bench
 
