@@ -225,9 +225,10 @@ def test_the_gpu_check_suite_runs_its_checks_on_a_cpu_smoke_model(tmp_path):
                         "serve": "pass", "fsdp2": "skip", "deepspeed": "skip", "vlm": "skip", "vllm_rollouts": "skip",
                         "tensor_parallel": "pass", "context_parallel": "skip", "sequence_parallel": "skip",
                         "expert_parallel": "skip", "plan": "pass", "low_bit": "skip",
-                        "fp8": "skip", "reasoning_rl": "pass"}
+                        "fp8": "skip", "reasoning_rl": "pass", "prepared_data": "pass"}
     rl = report["checks"]["reasoning_rl"]  # GRPO and online DPO with math_verify and format, 2 steps each
     assert rl["grpo_steps"] == rl["online_dpo_steps"] == 2
+    assert report["checks"]["prepared_data"]["help_seconds"] < report["checks"]["prepared_data"]["train_seconds"]
     assert report["checks"]["tensor_parallel"]["max_relative_loss_difference"] < 1e-4  # float32 over gloo
     assert "torchvision" in report["checks"]["vlm"]["reason"]  # its CPU run: tests/train/test_multimodal_train.py
     assert report["checks"]["packing"]["relative_difference"] < 1e-4

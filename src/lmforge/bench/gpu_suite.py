@@ -21,7 +21,10 @@ measures and checks, writing `gpu_check.json` and `gpu_check.md` into `--output`
   image token is trained, a LoRA SFT run lowers the loss, and the serving engine answers a request with an image
   as transformers' `generate` does;
 - `plan`: `lmforge plan`'s peak against the measured one; `low_bit`: LoRA over torchao's int4 base against the bf16
-  base; `fp8`: full fine-tuning with `fp8: true` against bf16 (tokens/s, peak memory, losses; float8 tensor cores).
+  base; `fp8`: full fine-tuning with `fp8: true` against bf16 (tokens/s, peak memory, losses; float8 tensor cores);
+- `reasoning_rl`: GRPO (REINFORCE++) and online DPO with the verifiable rewards, a few steps each;
+- `prepared_data`: `lmforge data prepare` into a `tokenized_dir`, then `lmforge train` reading it (not the raw
+  data); the seconds of each, of `lmforge --help` and of a config error.
 
 Each check ends `pass`, `fail` (with the error) or `skip` (with the reason); one failing check does not stop the
 others. `bench/gpu_check.sh` installs what the GPU image lacks from wheels carried beside it and runs this."""
@@ -414,6 +417,33 @@ class Suite:
             result[f"{stage}_rollout_seconds"] = round(steps[-1].get("rollout_seconds", 0.0), 2) if steps else None
         return result
 
+    def prepared_data(self) -> dict[str, Any]:
+        """`lmforge data prepare` of the sft config into a `tokenized_dir` (as on a CPU node), then `lmforge train`
+        from that folder: it must read the prepared examples (not tokenize) and train; the seconds of each, and of
+        `lmforge --help` and a config error (neither imports the training libraries)."""
+        work = tempfile.mkdtemp(prefix="gpu-prepared-")
+        overrides = self.sft_overrides(os.path.join(work, "run"), max_steps=2, save_strategy="no",
+                                       tokenized_dir=os.path.join(work, "prepared"))
+        started = time.perf_counter()
+        prepared = subprocess.run([sys.executable, "-m", "lmforge", "data", "prepare", *overrides],
+                                  capture_output=True, text=True, timeout=900)
+        if prepared.returncode != 0:
+            raise RuntimeError(f"lmforge data prepare exited {prepared.returncode}: {prepared.stderr[-1500:]}")
+        out = {"prepare_seconds": round(time.perf_counter() - started, 1)}
+        started = time.perf_counter()
+        trained = subprocess.run([sys.executable, "-m", "lmforge", "train", *overrides], capture_output=True,
+                                 text=True, timeout=900)
+        if trained.returncode != 0:
+            raise RuntimeError(f"lmforge train exited {trained.returncode}: {trained.stderr[-1500:]}")
+        out["train_seconds"] = round(time.perf_counter() - started, 1)
+        if "Reading the prepared sft examples" not in trained.stderr:
+            out.update(status="fail", error="lmforge train did not read the prepared examples")
+        for name, argv in (("help", ["--help"]), ("config_error", ["train", "stage=sft", "learning_rat=1"])):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "lmforge", *argv], capture_output=True, timeout=120)
+            out[f"{name}_seconds"] = round(time.perf_counter() - started, 2)
+        return out
+
     def _train(self, overrides: list[str]) -> float:
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "lmforge", "train", *overrides], capture_output=True,
@@ -442,6 +472,7 @@ class Suite:
         self.check("low_bit", self.low_bit)
         self.check("fp8", self.fp8)
         self.check("reasoning_rl", self.reasoning_rl)
+        self.check("prepared_data", self.prepared_data)
         device = torch.cuda.get_device_name(0) if self.cuda else "cpu"
         report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "torch": torch.__version__,
                   "smoke": self.smoke, "checks": self.results,
