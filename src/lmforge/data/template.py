@@ -22,6 +22,7 @@ import functools
 import itertools
 import re
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,8 +89,21 @@ def _template_library() -> tuple[Callable, Callable, Callable] | None:
     return _compile_jinja_template, _normalize_chat_messages, _alias_reasoning_fields
 
 
+_SPECIALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def special_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    """Every special token's text, longest first (so `<|im_end|>` wins over a shorter token it starts with)."""
+    """Every special token's text, longest first (so `<|im_end|>` wins over a shorter token it starts with). Kept per
+    tokenizer while its vocabulary size is unchanged: labelling asks once per conversation, and transformers rebuilds
+    the list from the added-token table on every call."""
+    size = len(tokenizer)
+    cached = _SPECIALS.get(tokenizer)
+    if cached is None or cached[0] != size:
+        cached = _SPECIALS[tokenizer] = (size, _special_tokens(tokenizer))
+    return cached[1]
+
+
+def _special_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     tokens = set(tokenizer.all_special_tokens)
     for added in getattr(tokenizer, "added_tokens_decoder", {}).values():
         if getattr(added, "special", False):
