@@ -38,6 +38,7 @@ from lmforge.data.pretrain import tokenizer_identity
 from lmforge.data.records import read_records
 from lmforge.data.registry import SourceSpec, resolve_sources
 from lmforge.errors import DataError
+from lmforge.jsonl import json_text
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def encode_source(spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, args: Da
                   ) -> tuple[Dataset, dict]:
     """One source's usable examples of `kind` and its counts (records, examples, skips by reason, truncated)."""
     records, conversations, report = source_conversations(spec, args, seed, kind)
-    table = Dataset.from_dict({"conversation": [json.dumps(c, ensure_ascii=False) for _, c in conversations],
+    table = Dataset.from_dict({"conversation": [json_text(c) for _, c in conversations],
                                "record": [i for i, _ in conversations], "source": [spec.name] * len(conversations)})
     files = {"cache_file_name": os.path.join(workdir, f"{spec.name.replace('/', '_')}.arrow")} if workdir else {}
     if len(table) == 0:

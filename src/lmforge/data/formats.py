@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from lmforge.data import media
 from lmforge.data.skips import SkipRecord
+from lmforge.jsonl import json_text
 
 Formatting = Literal["alpaca", "sharegpt", "openai"]
 ExampleKind = Literal["sft", "pair", "kto", "prompt", "steps"]
@@ -463,6 +464,6 @@ def _check_unicode(example: dict) -> None:
     """Valid JSON can escape a lone surrogate (`"\\ud800"`), which is no character: nothing downstream (Arrow,
     the tokenizer) can encode it."""
     try:
-        json.dumps(example, ensure_ascii=False).encode("utf-8")
+        json_text(example)
     except UnicodeEncodeError as err:
         raise SkipRecord(f"text holds invalid Unicode (a lone surrogate U+{ord(err.object[err.start]):04X})") from None
