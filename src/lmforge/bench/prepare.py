@@ -49,13 +49,22 @@ def run_sampled(command: list[str], env: dict[str, str]) -> dict[str, Any]:
                 "peak_resident": peak_rss}
 
 
+def _sets_tokenized_dir(config: str | None, overrides: list[str]) -> bool:
+    from lmforge.config.parse import merge, parse_overrides, read_yaml
+
+    return bool(merge(read_yaml(config) if config else {}, parse_overrides(overrides)).get("tokenized_dir"))
+
+
 def measure_prepare(config: str | None, overrides: list[str], repeats: int = 1) -> dict[str, Any]:
     """Best of `repeats` cold runs of `lmforge data prepare`, with what it reported."""
     runs = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory(prefix="lmforge-bench-cache-") as cache:
+            cold = [f"tokenized_cache_dir={cache}"]
+            if _sets_tokenized_dir(config, overrides):  # a prepared folder would be read, not prepared: a new one
+                cold.append(f"tokenized_dir={os.path.join(cache, 'prepared')}")
             command = [sys.executable, "-m", "lmforge", "data", "prepare", *([config] if config else []), *overrides,
-                       f"tokenized_cache_dir={cache}"]
+                       *cold]
             run = run_sampled(command, {**os.environ, "LMFORGE_CACHE": cache})
         if run["code"] != 0:
             raise RuntimeError(f"lmforge data prepare failed ({run['code']}):\n{run['stderr'][-3000:]}")
