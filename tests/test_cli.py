@@ -144,7 +144,13 @@ HEAVY = ("torch", "transformers", "peft", "trl", "datasets")
 
 
 def imported_after(argv: list[str], modules: tuple[str, ...] = HEAVY) -> tuple[int, str, list[str]]:
-    """(exit code, stderr, which of `modules` are imported) after `lmforge ARGV` in a fresh interpreter."""
+    """(exit code, stderr, which of `modules` are imported) after `lmforge ARGV` in a fresh interpreter. Where the
+    installed transformers is not the release the stored TrainingArguments fields were written from, the first
+    command reads them from the class once (importing it) and caches them, as for a user after an upgrade: that is
+    done here first, into this test's cache."""
+    from lmforge.config.trainer_fields import described_fields
+
+    described_fields()
     code = ("import sys\nfrom lmforge.cli import main\ncode = main(sys.argv[1:])\n"
             f"print(code, sorted(m for m in {modules!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=REPO, timeout=300)

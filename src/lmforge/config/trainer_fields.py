@@ -151,24 +151,32 @@ def _write(path: str, described: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-@functools.cache
-def training_fields() -> type:
-    """The installed transformers' TrainingArguments fields as a dataclass: from the stored mirror when it was
-    written from this release, else from lmforge's cache, else read from the class itself (and cached)."""
+def described_fields() -> dict[str, Any]:
+    """The installed transformers' TrainingArguments fields as JSON: from the stored mirror when it was written from
+    this release, else from lmforge's cache, else read from the class itself (and cached: only the first command
+    after an upgrade of transformers pays for importing it)."""
     version = installed_version()
     described = _read(MIRROR)
-    if described is None or described["transformers"] != version:
-        cached = os.path.join(cache_home(), "trainer_fields", f"transformers-{version}.json")
-        described = _read(cached)
-        if described is None or described["transformers"] != version:
-            from transformers import TrainingArguments
+    if described is not None and described["transformers"] == version:
+        return described
+    cached = os.path.join(cache_home(), "trainer_fields", f"transformers-{version}.json")
+    described = _read(cached)
+    if described is not None and described["transformers"] == version:
+        return described
+    from transformers import TrainingArguments
 
-            described = describe(TrainingArguments)
-            try:
-                _write(cached, described)
-            except OSError:
-                pass  # a read-only home: read from the class again next time
-    return fields_class(described)
+    described = describe(TrainingArguments)
+    try:
+        _write(cached, described)
+    except OSError:
+        pass  # a read-only home: read from the class again next time
+    return described
+
+
+@functools.cache
+def training_fields() -> type:
+    """`TrainingFields`: the installed transformers' TrainingArguments fields as a dataclass."""
+    return fields_class(described_fields())
 
 
 if __name__ == "__main__":  # python -m lmforge.config.trainer_fields: rewrite the mirror from the installed class
