@@ -100,11 +100,18 @@ def _type(spec: Any, enums: dict[str, type], opaque: dict[str, type]) -> Any:
     return opaque.setdefault(arg, type(arg, (), {"__module__": "transformers"}))
 
 
+def _enum(name: str, members: list[list[Any]]) -> type:
+    """An enum with the members (name, value) of transformers' own: a str enum where every value is a string, as
+    theirs are, so that values compare equal to the strings a config holds."""
+    pairs = [(member, value) for member, value in members]
+    if all(isinstance(value, str) for _, value in pairs):
+        return enum.Enum(name, pairs, type=str)
+    return enum.Enum(name, pairs)
+
+
 def fields_class(described: dict[str, Any]) -> type:
     """`TrainingFields`: a dataclass with the described fields, types, defaults and help."""
-    enums = {name: enum.Enum(name, [tuple(m) for m in members], type=str) if all(isinstance(m[1], str)
-                                                                                  for m in members)
-             else enum.Enum(name, [tuple(m) for m in members]) for name, members in described["enums"].items()}
+    enums = {name: _enum(name, members) for name, members in described["enums"].items()}
     opaque: dict[str, type] = {}
     spec = []
     for f in described["fields"]:
