@@ -241,3 +241,18 @@ def test_the_gpu_check_suite_runs_its_checks_on_a_cpu_smoke_model(tmp_path):
     assert 0.9 < report["checks"]["plan"]["planned_over_measured"] < 1.1
     assert report["checks"]["serve"]["tokens_per_second_32"] > 0
     assert "| sft | pass |" in (tmp_path / "gpu" / "gpu_check.md").read_text()
+
+
+def test_a_model_folder_not_written_yet_fails_at_once_naming_it(tmp_path):
+    """`saves/quickstart` before the pretraining quickstart has run reads as a hub id; where the hub cannot be
+    reached, the error says so at the first look instead of after transformers' retries."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lmforge", "data", "preview", "stage=sft", "model_name_or_path=saves/not-written-yet",
+         "dataset=alpaca_en_demo", f"dataset_dir={LF_DEMO}", "template=chatml"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9",
+             "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert ("could not load a tokenizer from 'saves/not-written-yet': there is no such folder here, and the hub "
+            "could not be reached to look for a model of that name") in result.stderr
+    assert "Traceback" not in result.stderr

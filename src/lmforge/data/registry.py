@@ -177,16 +177,16 @@ def hub_source(name: str, text_column: str, dataset_dir: str, known: list[str]) 
 
 
 @functools.lru_cache(maxsize=64)
-def hub_lookup(repo_id: str) -> tuple[str, str | None]:
-    """What the hub says of a dataset id, asked once per process and without retries: ("found", commit or None),
-    ("missing", None), ("offline", None) when HF_HUB_OFFLINE is set, or ("unreachable", why)."""
+def hub_lookup(repo_id: str, repo_type: str = "dataset") -> tuple[str, str | None]:
+    """What the hub says of a dataset (or model) id, asked once per process and without retries: ("found", commit or
+    None), ("missing", None), ("offline", None) when HF_HUB_OFFLINE is set, or ("unreachable", why)."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 
     if constants.HF_HUB_OFFLINE:
         return "offline", None
     try:
-        return "found", HfApi().dataset_info(repo_id, timeout=10).sha
+        return "found", HfApi().repo_info(repo_id, repo_type=repo_type, timeout=10).sha
     except (RepositoryNotFoundError, HFValidationError):
         return "missing", None
     except HfHubHTTPError:  # gated, rate-limited, a server error: loading it will say what the hub answers

@@ -17,6 +17,7 @@ import torch
 
 from lmforge.config.model import ModelArguments
 from lmforge.errors import ConfigError
+from lmforge.model.source import model_not_found
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +28,8 @@ MODALITY_PROCESSORS = {"image_processor": "image", "video_processor": "video", "
 
 def model_config(args: ModelArguments) -> Any | None:
     """The model's config (None when it cannot be read, e.g. a model built from scratch by name)."""
-    if not args.model_name_or_path:
-        return None
+    if not args.model_name_or_path or model_not_found(args.model_name_or_path, args.cache_dir):
+        return None  # (the tokenizer's load says why)
     from transformers import AutoConfig
 
     try:

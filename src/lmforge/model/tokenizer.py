@@ -20,6 +20,7 @@ from lmforge.data.pretrain import data_identity, load_documents
 from lmforge.data.template import stop_token_ids
 from lmforge.errors import ConfigError
 from lmforge.model import multimodal
+from lmforge.model.source import model_not_found
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, special_tokens: l
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: str = "main",
                    cache_dir: str | None = None) -> PreTrainedTokenizerBase:
+    if why := model_not_found(name_or_path, cache_dir):
+        raise ConfigError(f"Config error: could not load a tokenizer from '{name_or_path}': {why}.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
                                                   revision=revision, cache_dir=cache_dir)
