@@ -28,6 +28,15 @@ def json_text(value: Any) -> str:
         return text
 
 
+def with_default_mode(path: str, directory: bool = False) -> None:
+    """Give a file (folder) made by mkstemp (mkdtemp), which are private to their owner (0600, 0700), the mode open
+    (mkdir) would have given it: a cache, model or report written atomically stays readable by the others who may
+    read it (another user of a shared cache, a server running as another user)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
 @contextmanager
 def atomic_open(path: str, suffix: str = "", binary: bool = False) -> Iterator[IO]:
     """A file handle (text, UTF-8; or binary) whose contents replace `path` only when the block completes without
@@ -38,6 +47,7 @@ def atomic_open(path: str, suffix: str = "", binary: bool = False) -> Iterator[I
     try:
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as fh:
             yield fh
+        with_default_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -59,6 +69,7 @@ def atomic_dir(path: str, replace: bool = False) -> Iterator[str]:
             if not replace:
                 raise FileExistsError(f"'{path}' appeared while it was being written")
             shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        with_default_mode(staging, directory=True)
         os.replace(staging, path)
     finally:
         if os.path.exists(staging):

@@ -17,12 +17,12 @@ import functools
 import importlib.metadata
 import json
 import os
-import tempfile
 import types
 import typing
 from typing import Any, Literal
 
 from lmforge.config.data import cache_home
+from lmforge.jsonl import write_json
 
 MIRROR = os.path.join(os.path.dirname(__file__), "trainer_fields.json")
 _SIMPLE = {"bool": bool, "int": int, "float": float, "str": str, "NoneType": type(None), "Any": Any,
@@ -147,17 +147,6 @@ def _read(path: str) -> dict[str, Any] | None:
         return None
 
 
-def _write(path: str, described: dict[str, Any]) -> None:
-    """Atomically: another process reading the cache never sees half a file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(described, fh, indent=1, ensure_ascii=False)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a shared cache (or the installed mirror) from other users
-    os.replace(tmp, path)
-
-
 def described_fields() -> dict[str, Any]:
     """The installed transformers' TrainingArguments fields as JSON: from the stored mirror when it was written from
     this release, else from lmforge's cache, else read from the class itself (and cached: only the first command
@@ -174,7 +163,7 @@ def described_fields() -> dict[str, Any]:
 
     described = describe(TrainingArguments)
     try:
-        _write(cached, described)
+        write_json(cached, described)  # atomically: another process reading the cache never sees half a file
     except OSError:
         pass  # a read-only home: read from the class again next time
     return described
@@ -189,5 +178,5 @@ def training_fields() -> type:
 if __name__ == "__main__":  # python -m lmforge.config.trainer_fields: rewrite the mirror from the installed class
     from transformers import TrainingArguments
 
-    _write(MIRROR, describe(TrainingArguments))
+    write_json(MIRROR, describe(TrainingArguments))
     print(f"wrote {MIRROR} (transformers {installed_version()})")

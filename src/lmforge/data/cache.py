@@ -20,6 +20,7 @@ from typing import Any
 
 from lmforge.config.data import cache_home
 from lmforge.data.registry import SourceSpec, hub_lookup
+from lmforge.jsonl import with_default_mode
 
 CACHE_FORMAT = 1  # bump when the layout or content of cached data changes
 
@@ -96,6 +97,7 @@ def cached(path: str, build: Callable[[str], None]) -> bool:
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
     try:
         build(tmp)
+        with_default_mode(tmp, directory=True)
         try:
             os.rename(tmp, path)
         except OSError:  # another process finished the same entry first: keep theirs
