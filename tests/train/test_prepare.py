@@ -101,7 +101,7 @@ print(json.dumps({"from_cache": data.from_cache, "examples": len(data.train)}))
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shared", [True, False], ids=["shared filesystem", "a disk per node"])
-def test_one_process_prepares_per_filesystem_across_nodes(tiny_model_dir, tmp_path, shared):
+def test_one_process_prepares_per_filesystem_across_nodes(real_model, tmp_path, shared):
     """Two machines of one process each (gloo): with the cache on a filesystem both see, the first process prepares
     and the other reads what it wrote; with a cache on each machine's own disk, each machine's first process
     prepares."""
@@ -115,8 +115,8 @@ def test_one_process_prepares_per_filesystem_across_nodes(tiny_model_dir, tmp_pa
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    overrides = ["stage=sft", f"model_name_or_path={tiny_model_dir}", "dataset=alpaca_en_demo",
-                 f"dataset_dir={LF_DEMO}", "template=chatml", "cutoff_len=64", "max_samples=50",
+    overrides = ["stage=sft", f"model_name_or_path={real_model('qwen3')}", "dataset=alpaca_en_demo",
+                 f"dataset_dir={LF_DEMO}", "cutoff_len=64", "max_samples=50",
                  f"output_dir={tmp_path / 'run'}"]
     nodes = []
     for rank in range(2):
@@ -140,12 +140,12 @@ def test_one_process_prepares_per_filesystem_across_nodes(tiny_model_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_bench_prepare_times_a_cold_preparation_and_its_memory(tiny_model_dir, tmp_path, capsys):
+def test_bench_prepare_times_a_cold_preparation_and_its_memory(real_model, tmp_path, capsys):
     from tests.conftest import write_jsonl
 
     corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": f"document {i} " + "word " * (i % 50)}
                                                      for i in range(400)])
-    overrides = ["stage=pt", f"model_name_or_path={tiny_model_dir}", f"dataset={corpus}",
+    overrides = ["stage=pt", f"model_name_or_path={real_model('qwen3')}", f"dataset={corpus}",
                  "allow_absolute_file_name=true", "cutoff_len=32"]
     assert main(["bench", "--prepare", *overrides, "--repeats", "2", "--json", str(tmp_path / "r.json")]) == 0
     printed = capsys.readouterr().out

@@ -46,6 +46,7 @@ class DocumentTokenizer:
         # pretraining corpus never reads (twice the time, measured); its ids are the same (a test compares them)
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         self._encode = getattr(backend, "encode_batch_fast", None)
+        self._prefix, self._suffix = np.asarray(self.prefix, np.int32), np.asarray(self.suffix, np.int32)
 
     def ids(self, texts: list[str]) -> list[list[int]]:
         if self._encode is not None:
@@ -61,10 +62,9 @@ class DocumentTokenizer:
                                 f"{type(text).__name__}.")
         nonempty = [t for t in texts if t]
         encoded = iter(self.ids(nonempty) if nonempty else [])
-        prefix, suffix, empty = np.asarray(self.prefix, np.int32), np.asarray(self.suffix, np.int32), np.zeros(0,
-                                                                                                              np.int32)
-        return {"input_ids": [np.concatenate([prefix, np.asarray(next(encoded), np.int32), suffix]) if t else empty
-                              for t in texts]}
+        empty = np.zeros(0, np.int32)
+        return {"input_ids": [np.concatenate([self._prefix, np.asarray(next(encoded), np.int32), self._suffix])
+                              if t else empty for t in texts]}
 
 
 @dataclass

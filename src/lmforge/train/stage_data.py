@@ -64,12 +64,15 @@ def shared_by_all_nodes(args: Any, folder: str) -> bool:
     dist.broadcast_object_list(token, src=0)
     probe = os.path.join(folder, f".lmforge-shared-probe-{token[0]}")
     if dist.get_rank() == 0:
-        os.makedirs(folder, exist_ok=True)
-        open(probe, "w").close()
-    dist.barrier()
+        try:
+            os.makedirs(folder, exist_ok=True)
+            open(probe, "w").close()
+        except OSError:  # no probe: every process sees none, each node prepares (and the write reports the folder)
+            pass
+    dist.barrier()  # every process reaches the collectives, whatever the first one's write did
     seen: list[Any] = [None] * world
     dist.all_gather_object(seen, os.path.exists(probe))
-    if dist.get_rank() == 0:
+    if dist.get_rank() == 0 and os.path.exists(probe):
         os.remove(probe)
         logger.info("The data folder %s is %s: %s", folder,
                     "seen by every node" if all(seen) else "not shared by every node",
